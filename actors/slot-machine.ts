@@ -1,0 +1,210 @@
+/**
+ * The life of one slot worker: one thread, one session, following the token's login state.
+ *
+ *   uninitialized ──START──▶ opening ──▶ open ──LOGIN──▶ logging_in ──▶ logged_in
+ *                              ▲  │        ▲  ◀─(PIN refused)─┘            │
+ *                 SESSION_LOST │  │        └──── logging_out ◀─LOGOUT/idle─┘
+ *                              │  ▼ (open failed)                          │
+ *   failed ◀─GIVE_UP─ crashed ◀─────────── CRASHED (thread died or wedged) ─┘
+ *     │                 │ RESTART(backoff)
+ *     └──RESET──▶ restarting ──after backoff──▶ opening
+ *
+ * Any state ──CLOSE──▶ closing ──▶ closed. The supervisor decides RESTART or GIVE_UP; the
+ * machine only says it crashed. Side effects (threads, PKCS#11 calls) are actors provided
+ * by the slot worker; this file is the diagram.
+ */
+import { assign, fromPromise, setup } from 'xstate';
+import type { Secret } from '../src/secret.js';
+import type { OpenReport, SessionReport } from '../workers/protocol.js';
+import type { ErrorCode } from '../src/errors.js';
+import { SESSION_LOST_CKRS } from '../src/ckr.js';
+
+export interface SlotError {
+  code: ErrorCode;
+  message: string;
+  ckr?: string | undefined;
+}
+
+export interface SlotMachineContext {
+  slot: string;
+  worker: number;
+  idleTimeoutMs: number;
+  session: SessionReport | null;
+  lastError: SlotError | null;
+  backoffMs: number;
+  /** Why the last logout happened: the reauthentication policy treats an idle logout differently. */
+  loggedOutBy: 'idle' | 'request' | 'token' | null;
+}
+
+export type SlotMachineEvent =
+  | { type: 'START' }
+  | { type: 'LOGIN'; pin: Secret }
+  | { type: 'TOKEN_LOGGED_IN' }
+  | { type: 'LOGOUT' }
+  | { type: 'TOKEN_LOGGED_OUT' }
+  | { type: 'CALL_DONE' }
+  | { type: 'SESSION_LOST' }
+  | { type: 'CRASHED'; reason: string }
+  | { type: 'RESTART'; backoffMs: number }
+  | { type: 'GIVE_UP' }
+  | { type: 'RESET' }
+  | { type: 'CLOSE'; finalize: boolean };
+
+export interface SlotMachineInput {
+  slot: string;
+  worker: number;
+  idleTimeoutMs: number;
+}
+
+export type SlotState =
+  | 'uninitialized'
+  | 'opening'
+  | 'open'
+  | 'logging_in'
+  | 'logged_in'
+  | 'logging_out'
+  | 'crashed'
+  | 'restarting'
+  | 'failed'
+  | 'closing'
+  | 'closed';
+
+const notProvided = (name: string) => () => Promise.reject(new Error(`slot machine actor "${name}" was not provided`));
+
+function asSlotError(e: unknown): SlotError {
+  const err = e as { code?: ErrorCode; message?: string; ckr?: string };
+  return { code: err.code ?? 'PKCS11_ERROR', message: err.message ?? String(e), ckr: err.ckr };
+}
+
+const loggedInStates = new Set(['RO_USER', 'RW_USER', 'RW_SO']);
+
+export const slotMachine = setup({
+  types: {
+    context: {} as SlotMachineContext,
+    events: {} as SlotMachineEvent,
+    input: {} as SlotMachineInput,
+  },
+  actors: {
+    openSession: fromPromise<OpenReport, void>(notProvided('openSession')),
+    login: fromPromise<SessionReport, { pin: Secret }>(notProvided('login')),
+    logout: fromPromise<SessionReport, void>(notProvided('logout')),
+    closeSession: fromPromise<null, { finalize: boolean }>(notProvided('closeSession')),
+  },
+  actions: {
+    abandonThread: () => undefined,
+    recordSession: assign({
+      session: (_, report: SessionReport) => report,
+      lastError: null,
+    }),
+    recordCrash: assign({ lastError: ({ event }) => ({ code: 'WORKER_CRASHED' as const, message: (event as { reason: string }).reason }), session: null }),
+    forgetSession: assign({ session: null }),
+    noteLogout: assign({ loggedOutBy: (_, by: SlotMachineContext['loggedOutBy']) => by }),
+  },
+  guards: {
+    tokenAlreadyLoggedIn: (_, report: SessionReport) => loggedInStates.has(report.state),
+    idleTimeoutEnabled: ({ context }) => context.idleTimeoutMs > 0,
+  },
+  delays: {
+    idleTimeout: ({ context }) => (context.idleTimeoutMs > 0 ? context.idleTimeoutMs : 2 ** 31 - 1),
+    backoff: ({ context }) => context.backoffMs,
+  },
+}).createMachine({
+  id: 'slot',
+  initial: 'uninitialized',
+  context: ({ input }) => ({ ...input, session: null, lastError: null, backoffMs: 0, loggedOutBy: null }),
+  on: {
+    CLOSE: '.closing',
+  },
+  states: {
+    uninitialized: {
+      on: { START: 'opening' },
+    },
+    opening: {
+      invoke: {
+        src: 'openSession',
+        onDone: [
+          {
+            guard: { type: 'tokenAlreadyLoggedIn', params: ({ event }) => event.output },
+            target: 'logged_in',
+            actions: { type: 'recordSession', params: ({ event }) => event.output },
+          },
+          { target: 'open', actions: { type: 'recordSession', params: ({ event }) => event.output } },
+        ],
+        onError: { target: 'crashed', actions: assign({ lastError: ({ event }) => asSlotError(event.error) }) },
+      },
+      on: { CRASHED: { target: 'crashed', actions: 'recordCrash' } },
+    },
+    open: {
+      on: {
+        LOGIN: 'logging_in',
+        TOKEN_LOGGED_IN: 'logged_in',
+        SESSION_LOST: 'opening',
+        CRASHED: { target: 'crashed', actions: 'recordCrash' },
+      },
+    },
+    logging_in: {
+      invoke: {
+        src: 'login',
+        input: ({ event }) => ({ pin: (event as { pin: Secret }).pin }),
+        onDone: { target: 'logged_in', actions: assign({ session: ({ event }) => event.output, lastError: null, loggedOutBy: null }) },
+        onError: [
+          { guard: ({ event }) => SESSION_LOST_CKRS.has((event.error as { ckr?: string }).ckr ?? ''), target: 'opening' },
+          { target: 'open', actions: assign({ lastError: ({ event }) => asSlotError(event.error) }) },
+        ],
+      },
+      on: { CRASHED: { target: 'crashed', actions: 'recordCrash' } },
+    },
+    logged_in: {
+      after: {
+        idleTimeout: {
+          guard: 'idleTimeoutEnabled',
+          target: 'logging_out',
+          actions: { type: 'noteLogout', params: 'idle' },
+        },
+      },
+      on: {
+        // Re-entering restarts the idle timer.
+        CALL_DONE: { target: 'logged_in', reenter: true },
+        LOGOUT: { target: 'logging_out', actions: { type: 'noteLogout', params: 'request' } },
+        TOKEN_LOGGED_OUT: { target: 'open', actions: { type: 'noteLogout', params: 'token' } },
+        SESSION_LOST: 'opening',
+        CRASHED: { target: 'crashed', actions: 'recordCrash' },
+      },
+    },
+    logging_out: {
+      invoke: {
+        src: 'logout',
+        onDone: { target: 'open', actions: { type: 'recordSession', params: ({ event }) => event.output } },
+        onError: 'opening',
+      },
+      on: { CRASHED: { target: 'crashed', actions: 'recordCrash' } },
+    },
+    crashed: {
+      entry: ['abandonThread', 'forgetSession'],
+      on: {
+        RESTART: { target: 'restarting', actions: assign({ backoffMs: ({ event }) => event.backoffMs }) },
+        GIVE_UP: 'failed',
+      },
+    },
+    restarting: {
+      after: { backoff: 'opening' },
+    },
+    failed: {
+      on: { RESET: { target: 'restarting', actions: assign({ backoffMs: 0 }) } },
+    },
+    closing: {
+      invoke: {
+        src: 'closeSession',
+        input: ({ event }) => ({ finalize: event.type === 'CLOSE' ? event.finalize : false }),
+        onDone: 'closed',
+        onError: 'closed',
+      },
+      on: { CLOSE: {} },
+    },
+    closed: {
+      type: 'final',
+      entry: ['abandonThread', 'forgetSession'],
+      on: { CLOSE: {} },
+    },
+  },
+});

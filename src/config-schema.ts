@@ -1,0 +1,104 @@
+/**
+ * The one schema for the config file: it validates at start-up and its inferred type is
+ * the type the rest of the code uses. `npm run schema` writes config/schema.json from it.
+ */
+import { z } from 'zod';
+
+const hex = z.string().regex(/^([0-9a-fA-F]{2})+$/, 'must be hex bytes, e.g. "01" or "a1b2"');
+
+export const PinSourceSchema = z.union([z.strictObject({ env: z.string().min(1) }), z.strictObject({ file: z.string().min(1) })], {
+  error: 'pin must be {"env": "VAR"} or {"file": "path"}; a PIN itself never goes in the config',
+});
+
+export const TokenSelectorSchema = z.union(
+  [
+    z.strictObject({ label: z.string().min(1).max(32) }),
+    z.strictObject({ serial: z.string().min(1).max(16) }),
+    z.strictObject({ slotIndex: z.number().int().min(0) }),
+  ],
+  { error: 'token must be one of {"label": "..."}, {"serial": "..."} or {"slotIndex": n}' },
+);
+
+export const KeyRefSchema = z
+  .strictObject({ label: z.string().min(1).max(256).optional(), id: hex.optional() })
+  .refine((k) => k.label !== undefined || k.id !== undefined, { message: 'a key names its label, its id, or both' });
+
+export const RestartPolicySchema = z.strictObject({
+  /** At most this many restarts of the slot's workers within `windowMs`; one more marks the slot failed. */
+  maxRestarts: z.number().int().min(0).default(5),
+  windowMs: z.number().int().min(1).default(60_000),
+  backoffInitialMs: z.number().int().min(0).default(100),
+  backoffMaxMs: z.number().int().min(0).default(5_000),
+});
+
+export const SlotSchema = z
+  .strictObject({
+    module: z.string().min(1),
+    token: TokenSelectorSchema,
+    type: z.enum(['token', 'hsm']).default('token'),
+    poolSize: z.number().int().min(1).max(64).default(1),
+    pin: PinSourceSchema.optional(),
+    keys: z.record(z.string().min(1), KeyRefSchema).default({}),
+    /** Log out after this long without a call; 0 keeps the login until logout or restart. */
+    idleTimeoutMs: z.number().int().min(0).default(0),
+    /** After an idle logout: `prompt` asks the PIN chain again; `fail` waits for an explicit login(). */
+    reauthentication: z.enum(['prompt', 'fail']).default('prompt'),
+    queueLimit: z.number().int().min(1).max(1_000_000).default(1000),
+    callTimeoutMs: z.number().int().min(1).default(30_000),
+    /** How long past its deadline a call may keep the worker before the worker is declared wedged and replaced. */
+    hungCallGraceMs: z.number().int().min(0).default(1_000),
+    lazy: z.boolean().default(false),
+    /** Larger inputs are refused with BAD_INPUT before they are copied to a worker; hash big documents first. */
+    maxDataBytes: z.number().int().min(1).max(2 ** 30).default(16 * 1024 * 1024),
+    readWrite: z.boolean().default(true),
+    restart: RestartPolicySchema.default(() => RestartPolicySchema.parse({})),
+  })
+  .superRefine((slot, ctx) => {
+    if (slot.type === 'token' && slot.poolSize !== 1) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['poolSize'],
+        message: 'a "token" slot has exactly one worker (USB tokens and smart cards serialize everything); use type "hsm" for a pool',
+      });
+    }
+  });
+
+export const ModuleSchema = z.strictObject({
+  path: z.string().min(1),
+  /** Process environment the module reads at C_Initialize (e.g. SOFTHSM2_CONF). */
+  env: z.record(z.string().min(1), z.string()).default({}),
+});
+
+export const ConfigSchema = z
+  .strictObject({
+    modules: z.record(z.string().min(1), ModuleSchema),
+    slots: z.record(z.string().min(1), SlotSchema).refine((s) => Object.keys(s).length > 0, { message: 'configure at least one slot' }),
+    metrics: z
+      .strictObject({
+        enabled: z.boolean().default(true),
+        host: z.string().min(1).default('127.0.0.1'),
+        port: z.number().int().min(0).max(65535).default(9464),
+      })
+      .default(() => ({ enabled: true, host: '127.0.0.1', port: 9464 })),
+    log: z
+      .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+      .default(() => ({ level: 'info' as const })),
+  })
+  .superRefine((cfg, ctx) => {
+    for (const [name, slot] of Object.entries(cfg.slots)) {
+      if (!Object.hasOwn(cfg.modules, slot.module)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['slots', name, 'module'],
+          message: `names module "${slot.module}", which is not in "modules" (${Object.keys(cfg.modules).join(', ') || 'none defined'})`,
+        });
+      }
+    }
+  });
+
+export type Config = z.output<typeof ConfigSchema>;
+export type ConfigInput = z.input<typeof ConfigSchema>;
+export type SlotConfig = z.output<typeof SlotSchema>;
+export type ModuleConfig = z.output<typeof ModuleSchema>;
+export type KeyRefConfig = z.output<typeof KeyRefSchema>;
+export type PinSource = z.output<typeof PinSourceSchema>;

@@ -1,0 +1,58 @@
+/**
+ * The one error class callers see. `code` is the stable contract; messages may improve.
+ * `ckr` is the PKCS#11 return value name when a token said it.
+ */
+export const ERROR_CODES = [
+  'SLOT_NOT_FOUND',
+  'KEY_NOT_FOUND',
+  'KEY_AMBIGUOUS',
+  'TOKEN_NOT_FOUND',
+  'PIN_REQUIRED',
+  'PIN_INCORRECT',
+  'PIN_LOCKED',
+  'QUEUE_FULL',
+  'TIMEOUT',
+  'ABORTED',
+  'SLOT_FAILED',
+  'MECHANISM_INVALID',
+  'BAD_INPUT',
+  'CONFIG_INVALID',
+  'MODULE_LOAD_FAILED',
+  'WORKER_CRASHED',
+  'PKCS11_ERROR',
+  'CLOSED',
+] as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+export interface ErrorDetails {
+  ckr?: string;
+  slot?: string;
+  /** For CONFIG_INVALID: every offending field, as a dotted path. */
+  issues?: { path: string; message: string }[];
+  cause?: unknown;
+}
+
+export class Pkcs11SupervisorError extends Error {
+  override readonly name = 'Pkcs11SupervisorError';
+  readonly code: ErrorCode;
+  readonly ckr: string | undefined;
+  readonly slot: string | undefined;
+  readonly issues: { path: string; message: string }[] | undefined;
+
+  constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.code = code;
+    this.ckr = details.ckr;
+    this.slot = details.slot;
+    this.issues = details.issues;
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { name: this.name, code: this.code, message: this.message, ckr: this.ckr, slot: this.slot, issues: this.issues };
+  }
+}
+
+export function isSupervisorError(e: unknown, code?: ErrorCode): e is Pkcs11SupervisorError {
+  return e instanceof Pkcs11SupervisorError && (code === undefined || e.code === code);
+}

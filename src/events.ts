@@ -1,0 +1,59 @@
+import { EventEmitter } from 'node:events';
+import type { SlotState, SlotError } from '../actors/slot-machine.js';
+import type { ErrorCode } from './errors.js';
+import type { PinOrigin } from './pin-chain.js';
+
+export interface StateChangeEvent {
+  slot: string;
+  worker: number;
+  from: SlotState;
+  to: SlotState;
+  error: SlotError | null;
+}
+
+export interface RestartEvent {
+  slot: string;
+  worker: number;
+  /** Restarts of this slot's workers inside the restart window, this one included. */
+  attempt: number;
+  backoffMs: number;
+  reason: string;
+}
+
+export interface SlotFailedEvent {
+  slot: string;
+  worker: number;
+  reason: string;
+}
+
+export interface CallCompletedEvent {
+  slot: string;
+  worker: number | null;
+  op: string;
+  mechanism: string | null;
+  outcome: 'ok' | ErrorCode;
+  /** Milliseconds between the call entering the mailbox and reaching a worker. */
+  queuedMs: number;
+  /** Milliseconds the worker thread spent on the call's PKCS#11 work (0 if it never ran). */
+  execMs: number;
+  /** Epoch ms at which the worker thread began and ended the PKCS#11 work (null if it never ran). */
+  startedAt: number | null;
+  endedAt: number | null;
+}
+
+export interface LoginEvent {
+  slot: string;
+  worker: number;
+  origin: PinOrigin;
+  outcome: 'ok' | string;
+}
+
+export interface SupervisorEvents {
+  stateChange: [StateChangeEvent];
+  restart: [RestartEvent];
+  slotFailed: [SlotFailedEvent];
+  callCompleted: [CallCompletedEvent];
+  login: [LoginEvent];
+}
+
+export class SupervisorEmitter extends EventEmitter<SupervisorEvents> {}

@@ -1,0 +1,12 @@
+export { startSupervisor, Pkcs11Supervisor } from './client.js';
+export type { StartOptions, CallOptions, SignRequest, VerifyRequest, PublicKeyRequest, PublicKeyInfo, SlotRequest } from './client.js';
+export { Pkcs11SupervisorError, ERROR_CODES, isSupervisorError } from './errors.js';
+export type { ErrorCode } from './errors.js';
+export { parseConfig, loadConfigFile, configJsonSchema } from './config.js';
+export type { Config, ConfigInput, SlotConfig } from './config-schema.js';
+export { MECHANISM_NAMES } from './mechanisms.js';
+export type { MechanismName, KeyType } from './mechanisms.js';
+export type { PinCallback, PinRequest } from './pin-chain.js';
+export type { KeyRef } from './validate.js';
+export type { SupervisorEvents, StateChangeEvent, RestartEvent, CallCompletedEvent, LoginEvent, SlotFailedEvent } from './events.js';
+export type { SlotState } from '../actors/slot-machine.js';

@@ -1,0 +1,106 @@
+/**
+ * Where a PIN comes from, in order: the call's own `pin`, the slot's configured source
+ * (env or file), the application's `pinCallback`, else PIN_REQUIRED.
+ *
+ * A PIN the token rejected is remembered only as a keyed fingerprint, and is not sent again
+ * from any automatic source: a real token locks after a few wrong tries.
+ */
+import { createHmac, randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import type { PinSource } from './config-schema.js';
+import { Pkcs11SupervisorError } from './errors.js';
+import { Secret } from './secret.js';
+
+export interface PinRequest {
+  slot: string;
+  tokenLabel: string | undefined;
+  reason: 'login' | 'relogin';
+}
+
+/** Supplied by the embedding application; may prompt a human. Returning null/undefined means "no PIN". */
+export type PinCallback = (request: PinRequest) => string | null | undefined | Promise<string | null | undefined>;
+
+export type PinOrigin = 'call' | 'env' | 'file' | 'callback';
+
+const fingerprintKey = randomBytes(32);
+
+function fingerprint(pin: Secret): string {
+  return createHmac('sha256', fingerprintKey).update(pin.reveal()).digest('base64');
+}
+
+export class PinChain {
+  private rejected: string | null = null;
+  /** Set after an idle logout under reauthentication "fail": only an explicit PIN logs in again. */
+  private explicitOnly = false;
+
+  constructor(
+    private readonly slot: string,
+    private readonly source: PinSource | undefined,
+    private readonly callback: PinCallback | undefined,
+  ) {}
+
+  get hasAutomaticSource(): boolean {
+    return this.source !== undefined;
+  }
+
+  requireExplicitPin(): void {
+    this.explicitOnly = true;
+  }
+
+  async resolve(perCall: Secret | undefined, request: PinRequest, explicit = false): Promise<{ pin: Secret; origin: PinOrigin }> {
+    if (perCall) return this.check(perCall, 'call', explicit);
+    if (this.explicitOnly) {
+      throw new Pkcs11SupervisorError(
+        'PIN_REQUIRED',
+        `slot "${this.slot}" logged out after being idle and its reauthentication policy is "fail": call login() or pass a pin`,
+        { slot: this.slot },
+      );
+    }
+    const configured = await this.fromSource();
+    if (configured) return this.check(configured.pin, configured.origin, explicit);
+    if (this.callback) {
+      let value: string | null | undefined;
+      try {
+        value = await this.callback(request);
+      } catch (e) {
+        throw new Pkcs11SupervisorError('PIN_REQUIRED', `the pinCallback for slot "${this.slot}" failed: ${(e as Error).message}`, { slot: this.slot });
+      }
+      if (typeof value === 'string' && value.length > 0) return this.check(new Secret(value), 'callback', explicit);
+    }
+    throw new Pkcs11SupervisorError('PIN_REQUIRED', `slot "${this.slot}" needs a login and no PIN source gave a PIN`, { slot: this.slot });
+  }
+
+  private async fromSource(): Promise<{ pin: Secret; origin: PinOrigin } | null> {
+    if (!this.source) return null;
+    if ('env' in this.source) {
+      const value = process.env[this.source.env];
+      return value ? { pin: new Secret(value), origin: 'env' } : null;
+    }
+    try {
+      const value = (await readFile(this.source.file, 'utf8')).replace(/\r?\n$/, '');
+      return value ? { pin: new Secret(value), origin: 'file' } : null;
+    } catch {
+      return null;
+    }
+  }
+
+  private check(pin: Secret, origin: PinOrigin, explicit: boolean): { pin: Secret; origin: PinOrigin } {
+    if (!explicit && this.rejected !== null && fingerprint(pin) === this.rejected) {
+      throw new Pkcs11SupervisorError(
+        'PIN_INCORRECT',
+        `the token of slot "${this.slot}" already rejected this PIN (from ${origin}); it is not sent again automatically. Supply a different PIN or call login()`,
+        { slot: this.slot, ckr: 'CKR_PIN_INCORRECT' },
+      );
+    }
+    return { pin, origin };
+  }
+
+  rejectedByToken(pin: Secret): void {
+    this.rejected = fingerprint(pin);
+  }
+
+  accepted(): void {
+    this.rejected = null;
+    this.explicitOnly = false;
+  }
+}

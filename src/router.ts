@@ -1,0 +1,189 @@
+/**
+ * A slot's mailbox: a bounded FIFO of calls in front of the slot's workers. Each worker runs
+ * one call at a time, so a token slot (one worker) runs calls strictly one by one in arrival
+ * order, and an HSM pool hands each call to the next idle worker round-robin, skipping
+ * workers that are restarting. Every call ends exactly once: with its result, or with
+ * TIMEOUT, ABORTED, QUEUE_FULL, SLOT_FAILED or CLOSED.
+ */
+import { Pkcs11SupervisorError } from './errors.js';
+import type { Secret } from './secret.js';
+import type { CallContext, SlotWorker } from './slot-worker.js';
+
+export interface CallSpec<T> {
+  needsLogin: boolean;
+  pin: Secret | undefined;
+  timeoutMs: number;
+  signal: AbortSignal | undefined;
+  run: (worker: SlotWorker, call: CallContext) => Promise<T>;
+}
+
+export interface Delivered<T> {
+  value: T;
+  worker: number;
+  enqueuedAt: number;
+  startedAt: number;
+}
+
+class Call<T> implements CallContext {
+  settled = false;
+  queued = true;
+  startedAt = 0;
+  readonly enqueuedAt = Date.now();
+  readonly deadline: number;
+  timer: NodeJS.Timeout | undefined;
+  onAbort: (() => void) | undefined;
+
+  constructor(
+    readonly spec: CallSpec<T>,
+    readonly resolve: (d: Delivered<T>) => void,
+    readonly reject: (e: Error) => void,
+  ) {
+    this.deadline = this.enqueuedAt + spec.timeoutMs;
+  }
+
+  get pin(): Secret | undefined {
+    return this.spec.pin;
+  }
+  get needsLogin(): boolean {
+    return this.spec.needsLogin;
+  }
+}
+
+export class Mailbox {
+  private queue: Call<unknown>[] = [];
+  private head = 0;
+  private waiting = 0;
+  private inFlight = 0;
+  private next = 0;
+  private closedWith: Pkcs11SupervisorError | null = null;
+
+  constructor(
+    private readonly slot: string,
+    private readonly workers: readonly SlotWorker[],
+    private readonly limit: number,
+    private readonly slotFailure: () => Pkcs11SupervisorError | null,
+  ) {}
+
+  get depth(): number {
+    return this.waiting;
+  }
+
+  get running(): number {
+    return this.inFlight;
+  }
+
+  submit<T>(spec: CallSpec<T>): Promise<Delivered<T>> {
+    return new Promise<Delivered<T>>((resolve, reject) => {
+      const refused = this.closedWith ?? this.slotFailure() ?? this.refusal(spec);
+      if (refused) return reject(refused);
+      const call = new Call<T>(spec, resolve, reject);
+      call.timer = setTimeout(() => this.fail(call, new Pkcs11SupervisorError('TIMEOUT', this.timeoutMessage(call), { slot: this.slot })), spec.timeoutMs);
+      if (spec.signal) {
+        call.onAbort = () => this.fail(call, new Pkcs11SupervisorError('ABORTED', 'the call was aborted by its signal', { slot: this.slot }));
+        spec.signal.addEventListener('abort', call.onAbort, { once: true });
+      }
+      this.queue.push(call as Call<unknown>);
+      this.waiting++;
+      this.pump();
+    });
+  }
+
+  private refusal(spec: CallSpec<unknown>): Pkcs11SupervisorError | null {
+    if (spec.signal?.aborted) return new Pkcs11SupervisorError('ABORTED', 'the call was aborted before it was queued', { slot: this.slot });
+    if (this.waiting >= this.limit) {
+      return new Pkcs11SupervisorError('QUEUE_FULL', `slot "${this.slot}" has ${this.waiting} calls waiting (queueLimit ${this.limit})`, { slot: this.slot });
+    }
+    return null;
+  }
+
+  private timeoutMessage<T>(call: Call<T>): string {
+    const where = call.queued ? 'waiting in the queue' : 'running on the token';
+    return `the call timed out after ${call.spec.timeoutMs} ms ${where} (slot "${this.slot}")`;
+  }
+
+  /** Hands queued calls to idle, accepting workers. Called on submit, on completion and on worker state changes. */
+  pump(): void {
+    const n = this.workers.length;
+    while (this.head < this.queue.length) {
+      const call = this.queue[this.head]!;
+      if (call.settled) {
+        this.dequeueHead();
+        continue;
+      }
+      let worker: SlotWorker | undefined;
+      for (let i = 0; i < n; i++) {
+        const w = this.workers[(this.next + i) % n]!;
+        if (!w.busy && w.accepting) {
+          worker = w;
+          this.next = (this.next + i + 1) % n;
+          break;
+        }
+      }
+      if (!worker) return;
+      this.dequeueHead();
+      call.queued = false;
+      this.waiting--;
+      this.dispatch(worker, call);
+    }
+  }
+
+  private dequeueHead(): void {
+    this.head++;
+    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  private dispatch(worker: SlotWorker, call: Call<unknown>): void {
+    worker.busy = true;
+    this.inFlight++;
+    call.startedAt = Date.now();
+    call.spec.run(worker, call).then(
+      (value) => this.finish(call, () => call.resolve({ value, worker: worker.index, enqueuedAt: call.enqueuedAt, startedAt: call.startedAt })),
+      (e: unknown) => this.finish(call, () => call.reject(e instanceof Error ? e : new Error(String(e)))),
+    ).finally(() => {
+      worker.busy = false;
+      this.inFlight--;
+      this.pump();
+    });
+  }
+
+  private finish(call: Call<unknown>, settle: () => void): void {
+    if (call.settled) return;
+    this.cleanup(call);
+    settle();
+  }
+
+  private fail<T>(call: Call<T>, error: Pkcs11SupervisorError): void {
+    if (call.settled) return;
+    if (call.queued) this.waiting--;
+    call.queued = false;
+    this.cleanup(call);
+    call.reject(error);
+  }
+
+  private cleanup<T>(call: Call<T>): void {
+    call.settled = true;
+    clearTimeout(call.timer);
+    if (call.onAbort) call.spec.signal?.removeEventListener('abort', call.onAbort);
+  }
+
+  /** Fails every queued call (not the running ones) with `error`. */
+  failQueued(error: Pkcs11SupervisorError): void {
+    for (let i = this.head; i < this.queue.length; i++) this.fail(this.queue[i]!, error);
+    this.queue = [];
+    this.head = 0;
+  }
+
+  /** Refuses new calls and fails the queued ones; running calls finish. */
+  close(error: Pkcs11SupervisorError): void {
+    this.closedWith = error;
+    this.failQueued(error);
+  }
+
+  /** Resolves when no call is running. */
+  async drained(): Promise<void> {
+    while (this.inFlight > 0) await new Promise((r) => setTimeout(r, 10));
+  }
+}

@@ -1,0 +1,60 @@
+/**
+ * One worker thread holding one session. Each generation of a slot worker gets a fresh
+ * Piscina pool of exactly one thread; a crashed or wedged thread is abandoned with its pool,
+ * never reused, so no half-dead session is handed a call.
+ */
+import { fileURLToPath } from 'node:url';
+import { Piscina } from 'piscina';
+import type { WorkerReply, WorkerTask } from '../workers/protocol.js';
+
+const WORKER_FILE = fileURLToPath(new URL('../workers/session-worker.js', import.meta.url));
+
+export class ThreadDied extends Error {}
+
+export class SessionThread {
+  private readonly pool: Piscina<WorkerTask, WorkerReply>;
+  private ended = false;
+
+  constructor(onDeath: (reason: Error) => void) {
+    this.pool = new Piscina<WorkerTask, WorkerReply>({
+      filename: WORKER_FILE,
+      minThreads: 1,
+      maxThreads: 1,
+      concurrentTasksPerWorker: 1,
+      idleTimeout: 2 ** 31 - 1,
+    });
+    const die = (reason: Error): void => {
+      if (this.ended) return;
+      this.ended = true;
+      onDeath(reason);
+    };
+    this.pool.on('error', (e: Error) => die(e));
+    // Piscina replaces a dead thread on its own; the replacement would hold no session, so
+    // any thread leaving the pool ends this generation.
+    this.pool.on('workerDestroy', () => die(new ThreadDied('session worker thread exited')));
+  }
+
+  get alive(): boolean {
+    return !this.ended;
+  }
+
+  async run<T>(task: WorkerTask): Promise<WorkerReply<T>> {
+    if (this.ended) throw new ThreadDied('session worker thread is gone');
+    try {
+      return (await this.pool.run(task)) as WorkerReply<T>;
+    } catch (e) {
+      throw new ThreadDied(`session worker thread failed: ${(e as Error).message}`);
+    }
+  }
+
+  /** Lets go of a crashed or wedged thread without waiting for it: a hung native call cannot be interrupted. */
+  abandon(): void {
+    this.ended = true;
+    this.pool.destroy().catch(() => undefined);
+  }
+
+  async stop(): Promise<void> {
+    this.ended = true;
+    await this.pool.destroy();
+  }
+}

@@ -1,0 +1,250 @@
+/**
+ * One slot worker: the slot machine actor plus the thread it drives. It runs one call at a
+ * time (the router guarantees it) and owns the recovery rule: after a lost session or a
+ * dead thread, get back to a usable state and retry the call once.
+ */
+import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
+import { slotMachine, type SlotState } from '../actors/slot-machine.js';
+import { SESSION_LOST_CKRS } from './ckr.js';
+import { Pkcs11SupervisorError } from './errors.js';
+import type { PinChain, PinOrigin } from './pin-chain.js';
+import type { Secret } from './secret.js';
+import { SessionThread, ThreadDied } from './session-thread.js';
+import type { SlotConfig } from './config-schema.js';
+import type { OpenReport, SessionReport, WorkerReply, WorkerTask } from '../workers/protocol.js';
+
+/** What a worker needs to know about a call; the router's Call satisfies it. */
+export interface CallContext {
+  readonly deadline: number;
+  readonly pin: Secret | undefined;
+  readonly needsLogin: boolean;
+  /** Set once the caller has an answer; a call not yet started is then dropped. */
+  readonly settled: boolean;
+}
+
+export interface SlotWorkerHooks {
+  stateChanged(worker: SlotWorker, from: SlotState, to: SlotState): void;
+  loginAttempted(worker: SlotWorker, origin: PinOrigin, outcome: 'ok' | string): void;
+}
+
+export interface SlotWorkerOptions {
+  slot: string;
+  index: number;
+  config: SlotConfig;
+  modulePath: string;
+  pins: PinChain;
+  /** Serializes logins across a slot's workers: login is token-wide. */
+  loginLock: <T>(fn: () => Promise<T>) => Promise<T>;
+  hooks: SlotWorkerHooks;
+}
+
+class Wedged extends Error {}
+
+const SETTLED: ReadonlySet<SlotState> = new Set(['uninitialized', 'open', 'logged_in', 'failed', 'closed']);
+const NOT_ACCEPTING: ReadonlySet<SlotState> = new Set(['crashed', 'restarting', 'failed', 'closing', 'closed']);
+const LOGGED_IN_SESSION = new Set(['RO_USER', 'RW_USER', 'RW_SO']);
+
+function unwrap<T>(reply: WorkerReply<T>, slot: string): T {
+  if (reply.ok) return reply.value;
+  throw new Pkcs11SupervisorError(reply.error.code, reply.error.message, { slot, ckr: reply.error.ckr });
+}
+
+export class SlotWorker {
+  readonly slot: string;
+  readonly index: number;
+  readonly actor: Actor<typeof slotMachine>;
+  busy = false;
+  state: SlotState = 'uninitialized';
+  private thread: SessionThread | null = null;
+
+  constructor(private readonly opts: SlotWorkerOptions) {
+    this.slot = opts.slot;
+    this.index = opts.index;
+    const machine = slotMachine.provide({
+      actors: {
+        openSession: fromPromise<OpenReport, void>(() => this.openSession()),
+        login: fromPromise<SessionReport, { pin: Secret }>(async ({ input }) =>
+          unwrap(await this.liveThread().run<SessionReport>({ op: 'login', pin: input.pin.reveal(), userType: 'user' }), this.slot),
+        ),
+        logout: fromPromise<SessionReport, void>(async () => unwrap(await this.liveThread().run<SessionReport>({ op: 'logout' }), this.slot)),
+        closeSession: fromPromise<null, { finalize: boolean }>(({ input }) => this.closeSession(input.finalize)),
+      },
+      actions: { abandonThread: () => this.abandonThread() },
+    });
+    this.actor = createActor(machine, { input: { slot: opts.slot, worker: opts.index, idleTimeoutMs: opts.config.idleTimeoutMs } });
+    this.actor.subscribe((snap) => {
+      const to = snap.value as SlotState;
+      if (to === this.state) return;
+      const from = this.state;
+      this.state = to;
+      opts.hooks.stateChanged(this, from, to);
+    });
+    this.actor.start();
+  }
+
+  get accepting(): boolean {
+    return !NOT_ACCEPTING.has(this.state);
+  }
+
+  get context() {
+    return this.actor.getSnapshot().context;
+  }
+
+  start(): void {
+    if (this.state === 'uninitialized') this.actor.send({ type: 'START' });
+  }
+
+  private liveThread(): SessionThread {
+    if (!this.thread?.alive) throw new ThreadDied('session worker thread is gone');
+    return this.thread;
+  }
+
+  private async openSession(): Promise<OpenReport> {
+    if (!this.thread?.alive) {
+      this.thread = new SessionThread((reason) => this.actor.send({ type: 'CRASHED', reason: reason.message }));
+    }
+    const { modulePath, config } = this.opts;
+    return unwrap(
+      await this.thread.run<OpenReport>({ op: 'open', modulePath, token: config.token, readWrite: config.readWrite }),
+      this.slot,
+    );
+  }
+
+  private async closeSession(finalize: boolean): Promise<null> {
+    const thread = this.thread;
+    if (!thread?.alive) return null;
+    try {
+      await thread.run({ op: 'close', finalize });
+    } finally {
+      await thread.stop().catch(() => undefined);
+    }
+    return null;
+  }
+
+  private abandonThread(): void {
+    this.thread?.abandon();
+    this.thread = null;
+  }
+
+  /** Runs a task on this worker's thread; past the deadline plus grace the thread is declared wedged. */
+  async runTask<T>(task: WorkerTask, deadline: number): Promise<WorkerReply<T>> {
+    const thread = this.liveThread();
+    let timer: NodeJS.Timeout | undefined;
+    const wedged = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Wedged()), Math.max(0, deadline + this.opts.config.hungCallGraceMs - Date.now()));
+    });
+    try {
+      return await Promise.race([thread.run<T>(task), wedged]);
+    } catch (e) {
+      if (e instanceof Wedged) {
+        this.actor.send({
+          type: 'CRASHED',
+          reason: `a ${task.op} call ran ${this.opts.config.hungCallGraceMs} ms past its deadline; the worker is wedged and is replaced`,
+        });
+      }
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Runs a call's task: waits until the session is usable (logging in through the PIN chain
+   * if the call needs it), and retries once after a lost session or a dead thread.
+   */
+  async execute<T>(task: WorkerTask, call: CallContext): Promise<WorkerReply<T>> {
+    for (let attempt = 0; ; attempt++) {
+      await this.ready(call);
+      if (call.settled) throw new Pkcs11SupervisorError('TIMEOUT', 'the call ended before it reached the token', { slot: this.slot });
+      let reply: WorkerReply<T>;
+      try {
+        reply = await this.runTask<T>(task, call.deadline);
+      } catch (e) {
+        if (attempt === 0 && e instanceof ThreadDied) continue;
+        if (e instanceof Wedged || e instanceof ThreadDied) {
+          throw new Pkcs11SupervisorError('WORKER_CRASHED', `slot "${this.slot}" worker ${this.index}: ${e.message || 'worker wedged'}`, { slot: this.slot });
+        }
+        throw e;
+      }
+      if (!reply.ok && attempt === 0 && reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) {
+        this.actor.send({ type: 'SESSION_LOST' });
+        continue;
+      }
+      if (this.state === 'logged_in' && this.opts.config.idleTimeoutMs > 0) this.actor.send({ type: 'CALL_DONE' });
+      return reply;
+    }
+  }
+
+  /** Waits for a state a call can run in; logs in when the call needs it. */
+  async ready(call: CallContext): Promise<void> {
+    for (let round = 0; round < 3; round++) {
+      const state = await this.settledState(call.deadline);
+      if (state === 'failed') {
+        const e = this.context.lastError;
+        throw new Pkcs11SupervisorError('SLOT_FAILED', `slot "${this.slot}" has failed${e ? `: ${e.message}` : ''}`, { slot: this.slot, ckr: e?.ckr });
+      }
+      if (state === 'closed') throw new Pkcs11SupervisorError('CLOSED', 'the supervisor is closed', { slot: this.slot });
+      if (state === 'logged_in' || (state === 'open' && !call.needsLogin)) return;
+      await this.logIn(call.pin, call.deadline, round === 0 ? 'login' : 'relogin', false);
+    }
+    throw new Pkcs11SupervisorError('PIN_REQUIRED', `slot "${this.slot}" could not reach a logged-in session`, { slot: this.slot });
+  }
+
+  private async settledState(deadline: number): Promise<SlotState> {
+    if (this.state === 'uninitialized') this.start();
+    if (SETTLED.has(this.state)) return this.state;
+    const timeout = deadline - Date.now();
+    if (timeout <= 0) throw new Pkcs11SupervisorError('TIMEOUT', `slot "${this.slot}" was not ready before the deadline`, { slot: this.slot });
+    try {
+      const snap = await waitFor(this.actor, (s) => SETTLED.has(s.value as SlotState), { timeout });
+      return snap.value as SlotState;
+    } catch {
+      throw new Pkcs11SupervisorError('TIMEOUT', `slot "${this.slot}" was not ready before the deadline (state ${this.state})`, { slot: this.slot });
+    }
+  }
+
+  /**
+   * Logs the token in through this worker, following the token first: if another session
+   * of this application already logged it in, no PIN is needed or sent.
+   */
+  async logIn(perCall: Secret | undefined, deadline: number, reason: 'login' | 'relogin', explicit: boolean): Promise<void> {
+    await this.opts.loginLock(async () => {
+      const info = unwrap(await this.runTask<SessionReport>({ op: 'sessionInfo' }, deadline), this.slot);
+      if (LOGGED_IN_SESSION.has(info.state)) {
+        if (this.state === 'open') this.actor.send({ type: 'TOKEN_LOGGED_IN' });
+        return;
+      }
+      const { pins } = this.opts;
+      const { pin, origin } = await pins.resolve(perCall, { slot: this.slot, tokenLabel: info.tokenLabel, reason }, explicit);
+      this.actor.send({ type: 'LOGIN', pin });
+      const snap = await waitFor(this.actor, (s) => s.value !== 'logging_in');
+      if (snap.value === 'logged_in') {
+        pins.accepted();
+        this.opts.hooks.loginAttempted(this, origin, 'ok');
+        return;
+      }
+      const err = snap.context.lastError;
+      this.opts.hooks.loginAttempted(this, origin, err?.code ?? 'UNKNOWN');
+      if (err?.code === 'PIN_INCORRECT') pins.rejectedByToken(pin);
+      if (snap.value === 'open' && err) throw new Pkcs11SupervisorError(err.code, err.message, { slot: this.slot, ckr: err.ckr });
+      // The session was lost or the thread died during login: the caller's loop tries again.
+    });
+  }
+
+  async logOut(deadline: number): Promise<void> {
+    if (this.state !== 'logged_in') {
+      // The token may still be logged in through a sibling's session: log it out all the same.
+      const state = await this.settledState(deadline);
+      if (state !== 'open' && state !== 'logged_in') return;
+      unwrap(await this.runTask({ op: 'logout' }, deadline), this.slot);
+      return;
+    }
+    this.actor.send({ type: 'LOGOUT' });
+    await waitFor(this.actor, (s) => s.value !== 'logging_out' && s.value !== 'logged_in');
+  }
+
+  async close(finalize: boolean): Promise<void> {
+    this.actor.send({ type: 'CLOSE', finalize });
+    await waitFor(this.actor, (s) => s.value === 'closed');
+  }
+}

@@ -1,0 +1,140 @@
+/**
+ * A configured slot: its workers (one for a token, a pool for an HSM), its mailbox and its
+ * PIN chain. Login is token-wide, so the slot keeps its workers' actors following the token:
+ * a login or logout through one worker is told to the others.
+ */
+import type { Logger } from 'pino';
+import { waitFor } from 'xstate';
+import type { SlotState } from '../actors/slot-machine.js';
+import type { SlotConfig } from './config-schema.js';
+import { Pkcs11SupervisorError } from './errors.js';
+import type { SupervisorEmitter } from './events.js';
+import { PinChain, type PinCallback } from './pin-chain.js';
+import { Mailbox, type CallSpec, type Delivered } from './router.js';
+import { SlotWorker } from './slot-worker.js';
+
+export interface CrashHandler {
+  crashed(slot: Slot, worker: SlotWorker): void;
+}
+
+const FIRST_OUTCOME: ReadonlySet<SlotState> = new Set(['open', 'logged_in', 'crashed', 'failed', 'closed']);
+
+export class Slot {
+  readonly workers: SlotWorker[];
+  readonly mailbox: Mailbox;
+  readonly pins: PinChain;
+  private loginChain: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    readonly name: string,
+    readonly config: SlotConfig,
+    modulePath: string,
+    pinCallback: PinCallback | undefined,
+    private readonly events: SupervisorEmitter,
+    private readonly log: Logger,
+    private readonly supervisor: CrashHandler,
+  ) {
+    this.pins = new PinChain(name, config.pin, pinCallback);
+    const loginLock = <T>(fn: () => Promise<T>): Promise<T> => {
+      const run = this.loginChain.then(fn, fn);
+      this.loginChain = run.catch(() => undefined);
+      return run;
+    };
+    this.workers = Array.from(
+      { length: config.poolSize },
+      (_, index) =>
+        new SlotWorker({
+          slot: name,
+          index,
+          config,
+          modulePath,
+          pins: this.pins,
+          loginLock,
+          hooks: {
+            stateChanged: (w, from, to) => this.stateChanged(w, from, to),
+            loginAttempted: (w, origin, outcome) => {
+              this.events.emit('login', { slot: name, worker: w.index, origin, outcome });
+              this.log[outcome === 'ok' ? 'info' : 'warn']({ slot: name, worker: w.index, pinSource: origin, outcome }, 'login');
+            },
+          },
+        }),
+    );
+    this.mailbox = new Mailbox(name, this.workers, config.queueLimit, () => this.failure());
+  }
+
+  /** Opens every worker's session and, where a PIN source is configured, logs in. Lazy slots wait for their first call. */
+  async start(): Promise<void> {
+    if (this.config.lazy) return;
+    for (const w of this.workers) w.start();
+    await Promise.all(this.workers.map((w) => waitFor(w.actor, (s) => FIRST_OUTCOME.has(s.value as SlotState))));
+    const first = this.workers.find((w) => w.state === 'open');
+    if (!first || !this.pins.hasAutomaticSource) return;
+    try {
+      await first.logIn(undefined, Date.now() + this.config.callTimeoutMs, 'login', false);
+    } catch (e) {
+      this.log.warn({ slot: this.name, code: (e as Pkcs11SupervisorError).code }, 'start-up login failed; calls will ask the PIN chain again');
+    }
+  }
+
+  call<T>(spec: CallSpec<T>): Promise<Delivered<T>> {
+    return this.mailbox.submit(spec);
+  }
+
+  /** The slot fails when every worker has failed; until then the healthy ones serve. */
+  failure(): Pkcs11SupervisorError | null {
+    if (!this.workers.every((w) => w.state === 'failed')) return null;
+    const last = this.workers[0]!.context.lastError;
+    return new Pkcs11SupervisorError('SLOT_FAILED', `slot "${this.name}" has failed${last ? `: ${last.message}` : ''}; it needs an operator (reset) or the token back`, {
+      slot: this.name,
+      ckr: last?.ckr,
+    });
+  }
+
+  private stateChanged(worker: SlotWorker, from: SlotState, to: SlotState): void {
+    const error = worker.context.lastError;
+    this.events.emit('stateChange', { slot: this.name, worker: worker.index, from, to, error });
+    const level = to === 'crashed' || to === 'failed' ? 'warn' : 'info';
+    this.log[level]({ slot: this.name, worker: worker.index, from, to, ...(error && (to === 'crashed' || to === 'failed') ? { code: error.code, ckr: error.ckr, reason: error.message } : {}) }, 'slot state');
+
+    if (to === 'crashed') this.supervisor.crashed(this, worker);
+    if (to === 'failed') {
+      const failure = this.failure();
+      if (failure) this.mailbox.failQueued(failure);
+    }
+    if (from === 'logging_in' && to === 'logged_in') this.tellSiblings(worker, 'open', 'TOKEN_LOGGED_IN');
+    if (from === 'logging_out' && to === 'open') {
+      this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');
+      if (worker.context.loggedOutBy === 'idle' && this.config.reauthentication === 'fail') this.pins.requireExplicitPin();
+    }
+    this.mailbox.pump();
+  }
+
+  private tellSiblings(origin: SlotWorker, inState: SlotState, type: 'TOKEN_LOGGED_IN' | 'TOKEN_LOGGED_OUT'): void {
+    for (const w of this.workers) if (w !== origin && w.state === inState) w.actor.send({ type });
+  }
+
+  status() {
+    return {
+      type: this.config.type,
+      state: this.summaryState(),
+      queued: this.mailbox.depth,
+      running: this.mailbox.running,
+      workers: this.workers.map((w) => {
+        const ctx = w.context;
+        return {
+          index: w.index,
+          state: w.state,
+          session: ctx.session ? { handle: ctx.session.handle, state: ctx.session.state, tokenLabel: ctx.session.tokenLabel, tokenSerial: ctx.session.tokenSerial } : null,
+          lastError: ctx.lastError,
+        };
+      }),
+    };
+  }
+
+  /** The best state any worker is in: a pool with one healthy worker still serves. */
+  summaryState(): SlotState {
+    const order: SlotState[] = ['logged_in', 'open', 'logging_in', 'logging_out', 'opening', 'restarting', 'crashed', 'uninitialized', 'failed', 'closing', 'closed'];
+    for (const s of order) if (this.workers.some((w) => w.state === s)) return s;
+    return 'uninitialized';
+  }
+}

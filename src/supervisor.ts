@@ -1,0 +1,110 @@
+/**
+ * The supervisor: starts one slot per configured slot, decides what happens when a worker
+ * crashes (restart after backoff, or give up when the slot's restart budget is spent), and
+ * shuts everything down in order: calls, logins, sessions, then each module exactly once.
+ */
+import type { Logger } from 'pino';
+import type { Config } from './config-schema.js';
+import { Pkcs11SupervisorError } from './errors.js';
+import { SupervisorEmitter } from './events.js';
+import { acquireModule, releaseModule } from './module-registry.js';
+import type { PinCallback } from './pin-chain.js';
+import { RestartBudget } from './restart-budget.js';
+import { Slot } from './slot.js';
+import type { SlotWorker } from './slot-worker.js';
+
+/** Open errors a restart cannot fix: give up at once instead of spending the budget. */
+const PERMANENT: ReadonlySet<string> = new Set(['MODULE_LOAD_FAILED']);
+
+export class Supervisor {
+  readonly slots = new Map<string, Slot>();
+  readonly events = new SupervisorEmitter();
+  private readonly budgets = new Map<Slot, RestartBudget>();
+  private closing: Promise<void> | null = null;
+
+  constructor(
+    readonly config: Config,
+    private readonly log: Logger,
+    pinCallback: PinCallback | undefined,
+  ) {
+    const acquired: string[] = [];
+    try {
+      for (const [name, slotConfig] of Object.entries(config.slots)) {
+        const mod = config.modules[slotConfig.module]!;
+        acquireModule(mod.path, mod.env, `modules.${slotConfig.module}.env`);
+        acquired.push(mod.path);
+        const slot = new Slot(name, slotConfig, mod.path, pinCallback, this.events, log, this);
+        this.slots.set(name, slot);
+        this.budgets.set(slot, new RestartBudget(slotConfig.restart));
+      }
+    } catch (e) {
+      for (const path of acquired) releaseModule(path);
+      throw e;
+    }
+  }
+
+  async start(): Promise<void> {
+    await Promise.all([...this.slots.values()].map((s) => s.start()));
+  }
+
+  get closed(): boolean {
+    return this.closing !== null;
+  }
+
+  crashed(slot: Slot, worker: SlotWorker): void {
+    if (this.closing) return;
+    const error = worker.context.lastError;
+    const reason = error?.message ?? 'unknown';
+    const next = error && PERMANENT.has(error.code) ? null : this.budgets.get(slot)!.next(Date.now());
+    // Decide after the current transition has settled.
+    queueMicrotask(() => {
+      if (next === null) {
+        this.log.error({ slot: slot.name, worker: worker.index, code: error?.code, reason }, 'restart budget spent or error permanent: slot worker failed');
+        this.events.emit('slotFailed', { slot: slot.name, worker: worker.index, reason });
+        worker.actor.send({ type: 'GIVE_UP' });
+      } else {
+        const { attempt, backoffMs } = next;
+        this.log.warn({ slot: slot.name, worker: worker.index, backoffMs, attempt, reason }, 'restarting slot worker');
+        this.events.emit('restart', { slot: slot.name, worker: worker.index, attempt, backoffMs, reason });
+        worker.actor.send({ type: 'RESTART', backoffMs });
+      }
+    });
+  }
+
+  /** Operator action: forget the slot's restart history and bring failed workers back. */
+  reset(slot: Slot): void {
+    this.budgets.get(slot)!.reset();
+    for (const w of slot.workers) if (w.state === 'failed') w.actor.send({ type: 'RESET' });
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    const slots = [...this.slots.values()];
+    const closed = new Pkcs11SupervisorError('CLOSED', 'the supervisor is closing');
+    for (const s of slots) s.mailbox.close(closed);
+    await Promise.all(slots.map((s) => s.mailbox.drained()));
+
+    // Logout is token-wide: once per slot is enough.
+    await Promise.all(
+      slots.map(async (s) => {
+        const w = s.workers.find((x) => x.state === 'logged_in');
+        if (w) await w.logOut(Date.now() + s.config.callTimeoutMs).catch((e: Error) => this.log.warn({ slot: s.name, err: e.message }, 'logout at close failed'));
+      }),
+    );
+
+    // Close every session. A module this process no longer uses is finalized by one live
+    // worker of it, after its other sessions are closed.
+    const pathOf = (s: Slot): string => this.config.modules[s.config.module]!.path;
+    const lastUse = new Map<string, boolean>();
+    for (const s of slots) lastUse.set(pathOf(s), releaseModule(pathOf(s)));
+    const finalizer = new Map<string, SlotWorker>();
+    for (const s of slots) for (const w of s.workers) if (w.accepting && lastUse.get(pathOf(s))) finalizer.set(pathOf(s), w);
+    const finalizing = new Set(finalizer.values());
+    await Promise.all(slots.flatMap((s) => s.workers.filter((w) => !finalizing.has(w)).map((w) => w.close(false))));
+    await Promise.all([...finalizing].map((w) => w.close(true)));
+  }
+}

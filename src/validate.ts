@@ -1,0 +1,79 @@
+/** Checks on what a caller passes, made before a call is queued. Each failure is a typed error. */
+import { Pkcs11SupervisorError } from './errors.js';
+import { isMechanismName, MECHANISM_NAMES, type MechanismName } from './mechanisms.js';
+import { Secret } from './secret.js';
+import type { Slot } from './slot.js';
+import type { KeySelector, SignatureFormat } from '../workers/protocol.js';
+
+/** A key by its ref in the slot's `keys`, or directly by label and/or id (hex). */
+export type KeyRef = string | { label?: string; id?: string };
+
+export function badInput(message: string, slot?: string): Pkcs11SupervisorError {
+  return new Pkcs11SupervisorError('BAD_INPUT', message, { slot });
+}
+
+export function keySelector(slot: Slot, key: unknown): KeySelector {
+  if (typeof key === 'string') {
+    const ref = Object.hasOwn(slot.config.keys, key) ? slot.config.keys[key] : undefined;
+    if (!ref) {
+      const known = Object.keys(slot.config.keys);
+      throw new Pkcs11SupervisorError('KEY_NOT_FOUND', `slot "${slot.name}" has no key ref "${key}" (configured: ${known.join(', ') || 'none'})`, { slot: slot.name });
+    }
+    return { label: ref.label, id: ref.id?.toLowerCase() };
+  }
+  if (key && typeof key === 'object') {
+    const { label, id } = key as { label?: unknown; id?: unknown };
+    if (label !== undefined && (typeof label !== 'string' || label.length === 0)) throw badInput('key.label must be a non-empty string', slot.name);
+    if (id !== undefined && (typeof id !== 'string' || !/^([0-9a-fA-F]{2})+$/.test(id))) throw badInput('key.id must be hex bytes, e.g. "01"', slot.name);
+    if (label === undefined && id === undefined) throw badInput('key must name a ref, or { label } and/or { id }', slot.name);
+    return { label: label as string | undefined, id: (id as string | undefined)?.toLowerCase() };
+  }
+  throw badInput('key must be a key ref (string) or { label, id }', slot.name);
+}
+
+export function mechanism(name: unknown, slot: string): MechanismName {
+  if (isMechanismName(name)) return name;
+  throw new Pkcs11SupervisorError('MECHANISM_INVALID', `unknown mechanism ${JSON.stringify(name)}; known: ${MECHANISM_NAMES.join(', ')}`, { slot });
+}
+
+export function bytes(value: unknown, what: string, slot: Slot): Uint8Array {
+  if (!(value instanceof Uint8Array)) throw badInput(`${what} must be a Buffer or Uint8Array, got ${value === null ? 'null' : typeof value}`, slot.name);
+  if (value.byteLength === 0) throw badInput(`${what} is empty`, slot.name);
+  if (value.byteLength > slot.config.maxDataBytes) {
+    throw badInput(`${what} is ${value.byteLength} bytes; slot "${slot.name}" accepts at most ${slot.config.maxDataBytes} (maxDataBytes). Hash large documents and sign with prehashed: true`, slot.name);
+  }
+  return value;
+}
+
+export function timeoutMs(value: unknown, slot: Slot): number {
+  if (value === undefined) return slot.config.callTimeoutMs;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || value > 2 ** 31 - 1) {
+    throw badInput(`timeoutMs must be a positive number of milliseconds, got ${String(value)}`, slot.name);
+  }
+  return value;
+}
+
+export function signal(value: unknown, slot: string): AbortSignal | undefined {
+  if (value === undefined) return undefined;
+  if (value instanceof AbortSignal) return value;
+  throw badInput('signal must be an AbortSignal', slot);
+}
+
+export function pin(value: unknown, slot: string): Secret | undefined {
+  if (value === undefined) return undefined;
+  if (value instanceof Secret) return value;
+  if (typeof value === 'string' && value.length > 0 && value.length <= 256) return new Secret(value);
+  throw badInput('pin must be a non-empty string', slot);
+}
+
+export function signatureFormat(value: unknown, slot: string): SignatureFormat {
+  if (value === undefined || value === 'der') return 'der';
+  if (value === 'raw') return 'raw';
+  throw badInput(`signatureFormat must be "der" or "raw", got ${JSON.stringify(value)}`, slot);
+}
+
+export function flag(value: unknown, what: string, slot: string): boolean {
+  if (value === undefined) return false;
+  if (typeof value === 'boolean') return value;
+  throw badInput(`${what} must be a boolean`, slot);
+}

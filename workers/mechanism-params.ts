@@ -1,0 +1,107 @@
+/**
+ * Turns a mechanism name into what the token is asked to do, choosing from what the token
+ * reported in C_GetMechanismList: SoftHSM2 2.6 has CKM_ECDSA but not CKM_ECDSA_SHA256, so
+ * there the digest is computed here and the token signs it.
+ */
+import { createHash } from 'node:crypto';
+import { pkcs11js } from './pkcs11js.js';
+import type * as P11 from 'pkcs11js';
+import { MECHANISMS, HASH_BYTES, type HashName, type MechanismName } from '../src/mechanisms.js';
+import { CKM_EDDSA } from './pkcs11-constants.js';
+
+export interface PreparedMechanism {
+  mechanism: P11.Mechanism;
+  /** Maps the caller's data to what C_Sign / C_Verify receives. */
+  input: (data: Buffer) => Buffer;
+}
+
+const DIGEST_INFO_PREFIX: Record<HashName, Buffer> = {
+  sha256: Buffer.from('3031300d060960864801650304020105000420', 'hex'),
+  sha384: Buffer.from('3041300d060960864801650304020205000430', 'hex'),
+  sha512: Buffer.from('3051300d060960864801650304020305000440', 'hex'),
+};
+
+const CKM_HASH: Record<HashName, number> = { sha256: pkcs11js.CKM_SHA256, sha384: pkcs11js.CKM_SHA384, sha512: pkcs11js.CKM_SHA512 };
+const CKG_MGF1: Record<HashName, number> = {
+  sha256: pkcs11js.CKG_MGF1_SHA256,
+  sha384: pkcs11js.CKG_MGF1_SHA384,
+  sha512: pkcs11js.CKG_MGF1_SHA512,
+};
+const CKM_HASH_RSA_PKCS: Record<HashName, number> = {
+  sha256: pkcs11js.CKM_SHA256_RSA_PKCS,
+  sha384: pkcs11js.CKM_SHA384_RSA_PKCS,
+  sha512: pkcs11js.CKM_SHA512_RSA_PKCS,
+};
+const CKM_HASH_RSA_PSS: Record<HashName, number> = {
+  sha256: pkcs11js.CKM_SHA256_RSA_PKCS_PSS,
+  sha384: pkcs11js.CKM_SHA384_RSA_PKCS_PSS,
+  sha512: pkcs11js.CKM_SHA512_RSA_PKCS_PSS,
+};
+const CKM_ECDSA_HASH: Record<HashName, number> = {
+  sha256: pkcs11js.CKM_ECDSA_SHA256,
+  sha384: pkcs11js.CKM_ECDSA_SHA384,
+  sha512: pkcs11js.CKM_ECDSA_SHA512,
+};
+
+export class BadInput extends Error {}
+
+const asIs = (data: Buffer): Buffer => data;
+
+function digestOf(hash: HashName, prehashed: boolean): (data: Buffer) => Buffer {
+  if (!prehashed) return (data) => createHash(hash).update(data).digest();
+  return (data) => {
+    if (data.length !== HASH_BYTES[hash]) throw new BadInput(`a pre-hashed ${hash} input is ${HASH_BYTES[hash]} bytes, got ${data.length}`);
+    return data;
+  };
+}
+
+/**
+ * The mechanisms a token can serve by name. Called once per session open; the per-call
+ * path only looks the result up.
+ */
+export function prepareMechanisms(supported: ReadonlySet<number>): Map<string, PreparedMechanism> {
+  const prepared = new Map<string, PreparedMechanism>();
+  for (const prehashed of [false, true]) {
+    for (const [name, spec] of Object.entries(MECHANISMS)) {
+      const p = prepareOne(spec, supported, prehashed);
+      if (p) prepared.set(preparedKey(name as MechanismName, prehashed), p);
+    }
+  }
+  return prepared;
+}
+
+export function preparedKey(name: MechanismName, prehashed: boolean): string {
+  return prehashed ? `${name}#prehashed` : name;
+}
+
+function prepareOne(spec: (typeof MECHANISMS)[MechanismName], has: ReadonlySet<number>, prehashed: boolean): PreparedMechanism | null {
+  switch (spec.scheme) {
+    case 'rsa-raw':
+      return has.has(pkcs11js.CKM_RSA_PKCS) ? { mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS }, input: asIs } : null;
+    case 'eddsa':
+      return has.has(CKM_EDDSA) && !prehashed ? { mechanism: { mechanism: CKM_EDDSA }, input: asIs } : null;
+    case 'pkcs1': {
+      if (!prehashed && has.has(CKM_HASH_RSA_PKCS[spec.hash])) return { mechanism: { mechanism: CKM_HASH_RSA_PKCS[spec.hash] }, input: asIs };
+      if (!has.has(pkcs11js.CKM_RSA_PKCS)) return null;
+      const digest = digestOf(spec.hash, prehashed);
+      const prefix = DIGEST_INFO_PREFIX[spec.hash];
+      return { mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS }, input: (data) => Buffer.concat([prefix, digest(data)]) };
+    }
+    case 'pss': {
+      const parameter = {
+        type: pkcs11js.CK_PARAMS_RSA_PSS,
+        hashAlg: CKM_HASH[spec.hash],
+        mgf: CKG_MGF1[spec.hash],
+        saltLen: HASH_BYTES[spec.hash],
+      };
+      if (!prehashed && has.has(CKM_HASH_RSA_PSS[spec.hash])) return { mechanism: { mechanism: CKM_HASH_RSA_PSS[spec.hash], parameter }, input: asIs };
+      if (!has.has(pkcs11js.CKM_RSA_PKCS_PSS)) return null;
+      return { mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter }, input: digestOf(spec.hash, prehashed) };
+    }
+    case 'ecdsa': {
+      if (!prehashed && has.has(CKM_ECDSA_HASH[spec.hash])) return { mechanism: { mechanism: CKM_ECDSA_HASH[spec.hash] }, input: asIs };
+      if (!has.has(pkcs11js.CKM_ECDSA)) return null;
+      return { mechanism: { mechanism: pkcs11js.CKM_ECDSA }, input: digestOf(spec.hash, prehashed) };
+    }
+  }
+}

@@ -1,0 +1,65 @@
+/**
+ * Piscina entry: one thread, one TokenSession. Replies are values with timing measured
+ * here, so the main thread can tell time spent on the token from time spent queued.
+ */
+import { performance } from 'node:perf_hooks';
+import { TokenSession, toFailure } from './token-session.js';
+import type { WorkerFault, WorkerReply, WorkerTask } from './protocol.js';
+
+const session = new TokenSession();
+const faultsEnabled = process.env.PKCS11_SUPERVISOR_FAULTS === '1';
+
+function now(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+function inject(fault: WorkerFault): null {
+  if (!faultsEnabled) throw new Error('fault injection is disabled (set PKCS11_SUPERVISOR_FAULTS=1 in tests only)');
+  switch (fault.kind) {
+    case 'exit':
+      process.exit(70);
+    // falls through (never reached)
+    case 'throw':
+      setImmediate(() => {
+        throw new Error('injected uncaught error in session worker');
+      });
+      return null;
+    case 'block':
+      // Blocks the thread the way a hung native call does.
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, fault.ms);
+      return null;
+  }
+}
+
+function dispatch(task: WorkerTask): unknown {
+  switch (task.op) {
+    case 'open':
+      return session.open(task);
+    case 'login':
+      return session.login(task.pin, task.userType);
+    case 'logout':
+      return session.logout();
+    case 'sessionInfo':
+      return session.report();
+    case 'sign':
+      return session.sign(task);
+    case 'verify':
+      return session.verify(task);
+    case 'publicKey':
+      return session.publicKey(task.key);
+    case 'close':
+      return session.close(task.finalize);
+    case 'fault':
+      return inject(task.fault);
+  }
+}
+
+export default function run(task: WorkerTask): WorkerReply {
+  const startedAt = now();
+  try {
+    const value = dispatch(task);
+    return { ok: true, value, startedAt, endedAt: now() };
+  } catch (e) {
+    return { ok: false, error: toFailure(e), startedAt, endedAt: now() };
+  }
+}

@@ -1,0 +1,325 @@
+/**
+ * One worker thread's view of a token: one pkcs11js module handle, one persistent session,
+ * and the key handles found on that session (flushed whenever the session is replaced).
+ * Calls are synchronous; the thread runs one task at a time, which is how a session's
+ * single-operation rule (CKR_OPERATION_ACTIVE) is kept.
+ */
+import { createPublicKey, type JsonWebKey } from 'node:crypto';
+import { pkcs11js } from './pkcs11js.js';
+import type * as P11 from 'pkcs11js';
+import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/mechanisms.js';
+import { rawToDer, derToRaw } from '../src/ecdsa-signature.js';
+import { codeForCkr } from '../src/ckr.js';
+import type { ErrorCode } from '../src/errors.js';
+import { prepareMechanisms, preparedKey, BadInput, type PreparedMechanism } from './mechanism-params.js';
+import { CKK_EC_EDWARDS, CKS_BY_VALUE } from './pkcs11-constants.js';
+import type { KeySelector, OpenReport, PublicKeyReport, SessionReport, TokenSelector, WorkerTask } from './protocol.js';
+
+/** A failure with a code decided here (not a CKR from the token). */
+export class WorkerFailure extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly ckr?: string,
+  ) {
+    super(message);
+  }
+}
+
+interface CachedKey {
+  handle: P11.Handle;
+  keyType: KeyType;
+  /** Bytes of one ECDSA signature half (r or s); 0 for non-EC keys. */
+  fieldBytes: number;
+}
+
+const CURVE_FIELD_BYTES: Record<string, number> = {
+  '06082a8648ce3d030107': 32, // P-256
+  '06052b81040022': 48, // P-384
+  '06052b81040023': 66, // P-521
+};
+const CURVE_JWK: Record<string, string> = {
+  '06082a8648ce3d030107': 'P-256',
+  '06052b81040022': 'P-384',
+  '06052b81040023': 'P-521',
+};
+
+const MAX_SIGNATURE_BYTES = 2048; // RSA-16384
+
+function keyTypeOf(ckk: number): KeyType | null {
+  if (ckk === pkcs11js.CKK_RSA) return 'RSA';
+  if (ckk === pkcs11js.CKK_EC) return 'EC';
+  if (ckk === CKK_EC_EDWARDS) return 'EC_EDWARDS';
+  return null;
+}
+
+/** CK_ULONG in native byte order: 8 bytes on LP64 platforms, 4 on Windows and 32-bit ones. */
+function readUlong(b: Buffer): number {
+  return b.length === 8 ? Number(b.readBigUInt64LE(0)) : b.readUInt32LE(0);
+}
+
+function trimPadded(s: string): string {
+  return s.replace(/[\s\0]+$/, '');
+}
+
+/** CKA_EC_POINT is a DER OCTET STRING around the point; some modules return the bare point. */
+function unwrapOctetString(b: Buffer): Buffer {
+  if (b[0] !== 0x04 || b.length < 2) return b;
+  const first = b[1]!;
+  const [len, hdr] = first < 0x80 ? [first, 2] : first === 0x81 ? [b[2]!, 3] : first === 0x82 ? [(b[2]! << 8) | b[3]!, 4] : [-1, 0];
+  return len === b.length - hdr ? b.subarray(hdr) : b;
+}
+
+export class TokenSession {
+  private mod: P11.PKCS11 | null = null;
+  private slot: P11.Handle | null = null;
+  private session: P11.Handle | null = null;
+  private tokenLabel = '';
+  private tokenSerial = '';
+  private prepared = new Map<string, PreparedMechanism>();
+  private keys = new Map<string, CachedKey>();
+  private readonly out = Buffer.alloc(MAX_SIGNATURE_BYTES);
+  readonly calls: Record<string, number> = {};
+
+  private count(fn: string): P11.PKCS11 {
+    this.calls[fn] = (this.calls[fn] ?? 0) + 1;
+    return this.mod!;
+  }
+
+  private get live(): P11.Handle {
+    if (!this.session) throw new WorkerFailure('PKCS11_ERROR', 'no open session in this worker');
+    return this.session;
+  }
+
+  open(task: Extract<WorkerTask, { op: 'open' }>): OpenReport {
+    if (!this.mod) this.loadModule(task.modulePath);
+    this.dropSession();
+    const slot = this.findSlot(task.token);
+    const flags = pkcs11js.CKF_SERIAL_SESSION | (task.readWrite ? pkcs11js.CKF_RW_SESSION : 0);
+    this.session = this.count('C_OpenSession').C_OpenSession(slot, flags);
+    this.slot = slot;
+    const supported = new Set(this.count('C_GetMechanismList').C_GetMechanismList(slot));
+    this.prepared = prepareMechanisms(supported);
+    const mechanisms = MECHANISM_NAMES.filter((n) => this.prepared.has(preparedKey(n, false)));
+    return { ...this.report(), mechanisms };
+  }
+
+  private loadModule(path: string): void {
+    const mod = new pkcs11js.PKCS11();
+    try {
+      mod.load(path);
+    } catch (e) {
+      throw new WorkerFailure('MODULE_LOAD_FAILED', `cannot load PKCS#11 module ${path}: ${(e as Error).message}`);
+    }
+    this.mod = mod;
+    try {
+      this.count('C_Initialize').C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+    } catch (e) {
+      // Initialization is process-wide: another thread got there first.
+      if ((e as Error).message !== 'CKR_CRYPTOKI_ALREADY_INITIALIZED') {
+        this.mod = null;
+        throw e;
+      }
+    }
+  }
+
+  private findSlot(sel: TokenSelector): P11.Handle {
+    const slots = this.count('C_GetSlotList').C_GetSlotList(true);
+    if ('slotIndex' in sel) {
+      const slot = slots[sel.slotIndex];
+      if (!slot) throw new WorkerFailure('TOKEN_NOT_FOUND', `no token at slot index ${sel.slotIndex} (${slots.length} slots with a token)`);
+      this.readTokenInfo(slot);
+      return slot;
+    }
+    const matches = slots.filter((s) => {
+      this.readTokenInfo(s);
+      return 'label' in sel ? this.tokenLabel === sel.label : this.tokenSerial === sel.serial;
+    });
+    const what = 'label' in sel ? `label "${sel.label}"` : `serial "${sel.serial}"`;
+    if (matches.length === 0) throw new WorkerFailure('TOKEN_NOT_FOUND', `no token with ${what} is present`);
+    if (matches.length > 1) throw new WorkerFailure('TOKEN_NOT_FOUND', `${matches.length} tokens have ${what}; select the token by serial`);
+    this.readTokenInfo(matches[0]!);
+    return matches[0]!;
+  }
+
+  private readTokenInfo(slot: P11.Handle): void {
+    const info = this.count('C_GetTokenInfo').C_GetTokenInfo(slot);
+    this.tokenLabel = trimPadded(info.label);
+    this.tokenSerial = trimPadded(info.serialNumber);
+  }
+
+  /** Closes the current session if any; its key handles die with it. */
+  private dropSession(): void {
+    this.keys.clear();
+    if (!this.session) return;
+    try {
+      this.count('C_CloseSession').C_CloseSession(this.session);
+    } catch {
+      // Already gone (that is usually why we are here).
+    }
+    this.session = null;
+  }
+
+  report(): SessionReport {
+    const info = this.count('C_GetSessionInfo').C_GetSessionInfo(this.live);
+    return {
+      handle: this.live.toString('hex'),
+      state: CKS_BY_VALUE[info.state] ?? 'RO_PUBLIC',
+      tokenLabel: this.tokenLabel,
+      tokenSerial: this.tokenSerial,
+      slotId: this.slot ? this.slot.toString('hex') : '',
+      calls: { ...this.calls },
+    };
+  }
+
+  private loggedIn(): boolean {
+    const state = this.count('C_GetSessionInfo').C_GetSessionInfo(this.live).state;
+    return CKS_BY_VALUE[state] === 'RO_USER' || CKS_BY_VALUE[state] === 'RW_USER';
+  }
+
+  login(pin: string, userType: 'user' | 'so'): SessionReport {
+    try {
+      this.count('C_Login').C_Login(this.live, userType === 'so' ? pkcs11js.CKU_SO : pkcs11js.CKU_USER, pin);
+    } catch (e) {
+      // Login belongs to the token: another session of this application already did it.
+      if ((e as Error).message !== 'CKR_USER_ALREADY_LOGGED_IN') throw e;
+    }
+    return this.report();
+  }
+
+  logout(): SessionReport {
+    try {
+      this.count('C_Logout').C_Logout(this.live);
+    } catch (e) {
+      if ((e as Error).message !== 'CKR_USER_NOT_LOGGED_IN') throw e;
+    }
+    return this.report();
+  }
+
+  close(finalize: boolean): null {
+    this.dropSession();
+    if (this.mod && finalize) {
+      try {
+        this.count('C_Finalize').C_Finalize();
+      } catch {
+        // Not initialized any more: nothing to undo.
+      }
+    }
+    this.mod = null;
+    return null;
+  }
+
+  private mechanism(name: MechanismName, prehashed: boolean, key: CachedKey): PreparedMechanism {
+    const spec = MECHANISMS[name];
+    if (spec.keyType !== key.keyType) throw new WorkerFailure('MECHANISM_INVALID', `${name} needs an ${spec.keyType} key; this key is ${key.keyType}`);
+    const p = this.prepared.get(preparedKey(name, prehashed));
+    if (!p) {
+      const has = MECHANISM_NAMES.filter((n) => this.prepared.has(preparedKey(n, prehashed)));
+      throw new WorkerFailure('MECHANISM_INVALID', `the token cannot do ${name}${prehashed ? ' over a pre-hashed input' : ''}; it can do: ${has.join(', ')}`);
+    }
+    return p;
+  }
+
+  sign(task: Extract<WorkerTask, { op: 'sign' }>): Uint8Array {
+    const key = this.key(task.key, pkcs11js.CKO_PRIVATE_KEY);
+    const p = this.mechanism(task.mechanism, task.prehashed, key);
+    const input = p.input(Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength));
+    const session = this.live;
+    this.count('C_SignInit').C_SignInit(session, p.mechanism, key.handle);
+    const sig = this.count('C_Sign').C_Sign(session, input, this.out);
+    if (MECHANISMS[task.mechanism].scheme === 'ecdsa' && task.format === 'der') return rawToDer(sig);
+    return Buffer.from(sig);
+  }
+
+  verify(task: Extract<WorkerTask, { op: 'verify' }>): boolean {
+    const key = this.key(task.key, pkcs11js.CKO_PUBLIC_KEY);
+    const p = this.mechanism(task.mechanism, task.prehashed, key);
+    const input = p.input(Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength));
+    let signature: Buffer | null = Buffer.from(task.signature.buffer, task.signature.byteOffset, task.signature.byteLength);
+    if (MECHANISMS[task.mechanism].scheme === 'ecdsa' && task.format === 'der') signature = derToRaw(signature, key.fieldBytes);
+    if (!signature) return false;
+    const session = this.live;
+    this.count('C_VerifyInit').C_VerifyInit(session, p.mechanism, key.handle);
+    try {
+      return this.count('C_Verify').C_Verify(session, input, signature);
+    } catch (e) {
+      const ckr = (e as Error).message;
+      if (ckr === 'CKR_SIGNATURE_INVALID' || ckr === 'CKR_SIGNATURE_LEN_RANGE') return false;
+      throw e;
+    }
+  }
+
+  publicKey(sel: KeySelector): PublicKeyReport {
+    const key = this.key(sel, pkcs11js.CKO_PUBLIC_KEY);
+    const session = this.live;
+    const attr = (type: number): Buffer => {
+      const [a] = this.count('C_GetAttributeValue').C_GetAttributeValue(session, key.handle, [{ type }]);
+      return a!.value as Buffer;
+    };
+    let jwk: JsonWebKey;
+    if (key.keyType === 'RSA') {
+      jwk = { kty: 'RSA', n: attr(pkcs11js.CKA_MODULUS).toString('base64url'), e: attr(pkcs11js.CKA_PUBLIC_EXPONENT).toString('base64url') };
+    } else {
+      const point = unwrapOctetString(attr(pkcs11js.CKA_EC_POINT));
+      if (key.keyType === 'EC_EDWARDS') {
+        jwk = { kty: 'OKP', crv: 'Ed25519', x: point.toString('base64url') };
+      } else {
+        const params = attr(pkcs11js.CKA_EC_PARAMS).toString('hex');
+        const n = key.fieldBytes;
+        jwk = { kty: 'EC', crv: CURVE_JWK[params], x: point.subarray(1, 1 + n).toString('base64url'), y: point.subarray(1 + n).toString('base64url') };
+      }
+    }
+    const spkiDer = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'der' });
+    return { keyType: key.keyType, spkiDer };
+  }
+
+  /** Finds a key by label/id once per session; the handle is reused until the session goes. */
+  private key(sel: KeySelector, cls: number): CachedKey {
+    const cacheKey = `${cls}\0${sel.label ?? ''}\0${sel.id ?? ''}`;
+    const hit = this.keys.get(cacheKey);
+    if (hit) return hit;
+    const session = this.live;
+    const template: P11.Template = [{ type: pkcs11js.CKA_CLASS, value: cls }];
+    if (sel.label !== undefined) template.push({ type: pkcs11js.CKA_LABEL, value: sel.label });
+    if (sel.id !== undefined) template.push({ type: pkcs11js.CKA_ID, value: Buffer.from(sel.id, 'hex') });
+    this.count('C_FindObjectsInit').C_FindObjectsInit(session, template);
+    let found: P11.Handle[];
+    try {
+      found = this.count('C_FindObjects').C_FindObjects(session, 2);
+    } finally {
+      this.count('C_FindObjectsFinal').C_FindObjectsFinal(session);
+    }
+    const what = `${cls === pkcs11js.CKO_PRIVATE_KEY ? 'private' : 'public'} key${sel.label !== undefined ? ` label "${sel.label}"` : ''}${sel.id !== undefined ? ` id ${sel.id}` : ''}`;
+    if (found.length === 0 && cls === pkcs11js.CKO_PRIVATE_KEY && !this.loggedIn()) {
+      // Private objects are invisible before login; say so, so the caller re-logs in.
+      throw new WorkerFailure('PIN_REQUIRED', `the token is not logged in, so no ${what} is visible`, 'CKR_USER_NOT_LOGGED_IN');
+    }
+    if (found.length === 0) throw new WorkerFailure('KEY_NOT_FOUND', `no ${what} on token "${this.tokenLabel}" visible to this session`);
+    if (found.length > 1) throw new WorkerFailure('KEY_AMBIGUOUS', `several objects match ${what}; name the key by id too`);
+    const handle = found[0]!;
+    const attrs = this.count('C_GetAttributeValue').C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_KEY_TYPE }]);
+    const keyType = keyTypeOf(readUlong(attrs[0]!.value as Buffer));
+    if (!keyType) throw new WorkerFailure('MECHANISM_INVALID', `${what} has a key type this service does not sign with`);
+    let fieldBytes = 0;
+    if (keyType === 'EC') {
+      const [p] = this.count('C_GetAttributeValue').C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_EC_PARAMS }]);
+      fieldBytes = CURVE_FIELD_BYTES[(p!.value as Buffer).toString('hex')] ?? 0;
+      if (!fieldBytes) throw new WorkerFailure('MECHANISM_INVALID', `${what} is on a curve this service does not support (P-256, P-384, P-521)`);
+    }
+    const entry = { handle, keyType, fieldBytes };
+    this.keys.set(cacheKey, entry);
+    return entry;
+  }
+}
+
+export function toFailure(e: unknown): { code: ErrorCode; message: string; ckr?: string; fn?: string } {
+  if (e instanceof WorkerFailure) return { code: e.code, message: e.message, ...(e.ckr ? { ckr: e.ckr } : {}) };
+  if (e instanceof BadInput) return { code: 'BAD_INPUT', message: e.message };
+  const err = e as { message?: string; method?: string };
+  const message = String(err.message ?? e);
+  if (/^CKR_\w+$/.test(message)) {
+    const fn = err.method || undefined;
+    return { code: codeForCkr(message), message: `${fn ?? 'PKCS#11'} returned ${message}`, ckr: message, ...(fn ? { fn } : {}) };
+  }
+  return { code: 'PKCS11_ERROR', message };
+}
