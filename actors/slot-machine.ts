@@ -48,7 +48,7 @@ export type SlotMachineEvent =
   | { type: 'RESTART'; backoffMs: number }
   | { type: 'GIVE_UP' }
   | { type: 'RESET' }
-  | { type: 'CLOSE'; finalize: boolean };
+  | { type: 'CLOSE' };
 
 export interface SlotMachineInput {
   slot: string;
@@ -88,7 +88,7 @@ export const slotMachine = setup({
     openSession: fromPromise<OpenReport, void>(notProvided('openSession')),
     login: fromPromise<SessionReport, { pin: Secret }>(notProvided('login')),
     logout: fromPromise<SessionReport, void>(notProvided('logout')),
-    closeSession: fromPromise<null, { finalize: boolean }>(notProvided('closeSession')),
+    closeSession: fromPromise<null, void>(notProvided('closeSession')),
   },
   actions: {
     abandonThread: () => undefined,
@@ -195,7 +195,6 @@ export const slotMachine = setup({
     closing: {
       invoke: {
         src: 'closeSession',
-        input: ({ event }) => ({ finalize: event.type === 'CLOSE' ? event.finalize : false }),
         onDone: 'closed',
         onError: 'closed',
       },

@@ -16,7 +16,7 @@ import * as check from './validate.js';
 import type { KeyRef } from './validate.js';
 import type { MechanismName } from './mechanisms.js';
 import type { KeyType } from './mechanisms.js';
-import type { PublicKeyReport, SignatureFormat, WorkerFault, WorkerReply, WorkerTask } from '../workers/protocol.js';
+import type { PublicKeyReport, SessionReport, SignatureFormat, WorkerFault, WorkerReply, WorkerTask } from '../workers/protocol.js';
 
 export interface StartOptions {
   config?: ConfigInput;
@@ -141,6 +141,16 @@ export class Pkcs11Supervisor {
     const req = typeof request === 'string' ? { slot: request } : this.request(request);
     const slot = this.slotOf(req.slot);
     await this.submit(slot, 'logout', null, req, false, (w, call) => w.logOut(call.deadline));
+  }
+
+  /**
+   * Asks the token (C_GetSessionInfo) for the session state of the worker that takes the call,
+   * through the mailbox like any call. Includes the PKCS#11 calls that worker thread has made.
+   */
+  async probe(request: SlotRequest): Promise<SessionReport> {
+    const req = this.request(request);
+    const slot = this.slotOf(req.slot);
+    return this.run<SessionReport>(slot, { op: 'sessionInfo' }, null, req, false);
   }
 
   status() {

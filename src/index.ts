@@ -10,3 +10,4 @@ export type { PinCallback, PinRequest } from './pin-chain.js';
 export type { KeyRef } from './validate.js';
 export type { SupervisorEvents, StateChangeEvent, RestartEvent, CallCompletedEvent, LoginEvent, SlotFailedEvent } from './events.js';
 export type { SlotState } from '../actors/slot-machine.js';
+export type { SessionReport, SessionState, WorkerFault } from '../workers/protocol.js';

@@ -1,25 +1,32 @@
 /**
  * PKCS#11 modules are process-wide: C_Initialize once, C_Finalize once, and the environment
  * a module reads at initialization (SOFTHSM2_CONF, ...) is the process's. This registry is
- * the single owner that knows who still uses a library, so only the last user finalizes it.
+ * the single owner of each library: it holds its own dlopen reference from the main thread
+ * for as long as any slot uses it, so a worker thread that dies (and dlcloses its handle)
+ * can never unload the library and wipe every other session and the login with it. The
+ * last release finalizes the module.
  */
+import type * as P11 from 'pkcs11js';
+import { pkcs11js } from '../workers/pkcs11js.js';
 import { Pkcs11SupervisorError } from './errors.js';
 
 interface ModuleUse {
   users: number;
   env: Record<string, string>;
+  lib: P11.PKCS11;
 }
 
 const inUse = new Map<string, ModuleUse>();
 
-export function acquireModule(path: string, env: Record<string, string>, field: string): void {
+export function acquireModule(path: string, env: Record<string, string>, name: string): void {
   for (const [otherPath, use] of inUse) {
     for (const [k, v] of Object.entries(env)) {
       if (k in use.env && use.env[k] !== v) {
+        const field = `modules.${name}.env.${k}`;
         throw new Pkcs11SupervisorError(
           'CONFIG_INVALID',
-          `${field}: sets ${k}="${v}" but module ${otherPath} is already initialized in this process with ${k}="${use.env[k]}"; a module's environment is process-wide`,
-          { issues: [{ path: field, message: `conflicting ${k}` }] },
+          `${field}: "${v}" conflicts with "${use.env[k]}", which module ${otherPath} was initialized with in this process; a module's environment is process-wide`,
+          { issues: [{ path: field, message: `conflicts with ${k}="${use.env[k]}"` }] },
         );
       }
     }
@@ -27,16 +34,39 @@ export function acquireModule(path: string, env: Record<string, string>, field: 
   // Set before any worker thread starts: the native library reads the real process environment.
   for (const [k, v] of Object.entries(env)) process.env[k] = v;
   const use = inUse.get(path);
-  if (use) use.users++;
-  else inUse.set(path, { users: 1, env: { ...env } });
+  if (use) {
+    use.users++;
+    return;
+  }
+  const lib = new pkcs11js.PKCS11();
+  try {
+    lib.load(path);
+  } catch (e) {
+    throw new Pkcs11SupervisorError('MODULE_LOAD_FAILED', `modules.${name}.path: cannot load PKCS#11 library ${path}: ${(e as Error).message}`, {
+      issues: [{ path: `modules.${name}.path`, message: (e as Error).message }],
+    });
+  }
+  inUse.set(path, { users: 1, env: { ...env }, lib });
 }
 
-/** Returns true when this was the last user: the caller then finalizes the module. */
-export function releaseModule(path: string): boolean {
+/** The last release finalizes the module (after every session of it is closed) and drops the owner's reference. */
+export function releaseModule(path: string): void {
   const use = inUse.get(path);
-  if (!use) return false;
-  use.users--;
-  if (use.users > 0) return false;
+  if (!use || --use.users > 0) return;
   inUse.delete(path);
-  return true;
+  try {
+    use.lib.C_Finalize();
+  } catch {
+    // CKR_CRYPTOKI_NOT_INITIALIZED: no worker ever initialized it.
+  }
+  use.lib.close();
+}
+
+/** Closes the session a dead worker thread left behind; session handles are process-wide. */
+export function closeOrphanSession(path: string, handleHex: string): void {
+  try {
+    inUse.get(path)?.lib.C_CloseSession(Buffer.from(handleHex, 'hex'));
+  } catch {
+    // Already gone with its token, or the module was reset.
+  }
 }

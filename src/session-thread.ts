@@ -48,9 +48,9 @@ export class SessionThread {
   }
 
   /** Lets go of a crashed or wedged thread without waiting for it: a hung native call cannot be interrupted. */
-  abandon(): void {
+  abandon(whenGone: () => void): void {
     this.ended = true;
-    this.pool.destroy().catch(() => undefined);
+    this.pool.destroy().then(whenGone, whenGone);
   }
 
   async stop(): Promise<void> {

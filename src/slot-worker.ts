@@ -10,6 +10,7 @@ import { Pkcs11SupervisorError } from './errors.js';
 import type { PinChain, PinOrigin } from './pin-chain.js';
 import type { Secret } from './secret.js';
 import { SessionThread, ThreadDied } from './session-thread.js';
+import { closeOrphanSession } from './module-registry.js';
 import type { SlotConfig } from './config-schema.js';
 import type { OpenReport, SessionReport, WorkerReply, WorkerTask } from '../workers/protocol.js';
 
@@ -56,6 +57,8 @@ export class SlotWorker {
   busy = false;
   state: SlotState = 'uninitialized';
   private thread: SessionThread | null = null;
+  /** The session this worker's thread holds, kept outside the machine so a crash can still close it. */
+  private sessionHandle: string | null = null;
 
   constructor(private readonly opts: SlotWorkerOptions) {
     this.slot = opts.slot;
@@ -67,7 +70,7 @@ export class SlotWorker {
           unwrap(await this.liveThread().run<SessionReport>({ op: 'login', pin: input.pin.reveal(), userType: 'user' }), this.slot),
         ),
         logout: fromPromise<SessionReport, void>(async () => unwrap(await this.liveThread().run<SessionReport>({ op: 'logout' }), this.slot)),
-        closeSession: fromPromise<null, { finalize: boolean }>(({ input }) => this.closeSession(input.finalize)),
+        closeSession: fromPromise<null, void>(() => this.closeSession()),
       },
       actions: { abandonThread: () => this.abandonThread() },
     });
@@ -104,26 +107,31 @@ export class SlotWorker {
       this.thread = new SessionThread((reason) => this.actor.send({ type: 'CRASHED', reason: reason.message }));
     }
     const { modulePath, config } = this.opts;
-    return unwrap(
-      await this.thread.run<OpenReport>({ op: 'open', modulePath, token: config.token, readWrite: config.readWrite }),
-      this.slot,
-    );
+    const report = unwrap(await this.thread.run<OpenReport>({ op: 'open', modulePath, token: config.token, readWrite: config.readWrite }), this.slot);
+    this.sessionHandle = report.handle;
+    return report;
   }
 
-  private async closeSession(finalize: boolean): Promise<null> {
+  private async closeSession(): Promise<null> {
     const thread = this.thread;
     if (!thread?.alive) return null;
     try {
-      await thread.run({ op: 'close', finalize });
+      await thread.run({ op: 'close' });
+      this.sessionHandle = null;
     } finally {
       await thread.stop().catch(() => undefined);
     }
     return null;
   }
 
+  /** Lets a crashed or wedged thread go; once it is really gone, its orphaned session is closed. */
   private abandonThread(): void {
-    this.thread?.abandon();
+    const orphan = this.sessionHandle;
+    this.thread?.abandon(() => {
+      if (orphan) closeOrphanSession(this.opts.modulePath, orphan);
+    });
     this.thread = null;
+    this.sessionHandle = null;
   }
 
   /** Runs a task on this worker's thread; past the deadline plus grace the thread is declared wedged. */
@@ -243,8 +251,8 @@ export class SlotWorker {
     await waitFor(this.actor, (s) => s.value !== 'logging_out' && s.value !== 'logged_in');
   }
 
-  async close(finalize: boolean): Promise<void> {
-    this.actor.send({ type: 'CLOSE', finalize });
+  async close(): Promise<void> {
+    this.actor.send({ type: 'CLOSE' });
     await waitFor(this.actor, (s) => s.value === 'closed');
   }
 }

@@ -31,7 +31,7 @@ export class Supervisor {
     try {
       for (const [name, slotConfig] of Object.entries(config.slots)) {
         const mod = config.modules[slotConfig.module]!;
-        acquireModule(mod.path, mod.env, `modules.${slotConfig.module}.env`);
+        acquireModule(mod.path, mod.env, slotConfig.module);
         acquired.push(mod.path);
         const slot = new Slot(name, slotConfig, mod.path, pinCallback, this.events, log, this);
         this.slots.set(name, slot);
@@ -96,15 +96,8 @@ export class Supervisor {
       }),
     );
 
-    // Close every session. A module this process no longer uses is finalized by one live
-    // worker of it, after its other sessions are closed.
-    const pathOf = (s: Slot): string => this.config.modules[s.config.module]!.path;
-    const lastUse = new Map<string, boolean>();
-    for (const s of slots) lastUse.set(pathOf(s), releaseModule(pathOf(s)));
-    const finalizer = new Map<string, SlotWorker>();
-    for (const s of slots) for (const w of s.workers) if (w.accepting && lastUse.get(pathOf(s))) finalizer.set(pathOf(s), w);
-    const finalizing = new Set(finalizer.values());
-    await Promise.all(slots.flatMap((s) => s.workers.filter((w) => !finalizing.has(w)).map((w) => w.close(false))));
-    await Promise.all([...finalizing].map((w) => w.close(true)));
+    // Close every session, then let the module owner finalize what this process no longer uses.
+    await Promise.all(slots.flatMap((s) => s.workers.map((w) => w.close())));
+    for (const s of slots) releaseModule(this.config.modules[s.config.module]!.path);
   }
 }

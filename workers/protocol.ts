@@ -34,7 +34,7 @@ export type WorkerTask =
       format: SignatureFormat;
     }
   | { op: 'publicKey'; key: KeySelector }
-  | { op: 'close'; finalize: boolean }
+  | { op: 'close' }
   | { op: 'fault'; fault: WorkerFault };
 
 export type WorkerOp = WorkerTask['op'];

@@ -20,7 +20,8 @@ function inject(fault: WorkerFault): null {
       process.exit(70);
     // falls through (never reached)
     case 'throw':
-      setImmediate(() => {
+      // Thrown outside the task, so nothing catches it: the thread dies as on a real bug.
+      queueMicrotask(() => {
         throw new Error('injected uncaught error in session worker');
       });
       return null;
@@ -48,7 +49,7 @@ function dispatch(task: WorkerTask): unknown {
     case 'publicKey':
       return session.publicKey(task.key);
     case 'close':
-      return session.close(task.finalize);
+      return session.close();
     case 'fault':
       return inject(task.fault);
   }

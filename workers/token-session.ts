@@ -196,15 +196,9 @@ export class TokenSession {
     return this.report();
   }
 
-  close(finalize: boolean): null {
+  /** Closes the session. C_Finalize is never called here: the main thread's module registry owns it. */
+  close(): null {
     this.dropSession();
-    if (this.mod && finalize) {
-      try {
-        this.count('C_Finalize').C_Finalize();
-      } catch {
-        // Not initialized any more: nothing to undo.
-      }
-    }
     this.mod = null;
     return null;
   }

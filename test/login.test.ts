@@ -1,0 +1,170 @@
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startSupervisor, type Pkcs11Supervisor, type StateChangeEvent, type LoginEvent } from '../dist/src/index.js';
+import { configFor, createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
+import { ExternalSession } from './support/external-session.js';
+import { verifiesOnNode } from './support/sign-check.js';
+
+let td: TokenDir;
+let tokens: Record<string, TestToken>;
+let sup: Pkcs11Supervisor | undefined;
+const data = Buffer.from('a document to sign');
+
+beforeAll(() => {
+  td = tokenDir();
+  tokens = Object.fromEntries(['states', 'wrongpin', 'envpin', 'external', 'callback', 'idle'].map((l) => [l, createToken(td, l)]));
+});
+
+afterEach(async () => {
+  await sup?.close();
+  sup = undefined;
+  for (const k of Object.keys(process.env)) if (k.startsWith('TEST_PIN_')) delete process.env[k];
+});
+
+async function loginCalls(s: Pkcs11Supervisor, slot: string): Promise<number> {
+  return (await s.probe({ slot })).calls.C_Login ?? 0;
+}
+
+describe('slot states follow the token', () => {
+  it('walks uninitialized → opening → open → logging_in → logged_in, and logout/login, as C_GetSessionInfo reports', async () => {
+    process.env.TEST_PIN_STATES = tokens.states!.pin;
+    const seen: string[] = [];
+    sup = await startSupervisor({
+      config: configFor(td, { s: { token: { label: 'states' }, pin: { env: 'TEST_PIN_STATES' } } }),
+    });
+    // Start-up already logged in; the event stream from here on is what subscribers get.
+    sup.on('stateChange', (e: StateChangeEvent) => seen.push(`${e.from}>${e.to}`));
+    expect(sup.status().slots.s!.workers[0]!.state).toBe('logged_in');
+    expect((await sup.probe({ slot: 's' })).state).toBe('RW_USER');
+    const outside = new ExternalSession('states');
+    expect(outside.state()).toBe('RW_USER');
+
+    await sup.logout({ slot: 's' });
+    expect(sup.status().slots.s!.state).toBe('open');
+    expect((await sup.probe({ slot: 's' })).state).toBe('RW_PUBLIC');
+    expect(outside.state()).toBe('RW_PUBLIC');
+
+    await sup.login({ slot: 's' });
+    expect(sup.status().slots.s!.state).toBe('logged_in');
+    expect(outside.state()).toBe('RW_USER');
+    expect(seen).toEqual(['logged_in>logging_out', 'logging_out>open', 'open>logging_in', 'logging_in>logged_in']);
+    outside.close();
+  });
+
+  it('a lazy slot stays uninitialized until its first call, then opens and logs in through the chain', async () => {
+    process.env.TEST_PIN_STATES = tokens.states!.pin;
+    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'states' }, pin: { env: 'TEST_PIN_STATES' }, lazy: true } }) });
+    expect(sup.status().slots.s!.state).toBe('uninitialized');
+    const sig = await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(await verifiesOnNode(sup, 's', 'ec', data, sig)).toBe(true);
+    expect(sup.status().slots.s!.state).toBe('logged_in');
+  });
+});
+
+describe('wrong PINs are never retried automatically', () => {
+  it('a wrong per-call PIN costs exactly one C_Login; the same PIN again never reaches the token; a right one works', async () => {
+    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'wrongpin' } } }) });
+    expect(sup.status().slots.s!.state).toBe('open');
+    expect(await loginCalls(sup, 's')).toBe(0);
+
+    const wrong = tokens.wrongpin!.pin === '00000000' ? '11111111' : '00000000';
+    await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data, pin: wrong })).rejects.toMatchObject({ code: 'PIN_INCORRECT', ckr: 'CKR_PIN_INCORRECT' });
+    expect(await loginCalls(sup, 's')).toBe(1);
+    expect(sup.status().slots.s!.state).toBe('open');
+
+    await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data, pin: wrong })).rejects.toMatchObject({ code: 'PIN_INCORRECT' });
+    expect(await loginCalls(sup, 's')).toBe(1);
+
+    await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'PIN_REQUIRED' });
+
+    const sig = await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data, pin: tokens.wrongpin!.pin });
+    expect(await verifiesOnNode(sup, 's', 'ec', data, sig)).toBe(true);
+    expect(await loginCalls(sup, 's')).toBe(2);
+    // Logged in now: later calls need no PIN.
+    await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(await loginCalls(sup, 's')).toBe(2);
+  });
+
+  it('a wrong PIN in the configured env source is tried once at start, then refused until it changes', async () => {
+    process.env.TEST_PIN_ENV = 'wrong-pin';
+    const logins: LoginEvent[] = [];
+    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'envpin' }, pin: { env: 'TEST_PIN_ENV' } } }) });
+    sup.on('login', (e: LoginEvent) => logins.push(e));
+    expect(sup.status().slots.s!.state).toBe('open');
+    expect(sup.status().slots.s!.workers[0]!.lastError).toMatchObject({ code: 'PIN_INCORRECT' });
+    expect(await loginCalls(sup, 's')).toBe(1);
+    for (let i = 0; i < 3; i++) {
+      await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'PIN_INCORRECT' });
+    }
+    expect(await loginCalls(sup, 's')).toBe(1);
+    expect(logins).toEqual([]);
+
+    process.env.TEST_PIN_ENV = tokens.envpin!.pin;
+    await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(await loginCalls(sup, 's')).toBe(2);
+    expect(logins).toEqual([expect.objectContaining({ slot: 's', origin: 'env', outcome: 'ok' })]);
+  });
+
+  it('asks the pinCallback when no other source has a PIN, and PIN_REQUIRED when it has none', async () => {
+    let answer: string | null = null;
+    const asked: unknown[] = [];
+    sup = await startSupervisor({
+      config: configFor(td, { s: { token: { label: 'callback' } } }),
+      pinCallback: (req) => {
+        asked.push(req);
+        return answer;
+      },
+    });
+    await expect(sup.sign({ slot: 's', key: 'rsa', mechanism: 'RSA-PKCS1-SHA256', data })).rejects.toMatchObject({ code: 'PIN_REQUIRED' });
+    answer = tokens.callback!.pin;
+    const sig = await sup.sign({ slot: 's', key: 'rsa', mechanism: 'RSA-PKCS1-SHA256', data });
+    expect(await verifiesOnNode(sup, 's', 'rsa', data, sig)).toBe(true);
+    expect(asked).toEqual([
+      { slot: 's', tokenLabel: 'callback', reason: 'login' },
+      { slot: 's', tokenLabel: 'callback', reason: 'login' },
+    ]);
+  });
+});
+
+describe('recovery', () => {
+  it('a logout from another session of the token is followed by a transparent re-login', async () => {
+    process.env.TEST_PIN_EXT = tokens.external!.pin;
+    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'external' }, pin: { env: 'TEST_PIN_EXT' } } }) });
+    await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    const before = await loginCalls(sup, 's');
+    const outside = new ExternalSession('external');
+    outside.logout();
+    expect(outside.state()).toBe('RW_PUBLIC');
+
+    const sig = await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(await verifiesOnNode(sup, 's', 'ec', data, sig)).toBe(true);
+    expect(outside.state()).toBe('RW_USER');
+    const after = await sup.probe({ slot: 's' });
+    expect(after.calls.C_Login).toBe(before + 1);
+    // Re-opened: a fresh session, and the key was looked up again on it.
+    expect(after.calls.C_OpenSession).toBe(2);
+    outside.close();
+  });
+
+  it('idle timeout logs out; "prompt" logs in again from the PIN chain on the next call', async () => {
+    process.env.TEST_PIN_IDLE = tokens.idle!.pin;
+    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'idle' }, pin: { env: 'TEST_PIN_IDLE' }, idleTimeoutMs: 300 } }) });
+    await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    await new Promise((r) => setTimeout(r, 600));
+    expect(sup.status().slots.s!.state).toBe('open');
+    expect((await sup.probe({ slot: 's' })).state).toBe('RW_PUBLIC');
+    await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(sup.status().slots.s!.state).toBe('logged_in');
+  });
+
+  it('idle timeout with "fail" needs an explicit login or pin; the configured source is not asked', async () => {
+    process.env.TEST_PIN_IDLE = tokens.idle!.pin;
+    sup = await startSupervisor({
+      config: configFor(td, { s: { token: { label: 'idle' }, pin: { env: 'TEST_PIN_IDLE' }, idleTimeoutMs: 300, reauthentication: 'fail' } }),
+    });
+    await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    await new Promise((r) => setTimeout(r, 600));
+    await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'PIN_REQUIRED' });
+    await sup.login({ slot: 's', pin: tokens.idle!.pin });
+    await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+  });
+});

@@ -1,0 +1,186 @@
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startSupervisor, type Pkcs11Supervisor, type CallCompletedEvent } from '../dist/src/index.js';
+import { configFor, createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
+import { verifiesOnNode } from './support/sign-check.js';
+
+let td: TokenDir;
+let tok: TestToken;
+let sup: Pkcs11Supervisor | undefined;
+
+beforeAll(() => {
+  td = tokenDir();
+  tok = createToken(td, 'router');
+  process.env.TEST_PIN = tok.pin;
+});
+
+afterEach(async () => {
+  await sup?.close();
+  sup = undefined;
+});
+
+const sign = (s: Pkcs11Supervisor, slot: string, i: number, extra: Record<string, unknown> = {}) =>
+  s.sign({ slot, key: 'ec', mechanism: 'ECDSA-SHA256', data: Buffer.from(`doc ${i}`), ...extra });
+
+describe('token slot mailbox', () => {
+  it('runs exactly one call at a time on the token, in arrival order', async () => {
+    sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' } } }) });
+    const events: CallCompletedEvent[] = [];
+    sup.on('callCompleted', (e: CallCompletedEvent) => events.push(e));
+    const order: number[] = [];
+    const sigs = await Promise.all(Array.from({ length: 60 }, (_, i) => sign(sup!, 't', i).then((sig) => (order.push(i), sig))));
+    expect(order).toEqual(Array.from({ length: 60 }, (_, i) => i));
+    expect(events).toHaveLength(60);
+    // Intervals measured inside the worker thread never overlap, and run in arrival order.
+    const spans = events.map((e) => [e.startedAt!, e.endedAt!] as const);
+    for (let i = 1; i < spans.length; i++) expect(spans[i]![0]).toBeGreaterThanOrEqual(spans[i - 1]![1]);
+    expect(await verifiesOnNode(sup, 't', 'ec', Buffer.from('doc 59'), sigs[59]!)).toBe(true);
+  });
+
+  it('refuses calls past queueLimit with QUEUE_FULL; the accepted ones all complete', async () => {
+    process.env.PKCS11_SUPERVISOR_FAULTS = '1';
+    sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' }, queueLimit: 5 } }) });
+    const blocked = sup.injectWorkerFault('t', 0, { kind: 'block', ms: 500 });
+    // The first call goes to the (busy) worker; five wait in the mailbox; the rest are refused.
+    const results = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => sign(sup!, 't', i)));
+    await blocked;
+    expect(results.map((r) => r.status)).toEqual([...Array(6).fill('fulfilled'), ...Array(4).fill('rejected')]);
+    for (const r of results.slice(6)) expect((r as PromiseRejectedResult).reason).toMatchObject({ code: 'QUEUE_FULL', slot: 't' });
+  });
+
+  it('a queued call past its deadline gets TIMEOUT and never reaches the token', async () => {
+    process.env.PKCS11_SUPERVISOR_FAULTS = '1';
+    sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' } } }) });
+    const signsBefore = (await sup.probe({ slot: 't' })).calls.C_Sign ?? 0;
+    const blocked = sup.injectWorkerFault('t', 0, { kind: 'block', ms: 600 });
+    const running = sign(sup, 't', 1); // takes the worker, waits behind the block
+    const t0 = Date.now();
+    await expect(sign(sup, 't', 2, { timeoutMs: 150 })).rejects.toMatchObject({ code: 'TIMEOUT' });
+    expect(Date.now() - t0).toBeLessThan(500);
+    await blocked;
+    await running;
+    expect((await sup.probe({ slot: 't' })).calls.C_Sign).toBe(signsBefore + 1);
+  });
+
+  it('an aborted call that has not started never reaches the token; an aborted signal is refused at once', async () => {
+    process.env.PKCS11_SUPERVISOR_FAULTS = '1';
+    sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' } } }) });
+    const signsBefore = (await sup.probe({ slot: 't' })).calls.C_Sign ?? 0;
+    const blocked = sup.injectWorkerFault('t', 0, { kind: 'block', ms: 400 });
+    const running = sign(sup, 't', 1);
+    const ac = new AbortController();
+    const queued = sign(sup, 't', 2, { signal: ac.signal });
+    ac.abort();
+    await expect(queued).rejects.toMatchObject({ code: 'ABORTED' });
+    await expect(sign(sup, 't', 3, { signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'ABORTED' });
+    await blocked;
+    await running;
+    expect((await sup.probe({ slot: 't' })).calls.C_Sign).toBe(signsBefore + 1);
+    expect(sup.status().slots.t!.queued).toBe(0);
+  });
+
+  it('close fails queued calls with CLOSED, lets the running one finish, and logs the token out', async () => {
+    process.env.PKCS11_SUPERVISOR_FAULTS = '1';
+    const s = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' } } }) });
+    const transitions: string[] = [];
+    s.on('stateChange', (e) => transitions.push(`${e.from}>${e.to}`));
+    void s.injectWorkerFault('t', 0, { kind: 'block', ms: 300 });
+    const running = sign(s, 't', 1);
+    const queued = Promise.allSettled([sign(s, 't', 2), sign(s, 't', 3)]);
+    await s.close();
+    await expect(running).resolves.toBeInstanceOf(Buffer);
+    for (const q of await queued) expect(q).toMatchObject({ status: 'rejected', reason: { code: 'CLOSED' } });
+    expect(transitions).toEqual(['logged_in>logging_out', 'logging_out>open', 'open>closing', 'closing>closed']);
+    await expect(sign(s, 't', 4)).rejects.toMatchObject({ code: 'CLOSED' });
+  });
+});
+
+describe('hsm pool', () => {
+  it('spreads calls round-robin over the pool, every signature valid', async () => {
+    sup = await startSupervisor({ config: configFor(td, { p: { type: 'hsm', poolSize: 3, token: { label: 'router' }, pin: { env: 'TEST_PIN' } } }) });
+    const perWorker = [0, 0, 0];
+    sup.on('callCompleted', (e: CallCompletedEvent) => perWorker[e.worker!]++);
+    // All three workers share one login: the token is logged in once for the application.
+    expect(sup.status().slots.p!.workers.map((w) => w.state)).toEqual(['logged_in', 'logged_in', 'logged_in']);
+    const sigs = await Promise.all(Array.from({ length: 90 }, (_, i) => sign(sup!, 'p', i)));
+    expect(perWorker.reduce((a, b) => a + b)).toBe(90);
+    for (const n of perWorker) expect(n).toBeGreaterThanOrEqual(20);
+    for (const i of [0, 45, 89]) expect(await verifiesOnNode(sup, 'p', 'ec', Buffer.from(`doc ${i}`), sigs[i]!)).toBe(true);
+  });
+});
+
+describe('supervision', () => {
+  it('a worker thread that exits is restarted and the queued calls complete on the new one', async () => {
+    process.env.PKCS11_SUPERVISOR_FAULTS = '1';
+    sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' } } }) });
+    const restarts: unknown[] = [];
+    sup.on('restart', (e) => restarts.push(e));
+    // Hold the worker, queue the calls behind it, then crash it: the thread dies with a call
+    // in flight and 18 waiting in the mailbox.
+    void sup.injectWorkerFault('t', 0, { kind: 'block', ms: 300 });
+    const calls = Array.from({ length: 20 }, (_, i) => sign(sup!, 't', i));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(sup.status().slots.t!.queued).toBe(19);
+    void sup.injectWorkerFault('t', 0, { kind: 'exit' });
+    const sigs = await Promise.all(calls);
+    for (const i of [0, 10, 19]) expect(await verifiesOnNode(sup, 't', 'ec', Buffer.from(`doc ${i}`), sigs[i]!)).toBe(true);
+    expect(restarts).toEqual([expect.objectContaining({ slot: 't', worker: 0, attempt: 1 })]);
+    expect(sup.status().slots.t!.state).toBe('logged_in');
+    // A fresh thread (its own call counters), and the token's login survived the crash:
+    // the module stayed loaded, so the new session was logged in without a C_Login.
+    const fresh = await sup.probe({ slot: 't' });
+    expect(fresh.calls.C_OpenSession).toBe(1);
+    expect(fresh.calls.C_Sign).toBeLessThan(20);
+    expect(fresh.calls.C_Login ?? 0).toBe(0);
+    expect(fresh.state).toBe('RW_USER');
+  });
+
+  it('an uncaught error in the worker thread is a crash too, and is restarted', async () => {
+    process.env.PKCS11_SUPERVISOR_FAULTS = '1';
+    sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' } } }) });
+    const restarted = new Promise((r) => sup!.on('restart', r));
+    await sup.injectWorkerFault('t', 0, { kind: 'throw' });
+    await restarted;
+    const sig = await sign(sup, 't', 1);
+    expect(await verifiesOnNode(sup, 't', 'ec', Buffer.from('doc 1'), sig)).toBe(true);
+  });
+
+  it('a call that wedges its worker gets TIMEOUT; the worker is abandoned and replaced; the next call succeeds', async () => {
+    process.env.PKCS11_SUPERVISOR_FAULTS = '1';
+    sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' }, hungCallGraceMs: 200 } }) });
+    const restarted = new Promise((r) => sup!.on('restart', r));
+    void sup.injectWorkerFault('t', 0, { kind: 'block', ms: 30_000 });
+    const t0 = Date.now();
+    await expect(sign(sup, 't', 1, { timeoutMs: 300 })).rejects.toMatchObject({ code: 'TIMEOUT' });
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(await restarted).toMatchObject({ reason: expect.stringMatching(/wedged/) });
+    const sig = await sign(sup, 't', 2);
+    expect(await verifiesOnNode(sup, 't', 'ec', Buffer.from('doc 2'), sig)).toBe(true);
+  });
+
+  it('past the restart budget the slot is failed: calls fail fast with SLOT_FAILED, other slots keep working, reset brings it back', async () => {
+    process.env.PKCS11_SUPERVISOR_FAULTS = '1';
+    sup = await startSupervisor({
+      config: configFor(td, {
+        t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' }, restart: { maxRestarts: 2, windowMs: 60_000, backoffInitialMs: 10, backoffMaxMs: 50 } },
+        other: { type: 'hsm', poolSize: 2, token: { label: 'router' }, pin: { env: 'TEST_PIN' } },
+      }),
+    });
+    const failed = new Promise((r) => sup!.on('slotFailed', r));
+    for (let i = 0; i < 3; i++) {
+      await sup.probe({ slot: 't' }); // waits until the worker is back
+      void sup.injectWorkerFault('t', 0, { kind: 'exit' });
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await failed;
+    expect(sup.status().slots.t!.state).toBe('failed');
+    const t0 = Date.now();
+    await expect(sign(sup, 't', 1)).rejects.toMatchObject({ code: 'SLOT_FAILED', slot: 't' });
+    expect(Date.now() - t0).toBeLessThan(50);
+    const sig = await sign(sup, 'other', 2);
+    expect(await verifiesOnNode(sup, 'other', 'ec', Buffer.from('doc 2'), sig)).toBe(true);
+
+    sup.reset('t');
+    await expect(sign(sup, 't', 3)).resolves.toBeInstanceOf(Buffer);
+    expect(sup.status().slots.t!.state).toBe('logged_in');
+  });
+});
