@@ -71,6 +71,12 @@ export class Pkcs11Supervisor {
     return this.sup.config;
   }
 
+  /** Opens the slots (see startSupervisor). */
+  async start(): Promise<this> {
+    await this.sup.start();
+    return this;
+  }
+
   private slotOf(name: unknown): Slot {
     if (this.sup.closed) throw new Pkcs11SupervisorError('CLOSED', 'the supervisor is closed');
     const slot = typeof name === 'string' && this.sup.slots.has(name) ? this.sup.slots.get(name) : undefined;
@@ -245,16 +251,22 @@ export class Pkcs11Supervisor {
 }
 
 /**
- * Starts every configured slot and resolves once each non-lazy slot has opened its sessions
- * (and logged in where a PIN source is configured) or has failed cleanly.
+ * Validates the config and loads the modules, but opens nothing yet: subscribe to events
+ * (metrics, audit) first, then `start()`.
  */
-export async function startSupervisor(options: StartOptions): Promise<Pkcs11Supervisor> {
+export function createSupervisor(options: StartOptions): Pkcs11Supervisor {
   if (!options || (options.config === undefined) === (options.configFile === undefined)) {
     throw new Pkcs11SupervisorError('CONFIG_INVALID', 'startSupervisor needs exactly one of { config } or { configFile }');
   }
   const config = options.configFile !== undefined ? loadConfigFile(options.configFile) : parseConfig(options.config);
   const logger = options.logger ?? createLogger(config.log.level);
-  const sup = new Supervisor(config, logger, options.pinCallback);
-  await sup.start();
-  return new Pkcs11Supervisor(sup);
+  return new Pkcs11Supervisor(new Supervisor(config, logger, options.pinCallback));
+}
+
+/**
+ * Starts every configured slot and resolves once each non-lazy slot has opened its sessions
+ * (and logged in where a PIN source is configured) or has failed cleanly.
+ */
+export async function startSupervisor(options: StartOptions): Promise<Pkcs11Supervisor> {
+  return createSupervisor(options).start();
 }

@@ -1,4 +1,8 @@
-export { startSupervisor, Pkcs11Supervisor } from './client.js';
+export { startSupervisor, createSupervisor, Pkcs11Supervisor } from './client.js';
+export { createMetrics } from './metrics.js';
+export { startHttpServer, readiness } from './http-server.js';
+export { startDaemon } from './daemon.js';
+export type { Daemon } from './daemon.js';
 export type { StartOptions, CallOptions, SignRequest, VerifyRequest, PublicKeyRequest, PublicKeyInfo, SlotRequest } from './client.js';
 export { Pkcs11SupervisorError, ERROR_CODES, isSupervisorError } from './errors.js';
 export type { ErrorCode } from './errors.js';

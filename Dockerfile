@@ -1,0 +1,40 @@
+# pkcs11-supervisor: Node 20 + SoftHSM2 + the daemon.
+# Build:  docker build -t pkcs11-supervisor .
+# Run:    docker run -p 9464:9464 -v p11-var:/app/var pkcs11-supervisor
+# Mount your own config at /app/config and token/PIN files at /app/var for real deployments.
+
+FROM node:20-bookworm-slim AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY src src
+COPY actors actors
+COPY workers workers
+COPY bench bench
+RUN npx tsc -p tsconfig.json && npm prune --omit=dev
+
+FROM node:20-bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends softhsm2 opensc openssl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --create-home --home-dir /home/p11 p11
+WORKDIR /app
+COPY --from=build /app/node_modules node_modules
+COPY --from=build /app/dist dist
+COPY package.json ./
+COPY config config
+COPY scripts scripts
+RUN mkdir -p var && chown p11:p11 var
+ENV NODE_ENV=production
+USER p11
+VOLUME ["/app/config", "/app/var"]
+EXPOSE 9464
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+  CMD node -e "fetch('http://127.0.0.1:9464/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+# The same entry as `npm start`, minus the package installs the image already has:
+# provision the dev token on first run, then the daemon (listening on all interfaces).
+ENTRYPOINT ["bash", "scripts/container-entry.sh"]

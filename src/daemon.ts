@@ -1,0 +1,90 @@
+#!/usr/bin/env node
+/**
+ * The long-lived daemon: starts every slot from a config file, serves /metrics, /healthz and
+ * /readyz, and on SIGTERM or SIGINT shuts down in order (calls, logins, sessions, modules).
+ * A segfault inside a PKCS#11 module takes the whole process down: run it under systemd or
+ * Kubernetes so that case is a restart too.
+ */
+import { parseArgs } from 'node:util';
+import type { Server } from 'node:http';
+import type { Logger } from 'pino';
+import { createSupervisor, type Pkcs11Supervisor } from './client.js';
+import { loadConfigFile } from './config.js';
+import { createLogger } from './logger.js';
+import { createMetrics } from './metrics.js';
+import { addressOf, startHttpServer } from './http-server.js';
+import { Pkcs11SupervisorError } from './errors.js';
+
+export interface Daemon {
+  sup: Pkcs11Supervisor;
+  server: Server | null;
+  url: string | null;
+  stop(): Promise<void>;
+}
+
+export async function startDaemon(configFile: string, logger?: Logger, listen?: string): Promise<Daemon> {
+  const config = loadConfigFile(configFile);
+  if (listen !== undefined) Object.assign(config.metrics, parseListen(listen));
+  const level = (process.env.LOG_LEVEL as typeof config.log.level | undefined) ?? config.log.level;
+  const log = logger ?? createLogger(level, { pretty: process.stdout.isTTY === true });
+  const sup = createSupervisor({ config, logger: log });
+  // Subscribe before start so the start-up logins are counted too.
+  const register = createMetrics(sup);
+  await sup.start();
+  let server: Server | null = null;
+  if (config.metrics.enabled) {
+    server = await startHttpServer(sup, register, config.metrics.host, config.metrics.port);
+  }
+  const url = server ? addressOf(server) : null;
+  log.info({ config: configFile, http: url, slots: Object.keys(config.slots) }, 'pkcs11-supervisor started');
+  return {
+    sup,
+    server,
+    url,
+    async stop() {
+      server?.closeAllConnections();
+      await new Promise<void>((r) => (server ? server.close(() => r()) : r()));
+      await sup.close();
+      log.info('pkcs11-supervisor stopped');
+    },
+  };
+}
+
+/** `host:port` (IPv6 in brackets) overriding the config's metrics listener, e.g. in a container. */
+function parseListen(listen: string): { host: string; port: number } {
+  const m = /^\[?([^\]]*?)\]?:(\d{1,5})$/.exec(listen);
+  if (!m || Number(m[2]) > 65535) {
+    throw new Pkcs11SupervisorError('CONFIG_INVALID', `--listen must be host:port, got "${listen}"`, { issues: [{ path: '--listen', message: 'not host:port' }] });
+  }
+  return { host: m[1]!, port: Number(m[2]) };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: { config: { type: 'string', short: 'c', default: 'config/default.json' }, listen: { type: 'string' } },
+  });
+  let daemon: Daemon;
+  try {
+    daemon = await startDaemon(values.config!, undefined, values.listen);
+  } catch (e) {
+    const err = e as Pkcs11SupervisorError;
+    process.stderr.write(`pkcs11-supervisor: cannot start: ${err.code ? `[${err.code}] ` : ''}${err.message}\n`);
+    process.exit(err instanceof Pkcs11SupervisorError ? 78 : 1);
+  }
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write(`pkcs11-supervisor: ${signal}, shutting down\n`);
+    const force = setTimeout(() => process.exit(1), 30_000);
+    force.unref();
+    daemon.stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) void main();

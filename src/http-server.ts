@@ -1,0 +1,56 @@
+/** /metrics for Prometheus, /healthz (the process answers) and /readyz (every eager slot can take calls). */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
+import type { Pkcs11Supervisor } from './client.js';
+
+const READY = new Set(['open', 'logged_in', 'logging_in', 'logging_out']);
+
+export function readiness(sup: Pkcs11Supervisor): { ready: boolean; slots: Record<string, string> } {
+  const slots: Record<string, string> = {};
+  let ready = !sup.status().closed;
+  for (const [name, s] of Object.entries(sup.status().slots)) {
+    slots[name] = s.state;
+    // A lazy slot that has not been used yet is not a reason to take the replica out of service.
+    const lazyIdle = sup.config.slots[name]!.lazy && s.state === 'uninitialized';
+    if (!READY.has(s.state) && !lazyIdle) ready = false;
+  }
+  return { ready, slots };
+}
+
+export async function startHttpServer(sup: Pkcs11Supervisor, register: Registry, host: string, port: number): Promise<Server> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    const json = (code: number, body: unknown) => {
+      res.writeHead(code, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    };
+    if (req.method !== 'GET') return json(405, { error: 'GET only' });
+    if (path === '/healthz') return json(200, { status: 'ok' });
+    if (path === '/readyz') {
+      const r = readiness(sup);
+      return json(r.ready ? 200 : 503, r);
+    }
+    if (path === '/metrics') {
+      register.metrics().then(
+        (text) => {
+          res.writeHead(200, { 'content-type': register.contentType });
+          res.end(text);
+        },
+        (e: Error) => json(500, { error: e.message }),
+      );
+      return;
+    }
+    json(404, { error: 'not found', paths: ['/metrics', '/healthz', '/readyz'] });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  return server;
+}
+
+export function addressOf(server: Server): string {
+  const a = server.address() as AddressInfo;
+  return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+}

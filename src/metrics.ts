@@ -1,0 +1,105 @@
+/**
+ * Prometheus metrics, fed by the supervisor's events and by reading slot state at scrape
+ * time, so the sign path pays for one event emit and nothing else. Labels are bounded:
+ * slot, worker, operation, mechanism, result code, state. Never key material, PINs or data.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Pkcs11Supervisor } from './client.js';
+import type { SlotState } from '../actors/slot-machine.js';
+
+const STATES: SlotState[] = ['uninitialized', 'opening', 'open', 'logging_in', 'logged_in', 'logging_out', 'crashed', 'restarting', 'failed', 'closing', 'closed'];
+const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+export function createMetrics(sup: Pkcs11Supervisor): Registry {
+  const register = new Registry();
+  collectDefaultMetrics({ register, prefix: 'pkcs11_' });
+
+  const calls = new Counter({
+    name: 'pkcs11_calls_total',
+    help: 'Calls through the client API, by slot, operation, mechanism and result (ok or an error code).',
+    labelNames: ['slot', 'op', 'mechanism', 'result'] as const,
+    registers: [register],
+  });
+  const queueWait = new Histogram({
+    name: 'pkcs11_call_queue_seconds',
+    help: 'Time a call waited in its slot mailbox before a worker took it.',
+    labelNames: ['slot', 'op'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [register],
+  });
+  const exec = new Histogram({
+    name: 'pkcs11_call_execution_seconds',
+    help: 'Time the worker thread spent on the PKCS#11 calls of one call (measured inside the thread).',
+    labelNames: ['slot', 'op', 'mechanism'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [register],
+  });
+  const restarts = new Counter({ name: 'pkcs11_worker_restarts_total', help: 'Slot worker restarts by the supervisor.', labelNames: ['slot'] as const, registers: [register] });
+  const budgetSpent = new Counter({
+    name: 'pkcs11_restart_budget_exhausted_total',
+    help: 'Times a slot worker was given up because its slot restart budget was spent (or its error was permanent).',
+    labelNames: ['slot'] as const,
+    registers: [register],
+  });
+  const logins = new Counter({
+    name: 'pkcs11_login_attempts_total',
+    help: 'C_Login attempts that reached the token, by PIN source and result.',
+    labelNames: ['slot', 'source', 'result'] as const,
+    registers: [register],
+  });
+
+  const slots = () => Object.entries(sup.status().slots);
+  new Gauge({
+    name: 'pkcs11_mailbox_depth',
+    help: 'Calls waiting in the slot mailbox.',
+    labelNames: ['slot'] as const,
+    registers: [register],
+    collect() {
+      this.reset();
+      for (const [name, s] of slots()) this.set({ slot: name }, s.queued);
+    },
+  });
+  new Gauge({
+    name: 'pkcs11_calls_in_flight',
+    help: 'Calls running on the slot workers.',
+    labelNames: ['slot'] as const,
+    registers: [register],
+    collect() {
+      this.reset();
+      for (const [name, s] of slots()) this.set({ slot: name }, s.running);
+    },
+  });
+  new Gauge({
+    name: 'pkcs11_slot_state',
+    help: 'State of each slot worker: 1 for the current state, 0 for the others.',
+    labelNames: ['slot', 'worker', 'state'] as const,
+    registers: [register],
+    collect() {
+      this.reset();
+      for (const [name, s] of slots()) {
+        for (const w of s.workers) for (const st of STATES) this.set({ slot: name, worker: String(w.index), state: st }, w.state === st ? 1 : 0);
+      }
+    },
+  });
+  new Gauge({
+    name: 'pkcs11_sessions_open',
+    help: 'PKCS#11 sessions held by the slot workers.',
+    labelNames: ['slot'] as const,
+    registers: [register],
+    collect() {
+      this.reset();
+      for (const [name, s] of slots()) this.set({ slot: name }, s.workers.filter((w) => w.session !== null).length);
+    },
+  });
+
+  sup.on('callCompleted', (e) => {
+    const mechanism = e.mechanism ?? '';
+    calls.inc({ slot: e.slot, op: e.op, mechanism, result: e.outcome });
+    queueWait.observe({ slot: e.slot, op: e.op }, e.queuedMs / 1000);
+    if (e.startedAt !== null) exec.observe({ slot: e.slot, op: e.op, mechanism }, e.execMs / 1000);
+  });
+  sup.on('restart', (e) => restarts.inc({ slot: e.slot }));
+  sup.on('slotFailed', (e) => budgetSpent.inc({ slot: e.slot }));
+  sup.on('login', (e) => logins.inc({ slot: e.slot, source: e.origin, result: e.outcome }));
+  return register;
+}
