@@ -2,7 +2,10 @@
  * The in-process client API. Applications sign and verify through it without touching a
  * session, a PIN prompt or a retry loop. Input is checked here, before anything is queued.
  */
-import { createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto';
+import { createPublicKey, X509Certificate, type JsonWebKey, type KeyObject } from 'node:crypto';
+import { fromPkcs12, fromPem, importObjectsFor, certificateDer, certificateFields } from './key-import.js';
+import { JWS_ALGS, JWS_CURVE, isJwsAlg, b64url, type JwsAlg } from './jws.js';
+import { MECHANISMS } from './mechanisms.js';
 import type { Logger } from 'pino';
 import { loadConfigFile, parseConfig } from './config.js';
 import type { Config, ConfigInput } from './config-schema.js';
@@ -16,7 +19,19 @@ import * as check from './validate.js';
 import type { KeyRef } from './validate.js';
 import type { MechanismName } from './mechanisms.js';
 import type { KeyType } from './mechanisms.js';
-import type { PublicKeyReport, SessionReport, SignatureFormat, WorkerFault, WorkerReply, WorkerTask } from '../workers/protocol.js';
+import { KEY_ALGORITHMS } from '../workers/protocol.js';
+import type {
+  KeyAlgorithm,
+  ObjectClass,
+  ObjectDescriptor,
+  ObjectQuery,
+  PublicKeyReport,
+  SessionReport,
+  SignatureFormat,
+  WorkerFault,
+  WorkerReply,
+  WorkerTask,
+} from '../workers/protocol.js';
 
 export interface StartOptions {
   config?: ConfigInput;
@@ -54,6 +69,9 @@ export interface PublicKeyRequest extends CallOptions {
 
 export interface PublicKeyInfo {
   keyType: KeyType;
+  label: string;
+  /** CKA_ID, hex. */
+  id: string;
   spki: Buffer;
   pem: string;
   jwk: JsonWebKey;
@@ -64,7 +82,70 @@ export interface SlotRequest extends CallOptions {
   slot: string;
 }
 
+export interface FindObjectsRequest extends CallOptions {
+  slot: string;
+  template?: ObjectQuery;
+  /** At most this many objects (default 1000). */
+  limit?: number;
+}
+
+export interface GenerateKeyPairRequest extends CallOptions {
+  slot: string;
+  algorithm: KeyAlgorithm;
+  label: string;
+  /** Hex CKA_ID; default the SHA-1 of the public key. */
+  id?: string;
+  /** Default false: the private key can never leave the token. */
+  extractable?: boolean;
+}
+
+export interface ImportKeyPairRequest extends CallOptions {
+  slot: string;
+  label: string;
+  id?: string;
+  /** A PKCS#12 file and its password, or a PEM private key with its certificates. */
+  pkcs12?: Uint8Array;
+  password?: string;
+  privateKeyPem?: string | Uint8Array;
+  certificates?: (string | Uint8Array)[];
+  extractable?: boolean;
+}
+
+export interface ImportCertificateRequest extends CallOptions {
+  slot: string;
+  certificate: string | Uint8Array;
+  label: string;
+  id: string;
+}
+
+export interface CertificateInfo {
+  der: Buffer;
+  pem: string;
+  x509: X509Certificate;
+}
+
+export interface DestroyObjectRequest extends CallOptions {
+  slot: string;
+  key: KeyRef;
+  /** Only objects of this class; default every object with that label/id. */
+  class?: ObjectClass;
+  /** Needed to destroy a key that the slot's config names. */
+  force?: boolean;
+}
+
+export interface SignJwsRequest extends CallOptions {
+  slot: string;
+  key: KeyRef;
+  alg: JwsAlg;
+  /** A string, bytes, or an object (serialized as JSON). */
+  payload: string | Uint8Array | Record<string, unknown>;
+  /** Extra protected header fields; `alg` is set from the request, `kid` defaults to the key's CKA_ID. */
+  header?: Record<string, unknown>;
+}
+
 export class Pkcs11Supervisor {
+  private readonly keyInfoCache = new Map<string, PublicKeyInfo & { id: string }>();
+
   constructor(private readonly sup: Supervisor) {}
 
   get config(): Config {
@@ -95,6 +176,7 @@ export class Pkcs11Supervisor {
     const req = this.request(request);
     const slot = this.slotOf(req.slot);
     const mechanism = check.mechanism(req.mechanism, slot.name);
+    this.checkMechanism(slot, req.key, mechanism, req.prehashed === true);
     const task: WorkerTask = {
       op: 'sign',
       key: check.keySelector(slot, req.key),
@@ -107,10 +189,23 @@ export class Pkcs11Supervisor {
     return Buffer.from(sig.buffer, sig.byteOffset, sig.byteLength);
   }
 
+  /** Refuses, before queueing, a mechanism the token cannot do or one for another key type. */
+  private checkMechanism(slot: Slot, key: unknown, mechanism: MechanismName, prehashed: boolean): void {
+    const { mechanisms, keyTypes } = slot.capabilities;
+    if (!prehashed && mechanisms.size > 0 && !mechanisms.has(mechanism)) {
+      throw new Pkcs11SupervisorError('MECHANISM_INVALID', `the token of slot "${slot.name}" cannot do ${mechanism}; it can do: ${[...mechanisms].join(', ')}`, { slot: slot.name });
+    }
+    const keyType = typeof key === 'string' ? keyTypes.get(key) : undefined;
+    if (keyType && keyType !== MECHANISMS[mechanism].keyType) {
+      throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${mechanism} needs an ${MECHANISMS[mechanism].keyType} key; key "${String(key)}" is ${keyType}`, { slot: slot.name });
+    }
+  }
+
   async verify(request: VerifyRequest): Promise<boolean> {
     const req = this.request(request);
     const slot = this.slotOf(req.slot);
     const mechanism = check.mechanism(req.mechanism, slot.name);
+    this.checkMechanism(slot, req.key, mechanism, req.prehashed === true);
     const task: WorkerTask = {
       op: 'verify',
       key: check.keySelector(slot, req.key),
@@ -129,7 +224,132 @@ export class Pkcs11Supervisor {
     const report = await this.run<PublicKeyReport>(slot, { op: 'publicKey', key: check.keySelector(slot, req.key) }, null, req, false);
     const spki = Buffer.from(report.spkiDer);
     const keyObject = createPublicKey({ key: spki, format: 'der', type: 'spki' });
-    return { keyType: report.keyType, spki, pem: keyObject.export({ type: 'spki', format: 'pem' }).toString(), jwk: keyObject.export({ format: 'jwk' }), keyObject };
+    return {
+      keyType: report.keyType,
+      label: report.label,
+      id: report.id,
+      spki,
+      pem: keyObject.export({ type: 'spki', format: 'pem' }).toString(),
+      jwk: keyObject.export({ format: 'jwk' }),
+      keyObject,
+    };
+  }
+
+  /** Objects as plain descriptors. A session that is not logged in sees only public objects. */
+  async findObjects(request: FindObjectsRequest): Promise<ObjectDescriptor[]> {
+    const req = this.request(request);
+    const slot = this.slotOf(req.slot);
+    const limit = req.limit === undefined ? 1000 : check.count(req.limit, 'limit', 1, 100_000, slot.name);
+    return this.run<ObjectDescriptor[]>(slot, { op: 'findObjects', query: check.objectQuery(req.template, slot.name), limit }, null, req, false);
+  }
+
+  async generateKeyPair(request: GenerateKeyPairRequest): Promise<ObjectDescriptor> {
+    const req = this.request(request);
+    const slot = this.slotOf(req.slot);
+    if (!(KEY_ALGORITHMS as readonly unknown[]).includes(req.algorithm)) throw check.badInput(`algorithm must be one of ${KEY_ALGORITHMS.join(', ')}`, slot.name);
+    const spec = {
+      algorithm: req.algorithm as KeyAlgorithm,
+      label: check.label(req.label, slot.name),
+      id: check.hexId(req.id, slot.name),
+      extractable: check.flag(req.extractable, 'extractable', slot.name),
+    };
+    return this.run<ObjectDescriptor>(slot, { op: 'generateKeyPair', spec }, null, req, true);
+  }
+
+  async generateRandom(request: SlotRequest & { length: number }): Promise<Buffer> {
+    const req = this.request(request);
+    const slot = this.slotOf(req.slot);
+    const bytes = await this.run<Uint8Array>(slot, { op: 'generateRandom', length: check.count(req.length, 'length', 1, 65536, slot.name) }, null, req, false);
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  /**
+   * Provisioning, not a request-path API: stores a private key, its public key and its
+   * certificate(s) under one label and id, all or nothing.
+   */
+  async importKeyPair(request: ImportKeyPairRequest): Promise<ObjectDescriptor[]> {
+    const req = this.request(request);
+    const slot = this.slotOf(req.slot);
+    const label = check.label(req.label, slot.name);
+    let material;
+    if (req.pkcs12 !== undefined) {
+      if (!(req.pkcs12 instanceof Uint8Array)) throw check.badInput('pkcs12 must be the file contents as a Buffer', slot.name);
+      if (typeof req.password !== 'string') throw check.badInput('a PKCS#12 import needs its password', slot.name);
+      material = fromPkcs12(req.pkcs12, req.password);
+    } else if (req.privateKeyPem !== undefined) {
+      material = fromPem(req.privateKeyPem as string, (req.certificates as (string | Uint8Array)[] | undefined) ?? []);
+    } else {
+      throw check.badInput('importKeyPair needs pkcs12 + password, or privateKeyPem (+ certificates)', slot.name);
+    }
+    const objects = importObjectsFor(material, label, check.hexId(req.id, slot.name), check.flag(req.extractable, 'extractable', slot.name));
+    return this.run<ObjectDescriptor[]>(slot, { op: 'importObjects', objects }, null, req, true);
+  }
+
+  async importCertificate(request: ImportCertificateRequest): Promise<ObjectDescriptor> {
+    const req = this.request(request);
+    const slot = this.slotOf(req.slot);
+    const der = certificateDer(req.certificate as string);
+    const id = check.hexId(req.id, slot.name);
+    if (id === undefined) throw check.badInput('importCertificate needs the id of the key it certifies', slot.name);
+    const objects = [{ kind: 'certificate' as const, der, ...certificateFields(der), label: check.label(req.label, slot.name), id }];
+    const [d] = await this.run<ObjectDescriptor[]>(slot, { op: 'importObjects', objects }, null, req, true);
+    return d!;
+  }
+
+  async getCertificate(request: PublicKeyRequest): Promise<CertificateInfo> {
+    const req = this.request(request);
+    const slot = this.slotOf(req.slot);
+    const der = Buffer.from(await this.run<Uint8Array>(slot, { op: 'certificate', key: check.keySelector(slot, req.key) }, null, req, false));
+    const x509 = new X509Certificate(der);
+    return { der, pem: x509.toString(), x509 };
+  }
+
+  /** Destroys every object with the key's label/id (of one class if given). Returns how many. */
+  async destroyObject(request: DestroyObjectRequest): Promise<number> {
+    const req = this.request(request);
+    const slot = this.slotOf(req.slot);
+    const sel = check.keySelector(slot, req.key);
+    // Err towards refusing: sharing a label or an id with a configured key is enough.
+    const configured = Object.entries(slot.config.keys).find(
+      ([, k]) => (sel.label !== undefined && k.label === sel.label) || (sel.id !== undefined && k.id?.toLowerCase() === sel.id),
+    );
+    if (configured && req.force !== true) {
+      throw new Pkcs11SupervisorError('KEY_IN_USE', `key "${configured[0]}" is configured for slot "${slot.name}"; pass force: true to destroy it`, { slot: slot.name });
+    }
+    const query = { ...check.objectQuery({ class: req.class }, slot.name), label: sel.label, id: sel.id };
+    return this.run<number>(slot, { op: 'destroyObjects', query }, null, req, true);
+  }
+
+  /** A compact JWS signed on the token; `kid` defaults to the key's CKA_ID (hex). */
+  async signJws(request: SignJwsRequest): Promise<string> {
+    const req = this.request(request);
+    const slot = this.slotOf(req.slot);
+    if (!isJwsAlg(req.alg)) throw new Pkcs11SupervisorError('MECHANISM_INVALID', `alg must be one of ${Object.keys(JWS_ALGS).join(', ')}`, { slot: slot.name });
+    const alg = req.alg;
+    const info = await this.keyInfo(slot, req.key, req);
+    const curve = JWS_CURVE[alg];
+    if (curve && info.jwk.crv !== curve) {
+      throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${alg} needs a ${curve} key; key is ${info.jwk.crv ?? info.keyType}`, { slot: slot.name });
+    }
+    const payload = req.payload;
+    const body =
+      typeof payload === 'string' ? payload : payload instanceof Uint8Array ? payload : payload && typeof payload === 'object' ? JSON.stringify(payload) : undefined;
+    if (body === undefined) throw check.badInput('payload must be a string, bytes or an object', slot.name);
+    const header = { ...(req.header as Record<string, unknown> | undefined), alg, kid: (req.header as { kid?: unknown } | undefined)?.kid ?? info.id };
+    const signingInput = `${b64url(JSON.stringify(header))}.${b64url(body)}`;
+    const sig = await this.sign({ ...(req as object), slot: slot.name, key: req.key as KeyRef, mechanism: JWS_ALGS[alg], data: Buffer.from(signingInput), signatureFormat: 'raw' });
+    return `${signingInput}.${b64url(sig)}`;
+  }
+
+  /** Public key and CKA_ID of a key, read from the token once and kept (they never change while the key exists). */
+  private async keyInfo(slot: Slot, key: unknown, req: Record<string, unknown>): Promise<PublicKeyInfo & { id: string }> {
+    const sel = check.keySelector(slot, key);
+    const cacheKey = `${slot.name}\0${sel.label ?? ''}\0${sel.id ?? ''}`;
+    const hit = this.keyInfoCache.get(cacheKey);
+    if (hit) return hit;
+    const info = await this.getPublicKey({ ...(req as object), slot: slot.name, key: key as KeyRef });
+    this.keyInfoCache.set(cacheKey, info);
+    return info;
   }
 
   /**

@@ -24,6 +24,7 @@ export interface CallContext {
 }
 
 export interface SlotWorkerHooks {
+  opened(worker: SlotWorker, report: OpenReport): void;
   stateChanged(worker: SlotWorker, from: SlotState, to: SlotState): void;
   loginAttempted(worker: SlotWorker, origin: PinOrigin, outcome: 'ok' | string): void;
 }
@@ -107,8 +108,10 @@ export class SlotWorker {
       this.thread = new SessionThread((reason) => this.actor.send({ type: 'CRASHED', reason: reason.message }));
     }
     const { modulePath, config } = this.opts;
-    const report = unwrap(await this.thread.run<OpenReport>({ op: 'open', modulePath, token: config.token, readWrite: config.readWrite }), this.slot);
+    const keys = Object.fromEntries(Object.entries(config.keys).map(([ref, k]) => [ref, { label: k.label, id: k.id?.toLowerCase() }]));
+    const report = unwrap(await this.thread.run<OpenReport>({ op: 'open', modulePath, token: config.token, readWrite: config.readWrite, keys }), this.slot);
     this.sessionHandle = report.handle;
+    this.opts.hooks.opened(this, report);
     return report;
   }
 

@@ -12,6 +12,7 @@ import type { SupervisorEmitter } from './events.js';
 import { PinChain, type PinCallback } from './pin-chain.js';
 import { Mailbox, type CallSpec, type Delivered } from './router.js';
 import { SlotWorker } from './slot-worker.js';
+import type { KeyType, MechanismName } from './mechanisms.js';
 
 export interface CrashHandler {
   crashed(slot: Slot, worker: SlotWorker): void;
@@ -23,6 +24,8 @@ export class Slot {
   readonly workers: SlotWorker[];
   readonly mailbox: Mailbox;
   readonly pins: PinChain;
+  /** What the token reported at the last open: the mechanisms it can do and the configured keys' types. */
+  readonly capabilities = { mechanisms: new Set<MechanismName>(), keyTypes: new Map<string, KeyType>() };
   private loginChain: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -51,6 +54,10 @@ export class Slot {
           pins: this.pins,
           loginLock,
           hooks: {
+            opened: (_w, report) => {
+              this.capabilities.mechanisms = new Set(report.mechanisms);
+              this.capabilities.keyTypes = new Map(Object.entries(report.keyTypes));
+            },
             stateChanged: (w, from, to) => this.stateChanged(w, from, to),
             loginAttempted: (w, origin, outcome) => {
               this.events.emit('login', { slot: name, worker: w.index, origin, outcome });

@@ -3,7 +3,7 @@ import { Pkcs11SupervisorError } from './errors.js';
 import { isMechanismName, MECHANISM_NAMES, type MechanismName } from './mechanisms.js';
 import { Secret } from './secret.js';
 import type { Slot } from './slot.js';
-import type { KeySelector, SignatureFormat } from '../workers/protocol.js';
+import type { KeySelector, ObjectQuery, SignatureFormat } from '../workers/protocol.js';
 
 /** A key by its ref in the slot's `keys`, or directly by label and/or id (hex). */
 export type KeyRef = string | { label?: string; id?: string };
@@ -76,4 +76,38 @@ export function flag(value: unknown, what: string, slot: string): boolean {
   if (value === undefined) return false;
   if (typeof value === 'boolean') return value;
   throw badInput(`${what} must be a boolean`, slot);
+}
+
+export function count(value: unknown, what: string, min: number, max: number, slot: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) throw badInput(`${what} must be an integer from ${min} to ${max}`, slot);
+  return value;
+}
+
+export function label(value: unknown, slot: string): string {
+  if (typeof value !== 'string' || value.length === 0 || Buffer.byteLength(value) > 256) throw badInput('label must be a non-empty string of at most 256 bytes', slot);
+  return value;
+}
+
+export function hexId(value: unknown, slot: string): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !/^([0-9a-fA-F]{2}){1,64}$/.test(value)) throw badInput('id must be hex bytes, e.g. "01"', slot);
+  return value.toLowerCase();
+}
+
+const OBJECT_CLASSES = ['privateKey', 'publicKey', 'certificate', 'secretKey', 'data'];
+const KEY_TYPES = ['RSA', 'EC', 'EC_EDWARDS'];
+
+export function objectQuery(value: unknown, slot: string): ObjectQuery {
+  if (value === undefined) return {};
+  if (!value || typeof value !== 'object') throw badInput('template must be an object', slot);
+  const t = value as Record<string, unknown>;
+  for (const k of Object.keys(t)) if (!['class', 'label', 'id', 'keyType'].includes(k)) throw badInput(`template has an unknown field "${k}" (class, label, id, keyType)`, slot);
+  if (t.class !== undefined && !OBJECT_CLASSES.includes(t.class as string)) throw badInput(`template.class must be one of ${OBJECT_CLASSES.join(', ')}`, slot);
+  if (t.keyType !== undefined && !KEY_TYPES.includes(t.keyType as string)) throw badInput(`template.keyType must be one of ${KEY_TYPES.join(', ')}`, slot);
+  return {
+    class: t.class as ObjectQuery['class'],
+    label: t.label === undefined ? undefined : label(t.label, slot),
+    id: hexId(t.id, slot),
+    keyType: t.keyType as ObjectQuery['keyType'],
+  };
 }

@@ -19,7 +19,7 @@ export type SignatureFormat = 'der' | 'raw';
 export type WorkerFault = { kind: 'exit' } | { kind: 'throw' } | { kind: 'block'; ms: number };
 
 export type WorkerTask =
-  | { op: 'open'; modulePath: string; token: TokenSelector; readWrite: boolean }
+  | { op: 'open'; modulePath: string; token: TokenSelector; readWrite: boolean; keys: Record<string, KeySelector> }
   | { op: 'login'; pin: string; userType: 'user' | 'so' }
   | { op: 'logout' }
   | { op: 'sessionInfo' }
@@ -34,6 +34,12 @@ export type WorkerTask =
       format: SignatureFormat;
     }
   | { op: 'publicKey'; key: KeySelector }
+  | { op: 'certificate'; key: KeySelector }
+  | { op: 'findObjects'; query: ObjectQuery; limit: number }
+  | { op: 'generateKeyPair'; spec: KeyGenSpec }
+  | { op: 'generateRandom'; length: number }
+  | { op: 'importObjects'; objects: ImportedObject[] }
+  | { op: 'destroyObjects'; query: ObjectQuery }
   | { op: 'close' }
   | { op: 'fault'; fault: WorkerFault };
 
@@ -70,9 +76,74 @@ export interface SessionReport {
 
 export interface OpenReport extends SessionReport {
   mechanisms: MechanismName[];
+  /** Types of the configured key refs whose public key object is visible. */
+  keyTypes: Record<string, KeyType>;
 }
 
 export interface PublicKeyReport {
   keyType: KeyType;
   spkiDer: Uint8Array;
+  label: string;
+  /** CKA_ID, hex. */
+  id: string;
+}
+
+export type ObjectClass = 'privateKey' | 'publicKey' | 'certificate' | 'secretKey' | 'data';
+
+export interface ObjectQuery {
+  class?: ObjectClass | undefined;
+  label?: string | undefined;
+  id?: string | undefined;
+  keyType?: KeyType | undefined;
+}
+
+/** A token object as plain data: no handles, nothing secret. */
+export interface ObjectDescriptor {
+  class: ObjectClass;
+  label: string;
+  id: string;
+  token: boolean;
+  private: boolean;
+  keyType?: KeyType;
+  /** RSA modulus bits. */
+  bits?: number;
+  curve?: string;
+  sign?: boolean;
+  verify?: boolean;
+  sensitive?: boolean;
+  extractable?: boolean;
+  alwaysSensitive?: boolean;
+  neverExtractable?: boolean;
+}
+
+export const KEY_ALGORITHMS = ['RSA-2048', 'RSA-3072', 'RSA-4096', 'EC-P256', 'EC-P384', 'EC-P521', 'Ed25519'] as const;
+export type KeyAlgorithm = (typeof KEY_ALGORITHMS)[number];
+
+export interface KeyGenSpec {
+  algorithm: KeyAlgorithm;
+  label: string;
+  /** Hex; when absent the SHA-1 of the public key is used, as many PKCS#11 tools do. */
+  id?: string | undefined;
+  extractable: boolean;
+}
+
+/** Objects to create on import. Key material travels as JWK from the main thread, which parsed it. */
+export type ImportedObject =
+  | { kind: 'privateKey'; jwk: JsonWebKeyLike; label: string; id: string; extractable: boolean }
+  | { kind: 'publicKey'; jwk: JsonWebKeyLike; label: string; id: string }
+  | { kind: 'certificate'; der: Uint8Array; subject: Uint8Array; issuer: Uint8Array; serial: Uint8Array; label: string; id: string };
+
+export interface JsonWebKeyLike {
+  kty?: string;
+  crv?: string;
+  n?: string;
+  e?: string;
+  d?: string;
+  p?: string;
+  q?: string;
+  dp?: string;
+  dq?: string;
+  qi?: string;
+  x?: string;
+  y?: string;
 }

@@ -3,7 +3,8 @@
  * here, so the main thread can tell time spent on the token from time spent queued.
  */
 import { performance } from 'node:perf_hooks';
-import { TokenSession, toFailure } from './token-session.js';
+import { TokenSession, toFailure, WorkerFailure } from './token-session.js';
+import * as objects from './object-ops.js';
 import type { WorkerFault, WorkerReply, WorkerTask } from './protocol.js';
 
 const session = new TokenSession();
@@ -48,6 +49,21 @@ function dispatch(task: WorkerTask): unknown {
       return session.verify(task);
     case 'publicKey':
       return session.publicKey(task.key);
+    case 'certificate': {
+      const der = objects.certificate(session, task.key);
+      if (!der) throw new WorkerFailure('KEY_NOT_FOUND', `no certificate with ${JSON.stringify(task.key)} on the token`);
+      return der;
+    }
+    case 'findObjects':
+      return objects.findObjects(session, task.query, task.limit);
+    case 'generateKeyPair':
+      return objects.generateKeyPair(session, task.spec);
+    case 'generateRandom':
+      return objects.generateRandom(session, task.length);
+    case 'importObjects':
+      return objects.importObjects(session, task.objects);
+    case 'destroyObjects':
+      return objects.destroyObjects(session, task.query);
     case 'close':
       return session.close();
     case 'fault':

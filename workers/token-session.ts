@@ -14,6 +14,7 @@ import type { ErrorCode } from '../src/errors.js';
 import { prepareMechanisms, preparedKey, BadInput, type PreparedMechanism } from './mechanism-params.js';
 import { CKK_EC_EDWARDS, CKS_BY_VALUE } from './pkcs11-constants.js';
 import type { KeySelector, OpenReport, PublicKeyReport, SessionReport, TokenSelector, WorkerTask } from './protocol.js';
+import { findHandles, type SessionAccess } from './object-ops.js';
 
 /** A failure with a code decided here (not a CKR from the token). */
 export class WorkerFailure extends Error {
@@ -70,7 +71,7 @@ function unwrapOctetString(b: Buffer): Buffer {
   return len === b.length - hdr ? b.subarray(hdr) : b;
 }
 
-export class TokenSession {
+export class TokenSession implements SessionAccess {
   private mod: P11.PKCS11 | null = null;
   private slot: P11.Handle | null = null;
   private session: P11.Handle | null = null;
@@ -91,6 +92,17 @@ export class TokenSession {
     return this.session;
   }
 
+  // SessionAccess, for the object operations.
+  p11(fn: string): P11.PKCS11 {
+    return this.count(fn);
+  }
+  get sessionHandle(): P11.Handle {
+    return this.live;
+  }
+  forgetKeys(): void {
+    this.keys.clear();
+  }
+
   open(task: Extract<WorkerTask, { op: 'open' }>): OpenReport {
     if (!this.mod) this.loadModule(task.modulePath);
     this.dropSession();
@@ -101,7 +113,20 @@ export class TokenSession {
     const supported = new Set(this.count('C_GetMechanismList').C_GetMechanismList(slot));
     this.prepared = prepareMechanisms(supported);
     const mechanisms = MECHANISM_NAMES.filter((n) => this.prepared.has(preparedKey(n, false)));
-    return { ...this.report(), mechanisms };
+    return { ...this.report(), mechanisms, keyTypes: this.keyTypesOf(task.keys) };
+  }
+
+  /** Key types of the configured keys whose public object is visible, so the main thread can refuse a mismatched mechanism before queueing. */
+  private keyTypesOf(keys: Record<string, KeySelector>): Record<string, KeyType> {
+    const out: Record<string, KeyType> = {};
+    for (const [ref, sel] of Object.entries(keys)) {
+      try {
+        out[ref] = this.key(sel, pkcs11js.CKO_PUBLIC_KEY).keyType;
+      } catch {
+        // No public object (or not visible yet): the worker checks at sign time.
+      }
+    }
+    return out;
   }
 
   private loadModule(path: string): void {
@@ -264,7 +289,7 @@ export class TokenSession {
       }
     }
     const spkiDer = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'der' });
-    return { keyType: key.keyType, spkiDer };
+    return { keyType: key.keyType, spkiDer, label: attr(pkcs11js.CKA_LABEL).toString('utf8'), id: attr(pkcs11js.CKA_ID).toString('hex') };
   }
 
   /** Finds a key by label/id once per session; the handle is reused until the session goes. */

@@ -1,0 +1,269 @@
+/**
+ * Token objects as plain data: find and describe, generate and import key pairs, destroy,
+ * read certificates, random bytes. Private keys are created sensitive and non-extractable
+ * unless the caller asks otherwise.
+ */
+import { createHash } from 'node:crypto';
+import type * as P11 from 'pkcs11js';
+import { pkcs11js } from './pkcs11js.js';
+import { CKK_EC_EDWARDS } from './pkcs11-constants.js';
+import type { KeyType } from '../src/mechanisms.js';
+import type { ImportedObject, JsonWebKeyLike, KeyGenSpec, ObjectClass, ObjectDescriptor, ObjectQuery } from './protocol.js';
+
+export interface SessionAccess {
+  p11(fn: string): P11.PKCS11;
+  readonly sessionHandle: P11.Handle;
+  /** Key handles cached for the session may now be stale. */
+  forgetKeys(): void;
+}
+
+const CKM_EC_EDWARDS_KEY_PAIR_GEN = 0x1055;
+
+const CLASS_VALUE: Record<ObjectClass, number> = {
+  privateKey: pkcs11js.CKO_PRIVATE_KEY,
+  publicKey: pkcs11js.CKO_PUBLIC_KEY,
+  certificate: pkcs11js.CKO_CERTIFICATE,
+  secretKey: pkcs11js.CKO_SECRET_KEY,
+  data: pkcs11js.CKO_DATA,
+};
+const CLASS_NAME = new Map(Object.entries(CLASS_VALUE).map(([k, v]) => [v, k as ObjectClass]));
+const KEY_TYPE_VALUE: Record<KeyType, number> = { RSA: pkcs11js.CKK_RSA, EC: pkcs11js.CKK_EC, EC_EDWARDS: CKK_EC_EDWARDS };
+const KEY_TYPE_NAME = new Map(Object.entries(KEY_TYPE_VALUE).map(([k, v]) => [v, k as KeyType]));
+
+export const CURVES: Record<string, { oid: string; name: string; jwk: string }> = {
+  '06082a8648ce3d030107': { oid: '06082a8648ce3d030107', name: 'P-256', jwk: 'P-256' },
+  '06052b81040022': { oid: '06052b81040022', name: 'P-384', jwk: 'P-384' },
+  '06052b81040023': { oid: '06052b81040023', name: 'P-521', jwk: 'P-521' },
+  '06032b6570': { oid: '06032b6570', name: 'Ed25519', jwk: 'Ed25519' },
+  // Some modules name Edwards curves by a PrintableString instead of the OID.
+  '130c656477617264733235353139': { oid: '130c656477617264733235353139', name: 'Ed25519', jwk: 'Ed25519' },
+};
+const OID_BY_CURVE: Record<string, string> = { 'P-256': '06082a8648ce3d030107', 'P-384': '06052b81040022', 'P-521': '06052b81040023', Ed25519: '06032b6570' };
+
+function ulong(b: Buffer): number {
+  return b.length === 8 ? Number(b.readBigUInt64LE(0)) : b.readUInt32LE(0);
+}
+
+function octetString(content: Buffer): Buffer {
+  const n = content.length;
+  const len = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
+  return Buffer.concat([Buffer.from([0x04, ...len]), content]);
+}
+
+function b64u(s: string | undefined, what: string): Buffer {
+  if (!s) throw new Error(`the key has no ${what}`);
+  return Buffer.from(s, 'base64url');
+}
+
+function template(q: ObjectQuery): P11.Template {
+  const t: P11.Template = [];
+  if (q.class) t.push({ type: pkcs11js.CKA_CLASS, value: CLASS_VALUE[q.class] });
+  if (q.label !== undefined) t.push({ type: pkcs11js.CKA_LABEL, value: q.label });
+  if (q.id !== undefined) t.push({ type: pkcs11js.CKA_ID, value: Buffer.from(q.id, 'hex') });
+  if (q.keyType) t.push({ type: pkcs11js.CKA_KEY_TYPE, value: KEY_TYPE_VALUE[q.keyType] });
+  return t;
+}
+
+export function findHandles(s: SessionAccess, q: ObjectQuery, limit: number): P11.Handle[] {
+  s.p11('C_FindObjectsInit').C_FindObjectsInit(s.sessionHandle, template(q));
+  try {
+    const out: P11.Handle[] = [];
+    while (out.length < limit) {
+      const batch = s.p11('C_FindObjects').C_FindObjects(s.sessionHandle, Math.min(100, limit - out.length));
+      if (batch.length === 0) break;
+      out.push(...batch);
+    }
+    return out;
+  } finally {
+    s.p11('C_FindObjectsFinal').C_FindObjectsFinal(s.sessionHandle);
+  }
+}
+
+function attrs(s: SessionAccess, h: P11.Handle, types: number[]): Buffer[] {
+  return s.p11('C_GetAttributeValue').C_GetAttributeValue(s.sessionHandle, h, types.map((type) => ({ type }))).map((a) => a.value as Buffer);
+}
+
+const bool = (b: Buffer): boolean => b.length > 0 && b[0] !== 0;
+
+export function describe(s: SessionAccess, h: P11.Handle): ObjectDescriptor {
+  const [cls, label, id, token, priv] = attrs(s, h, [pkcs11js.CKA_CLASS, pkcs11js.CKA_LABEL, pkcs11js.CKA_ID, pkcs11js.CKA_TOKEN, pkcs11js.CKA_PRIVATE]);
+  const d: ObjectDescriptor = {
+    class: CLASS_NAME.get(ulong(cls!)) ?? 'data',
+    label: label!.toString('utf8'),
+    id: id!.toString('hex'),
+    token: bool(token!),
+    private: bool(priv!),
+  };
+  if (d.class !== 'privateKey' && d.class !== 'publicKey') return d;
+  const [kt] = attrs(s, h, [pkcs11js.CKA_KEY_TYPE]);
+  const keyType = KEY_TYPE_NAME.get(ulong(kt!));
+  if (keyType) d.keyType = keyType;
+  if (keyType === 'RSA') d.bits = attrs(s, h, [pkcs11js.CKA_MODULUS])[0]!.length * 8;
+  if (keyType === 'EC' || keyType === 'EC_EDWARDS') {
+    const params = attrs(s, h, [pkcs11js.CKA_EC_PARAMS])[0]!.toString('hex');
+    d.curve = CURVES[params]?.name ?? `unknown (${params})`;
+  }
+  if (d.class === 'privateKey') {
+    const [sign, sensitive, extractable, alwaysSensitive, neverExtractable] = attrs(s, h, [
+      pkcs11js.CKA_SIGN,
+      pkcs11js.CKA_SENSITIVE,
+      pkcs11js.CKA_EXTRACTABLE,
+      pkcs11js.CKA_ALWAYS_SENSITIVE,
+      pkcs11js.CKA_NEVER_EXTRACTABLE,
+    ]);
+    Object.assign(d, { sign: bool(sign!), sensitive: bool(sensitive!), extractable: bool(extractable!), alwaysSensitive: bool(alwaysSensitive!), neverExtractable: bool(neverExtractable!) });
+  } else {
+    d.verify = bool(attrs(s, h, [pkcs11js.CKA_VERIFY])[0]!);
+  }
+  return d;
+}
+
+export function findObjects(s: SessionAccess, q: ObjectQuery, limit: number): ObjectDescriptor[] {
+  return findHandles(s, q, limit).map((h) => describe(s, h));
+}
+
+export function destroyObjects(s: SessionAccess, q: ObjectQuery): number {
+  const handles = findHandles(s, q, 10_000);
+  for (const h of handles) s.p11('C_DestroyObject').C_DestroyObject(s.sessionHandle, h);
+  s.forgetKeys();
+  return handles.length;
+}
+
+export function certificate(s: SessionAccess, q: ObjectQuery): Uint8Array | null {
+  const [h] = findHandles(s, { ...q, class: 'certificate' }, 1);
+  return h ? attrs(s, h, [pkcs11js.CKA_VALUE])[0]! : null;
+}
+
+export function generateRandom(s: SessionAccess, length: number): Uint8Array {
+  return s.p11('C_GenerateRandom').C_GenerateRandom(s.sessionHandle, Buffer.alloc(length));
+}
+
+/** The default CKA_ID: SHA-1 of the public key's defining value (modulus or point). */
+function defaultId(publicValue: Buffer): Buffer {
+  return createHash('sha1').update(publicValue).digest();
+}
+
+export function generateKeyPair(s: SessionAccess, spec: KeyGenSpec): ObjectDescriptor {
+  const [family, size] = spec.algorithm.split('-') as [string, string | undefined];
+  const common = (id: Buffer | null): P11.Template => [
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_LABEL, value: spec.label },
+    ...(id ? [{ type: pkcs11js.CKA_ID, value: id }] : []),
+  ];
+  const id = spec.id !== undefined ? Buffer.from(spec.id, 'hex') : null;
+  let mechanism: number;
+  let pub: P11.Template;
+  if (family === 'RSA') {
+    mechanism = pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN;
+    pub = [{ type: pkcs11js.CKA_MODULUS_BITS, value: Number(size) }, { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) }];
+  } else {
+    const curve = family === 'Ed25519' ? 'Ed25519' : `P-${size!.slice(1)}`;
+    mechanism = family === 'Ed25519' ? CKM_EC_EDWARDS_KEY_PAIR_GEN : pkcs11js.CKM_EC_KEY_PAIR_GEN;
+    pub = [{ type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from(OID_BY_CURVE[curve]!, 'hex') }];
+  }
+  const keys = s.p11('C_GenerateKeyPair').C_GenerateKeyPair(
+    s.sessionHandle,
+    { mechanism },
+    [...common(id), ...pub, { type: pkcs11js.CKA_VERIFY, value: true }, { type: pkcs11js.CKA_PRIVATE, value: false }],
+    [
+      ...common(id),
+      { type: pkcs11js.CKA_PRIVATE, value: true },
+      { type: pkcs11js.CKA_SIGN, value: true },
+      { type: pkcs11js.CKA_SENSITIVE, value: true },
+      { type: pkcs11js.CKA_EXTRACTABLE, value: spec.extractable },
+    ],
+  );
+  if (!id) {
+    const value = attrs(s, keys.publicKey, [family === 'RSA' ? pkcs11js.CKA_MODULUS : pkcs11js.CKA_EC_POINT])[0]!;
+    const derived = [{ type: pkcs11js.CKA_ID, value: defaultId(value) }];
+    s.p11('C_SetAttributeValue').C_SetAttributeValue(s.sessionHandle, keys.publicKey, derived);
+    s.p11('C_SetAttributeValue').C_SetAttributeValue(s.sessionHandle, keys.privateKey, derived);
+  }
+  return describe(s, keys.privateKey);
+}
+
+function keyTemplate(jwk: JsonWebKeyLike, priv: boolean): P11.Template {
+  if (jwk.kty === 'RSA') {
+    const t: P11.Template = [
+      { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },
+      { type: pkcs11js.CKA_MODULUS, value: b64u(jwk.n, 'modulus') },
+      { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: b64u(jwk.e, 'public exponent') },
+    ];
+    if (priv) {
+      const parts: [number, string | undefined, string][] = [
+        [pkcs11js.CKA_PRIVATE_EXPONENT, jwk.d, 'private exponent'],
+        [pkcs11js.CKA_PRIME_1, jwk.p, 'p'],
+        [pkcs11js.CKA_PRIME_2, jwk.q, 'q'],
+        [pkcs11js.CKA_EXPONENT_1, jwk.dp, 'dp'],
+        [pkcs11js.CKA_EXPONENT_2, jwk.dq, 'dq'],
+        [pkcs11js.CKA_COEFFICIENT, jwk.qi, 'qi'],
+      ];
+      for (const [type, v, what] of parts) t.push({ type, value: b64u(v, what) });
+    }
+    return t;
+  }
+  const oid = OID_BY_CURVE[jwk.crv ?? ''];
+  if (!oid) throw new Error(`unsupported key: ${jwk.kty} ${jwk.crv ?? ''}`);
+  const edwards = jwk.kty === 'OKP';
+  const t: P11.Template = [
+    { type: pkcs11js.CKA_KEY_TYPE, value: edwards ? CKK_EC_EDWARDS : pkcs11js.CKK_EC },
+    { type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from(oid, 'hex') },
+  ];
+  if (priv) t.push({ type: pkcs11js.CKA_VALUE, value: b64u(jwk.d, 'private value') });
+  else {
+    const point = edwards ? b64u(jwk.x, 'x') : Buffer.concat([Buffer.from([4]), b64u(jwk.x, 'x'), b64u(jwk.y, 'y')]);
+    t.push({ type: pkcs11js.CKA_EC_POINT, value: octetString(point) });
+  }
+  return t;
+}
+
+export function importObjects(s: SessionAccess, objects: ImportedObject[]): ObjectDescriptor[] {
+  const created: P11.Handle[] = [];
+  try {
+    for (const o of objects) {
+      const base: P11.Template = [
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_LABEL, value: o.label },
+        { type: pkcs11js.CKA_ID, value: Buffer.from(o.id, 'hex') },
+      ];
+      let t: P11.Template;
+      if (o.kind === 'privateKey') {
+        t = [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+          ...base,
+          ...keyTemplate(o.jwk, true),
+          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_SIGN, value: true },
+          { type: pkcs11js.CKA_SENSITIVE, value: true },
+          { type: pkcs11js.CKA_EXTRACTABLE, value: o.extractable },
+        ];
+      } else if (o.kind === 'publicKey') {
+        t = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }, ...base, ...keyTemplate(o.jwk, false), { type: pkcs11js.CKA_VERIFY, value: true }, { type: pkcs11js.CKA_PRIVATE, value: false }];
+      } else {
+        t = [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_CERTIFICATE },
+          { type: pkcs11js.CKA_CERTIFICATE_TYPE, value: pkcs11js.CKC_X_509 },
+          ...base,
+          { type: pkcs11js.CKA_PRIVATE, value: false },
+          { type: pkcs11js.CKA_VALUE, value: Buffer.from(o.der) },
+          { type: pkcs11js.CKA_SUBJECT, value: Buffer.from(o.subject) },
+          { type: pkcs11js.CKA_ISSUER, value: Buffer.from(o.issuer) },
+          { type: pkcs11js.CKA_SERIAL_NUMBER, value: Buffer.from(o.serial) },
+        ];
+      }
+      created.push(s.p11('C_CreateObject').C_CreateObject(s.sessionHandle, t));
+    }
+  } catch (e) {
+    // All or nothing: a half-imported key pair is worse than none.
+    for (const h of created) {
+      try {
+        s.p11('C_DestroyObject').C_DestroyObject(s.sessionHandle, h);
+      } catch {
+        // best effort
+      }
+    }
+    throw e;
+  }
+  s.forgetKeys();
+  return created.map((h) => describe(s, h));
+}
