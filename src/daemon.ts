@@ -6,6 +6,7 @@
  * Kubernetes so that case is a restart too.
  */
 import { parseArgs } from 'node:util';
+import { isEntryPoint } from './entry-point.js';
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import { createSupervisor, type Pkcs11Supervisor } from './client.js';
@@ -87,4 +88,4 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT'));
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) void main();
+if (isEntryPoint(import.meta.url)) void main();

@@ -32,7 +32,7 @@ beforeAll(async () => {
     { kind: 'EC:prime256v1', label: 'twin', id: '22' },
   ]);
   // A token nobody in this process logs in to: login state is per token, per application.
-  createToken(td, 'ops-anon', [{ kind: 'EC:prime256v1', label: 'ec', id: '02' }]);
+  createToken(td, 'anon', [{ kind: 'EC:prime256v1', label: 'ec', id: '02' }]);
   process.env.OPS_PIN = tok.pin;
   sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'ops' }, pin: { env: 'OPS_PIN' }, keys: KEYS, maxDataBytes: 1 << 20 } }) });
 });
@@ -126,7 +126,7 @@ describe('objects', () => {
   });
 
   it('a session that is not logged in sees only public objects', async () => {
-    const anon = await startSupervisor({ config: configFor(td, { a: { token: { label: 'ops-anon' }, lazy: true } }) });
+    const anon = await startSupervisor({ config: configFor(td, { a: { token: { label: 'anon' }, lazy: true } }) });
     try {
       const all = await anon.findObjects({ slot: 'a' });
       expect(all).toEqual([expect.objectContaining({ class: 'publicKey', label: 'ec', private: false })]);

@@ -18,9 +18,10 @@ export function exportPublicKey(td: TokenDir, label: string, id: string): string
   const out = file('pub.der');
   try {
     pkcs11Tool(td, label, null, ['--read-object', '--type', 'pubkey', '--id', id, '-o', out]);
-  } catch {
+  } catch (e) {
     // OpenSC 0.23 cannot export P-384 keys ("cannot create EVP_PKEY") but lists their point:
     // build the SPKI from pkcs11-tool's own listing.
+    if (!String((e as { stderr?: unknown }).stderr).includes('cannot create EVP_PKEY')) throw e;
     writeFileSync(out, spkiFromListing(pkcs11Tool(td, label, null, ['--list-objects', '--type', 'pubkey']), id));
   }
   const raw = readFileSync(out);

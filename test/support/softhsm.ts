@@ -15,6 +15,7 @@ export interface TokenDir {
   dir: string;
   conf: string;
   env: NodeJS.ProcessEnv;
+  labels: string[];
 }
 
 export interface TestToken {
@@ -35,10 +36,17 @@ export function tokenDir(): TokenDir {
   const dir = mkdtempSync(join(tmpdir(), 'p11sup-'));
   const conf = join(dir, 'softhsm2.conf');
   writeFileSync(conf, `directories.tokendir = ${dir}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
-  return { dir, conf, env: { ...process.env, SOFTHSM2_CONF: conf } };
+  return { dir, conf, env: { ...process.env, SOFTHSM2_CONF: conf }, labels: [] };
 }
 
+/**
+ * Labels in one token dir must not be prefixes of each other: OpenSC's pkcs11-tool matches
+ * --token-label by prefix, so "ops" would also pick "ops-anon", in directory order.
+ */
 export function createToken(td: TokenDir, label: string, keys: KeySpec[] = DEMO_KEYS): TestToken {
+  const clash = td.labels.find((l) => l.startsWith(label) || label.startsWith(l));
+  if (clash) throw new Error(`token label "${label}" and "${clash}" share a prefix; pkcs11-tool could pick the wrong one`);
+  td.labels.push(label);
   const pin = randomBytes(4).toString('hex');
   const soPin = randomBytes(4).toString('hex');
   execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--so-pin', soPin, '--pin', pin], { env: td.env, stdio: 'pipe' });

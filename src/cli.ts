@@ -1,0 +1,207 @@
+#!/usr/bin/env node
+/**
+ * pkcs11-supervisor CLI: the client API from a shell, on the same config as the daemon.
+ * PINs come from the slot's configured source or a hidden prompt, never from an argument
+ * (arguments end up in shell history and `ps`).
+ *
+ * Exit codes: 0 ok, 1 signature invalid / audit trail broken, 2 usage, 3 a typed error.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { isEntryPoint } from './entry-point.js';
+import { pino } from 'pino';
+import { startSupervisor, type Pkcs11Supervisor } from './client.js';
+import { Pkcs11SupervisorError } from './errors.js';
+import { createLogger } from './logger.js';
+import type { KeyRef } from './validate.js';
+import type { PinCallback } from './pin-chain.js';
+
+const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>
+
+  status                                   slot states as JSON
+  keys list [--slot S] [--class C]         objects on each token (class: privateKey, publicKey, certificate)
+  keys generate --slot S --algorithm A --label L [--id HEX]
+                                           A: RSA-2048 RSA-3072 RSA-4096 EC-P256 EC-P384 EC-P521 Ed25519
+  keys import --slot S --label L [--id HEX] (--p12 FILE [--password-env VAR] | --private-key PEM [--cert PEM]...)
+  sign --slot S --key K --mechanism M --in FILE [--out FILE] [--format der|raw] [--prehashed]
+                                           without --out the signature is printed in base64
+  verify --slot S --key K --mechanism M --in FILE --signature FILE [--format der|raw] [--prehashed]
+  pubkey --slot S --key K [--format pem|jwk|der] [--out FILE]
+
+  K is a key ref from the config, or label:NAME, or id:HEX.
+  --config defaults to config/default.json.`;
+
+class Usage extends Error {}
+
+const options = {
+  config: { type: 'string', default: 'config/default.json' },
+  slot: { type: 'string' },
+  key: { type: 'string' },
+  mechanism: { type: 'string' },
+  in: { type: 'string' },
+  out: { type: 'string' },
+  signature: { type: 'string' },
+  format: { type: 'string' },
+  prehashed: { type: 'boolean', default: false },
+  algorithm: { type: 'string' },
+  label: { type: 'string' },
+  id: { type: 'string' },
+  class: { type: 'string' },
+  p12: { type: 'string' },
+  'password-env': { type: 'string' },
+  'private-key': { type: 'string' },
+  cert: { type: 'string', multiple: true },
+  verbose: { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const;
+
+type Values = ReturnType<typeof parseArgs<{ options: typeof options; allowPositionals: true }>>['values'];
+
+function need(values: Values, name: keyof Values): string {
+  const v = values[name];
+  if (typeof v !== 'string' || v === '') throw new Usage(`--${name} is required`);
+  return v;
+}
+
+function keyRef(spec: string): KeyRef {
+  if (spec.startsWith('label:')) return { label: spec.slice(6) };
+  if (spec.startsWith('id:')) return { id: spec.slice(3) };
+  return spec;
+}
+
+/** Reads a line from the terminal without echoing it. */
+async function promptHidden(question: string): Promise<string | null> {
+  if (!process.stdin.isTTY) return null;
+  process.stderr.write(question);
+  const stdin = process.stdin;
+  stdin.setRawMode(true);
+  stdin.resume();
+  let line = '';
+  return new Promise((resolve) => {
+    const onData = (chunk: Buffer) => {
+      for (const ch of chunk.toString('utf8')) {
+        if (ch === '\r' || ch === '\n' || ch === '\u0004') {
+          stdin.setRawMode(false);
+          stdin.pause();
+          stdin.off('data', onData);
+          process.stderr.write('\n');
+          return resolve(line);
+        }
+        if (ch === '\u0003') process.exit(130);
+        line = ch === '\u007f' ? line.slice(0, -1) : line + ch;
+      }
+    };
+    stdin.on('data', onData);
+  });
+}
+
+const pinPrompt: PinCallback = ({ slot, tokenLabel }) => promptHidden(`PIN for slot "${slot}" (token "${tokenLabel ?? '?'}"): `);
+
+async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true });
+  if (values.help || positionals.length === 0) {
+    process.stdout.write(`${USAGE}\n`);
+    return values.help ? 0 : 2;
+  }
+  const [cmd, sub] = positionals;
+  const command = cmd === 'keys' ? `keys ${sub ?? ''}` : cmd!;
+  const known = ['status', 'keys list', 'keys generate', 'keys import', 'sign', 'verify', 'pubkey'];
+  if (!known.includes(command)) throw new Usage(`unknown command "${positionals.join(' ')}"`);
+
+  const logger = values.verbose ? createLogger('info', { destination: pino.destination(2) }) : createLogger('silent');
+  const sup = await startSupervisor({ configFile: values.config!, logger, pinCallback: pinPrompt });
+  try {
+    return await dispatch(sup, command, values);
+  } finally {
+    await sup.close();
+  }
+}
+
+async function dispatch(sup: Pkcs11Supervisor, command: string, values: Values): Promise<number> {
+  const print = (v: unknown) => process.stdout.write(`${typeof v === 'string' ? v : JSON.stringify(v, null, 2)}\n`);
+  switch (command) {
+    case 'status':
+      print(sup.status());
+      return 0;
+    case 'keys list': {
+      const slots = values.slot ? [values.slot] : Object.keys(sup.status().slots);
+      const out: Record<string, unknown> = {};
+      for (const slot of slots) out[slot] = await sup.findObjects({ slot, template: values.class ? { class: values.class as never } : {} });
+      print(out);
+      return 0;
+    }
+    case 'keys generate':
+      print(await sup.generateKeyPair({ slot: need(values, 'slot'), algorithm: need(values, 'algorithm') as never, label: need(values, 'label'), id: values.id, timeoutMs: 300_000 }));
+      return 0;
+    case 'keys import': {
+      const base = { slot: need(values, 'slot'), label: need(values, 'label'), id: values.id };
+      if (values.p12) {
+        const envName = values['password-env'];
+        const password = envName ? process.env[envName] : await promptHidden('PKCS#12 password: ');
+        if (password == null) throw new Usage('the PKCS#12 password comes from --password-env VAR or a terminal prompt');
+        print(await sup.importKeyPair({ ...base, pkcs12: readFileSync(values.p12), password }));
+      } else if (values['private-key']) {
+        print(await sup.importKeyPair({ ...base, privateKeyPem: readFileSync(values['private-key']), certificates: (values.cert ?? []).map((f) => readFileSync(f)) }));
+      } else {
+        throw new Usage('keys import needs --p12 FILE or --private-key FILE');
+      }
+      return 0;
+    }
+    case 'sign': {
+      const sig = await sup.sign({
+        slot: need(values, 'slot'),
+        key: keyRef(need(values, 'key')),
+        mechanism: need(values, 'mechanism') as never,
+        data: readFileSync(need(values, 'in')),
+        signatureFormat: values.format as never,
+        prehashed: values.prehashed,
+      });
+      if (values.out) writeFileSync(values.out, sig);
+      else print(sig.toString('base64'));
+      return 0;
+    }
+    case 'verify': {
+      const ok = await sup.verify({
+        slot: need(values, 'slot'),
+        key: keyRef(need(values, 'key')),
+        mechanism: need(values, 'mechanism') as never,
+        data: readFileSync(need(values, 'in')),
+        signature: readFileSync(need(values, 'signature')),
+        signatureFormat: values.format as never,
+        prehashed: values.prehashed,
+      });
+      print(ok ? 'valid' : 'invalid');
+      return ok ? 0 : 1;
+    }
+    case 'pubkey': {
+      const pk = await sup.getPublicKey({ slot: need(values, 'slot'), key: keyRef(need(values, 'key')) });
+      const format = values.format ?? 'pem';
+      const body = format === 'pem' ? pk.pem : format === 'jwk' ? JSON.stringify({ ...pk.jwk, kid: pk.id }) : format === 'der' ? pk.spki : null;
+      if (body === null) throw new Usage('--format is pem, jwk or der');
+      if (values.out) writeFileSync(values.out, body);
+      else if (typeof body === 'string') print(body.trimEnd());
+      else process.stdout.write(body);
+      return 0;
+    }
+  }
+  throw new Usage(`unknown command ${command}`);
+}
+
+export async function main(argv = process.argv.slice(2)): Promise<number> {
+  try {
+    return await run(argv);
+  } catch (e) {
+    if (e instanceof Usage || (e as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+      process.stderr.write(`pkcs11-supervisor: ${(e as Error).message}\n\n${USAGE}\n`);
+      return 2;
+    }
+    if (e instanceof Pkcs11SupervisorError) {
+      process.stderr.write(`pkcs11-supervisor: [${e.code}]${e.ckr ? ` (${e.ckr})` : ''} ${e.message}\n`);
+      return 3;
+    }
+    process.stderr.write(`pkcs11-supervisor: ${(e as Error).stack ?? String(e)}\n`);
+    return 3;
+  }
+}
+
+if (isEntryPoint(import.meta.url)) main().then((code) => process.exit(code));

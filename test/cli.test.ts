@@ -1,0 +1,77 @@
+import { beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { configFor, createToken, pkcs11Tool, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
+import { exportPublicKey, openssl, opensslVerifies, tmpFile } from './support/openssl.js';
+
+let td: TokenDir;
+let tok: TestToken;
+let configFile: string;
+
+function cli(args: string[], env: NodeJS.ProcessEnv = {}) {
+  const r = spawnSync(process.execPath, ['dist/src/cli.js', '--config', configFile, ...args], { env: { ...process.env, CLI_PIN: tok.pin, ...env }, encoding: 'utf8' });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+beforeAll(() => {
+  td = tokenDir();
+  tok = createToken(td, 'cli');
+  configFile = join(td.dir, 'config.json');
+  writeFileSync(configFile, JSON.stringify(configFor(td, { s: { token: { label: 'cli' }, pin: { env: 'CLI_PIN' } } })));
+});
+
+describe('pkcs11-supervisor CLI', () => {
+  it('status shows the slot logged in', () => {
+    const r = cli(['status']);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out).slots.s.state).toBe('logged_in');
+  });
+
+  it('keys generate, keys list, sign, verify and pubkey work together and agree with openssl', () => {
+    const gen = cli(['keys', 'generate', '--slot', 's', '--algorithm', 'EC-P256', '--label', 'from-cli', '--id', 'c1']);
+    expect(gen.code, gen.err).toBe(0);
+    expect(JSON.parse(gen.out)).toMatchObject({ label: 'from-cli', id: 'c1', sensitive: true, extractable: false });
+    const list = JSON.parse(cli(['keys', 'list', '--slot', 's', '--class', 'privateKey']).out);
+    expect(list.s.map((d: { label: string }) => d.label).sort()).toEqual(['ec', 'from-cli', 'rsa']);
+
+    const data = tmpFile('doc', 'sign me');
+    const sigFile = tmpFile('sig');
+    expect(cli(['sign', '--slot', 's', '--key', 'id:c1', '--mechanism', 'ECDSA-SHA256', '--in', data, '--out', sigFile]).code).toBe(0);
+    expect(opensslVerifies(exportPublicKey(td, 'cli', 'c1'), 'ECDSA-SHA256', Buffer.from('sign me'), readFileSync(sigFile))).toBe(true);
+    expect(cli(['verify', '--slot', 's', '--key', 'id:c1', '--mechanism', 'ECDSA-SHA256', '--in', data, '--signature', sigFile])).toMatchObject({ code: 0, out: 'valid\n' });
+    const other = tmpFile('doc2', 'not this');
+    expect(cli(['verify', '--slot', 's', '--key', 'id:c1', '--mechanism', 'ECDSA-SHA256', '--in', other, '--signature', sigFile])).toMatchObject({ code: 1, out: 'invalid\n' });
+
+    const b64 = cli(['sign', '--slot', 's', '--key', 'rsa', '--mechanism', 'RSA-PSS-SHA256', '--in', data]);
+    expect(opensslVerifies(exportPublicKey(td, 'cli', '01'), 'RSA-PSS-SHA256', Buffer.from('sign me'), Buffer.from(b64.out.trim(), 'base64'))).toBe(true);
+
+    const pem = cli(['pubkey', '--slot', 's', '--key', 'label:from-cli']).out;
+    expect(pem.trim()).toBe(readFileSync(exportPublicKey(td, 'cli', 'c1'), 'utf8').trim());
+    expect(JSON.parse(cli(['pubkey', '--slot', 's', '--key', 'id:c1', '--format', 'jwk']).out)).toMatchObject({ kty: 'EC', crv: 'P-256', kid: 'c1' });
+  });
+
+  it('keys import takes a PKCS#12 with its password from the environment', () => {
+    const key = tmpFile('k.pem');
+    const crt = tmpFile('c.pem');
+    openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', crt, '-subj', '/CN=cli', '-days', '2']);
+    const p12 = tmpFile('x.p12');
+    openssl(['pkcs12', '-export', '-inkey', key, '-in', crt, '-out', p12, '-passout', 'pass:s3cret']);
+    const r = cli(['keys', 'import', '--slot', 's', '--label', 'imported', '--id', 'c2', '--p12', p12, '--password-env', 'P12_PASS'], { P12_PASS: 's3cret' });
+    expect(r.code, r.err).toBe(0);
+    expect(JSON.parse(r.out).map((d: { class: string }) => d.class)).toEqual(['privateKey', 'publicKey', 'certificate']);
+    expect(pkcs11Tool(td, 'cli', null, ['--list-objects', '--type', 'cert'])).toContain('label:      imported');
+  });
+
+  it('usage errors exit 2; typed errors exit 3 with their code', () => {
+    expect(cli(['frobnicate']).code).toBe(2);
+    expect(cli(['sign', '--slot', 's']).code).toBe(2);
+    const r = cli(['sign', '--slot', 'nope', '--key', 'ec', '--mechanism', 'ECDSA-SHA256', '--in', tmpFile('d', 'x')]);
+    expect(r.code).toBe(3);
+    expect(r.err).toMatch(/\[SLOT_NOT_FOUND\]/);
+    const bad = cli(['status'], { CLI_PIN: 'wrong' });
+    expect(bad.code).toBe(0);
+    expect(JSON.parse(bad.out).slots.s.workers[0].lastError.code).toBe('PIN_INCORRECT');
+    expect(bad.out + bad.err).not.toContain(tok.pin);
+  });
+});
