@@ -13,6 +13,7 @@ import { pino } from 'pino';
 import { startSupervisor, type Pkcs11Supervisor } from './client.js';
 import { Pkcs11SupervisorError } from './errors.js';
 import { createLogger } from './logger.js';
+import { verifyAuditFile } from './audit.js';
 import type { KeyRef } from './validate.js';
 import type { PinCallback } from './pin-chain.js';
 
@@ -27,6 +28,7 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>
                                            without --out the signature is printed in base64
   verify --slot S --key K --mechanism M --in FILE --signature FILE [--format der|raw] [--prehashed]
   pubkey --slot S --key K [--format pem|jwk|der] [--out FILE]
+  audit verify FILE                        check the audit trail's hash chain; says where it breaks
 
   K is a key ref from the config, or label:NAME, or id:HEX.
   --config defaults to config/default.json.`;
@@ -104,7 +106,15 @@ async function run(argv: string[]): Promise<number> {
     return values.help ? 0 : 2;
   }
   const [cmd, sub] = positionals;
-  const command = cmd === 'keys' ? `keys ${sub ?? ''}` : cmd!;
+  const command = cmd === 'keys' || cmd === 'audit' ? `${cmd} ${sub ?? ''}` : cmd!;
+  if (command === 'audit verify') {
+    const file = positionals[2];
+    if (!file) throw new Usage('audit verify FILE');
+    const v = verifyAuditFile(file);
+    if (v.ok) process.stdout.write(`ok: ${v.records} records, chain intact, head ${v.head}\n`);
+    else process.stdout.write(`broken at line ${v.line}${v.seq === null ? '' : ` (seq ${v.seq})`}: ${v.reason}\n`);
+    return v.ok ? 0 : 1;
+  }
   const known = ['status', 'keys list', 'keys generate', 'keys import', 'sign', 'verify', 'pubkey'];
   if (!known.includes(command)) throw new Usage(`unknown command "${positionals.join(' ')}"`);
 

@@ -2,7 +2,8 @@
  * The in-process client API. Applications sign and verify through it without touching a
  * session, a PIN prompt or a retry loop. Input is checked here, before anything is queued.
  */
-import { createPublicKey, X509Certificate, type JsonWebKey, type KeyObject } from 'node:crypto';
+import { AuditLog } from './audit.js';
+import { createHash, createPublicKey, X509Certificate, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { fromPkcs12, fromPem, importObjectsFor, certificateDer, certificateFields } from './key-import.js';
 import { JWS_ALGS, JWS_CURVE, isJwsAlg, b64url, type JwsAlg } from './jws.js';
 import { MECHANISMS } from './mechanisms.js';
@@ -43,6 +44,8 @@ export interface StartOptions {
 export interface CallOptions {
   signal?: AbortSignal;
   timeoutMs?: number;
+  /** Who is asking, for the audit trail (never a secret). */
+  principal?: string;
   /** A PIN for this call's login if the slot needs one; never stored. */
   pin?: string;
 }
@@ -146,7 +149,10 @@ export interface SignJwsRequest extends CallOptions {
 export class Pkcs11Supervisor {
   private readonly keyInfoCache = new Map<string, PublicKeyInfo & { id: string }>();
 
-  constructor(private readonly sup: Supervisor) {}
+  constructor(
+    private readonly sup: Supervisor,
+    private readonly audit: AuditLog | null = null,
+  ) {}
 
   get config(): Config {
     return this.sup.config;
@@ -341,6 +347,20 @@ export class Pkcs11Supervisor {
     return `${signingInput}.${b64url(sig)}`;
   }
 
+  private record(op: string, slot: Slot, mechanism: MechanismName | null, req: Record<string, unknown>, principal: string | undefined, result: string): void {
+    const data = req.data instanceof Uint8Array ? req.data : undefined;
+    const key = req.key === undefined ? (typeof req.label === 'string' ? `label:${req.label}` : undefined) : typeof req.key === 'string' ? req.key : JSON.stringify(req.key);
+    this.audit!.append({
+      event: op === 'importObjects' ? 'importKeys' : op === 'destroyObjects' ? 'destroyObject' : op,
+      slot: slot.name,
+      key,
+      mechanism: mechanism ?? undefined,
+      dataSha256: data ? createHash('sha256').update(data).digest('hex') : undefined,
+      result,
+      principal,
+    });
+  }
+
   /** Public key and CKA_ID of a key, read from the token once and kept (they never change while the key exists). */
   private async keyInfo(slot: Slot, key: unknown, req: Record<string, unknown>): Promise<PublicKeyInfo & { id: string }> {
     const sel = check.keySelector(slot, key);
@@ -395,14 +415,20 @@ export class Pkcs11Supervisor {
     return this;
   }
 
+  once<E extends keyof SupervisorEvents>(event: E, listener: (...args: SupervisorEvents[E]) => void): this {
+    this.sup.events.once(event, listener as never);
+    return this;
+  }
+
   off<E extends keyof SupervisorEvents>(event: E, listener: (...args: SupervisorEvents[E]) => void): this {
     this.sup.events.off(event, listener as never);
     return this;
   }
 
   /** Queued calls fail with CLOSED, running ones finish; then logout, close sessions, finalize modules. */
-  close(): Promise<void> {
-    return this.sup.close();
+  async close(): Promise<void> {
+    await this.sup.close();
+    this.audit?.close();
   }
 
   /**
@@ -440,8 +466,12 @@ export class Pkcs11Supervisor {
     };
     const events = this.sup.events;
     const submittedAt = Date.now();
+    const principal = check.principal(req.principal, slot.name);
     try {
       const d = await slot.call(spec);
+      const result = auditResult(op, d.value);
+      if (result !== 'ok' && result !== 'valid' && result !== 'invalid') this.sup.log.warn({ slot: slot.name, op, mechanism, code: result, ckr: (d.value as { error?: { ckr?: string } }).error?.ckr }, 'call failed');
+      if (this.audit && AUDITED.has(op)) this.record(op, slot, mechanism, req, principal, result);
       const value = d.value as T & Partial<WorkerReply<unknown>>;
       if (events.listenerCount('callCompleted') > 0) {
         const timed = typeof value === 'object' && value !== null && 'startedAt' in value;
@@ -461,6 +491,9 @@ export class Pkcs11Supervisor {
       }
       return d.value as T;
     } catch (e) {
+      const err = e as Partial<Pkcs11SupervisorError>;
+      this.sup.log.warn({ slot: slot.name, op, mechanism, code: err.code, ckr: err.ckr, err: err.message }, 'call failed');
+      if (this.audit && AUDITED.has(op)) this.record(op, slot, mechanism, req, principal, err.code ?? 'PKCS11_ERROR');
       if (events.listenerCount('callCompleted') > 0) {
         const code = e instanceof Pkcs11SupervisorError ? e.code : 'PKCS11_ERROR';
         events.emit('callCompleted', { slot: slot.name, worker: null, op, mechanism, outcome: code, queuedMs: Date.now() - submittedAt, execMs: 0, startedAt: null, endedAt: null });
@@ -468,6 +501,16 @@ export class Pkcs11Supervisor {
       throw e;
     }
   }
+}
+
+const AUDITED = new Set(['sign', 'verify', 'login', 'logout', 'generateKeyPair', 'importObjects', 'destroyObjects']);
+
+/** ok / valid / invalid for a completed call, or the error code the token gave. */
+function auditResult(op: string, value: unknown): string {
+  if (!value || typeof value !== 'object' || !('ok' in value)) return 'ok';
+  const reply = value as WorkerReply<unknown>;
+  if (!reply.ok) return reply.error.code;
+  return op === 'verify' ? (reply.value ? 'valid' : 'invalid') : 'ok';
 }
 
 /**
@@ -480,7 +523,8 @@ export function createSupervisor(options: StartOptions): Pkcs11Supervisor {
   }
   const config = options.configFile !== undefined ? loadConfigFile(options.configFile) : parseConfig(options.config);
   const logger = options.logger ?? createLogger(config.log.level);
-  return new Pkcs11Supervisor(new Supervisor(config, logger, options.pinCallback));
+  const audit = config.audit ? new AuditLog(config.audit.path, logger, config.audit.flushMs) : null;
+  return new Pkcs11Supervisor(new Supervisor(config, logger, options.pinCallback), audit);
 }
 
 /**

@@ -48,6 +48,8 @@ export const SlotSchema = z
     /** How long past its deadline a call may keep the worker before the worker is declared wedged and replaced. */
     hungCallGraceMs: z.number().int().min(0).default(1_000),
     lazy: z.boolean().default(false),
+    /** Health probe period: C_GetSessionInfo on idle workers (keepalive), token presence for a failed slot. 0 disables. */
+    probeIntervalMs: z.number().int().min(0).default(30_000),
     /** Larger inputs are refused with BAD_INPUT before they are copied to a worker; hash big documents first. */
     maxDataBytes: z.number().int().min(1).max(2 ** 30).default(16 * 1024 * 1024),
     readWrite: z.boolean().default(true),
@@ -80,6 +82,8 @@ export const ConfigSchema = z
         port: z.number().int().min(0).max(65535).default(9464),
       })
       .default(() => ({ enabled: true, host: '127.0.0.1', port: 9464 })),
+    /** Append-only, hash-chained JSON-lines audit trail of logins, key changes and every sign/verify. */
+    audit: z.strictObject({ path: z.string().min(1), flushMs: z.number().int().min(1).max(60_000).default(200) }).optional(),
     log: z
       .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .default(() => ({ level: 'info' as const })),

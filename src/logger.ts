@@ -7,5 +7,6 @@ export const REDACT_PATHS = ['pin', '*.pin', '*.*.pin', 'password', '*.password'
 export function createLogger(level: LevelWithSilent, options: { pretty?: boolean; destination?: pino.DestinationStream } = {}): Logger {
   const base: LoggerOptions = { level, base: { name: 'pkcs11-supervisor' }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } };
   if (options.pretty) return pino({ ...base, transport: { target: 'pino-pretty', options: { colorize: true } } });
-  return options.destination ? pino(base, options.destination) : pino(base);
+  // Asynchronous by default: a log line must never stall the sign path on a slow stdout.
+  return pino(base, options.destination ?? pino.destination({ dest: 1, sync: false }));
 }

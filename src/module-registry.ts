@@ -70,3 +70,27 @@ export function closeOrphanSession(path: string, handleHex: string): void {
     // Already gone with its token, or the module was reset.
   }
 }
+
+/**
+ * Whether a token matching the selector is present, asked from the main thread through the
+ * owner's handle. Used only by the health probe of a failed slot.
+ */
+export function tokenPresent(path: string, sel: { label: string } | { serial: string } | { slotIndex: number }): boolean {
+  const lib = inUse.get(path)?.lib;
+  if (!lib) return false;
+  try {
+    lib.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  } catch {
+    // Already initialized by a worker: the usual case.
+  }
+  try {
+    const slots = lib.C_GetSlotList(true);
+    if ('slotIndex' in sel) return slots[sel.slotIndex] !== undefined;
+    return slots.some((s) => {
+      const info = lib.C_GetTokenInfo(s);
+      return 'label' in sel ? info.label.replace(/[\s\0]+$/, '') === sel.label : info.serialNumber.replace(/[\s\0]+$/, '') === sel.serial;
+    });
+  } catch {
+    return false;
+  }
+}

@@ -103,9 +103,15 @@ export class SlotWorker {
     return this.thread;
   }
 
+  /** Reports a dead thread, once and only for the generation that is current: a late report must not crash its successor. */
+  private threadDied(thread: SessionThread, reason: string): void {
+    if (this.thread === thread) this.actor.send({ type: 'CRASHED', reason });
+  }
+
   private async openSession(): Promise<OpenReport> {
     if (!this.thread?.alive) {
-      this.thread = new SessionThread((reason) => this.actor.send({ type: 'CRASHED', reason: reason.message }));
+      const thread: SessionThread = new SessionThread((reason) => this.threadDied(thread, reason.message));
+      this.thread = thread;
     }
     const { modulePath, config } = this.opts;
     const keys = Object.fromEntries(Object.entries(config.keys).map(([ref, k]) => [ref, { label: k.label, id: k.id?.toLowerCase() }]));
@@ -148,10 +154,11 @@ export class SlotWorker {
       return await Promise.race([thread.run<T>(task), wedged]);
     } catch (e) {
       if (e instanceof Wedged) {
-        this.actor.send({
-          type: 'CRASHED',
-          reason: `a ${task.op} call ran ${this.opts.config.hungCallGraceMs} ms past its deadline; the worker is wedged and is replaced`,
-        });
+        this.threadDied(thread, `a ${task.op} call ran ${this.opts.config.hungCallGraceMs} ms past its deadline; the worker is wedged and is replaced`);
+      } else if (e instanceof ThreadDied) {
+        // The task's rejection can arrive before Piscina's worker events: say it now, so the
+        // retry waits for a new thread instead of using a pool whose thread is gone.
+        this.threadDied(thread, e.message);
       }
       throw e;
     } finally {

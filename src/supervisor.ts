@@ -11,6 +11,7 @@ import { acquireModule, releaseModule } from './module-registry.js';
 import type { PinCallback } from './pin-chain.js';
 import { RestartBudget } from './restart-budget.js';
 import { Slot } from './slot.js';
+import { HealthProbe } from './health-probe.js';
 import type { SlotWorker } from './slot-worker.js';
 
 /** Open errors a restart cannot fix: give up at once instead of spending the budget. */
@@ -20,11 +21,12 @@ export class Supervisor {
   readonly slots = new Map<string, Slot>();
   readonly events = new SupervisorEmitter();
   private readonly budgets = new Map<Slot, RestartBudget>();
+  private readonly probes: HealthProbe[] = [];
   private closing: Promise<void> | null = null;
 
   constructor(
     readonly config: Config,
-    private readonly log: Logger,
+    readonly log: Logger,
     pinCallback: PinCallback | undefined,
   ) {
     const acquired: string[] = [];
@@ -36,6 +38,7 @@ export class Supervisor {
         const slot = new Slot(name, slotConfig, mod.path, pinCallback, this.events, log, this);
         this.slots.set(name, slot);
         this.budgets.set(slot, new RestartBudget(slotConfig.restart));
+        this.probes.push(new HealthProbe(slot, mod.path, (s) => this.reset(s), log));
       }
     } catch (e) {
       for (const path of acquired) releaseModule(path);
@@ -45,6 +48,7 @@ export class Supervisor {
 
   async start(): Promise<void> {
     await Promise.all([...this.slots.values()].map((s) => s.start()));
+    for (const p of this.probes) p.start();
   }
 
   get closed(): boolean {
@@ -83,6 +87,7 @@ export class Supervisor {
   }
 
   private async shutdown(): Promise<void> {
+    for (const p of this.probes) p.stop();
     const slots = [...this.slots.values()];
     const closed = new Pkcs11SupervisorError('CLOSED', 'the supervisor is closing');
     for (const s of slots) s.mailbox.close(closed);

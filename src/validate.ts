@@ -111,3 +111,9 @@ export function objectQuery(value: unknown, slot: string): ObjectQuery {
     keyType: t.keyType as ObjectQuery['keyType'],
   };
 }
+
+export function principal(value: unknown, slot: string): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || value.length === 0 || value.length > 256) throw badInput('principal must be a non-empty string of at most 256 characters', slot);
+  return value;
+}

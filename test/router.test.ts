@@ -175,13 +175,17 @@ describe('supervision', () => {
         other: { type: 'hsm', poolSize: 2, token: { label: 'router' }, pin: { env: 'TEST_PIN' } },
       }),
     });
-    const failed = new Promise((r) => sup!.on('slotFailed', r));
+    const decisions: string[] = [];
+    let decided = () => {};
+    sup.on('restart', () => (decisions.push('restart'), decided()));
+    sup.on('slotFailed', () => (decisions.push('failed'), decided()));
     for (let i = 0; i < 3; i++) {
       await sup.probe({ slot: 't' }); // waits until the worker is back
+      const next = new Promise<void>((r) => (decided = r));
       void sup.injectWorkerFault('t', 0, { kind: 'exit' });
-      await new Promise((r) => setTimeout(r, 100));
+      await next;
     }
-    await failed;
+    expect(decisions).toEqual(['restart', 'restart', 'failed']);
     expect(sup.status().slots.t!.state).toBe('failed');
     const t0 = Date.now();
     await expect(sign(sup, 't', 1)).rejects.toMatchObject({ code: 'SLOT_FAILED', slot: 't' });
