@@ -152,7 +152,16 @@ export class Pkcs11Supervisor {
   constructor(
     private readonly sup: Supervisor,
     private readonly audit: AuditLog | null = null,
-  ) {}
+  ) {
+    if (!audit) return;
+    sup.events.on('login', (e) => audit.append({ event: 'login', slot: e.slot, result: e.outcome, detail: `PIN from ${e.origin}` }));
+    sup.events.on('stateChange', (e) => {
+      if (e.from === 'logging_out' && e.to === 'open') {
+        const by = sup.slots.get(e.slot)?.workers[e.worker]?.context.loggedOutBy ?? 'request';
+        audit.append({ event: 'logout', slot: e.slot, result: 'ok', detail: by });
+      }
+    });
+  }
 
   get config(): Config {
     return this.sup.config;
@@ -490,8 +499,10 @@ export class Pkcs11Supervisor {
         });
       }
       return d.value as T;
-    } catch (e) {
-      const err = e as Partial<Pkcs11SupervisorError>;
+    } catch (raw) {
+      // Whatever escapes below is reported as a typed error; nothing untyped reaches a caller.
+      const e = raw instanceof Pkcs11SupervisorError ? raw : new Pkcs11SupervisorError('WORKER_CRASHED', `slot "${slot.name}": ${(raw as Error).message}`, { slot: slot.name, cause: raw });
+      const err = e;
       this.sup.log.warn({ slot: slot.name, op, mechanism, code: err.code, ckr: err.ckr, err: err.message }, 'call failed');
       if (this.audit && AUDITED.has(op)) this.record(op, slot, mechanism, req, principal, err.code ?? 'PKCS11_ERROR');
       if (events.listenerCount('callCompleted') > 0) {
@@ -503,7 +514,8 @@ export class Pkcs11Supervisor {
   }
 }
 
-const AUDITED = new Set(['sign', 'verify', 'login', 'logout', 'generateKeyPair', 'importObjects', 'destroyObjects']);
+/** Calls recorded by the client, with their principal. Logins and logouts are recorded from the workers' events, automatic ones included. */
+const AUDITED = new Set(['sign', 'verify', 'generateKeyPair', 'importObjects', 'destroyObjects']);
 
 /** ok / valid / invalid for a completed call, or the error code the token gave. */
 function auditResult(op: string, value: unknown): string {

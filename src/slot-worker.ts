@@ -226,6 +226,12 @@ export class SlotWorker {
    * of this application already logged it in, no PIN is needed or sent.
    */
   async logIn(perCall: Secret | undefined, deadline: number, reason: 'login' | 'relogin', explicit: boolean): Promise<void> {
+    if (explicit) {
+      // An explicit login may find a lazy worker not opened yet, or one restarting.
+      const state = await this.settledState(deadline);
+      if (state === 'failed') throw new Pkcs11SupervisorError('SLOT_FAILED', `slot "${this.slot}" has failed`, { slot: this.slot });
+      if (state === 'closed') throw new Pkcs11SupervisorError('CLOSED', 'the supervisor is closed', { slot: this.slot });
+    }
     await this.opts.loginLock(async () => {
       const info = unwrap(await this.runTask<SessionReport>({ op: 'sessionInfo' }, deadline), this.slot);
       if (LOGGED_IN_SESSION.has(info.state)) {
