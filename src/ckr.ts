@@ -11,7 +11,15 @@ export const SESSION_LOST_CKRS: ReadonlySet<string> = new Set([
   // A key handle that outlived its session: look the key up again on a fresh session.
   'CKR_KEY_HANDLE_INVALID',
   'CKR_OBJECT_HANDLE_INVALID',
+  // An operation left active on the session (a module that did not end a failed one): a new session has none.
+  'CKR_OPERATION_ACTIVE',
 ]);
+
+/** Return values worth one more try on the same session: the token could not say more than "failed". */
+export const TRANSIENT_CKRS: ReadonlySet<string> = new Set(['CKR_FUNCTION_FAILED']);
+
+/** An open that fails like this means the module, not the session, is broken: reset the module. */
+export const MODULE_BROKEN_CKRS: ReadonlySet<string> = new Set(['CKR_DEVICE_ERROR', 'CKR_CRYPTOKI_NOT_INITIALIZED']);
 
 const CODE_BY_CKR: Record<string, ErrorCode> = {
   CKR_PIN_INCORRECT: 'PIN_INCORRECT',

@@ -72,15 +72,23 @@ async function main(): Promise<void> {
     process.stderr.write(`pkcs11-supervisor: cannot start: ${err.code ? `[${err.code}] ` : ''}${err.message}\n`);
     process.exit(err instanceof Pkcs11SupervisorError ? 78 : 1);
   }
+  stopOnSignal(daemon);
+}
+
+/**
+ * SIGTERM/SIGINT: stop in order (queued calls CLOSED, running ones finish, logout, sessions,
+ * modules), then exit 0; exit 1 if that takes longer than `boundMs`.
+ */
+export function stopOnSignal(daemon: Daemon, boundMs = 30_000, onStopped: () => void = () => undefined): void {
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     process.stderr.write(`pkcs11-supervisor: ${signal}, shutting down\n`);
-    const force = setTimeout(() => process.exit(1), 30_000);
+    const force = setTimeout(() => process.exit(1), boundMs);
     force.unref();
     daemon.stop().then(
-      () => process.exit(0),
+      () => (onStopped(), process.exit(0)),
       () => process.exit(1),
     );
   };

@@ -48,7 +48,14 @@ export interface LoginEvent {
   outcome: 'ok' | string;
 }
 
+export interface ModuleResetEvent {
+  module: string;
+  ckr: string;
+  ok: boolean;
+}
+
 export interface SupervisorEvents {
+  moduleReset: [ModuleResetEvent];
   stateChange: [StateChangeEvent];
   restart: [RestartEvent];
   slotFailed: [SlotFailedEvent];

@@ -1,7 +1,7 @@
 export { startSupervisor, createSupervisor, Pkcs11Supervisor } from './client.js';
 export { createMetrics } from './metrics.js';
 export { startHttpServer, readiness } from './http-server.js';
-export { startDaemon } from './daemon.js';
+export { startDaemon, stopOnSignal } from './daemon.js';
 export type { Daemon } from './daemon.js';
 export type { StartOptions, CallOptions, SignRequest, VerifyRequest, PublicKeyRequest, PublicKeyInfo, SlotRequest } from './client.js';
 export { Pkcs11SupervisorError, ERROR_CODES, isSupervisorError } from './errors.js';
@@ -12,6 +12,6 @@ export { MECHANISM_NAMES } from './mechanisms.js';
 export type { MechanismName, KeyType } from './mechanisms.js';
 export type { PinCallback, PinRequest } from './pin-chain.js';
 export type { KeyRef } from './validate.js';
-export type { SupervisorEvents, StateChangeEvent, RestartEvent, CallCompletedEvent, LoginEvent, SlotFailedEvent } from './events.js';
+export type { SupervisorEvents, StateChangeEvent, RestartEvent, CallCompletedEvent, LoginEvent, SlotFailedEvent, ModuleResetEvent } from './events.js';
 export type { SlotState } from '../actors/slot-machine.js';
 export type { SessionReport, SessionState, WorkerFault } from '../workers/protocol.js';

@@ -41,6 +41,12 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
     labelNames: ['slot'] as const,
     registers: [register],
   });
+  const moduleResets = new Counter({
+    name: 'pkcs11_module_resets_total',
+    help: 'Module resets (C_Finalize + C_Initialize) after the module itself broke.',
+    labelNames: ['module'] as const,
+    registers: [register],
+  });
   const logins = new Counter({
     name: 'pkcs11_login_attempts_total',
     help: 'C_Login attempts that reached the token, by PIN source and result.',
@@ -100,6 +106,7 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
   });
   sup.on('restart', (e) => restarts.inc({ slot: e.slot }));
   sup.on('slotFailed', (e) => budgetSpent.inc({ slot: e.slot }));
+  sup.on('moduleReset', (e) => moduleResets.inc({ module: e.module }));
   sup.on('login', (e) => logins.inc({ slot: e.slot, source: e.origin, result: e.outcome }));
   return register;
 }

@@ -18,6 +18,27 @@ interface ModuleUse {
 
 const inUse = new Map<string, ModuleUse>();
 
+/**
+ * Threads let go of while inside a call of the module (wedged), per library. While any is,
+ * the module is neither finalized, reset nor unloaded: the thread will come back into code
+ * and state that must still be there, or the whole process crashes.
+ */
+const wedgedInside = new Map<string, number>();
+
+export function threadAbandoned(path: string): () => void {
+  wedgedInside.set(path, (wedgedInside.get(path) ?? 0) + 1);
+  let gone = false;
+  return () => {
+    if (gone) return;
+    gone = true;
+    wedgedInside.set(path, wedgedInside.get(path)! - 1);
+  };
+}
+
+export function hasWedgedThreads(path: string): boolean {
+  return (wedgedInside.get(path) ?? 0) > 0;
+}
+
 export function acquireModule(path: string, env: Record<string, string>, name: string): void {
   for (const [otherPath, use] of inUse) {
     for (const [k, v] of Object.entries(env)) {
@@ -54,6 +75,9 @@ export function releaseModule(path: string): void {
   const use = inUse.get(path);
   if (!use || --use.users > 0) return;
   inUse.delete(path);
+  // A thread still inside the module would crash the process when it returns: leave the
+  // module loaded and initialized; process exit ends both.
+  if (hasWedgedThreads(path)) return;
   try {
     use.lib.C_Finalize();
   } catch {
@@ -92,5 +116,25 @@ export function tokenPresent(path: string, sel: { label: string } | { serial: st
     });
   } catch {
     return false;
+  }
+}
+
+/**
+ * Resets a broken module for every user in the process: C_Finalize, then C_Initialize, from
+ * the owner. Every session of it is gone afterwards; the caller tells the workers to re-open.
+ */
+export function reinitializeModule(path: string): boolean {
+  const lib = inUse.get(path)?.lib;
+  if (!lib || hasWedgedThreads(path)) return false;
+  try {
+    lib.C_Finalize();
+  } catch {
+    // Not initialized (any more): initializing is all that is needed.
+  }
+  try {
+    lib.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+    return true;
+  } catch (e) {
+    return (e as Error).message === 'CKR_CRYPTOKI_ALREADY_INITIALIZED';
   }
 }

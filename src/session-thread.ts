@@ -14,6 +14,8 @@ export class ThreadDied extends Error {}
 export class SessionThread {
   private readonly pool: Piscina<WorkerTask, WorkerReply>;
   private ended = false;
+  /** Tasks handed to the thread and not answered: a thread abandoned with one may still be inside the module. */
+  private inFlight = 0;
 
   constructor(onDeath: (reason: Error) => void) {
     this.pool = new Piscina<WorkerTask, WorkerReply>({
@@ -38,12 +40,19 @@ export class SessionThread {
     return !this.ended;
   }
 
+  get busy(): boolean {
+    return this.inFlight > 0;
+  }
+
   async run<T>(task: WorkerTask): Promise<WorkerReply<T>> {
     if (this.ended) throw new ThreadDied('session worker thread is gone');
+    this.inFlight++;
     try {
       return (await this.pool.run(task)) as WorkerReply<T>;
     } catch (e) {
       throw new ThreadDied(`session worker thread failed: ${(e as Error).message}`);
+    } finally {
+      this.inFlight--;
     }
   }
 

@@ -5,12 +5,12 @@
  */
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { slotMachine, type SlotState } from '../actors/slot-machine.js';
-import { SESSION_LOST_CKRS } from './ckr.js';
+import { SESSION_LOST_CKRS, TRANSIENT_CKRS } from './ckr.js';
 import { Pkcs11SupervisorError } from './errors.js';
 import type { PinChain, PinOrigin } from './pin-chain.js';
 import type { Secret } from './secret.js';
 import { SessionThread, ThreadDied } from './session-thread.js';
-import { closeOrphanSession } from './module-registry.js';
+import { closeOrphanSession, threadAbandoned } from './module-registry.js';
 import type { SlotConfig } from './config-schema.js';
 import type { OpenReport, SessionReport, WorkerReply, WorkerTask } from '../workers/protocol.js';
 
@@ -136,9 +136,13 @@ export class SlotWorker {
   /** Lets a crashed or wedged thread go; once it is really gone, its orphaned session is closed. */
   private abandonThread(): void {
     const orphan = this.sessionHandle;
-    this.thread?.abandon(() => {
-      if (orphan) closeOrphanSession(this.opts.modulePath, orphan);
-    });
+    if (this.thread) {
+      const gone = this.thread.busy ? threadAbandoned(this.opts.modulePath) : () => undefined;
+      this.thread.abandon(() => {
+        gone();
+        if (orphan) closeOrphanSession(this.opts.modulePath, orphan);
+      });
+    }
     this.thread = null;
     this.sessionHandle = null;
   }
@@ -188,6 +192,7 @@ export class SlotWorker {
         this.actor.send({ type: 'SESSION_LOST' });
         continue;
       }
+      if (!reply.ok && attempt === 0 && reply.error.ckr && TRANSIENT_CKRS.has(reply.error.ckr)) continue;
       if (this.state === 'logged_in' && this.opts.config.idleTimeoutMs > 0) this.actor.send({ type: 'CALL_DONE' });
       return reply;
     }

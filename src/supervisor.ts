@@ -7,7 +7,8 @@ import type { Logger } from 'pino';
 import type { Config } from './config-schema.js';
 import { Pkcs11SupervisorError } from './errors.js';
 import { SupervisorEmitter } from './events.js';
-import { acquireModule, releaseModule } from './module-registry.js';
+import { acquireModule, releaseModule, reinitializeModule } from './module-registry.js';
+import { MODULE_BROKEN_CKRS } from './ckr.js';
 import type { PinCallback } from './pin-chain.js';
 import { RestartBudget } from './restart-budget.js';
 import { Slot } from './slot.js';
@@ -22,6 +23,7 @@ export class Supervisor {
   readonly events = new SupervisorEmitter();
   private readonly budgets = new Map<Slot, RestartBudget>();
   private readonly probes: HealthProbe[] = [];
+  private readonly lastModuleReset = new Map<string, number>();
   private closing: Promise<void> | null = null;
 
   constructor(
@@ -58,6 +60,7 @@ export class Supervisor {
   crashed(slot: Slot, worker: SlotWorker): void {
     if (this.closing) return;
     const error = worker.context.lastError;
+    if (error?.ckr && MODULE_BROKEN_CKRS.has(error.ckr)) this.resetModule(slot, error.ckr);
     const reason = error?.message ?? 'unknown';
     const next = error && PERMANENT.has(error.code) ? null : this.budgets.get(slot)!.next(Date.now());
     // Decide after the current transition has settled.
@@ -73,6 +76,24 @@ export class Supervisor {
         worker.actor.send({ type: 'RESTART', backoffMs });
       }
     });
+  }
+
+  /**
+   * The module is broken (a session could not even be opened): finalize and initialize it once,
+   * for every worker of every slot on it, then let them all re-open. One incident, one reset.
+   */
+  private resetModule(origin: Slot, ckr: string): void {
+    const path = this.config.modules[origin.config.module]!.path;
+    const now = Date.now();
+    if (now - (this.lastModuleReset.get(path) ?? 0) < 2_000) return;
+    this.lastModuleReset.set(path, now);
+    const ok = reinitializeModule(path);
+    this.log.warn({ module: path, ckr, ok }, 'module reset: finalized and initialized again; every session of it re-opens');
+    this.events.emit('moduleReset', { module: path, ckr, ok });
+    for (const s of this.slots.values()) {
+      if (this.config.modules[s.config.module]!.path !== path) continue;
+      for (const w of s.workers) if (w.state === 'open' || w.state === 'logged_in') w.actor.send({ type: 'SESSION_LOST' });
+    }
   }
 
   /** Operator action: forget the slot's restart history and bring failed workers back. */

@@ -1,0 +1,163 @@
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
+import { createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
+import { Faults, faultConfig } from './support/faults.js';
+import { verifiesOnNode } from './support/sign-check.js';
+
+let td: TokenDir;
+let tok: TestToken;
+let faults: Faults;
+let sup: Pkcs11Supervisor | undefined;
+const data = Buffer.from('resilient');
+
+beforeAll(() => {
+  td = tokenDir();
+  tok = createToken(td, 'res');
+  faults = new Faults(td);
+  process.env.RES_PIN = tok.pin;
+});
+
+afterEach(async () => {
+  faults.clear();
+  await sup?.close();
+  sup = undefined;
+});
+
+const slot = (extra: Record<string, unknown> = {}) => ({ token: { label: 'res' }, pin: { env: 'RES_PIN' }, ...extra });
+const sign = (s: Pkcs11Supervisor, name = 't', extra: Record<string, unknown> = {}) => s.sign({ slot: name, key: 'ec', mechanism: 'ECDSA-SHA256', data, ...extra });
+const delta = (before: Record<string, number>, fn: string) => (faults.counts()[fn] ?? 0) - (before[fn] ?? 0);
+
+async function until(cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error('condition not reached');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+describe('resilience against a misbehaving module', () => {
+  it('a transient CKR_FUNCTION_FAILED is retried once on the same session and the call succeeds', async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
+    await sign(sup);
+    const before = faults.counts();
+    faults.set('fail C_Sign 1 CKR_FUNCTION_FAILED');
+    const sig = await sign(sup);
+    expect(await verifiesOnNode(sup, 't', 'ec', data, sig)).toBe(true);
+    expect(delta(before, 'C_Sign')).toBe(2);
+    expect(delta(before, 'C_OpenSession')).toBe(0);
+  });
+
+  it('a device error once: the session is re-opened, the key looked up again, the call succeeds', async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
+    await sign(sup);
+    const before = faults.counts();
+    faults.set('fail C_Sign 1 CKR_DEVICE_ERROR');
+    expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
+    expect(delta(before, 'C_OpenSession')).toBe(1);
+    expect(delta(before, 'C_FindObjectsInit')).toBeGreaterThanOrEqual(1);
+  });
+
+  it('an invalidated session with the token logged out: re-open, re-login through the PIN chain, fresh key handles, success', async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
+    await sign(sup);
+    const before = faults.counts();
+    faults.set('logout', 'fail C_SignInit 1 CKR_SESSION_HANDLE_INVALID');
+    expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
+    expect(delta(before, 'C_OpenSession')).toBe(1);
+    expect(delta(before, 'C_Login')).toBe(1);
+    expect(delta(before, 'C_FindObjectsInit')).toBeGreaterThanOrEqual(1);
+    expect(sup.status().slots.t!.state).toBe('logged_in');
+  });
+
+  it('a logout behind the daemon back is noticed and followed by a re-login', async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
+    await sign(sup);
+    const before = faults.counts();
+    faults.set('logout');
+    expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
+    expect(delta(before, 'C_Login')).toBe(1);
+  });
+
+  it('a wrong PIN through the module is exactly one C_Login, and a locked token is PIN_LOCKED with no retry', async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: { token: { label: 'res' } } }) });
+    await sup.logout({ slot: 't' });
+    const before = faults.counts();
+    await expect(sign(sup, 't', { pin: 'nope-nope' })).rejects.toMatchObject({ code: 'PIN_INCORRECT' });
+    await expect(sign(sup, 't', { pin: 'nope-nope' })).rejects.toMatchObject({ code: 'PIN_INCORRECT' });
+    expect(delta(before, 'C_Login')).toBe(1);
+    faults.set('fail C_Login every CKR_PIN_LOCKED');
+    await expect(sign(sup, 't', { pin: tok.pin })).rejects.toMatchObject({ code: 'PIN_LOCKED', ckr: 'CKR_PIN_LOCKED' });
+    expect(delta(before, 'C_Login')).toBe(2);
+    expect(sup.status().slots.t!.state).toBe('open');
+  });
+
+  it('token removed, then back: calls meanwhile fail with a clear code or wait, and the slot recovers by itself', async () => {
+    sup = await startSupervisor({
+      config: faultConfig(td, faults, { t: slot({ probeIntervalMs: 100, restart: { maxRestarts: 3, windowMs: 60000, backoffInitialMs: 50, backoffMaxMs: 200 } }) }),
+    });
+    await sign(sup);
+    faults.set('removed');
+    const during = await Promise.allSettled([1, 2, 3].map(() => sign(sup!, 't', { timeoutMs: 1500 })));
+    for (const r of during) {
+      expect(r.status).toBe('rejected');
+      expect(['TOKEN_NOT_FOUND', 'SLOT_FAILED', 'TIMEOUT']).toContain((r as PromiseRejectedResult).reason.code);
+    }
+    expect(sup.status().slots.t!.state).not.toBe('logged_in');
+    faults.clear();
+    await until(async () => sup!.status().slots.t!.state === 'logged_in' || sup!.status().slots.t!.state === 'open');
+    expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
+  });
+
+  it('added latency shows as execution time, not queue time', async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
+    faults.set('delay C_Sign 50');
+    const done = new Promise<{ execMs: number; queuedMs: number }>((r) => sup!.once('callCompleted', r));
+    await sign(sup);
+    const e = await done;
+    expect(e.execMs).toBeGreaterThanOrEqual(50);
+    expect(e.queuedMs).toBeLessThan(50);
+  });
+
+  it('a restart storm spends the budget: that slot fails fast, a slot on another module keeps working', async () => {
+    sup = await startSupervisor({
+      config: faultConfig(td, faults, { t: slot({ restart: { maxRestarts: 2, windowMs: 60000, backoffInitialMs: 10, backoffMaxMs: 20 } }) }, { other: slot() }),
+    });
+    const failed = new Promise((r) => sup!.once('slotFailed', r));
+    faults.set('fail C_OpenSession every CKR_TOKEN_NOT_PRESENT', 'fail C_Sign every CKR_SESSION_HANDLE_INVALID');
+    await sign(sup).catch(() => undefined);
+    await failed;
+    await expect(sign(sup)).rejects.toMatchObject({ code: 'SLOT_FAILED' });
+    expect(await verifiesOnNode(sup, 'other', 'ec', data, await sign(sup, 'other'))).toBe(true);
+    expect(sup.status().slots.other!.state).toBe('logged_in');
+  });
+
+  it('a broken module is reset once for all its workers (C_Finalize + C_Initialize), then every worker signs again', async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { p: slot({ type: 'hsm', poolSize: 2 }) }) });
+    await Promise.all([sign(sup, 'p'), sign(sup, 'p')]);
+    const before = faults.counts();
+    const resets: unknown[] = [];
+    sup.on('moduleReset', (e) => resets.push(e));
+    faults.set('fail C_Sign 1 CKR_DEVICE_ERROR', 'fail C_OpenSession 1 CKR_DEVICE_ERROR');
+    const sigs = await Promise.all(Array.from({ length: 6 }, () => sign(sup!, 'p')));
+    for (const s of sigs) expect(await verifiesOnNode(sup, 'p', 'ec', data, s)).toBe(true);
+    expect(resets).toEqual([expect.objectContaining({ ckr: 'CKR_DEVICE_ERROR', ok: true })]);
+    expect(delta(before, 'C_Finalize')).toBe(1);
+    // One initialization by the reset, plus the replacement thread's own C_Initialize, which the
+    // module answers CKR_CRYPTOKI_ALREADY_INITIALIZED (counted all the same).
+    expect(delta(before, 'C_Initialize')).toBe(2);
+    await until(() => sup!.status().slots.p!.workers.every((w) => w.state === 'logged_in'));
+  });
+  // Last: its thread sleeps inside the module for 3 s, and while it does the module is (rightly) never reset or finalized.
+  it('a hung C_Sign: the caller gets TIMEOUT, the wedged worker is replaced, the next calls succeed', async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot({ hungCallGraceMs: 200 }) }) });
+    await sign(sup);
+    faults.set('hang C_Sign 3000');
+    const restarted = new Promise<{ reason: string }>((r) => sup!.once('restart', r));
+    const t0 = Date.now();
+    await expect(sign(sup, 't', { timeoutMs: 300 })).rejects.toMatchObject({ code: 'TIMEOUT' });
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect((await restarted).reason).toMatch(/wedged/);
+    for (let i = 0; i < 3; i++) expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
+  });
+
+});
