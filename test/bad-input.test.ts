@@ -1,0 +1,114 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
+import { configFor, createToken, MODULE, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
+
+let td: TokenDir;
+let tok: TestToken;
+let sup: Pkcs11Supervisor;
+const data = Buffer.from('x');
+
+beforeAll(async () => {
+  td = tokenDir();
+  tok = createToken(td, 'bad');
+  process.env.BAD_PIN = tok.pin;
+  sup = await startSupervisor({
+    config: configFor(td, { t: { token: { label: 'bad' }, pin: { env: 'BAD_PIN' } }, p: { type: 'hsm', poolSize: 2, token: { label: 'bad' }, pin: { env: 'BAD_PIN' } } }),
+  });
+});
+
+afterAll(() => sup?.close());
+
+const ok = { slot: 't', key: 'ec', mechanism: 'ECDSA-SHA256', data };
+const cases: [string, () => Promise<unknown>, string][] = [
+  ['unknown slot', () => sup.sign({ ...ok, slot: 'nope' } as never), 'SLOT_NOT_FOUND'],
+  ['slot as a number', () => sup.sign({ ...ok, slot: 7 } as never), 'SLOT_NOT_FOUND'],
+  ['unknown key ref', () => sup.sign({ ...ok, key: 'nope' } as never), 'KEY_NOT_FOUND'],
+  ['key as a number', () => sup.sign({ ...ok, key: 3 } as never), 'BAD_INPUT'],
+  ['key with a bad id', () => sup.sign({ ...ok, key: { id: 'zz' } } as never), 'BAD_INPUT'],
+  ['key with a non-UTF-8 label (lone surrogate)', () => sup.sign({ ...ok, key: { label: '\ud800bad' } } as never), 'KEY_NOT_FOUND'],
+  ['key with an empty label', () => sup.sign({ ...ok, key: { label: '' } } as never), 'BAD_INPUT'],
+  ['unknown mechanism', () => sup.sign({ ...ok, mechanism: 'ECDSA-SHA1' } as never), 'MECHANISM_INVALID'],
+  ['mechanism as a number', () => sup.sign({ ...ok, mechanism: 4164 } as never), 'MECHANISM_INVALID'],
+  ['mechanism for another key type', () => sup.sign({ ...ok, mechanism: 'RSA-PKCS1-SHA256' } as never), 'MECHANISM_INVALID'],
+  ['data as a string', () => sup.sign({ ...ok, data: 'text' } as never), 'BAD_INPUT'],
+  ['data as null', () => sup.sign({ ...ok, data: null } as never), 'BAD_INPUT'],
+  ['empty data', () => sup.sign({ ...ok, data: Buffer.alloc(0) } as never), 'BAD_INPUT'],
+  ['100 MiB of data', () => sup.sign({ ...ok, data: Buffer.alloc(100 * 2 ** 20) } as never), 'BAD_INPUT'],
+  ['NaN timeout', () => sup.sign({ ...ok, timeoutMs: NaN } as never), 'BAD_INPUT'],
+  ['negative timeout', () => sup.sign({ ...ok, timeoutMs: -5 } as never), 'BAD_INPUT'],
+  ['zero timeout', () => sup.sign({ ...ok, timeoutMs: 0 } as never), 'BAD_INPUT'],
+  ['infinite timeout', () => sup.sign({ ...ok, timeoutMs: Infinity } as never), 'BAD_INPUT'],
+  ['timeout as a string', () => sup.sign({ ...ok, timeoutMs: '100' } as never), 'BAD_INPUT'],
+  ['signal that is not an AbortSignal', () => sup.sign({ ...ok, signal: {} } as never), 'BAD_INPUT'],
+  ['unknown signature format', () => sup.sign({ ...ok, signatureFormat: 'hex' } as never), 'BAD_INPUT'],
+  ['prehashed as a string', () => sup.sign({ ...ok, prehashed: 'yes' } as never), 'BAD_INPUT'],
+  ['pre-hashed input of the wrong length', () => sup.sign({ ...ok, prehashed: true } as never), 'BAD_INPUT'],
+  ['pin that is not a string', () => sup.sign({ ...ok, pin: 1234 } as never), 'BAD_INPUT'],
+  ['no request at all', () => sup.sign(undefined as never), 'BAD_INPUT'],
+  ['null request', () => sup.verify(null as never), 'BAD_INPUT'],
+  ['verify without a signature', () => sup.verify({ ...ok } as never), 'BAD_INPUT'],
+  ['findObjects with an unknown template field', () => sup.findObjects({ slot: 't', template: { colour: 'red' } } as never), 'BAD_INPUT'],
+  ['generateKeyPair with an unknown algorithm', () => sup.generateKeyPair({ slot: 't', algorithm: 'DSA-1024', label: 'x' } as never), 'BAD_INPUT'],
+  ['generateRandom of 10 MB', () => sup.generateRandom({ slot: 't', length: 10_000_000 }), 'BAD_INPUT'],
+  ['importKeyPair with neither PKCS#12 nor PEM', () => sup.importKeyPair({ slot: 't', label: 'x' }), 'BAD_INPUT'],
+  ['importKeyPair with a garbage PKCS#12', () => sup.importKeyPair({ slot: 't', label: 'x', pkcs12: Buffer.from('garbage'), password: 'p' }), 'BAD_INPUT'],
+  ['signJws with alg none', () => sup.signJws({ slot: 't', key: 'ec', alg: 'none', payload: 'x' } as never), 'MECHANISM_INVALID'],
+];
+
+describe('hostile and careless input through the client API', () => {
+  for (const [name, call, code] of cases) {
+    it(`${name} → ${code}`, async () => {
+      await expect(call()).rejects.toMatchObject({ name: 'Pkcs11SupervisorError', code });
+    });
+  }
+
+  it('leaves every slot healthy and signing', async () => {
+    for (const slot of ['t', 'p']) {
+      expect(sup.status().slots[slot]!.workers.every((w) => w.state === 'logged_in')).toBe(true);
+      expect(await sup.sign({ ...ok, slot } as never)).toBeInstanceOf(Buffer);
+    }
+  });
+});
+
+describe('bad config and modules', () => {
+  const base = () => configFor(td, { t: { token: { label: 'bad' } } });
+  const start = (mutate: (c: any) => void) => {
+    const c: any = base();
+    mutate(c);
+    return startSupervisor({ config: c });
+  };
+  it('missing, extra and wrong fields → CONFIG_INVALID naming the field', async () => {
+    await expect(start((c) => delete c.slots.t.module)).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [expect.objectContaining({ path: 'slots.t.module' })] });
+    await expect(start((c) => (c.slots.t.colour = 'red'))).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [expect.objectContaining({ path: 'slots.t' })] });
+    await expect(start((c) => (c.slots.t.poolSize = 'two'))).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [expect.objectContaining({ path: 'slots.t.poolSize' })] });
+  });
+  it('a module that is not a PKCS#11 library, and one that is missing → MODULE_LOAD_FAILED naming the field', async () => {
+    await expect(start((c) => (c.modules.soft.path = '/bin/ls'))).rejects.toMatchObject({ code: 'MODULE_LOAD_FAILED', issues: [expect.objectContaining({ path: 'modules.soft.path' })] });
+    await expect(start((c) => (c.modules.soft.path = '/usr/lib/nope/libnothing.so'))).rejects.toMatchObject({ code: 'MODULE_LOAD_FAILED' });
+    // The running supervisor is untouched.
+    expect(await sup.sign({ ...ok } as never)).toBeInstanceOf(Buffer);
+    expect(MODULE).toMatch(/softhsm/);
+  });
+});
+
+describe('hostile input through the CLI', () => {
+  const cli = (args: string[], config?: unknown) => {
+    const file = join(td.dir, `cli-${Math.random().toString(36).slice(2)}.json`);
+    writeFileSync(file, typeof config === 'string' ? config : JSON.stringify(config ?? configFor(td, { t: { token: { label: 'bad' }, pin: { env: 'BAD_PIN' } } })));
+    return spawnSync(process.execPath, ['dist/src/cli.js', '--config', file, ...args], { encoding: 'utf8', env: { ...process.env } });
+  };
+  it('each gets an exit code and a typed message', () => {
+    const f = join(td.dir, 'doc.txt');
+    writeFileSync(f, 'doc');
+    expect(cli(['sign', '--slot', 'nope', '--key', 'ec', '--mechanism', 'ECDSA-SHA256', '--in', f])).toMatchObject({ status: 3, stderr: expect.stringContaining('[SLOT_NOT_FOUND]') });
+    expect(cli(['sign', '--slot', 't', '--key', 'nope', '--mechanism', 'ECDSA-SHA256', '--in', f])).toMatchObject({ status: 3, stderr: expect.stringContaining('[KEY_NOT_FOUND]') });
+    expect(cli(['sign', '--slot', 't', '--key', 'ec', '--mechanism', 'MD5', '--in', f])).toMatchObject({ status: 3, stderr: expect.stringContaining('[MECHANISM_INVALID]') });
+    expect(cli(['status'], '{ not json')).toMatchObject({ status: 3, stderr: expect.stringContaining('[CONFIG_INVALID]') });
+    expect(cli(['status'], { modules: {}, slots: {} })).toMatchObject({ status: 3, stderr: expect.stringContaining('slots') });
+    expect(cli(['sign', '--slot', 't'])).toMatchObject({ status: 2 });
+    expect(cli(['--bogus'])).toMatchObject({ status: 2 });
+  });
+});

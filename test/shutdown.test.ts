@@ -1,0 +1,42 @@
+import { beforeAll, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
+import { Faults, faultConfig } from './support/faults.js';
+
+let td: TokenDir;
+let tok: TestToken;
+let faults: Faults;
+
+beforeAll(() => {
+  td = tokenDir();
+  tok = createToken(td, 'shut');
+  faults = new Faults(td);
+});
+
+describe('SIGTERM with calls in flight', () => {
+  it('in-flight calls finish, queued ones fail with CLOSED, none hangs, the token ends logged out, exit 0 within the bound', async () => {
+    const config = join(td.dir, 'config.json');
+    writeFileSync(config, JSON.stringify({ ...faultConfig(td, faults, { t: { token: { label: 'shut' }, pin: { env: 'SHUT_PIN' } } }), metrics: { host: '127.0.0.1', port: 0 } }));
+    faults.set('delay C_Sign 100');
+    const child = spawn(process.execPath, ['test/fixtures/shutdown-child.mjs', config, '40'], { env: { ...process.env, SHUT_PIN: tok.pin } });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    await new Promise<void>((resolve) => child.stdout.on('data', () => out.includes('ready') && resolve()));
+    await new Promise((r) => setTimeout(r, 250)); // a couple of calls done, one in flight, the rest queued
+    const t0 = Date.now();
+    child.kill('SIGTERM');
+    const code = await new Promise<number | null>((r) => child.on('exit', r));
+    const tookMs = Date.now() - t0;
+    expect(code).toBe(0);
+    expect(tookMs).toBeLessThan(5000);
+    const result = JSON.parse(out.split('\n').find((l) => l.startsWith('{'))!);
+    expect(result).toMatchObject({ calls: 40, settled: 40, other: [] });
+    expect(result.ok).toBeGreaterThanOrEqual(2);
+    expect(result.closed).toBeGreaterThanOrEqual(30);
+    const counts = faults.counts();
+    expect(counts.C_Logout).toBe(1);
+    expect(counts.C_Finalize).toBe(1);
+  });
+});
