@@ -8,6 +8,8 @@ export const SESSION_LOST_CKRS: ReadonlySet<string> = new Set([
   'CKR_DEVICE_REMOVED',
   'CKR_TOKEN_NOT_PRESENT',
   'CKR_DEVICE_ERROR',
+  // The module was reset under the call (between C_Finalize and C_Initialize).
+  'CKR_CRYPTOKI_NOT_INITIALIZED',
   // A key handle that outlived its session: look the key up again on a fresh session.
   'CKR_KEY_HANDLE_INVALID',
   'CKR_OBJECT_HANDLE_INVALID',

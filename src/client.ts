@@ -453,7 +453,7 @@ export class Pkcs11Supervisor {
   }
 
   private async run<T>(slot: Slot, task: WorkerTask, mechanism: MechanismName | null, req: Record<string, unknown>, needsLogin: boolean): Promise<T> {
-    const reply = await this.submit<WorkerReply<T>>(slot, task.op, mechanism, req, needsLogin, (w, call) => w.execute<T>(task, call));
+    const reply = await this.submit<WorkerReply<T>>(slot, task.op, mechanism, req, needsLogin, (w, call) => w.execute<T>(task, call), BATCHABLE.has(task.op) ? task : undefined);
     if (!reply.ok) throw new Pkcs11SupervisorError(reply.error.code, reply.error.message, { slot: slot.name, ckr: reply.error.ckr });
     return reply.value;
   }
@@ -465,8 +465,10 @@ export class Pkcs11Supervisor {
     req: Record<string, unknown>,
     needsLogin: boolean,
     run: Parameters<Slot['call']>[0]['run'],
+    task?: WorkerTask,
   ): Promise<T> {
     const spec = {
+      task,
       needsLogin,
       pin: check.pin(req.pin, slot.name),
       timeoutMs: check.timeoutMs(req.timeoutMs, slot),
@@ -513,6 +515,9 @@ export class Pkcs11Supervisor {
     }
   }
 }
+
+/** Request-path operations that may share a message to the worker with other queued calls. */
+const BATCHABLE = new Set(['sign', 'verify']);
 
 /** Calls recorded by the client, with their principal. Logins and logouts are recorded from the workers' events, automatic ones included. */
 const AUDITED = new Set(['sign', 'verify', 'generateKeyPair', 'importObjects', 'destroyObjects']);

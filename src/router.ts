@@ -8,6 +8,7 @@
 import { Pkcs11SupervisorError } from './errors.js';
 import type { Secret } from './secret.js';
 import type { CallContext, SlotWorker } from './slot-worker.js';
+import { CLAIM_CANCELLED, type WorkerTask } from '../workers/protocol.js';
 
 export interface CallSpec<T> {
   needsLogin: boolean;
@@ -15,7 +16,17 @@ export interface CallSpec<T> {
   timeoutMs: number;
   signal: AbortSignal | undefined;
   run: (worker: SlotWorker, call: CallContext) => Promise<T>;
+  /** A call that is just this task may share a message to the worker with other queued calls. */
+  task?: WorkerTask;
 }
+
+/** At most this many calls share one message to a worker. */
+const MAX_BATCH = 64;
+/**
+ * A batch's replies come back together, so a batch holds about this much token time: enough
+ * to amortize the thread hop on fast operations, never enough to delay a slow token's calls.
+ */
+const BATCH_BUDGET_MS = 2;
 
 export interface Delivered<T> {
   value: T;
@@ -26,6 +37,8 @@ export interface Delivered<T> {
 
 class Call<T> implements CallContext {
   settled = false;
+  /** Set while the call sits in a batch on a worker: cancels it there if it has not started. */
+  cancelInBatch: (() => boolean) | null = null;
   queued = true;
   startedAt = 0;
   readonly enqueuedAt = Date.now();
@@ -56,6 +69,14 @@ export class Mailbox {
   private inFlight = 0;
   private next = 0;
   private closedWith: Pkcs11SupervisorError | null = null;
+  private readonly batched = new Set<Call<unknown>>();
+  /** Moving average of one call's time on the token, from the worker's own timing. */
+  private execMs = 1;
+
+  private observe(value: unknown): void {
+    const r = value as { startedAt?: unknown; endedAt?: unknown } | null;
+    if (r && typeof r.startedAt === 'number' && typeof r.endedAt === 'number') this.execMs = 0.8 * this.execMs + 0.2 * (r.endedAt - r.startedAt);
+  }
 
   constructor(
     private readonly slot: string,
@@ -123,8 +144,71 @@ export class Mailbox {
       this.dequeueHead();
       call.queued = false;
       this.waiting--;
-      this.dispatch(worker, call);
+      if (!this.batchable(call) || this.waiting === 0) {
+        this.dispatch(worker, call);
+        continue;
+      }
+      // Share the waiting calls between the idle workers, one message each.
+      const serving = this.workers.filter((w) => w.accepting).length;
+      const byTime = Math.max(1, Math.floor(BATCH_BUDGET_MS / this.execMs));
+      const cap = Math.min(MAX_BATCH, byTime, Math.max(1, Math.ceil((this.waiting + 1) / serving)));
+      const batch: Call<unknown>[] = [call];
+      while (batch.length < cap && this.head < this.queue.length) {
+        const next = this.queue[this.head]!;
+        if (next.settled) {
+          this.dequeueHead();
+          continue;
+        }
+        if (!this.batchable(next)) break;
+        this.dequeueHead();
+        next.queued = false;
+        this.waiting--;
+        batch.push(next);
+      }
+      if (batch.length === 1) this.dispatch(worker, call);
+      else this.dispatchBatch(worker, batch);
     }
+  }
+
+  private batchable(call: Call<unknown>): boolean {
+    return call.spec.task !== undefined && call.spec.pin === undefined;
+  }
+
+  private dispatchBatch(worker: SlotWorker, calls: Call<unknown>[]): void {
+    worker.busy = true;
+    this.inFlight += calls.length;
+    const startedAt = Date.now();
+    const claims = new Int32Array(new SharedArrayBuffer(4 * calls.length));
+    calls.forEach((c, i) => {
+      c.startedAt = startedAt;
+      c.cancelInBatch = () => Atomics.compareExchange(claims, i, 0, CLAIM_CANCELLED) === 0;
+      this.batched.add(c);
+    });
+    worker
+      .executeBatch(
+        calls.map((c) => c.spec.task!),
+        calls,
+        claims,
+      )
+      .then(
+        (values) => {
+          for (let i = 0; i < calls.length; i++) {
+            const c = calls[i]!;
+            this.observe(values[i]);
+            this.finish(c, () => c.resolve({ value: values[i], worker: worker.index, enqueuedAt: c.enqueuedAt, startedAt }));
+          }
+        },
+        (e: unknown) => {
+          const err = e instanceof Error ? e : new Error(String(e));
+          for (const c of calls) this.finish(c, () => c.reject(err));
+        },
+      )
+      .finally(() => {
+        for (const c of calls) this.batched.delete(c);
+        worker.busy = false;
+        this.inFlight -= calls.length;
+        this.pump();
+      });
   }
 
   private dequeueHead(): void {
@@ -140,7 +224,7 @@ export class Mailbox {
     this.inFlight++;
     call.startedAt = Date.now();
     call.spec.run(worker, call).then(
-      (value) => this.finish(call, () => call.resolve({ value, worker: worker.index, enqueuedAt: call.enqueuedAt, startedAt: call.startedAt })),
+      (value) => (this.observe(value), this.finish(call, () => call.resolve({ value, worker: worker.index, enqueuedAt: call.enqueuedAt, startedAt: call.startedAt }))),
       (e: unknown) => this.finish(call, () => call.reject(e instanceof Error ? e : new Error(String(e)))),
     ).finally(() => {
       worker.busy = false;
@@ -158,6 +242,7 @@ export class Mailbox {
   private fail<T>(call: Call<T>, error: Pkcs11SupervisorError): void {
     if (call.settled) return;
     if (call.queued) this.waiting--;
+    call.cancelInBatch?.();
     call.queued = false;
     this.cleanup(call);
     call.reject(error);
@@ -176,10 +261,11 @@ export class Mailbox {
     this.head = 0;
   }
 
-  /** Refuses new calls and fails the queued ones; running calls finish. */
+  /** Refuses new calls and fails the queued ones, and batched ones not started yet; running calls finish. */
   close(error: Pkcs11SupervisorError): void {
     this.closedWith = error;
     this.failQueued(error);
+    for (const c of this.batched) if (!c.settled && c.cancelInBatch?.()) this.fail(c, error);
   }
 
   /** Resolves when no call is running. */

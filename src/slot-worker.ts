@@ -174,8 +174,8 @@ export class SlotWorker {
    * Runs a call's task: waits until the session is usable (logging in through the PIN chain
    * if the call needs it), and retries once after a lost session or a dead thread.
    */
-  async execute<T>(task: WorkerTask, call: CallContext): Promise<WorkerReply<T>> {
-    for (let attempt = 0; ; attempt++) {
+  async execute<T>(task: WorkerTask, call: CallContext, firstAttempt = 0): Promise<WorkerReply<T>> {
+    for (let attempt = firstAttempt; ; attempt++) {
       await this.ready(call);
       if (call.settled) throw new Pkcs11SupervisorError('TIMEOUT', 'the call ended before it reached the token', { slot: this.slot });
       let reply: WorkerReply<T>;
@@ -196,6 +196,55 @@ export class SlotWorker {
       if (this.state === 'logged_in' && this.opts.config.idleTimeoutMs > 0) this.actor.send({ type: 'CALL_DONE' });
       return reply;
     }
+  }
+
+  /**
+   * Runs several queued calls in one message to the thread (the hop is paid once), one after
+   * another on the session, so order and the one-operation rule hold. Each call keeps its own
+   * reply. Calls after a lost session, and failed ones worth a retry, go through execute().
+   */
+  async executeBatch<T>(tasks: WorkerTask[], calls: CallContext[], claims: Int32Array): Promise<WorkerReply<T>[]> {
+    const ctx: CallContext = {
+      deadline: Math.max(...calls.map((c) => c.deadline)),
+      pin: undefined,
+      needsLogin: calls.some((c) => c.needsLogin),
+      get settled() {
+        return calls.every((c) => c.settled);
+      },
+    };
+    await this.ready(ctx);
+    // Every call, settled or not, keeps its slot in `claims`; settled ones were cancelled there already.
+    const live = calls.map((_c, i) => i);
+    const results: WorkerReply<T>[] = new Array(calls.length);
+    let replies: (WorkerReply<T> | null)[];
+    try {
+      const batch = await this.runTask<(WorkerReply<T> | null)[]>({ op: 'batch', tasks, claims }, ctx.deadline);
+      replies = batch.ok ? batch.value : live.map(() => null);
+    } catch (e) {
+      if (!(e instanceof ThreadDied)) throw e;
+      replies = live.map(() => null);
+    }
+    let sessionLost = false;
+    for (let k = 0; k < live.length; k++) {
+      const i = live[k]!;
+      const reply = replies[k] ?? null;
+      const lost = reply && !reply.ok && reply.error.ckr !== undefined && SESSION_LOST_CKRS.has(reply.error.ckr);
+      const transient = reply && !reply.ok && reply.error.ckr !== undefined && TRANSIENT_CKRS.has(reply.error.ckr);
+      if (reply && !lost && !transient) {
+        results[i] = reply;
+        continue;
+      }
+      // Not run because it was cancelled: its caller has its answer already.
+      if (calls[i]!.settled) continue;
+      if (lost && !sessionLost) {
+        sessionLost = true;
+        this.actor.send({ type: 'SESSION_LOST' });
+      }
+      // Not run, or worth its one retry: the single-call path, counting a failed run as the first attempt.
+      results[i] = await this.execute<T>(tasks[i]!, calls[i]!, reply ? 1 : 0);
+    }
+    if (this.state === 'logged_in' && this.opts.config.idleTimeoutMs > 0) this.actor.send({ type: 'CALL_DONE' });
+    return results;
   }
 
   /** Waits for a state a call can run in; logs in when the call needs it. */

@@ -108,6 +108,27 @@ describe('resilience against a misbehaving module', () => {
     expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
   });
 
+  it('calls in a batch that are aborted before their turn never reach the token', async () => {
+    process.env.PKCS11_SUPERVISOR_FAULTS = '1';
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
+    for (let i = 0; i < 5; i++) await sign(sup); // fast calls: the mailbox will batch
+    const before = faults.counts();
+    faults.set('hang C_Sign 400 2'); // the second C_Sign from now: the first call of the batch
+    void sup.injectWorkerFault('t', 0, { kind: 'block', ms: 150 }); // hold the worker while calls queue
+    const first = sign(sup);
+    const ac = new AbortController();
+    const batch = Array.from({ length: 9 }, () => sign(sup!, 't', { signal: ac.signal }).then(() => 'ok', (e) => e.code as string));
+    await first;
+    await new Promise((r) => setTimeout(r, 150)); // the batch is on the worker, its first call hanging
+    ac.abort();
+    const outcomes = await Promise.all(batch);
+    await new Promise((r) => setTimeout(r, 400));
+    expect(outcomes.filter((o) => o === 'ABORTED')).toHaveLength(9);
+    // The first call of the batch had started (and finished, unseen by its aborted caller); the other eight never ran.
+    expect(delta(before, 'C_Sign')).toBe(2);
+    expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
+  });
+
   it('added latency shows as execution time, not queue time', async () => {
     sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
     faults.set('delay C_Sign 50');
@@ -137,6 +158,7 @@ describe('resilience against a misbehaving module', () => {
     const before = faults.counts();
     const resets: unknown[] = [];
     sup.on('moduleReset', (e) => resets.push(e));
+    if (process.env.DEBUG_RESET) sup.on('stateChange', (e) => console.log('STATE', e.worker, e.from, '>', e.to, e.error?.ckr ?? '', e.error?.message ?? ''));
     faults.set('fail C_Sign 1 CKR_DEVICE_ERROR', 'fail C_OpenSession 1 CKR_DEVICE_ERROR');
     const sigs = await Promise.all(Array.from({ length: 6 }, () => sign(sup!, 'p')));
     for (const s of sigs) expect(await verifiesOnNode(sup, 'p', 'ec', data, s)).toBe(true);

@@ -41,7 +41,16 @@ export type WorkerTask =
   | { op: 'importObjects'; objects: ImportedObject[] }
   | { op: 'destroyObjects'; query: ObjectQuery }
   | { op: 'close' }
-  | { op: 'fault'; fault: WorkerFault };
+  | { op: 'fault'; fault: WorkerFault }
+  /**
+   * Several calls in one message, run one after another on the session; null marks a call not
+   * run. `claims` is shared memory, one slot per task: the worker claims a task (0 → STARTED)
+   * before running it, the main thread cancels one (0 → CANCELLED); whoever wins decides.
+   */
+  | { op: 'batch'; tasks: WorkerTask[]; claims: Int32Array };
+
+export const CLAIM_STARTED = 2;
+export const CLAIM_CANCELLED = 1;
 
 export type WorkerOp = WorkerTask['op'];
 

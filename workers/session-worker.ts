@@ -5,7 +5,8 @@
 import { performance } from 'node:perf_hooks';
 import { TokenSession, toFailure, WorkerFailure } from './token-session.js';
 import * as objects from './object-ops.js';
-import type { WorkerFault, WorkerReply, WorkerTask } from './protocol.js';
+import { SESSION_LOST_CKRS } from '../src/ckr.js';
+import { CLAIM_STARTED, type WorkerFault, type WorkerReply, type WorkerTask } from './protocol.js';
 
 const session = new TokenSession();
 const faultsEnabled = process.env.PKCS11_SUPERVISOR_FAULTS === '1';
@@ -68,10 +69,12 @@ function dispatch(task: WorkerTask): unknown {
       return session.close();
     case 'fault':
       return inject(task.fault);
+    case 'batch':
+      throw new WorkerFailure('BAD_INPUT', 'batches do not nest');
   }
 }
 
-export default function run(task: WorkerTask): WorkerReply {
+function runOne(task: WorkerTask): WorkerReply {
   const startedAt = now();
   try {
     const value = dispatch(task);
@@ -79,4 +82,23 @@ export default function run(task: WorkerTask): WorkerReply {
   } catch (e) {
     return { ok: false, error: toFailure(e), startedAt, endedAt: now() };
   }
+}
+
+/** Runs a batch in order; after a lost session the rest is not run (the main thread retries those). */
+function runBatch(tasks: WorkerTask[], claims: Int32Array): (WorkerReply | null)[] {
+  const replies: (WorkerReply | null)[] = new Array(tasks.length).fill(null);
+  for (let i = 0; i < tasks.length; i++) {
+    // A call cancelled (deadline, abort, close) before its turn never reaches the token.
+    if (Atomics.compareExchange(claims, i, 0, CLAIM_STARTED) !== 0) continue;
+    const reply = runOne(tasks[i]!);
+    replies[i] = reply;
+    if (!reply.ok && reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) break;
+  }
+  return replies;
+}
+
+export default function run(task: WorkerTask): WorkerReply {
+  if (task.op !== 'batch') return runOne(task);
+  const startedAt = now();
+  return { ok: true, value: runBatch(task.tasks, task.claims), startedAt, endedAt: now() };
 }

@@ -15,7 +15,7 @@
  *   fail FN N CKR_NAME     the Nth call of FN from now returns CKR_NAME instead (once)
  *   fail FN every CKR_NAME every call of FN returns CKR_NAME
  *   delay FN MS            every call of FN first sleeps MS milliseconds
- *   hang FN MS             the next call of FN sleeps MS milliseconds first (once)
+ *   hang FN MS [N]         the next (or Nth) call of FN sleeps MS milliseconds first (once)
  *   removed                the token is gone: no slot with a token, calls get CKR_DEVICE_REMOVED
  *   logout                 the token is logged out before the next intercepted call (once)
  *   nologin                C_Login succeeds without reaching the token (a cloud HSM stand-in)
@@ -41,6 +41,7 @@ struct rule {
   enum kind kind;
   char fn[40];
   long n;       /* FAIL_NTH: calls left before it fires; DELAY/HANG: milliseconds */
+  long nth;     /* HANG: calls left before it fires */
   CK_RV rv;
   int spent;
 };
@@ -114,7 +115,7 @@ static void load_control(void) {
     if (strcmp(verb, "fail") == 0 && strcmp(a, "every") == 0) { r.kind = FAIL_EVERY; r.rv = ckr_value(b); }
     else if (strcmp(verb, "fail") == 0) { r.kind = FAIL_NTH; r.n = atol(a); r.rv = ckr_value(b); }
     else if (strcmp(verb, "delay") == 0) { r.kind = DELAY; r.n = atol(a); }
-    else if (strcmp(verb, "hang") == 0) { r.kind = HANG; r.n = atol(a); }
+    else if (strcmp(verb, "hang") == 0) { r.kind = HANG; r.n = atol(a); r.nth = b[0] ? atol(b) : 1; }
     else if (strcmp(verb, "removed") == 0) r.kind = REMOVED;
     else if (strcmp(verb, "logout") == 0) r.kind = LOGOUT;
     else if (strcmp(verb, "nologin") == 0) r.kind = NOLOGIN;
@@ -170,7 +171,7 @@ static CK_RV before(const char *fn) {
         if (strcmp(fn, "C_Initialize") && strcmp(fn, "C_Finalize") && strcmp(fn, "C_GetSlotList") && strcmp(fn, "C_CloseSession")) rv = CKR_DEVICE_REMOVED;
         break;
       case DELAY: if (matches(r, fn)) sleep_for += r->n; break;
-      case HANG: if (matches(r, fn)) { sleep_for += r->n; r->spent = 1; } break;
+      case HANG: if (matches(r, fn) && --r->nth <= 0) { sleep_for += r->n; r->spent = 1; } break;
       case FAIL_EVERY: if (matches(r, fn) && rv == CKR_OK) rv = r->rv; break;
       case FAIL_NTH:
         if (matches(r, fn) && --r->n <= 0) { r->spent = 1; if (rv == CKR_OK) rv = r->rv; }
