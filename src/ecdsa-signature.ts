@@ -2,22 +2,34 @@
  * PKCS#11 returns ECDSA signatures as r‖s (the JOSE form); X.509, CMS, OpenSSL and Node's
  * default want a DER SEQUENCE of two INTEGERs. These convert between the two.
  */
-function derLength(n: number): number[] {
-  return n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
+/** Length of r or s as a minimal DER INTEGER body: leading zeros dropped, one added if the top bit is set. */
+function intSpan(raw: Uint8Array, from: number, to: number): { start: number; pad: number; len: number } {
+  let start = from;
+  while (start < to - 1 && raw[start] === 0) start++;
+  const pad = raw[start]! & 0x80 ? 1 : 0;
+  return { start, pad, len: to - start + pad };
 }
 
-function derInteger(bytes: Uint8Array): number[] {
-  let i = 0;
-  while (i < bytes.length - 1 && bytes[i] === 0) i++;
-  const body = Array.from(bytes.subarray(i));
-  if ((body[0] ?? 0) & 0x80) body.unshift(0);
-  return [0x02, ...derLength(body.length), ...body];
-}
-
+/** Sized once and written in place: this runs on every ECDSA signature. */
 export function rawToDer(raw: Uint8Array): Buffer {
-  const half = raw.length / 2;
-  const seq = [...derInteger(raw.subarray(0, half)), ...derInteger(raw.subarray(half))];
-  return Buffer.from([0x30, ...derLength(seq.length), ...seq]);
+  const half = raw.length >> 1;
+  const r = intSpan(raw, 0, half);
+  const s = intSpan(raw, half, raw.length);
+  const body = 2 + r.len + 2 + s.len; // r, s < 128 bytes each for P-256/384/521
+  const long = body >= 0x80;
+  const out = Buffer.allocUnsafe(body + (long ? 3 : 2));
+  let p = 0;
+  out[p++] = 0x30;
+  if (long) out[p++] = 0x81;
+  out[p++] = body;
+  for (const x of [r, s]) {
+    out[p++] = 0x02;
+    out[p++] = x.len;
+    if (x.pad) out[p++] = 0;
+    out.set(raw.subarray(x.start, x.start + x.len - x.pad), p);
+    p += x.len - x.pad;
+  }
+  return out;
 }
 
 /** Returns null for anything that is not a well-formed signature for this field size. */

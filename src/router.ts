@@ -25,8 +25,11 @@ const MAX_BATCH = 64;
 /**
  * A batch's replies come back together, so a batch holds about this much token time: enough
  * to amortize the thread hop on fast operations, never enough to delay a slow token's calls.
+ * With a deep queue, calls wait anyway: bigger batches then keep the worker from idling
+ * between them.
  */
 const BATCH_BUDGET_MS = 2;
+const DEEP_QUEUE_BATCH_BUDGET_MS = 8;
 
 export interface Delivered<T> {
   value: T;
@@ -150,7 +153,8 @@ export class Mailbox {
       }
       // Share the waiting calls between the idle workers, one message each.
       const serving = this.workers.filter((w) => w.accepting).length;
-      const byTime = Math.max(1, Math.floor(BATCH_BUDGET_MS / this.execMs));
+      const shallow = Math.max(1, Math.floor(BATCH_BUDGET_MS / this.execMs));
+      const byTime = this.waiting + 1 > shallow * serving ? Math.max(1, Math.floor(DEEP_QUEUE_BATCH_BUDGET_MS / this.execMs)) : shallow;
       const cap = Math.min(MAX_BATCH, byTime, Math.max(1, Math.ceil((this.waiting + 1) / serving)));
       const batch: Call<unknown>[] = [call];
       while (batch.length < cap && this.head < this.queue.length) {

@@ -147,19 +147,22 @@ export class SlotWorker {
     this.sessionHandle = null;
   }
 
-  /** Runs a task on this worker's thread; past the deadline plus grace the thread is declared wedged. */
+  /**
+   * Runs a task on this worker's thread. Past the deadline plus grace the thread is declared
+   * wedged: it is abandoned, which fails the pending run, and this call reports Wedged.
+   */
   async runTask<T>(task: WorkerTask, deadline: number): Promise<WorkerReply<T>> {
     const thread = this.liveThread();
-    let timer: NodeJS.Timeout | undefined;
-    const wedged = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Wedged()), Math.max(0, deadline + this.opts.config.hungCallGraceMs - Date.now()));
-    });
+    let wedged = false;
+    const timer = setTimeout(() => {
+      wedged = true;
+      this.threadDied(thread, `a ${task.op} call ran ${this.opts.config.hungCallGraceMs} ms past its deadline; the worker is wedged and is replaced`);
+    }, Math.max(0, deadline + this.opts.config.hungCallGraceMs - Date.now()));
     try {
-      return await Promise.race([thread.run<T>(task), wedged]);
+      return await thread.run<T>(task);
     } catch (e) {
-      if (e instanceof Wedged) {
-        this.threadDied(thread, `a ${task.op} call ran ${this.opts.config.hungCallGraceMs} ms past its deadline; the worker is wedged and is replaced`);
-      } else if (e instanceof ThreadDied) {
+      if (wedged) throw new Wedged();
+      if (e instanceof ThreadDied) {
         // The task's rejection can arrive before Piscina's worker events: say it now, so the
         // retry waits for a new thread instead of using a pool whose thread is gone.
         this.threadDied(thread, e.message);

@@ -1,0 +1,54 @@
+/** The raw pkcs11js baseline: one session, C_SignInit + C_Sign in a loop, no supervisor. */
+import { createHash } from 'node:crypto';
+import { pkcs11js } from '../workers/pkcs11js.js';
+
+export interface RawConfig {
+  label: string;
+  pin: string;
+  module: string;
+  mech: 'ec' | 'rsa';
+  size: number;
+  ms: number;
+}
+
+export function rawLoop(c: RawConfig): { lat: number[]; ops: number; elapsed: number } {
+  const p = pkcs11js;
+  const m = new p.PKCS11();
+  m.load(c.module);
+  try {
+    m.C_Initialize({ flags: p.CKF_OS_LOCKING_OK });
+  } catch (e) {
+    if ((e as Error).message !== 'CKR_CRYPTOKI_ALREADY_INITIALIZED') throw e;
+  }
+  const slot = m.C_GetSlotList(true).find((s) => m.C_GetTokenInfo(s).label.trim() === 'bench')!;
+  const s = m.C_OpenSession(slot, p.CKF_SERIAL_SESSION | p.CKF_RW_SESSION);
+  try {
+    m.C_Login(s, p.CKU_USER, c.pin);
+  } catch (e) {
+    if ((e as Error).message !== 'CKR_USER_ALREADY_LOGGED_IN') throw e;
+  }
+  m.C_FindObjectsInit(s, [
+    { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY },
+    { type: p.CKA_LABEL, value: c.label },
+  ]);
+  const [key] = m.C_FindObjects(s, 1);
+  m.C_FindObjectsFinal(s);
+  const data = Buffer.alloc(c.size, 7);
+  const out = Buffer.alloc(512);
+  // What the supervisor asks SoftHSM2 for: it has CKM_ECDSA but not CKM_ECDSA_SHA256.
+  const mechanism = { mechanism: c.mech === 'ec' ? p.CKM_ECDSA : p.CKM_SHA256_RSA_PKCS };
+  const lat: number[] = [];
+  let ops = 0;
+  const t0 = performance.now();
+  while (performance.now() - t0 < c.ms) {
+    const a = performance.now();
+    const input = c.mech === 'ec' ? createHash('sha256').update(data).digest() : data;
+    m.C_SignInit(s, mechanism, key!);
+    m.C_Sign(s, input, out);
+    lat.push(performance.now() - a);
+    ops++;
+  }
+  const elapsed = performance.now() - t0;
+  m.C_CloseSession(s);
+  return { lat, ops, elapsed };
+}

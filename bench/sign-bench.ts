@@ -1,0 +1,175 @@
+/**
+ * npm run bench [-- --seconds S] [-- --million]
+ *
+ * Side by side, in one process run, on one SoftHSM2 token:
+ *   raw-1     raw pkcs11js, one session, the main thread (the ceiling)
+ *   raw-N     raw pkcs11js in N worker threads with N sessions (N = 2, 4)
+ *   token     the supervisor's sign() through a token slot
+ *   pool-N    the supervisor's sign() through an hsm slot of N workers (N = 1, 2, 4)
+ * for ECDSA P-256 and RSA-2048, 32 B and 4 KiB inputs, at concurrency 1, 16 and 256.
+ * Reports ops/s, p50/p99 latency, the ratio to the matching raw figure, RSS; writes
+ * var/bench.json; checks the targets. --million adds 1,000,000 calls with memory samples.
+ */
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { Worker } from 'node:worker_threads';
+import { pino } from 'pino';
+import { rawLoop, type RawConfig } from './raw-loop.js';
+import { startSupervisor, type ConfigInput, type Pkcs11Supervisor } from '../src/index.js';
+
+const { values } = parseArgs({ options: { seconds: { type: 'string', default: '1.5' }, million: { type: 'boolean', default: false } } });
+const SECONDS = Number(values.seconds);
+const MODULE = '/usr/lib/softhsm/libsofthsm2.so';
+
+// A token of its own, so the numbers are not disturbed by anything else.
+const dir = mkdtempSync(join(tmpdir(), 'p11sup-bench-'));
+const conf = join(dir, 'softhsm2.conf');
+writeFileSync(conf, `directories.tokendir = ${dir}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
+process.env.SOFTHSM2_CONF = conf;
+const PIN = randomBytes(4).toString('hex');
+process.env.BENCH_PIN = PIN;
+execFileSync('softhsm2-util', ['--init-token', '--free', '--label', 'bench', '--so-pin', randomBytes(4).toString('hex'), '--pin', PIN], { stdio: 'ignore' });
+for (const [type, label, id] of [['rsa:2048', 'rsa', '01'], ['EC:prime256v1', 'ec', '02']]) {
+  execFileSync('pkcs11-tool', ['--module', MODULE, '--token-label', 'bench', '--login', '--pin', PIN, '--keypairgen', '--key-type', type!, '--label', label!, '--id', id!], { stdio: 'ignore' });
+}
+
+interface Result {
+  alg: string;
+  size: number;
+  target: string;
+  concurrency: number;
+  opsPerSec: number;
+  p50us: number;
+  p99us: number;
+  ratio: number | null;
+  rssMiB: number;
+}
+
+const percentile = (sorted: Float64Array, p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
+
+function summarize(lat: number[], ops: number, ms: number) {
+  const sorted = Float64Array.from(lat).sort();
+  return { opsPerSec: Math.round((ops / ms) * 1000), p50us: Math.round(percentile(sorted, 0.5) * 1000), p99us: Math.round(percentile(sorted, 0.99) * 1000) };
+}
+
+const rawConfig = (mech: 'ec' | 'rsa', size: number): RawConfig => ({ label: mech, pin: PIN, module: MODULE, mech, size, ms: SECONDS * 1000 });
+
+async function rawInWorkers(n: number, mech: 'ec' | 'rsa', size: number) {
+  const results = await Promise.all(
+    Array.from({ length: n }, () => {
+      const w = new Worker(new URL('./raw-worker.js', import.meta.url), { workerData: rawConfig(mech, size) });
+      return new Promise<{ lat: number[]; ops: number; elapsed: number }>((resolve, reject) => (w.once('message', resolve), w.once('error', reject)));
+    }),
+  );
+  return { lat: results.flatMap((r) => r.lat), ops: results.reduce((a, r) => a + r.ops, 0), elapsed: Math.max(...results.map((r) => r.elapsed)) };
+}
+
+async function throughSupervisor(sup: Pkcs11Supervisor, slot: string, mech: 'ec' | 'rsa', size: number, concurrency: number) {
+  const data = Buffer.alloc(size, 7);
+  const mechanism = mech === 'ec' ? 'ECDSA-SHA256' : 'RSA-PKCS1-SHA256';
+  const lat: number[] = [];
+  let ops = 0;
+  const end = performance.now() + SECONDS * 1000;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < end) {
+        const a = performance.now();
+        await sup.sign({ slot, key: mech, mechanism, data });
+        lat.push(performance.now() - a);
+        ops++;
+      }
+    }),
+  );
+  return { lat, ops, elapsed: performance.now() - t0 };
+}
+
+const rss = () => Math.round(process.memoryUsage().rss / 2 ** 20);
+const results: Result[] = [];
+type SlotInput = ConfigInput['slots'][string];
+const slotCfg: SlotInput = { module: 'soft', token: { label: 'bench' }, pin: { env: 'BENCH_PIN' }, keys: { ec: { label: 'ec' }, rsa: { label: 'rsa' } }, queueLimit: 100_000, probeIntervalMs: 0 };
+const TARGETS: [string, SlotInput][] = [
+  ['token', { ...slotCfg, type: 'token' }],
+  ['pool-1', { ...slotCfg, type: 'hsm', poolSize: 1 }],
+  ['pool-2', { ...slotCfg, type: 'hsm', poolSize: 2 }],
+  ['pool-4', { ...slotCfg, type: 'hsm', poolSize: 4 }],
+];
+
+for (const mech of ['ec', 'rsa'] as const) {
+  for (const size of [32, 4096]) {
+    const alg = mech === 'ec' ? 'ECDSA P-256' : 'RSA-2048';
+    const raw: Record<string, number> = {};
+    const r1 = rawLoop(rawConfig(mech, size));
+    raw['raw-1'] = summarize(r1.lat, r1.ops, r1.elapsed).opsPerSec;
+    results.push({ alg, size, target: 'raw-1', concurrency: 1, ...summarize(r1.lat, r1.ops, r1.elapsed), ratio: null, rssMiB: rss() });
+    for (const n of [2, 4]) {
+      const rn = await rawInWorkers(n, mech, size);
+      const s = summarize(rn.lat, rn.ops, rn.elapsed);
+      raw[`raw-${n}`] = s.opsPerSec;
+      results.push({ alg, size, target: `raw-${n}`, concurrency: n, ...s, ratio: null, rssMiB: rss() });
+    }
+    for (const [target, cfg] of TARGETS) {
+      const sup = await startSupervisor({ config: { modules: { soft: { path: MODULE, env: { SOFTHSM2_CONF: conf } } }, slots: { [target]: cfg }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
+      await throughSupervisor(sup, target, mech, size, 16); // warm up
+      const matching = target === 'pool-2' ? raw['raw-2']! : target === 'pool-4' ? raw['raw-4']! : raw['raw-1']!;
+      for (const c of [1, 16, 256]) {
+        const r = await throughSupervisor(sup, target, mech, size, c);
+        const s = summarize(r.lat, r.ops, r.elapsed);
+        results.push({ alg, size, target, concurrency: c, ...s, ratio: Number((s.opsPerSec / matching).toFixed(2)), rssMiB: rss() });
+      }
+      await sup.close();
+    }
+  }
+}
+
+let million: Record<string, unknown> | null = null;
+if (values.million) {
+  const sup = await startSupervisor({ config: { modules: { soft: { path: MODULE, env: { SOFTHSM2_CONF: conf } } }, slots: { p: { ...slotCfg, type: 'hsm', poolSize: 2 } }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
+  const data = Buffer.alloc(32, 7);
+  const samples: { calls: number; heapMiB: number; rssMiB: number }[] = [];
+  let calls = 0;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: 256 }, async () => {
+      while (calls < 1_000_000) {
+        calls++;
+        await sup.sign({ slot: 'p', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+        if (calls % 100_000 === 0) {
+          globalThis.gc?.();
+          samples.push({ calls, heapMiB: Math.round(process.memoryUsage().heapUsed / 2 ** 20), rssMiB: rss() });
+        }
+      }
+    }),
+  );
+  million = { calls, seconds: Math.round((performance.now() - t0) / 1000), samples };
+  await sup.close();
+}
+
+// ---- report
+const pad = (s: string | number, n: number) => String(s).padStart(n);
+const lines = [
+  `| algorithm | input | target | conc. | ops/s | p50 µs | p99 µs | ratio | RSS MiB |`,
+  `| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |`,
+  ...results.map((r) => `| ${r.alg} | ${r.size} B | ${r.target} | ${r.concurrency} | ${pad(r.opsPerSec, 6)} | ${r.p50us} | ${r.p99us} | ${r.ratio ?? ''} | ${r.rssMiB} |`),
+];
+const find = (alg: string, size: number, target: string, c: number) => results.find((r) => r.alg === alg && r.size === size && r.target === target && r.concurrency === c)!;
+const targets = ['ECDSA P-256', 'RSA-2048'].flatMap((alg) => {
+  const addedP50 = find(alg, 32, 'token', 1).p50us - find(alg, 32, 'raw-1', 1).p50us;
+  return [
+    { alg, target: 'pool of 2 ≥ 0.9× raw in 2 threads (c=256, 32 B)', value: find(alg, 32, 'pool-2', 256).ratio!, pass: find(alg, 32, 'pool-2', 256).ratio! >= 0.9 },
+    { alg, target: 'added p50 latency at c=1 ≤ 100 µs (token vs raw-1, 32 B)', value: addedP50, pass: addedP50 <= 100 },
+    { alg, target: 'token slot at c=256 loses ≤ 10% vs raw-1 (32 B)', value: find(alg, 32, 'token', 256).ratio!, pass: find(alg, 32, 'token', 256).ratio! >= 0.9 },
+  ];
+});
+console.log(lines.join('\n'));
+console.log('\nTargets:');
+for (const t of targets) console.log(`  ${t.pass ? 'PASS' : 'MISS'}  ${t.alg}: ${t.target}: ${t.value}`);
+if (million) console.log('\n1,000,000 calls (pool of 2, c=256, ECDSA, 32 B):', JSON.stringify(million));
+mkdirSync('var', { recursive: true });
+writeFileSync('var/bench.json', JSON.stringify({ when: new Date().toISOString(), seconds: SECONDS, results, targets, million }, null, 2));
+console.log('\nwritten: var/bench.json');
+process.exit(0);
