@@ -14,6 +14,7 @@ import { startSupervisor, type Pkcs11Supervisor } from './client.js';
 import { Pkcs11SupervisorError } from './errors.js';
 import { createLogger } from './logger.js';
 import { verifyAuditFile } from './audit.js';
+import { loadConfigFile, printableConfig } from './config.js';
 import type { KeyRef } from './validate.js';
 import type { PinCallback } from './pin-chain.js';
 
@@ -29,6 +30,7 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>
   verify --slot S --key K --mechanism M --in FILE --signature FILE [--format der|raw] [--prehashed]
   pubkey --slot S --key K [--format pem|jwk|der] [--out FILE]
   audit verify FILE                        check the audit trail's hash chain; says where it breaks
+  config print                             the effective config, every default filled in (PIN sources by kind only)
 
   K is a key ref from the config, or label:NAME, or id:HEX.
   --config defaults to config/default.json.`;
@@ -106,7 +108,11 @@ async function run(argv: string[]): Promise<number> {
     return values.help ? 0 : 2;
   }
   const [cmd, sub] = positionals;
-  const command = cmd === 'keys' || cmd === 'audit' ? `${cmd} ${sub ?? ''}` : cmd!;
+  const command = cmd === 'keys' || cmd === 'audit' || cmd === 'config' ? `${cmd} ${sub ?? ''}` : cmd!;
+  if (command === 'config print') {
+    process.stdout.write(`${JSON.stringify(printableConfig(loadConfigFile(values.config!)), null, 2)}\n`);
+    return 0;
+  }
   if (command === 'audit verify') {
     const file = positionals[2];
     if (!file) throw new Usage('audit verify FILE');

@@ -144,6 +144,8 @@ export interface SignJwsRequest extends CallOptions {
   payload: string | Uint8Array | Record<string, unknown>;
   /** Extra protected header fields; `alg` is set from the request, `kid` defaults to the key's CKA_ID. */
   header?: Record<string, unknown>;
+  /** Put the key's certificate in the header (x5c). */
+  x5c?: boolean;
 }
 
 export class Pkcs11Supervisor {
@@ -206,6 +208,17 @@ export class Pkcs11Supervisor {
 
   /** Refuses, before queueing, a mechanism the token cannot do or one for another key type. */
   private checkMechanism(slot: Slot, key: unknown, mechanism: MechanismName, prehashed: boolean): void {
+    const keyRef = typeof key === 'string' && Object.hasOwn(slot.config.keys, key) ? slot.config.keys[key] : undefined;
+    const lists: [string, readonly MechanismName[] | undefined][] = [
+      ['allowedMechanisms', this.sup.config.allowedMechanisms],
+      [`slots.${slot.name}.allowedMechanisms`, slot.config.allowedMechanisms],
+      [`slots.${slot.name}.keys.${String(key)}.allowedMechanisms`, keyRef?.allowedMechanisms],
+    ];
+    for (const [where, list] of lists) {
+      if (list && !list.includes(mechanism)) {
+        throw new Pkcs11SupervisorError('MECHANISM_NOT_ALLOWED', `${mechanism} is not in ${where} (${list.join(', ')})`, { slot: slot.name });
+      }
+    }
     const { mechanisms, keyTypes } = slot.capabilities;
     if (!prehashed && mechanisms.size > 0 && !mechanisms.has(mechanism)) {
       throw new Pkcs11SupervisorError('MECHANISM_INVALID', `the token of slot "${slot.name}" cannot do ${mechanism}; it can do: ${[...mechanisms].join(', ')}`, { slot: slot.name });
@@ -311,10 +324,13 @@ export class Pkcs11Supervisor {
     return d!;
   }
 
+  /** The key's certificate: the one its ref names by certLabel/certId, else the one stored under the key's own label/id. */
   async getCertificate(request: PublicKeyRequest): Promise<CertificateInfo> {
     const req = this.request(request);
     const slot = this.slotOf(req.slot);
-    const der = Buffer.from(await this.run<Uint8Array>(slot, { op: 'certificate', key: check.keySelector(slot, req.key) }, null, req, false));
+    const ref = typeof req.key === 'string' && Object.hasOwn(slot.config.keys, req.key) ? slot.config.keys[req.key] : undefined;
+    const sel = ref?.certLabel !== undefined ? { label: ref.certLabel } : ref?.certId !== undefined ? { id: ref.certId.toLowerCase() } : check.keySelector(slot, req.key);
+    const der = Buffer.from(await this.run<Uint8Array>(slot, { op: 'certificate', key: sel }, null, req, false));
     const x509 = new X509Certificate(der);
     return { der, pem: x509.toString(), x509 };
   }
@@ -350,7 +366,8 @@ export class Pkcs11Supervisor {
     const body =
       typeof payload === 'string' ? payload : payload instanceof Uint8Array ? payload : payload && typeof payload === 'object' ? JSON.stringify(payload) : undefined;
     if (body === undefined) throw check.badInput('payload must be a string, bytes or an object', slot.name);
-    const header = { ...(req.header as Record<string, unknown> | undefined), alg, kid: (req.header as { kid?: unknown } | undefined)?.kid ?? info.id };
+    const header: Record<string, unknown> = { ...(req.header as Record<string, unknown> | undefined), alg, kid: (req.header as { kid?: unknown } | undefined)?.kid ?? info.id };
+    if (req.x5c === true) header.x5c = [(await this.getCertificate({ ...(req as object), slot: slot.name, key: req.key as KeyRef })).der.toString('base64')];
     const signingInput = `${b64url(JSON.stringify(header))}.${b64url(body)}`;
     const sig = await this.sign({ ...(req as object), slot: slot.name, key: req.key as KeyRef, mechanism: JWS_ALGS[alg], data: Buffer.from(signingInput), signatureFormat: 'raw' });
     return `${signingInput}.${b64url(sig)}`;
@@ -389,12 +406,14 @@ export class Pkcs11Supervisor {
     const req = typeof request === 'string' ? { ...options, slot: request, pin } : this.request(request);
     const slot = this.slotOf(req.slot);
     const perCall = check.pin(req.pin, slot.name);
+    if (slot.config.type === 'cloud') return; // login is a no-op for a cloud HSM
     await this.submit(slot, 'login', null, req, false, (w, call) => w.logIn(perCall, call.deadline, 'login', true));
   }
 
   async logout(request: SlotRequest | string): Promise<void> {
     const req = typeof request === 'string' ? { slot: request } : this.request(request);
     const slot = this.slotOf(req.slot);
+    if (slot.config.type === 'cloud') return;
     await this.submit(slot, 'logout', null, req, false, (w, call) => w.logOut(call.deadline));
   }
 
@@ -469,7 +488,8 @@ export class Pkcs11Supervisor {
   ): Promise<T> {
     const spec = {
       task,
-      needsLogin,
+      // A cloud HSM authenticates with cloud credentials: there is no login to wait for.
+      needsLogin: needsLogin && slot.config.type !== 'cloud',
       pin: check.pin(req.pin, slot.name),
       timeoutMs: check.timeoutMs(req.timeoutMs, slot),
       signal: check.signal(req.signal, slot.name),

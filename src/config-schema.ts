@@ -3,6 +3,7 @@
  * the type the rest of the code uses. `npm run schema` writes config/schema.json from it.
  */
 import { z } from 'zod';
+import { MECHANISM_NAMES, type MechanismName } from './mechanisms.js';
 
 const hex = z.string().regex(/^([0-9a-fA-F]{2})+$/, 'must be hex bytes, e.g. "01" or "a1b2"');
 
@@ -19,9 +20,20 @@ export const TokenSelectorSchema = z.union(
   { error: 'token must be one of {"label": "..."}, {"serial": "..."} or {"slotIndex": n}' },
 );
 
+const MechanismNameSchema = z.enum(MECHANISM_NAMES as [MechanismName, ...MechanismName[]]);
+const AllowListSchema = z.array(MechanismNameSchema).min(1);
+
 export const KeyRefSchema = z
-  .strictObject({ label: z.string().min(1).max(256).optional(), id: hex.optional() })
-  .refine((k) => k.label !== undefined || k.id !== undefined, { message: 'a key names its label, its id, or both' });
+  .strictObject({
+    label: z.string().min(1).max(256).optional(),
+    id: hex.optional(),
+    /** The key's certificate, by its own label or id (not both); getCertificate and signJws (x5c) use it. */
+    certLabel: z.string().min(1).max(256).optional(),
+    certId: hex.optional(),
+    allowedMechanisms: AllowListSchema.optional(),
+  })
+  .refine((k) => k.label !== undefined || k.id !== undefined, { message: 'a key names its label, its id, or both' })
+  .refine((k) => k.certLabel === undefined || k.certId === undefined, { message: 'name the certificate by certLabel or certId, not both', path: ['certId'] });
 
 export const RestartPolicySchema = z.strictObject({
   /** At most this many restarts of the slot's workers within `windowMs`; one more marks the slot failed. */
@@ -35,19 +47,26 @@ export const SlotSchema = z
   .strictObject({
     module: z.string().min(1),
     token: TokenSelectorSchema,
-    type: z.enum(['token', 'hsm']).default('token'),
+    /**
+     * token: a PIN-protected USB token or smart card: one worker, a PIN source, lazy by default.
+     * hsm: a network or soft HSM: pools allowed. cloud: a cloud HSM module that authenticates
+     * with cloud credentials: pools allowed, no login, no PIN source.
+     */
+    type: z.enum(['token', 'hsm', 'cloud']).default('token'),
     poolSize: z.number().int().min(1).max(64).default(1),
     pin: PinSourceSchema.optional(),
     keys: z.record(z.string().min(1), KeyRefSchema).default({}),
-    /** Log out after this long without a call; 0 keeps the login until logout or restart. */
-    idleTimeoutMs: z.number().int().min(0).default(0),
+    /** Log out after this long without a call; 0 keeps the login. Default: the global sessionTimeoutMs. */
+    idleTimeoutMs: z.number().int().min(0).optional(),
     /** After an idle logout: `prompt` asks the PIN chain again; `fail` waits for an explicit login(). */
     reauthentication: z.enum(['prompt', 'fail']).default('prompt'),
     queueLimit: z.number().int().min(1).max(1_000_000).default(1000),
     callTimeoutMs: z.number().int().min(1).default(30_000),
     /** How long past its deadline a call may keep the worker before the worker is declared wedged and replaced. */
     hungCallGraceMs: z.number().int().min(0).default(1_000),
-    lazy: z.boolean().default(false),
+    /** Open on first use. Default: true for a token (the daemon starts without it plugged in), false otherwise. */
+    lazy: z.boolean().optional(),
+    allowedMechanisms: AllowListSchema.optional(),
     /** Health probe period: C_GetSessionInfo on idle workers (keepalive), token presence for a failed slot. 0 disables. */
     probeIntervalMs: z.number().int().min(0).default(30_000),
     /** Larger inputs are refused with BAD_INPUT before they are copied to a worker; hash big documents first. */
@@ -56,6 +75,9 @@ export const SlotSchema = z
     restart: RestartPolicySchema.default(() => RestartPolicySchema.parse({})),
   })
   .superRefine((slot, ctx) => {
+    if (slot.type === 'cloud' && slot.pin !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['pin'], message: 'a "cloud" slot authenticates with cloud credentials: it takes no PIN source' });
+    }
     if (slot.type === 'token' && slot.poolSize !== 1) {
       ctx.addIssue({
         code: 'custom',
@@ -66,14 +88,21 @@ export const SlotSchema = z
   });
 
 export const ModuleSchema = z.strictObject({
-  path: z.string().min(1),
+  /** An absolute path: a bare name would be found through the library search path. */
+  path: z.string().min(1).refine((p) => p.startsWith('/'), { message: 'must be an absolute path to the library, not a name looked up on the search path' }),
+  /** The library file's SHA-256 (hex): a library that differs is refused at start. */
+  sha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits').optional(),
   /** Process environment the module reads at C_Initialize (e.g. SOFTHSM2_CONF). */
   env: z.record(z.string().min(1), z.string()).default({}),
 });
 
-export const ConfigSchema = z
+const ConfigObjectSchema = z
   .strictObject({
     modules: z.record(z.string().min(1), ModuleSchema),
+    /** Mechanisms any slot may use; a slot's or key's own list narrows it. */
+    allowedMechanisms: AllowListSchema.optional(),
+    /** Idle logout that slots inherit unless they set idleTimeoutMs. */
+    sessionTimeoutMs: z.number().int().min(0).default(300_000),
     slots: z.record(z.string().min(1), SlotSchema).refine((s) => Object.keys(s).length > 0, { message: 'configure at least one slot' }),
     metrics: z
       .strictObject({
@@ -97,12 +126,37 @@ export const ConfigSchema = z
           message: `names module "${slot.module}", which is not in "modules" (${Object.keys(cfg.modules).join(', ') || 'none defined'})`,
         });
       }
+      const global = cfg.allowedMechanisms;
+      if (global && slot.allowedMechanisms && !slot.allowedMechanisms.some((m) => global.includes(m))) {
+        ctx.addIssue({ code: 'custom', path: ['slots', name, 'allowedMechanisms'], message: `shares no mechanism with the global allowedMechanisms (${global.join(', ')})` });
+      }
+    }
+    // A library is initialized once per process: one library, one set of module settings.
+    const byPath = new Map<string, string>();
+    for (const [name, mod] of Object.entries(cfg.modules)) {
+      const other = byPath.get(mod.path);
+      if (other && JSON.stringify(cfg.modules[other]) !== JSON.stringify(mod)) {
+        ctx.addIssue({ code: 'custom', path: ['modules', name], message: `loads the same library as module "${other}" with different settings; a library is initialized once per process` });
+      }
+      byPath.set(mod.path, other ?? name);
     }
   });
 
+/** Cross-field defaults, resolved once here so the rest of the code reads plain values. */
+export const ConfigSchema = ConfigObjectSchema.transform((cfg) => ({
+  ...cfg,
+  slots: Object.fromEntries(
+    Object.entries(cfg.slots).map(([name, slot]) => [
+      name,
+      { ...slot, lazy: slot.lazy ?? slot.type === 'token', idleTimeoutMs: slot.idleTimeoutMs ?? cfg.sessionTimeoutMs },
+    ]),
+  ),
+}));
+
 export type Config = z.output<typeof ConfigSchema>;
+export type ConfigObject = z.output<typeof ConfigObjectSchema>;
 export type ConfigInput = z.input<typeof ConfigSchema>;
-export type SlotConfig = z.output<typeof SlotSchema>;
+export type SlotConfig = Config['slots'][string];
 export type ModuleConfig = z.output<typeof ModuleSchema>;
 export type KeyRefConfig = z.output<typeof KeyRefSchema>;
 export type PinSource = z.output<typeof PinSourceSchema>;

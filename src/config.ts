@@ -39,3 +39,13 @@ export function loadConfigFile(file: string): Config {
 export function configJsonSchema(): unknown {
   return z.toJSONSchema(ConfigSchema, { io: 'input' });
 }
+
+/** The effective config with every default filled in, PIN sources shown by kind only. */
+export function printableConfig(config: Config): unknown {
+  return {
+    ...config,
+    slots: Object.fromEntries(
+      Object.entries(config.slots).map(([name, slot]) => [name, { ...slot, pin: slot.pin ? { kind: 'env' in slot.pin ? 'env' : 'file' } : undefined }]),
+    ),
+  };
+}

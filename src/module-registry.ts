@@ -8,6 +8,8 @@
  */
 import type * as P11 from 'pkcs11js';
 import { pkcs11js } from '../workers/pkcs11js.js';
+import { createHash } from 'node:crypto';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { Pkcs11SupervisorError } from './errors.js';
 
 interface ModuleUse {
@@ -39,7 +41,45 @@ export function hasWedgedThreads(path: string): boolean {
   return (wedgedInside.get(path) ?? 0) > 0;
 }
 
-export function acquireModule(path: string, env: Record<string, string>, name: string): void {
+/** Libraries loaded through a pinned descriptor: the path configured → the path everyone loads. */
+const pinned = new Map<string, string>();
+
+/**
+ * Opens the library file once, hashes it through that descriptor and has everyone load
+ * /proc/self/fd/N: the bytes that were checked are the bytes that run, even if the file on
+ * disk is swapped afterwards.
+ */
+function pinLibrary(path: string, sha256: string, name: string): string {
+  const known = pinned.get(path);
+  if (known) return known;
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw new Pkcs11SupervisorError('MODULE_LOAD_FAILED', `modules.${name}.path: cannot open ${path}: ${(e as Error).message}`, {
+      issues: [{ path: `modules.${name}.path`, message: (e as Error).message }],
+    });
+  }
+  const actual = createHash('sha256').update(readFileSync(fd)).digest('hex');
+  if (actual !== sha256.toLowerCase()) {
+    closeSync(fd);
+    throw new Pkcs11SupervisorError('MODULE_REJECTED', `modules.${name}.sha256: ${path} has SHA-256 ${actual}, not the pinned ${sha256.toLowerCase()}; refusing to load it`, {
+      issues: [{ path: `modules.${name}.sha256`, message: `the library's SHA-256 is ${actual}` }],
+    });
+  }
+  const loadPath = `/proc/self/fd/${fd}`;
+  pinned.set(path, loadPath);
+  return loadPath;
+}
+
+/** Takes a use of a library; returns the path to load it by (the pinned descriptor when sha256 is set). */
+export function acquireModule(configuredPath: string, env: Record<string, string>, name: string, sha256?: string): string {
+  const path = sha256 ? pinLibrary(configuredPath, sha256, name) : configuredPath;
+  acquireLoaded(path, env, name);
+  return path;
+}
+
+function acquireLoaded(path: string, env: Record<string, string>, name: string): void {
   for (const [otherPath, use] of inUse) {
     for (const [k, v] of Object.entries(env)) {
       if (k in use.env && use.env[k] !== v) {
@@ -137,4 +177,24 @@ export function reinitializeModule(path: string): boolean {
   } catch (e) {
     return (e as Error).message === 'CKR_CRYPTOKI_ALREADY_INITIALIZED';
   }
+}
+
+/**
+ * A closed gate holds every new task for a module's threads; C_Finalize must not run while
+ * any thread is inside a call of the module (the spec leaves it undefined; SoftHSM2 crashes).
+ */
+const gates = new Map<string, Promise<void>>();
+
+export function moduleGate(path: string): Promise<void> | undefined {
+  return gates.get(path);
+}
+
+/** Closes the gate of a module; call the returned function to open it again. */
+export function closeModuleGate(path: string): () => void {
+  let open!: () => void;
+  gates.set(path, new Promise<void>((r) => (open = r)));
+  return () => {
+    gates.delete(path);
+    open();
+  };
 }

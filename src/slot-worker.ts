@@ -10,7 +10,7 @@ import { Pkcs11SupervisorError } from './errors.js';
 import type { PinChain, PinOrigin } from './pin-chain.js';
 import type { Secret } from './secret.js';
 import { SessionThread, ThreadDied } from './session-thread.js';
-import { closeOrphanSession, threadAbandoned } from './module-registry.js';
+import { closeOrphanSession, moduleGate, threadAbandoned } from './module-registry.js';
 import type { SlotConfig } from './config-schema.js';
 import type { OpenReport, SessionReport, WorkerReply, WorkerTask } from '../workers/protocol.js';
 
@@ -68,9 +68,9 @@ export class SlotWorker {
       actors: {
         openSession: fromPromise<OpenReport, void>(() => this.openSession()),
         login: fromPromise<SessionReport, { pin: Secret }>(async ({ input }) =>
-          unwrap(await this.liveThread().run<SessionReport>({ op: 'login', pin: input.pin.reveal(), userType: 'user' }), this.slot),
+          unwrap(await this.runTask<SessionReport>({ op: 'login', pin: input.pin.reveal(), userType: 'user' }, Date.now() + opts.config.callTimeoutMs), this.slot),
         ),
-        logout: fromPromise<SessionReport, void>(async () => unwrap(await this.liveThread().run<SessionReport>({ op: 'logout' }), this.slot)),
+        logout: fromPromise<SessionReport, void>(async () => unwrap(await this.runTask<SessionReport>({ op: 'logout' }, Date.now() + opts.config.callTimeoutMs), this.slot)),
         closeSession: fromPromise<null, void>(() => this.closeSession()),
       },
       actions: { abandonThread: () => this.abandonThread() },
@@ -84,6 +84,11 @@ export class SlotWorker {
       opts.hooks.stateChanged(this, from, to);
     });
     this.actor.start();
+  }
+
+  /** A task of this worker is inside its thread (and so maybe inside the module). */
+  get threadBusy(): boolean {
+    return this.thread?.busy ?? false;
   }
 
   get accepting(): boolean {
@@ -113,6 +118,7 @@ export class SlotWorker {
       const thread: SessionThread = new SessionThread((reason) => this.threadDied(thread, reason.message));
       this.thread = thread;
     }
+    await moduleGate(this.opts.modulePath);
     const { modulePath, config } = this.opts;
     const keys = Object.fromEntries(Object.entries(config.keys).map(([ref, k]) => [ref, { label: k.label, id: k.id?.toLowerCase() }]));
     const report = unwrap(await this.thread.run<OpenReport>({ op: 'open', modulePath, token: config.token, readWrite: config.readWrite, keys }), this.slot);
@@ -152,6 +158,8 @@ export class SlotWorker {
    * wedged: it is abandoned, which fails the pending run, and this call reports Wedged.
    */
   async runTask<T>(task: WorkerTask, deadline: number): Promise<WorkerReply<T>> {
+    const gate = moduleGate(this.opts.modulePath);
+    if (gate) await gate; // the module is being reset: nothing enters it until it is back
     const thread = this.liveThread();
     let wedged = false;
     const timer = setTimeout(() => {

@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import type { Config } from './config-schema.js';
 import { Pkcs11SupervisorError } from './errors.js';
 import { SupervisorEmitter } from './events.js';
-import { acquireModule, releaseModule, reinitializeModule } from './module-registry.js';
+import { acquireModule, closeModuleGate, releaseModule, reinitializeModule } from './module-registry.js';
 import { MODULE_BROKEN_CKRS } from './ckr.js';
 import type { PinCallback } from './pin-chain.js';
 import { RestartBudget } from './restart-budget.js';
@@ -24,6 +24,8 @@ export class Supervisor {
   private readonly budgets = new Map<Slot, RestartBudget>();
   private readonly probes: HealthProbe[] = [];
   private readonly lastModuleReset = new Map<string, number>();
+  /** Module name → the path its library is loaded by (a pinned descriptor when sha256 is set). */
+  private readonly loadPaths = new Map<string, string>();
   private closing: Promise<void> | null = null;
 
   constructor(
@@ -31,16 +33,23 @@ export class Supervisor {
     readonly log: Logger,
     pinCallback: PinCallback | undefined,
   ) {
+    // A token is PIN-protected: it needs somewhere to get a PIN from.
+    const pinless = Object.entries(config.slots).filter(([, s]) => s.type === 'token' && !s.pin && !pinCallback);
+    if (pinless.length > 0) {
+      const issues = pinless.map(([n]) => ({ path: `slots.${n}.pin`, message: 'a "token" slot needs a PIN source: pin.env, pin.file, or a pinCallback given to startSupervisor' }));
+      throw new Pkcs11SupervisorError('CONFIG_INVALID', `config is invalid:\n${issues.map((i) => `  ${i.path}: ${i.message}`).join('\n')}`, { issues });
+    }
     const acquired: string[] = [];
     try {
       for (const [name, slotConfig] of Object.entries(config.slots)) {
         const mod = config.modules[slotConfig.module]!;
-        acquireModule(mod.path, mod.env, slotConfig.module);
-        acquired.push(mod.path);
-        const slot = new Slot(name, slotConfig, mod.path, pinCallback, this.events, log, this);
+        const loadPath = acquireModule(mod.path, mod.env, slotConfig.module, mod.sha256);
+        this.loadPaths.set(slotConfig.module, loadPath);
+        acquired.push(loadPath);
+        const slot = new Slot(name, slotConfig, loadPath, pinCallback, this.events, log, this);
         this.slots.set(name, slot);
         this.budgets.set(slot, new RestartBudget(slotConfig.restart));
-        this.probes.push(new HealthProbe(slot, mod.path, (s) => this.reset(s), log));
+        this.probes.push(new HealthProbe(slot, loadPath, (s) => this.reset(s), log));
       }
     } catch (e) {
       for (const path of acquired) releaseModule(path);
@@ -83,17 +92,23 @@ export class Supervisor {
    * for every worker of every slot on it, then let them all re-open. One incident, one reset.
    */
   private resetModule(origin: Slot, ckr: string): void {
-    const path = this.config.modules[origin.config.module]!.path;
+    const path = this.loadPaths.get(origin.config.module)!;
     const now = Date.now();
     if (now - (this.lastModuleReset.get(path) ?? 0) < 2_000) return;
     this.lastModuleReset.set(path, now);
-    const ok = reinitializeModule(path);
-    this.log.warn({ module: path, ckr, ok }, 'module reset: finalized and initialized again; every session of it re-opens');
-    this.events.emit('moduleReset', { module: path, ckr, ok });
-    for (const s of this.slots.values()) {
-      if (this.config.modules[s.config.module]!.path !== path) continue;
-      for (const w of s.workers) if (w.state === 'open' || w.state === 'logged_in') w.actor.send({ type: 'SESSION_LOST' });
-    }
+    const onModule = [...this.slots.values()].filter((s) => this.loadPaths.get(s.config.module) === path);
+    const open = closeModuleGate(path);
+    void (async () => {
+      // Quiesce: wait until no thread of the module is inside a call, then reset it.
+      const deadline = Date.now() + 5_000;
+      while (onModule.some((s) => s.workers.some((w) => w.threadBusy)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+      const quiet = !onModule.some((s) => s.workers.some((w) => w.threadBusy));
+      const ok = quiet && reinitializeModule(path);
+      open();
+      this.log.warn({ module: path, ckr, ok, quiet }, ok ? 'module reset: finalized and initialized again; every session of it re-opens' : 'module reset skipped: a thread is still inside the module');
+      this.events.emit('moduleReset', { module: path, ckr, ok });
+      for (const s of onModule) for (const w of s.workers) if (w.state === 'open' || w.state === 'logged_in') w.actor.send({ type: 'SESSION_LOST' });
+    })();
   }
 
   /** Operator action: forget the slot's restart history and bring failed workers back. */
@@ -124,6 +139,6 @@ export class Supervisor {
 
     // Close every session, then let the module owner finalize what this process no longer uses.
     await Promise.all(slots.flatMap((s) => s.workers.map((w) => w.close())));
-    for (const s of slots) releaseModule(this.config.modules[s.config.module]!.path);
+    for (const s of slots) releaseModule(this.loadPaths.get(s.config.module)!);
   }
 }

@@ -74,7 +74,7 @@ describe('hostile and careless input through the client API', () => {
 });
 
 describe('bad config and modules', () => {
-  const base = () => configFor(td, { t: { token: { label: 'bad' } } });
+  const base = () => configFor(td, { t: { token: { label: 'bad' }, pin: { env: 'BAD_PIN' } } });
   const start = (mutate: (c: any) => void) => {
     const c: any = base();
     mutate(c);

@@ -23,7 +23,9 @@ describe('config validation', () => {
   it('accepts a minimal config and fills the documented defaults', () => {
     const c = parseConfig(valid());
     const s = c.slots.signer!;
-    expect(s).toMatchObject({ type: 'token', poolSize: 1, queueLimit: 1000, callTimeoutMs: 30000, reauthentication: 'prompt', lazy: false, idleTimeoutMs: 0 });
+    // A token slot is lazy by default (the daemon starts without it plugged in) and inherits sessionTimeoutMs.
+    expect(s).toMatchObject({ type: 'token', poolSize: 1, queueLimit: 1000, callTimeoutMs: 30000, reauthentication: 'prompt', lazy: true, idleTimeoutMs: 300000 });
+    expect(c.sessionTimeoutMs).toBe(300000);
     expect(s.restart).toEqual({ maxRestarts: 5, windowMs: 60000, backoffInitialMs: 100, backoffMaxMs: 5000 });
     expect(c.metrics).toEqual({ enabled: true, host: '127.0.0.1', port: 9464 });
   });

@@ -62,7 +62,8 @@ describe('slot states follow the token', () => {
 
 describe('wrong PINs are never retried automatically', () => {
   it('a wrong per-call PIN costs exactly one C_Login; the same PIN again never reaches the token; a right one works', async () => {
-    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'wrongpin' } } }) });
+    // PINs come with each call here: an HSM-style slot (a token slot needs a PIN source).
+    sup = await startSupervisor({ config: configFor(td, { s: { type: 'hsm', token: { label: 'wrongpin' } } }) });
     expect(sup.status().slots.s!.state).toBe('open');
     expect(await loginCalls(sup, 's')).toBe(0);
 

@@ -126,7 +126,7 @@ describe('objects', () => {
   });
 
   it('a session that is not logged in sees only public objects', async () => {
-    const anon = await startSupervisor({ config: configFor(td, { a: { token: { label: 'anon' }, lazy: true } }) });
+    const anon = await startSupervisor({ config: configFor(td, { a: { type: 'hsm', token: { label: 'anon' }, lazy: true } }) });
     try {
       const all = await anon.findObjects({ slot: 'a' });
       expect(all).toEqual([expect.objectContaining({ class: 'publicKey', label: 'ec', private: false })]);

@@ -79,7 +79,7 @@ describe('resilience against a misbehaving module', () => {
   });
 
   it('a wrong PIN through the module is exactly one C_Login, and a locked token is PIN_LOCKED with no retry', async () => {
-    sup = await startSupervisor({ config: faultConfig(td, faults, { t: { token: { label: 'res' } } }) });
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: { type: 'hsm', token: { label: 'res' } } }) });
     await sup.logout({ slot: 't' });
     const before = faults.counts();
     await expect(sign(sup, 't', { pin: 'nope-nope' })).rejects.toMatchObject({ code: 'PIN_INCORRECT' });

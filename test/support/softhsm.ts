@@ -67,7 +67,8 @@ export function configFor(td: TokenDir, slots: Record<string, Record<string, unk
   return {
     modules: { soft: { path: MODULE, env: { SOFTHSM2_CONF: td.conf } } },
     slots: Object.fromEntries(
-      Object.entries(slots).map(([name, s]) => [name, { module: 'soft', keys: { rsa: { label: 'rsa', id: '01' }, ec: { label: 'ec', id: '02' } }, ...s }]),
+      // Eager by default in tests (a token slot is lazy by default in production).
+      Object.entries(slots).map(([name, s]) => [name, { module: 'soft', lazy: false, keys: { rsa: { label: 'rsa', id: '01' }, ec: { label: 'ec', id: '02' } }, ...s }]),
     ),
     metrics: { enabled: false },
     log: { level: 'silent' as const },
