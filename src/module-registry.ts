@@ -16,6 +16,8 @@ interface ModuleUse {
   users: number;
   env: Record<string, string>;
   lib: P11.PKCS11;
+  /** This registry's C_Initialize was the first in the process: only then is C_Finalize ours to call. */
+  ownsInitialization: boolean;
 }
 
 const inUse = new Map<string, ModuleUse>();
@@ -72,14 +74,25 @@ function pinLibrary(path: string, sha256: string, name: string): string {
   return loadPath;
 }
 
-/** Takes a use of a library; returns the path to load it by (the pinned descriptor when sha256 is set). */
-export function acquireModule(configuredPath: string, env: Record<string, string>, name: string, sha256?: string): string {
-  const path = sha256 ? pinLibrary(configuredPath, sha256, name) : configuredPath;
-  acquireLoaded(path, env, name);
-  return path;
+export interface AcquiredModule {
+  /** The path every thread loads the library by (the pinned descriptor when sha256 is set). */
+  loadPath: string;
+  /**
+   * Someone else in this process called C_Initialize first, with flags this registry cannot
+   * know. Without CKF_OS_LOCKING_OK a module may run without locks, and calls from several
+   * threads then corrupt it (SoftHSM2: CKR_GENERAL_ERROR, then a crash).
+   */
+  initializedElsewhere: boolean;
 }
 
-function acquireLoaded(path: string, env: Record<string, string>, name: string): void {
+/** Takes a use of a library. */
+export function acquireModule(configuredPath: string, env: Record<string, string>, name: string, sha256?: string): AcquiredModule {
+  const loadPath = sha256 ? pinLibrary(configuredPath, sha256, name) : configuredPath;
+  return { loadPath, initializedElsewhere: !acquireLoaded(loadPath, env, name) };
+}
+
+/** Returns whether this registry initialized the library (or it failed to initialize: the workers report why). */
+function acquireLoaded(path: string, env: Record<string, string>, name: string): boolean {
   for (const [otherPath, use] of inUse) {
     for (const [k, v] of Object.entries(env)) {
       if (k in use.env && use.env[k] !== v) {
@@ -97,7 +110,7 @@ function acquireLoaded(path: string, env: Record<string, string>, name: string):
   const use = inUse.get(path);
   if (use) {
     use.users++;
-    return;
+    return use.ownsInitialization;
   }
   const lib = new pkcs11js.PKCS11();
   try {
@@ -107,7 +120,16 @@ function acquireLoaded(path: string, env: Record<string, string>, name: string):
       issues: [{ path: `modules.${name}.path`, message: (e as Error).message }],
     });
   }
-  inUse.set(path, { users: 1, env: { ...env }, lib });
+  // The first C_Initialize in a process decides the threading model for everyone: make it
+  // ours, with OS locking, before any worker thread calls the module.
+  let ownsInitialization = true;
+  try {
+    lib.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  } catch (e) {
+    ownsInitialization = (e as Error).message !== 'CKR_CRYPTOKI_ALREADY_INITIALIZED';
+  }
+  inUse.set(path, { users: 1, env: { ...env }, lib, ownsInitialization });
+  return ownsInitialization;
 }
 
 /** The last release finalizes the module (after every session of it is closed) and drops the owner's reference. */
@@ -118,6 +140,11 @@ export function releaseModule(path: string): void {
   // A thread still inside the module would crash the process when it returns: leave the
   // module loaded and initialized; process exit ends both.
   if (hasWedgedThreads(path)) return;
+  // Initialized by someone else in the process: finalizing would pull it from under them.
+  if (!use.ownsInitialization) {
+    use.lib.close();
+    return;
+  }
   try {
     use.lib.C_Finalize();
   } catch {

@@ -273,17 +273,28 @@ export class SlotWorker {
     throw new Pkcs11SupervisorError('PIN_REQUIRED', `slot "${this.slot}" could not reach a logged-in session`, { slot: this.slot });
   }
 
+  /** Down because the token is not there: no reason to keep a caller waiting for the restarts. */
+  private tokenAbsent(state: SlotState, error: { code: string } | null): boolean {
+    return (state === 'crashed' || state === 'restarting') && error?.code === 'TOKEN_NOT_FOUND';
+  }
+
   private async settledState(deadline: number): Promise<SlotState> {
     if (this.state === 'uninitialized') this.start();
-    if (SETTLED.has(this.state)) return this.state;
-    const timeout = deadline - Date.now();
-    if (timeout <= 0) throw new Pkcs11SupervisorError('TIMEOUT', `slot "${this.slot}" was not ready before the deadline`, { slot: this.slot });
-    try {
-      const snap = await waitFor(this.actor, (s) => SETTLED.has(s.value as SlotState), { timeout });
-      return snap.value as SlotState;
-    } catch {
-      throw new Pkcs11SupervisorError('TIMEOUT', `slot "${this.slot}" was not ready before the deadline (state ${this.state})`, { slot: this.slot });
+    let state = this.state;
+    if (!SETTLED.has(state) && !this.tokenAbsent(state, this.context.lastError)) {
+      const timeout = deadline - Date.now();
+      if (timeout <= 0) throw new Pkcs11SupervisorError('TIMEOUT', `slot "${this.slot}" was not ready before the deadline`, { slot: this.slot });
+      try {
+        const snap = await waitFor(this.actor, (s) => SETTLED.has(s.value as SlotState) || this.tokenAbsent(s.value as SlotState, s.context.lastError), { timeout });
+        state = snap.value as SlotState;
+      } catch {
+        throw new Pkcs11SupervisorError('TIMEOUT', `slot "${this.slot}" was not ready before the deadline (state ${this.state})`, { slot: this.slot });
+      }
     }
+    if (this.tokenAbsent(state, this.context.lastError)) {
+      throw new Pkcs11SupervisorError('TOKEN_NOT_FOUND', `slot "${this.slot}": ${this.context.lastError!.message}`, { slot: this.slot });
+    }
+    return state;
   }
 
   /**

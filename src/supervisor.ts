@@ -43,7 +43,10 @@ export class Supervisor {
     try {
       for (const [name, slotConfig] of Object.entries(config.slots)) {
         const mod = config.modules[slotConfig.module]!;
-        const loadPath = acquireModule(mod.path, mod.env, slotConfig.module, mod.sha256);
+        const { loadPath, initializedElsewhere } = acquireModule(mod.path, mod.env, slotConfig.module, mod.sha256);
+        if (initializedElsewhere && !this.loadPaths.has(slotConfig.module)) {
+          log.warn({ module: mod.path }, 'the module was initialized by other code in this process; it must have used CKF_OS_LOCKING_OK, or calls from several threads can corrupt it. It is not finalized at close.');
+        }
         this.loadPaths.set(slotConfig.module, loadPath);
         acquired.push(loadPath);
         const slot = new Slot(name, slotConfig, loadPath, pinCallback, this.events, log, this);
@@ -129,9 +132,9 @@ export class Supervisor {
     for (const s of slots) s.mailbox.close(closed);
     await Promise.all(slots.map((s) => s.mailbox.drained()));
 
-    // Logout is token-wide: once per slot is enough.
+    // Logout is token-wide: once per slot is enough. A cloud slot's login is not ours to end.
     await Promise.all(
-      slots.map(async (s) => {
+      slots.filter((s) => s.config.type !== 'cloud').map(async (s) => {
         const w = s.workers.find((x) => x.state === 'logged_in');
         if (w) await w.logOut(Date.now() + s.config.callTimeoutMs).catch((e: Error) => this.log.warn({ slot: s.name, err: e.message }, 'logout at close failed'));
       }),

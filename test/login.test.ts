@@ -35,7 +35,7 @@ describe('slot states follow the token', () => {
     sup.on('stateChange', (e: StateChangeEvent) => seen.push(`${e.from}>${e.to}`));
     expect(sup.status().slots.s!.workers[0]!.state).toBe('logged_in');
     expect((await sup.probe({ slot: 's' })).state).toBe('RW_USER');
-    const outside = new ExternalSession('states');
+    const outside = new ExternalSession(td, 'states');
     expect(outside.state()).toBe('RW_USER');
 
     await sup.logout({ slot: 's' });
@@ -132,7 +132,7 @@ describe('recovery', () => {
     sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'external' }, pin: { env: 'TEST_PIN_EXT' } } }) });
     await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
     const before = await loginCalls(sup, 's');
-    const outside = new ExternalSession('external');
+    const outside = new ExternalSession(td, 'external');
     outside.logout();
     expect(outside.state()).toBe('RW_PUBLIC');
 

@@ -4,7 +4,7 @@
  */
 import { createRequire } from 'node:module';
 import type * as P11 from 'pkcs11js';
-import { MODULE } from './softhsm.js';
+import { MODULE, type TokenDir } from './softhsm.js';
 
 const pkcs11js = createRequire(import.meta.url)('pkcs11js') as typeof P11;
 const STATES = ['RO_PUBLIC', 'RO_USER', 'RW_PUBLIC', 'RW_USER', 'RW_SO'];
@@ -13,10 +13,13 @@ export class ExternalSession {
   private readonly mod = new pkcs11js.PKCS11();
   private readonly session: P11.Handle;
 
-  constructor(label: string) {
+  constructor(td: TokenDir, label: string) {
+    // SoftHSM2 reads its config at C_Initialize: whoever initializes first decides the token dir.
+    process.env.SOFTHSM2_CONF = td.conf;
     this.mod.load(MODULE);
     try {
-      this.mod.C_Initialize();
+      // With OS locking, as the supervisor does: the first initializer sets the threading model for the process.
+      this.mod.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
     } catch (e) {
       if ((e as Error).message !== 'CKR_CRYPTOKI_ALREADY_INITIALIZED') throw e;
     }
@@ -28,6 +31,15 @@ export class ExternalSession {
   /** What the token says about login state, through this session. */
   state(): string {
     return STATES[this.mod.C_GetSessionInfo(this.session).state]!;
+  }
+
+  /** Logs the token in for the whole process, out of band (a cloud HSM's credentials stand-in). */
+  login(pin: string): void {
+    try {
+      this.mod.C_Login(this.session, pkcs11js.CKU_USER, pin);
+    } catch (e) {
+      if ((e as Error).message !== 'CKR_USER_ALREADY_LOGGED_IN') throw e;
+    }
   }
 
   /** Logs the whole token out, behind the supervisor's back. */
