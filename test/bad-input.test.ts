@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
-import { configFor, createToken, MODULE, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
+import { configFor, createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 
 let td: TokenDir;
 let tok: TestToken;
@@ -87,10 +87,9 @@ describe('bad config and modules', () => {
   });
   it('a module that is not a PKCS#11 library, and one that is missing → MODULE_LOAD_FAILED naming the field', async () => {
     await expect(start((c) => (c.modules.soft.path = '/bin/ls'))).rejects.toMatchObject({ code: 'MODULE_LOAD_FAILED', issues: [expect.objectContaining({ path: 'modules.soft.path' })] });
-    await expect(start((c) => (c.modules.soft.path = '/usr/lib/nope/libnothing.so'))).rejects.toMatchObject({ code: 'MODULE_LOAD_FAILED' });
+    await expect(start((c) => (c.modules.soft.path = '/usr/lib/nope/libnothing.so'))).rejects.toMatchObject({ code: 'MODULE_LOAD_FAILED', issues: [expect.objectContaining({ path: 'modules.soft.path' })] });
     // The running supervisor is untouched.
     expect(await sup.sign({ ...ok } as never)).toBeInstanceOf(Buffer);
-    expect(MODULE).toMatch(/softhsm/);
   });
 });
 
