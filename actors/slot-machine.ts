@@ -9,6 +9,9 @@
  *     │                 │ RESTART(backoff)
  *     └──RESET──▶ restarting ──after backoff──▶ opening
  *
+ *   open, logged_in ──SO_LOGGED_IN──▶ so_logged_in ──LOGOUT──▶ logging_out ──▶ open
+ *   (the Security Officer: one user type at a time per token, so the user login ends first)
+ *
  * Any state ──CLOSE──▶ closing ──▶ closed. The supervisor decides RESTART or GIVE_UP; the
  * machine only says it crashed. Side effects (threads, PKCS#11 calls) are actors provided
  * by the slot worker; this file is the diagram.
@@ -41,6 +44,7 @@ export type SlotMachineEvent =
   | { type: 'LOGIN'; pin: Secret }
   | { type: 'TOKEN_LOGGED_IN' }
   | { type: 'LOGOUT' }
+  | { type: 'SO_LOGGED_IN' }
   | { type: 'TOKEN_LOGGED_OUT' }
   | { type: 'CALL_DONE' }
   | { type: 'SESSION_LOST' }
@@ -62,6 +66,7 @@ export type SlotState =
   | 'open'
   | 'logging_in'
   | 'logged_in'
+  | 'so_logged_in'
   | 'logging_out'
   | 'crashed'
   | 'restarting'
@@ -138,6 +143,7 @@ export const slotMachine = setup({
       on: {
         LOGIN: 'logging_in',
         TOKEN_LOGGED_IN: 'logged_in',
+        SO_LOGGED_IN: 'so_logged_in',
         SESSION_LOST: 'opening',
         CRASHED: { target: 'crashed', actions: 'recordCrash' },
       },
@@ -165,6 +171,15 @@ export const slotMachine = setup({
       on: {
         // Re-entering restarts the idle timer.
         CALL_DONE: { target: 'logged_in', reenter: true },
+        LOGOUT: { target: 'logging_out', actions: { type: 'noteLogout', params: 'request' } },
+        TOKEN_LOGGED_OUT: { target: 'open', actions: { type: 'noteLogout', params: 'token' } },
+        SO_LOGGED_IN: 'so_logged_in',
+        SESSION_LOST: 'opening',
+        CRASHED: { target: 'crashed', actions: 'recordCrash' },
+      },
+    },
+    so_logged_in: {
+      on: {
         LOGOUT: { target: 'logging_out', actions: { type: 'noteLogout', params: 'request' } },
         TOKEN_LOGGED_OUT: { target: 'open', actions: { type: 'noteLogout', params: 'token' } },
         SESSION_LOST: 'opening',

@@ -66,6 +66,10 @@ export class AuditLog {
   }
 
   append(entry: AuditEntry): void {
+    if (this.fd < 0) {
+      this.log.warn({ audit: this.path, event: entry.event, slot: entry.slot }, 'audit record after the trail was closed; not written');
+      return;
+    }
     const body = { seq: ++this.seq, time: new Date().toISOString(), prev: this.prev, ...entry };
     const hash = recordHash(body);
     this.prev = hash;
@@ -84,9 +88,12 @@ export class AuditLog {
     this.log.debug({ audit: this.path, seq: this.seq, head: this.prev }, 'audit flushed');
   }
 
+  /** Idempotent: a second close (or a close racing a signal handler's) finds nothing to do. */
   close(): void {
+    if (this.fd < 0) return;
     this.flush();
     closeSync(this.fd);
+    this.fd = -1;
   }
 }
 

@@ -2,7 +2,8 @@
  * The in-process client API. Applications sign and verify through it without touching a
  * session, a PIN prompt or a retry loop. Input is checked here, before anything is queued.
  */
-import { AuditLog } from './audit.js';
+import { AuditLog, verifyAuditFile, type AuditVerdict } from './audit.js';
+import { AccessPolicy, parsePrincipal, type Operation, type Principal } from './access-policy.js';
 import { createHash, createPublicKey, X509Certificate, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { fromPkcs12, fromPem, importObjectsFor, certificateDer, certificateFields } from './key-import.js';
 import { JWS_ALGS, JWS_CURVE, isJwsAlg, b64url, type JwsAlg } from './jws.js';
@@ -34,6 +35,28 @@ import type {
   WorkerTask,
 } from '../workers/protocol.js';
 
+export interface PrincipalInput {
+  id: string;
+  roles: readonly string[];
+}
+
+export interface LoginOptions extends CallOptions {
+  /** `so` logs in the token's Security Officer (for initPin and its own setPin); the user login ends meanwhile. */
+  userType?: 'user' | 'so';
+}
+
+export interface InitPinRequest extends CallOptions {
+  slot: string;
+  /** The new user PIN; needs the slot logged in as its Security Officer. */
+  newPin: string;
+}
+
+export interface SetPinRequest extends CallOptions {
+  slot: string;
+  oldPin: string;
+  newPin: string;
+}
+
 export interface StartOptions {
   config?: ConfigInput;
   configFile?: string;
@@ -44,8 +67,11 @@ export interface StartOptions {
 export interface CallOptions {
   signal?: AbortSignal;
   timeoutMs?: number;
-  /** Who is asking, for the audit trail (never a secret). */
-  principal?: string;
+  /**
+   * Who is asking: an id for the audit trail, or `{ id, roles }` checked against the config's
+   * policy (never a secret). A scoped client (`sup.as(principal)`) supplies it for every call.
+   */
+  principal?: string | PrincipalInput;
   /** A PIN for this call's login if the slot needs one; never stored. */
   pin?: string;
 }
@@ -150,13 +176,17 @@ export interface SignJwsRequest extends CallOptions {
 
 export class Pkcs11Supervisor {
   private readonly keyInfoCache = new Map<string, PublicKeyInfo & { id: string }>();
+  private readonly policy: AccessPolicy;
+  /** Set on a scoped client (see `as`): the principal of every call it makes. */
+  private scope: Principal | undefined;
 
   constructor(
     private readonly sup: Supervisor,
     private readonly audit: AuditLog | null = null,
   ) {
+    this.policy = new AccessPolicy(sup.config.policy);
     if (!audit) return;
-    sup.events.on('login', (e) => audit.append({ event: 'login', slot: e.slot, result: e.outcome, detail: `PIN from ${e.origin}` }));
+    sup.events.on('login', (e) => audit.append({ event: 'login', slot: e.slot, result: e.outcome, detail: `${e.userType === 'so' ? 'Security Officer, ' : ''}PIN from ${e.origin}` }));
     sup.events.on('stateChange', (e) => {
       if (e.from === 'logging_out' && e.to === 'open') {
         const by = sup.slots.get(e.slot)?.workers[e.worker]?.context.loggedOutBy ?? 'request';
@@ -184,6 +214,46 @@ export class Pkcs11Supervisor {
     return slot;
   }
 
+  /**
+   * A client whose every call is made as `principal`. The principal is the application's word
+   * for who is asking: this process cannot authenticate its own callers.
+   */
+  as(principal: PrincipalInput | string): Pkcs11Supervisor {
+    const scoped = Object.create(this) as Pkcs11Supervisor;
+    scoped.scope = parsePrincipal(principal);
+    return scoped;
+  }
+
+  private principalOf(req: Record<string, unknown>, slot?: string): Principal | undefined {
+    const perCall = parsePrincipal(req.principal, slot);
+    if (this.scope && perCall && perCall.id !== this.scope.id) throw check.badInput(`a client scoped to "${this.scope.id}" cannot call as "${perCall.id}"`, slot);
+    return this.scope ?? perCall;
+  }
+
+  /** The slot named by the request, once the caller may do `op` there (FORBIDDEN otherwise). */
+  private slotFor(req: Record<string, unknown>, op: Operation, key?: unknown): Slot {
+    const slot = this.slotOf(req.slot);
+    this.authorize(req, slot.name, op, key);
+    return slot;
+  }
+
+  private authorize(req: Record<string, unknown>, slot: string, op: Operation, key?: unknown): void {
+    if (!this.policy.enforced) return;
+    const principal = this.principalOf(req, slot);
+    const denial = this.policy.denial(principal, slot, op, key);
+    if (!denial) return;
+    this.sup.events.emit('accessDenied', { slot, op, principal: principal?.id ?? null });
+    this.sup.log.warn({ slot, op, principal: principal?.id, code: 'FORBIDDEN' }, 'access denied');
+    const keyName = key === undefined ? undefined : typeof key === 'string' ? key : JSON.stringify(key);
+    this.audit?.append({ event: 'denied', slot, key: keyName, result: 'FORBIDDEN', principal: principal?.id, detail: op });
+    throw new Pkcs11SupervisorError('FORBIDDEN', denial, { slot });
+  }
+
+  /** Key material and SO state change only on a slot that may write. */
+  private writable(slot: Slot, what: string): void {
+    if (slot.config.readOnly) throw new Pkcs11SupervisorError('READ_ONLY', `slot "${slot.name}" is read-only (readOnly: true): ${what} is refused`, { slot: slot.name });
+  }
+
   private request(req: unknown): Record<string, unknown> {
     if (!req || typeof req !== 'object') throw check.badInput('a request object is required');
     return req as Record<string, unknown>;
@@ -191,7 +261,7 @@ export class Pkcs11Supervisor {
 
   async sign(request: SignRequest): Promise<Buffer> {
     const req = this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'sign', req.key);
     const mechanism = check.mechanism(req.mechanism, slot.name);
     this.checkMechanism(slot, req.key, mechanism, req.prehashed === true);
     const task: WorkerTask = {
@@ -231,7 +301,7 @@ export class Pkcs11Supervisor {
 
   async verify(request: VerifyRequest): Promise<boolean> {
     const req = this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'verify', req.key);
     const mechanism = check.mechanism(req.mechanism, slot.name);
     this.checkMechanism(slot, req.key, mechanism, req.prehashed === true);
     const task: WorkerTask = {
@@ -248,7 +318,7 @@ export class Pkcs11Supervisor {
 
   async getPublicKey(request: PublicKeyRequest): Promise<PublicKeyInfo> {
     const req = this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'publicKey', req.key);
     const report = await this.run<PublicKeyReport>(slot, { op: 'publicKey', key: check.keySelector(slot, req.key) }, null, req, false);
     const spki = Buffer.from(report.spkiDer);
     const keyObject = createPublicKey({ key: spki, format: 'der', type: 'spki' });
@@ -266,14 +336,15 @@ export class Pkcs11Supervisor {
   /** Objects as plain descriptors. A session that is not logged in sees only public objects. */
   async findObjects(request: FindObjectsRequest): Promise<ObjectDescriptor[]> {
     const req = this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'findObjects');
     const limit = req.limit === undefined ? 1000 : check.count(req.limit, 'limit', 1, 100_000, slot.name);
     return this.run<ObjectDescriptor[]>(slot, { op: 'findObjects', query: check.objectQuery(req.template, slot.name), limit }, null, req, false);
   }
 
   async generateKeyPair(request: GenerateKeyPairRequest): Promise<ObjectDescriptor> {
     const req = this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'generateKeyPair');
+    this.writable(slot, 'key generation');
     if (!(KEY_ALGORITHMS as readonly unknown[]).includes(req.algorithm)) throw check.badInput(`algorithm must be one of ${KEY_ALGORITHMS.join(', ')}`, slot.name);
     const spec = {
       algorithm: req.algorithm as KeyAlgorithm,
@@ -286,7 +357,7 @@ export class Pkcs11Supervisor {
 
   async generateRandom(request: SlotRequest & { length: number }): Promise<Buffer> {
     const req = this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'generateRandom');
     const bytes = await this.run<Uint8Array>(slot, { op: 'generateRandom', length: check.count(req.length, 'length', 1, 65536, slot.name) }, null, req, false);
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }
@@ -297,7 +368,8 @@ export class Pkcs11Supervisor {
    */
   async importKeyPair(request: ImportKeyPairRequest): Promise<ObjectDescriptor[]> {
     const req = this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'importObjects');
+    this.writable(slot, 'key import');
     const label = check.label(req.label, slot.name);
     let material;
     if (req.pkcs12 !== undefined) {
@@ -315,7 +387,8 @@ export class Pkcs11Supervisor {
 
   async importCertificate(request: ImportCertificateRequest): Promise<ObjectDescriptor> {
     const req = this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'importObjects');
+    this.writable(slot, 'certificate import');
     const der = certificateDer(req.certificate as string);
     const id = check.hexId(req.id, slot.name);
     if (id === undefined) throw check.badInput('importCertificate needs the id of the key it certifies', slot.name);
@@ -327,7 +400,7 @@ export class Pkcs11Supervisor {
   /** The key's certificate: the one its ref names by certLabel/certId, else the one stored under the key's own label/id. */
   async getCertificate(request: PublicKeyRequest): Promise<CertificateInfo> {
     const req = this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'certificate', req.key);
     const ref = typeof req.key === 'string' && Object.hasOwn(slot.config.keys, req.key) ? slot.config.keys[req.key] : undefined;
     const sel = ref?.certLabel !== undefined ? { label: ref.certLabel } : ref?.certId !== undefined ? { id: ref.certId.toLowerCase() } : check.keySelector(slot, req.key);
     const der = Buffer.from(await this.run<Uint8Array>(slot, { op: 'certificate', key: sel }, null, req, false));
@@ -338,7 +411,8 @@ export class Pkcs11Supervisor {
   /** Destroys every object with the key's label/id (of one class if given). Returns how many. */
   async destroyObject(request: DestroyObjectRequest): Promise<number> {
     const req = this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'destroyObjects', req.key);
+    this.writable(slot, 'object destruction');
     const sel = check.keySelector(slot, req.key);
     // Err towards refusing: sharing a label or an id with a configured key is enough.
     const configured = Object.entries(slot.config.keys).find(
@@ -354,7 +428,7 @@ export class Pkcs11Supervisor {
   /** A compact JWS signed on the token; `kid` defaults to the key's CKA_ID (hex). */
   async signJws(request: SignJwsRequest): Promise<string> {
     const req = this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'sign', req.key);
     if (!isJwsAlg(req.alg)) throw new Pkcs11SupervisorError('MECHANISM_INVALID', `alg must be one of ${Object.keys(JWS_ALGS).join(', ')}`, { slot: slot.name });
     const alg = req.alg;
     const info = await this.keyInfo(slot, req.key, req);
@@ -402,19 +476,82 @@ export class Pkcs11Supervisor {
    * Logs the slot's token in. An explicit login is the operator's decision, so it may retry a
    * PIN the token refused before (automatic sources never do).
    */
-  async login(request: SlotRequest | string, pin?: string, options: CallOptions = {}): Promise<void> {
+  async login(request: (SlotRequest & { userType?: 'user' | 'so' }) | string, pin?: string, options: LoginOptions = {}): Promise<void> {
     const req = typeof request === 'string' ? { ...options, slot: request, pin } : this.request(request);
-    const slot = this.slotOf(req.slot);
+    const so = req.userType === 'so';
+    if (req.userType !== undefined && req.userType !== 'user' && !so) throw check.badInput('userType must be "user" or "so"', typeof req.slot === 'string' ? req.slot : undefined);
+    const slot = this.slotFor(req, so ? 'soLogin' : 'login');
     const perCall = check.pin(req.pin, slot.name);
-    if (slot.config.type === 'cloud') return; // login is a no-op for a cloud HSM
-    await this.submit(slot, 'login', null, req, false, (w, call) => w.logIn(perCall, call.deadline, 'login', true));
+    if (slot.config.type === 'cloud') {
+      if (so) throw check.badInput(`slot "${slot.name}" is a cloud HSM: it has no Security Officer login`, slot.name);
+      return; // login is a no-op for a cloud HSM
+    }
+    if (!so) {
+      if (slot.soActive) throw this.soActive(slot);
+      await this.submit(slot, 'login', null, req, false, (w, call) => w.logIn(perCall, call.deadline, 'login', true));
+      return;
+    }
+    this.writable(slot, 'a Security Officer login');
+    // The SO PIN only ever comes from the call: no automatic source is kept for it.
+    if (!perCall) throw new Pkcs11SupervisorError('PIN_REQUIRED', 'a Security Officer login needs the SO PIN in the call', { slot: slot.name });
+    await this.submit(slot, 'soLogin', null, req, false, (w, call) => w.soLogIn(perCall, call.deadline), undefined, true);
   }
 
+  /** Logs the token out; after a Security Officer session, the slot logs its user in again from its PIN source. */
   async logout(request: SlotRequest | string): Promise<void> {
     const req = typeof request === 'string' ? { slot: request } : this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'logout');
     if (slot.config.type === 'cloud') return;
-    await this.submit(slot, 'logout', null, req, false, (w, call) => w.logOut(call.deadline));
+    if (!slot.soActive) {
+      await this.submit(slot, 'logout', null, req, false, (w, call) => w.logOut(call.deadline));
+      return;
+    }
+    await this.submit(slot, 'logout', null, req, false, (_w, call) => slot.soHolder!.logOut(call.deadline), undefined, true);
+    await slot.userLogin();
+  }
+
+  /** Sets the user PIN (C_InitPIN): the Security Officer's operation, so the slot must be logged in as SO. */
+  async initPin(request: InitPinRequest): Promise<void> {
+    const req = this.request(request);
+    const slot = this.slotFor(req, 'initPin');
+    this.writable(slot, 'initPin');
+    const newPin = check.pin(req.newPin, slot.name, 'newPin');
+    if (!newPin) throw check.badInput('initPin needs newPin', slot.name);
+    await this.submit(slot, 'initPin', null, req, false, (_w, call) => this.asSo(slot, { op: 'initPin', pin: newPin.reveal() }, call.deadline), undefined, true);
+    slot.pins.accepted(); // a PIN refused before may be the one just set
+  }
+
+  /**
+   * Changes a PIN (C_SetPIN): the user's own on a user session, or the Security Officer's own
+   * while the slot is logged in as SO. Update the slot's PIN source afterwards.
+   */
+  async setPin(request: SetPinRequest): Promise<void> {
+    const req = this.request(request);
+    const slot = this.slotFor(req, 'setPin');
+    this.writable(slot, 'setPin');
+    const oldPin = check.pin(req.oldPin, slot.name, 'oldPin');
+    const newPin = check.pin(req.newPin, slot.name, 'newPin');
+    if (!oldPin || !newPin) throw check.badInput('setPin needs oldPin and newPin', slot.name);
+    const task: WorkerTask = { op: 'setPin', oldPin: oldPin.reveal(), newPin: newPin.reveal() };
+    if (slot.soActive) {
+      await this.submit(slot, 'setPin', null, req, false, (_w, call) => this.asSo(slot, task, call.deadline), undefined, true);
+      return;
+    }
+    await this.run<SessionReport>(slot, task, null, req, true);
+    slot.pins.accepted();
+  }
+
+  /** Runs an SO task on the session that holds the SO login (exclusive: nothing else runs on the slot). */
+  private async asSo(slot: Slot, task: WorkerTask, deadline: number): Promise<SessionReport> {
+    const holder = slot.soHolder;
+    if (!holder) throw new Pkcs11SupervisorError('SO_LOGIN_REQUIRED', `slot "${slot.name}" is not logged in as its Security Officer: login(slot, soPin, { userType: 'so' }) first`, { slot: slot.name });
+    const reply = await holder.runTask<SessionReport>(task, deadline);
+    if (!reply.ok) throw new Pkcs11SupervisorError(reply.error.code, reply.error.message, { slot: slot.name, ckr: reply.error.ckr });
+    return reply.value;
+  }
+
+  private soActive(slot: Slot): Pkcs11SupervisorError {
+    return new Pkcs11SupervisorError('SO_SESSION_ACTIVE', `slot "${slot.name}" is logged in as its Security Officer; log it out first`, { slot: slot.name });
   }
 
   /**
@@ -423,19 +560,43 @@ export class Pkcs11Supervisor {
    */
   async probe(request: SlotRequest): Promise<SessionReport> {
     const req = this.request(request);
-    const slot = this.slotOf(req.slot);
+    const slot = this.slotFor(req, 'sessionInfo');
     return this.run<SessionReport>(slot, { op: 'sessionInfo' }, null, req, false);
   }
 
-  status() {
+  /** Every slot's state; under a policy, the slots the caller may see. */
+  status(options: { principal?: string | PrincipalInput } = {}) {
+    const all = this.snapshot();
+    if (!this.policy.enforced) return all;
+    const req = options as Record<string, unknown>;
+    const visible = this.policy.slotsAllowing(this.principalOf(req), Object.keys(all.slots), 'status');
+    if (visible.length === 0) this.authorize(req, Object.keys(all.slots)[0]!, 'status');
+    return { closed: all.closed, slots: Object.fromEntries(visible.map((n) => [n, all.slots[n]!])) };
+  }
+
+  /** @internal Status for the daemon's own /metrics and /readyz: not subject to the policy. */
+  snapshot() {
     const slots: Record<string, ReturnType<Slot['status']>> = {};
     for (const [name, slot] of this.sup.slots) slots[name] = slot.status();
     return { closed: this.sup.closed, slots };
   }
 
+  /** Checks the audit trail's hash chain (see `pkcs11-supervisor audit verify`). */
+  verifyAudit(options: { principal?: string | PrincipalInput } = {}): AuditVerdict {
+    const path = this.sup.config.audit?.path;
+    if (!path) throw check.badInput('no audit trail is configured');
+    if (this.policy.enforced) {
+      const req = options as Record<string, unknown>;
+      const names = [...this.sup.slots.keys()];
+      if (this.policy.slotsAllowing(this.principalOf(req), names, 'auditVerify').length === 0) this.authorize(req, names[0]!, 'auditVerify');
+    }
+    this.audit?.flush();
+    return verifyAuditFile(path);
+  }
+
   /** Operator action: bring a failed slot back and give it a fresh restart budget. */
-  reset(slotName: string): void {
-    this.sup.reset(this.slotOf(slotName));
+  reset(slotName: string, options: { principal?: string | PrincipalInput } = {}): void {
+    this.sup.reset(this.slotFor({ ...options, slot: slotName }, 'reset'));
   }
 
   on<E extends keyof SupervisorEvents>(event: E, listener: (...args: SupervisorEvents[E]) => void): this {
@@ -485,9 +646,11 @@ export class Pkcs11Supervisor {
     needsLogin: boolean,
     run: Parameters<Slot['call']>[0]['run'],
     task?: WorkerTask,
+    exclusive = false,
   ): Promise<T> {
     const spec = {
       task,
+      exclusive,
       // A cloud HSM authenticates with cloud credentials: there is no login to wait for.
       needsLogin: needsLogin && slot.config.type !== 'cloud',
       pin: check.pin(req.pin, slot.name),
@@ -497,7 +660,7 @@ export class Pkcs11Supervisor {
     };
     const events = this.sup.events;
     const submittedAt = Date.now();
-    const principal = check.principal(req.principal, slot.name);
+    const principal = this.principalOf(req, slot.name)?.id;
     try {
       const d = await slot.call(spec);
       const result = auditResult(op, d.value);
@@ -540,7 +703,7 @@ export class Pkcs11Supervisor {
 const BATCHABLE = new Set(['sign', 'verify']);
 
 /** Calls recorded by the client, with their principal. Logins and logouts are recorded from the workers' events, automatic ones included. */
-const AUDITED = new Set(['sign', 'verify', 'generateKeyPair', 'importObjects', 'destroyObjects']);
+const AUDITED = new Set(['sign', 'verify', 'generateKeyPair', 'importObjects', 'destroyObjects', 'initPin', 'setPin']);
 
 /** ok / valid / invalid for a completed call, or the error code the token gave. */
 function auditResult(op: string, value: unknown): string {

@@ -71,7 +71,10 @@ export const SlotSchema = z
     probeIntervalMs: z.number().int().min(0).default(30_000),
     /** Larger inputs are refused with BAD_INPUT before they are copied to a worker; hash big documents first. */
     maxDataBytes: z.number().int().min(1).max(2 ** 30).default(16 * 1024 * 1024),
-    readWrite: z.boolean().default(true),
+    /** R/O sessions; key generation, import, destruction and SO operations are refused with READ_ONLY. */
+    readOnly: z.boolean().default(false),
+    /** verify runs in Node with the token's public key, so it never queues behind signatures. */
+    softwareVerify: z.boolean().default(true),
     restart: RestartPolicySchema.default(() => RestartPolicySchema.parse({})),
   })
   .superRefine((slot, ctx) => {
@@ -96,6 +99,17 @@ export const ModuleSchema = z.strictObject({
   env: z.record(z.string().min(1), z.string()).default({}),
 });
 
+export const ROLES = ['service', 'operator', 'administrator', 'auditor'] as const;
+export type Role = (typeof ROLES)[number];
+
+/** What one role may do on one slot: every key, or only the key refs listed. */
+const GrantSchema = z.strictObject({ keys: z.array(z.string().min(1)).min(1).optional() });
+
+export const PolicySchema = z.strictObject({
+  /** Per slot, the roles allowed on it. A slot not listed here refuses every caller. */
+  slots: z.record(z.string().min(1), z.partialRecord(z.enum(ROLES), GrantSchema)),
+});
+
 const ConfigObjectSchema = z
   .strictObject({
     modules: z.record(z.string().min(1), ModuleSchema),
@@ -113,6 +127,8 @@ const ConfigObjectSchema = z
       .default(() => ({ enabled: true, host: '127.0.0.1', port: 9464 })),
     /** Append-only, hash-chained JSON-lines audit trail of logins, key changes and every sign/verify. */
     audit: z.strictObject({ path: z.string().min(1), flushMs: z.number().int().min(1).max(60_000).default(200) }).optional(),
+    /** Callers and roles. Without it every caller may do everything (one trusted application). */
+    policy: PolicySchema.optional(),
     log: z
       .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .default(() => ({ level: 'info' as const })),
@@ -129,6 +145,18 @@ const ConfigObjectSchema = z
       const global = cfg.allowedMechanisms;
       if (global && slot.allowedMechanisms && !slot.allowedMechanisms.some((m) => global.includes(m))) {
         ctx.addIssue({ code: 'custom', path: ['slots', name, 'allowedMechanisms'], message: `shares no mechanism with the global allowedMechanisms (${global.join(', ')})` });
+      }
+    }
+    for (const [name, roles] of Object.entries(cfg.policy?.slots ?? {})) {
+      const slot = cfg.slots[name];
+      if (!slot) {
+        ctx.addIssue({ code: 'custom', path: ['policy', 'slots', name], message: `is not a configured slot (${Object.keys(cfg.slots).join(', ')})` });
+        continue;
+      }
+      for (const [role, grant] of Object.entries(roles)) {
+        grant?.keys?.forEach((ref, i) => {
+          if (!Object.hasOwn(slot.keys, ref)) ctx.addIssue({ code: 'custom', path: ['policy', 'slots', name, role, 'keys', i], message: `"${ref}" is not a key ref of slot "${name}"` });
+        });
       }
     }
     // A library is initialized once per process: one library, one set of module settings.
@@ -160,3 +188,4 @@ export type SlotConfig = Config['slots'][string];
 export type ModuleConfig = z.output<typeof ModuleSchema>;
 export type KeyRefConfig = z.output<typeof KeyRefSchema>;
 export type PinSource = z.output<typeof PinSourceSchema>;
+export type Policy = z.output<typeof PolicySchema>;

@@ -46,6 +46,7 @@ export interface LoginEvent {
   worker: number;
   origin: PinOrigin;
   outcome: 'ok' | string;
+  userType: 'user' | 'so';
 }
 
 export interface ModuleResetEvent {
@@ -54,7 +55,15 @@ export interface ModuleResetEvent {
   ok: boolean;
 }
 
+export interface AccessDeniedEvent {
+  slot: string;
+  op: string;
+  /** The caller's id, or null when the call named none. */
+  principal: string | null;
+}
+
 export interface SupervisorEvents {
+  accessDenied: [AccessDeniedEvent];
   moduleReset: [ModuleResetEvent];
   stateChange: [StateChangeEvent];
   restart: [RestartEvent];

@@ -10,7 +10,8 @@ import { tokenPresent } from './module-registry.js';
 import type { Slot } from './slot.js';
 import type { SessionReport } from '../workers/protocol.js';
 
-const LOGGED_IN = new Set(['RO_USER', 'RW_USER', 'RW_SO']);
+// A user login: an SO session (RW_SO) is not one a user call can use.
+const LOGGED_IN = new Set(['RO_USER', 'RW_USER']);
 
 export class HealthProbe {
   private timer: NodeJS.Timeout | null = null;

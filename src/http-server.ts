@@ -4,12 +4,12 @@ import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { Pkcs11Supervisor } from './client.js';
 
-const READY = new Set(['open', 'logged_in', 'logging_in', 'logging_out']);
+const READY = new Set(['open', 'logged_in', 'so_logged_in', 'logging_in', 'logging_out']);
 
 export function readiness(sup: Pkcs11Supervisor): { ready: boolean; slots: Record<string, string> } {
   const slots: Record<string, string> = {};
-  let ready = !sup.status().closed;
-  for (const [name, s] of Object.entries(sup.status().slots)) {
+  let ready = !sup.snapshot().closed;
+  for (const [name, s] of Object.entries(sup.snapshot().slots)) {
     slots[name] = s.state;
     // A lazy slot that has not been used yet is not a reason to take the replica out of service.
     const lazyIdle = sup.config.slots[name]!.lazy && s.state === 'uninitialized';

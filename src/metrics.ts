@@ -7,7 +7,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { Pkcs11Supervisor } from './client.js';
 import type { SlotState } from '../actors/slot-machine.js';
 
-const STATES: SlotState[] = ['uninitialized', 'opening', 'open', 'logging_in', 'logged_in', 'logging_out', 'crashed', 'restarting', 'failed', 'closing', 'closed'];
+const STATES: SlotState[] = ['uninitialized', 'opening', 'open', 'logging_in', 'logged_in', 'so_logged_in', 'logging_out', 'crashed', 'restarting', 'failed', 'closing', 'closed'];
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 export function createMetrics(sup: Pkcs11Supervisor): Registry {
@@ -54,7 +54,15 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
     registers: [register],
   });
 
-  const slots = () => Object.entries(sup.status().slots);
+  const denied = new Counter({
+    name: 'pkcs11_access_denied_total',
+    help: 'Calls refused by the policy (FORBIDDEN), by slot and operation.',
+    labelNames: ['slot', 'op'] as const,
+    registers: [register],
+  });
+  sup.on('accessDenied', (e) => denied.inc({ slot: e.slot, op: e.op }));
+
+  const slots = () => Object.entries(sup.snapshot().slots);
   new Gauge({
     name: 'pkcs11_mailbox_depth',
     help: 'Calls waiting in the slot mailbox.',

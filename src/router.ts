@@ -18,6 +18,11 @@ export interface CallSpec<T> {
   run: (worker: SlotWorker, call: CallContext) => Promise<T>;
   /** A call that is just this task may share a message to the worker with other queued calls. */
   task?: WorkerTask;
+  /**
+   * Runs alone on the slot: it waits in line, then until every running call is done, and
+   * nothing else starts until it ends (Security Officer work: one user type per token).
+   */
+  exclusive?: boolean;
 }
 
 /** At most this many calls share one message to a worker. */
@@ -70,6 +75,7 @@ export class Mailbox {
   private head = 0;
   private waiting = 0;
   private inFlight = 0;
+  private exclusiveRunning = false;
   private next = 0;
   private closedWith: Pkcs11SupervisorError | null = null;
   private readonly batched = new Set<Call<unknown>>();
@@ -128,11 +134,19 @@ export class Mailbox {
   /** Hands queued calls to idle, accepting workers. Called on submit, on completion and on worker state changes. */
   pump(): void {
     const n = this.workers.length;
-    while (this.head < this.queue.length) {
+    while (this.head < this.queue.length && !this.exclusiveRunning) {
       const call = this.queue[this.head]!;
       if (call.settled) {
         this.dequeueHead();
         continue;
+      }
+      if (call.spec.exclusive) {
+        if (this.inFlight > 0) return;
+        this.dequeueHead();
+        call.queued = false;
+        this.waiting--;
+        this.dispatchExclusive(call);
+        return;
       }
       let worker: SlotWorker | undefined;
       for (let i = 0; i < n; i++) {
@@ -221,6 +235,22 @@ export class Mailbox {
       this.queue = this.queue.slice(this.head);
       this.head = 0;
     }
+  }
+
+  /** The call's own code picks the worker(s) it needs; nothing else runs meanwhile. */
+  private dispatchExclusive(call: Call<unknown>): void {
+    this.exclusiveRunning = true;
+    this.inFlight++;
+    call.startedAt = Date.now();
+    const worker = this.workers.find((w) => w.accepting) ?? this.workers[0]!;
+    call.spec.run(worker, call).then(
+      (value) => this.finish(call, () => call.resolve({ value, worker: worker.index, enqueuedAt: call.enqueuedAt, startedAt: call.startedAt })),
+      (e: unknown) => this.finish(call, () => call.reject(e instanceof Error ? e : new Error(String(e)))),
+    ).finally(() => {
+      this.exclusiveRunning = false;
+      this.inFlight--;
+      this.pump();
+    });
   }
 
   private dispatch(worker: SlotWorker, call: Call<unknown>): void {

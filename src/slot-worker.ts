@@ -26,7 +26,7 @@ export interface CallContext {
 export interface SlotWorkerHooks {
   opened(worker: SlotWorker, report: OpenReport): void;
   stateChanged(worker: SlotWorker, from: SlotState, to: SlotState): void;
-  loginAttempted(worker: SlotWorker, origin: PinOrigin, outcome: 'ok' | string): void;
+  loginAttempted(worker: SlotWorker, origin: PinOrigin, outcome: 'ok' | string, userType?: 'user' | 'so'): void;
 }
 
 export interface SlotWorkerOptions {
@@ -35,6 +35,8 @@ export interface SlotWorkerOptions {
   config: SlotConfig;
   modulePath: string;
   pins: PinChain;
+  /** The token is logged in as its Security Officer through one of the slot's workers. */
+  soActive: () => boolean;
   /** Serializes logins across a slot's workers: login is token-wide. */
   loginLock: <T>(fn: () => Promise<T>) => Promise<T>;
   hooks: SlotWorkerHooks;
@@ -42,9 +44,9 @@ export interface SlotWorkerOptions {
 
 class Wedged extends Error {}
 
-const SETTLED: ReadonlySet<SlotState> = new Set(['uninitialized', 'open', 'logged_in', 'failed', 'closed']);
+const SETTLED: ReadonlySet<SlotState> = new Set(['uninitialized', 'open', 'logged_in', 'so_logged_in', 'failed', 'closed']);
 const NOT_ACCEPTING: ReadonlySet<SlotState> = new Set(['crashed', 'restarting', 'failed', 'closing', 'closed']);
-const LOGGED_IN_SESSION = new Set(['RO_USER', 'RW_USER', 'RW_SO']);
+const USER_SESSION = new Set(['RO_USER', 'RW_USER']);
 
 function unwrap<T>(reply: WorkerReply<T>, slot: string): T {
   if (reply.ok) return reply.value;
@@ -121,7 +123,7 @@ export class SlotWorker {
     await moduleGate(this.opts.modulePath);
     const { modulePath, config } = this.opts;
     const keys = Object.fromEntries(Object.entries(config.keys).map(([ref, k]) => [ref, { label: k.label, id: k.id?.toLowerCase() }]));
-    const report = unwrap(await this.thread.run<OpenReport>({ op: 'open', modulePath, token: config.token, readWrite: config.readWrite, keys }), this.slot);
+    const report = unwrap(await this.thread.run<OpenReport>({ op: 'open', modulePath, token: config.token, readWrite: !config.readOnly, keys }), this.slot);
     this.sessionHandle = report.handle;
     this.opts.hooks.opened(this, report);
     return report;
@@ -267,7 +269,10 @@ export class SlotWorker {
         throw new Pkcs11SupervisorError('SLOT_FAILED', `slot "${this.slot}" has failed${e ? `: ${e.message}` : ''}`, { slot: this.slot, ckr: e?.ckr });
       }
       if (state === 'closed') throw new Pkcs11SupervisorError('CLOSED', 'the supervisor is closed', { slot: this.slot });
-      if (state === 'logged_in' || (state === 'open' && !call.needsLogin)) return;
+      if (call.needsLogin && this.opts.soActive()) {
+        throw new Pkcs11SupervisorError('SO_SESSION_ACTIVE', `slot "${this.slot}" is logged in as its Security Officer; user calls resume after logout`, { slot: this.slot });
+      }
+      if (state === 'logged_in' || ((state === 'open' || state === 'so_logged_in') && !call.needsLogin)) return;
       await this.logIn(call.pin, call.deadline, round === 0 ? 'login' : 'relogin', false);
     }
     throw new Pkcs11SupervisorError('PIN_REQUIRED', `slot "${this.slot}" could not reach a logged-in session`, { slot: this.slot });
@@ -310,7 +315,7 @@ export class SlotWorker {
     }
     await this.opts.loginLock(async () => {
       const info = unwrap(await this.runTask<SessionReport>({ op: 'sessionInfo' }, deadline), this.slot);
-      if (LOGGED_IN_SESSION.has(info.state)) {
+      if (USER_SESSION.has(info.state)) {
         if (this.state === 'open') this.actor.send({ type: 'TOKEN_LOGGED_IN' });
         return;
       }
@@ -331,8 +336,22 @@ export class SlotWorker {
     });
   }
 
+  /** Logs the token in as its Security Officer, ending the user login first (one user type at a time). */
+  async soLogIn(pin: Secret, deadline: number): Promise<void> {
+    const state = await this.settledState(deadline);
+    if (state === 'failed') throw new Pkcs11SupervisorError('SLOT_FAILED', `slot "${this.slot}" has failed`, { slot: this.slot });
+    if (state === 'closed') throw new Pkcs11SupervisorError('CLOSED', 'the supervisor is closed', { slot: this.slot });
+    await this.opts.loginLock(async () => {
+      const reply = await this.runTask<SessionReport>({ op: 'login', pin: pin.reveal(), userType: 'so' }, deadline);
+      this.opts.hooks.loginAttempted(this, 'call', reply.ok ? 'ok' : reply.error.code, 'so');
+      const report = unwrap(reply, this.slot);
+      if (report.state !== 'RW_SO') throw new Pkcs11SupervisorError('PKCS11_ERROR', `the token reports ${report.state} after an SO login`, { slot: this.slot });
+      this.actor.send({ type: 'SO_LOGGED_IN' });
+    });
+  }
+
   async logOut(deadline: number): Promise<void> {
-    if (this.state !== 'logged_in') {
+    if (this.state !== 'logged_in' && this.state !== 'so_logged_in') {
       // The token may still be logged in through a sibling's session: log it out all the same.
       const state = await this.settledState(deadline);
       if (state !== 'open' && state !== 'logged_in') return;
@@ -340,7 +359,7 @@ export class SlotWorker {
       return;
     }
     this.actor.send({ type: 'LOGOUT' });
-    await waitFor(this.actor, (s) => s.value !== 'logging_out' && s.value !== 'logged_in');
+    await waitFor(this.actor, (s) => s.value !== 'logging_out' && s.value !== 'logged_in' && s.value !== 'so_logged_in');
   }
 
   async close(): Promise<void> {

@@ -52,6 +52,7 @@ export class Slot {
           config,
           modulePath,
           pins: this.pins,
+          soActive: () => this.soActive,
           loginLock,
           hooks: {
             opened: (_w, report) => {
@@ -59,9 +60,9 @@ export class Slot {
               this.capabilities.keyTypes = new Map(Object.entries(report.keyTypes));
             },
             stateChanged: (w, from, to) => this.stateChanged(w, from, to),
-            loginAttempted: (w, origin, outcome) => {
-              this.events.emit('login', { slot: name, worker: w.index, origin, outcome });
-              this.log[outcome === 'ok' ? 'info' : 'warn']({ slot: name, worker: w.index, pinSource: origin, outcome }, 'login');
+            loginAttempted: (w, origin, outcome, userType = 'user') => {
+              this.events.emit('login', { slot: name, worker: w.index, origin, outcome, userType });
+              this.log[outcome === 'ok' ? 'info' : 'warn']({ slot: name, worker: w.index, pinSource: origin, outcome, userType }, 'login');
             },
           },
         }),
@@ -69,11 +70,25 @@ export class Slot {
     this.mailbox = new Mailbox(name, this.workers, config.queueLimit, () => this.failure());
   }
 
+  /** The worker whose session holds the Security Officer's login, if any (the token has one user type at a time). */
+  get soHolder(): SlotWorker | undefined {
+    return this.workers.find((w) => w.state === 'so_logged_in');
+  }
+
+  get soActive(): boolean {
+    return this.soHolder !== undefined;
+  }
+
   /** Opens every worker's session and, where a PIN source is configured, logs in. Lazy slots wait for their first call. */
   async start(): Promise<void> {
     if (this.config.lazy) return;
     for (const w of this.workers) w.start();
     await Promise.all(this.workers.map((w) => waitFor(w.actor, (s) => FIRST_OUTCOME.has(s.value as SlotState))));
+    await this.userLogin();
+  }
+
+  /** Logs in through the configured PIN source, at start and after the Security Officer is done. */
+  async userLogin(): Promise<void> {
     const first = this.workers.find((w) => w.state === 'open');
     if (!first || !this.pins.hasAutomaticSource) return;
     try {
@@ -109,6 +124,7 @@ export class Slot {
       if (failure) this.mailbox.failQueued(failure);
     }
     if (from === 'logging_in' && to === 'logged_in') this.tellSiblings(worker, 'open', 'TOKEN_LOGGED_IN');
+    if (to === 'so_logged_in') this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');
     if (from === 'logging_out' && to === 'open') {
       this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');
       if (worker.context.loggedOutBy === 'idle' && this.config.reauthentication === 'fail') this.pins.requireExplicitPin();
@@ -140,7 +156,7 @@ export class Slot {
 
   /** The best state any worker is in: a pool with one healthy worker still serves. */
   summaryState(): SlotState {
-    const order: SlotState[] = ['logged_in', 'open', 'logging_in', 'logging_out', 'opening', 'restarting', 'crashed', 'uninitialized', 'failed', 'closing', 'closed'];
+    const order: SlotState[] = ['so_logged_in', 'logged_in', 'open', 'logging_in', 'logging_out', 'opening', 'restarting', 'crashed', 'uninitialized', 'failed', 'closing', 'closed'];
     for (const s of order) if (this.workers.some((w) => w.state === s)) return s;
     return 'uninitialized';
   }

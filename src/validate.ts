@@ -59,11 +59,11 @@ export function signal(value: unknown, slot: string): AbortSignal | undefined {
   throw badInput('signal must be an AbortSignal', slot);
 }
 
-export function pin(value: unknown, slot: string): Secret | undefined {
+export function pin(value: unknown, slot: string, field = 'pin'): Secret | undefined {
   if (value === undefined) return undefined;
   if (value instanceof Secret) return value;
   if (typeof value === 'string' && value.length > 0 && value.length <= 256) return new Secret(value);
-  throw badInput('pin must be a non-empty string', slot);
+  throw badInput(`${field} must be a non-empty string`, slot);
 }
 
 export function signatureFormat(value: unknown, slot: string): SignatureFormat {
@@ -110,10 +110,4 @@ export function objectQuery(value: unknown, slot: string): ObjectQuery {
     id: hexId(t.id, slot),
     keyType: t.keyType as ObjectQuery['keyType'],
   };
-}
-
-export function principal(value: unknown, slot: string): string | undefined {
-  if (value === undefined) return undefined;
-  if (typeof value !== 'string' || value.length === 0 || value.length > 256) throw badInput('principal must be a non-empty string of at most 256 characters', slot);
-  return value;
 }

@@ -22,6 +22,8 @@ export type WorkerTask =
   | { op: 'open'; modulePath: string; token: TokenSelector; readWrite: boolean; keys: Record<string, KeySelector> }
   | { op: 'login'; pin: string; userType: 'user' | 'so' }
   | { op: 'logout' }
+  | { op: 'initPin'; pin: string }
+  | { op: 'setPin'; oldPin: string; newPin: string }
   | { op: 'sessionInfo' }
   | { op: 'sign'; key: KeySelector; mechanism: MechanismName; data: Uint8Array; prehashed: boolean; format: SignatureFormat }
   | {

@@ -42,6 +42,10 @@ function dispatch(task: WorkerTask): unknown {
       return session.login(task.pin, task.userType);
     case 'logout':
       return session.logout();
+    case 'initPin':
+      return session.initPin(task.pin);
+    case 'setPin':
+      return session.setPin(task.oldPin, task.newPin);
     case 'sessionInfo':
       return session.report();
     case 'sign':

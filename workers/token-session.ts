@@ -203,6 +203,10 @@ export class TokenSession implements SessionAccess {
   }
 
   login(pin: string, userType: 'user' | 'so'): SessionReport {
+    // One user type at a time per token (CKR_USER_ANOTHER_ALREADY_LOGGED_IN): the Security
+    // Officer comes in only after the user login ends, and the other way round.
+    const state = CKS_BY_VALUE[this.count('C_GetSessionInfo').C_GetSessionInfo(this.live).state];
+    if ((userType === 'so' && (state === 'RO_USER' || state === 'RW_USER')) || (userType === 'user' && state === 'RW_SO')) this.logout();
     try {
       this.count('C_Login').C_Login(this.live, userType === 'so' ? pkcs11js.CKU_SO : pkcs11js.CKU_USER, pin);
     } catch (e) {
@@ -218,6 +222,18 @@ export class TokenSession implements SessionAccess {
     } catch (e) {
       if ((e as Error).message !== 'CKR_USER_NOT_LOGGED_IN') throw e;
     }
+    return this.report();
+  }
+
+  /** Sets the user PIN: the Security Officer's operation (C_InitPIN on an SO session). */
+  initPin(pin: string): SessionReport {
+    this.count('C_InitPIN').C_InitPIN(this.live, pin);
+    return this.report();
+  }
+
+  /** Changes the PIN of whoever is logged in on the session: the user's, or the SO's own. */
+  setPin(oldPin: string, newPin: string): SessionReport {
+    this.count('C_SetPIN').C_SetPIN(this.live, oldPin, newPin);
     return this.report();
   }
 

@@ -1,0 +1,86 @@
+/**
+ * Who may do what. Roles are fixed (the table below is the contract the README documents);
+ * the config's `policy` block says which roles a slot admits and, per role, which key refs.
+ * Without a policy block every caller may do everything, as for one trusted application.
+ */
+import { ROLES, type Policy, type Role } from './config-schema.js';
+import { badInput } from './validate.js';
+
+export type Operation =
+  | 'sign'
+  | 'verify'
+  | 'publicKey'
+  | 'certificate'
+  | 'generateRandom'
+  | 'findObjects'
+  | 'sessionInfo'
+  | 'generateKeyPair'
+  | 'importObjects'
+  | 'destroyObjects'
+  | 'login'
+  | 'logout'
+  | 'soLogin'
+  | 'initPin'
+  | 'setPin'
+  | 'reset'
+  | 'status'
+  | 'auditVerify';
+
+export interface Principal {
+  id: string;
+  roles: readonly Role[];
+}
+
+const SERVICE: Operation[] = ['sign', 'verify', 'publicKey', 'certificate', 'generateRandom'];
+const OPERATOR: Operation[] = [...SERVICE, 'findObjects', 'sessionInfo', 'generateKeyPair', 'importObjects', 'login', 'logout', 'status'];
+
+export const ROLE_OPERATIONS: Record<Role, ReadonlySet<Operation>> = {
+  service: new Set(SERVICE),
+  operator: new Set(OPERATOR),
+  administrator: new Set([...OPERATOR, 'destroyObjects', 'soLogin', 'initPin', 'setPin', 'reset', 'auditVerify']),
+  auditor: new Set(['status', 'findObjects', 'sessionInfo', 'auditVerify']),
+};
+
+/** Operations on one key: a grant that lists keys allows them on those key refs only. */
+const KEY_SCOPED: ReadonlySet<Operation> = new Set(['sign', 'verify', 'publicKey', 'certificate', 'destroyObjects']);
+
+export class AccessPolicy {
+  constructor(private readonly policy: Policy | undefined) {}
+
+  get enforced(): boolean {
+    return this.policy !== undefined;
+  }
+
+  /** Why the principal may not do `op` on the slot (with this key), or null when it may. */
+  denial(principal: Principal | undefined, slot: string, op: Operation, key?: unknown): string | null {
+    if (!this.policy) return null;
+    if (!principal) return `a policy is configured: ${op} on slot "${slot}" needs a caller principal`;
+    const grants = this.policy.slots[slot] ?? {};
+    for (const role of principal.roles) {
+      const grant = grants[role];
+      if (!grant || !ROLE_OPERATIONS[role].has(op)) continue;
+      if (!KEY_SCOPED.has(op) || !grant.keys || (typeof key === 'string' && grant.keys.includes(key))) return null;
+    }
+    const roles = principal.roles.length > 0 ? principal.roles.join(', ') : 'no role';
+    const keyPart = KEY_SCOPED.has(op) && key !== undefined ? ` with key ${JSON.stringify(key)}` : '';
+    return `principal "${principal.id}" (${roles}) may not ${op} on slot "${slot}"${keyPart}`;
+  }
+
+  /** Slots on which the principal may do `op` (every slot without a policy). */
+  slotsAllowing(principal: Principal | undefined, slots: Iterable<string>, op: Operation): string[] {
+    return [...slots].filter((s) => this.denial(principal, s, op) === null);
+  }
+}
+
+/** A caller principal from the API: a bare id (no roles) or `{ id, roles }`. */
+export function parsePrincipal(value: unknown, slot?: string): Principal | undefined {
+  if (value === undefined) return undefined;
+  const id = typeof value === 'string' ? value : value && typeof value === 'object' ? (value as { id?: unknown }).id : undefined;
+  if (typeof id !== 'string' || id.length === 0 || id.length > 256) throw badInput('principal must be an id (a non-empty string of at most 256 characters) or { id, roles }', slot);
+  if (typeof value === 'string') return { id, roles: [] };
+  const roles = (value as { roles?: unknown }).roles ?? [];
+  if (!Array.isArray(roles) || !roles.every((r) => (ROLES as readonly unknown[]).includes(r))) {
+    throw badInput(`principal.roles must be a list of ${ROLES.join(', ')}`, slot);
+  }
+  return { id, roles: roles as Role[] };
+}

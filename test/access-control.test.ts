@@ -1,0 +1,160 @@
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createMetrics, startSupervisor, type LoginEvent, type Pkcs11Supervisor } from '../dist/src/index.js';
+import { configFor, createToken, pkcs11Tool, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
+import { verifiesOnNode } from './support/sign-check.js';
+
+let td: TokenDir;
+let tokens: Record<string, TestToken>;
+let sup: Pkcs11Supervisor | undefined;
+const data = Buffer.from('access controlled');
+
+beforeAll(() => {
+  td = tokenDir();
+  tokens = Object.fromEntries(['admin', 'userpin', 'roles', 'readonly'].map((l) => [l, createToken(td, l)]));
+  for (const [label, t] of Object.entries(tokens)) process.env[`AC_PIN_${label}`] = t.pin;
+});
+
+afterEach(async () => {
+  await sup?.close();
+  sup = undefined;
+});
+
+const slot = (label: string, extra: Record<string, unknown> = {}) => ({ token: { label }, pin: { env: `AC_PIN_${label}` }, ...extra });
+
+describe('Security Officer', () => {
+  it('an SO login waits for running user calls, holds new ones, and the token reports RW_SO; initPin and setPin work; logout returns to the user login', async () => {
+    const t = tokens.admin!;
+    sup = await startSupervisor({ config: configFor(td, { a: slot('admin', { type: 'hsm', poolSize: 2 }) }) });
+    const logins: LoginEvent[] = [];
+    sup.on('login', (e) => logins.push(e));
+
+    const done: string[] = [];
+    const signs = Array.from({ length: 20 }, (_, i) => sup!.sign({ slot: 'a', key: 'ec', mechanism: 'ECDSA-SHA256', data }).then((sig) => (done.push(`sign${i}`), sig)));
+    const so = sup.login('a', t.soPin, { userType: 'so' }).then(() => done.push('so'));
+    await Promise.all([...signs, so]);
+    // Every user call that was ahead of the SO login finished, with a good signature, before it.
+    expect(done.at(-1)).toBe('so');
+    for (const sig of await Promise.all(signs.map((p) => p))) expect(await verifiesOnNode(sup, 'a', 'ec', data, sig as unknown as Buffer)).toBe(true);
+    expect((await sup.probe({ slot: 'a' })).state).toBe('RW_SO');
+    expect(sup.status().slots.a!.state).toBe('so_logged_in');
+
+    // One user type at a time: user calls are refused with a clear code, not sent to the token.
+    await expect(sup.sign({ slot: 'a', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'SO_SESSION_ACTIVE' });
+    await expect(sup.login('a', t.pin)).rejects.toMatchObject({ code: 'SO_SESSION_ACTIVE' });
+
+    const newUserPin = 'fresh-user-1';
+    const newSoPin = 'fresh-so-1';
+    await sup.initPin({ slot: 'a', newPin: newUserPin });
+    await sup.setPin({ slot: 'a', oldPin: t.soPin, newPin: newSoPin });
+    expect(logins.map((e) => `${e.userType}:${e.outcome}`)).toEqual(['so:ok']);
+
+    // Back to the configured user login, which now reads the new PIN.
+    process.env.AC_PIN_admin = newUserPin;
+    await sup.logout('a');
+    expect((await sup.probe({ slot: 'a' })).state).toBe('RW_USER');
+    const sig = await sup.sign({ slot: 'a', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(await verifiesOnNode(sup, 'a', 'ec', data, sig)).toBe(true);
+    await sup.close();
+
+    // The token agrees, seen from another process: the new user PIN logs in, the old SO PIN no longer does.
+    expect(pkcs11Tool(td, 'admin', newUserPin, ['--list-objects', '--type', 'privkey'])).toContain('label:      ec');
+    expect(() => pkcs11Tool(td, 'admin', null, ['--session-rw', '--login', '--login-type', 'so', '--so-pin', t.soPin, '--list-objects'])).toThrow(/CKR_PIN_INCORRECT/);
+    pkcs11Tool(td, 'admin', null, ['--session-rw', '--login', '--login-type', 'so', '--so-pin', newSoPin, '--list-objects']);
+  });
+
+  it('a wrong SO PIN is PIN_INCORRECT and the slot keeps serving its user; initPin without an SO login is SO_LOGIN_REQUIRED', async () => {
+    sup = await startSupervisor({ config: configFor(td, { r: slot('roles') }) });
+    await expect(sup.login('r', 'not-the-so-pin', { userType: 'so' })).rejects.toMatchObject({ code: 'PIN_INCORRECT', ckr: 'CKR_PIN_INCORRECT' });
+    await expect(sup.initPin({ slot: 'r', newPin: 'x1234' })).rejects.toMatchObject({ code: 'SO_LOGIN_REQUIRED' });
+    await expect(sup.login('r', undefined, { userType: 'so' })).rejects.toMatchObject({ code: 'PIN_REQUIRED' });
+    const sig = await sup.sign({ slot: 'r', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(await verifiesOnNode(sup, 'r', 'ec', data, sig)).toBe(true);
+  });
+
+  it('the user changes their own PIN with setPin; the token accepts only the new one', async () => {
+    const t = tokens.userpin!;
+    sup = await startSupervisor({ config: configFor(td, { u: slot('userpin') }) });
+    await sup.setPin({ slot: 'u', oldPin: t.pin, newPin: 'changed-9876' });
+    await sup.close();
+    expect(pkcs11Tool(td, 'userpin', 'changed-9876', ['--list-objects', '--type', 'privkey'])).toContain('label:      rsa');
+    expect(() => pkcs11Tool(td, 'userpin', t.pin, ['--list-objects'])).toThrow(/CKR_PIN_INCORRECT/);
+    pkcs11Tool(td, 'userpin', 'changed-9876', ['--change-pin', '--new-pin', t.pin]);
+  });
+});
+
+describe('callers and roles', () => {
+  const policy = { slots: { r: { service: { keys: ['ec'] }, operator: {}, administrator: {}, auditor: {} } } };
+
+  it('each role does what it may and gets FORBIDDEN otherwise; denials are counted and audited with the principal', async () => {
+    const auditPath = join(td.dir, 'roles-audit.jsonl');
+    sup = await startSupervisor({ config: { ...configFor(td, { r: slot('roles') }), policy, audit: { path: auditPath, flushMs: 5 } } });
+    const registry = createMetrics(sup);
+    const service = sup.as({ id: 'billing-app', roles: ['service'] });
+    const operator = sup.as({ id: 'ops-alice', roles: ['operator'] });
+    const admin = sup.as({ id: 'sec-bob', roles: ['administrator'] });
+    const auditor = sup.as({ id: 'audit-carol', roles: ['auditor'] });
+
+    const sig = await service.sign({ slot: 'r', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(await verifiesOnNode(sup.as({ id: 'x', roles: ['service'] }), 'r', 'ec', data, sig)).toBe(true);
+    await expect(service.sign({ slot: 'r', key: 'rsa', mechanism: 'RSA-PSS-SHA256', data })).rejects.toMatchObject({ code: 'FORBIDDEN', message: expect.stringContaining('billing-app') });
+    await expect(service.sign({ slot: 'r', key: { label: 'ec' }, mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'FORBIDDEN' });
+    await expect(service.generateKeyPair({ slot: 'r', algorithm: 'EC-P256', label: 'nope' })).rejects.toMatchObject({ code: 'FORBIDDEN' });
+    await expect(sup.sign({ slot: 'r', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'FORBIDDEN', message: expect.stringContaining('needs a caller principal') });
+    await expect(sup.sign({ slot: 'r', key: 'ec', mechanism: 'ECDSA-SHA256', data, principal: { id: 'p', roles: ['service'] } })).resolves.toBeInstanceOf(Buffer);
+
+    const generated = await operator.generateKeyPair({ slot: 'r', algorithm: 'EC-P256', label: 'op-made', id: 'e1' });
+    expect(generated.label).toBe('op-made');
+    await expect(operator.destroyObject({ slot: 'r', key: { label: 'op-made' } })).rejects.toMatchObject({ code: 'FORBIDDEN' });
+    expect(await admin.destroyObject({ slot: 'r', key: { label: 'op-made' } })).toBe(2);
+
+    expect(Object.keys(auditor.status().slots)).toEqual(['r']);
+    await expect(auditor.sign({ slot: 'r', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'FORBIDDEN' });
+    expect(() => service.status()).toThrow(expect.objectContaining({ code: 'FORBIDDEN' }));
+    expect(() => service.verifyAudit()).toThrow(expect.objectContaining({ code: 'FORBIDDEN' }));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(auditor.verifyAudit()).toMatchObject({ ok: true });
+
+    const text = await registry.metrics();
+    expect(text).toContain('pkcs11_access_denied_total{slot="r",op="sign"} 4');
+    expect(text).toContain('pkcs11_access_denied_total{slot="r",op="generateKeyPair"} 1');
+    await sup.close();
+    const records = readFileSync(auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const denied = records.filter((r) => r.event === 'denied');
+    expect(denied.map((r) => r.principal)).toEqual(expect.arrayContaining(['billing-app', 'ops-alice', 'audit-carol']));
+    expect(records.find((r) => r.event === 'destroyObject')).toMatchObject({ principal: 'sec-bob', result: 'ok' });
+    expect(readFileSync(auditPath, 'utf8')).not.toContain(tokens.roles!.pin);
+  });
+
+  it('a policy naming an unknown slot or key ref is refused at start, naming the field', async () => {
+    await expect(startSupervisor({ config: { ...configFor(td, { r: slot('roles') }), policy: { slots: { nope: { service: {} } } } } })).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+      issues: [expect.objectContaining({ path: 'policy.slots.nope' })],
+    });
+    await expect(startSupervisor({ config: { ...configFor(td, { r: slot('roles') }), policy: { slots: { r: { service: { keys: ['ghost'] } } } } } })).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+      issues: [expect.objectContaining({ path: 'policy.slots.r.service.keys.0' })],
+    });
+    await expect(startSupervisor({ config: { ...configFor(td, { r: slot('roles') }), policy: { slots: { r: { superuser: {} } } } } })).rejects.toMatchObject({ code: 'CONFIG_INVALID' });
+  });
+});
+
+describe('read-only slots', () => {
+  it('open R/O sessions and refuse generate, import, destroy and SO work with READ_ONLY before the token sees them', async () => {
+    sup = await startSupervisor({ config: configFor(td, { ro: slot('readonly', { readOnly: true }) }) });
+    expect((await sup.probe({ slot: 'ro' })).state).toBe('RO_USER');
+    const calls = (await sup.probe({ slot: 'ro' })).calls;
+    await expect(sup.generateKeyPair({ slot: 'ro', algorithm: 'EC-P256', label: 'x' })).rejects.toMatchObject({ code: 'READ_ONLY' });
+    await expect(sup.importCertificate({ slot: 'ro', certificate: Buffer.from('x'), id: '01' })).rejects.toMatchObject({ code: 'READ_ONLY' });
+    await expect(sup.destroyObject({ slot: 'ro', key: { label: 'rsa' }, force: true })).rejects.toMatchObject({ code: 'READ_ONLY' });
+    await expect(sup.login('ro', tokens.readonly!.soPin, { userType: 'so' })).rejects.toMatchObject({ code: 'READ_ONLY' });
+    await expect(sup.setPin({ slot: 'ro', oldPin: tokens.readonly!.pin, newPin: 'other' })).rejects.toMatchObject({ code: 'READ_ONLY' });
+    const after = (await sup.probe({ slot: 'ro' })).calls;
+    expect(after.C_GenerateKeyPair ?? 0).toBe(calls.C_GenerateKeyPair ?? 0);
+    expect(after.C_CreateObject ?? 0).toBe(calls.C_CreateObject ?? 0);
+    expect(after.C_DestroyObject ?? 0).toBe(calls.C_DestroyObject ?? 0);
+    const sig = await sup.sign({ slot: 'ro', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(await verifiesOnNode(sup, 'ro', 'ec', data, sig)).toBe(true);
+  });
+});
