@@ -8,6 +8,7 @@ import { createHash, createPublicKey, X509Certificate, type JsonWebKey, type Key
 import { fromPkcs12, fromPem, importObjectsFor, certificateDer, certificateFields } from './key-import.js';
 import { JWS_ALGS, JWS_CURVE, isJwsAlg, b64url, type JwsAlg } from './jws.js';
 import { MECHANISMS } from './mechanisms.js';
+import { verifiableInSoftware, verifyInSoftware } from './software-verify.js';
 import type { Logger } from 'pino';
 import { loadConfigFile, parseConfig } from './config.js';
 import type { Config, ConfigInput } from './config-schema.js';
@@ -23,6 +24,7 @@ import type { MechanismName } from './mechanisms.js';
 import type { KeyType } from './mechanisms.js';
 import { KEY_ALGORITHMS } from '../workers/protocol.js';
 import type {
+  FoundPage,
   KeyAlgorithm,
   ObjectClass,
   ObjectDescriptor,
@@ -118,6 +120,21 @@ export interface FindObjectsRequest extends CallOptions {
   limit?: number;
 }
 
+export interface FindObjectsPageRequest extends CallOptions {
+  slot: string;
+  template?: ObjectQuery;
+  /** Objects per page, 1 to 1000 (default 100). */
+  pageSize?: number;
+  /** From the previous page; absent for the first. */
+  cursor?: string;
+}
+
+export interface ObjectsPage {
+  objects: ObjectDescriptor[];
+  /** Absent on the last page. */
+  cursor: string | undefined;
+}
+
 export interface GenerateKeyPairRequest extends CallOptions {
   slot: string;
   algorithm: KeyAlgorithm;
@@ -185,6 +202,10 @@ export class Pkcs11Supervisor {
     private readonly audit: AuditLog | null = null,
   ) {
     this.policy = new AccessPolicy(sup.config.policy);
+    // A re-opened session may face another token (or one re-provisioned): read keys again.
+    sup.events.on('stateChange', (e) => {
+      if (e.to === 'opening') this.forgetKeyInfo(e.slot);
+    });
     if (!audit) return;
     sup.events.on('login', (e) => audit.append({ event: 'login', slot: e.slot, result: e.outcome, detail: `${e.userType === 'so' ? 'Security Officer, ' : ''}PIN from ${e.origin}` }));
     sup.events.on('stateChange', (e) => {
@@ -299,11 +320,17 @@ export class Pkcs11Supervisor {
     }
   }
 
+  /**
+   * Verifies a signature. With `softwareVerify` (the default) public-key mechanisms are checked
+   * in Node with the token's public key, so a verify never queues behind signatures.
+   */
   async verify(request: VerifyRequest): Promise<boolean> {
     const req = this.request(request);
     const slot = this.slotFor(req, 'verify', req.key);
     const mechanism = check.mechanism(req.mechanism, slot.name);
     this.checkMechanism(slot, req.key, mechanism, req.prehashed === true);
+    const prehashed = check.flag(req.prehashed, 'prehashed', slot.name);
+    if (slot.config.softwareVerify && verifiableInSoftware(mechanism, prehashed)) return this.verifyHere(slot, mechanism, req);
     const task: WorkerTask = {
       op: 'verify',
       key: check.keySelector(slot, req.key),
@@ -314,6 +341,24 @@ export class Pkcs11Supervisor {
       format: check.signatureFormat(req.signatureFormat, slot.name),
     };
     return this.run<boolean>(slot, task, mechanism, req, false);
+  }
+
+  private async verifyHere(slot: Slot, mechanism: MechanismName, req: Record<string, unknown>): Promise<boolean> {
+    const data = check.bytes(req.data, 'data', slot);
+    const signature = check.bytes(req.signature, 'signature', slot);
+    const format = check.signatureFormat(req.signatureFormat, slot.name);
+    const info = await this.keyInfo(slot, req.key, req);
+    if (info.keyType !== MECHANISMS[mechanism].keyType) {
+      throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${mechanism} needs an ${MECHANISMS[mechanism].keyType} key; key "${String(req.key)}" is ${info.keyType}`, { slot: slot.name });
+    }
+    const startedAt = performance.timeOrigin + performance.now();
+    const valid = verifyInSoftware(mechanism, info.keyObject, data, signature, format);
+    const endedAt = performance.timeOrigin + performance.now();
+    if (this.audit) this.record('verify', slot, mechanism, req, this.principalOf(req, slot.name)?.id, valid ? 'valid' : 'invalid');
+    if (this.sup.events.listenerCount('callCompleted') > 0) {
+      this.sup.events.emit('callCompleted', { slot: slot.name, worker: null, op: 'verify', mechanism, outcome: 'ok', queuedMs: 0, execMs: endedAt - startedAt, startedAt, endedAt });
+    }
+    return valid;
   }
 
   async getPublicKey(request: PublicKeyRequest): Promise<PublicKeyInfo> {
@@ -341,18 +386,51 @@ export class Pkcs11Supervisor {
     return this.run<ObjectDescriptor[]>(slot, { op: 'findObjects', query: check.objectQuery(req.template, slot.name), limit }, null, req, false);
   }
 
+  /**
+   * One page of a search over a large token. Pass the returned `cursor` to get the next page;
+   * no cursor means the last page. Nothing stays open on the token between pages (each page
+   * is one find operation, finalized before the call returns), so an abandoned cursor costs
+   * nothing. Pages follow the token's own order; objects created or destroyed between pages
+   * may shift it, as with any offset paging.
+   */
+  async findObjectsPage(request: FindObjectsPageRequest): Promise<ObjectsPage> {
+    const req = this.request(request);
+    const slot = this.slotFor(req, 'findObjects');
+    const query = check.objectQuery(req.template, slot.name);
+    const pageSize = req.pageSize === undefined ? 100 : check.count(req.pageSize, 'pageSize', 1, 1000, slot.name);
+    const scope = createHash('sha256').update(JSON.stringify([slot.name, query])).digest('base64url').slice(0, 16);
+    const offset = req.cursor === undefined ? 0 : readCursor(req.cursor, scope, slot.name);
+    const page = await this.run<FoundPage>(slot, { op: 'findObjectsPage', query, offset, pageSize }, null, req, false);
+    const next = offset + page.objects.length;
+    return { objects: page.objects, cursor: page.more ? Buffer.from(JSON.stringify({ o: next, s: scope })).toString('base64url') : undefined };
+  }
+
   async generateKeyPair(request: GenerateKeyPairRequest): Promise<ObjectDescriptor> {
     const req = this.request(request);
     const slot = this.slotFor(req, 'generateKeyPair');
     this.writable(slot, 'key generation');
     if (!(KEY_ALGORITHMS as readonly unknown[]).includes(req.algorithm)) throw check.badInput(`algorithm must be one of ${KEY_ALGORITHMS.join(', ')}`, slot.name);
+    this.checkKeyGen(slot, req.algorithm as KeyAlgorithm);
     const spec = {
       algorithm: req.algorithm as KeyAlgorithm,
       label: check.label(req.label, slot.name),
       id: check.hexId(req.id, slot.name),
       extractable: check.flag(req.extractable, 'extractable', slot.name),
     };
+    this.forgetKeyInfo(slot.name);
     return this.run<ObjectDescriptor>(slot, { op: 'generateKeyPair', spec }, null, req, true);
+  }
+
+  /** Refuses, before queueing, a key type or size the token said (C_GetMechanismInfo) it cannot generate. */
+  private checkKeyGen(slot: Slot, algorithm: KeyAlgorithm): void {
+    const { keyGen, mechanisms } = slot.capabilities;
+    if (mechanisms.size === 0) return; // not opened yet (lazy): the token decides
+    const [type, sizes] = KEYGEN_SIZES[algorithm];
+    const range = keyGen[type];
+    const can = Object.entries(keyGen).map(([t, r]) => `${t} ${r!.min}-${r!.max}`).join(', ') || 'none';
+    if (!range || !sizes.some((n) => n >= range.min && n <= range.max)) {
+      throw new Pkcs11SupervisorError('MECHANISM_INVALID', `the token of slot "${slot.name}" cannot generate ${algorithm}; it generates (key type, sizes in bits): ${can}`, { slot: slot.name });
+    }
   }
 
   async generateRandom(request: SlotRequest & { length: number }): Promise<Buffer> {
@@ -382,6 +460,7 @@ export class Pkcs11Supervisor {
       throw check.badInput('importKeyPair needs pkcs12 + password, or privateKeyPem (+ certificates)', slot.name);
     }
     const objects = importObjectsFor(material, label, check.hexId(req.id, slot.name), check.flag(req.extractable, 'extractable', slot.name));
+    this.forgetKeyInfo(slot.name);
     return this.run<ObjectDescriptor[]>(slot, { op: 'importObjects', objects }, null, req, true);
   }
 
@@ -422,6 +501,7 @@ export class Pkcs11Supervisor {
       throw new Pkcs11SupervisorError('KEY_IN_USE', `key "${configured[0]}" is configured for slot "${slot.name}"; pass force: true to destroy it`, { slot: slot.name });
     }
     const query = { ...check.objectQuery({ class: req.class }, slot.name), label: sel.label, id: sel.id };
+    this.forgetKeyInfo(slot.name);
     return this.run<number>(slot, { op: 'destroyObjects', query }, null, req, true);
   }
 
@@ -459,6 +539,10 @@ export class Pkcs11Supervisor {
       result,
       principal,
     });
+  }
+
+  private forgetKeyInfo(slot: string): void {
+    for (const k of this.keyInfoCache.keys()) if (k.startsWith(`${slot}\0`)) this.keyInfoCache.delete(k);
   }
 
   /** Public key and CKA_ID of a key, read from the token once and kept (they never change while the key exists). */
@@ -698,6 +782,31 @@ export class Pkcs11Supervisor {
     }
   }
 }
+
+/** The offset a cursor continues from; a cursor from another search or slot is refused. */
+function readCursor(cursor: unknown, scope: string, slot: string): number {
+  const parsed = ((): { o?: unknown; s?: unknown } | null => {
+    try {
+      return typeof cursor === 'string' ? (JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as { o?: unknown; s?: unknown }) : null;
+    } catch {
+      return null;
+    }
+  })();
+  if (!parsed || typeof parsed.o !== 'number' || !Number.isSafeInteger(parsed.o) || parsed.o < 0) throw check.badInput('cursor is not one findObjectsPage returned', slot);
+  if (parsed.s !== scope) throw check.badInput('cursor belongs to another search (slot or template differ)', slot);
+  return parsed.o;
+}
+
+/** Key type and size (bits, as C_GetMechanismInfo counts them) of each algorithm; Ed25519 is 255 or 256 depending on the vendor. */
+const KEYGEN_SIZES: Record<KeyAlgorithm, [KeyType, number[]]> = {
+  'RSA-2048': ['RSA', [2048]],
+  'RSA-3072': ['RSA', [3072]],
+  'RSA-4096': ['RSA', [4096]],
+  'EC-P256': ['EC', [256]],
+  'EC-P384': ['EC', [384]],
+  'EC-P521': ['EC', [521]],
+  Ed25519: ['EC_EDWARDS', [255, 256]],
+};
 
 /** Request-path operations that may share a message to the worker with other queued calls. */
 const BATCHABLE = new Set(['sign', 'verify']);

@@ -3,7 +3,7 @@ export { createMetrics } from './metrics.js';
 export { startHttpServer, readiness } from './http-server.js';
 export { startDaemon, stopOnSignal } from './daemon.js';
 export type { Daemon } from './daemon.js';
-export type { StartOptions, CallOptions, SignRequest, VerifyRequest, PublicKeyRequest, PublicKeyInfo, SlotRequest, PrincipalInput, LoginOptions, InitPinRequest, SetPinRequest } from './client.js';
+export type { StartOptions, CallOptions, SignRequest, VerifyRequest, PublicKeyRequest, PublicKeyInfo, SlotRequest, PrincipalInput, LoginOptions, InitPinRequest, SetPinRequest, FindObjectsPageRequest, ObjectsPage } from './client.js';
 export { ROLE_OPERATIONS } from './access-policy.js';
 export type { Operation, Principal } from './access-policy.js';
 export { ROLES } from './config-schema.js';

@@ -125,8 +125,20 @@ export class SlotWorker {
     const keys = Object.fromEntries(Object.entries(config.keys).map(([ref, k]) => [ref, { label: k.label, id: k.id?.toLowerCase() }]));
     const report = unwrap(await this.thread.run<OpenReport>({ op: 'open', modulePath, token: config.token, readWrite: !config.readOnly, keys }), this.slot);
     this.sessionHandle = report.handle;
+    this.checkSessionLimit(report);
     this.opts.hooks.opened(this, report);
     return report;
+  }
+
+  /** A pool larger than the token allows would fail at random later (CKR_SESSION_COUNT): refuse it now. */
+  private checkSessionLimit(report: OpenReport): void {
+    const { poolSize, readOnly } = this.opts.config;
+    const limits = readOnly ? [report.maxSessions] : [report.maxSessions, report.maxRwSessions];
+    const limit = Math.min(...limits.map((l) => l ?? Infinity));
+    if (poolSize <= limit) return;
+    const path = `slots.${this.slot}.poolSize`;
+    const message = `${poolSize} workers need ${poolSize} ${readOnly ? '' : 'R/W '}sessions, but token "${report.tokenLabel}" allows at most ${limit}`;
+    throw new Pkcs11SupervisorError('CONFIG_INVALID', `${path}: ${message}`, { slot: this.slot, issues: [{ path, message }] });
   }
 
   private async closeSession(): Promise<null> {

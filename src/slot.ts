@@ -13,6 +13,7 @@ import { PinChain, type PinCallback } from './pin-chain.js';
 import { Mailbox, type CallSpec, type Delivered } from './router.js';
 import { SlotWorker } from './slot-worker.js';
 import type { KeyType, MechanismName } from './mechanisms.js';
+import type { OpenReport } from '../workers/protocol.js';
 
 export interface CrashHandler {
   crashed(slot: Slot, worker: SlotWorker): void;
@@ -25,7 +26,7 @@ export class Slot {
   readonly mailbox: Mailbox;
   readonly pins: PinChain;
   /** What the token reported at the last open: the mechanisms it can do and the configured keys' types. */
-  readonly capabilities = { mechanisms: new Set<MechanismName>(), keyTypes: new Map<string, KeyType>() };
+  readonly capabilities = { mechanisms: new Set<MechanismName>(), keyTypes: new Map<string, KeyType>(), keyGen: {} as OpenReport['keyGen'] };
   private loginChain: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -58,6 +59,7 @@ export class Slot {
             opened: (_w, report) => {
               this.capabilities.mechanisms = new Set(report.mechanisms);
               this.capabilities.keyTypes = new Map(Object.entries(report.keyTypes));
+              this.capabilities.keyGen = report.keyGen;
             },
             stateChanged: (w, from, to) => this.stateChanged(w, from, to),
             loginAttempted: (w, origin, outcome, userType = 'user') => {

@@ -16,7 +16,7 @@ import { HealthProbe } from './health-probe.js';
 import type { SlotWorker } from './slot-worker.js';
 
 /** Open errors a restart cannot fix: give up at once instead of spending the budget. */
-const PERMANENT: ReadonlySet<string> = new Set(['MODULE_LOAD_FAILED']);
+const PERMANENT: ReadonlySet<string> = new Set(['MODULE_LOAD_FAILED', 'CONFIG_INVALID']);
 
 export class Supervisor {
   readonly slots = new Map<string, Slot>();
@@ -62,6 +62,13 @@ export class Supervisor {
 
   async start(): Promise<void> {
     await Promise.all([...this.slots.values()].map((s) => s.start()));
+    // What only the token can tell (its session limit) is still a config error: refuse to run.
+    const refused = [...this.slots.values()].filter((s) => s.workers.some((w) => w.context.lastError?.code === 'CONFIG_INVALID'));
+    if (refused.length > 0) {
+      await this.close();
+      const issues = refused.map((s) => ({ path: `slots.${s.name}.poolSize`, message: s.workers.find((w) => w.context.lastError?.code === 'CONFIG_INVALID')!.context.lastError!.message }));
+      throw new Pkcs11SupervisorError('CONFIG_INVALID', issues.map((i) => i.message).join('\n'), { issues });
+    }
     for (const p of this.probes) p.start();
   }
 

@@ -6,9 +6,9 @@
 import { createHash } from 'node:crypto';
 import type * as P11 from 'pkcs11js';
 import { pkcs11js } from './pkcs11js.js';
-import { CKK_EC_EDWARDS } from './pkcs11-constants.js';
+import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN } from './pkcs11-constants.js';
 import type { KeyType } from '../src/mechanisms.js';
-import type { ImportedObject, JsonWebKeyLike, KeyGenSpec, ObjectClass, ObjectDescriptor, ObjectQuery } from './protocol.js';
+import type { FoundPage, ImportedObject, JsonWebKeyLike, KeyGenSpec, ObjectClass, ObjectDescriptor, ObjectQuery } from './protocol.js';
 
 export interface SessionAccess {
   p11(fn: string): P11.PKCS11;
@@ -17,7 +17,6 @@ export interface SessionAccess {
   forgetKeys(): void;
 }
 
-const CKM_EC_EDWARDS_KEY_PAIR_GEN = 0x1055;
 
 const CLASS_VALUE: Record<ObjectClass, number> = {
   privateKey: pkcs11js.CKO_PRIVATE_KEY,
@@ -120,6 +119,33 @@ export function describe(s: SessionAccess, h: P11.Handle): ObjectDescriptor {
 
 export function findObjects(s: SessionAccess, q: ObjectQuery, limit: number): ObjectDescriptor[] {
   return findHandles(s, q, limit).map((h) => describe(s, h));
+}
+
+/**
+ * One page of a search: skips `offset` matches, describes the next `pageSize`. The search is
+ * initialized and finalized inside this one task, so no find operation outlives the call and
+ * the session stays free for the calls queued behind it.
+ */
+export function findObjectsPage(s: SessionAccess, q: ObjectQuery, offset: number, pageSize: number): FoundPage {
+  s.p11('C_FindObjectsInit').C_FindObjectsInit(s.sessionHandle, template(q));
+  let handles: P11.Handle[];
+  try {
+    for (let skipped = 0; skipped < offset; ) {
+      const batch = s.p11('C_FindObjects').C_FindObjects(s.sessionHandle, Math.min(1000, offset - skipped));
+      if (batch.length === 0) return { objects: [], more: false };
+      skipped += batch.length;
+    }
+    handles = [];
+    // One more than the page: whether another page exists.
+    while (handles.length <= pageSize) {
+      const batch = s.p11('C_FindObjects').C_FindObjects(s.sessionHandle, pageSize + 1 - handles.length);
+      if (batch.length === 0) break;
+      handles.push(...batch);
+    }
+  } finally {
+    s.p11('C_FindObjectsFinal').C_FindObjectsFinal(s.sessionHandle);
+  }
+  return { objects: handles.slice(0, pageSize).map((h) => describe(s, h)), more: handles.length > pageSize };
 }
 
 export function destroyObjects(s: SessionAccess, q: ObjectQuery): number {

@@ -38,6 +38,7 @@ export type WorkerTask =
   | { op: 'publicKey'; key: KeySelector }
   | { op: 'certificate'; key: KeySelector }
   | { op: 'findObjects'; query: ObjectQuery; limit: number }
+  | { op: 'findObjectsPage'; query: ObjectQuery; offset: number; pageSize: number }
   | { op: 'generateKeyPair'; spec: KeyGenSpec }
   | { op: 'generateRandom'; length: number }
   | { op: 'importObjects'; objects: ImportedObject[] }
@@ -85,8 +86,19 @@ export interface SessionReport {
   calls: Record<string, number>;
 }
 
+/** Sizes C_GetMechanismInfo reports for a key-pair generation mechanism (RSA: bits; EC: field bits). */
+export interface KeySizeRange {
+  min: number;
+  max: number;
+}
+
 export interface OpenReport extends SessionReport {
   mechanisms: MechanismName[];
+  /** Key-pair generation the token can do, by key type, with the sizes it allows. */
+  keyGen: Partial<Record<KeyType, KeySizeRange>>;
+  /** ulMaxSessionCount / ulMaxRwSessionCount; null when the token sets no limit (or does not say). */
+  maxSessions: number | null;
+  maxRwSessions: number | null;
   /** Types of the configured key refs whose public key object is visible. */
   keyTypes: Record<string, KeyType>;
 }
@@ -125,6 +137,12 @@ export interface ObjectDescriptor {
   extractable?: boolean;
   alwaysSensitive?: boolean;
   neverExtractable?: boolean;
+}
+
+export interface FoundPage {
+  objects: ObjectDescriptor[];
+  /** More matches follow this page. */
+  more: boolean;
 }
 
 export const KEY_ALGORITHMS = ['RSA-2048', 'RSA-3072', 'RSA-4096', 'EC-P256', 'EC-P384', 'EC-P521', 'Ed25519'] as const;

@@ -61,6 +61,8 @@ function dispatch(task: WorkerTask): unknown {
     }
     case 'findObjects':
       return objects.findObjects(session, task.query, task.limit);
+    case 'findObjectsPage':
+      return objects.findObjectsPage(session, task.query, task.offset, task.pageSize);
     case 'generateKeyPair':
       return objects.generateKeyPair(session, task.spec);
     case 'generateRandom':

@@ -12,7 +12,7 @@ import { rawToDer, derToRaw } from '../src/ecdsa-signature.js';
 import { codeForCkr } from '../src/ckr.js';
 import type { ErrorCode } from '../src/errors.js';
 import { prepareMechanisms, preparedKey, BadInput, type PreparedMechanism } from './mechanism-params.js';
-import { CKK_EC_EDWARDS, CKS_BY_VALUE } from './pkcs11-constants.js';
+import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKS_BY_VALUE } from './pkcs11-constants.js';
 import type { KeySelector, OpenReport, PublicKeyReport, SessionReport, TokenSelector, WorkerTask } from './protocol.js';
 import { findHandles, type SessionAccess } from './object-ops.js';
 
@@ -113,7 +113,30 @@ export class TokenSession implements SessionAccess {
     const supported = new Set(this.count('C_GetMechanismList').C_GetMechanismList(slot));
     this.prepared = prepareMechanisms(supported);
     const mechanisms = MECHANISM_NAMES.filter((n) => this.prepared.has(preparedKey(n, false)));
-    return { ...this.report(), mechanisms, keyTypes: this.keyTypesOf(task.keys) };
+    const info = this.count('C_GetTokenInfo').C_GetTokenInfo(slot);
+    return {
+      ...this.report(),
+      mechanisms,
+      keyGen: this.keyGenSizes(slot, supported),
+      maxSessions: sessionLimit(info.maxSessionCount),
+      maxRwSessions: sessionLimit(info.maxRwSessionCount),
+      keyTypes: this.keyTypesOf(task.keys),
+    };
+  }
+
+  private keyGenSizes(slot: P11.Handle, supported: Set<number>): Partial<Record<KeyType, { min: number; max: number }>> {
+    const out: Partial<Record<KeyType, { min: number; max: number }>> = {};
+    const gens: [KeyType, number][] = [
+      ['RSA', pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN],
+      ['EC', pkcs11js.CKM_EC_KEY_PAIR_GEN],
+      ['EC_EDWARDS', CKM_EC_EDWARDS_KEY_PAIR_GEN],
+    ];
+    for (const [type, mech] of gens) {
+      if (!supported.has(mech)) continue;
+      const info = this.count('C_GetMechanismInfo').C_GetMechanismInfo(slot, mech);
+      out[type] = { min: info.minKeySize, max: info.maxKeySize };
+    }
+    return out;
   }
 
   /** Key types of the configured keys whose public object is visible, so the main thread can refuse a mismatched mechanism before queueing. */
@@ -357,4 +380,9 @@ export function toFailure(e: unknown): { code: ErrorCode; message: string; ckr?:
     return { code: codeForCkr(message), message: `${fn ?? 'PKCS#11'} returned ${message}`, ckr: message, ...(fn ? { fn } : {}) };
   }
   return { code: 'PKCS11_ERROR', message };
+}
+
+/** CK_EFFECTIVELY_INFINITE (0) and CK_UNAVAILABLE_INFORMATION (~0) mean no limit to respect. */
+function sessionLimit(n: number): number | null {
+  return n > 0 && n < 0xffffffff ? n : null;
 }

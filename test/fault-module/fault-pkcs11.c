@@ -19,6 +19,8 @@
  *   removed                the token is gone: no slot with a token, calls get CKR_DEVICE_REMOVED
  *   logout                 the token is logged out before the next intercepted call (once)
  *   nologin                C_Login succeeds without reaching the token (a cloud HSM stand-in)
+ *   maxsessions N          C_GetTokenInfo reports at most N sessions (and N R/W sessions)
+ *   maxkeybits N           C_GetMechanismInfo reports keys of at most N bits
  * FN may be `*` for every intercepted function.
  */
 #define _GNU_SOURCE
@@ -35,7 +37,7 @@
 
 #define MAX_RULES 32
 
-enum kind { FAIL_NTH, FAIL_EVERY, DELAY, HANG, REMOVED, LOGOUT, NOLOGIN };
+enum kind { FAIL_NTH, FAIL_EVERY, DELAY, HANG, REMOVED, LOGOUT, NOLOGIN, MAXSESSIONS, MAXKEYBITS };
 
 struct rule {
   enum kind kind;
@@ -119,6 +121,8 @@ static void load_control(void) {
     else if (strcmp(verb, "removed") == 0) r.kind = REMOVED;
     else if (strcmp(verb, "logout") == 0) r.kind = LOGOUT;
     else if (strcmp(verb, "nologin") == 0) r.kind = NOLOGIN;
+    else if (strcmp(verb, "maxsessions") == 0) { r.kind = MAXSESSIONS; r.n = atol(fn); }
+    else if (strcmp(verb, "maxkeybits") == 0) { r.kind = MAXKEYBITS; r.n = atol(fn); }
     else continue;
     rules[nrules++] = r;
   }
@@ -176,7 +180,7 @@ static CK_RV before(const char *fn) {
       case FAIL_NTH:
         if (matches(r, fn) && --r->n <= 0) { r->spent = 1; if (rv == CKR_OK) rv = r->rv; }
         break;
-      case NOLOGIN: break;
+      case NOLOGIN: case MAXSESSIONS: case MAXKEYBITS: break;
     }
   }
   write_counts();
@@ -204,7 +208,25 @@ static CK_RV f_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR c
   if (removed && present) { *count = 0; return CKR_OK; }
   return real->C_GetSlotList(present, list, count);
 }
-static CK_RV f_GetTokenInfo(CK_SLOT_ID s, CK_TOKEN_INFO_PTR i) { GUARD("C_GetTokenInfo"); return real->C_GetTokenInfo(s, i); }
+static CK_RV f_GetTokenInfo(CK_SLOT_ID s, CK_TOKEN_INFO_PTR i) {
+  GUARD("C_GetTokenInfo");
+  CK_RV rv = real->C_GetTokenInfo(s, i);
+  pthread_mutex_lock(&lock);
+  for (int k = 0; k < nrules; k++) {
+    if (rv == CKR_OK && rules[k].kind == MAXSESSIONS) i->ulMaxSessionCount = i->ulMaxRwSessionCount = (CK_ULONG)rules[k].n;
+  }
+  pthread_mutex_unlock(&lock);
+  return rv;
+}
+static CK_RV f_GetMechanismInfo(CK_SLOT_ID s, CK_MECHANISM_TYPE t, CK_MECHANISM_INFO_PTR i) {
+  CK_RV rv = real->C_GetMechanismInfo(s, t, i);
+  pthread_mutex_lock(&lock);
+  for (int k = 0; k < nrules; k++) {
+    if (rv == CKR_OK && rules[k].kind == MAXKEYBITS && i->ulMaxKeySize > (CK_ULONG)rules[k].n) i->ulMaxKeySize = (CK_ULONG)rules[k].n;
+  }
+  pthread_mutex_unlock(&lock);
+  return rv;
+}
 static CK_RV f_GetMechanismList(CK_SLOT_ID s, CK_MECHANISM_TYPE_PTR l, CK_ULONG_PTR c) { GUARD("C_GetMechanismList"); return real->C_GetMechanismList(s, l, c); }
 
 static CK_RV f_OpenSession(CK_SLOT_ID s, CK_FLAGS fl, CK_VOID_PTR app, CK_NOTIFY n, CK_SESSION_HANDLE_PTR h) {
@@ -258,6 +280,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
     fault_list.C_GetSlotList = f_GetSlotList;
     fault_list.C_GetTokenInfo = f_GetTokenInfo;
     fault_list.C_GetMechanismList = f_GetMechanismList;
+    fault_list.C_GetMechanismInfo = f_GetMechanismInfo;
     fault_list.C_OpenSession = f_OpenSession;
     fault_list.C_CloseSession = f_CloseSession;
     fault_list.C_GetSessionInfo = f_GetSessionInfo;

@@ -1,0 +1,35 @@
+/**
+ * Verification in Node with the token's public key: a public-key operation needs no secret,
+ * so it need not wait in a slot's mailbox behind signatures on a slow token. The parameters
+ * match what the workers ask the token for (PSS: MGF1 with the same hash, salt = hash length).
+ */
+import { constants, verify, type KeyObject } from 'node:crypto';
+import { HASH_BYTES, MECHANISMS, type MechanismName } from './mechanisms.js';
+import type { SignatureFormat } from '../workers/protocol.js';
+
+/** Whether Node can check this call itself; pre-hashed input and raw RSA over a DigestInfo go to the token. */
+export function verifiableInSoftware(mechanism: MechanismName, prehashed: boolean): boolean {
+  return !prehashed && MECHANISMS[mechanism].scheme !== 'rsa-raw';
+}
+
+export function verifyInSoftware(mechanism: MechanismName, key: KeyObject, data: Uint8Array, signature: Uint8Array, format: SignatureFormat): boolean {
+  const spec = MECHANISMS[mechanism];
+  try {
+    switch (spec.scheme) {
+      case 'pkcs1':
+        return verify(spec.hash, data, { key, padding: constants.RSA_PKCS1_PADDING }, signature);
+      case 'pss':
+        return verify(spec.hash, data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: HASH_BYTES[spec.hash] }, signature);
+      case 'ecdsa':
+        return verify(spec.hash, data, { key, dsaEncoding: format === 'raw' ? 'ieee-p1363' : 'der' }, signature);
+      case 'eddsa':
+        return verify(null, data, key, signature);
+      default:
+        throw new Error(`${mechanism} is not verified in software`);
+    }
+  } catch (e) {
+    // A malformed signature is an invalid one, as the token answers CKR_SIGNATURE_INVALID/LEN_RANGE.
+    if (e instanceof Error && /not verified in software/.test(e.message)) throw e;
+    return false;
+  }
+}

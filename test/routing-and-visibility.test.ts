@@ -1,0 +1,135 @@
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startSupervisor, type MechanismName, type Pkcs11Supervisor } from '../dist/src/index.js';
+import { configFor, createToken, DEMO_KEYS, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
+import { Faults, faultConfig } from './support/faults.js';
+
+let td: TokenDir;
+let tokens: Record<string, TestToken>;
+let sup: Pkcs11Supervisor | undefined;
+const data = Buffer.from('routed by what the token says');
+
+beforeAll(() => {
+  td = tokenDir();
+  tokens = {
+    paging: createToken(td, 'paging'),
+    verify: createToken(td, 'verify', [...DEMO_KEYS, { kind: 'EC:edwards25519', label: 'ed', id: '03' }]),
+    limits: createToken(td, 'limits'),
+  };
+  for (const [label, t] of Object.entries(tokens)) process.env[`RV_PIN_${label}`] = t.pin;
+});
+
+afterEach(async () => {
+  await sup?.close();
+  sup = undefined;
+});
+
+const slot = (label: string, extra: Record<string, unknown> = {}) => ({ token: { label }, pin: { env: `RV_PIN_${label}` }, ...extra });
+
+describe('findObjects paging and visibility', () => {
+  it('pages through a large token with a cursor, across a pool, with nothing left open on the session', async () => {
+    sup = await startSupervisor({ config: configFor(td, { p: slot('paging', { type: 'hsm', poolSize: 2 }), one: slot('paging') }) });
+    for (let i = 0; i < 30; i++) await sup.generateKeyPair({ slot: 'p', algorithm: 'EC-P256', label: `bulk-${String(i).padStart(2, '0')}`, id: (0x40 + i).toString(16) });
+    const all = await sup.findObjects({ slot: 'p', template: { class: 'publicKey' } });
+    expect(all.length).toBe(32);
+
+    const seen: string[] = [];
+    let cursor: string | undefined;
+    let pages = 0;
+    do {
+      const page = await sup.findObjectsPage({ slot: 'p', template: { class: 'publicKey' }, pageSize: 7, cursor });
+      expect(page.objects.length).toBeLessThanOrEqual(7);
+      seen.push(...page.objects.map((o) => `${o.label}/${o.id}`));
+      cursor = page.cursor;
+      pages++;
+    } while (cursor);
+    expect(pages).toBe(5);
+    expect(new Set(seen).size).toBe(32);
+    expect(seen.sort()).toEqual(all.map((o) => `${o.label}/${o.id}`).sort());
+
+    // One worker: every search it began, it finalized, and the session signs right after.
+    const before = (await sup.probe({ slot: 'one' })).calls;
+    const first = await sup.findObjectsPage({ slot: 'one', template: { class: 'publicKey' }, pageSize: 5 });
+    expect(first.cursor).toBeDefined(); // abandoned here on purpose
+    const after = (await sup.probe({ slot: 'one' })).calls;
+    expect(after.C_FindObjectsInit! - (before.C_FindObjectsInit ?? 0)).toBe(after.C_FindObjectsFinal! - (before.C_FindObjectsFinal ?? 0));
+    expect(await sup.sign({ slot: 'one', key: 'ec', mechanism: 'ECDSA-SHA256', data })).toBeInstanceOf(Buffer);
+
+    await expect(sup.findObjectsPage({ slot: 'p', template: { class: 'privateKey' }, cursor: first.cursor })).rejects.toMatchObject({ code: 'BAD_INPUT' });
+    await expect(sup.findObjectsPage({ slot: 'p', cursor: 'not-a-cursor' })).rejects.toMatchObject({ code: 'BAD_INPUT' });
+  });
+
+  it('a slot that is not logged in sees no private objects', async () => {
+    sup = await startSupervisor({ config: configFor(td, { anon: { type: 'hsm', token: { label: 'paging' } } }) });
+    expect((await sup.probe({ slot: 'anon' })).state).toBe('RW_PUBLIC');
+    expect((await sup.findObjectsPage({ slot: 'anon', template: { class: 'privateKey' } })).objects).toEqual([]);
+    expect((await sup.findObjectsPage({ slot: 'anon', template: { class: 'publicKey' } })).objects.length).toBeGreaterThan(0);
+  });
+});
+
+describe('verify in software', () => {
+  const cases: [string, MechanismName, 'der' | 'raw'][] = [
+    ['rsa', 'RSA-PKCS1-SHA256', 'der'],
+    ['rsa', 'RSA-PSS-SHA384', 'der'],
+    ['ec', 'ECDSA-SHA256', 'der'],
+    ['ec', 'ECDSA-SHA512', 'raw'],
+    ['ed', 'EdDSA', 'der'],
+  ];
+
+  it('gives the token\'s answer for good, tampered and malformed signatures, without touching the token', async () => {
+    const keys = { rsa: { label: 'rsa', id: '01' }, ec: { label: 'ec', id: '02' }, ed: { label: 'ed', id: '03' } };
+    sup = await startSupervisor({ config: configFor(td, { sw: slot('verify', { type: 'hsm', keys }), hw: slot('verify', { type: 'hsm', keys, softwareVerify: false }) }) });
+    const swBefore = (await sup.probe({ slot: 'sw' })).calls.C_VerifyInit ?? 0;
+    const hwBefore = (await sup.probe({ slot: 'hw' })).calls.C_VerifyInit ?? 0;
+    for (const [key, mechanism, signatureFormat] of cases) {
+      const signature = await sup.sign({ slot: 'hw', key, mechanism, data, signatureFormat });
+      const tamperedSig = Buffer.from(signature);
+      tamperedSig[tamperedSig.length - 1]! ^= 1;
+      const inputs = [
+        { data, signature },
+        { data: Buffer.from('other data'), signature },
+        { data, signature: tamperedSig },
+        { data, signature: signature.subarray(0, signature.length - 3) },
+      ];
+      for (const input of inputs) {
+        const sw = await sup.verify({ slot: 'sw', key, mechanism, signatureFormat, ...input });
+        const hw = await sup.verify({ slot: 'hw', key, mechanism, signatureFormat, ...input });
+        expect(sw, `${mechanism} ${signatureFormat}`).toBe(hw);
+      }
+      expect(await sup.verify({ slot: 'sw', key, mechanism, signatureFormat, data, signature })).toBe(true);
+    }
+    expect((await sup.probe({ slot: 'sw' })).calls.C_VerifyInit ?? 0).toBe(swBefore);
+    // The token saw the well-formed ones (a signature of the wrong length may be refused before C_VerifyInit).
+    expect((await sup.probe({ slot: 'hw' })).calls.C_VerifyInit! - hwBefore).toBeGreaterThanOrEqual(cases.length * 3);
+    // Pre-hashed input is the token's job (Node verifies messages, not digests).
+    const digest = (await import('node:crypto')).createHash('sha256').update(data).digest();
+    const sig = await sup.sign({ slot: 'hw', key: 'ec', mechanism: 'ECDSA-SHA256', data: digest, prehashed: true });
+    expect(await sup.verify({ slot: 'sw', key: 'ec', mechanism: 'ECDSA-SHA256', data: digest, prehashed: true, signature: sig })).toBe(true);
+    expect((await sup.probe({ slot: 'sw' })).calls.C_VerifyInit).toBe(swBefore + 1);
+  });
+});
+
+describe('what the token reports decides', () => {
+  it('a pool larger than the token\'s session limit is refused at start; one that fits starts', async () => {
+    const faults = new Faults(td);
+    faults.set('maxsessions 2');
+    await expect(startSupervisor({ config: faultConfig(td, faults, { p: slot('limits', { type: 'hsm', poolSize: 3 }) }) })).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+      issues: [expect.objectContaining({ path: 'slots.p.poolSize', message: expect.stringContaining('allows at most 2') })],
+    });
+    sup = await startSupervisor({ config: faultConfig(td, faults, { p: slot('limits', { type: 'hsm', poolSize: 2 }) }) });
+    expect(await sup.sign({ slot: 'p', key: 'ec', mechanism: 'ECDSA-SHA256', data })).toBeInstanceOf(Buffer);
+  });
+
+  it('a key size the token cannot generate is MECHANISM_INVALID before it is queued, naming what it can', async () => {
+    const faults = new Faults(td);
+    faults.set('maxkeybits 2048');
+    sup = await startSupervisor({ config: faultConfig(td, faults, { k: slot('limits') }) });
+    const before = (await sup.probe({ slot: 'k' })).calls;
+    await expect(sup.generateKeyPair({ slot: 'k', algorithm: 'RSA-3072', label: 'too-big' })).rejects.toMatchObject({
+      code: 'MECHANISM_INVALID',
+      message: expect.stringContaining('RSA 512-2048'),
+    });
+    expect((await sup.probe({ slot: 'k' })).calls.C_GenerateKeyPair ?? 0).toBe(before.C_GenerateKeyPair ?? 0);
+    expect((await sup.generateKeyPair({ slot: 'k', algorithm: 'EC-P256', label: 'fits', id: 'f1' })).keyType).toBe('EC');
+  });
+});
