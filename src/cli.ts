@@ -33,7 +33,8 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>
   config print                             the effective config, every default filled in (PIN sources by kind only)
 
   K is a key ref from the config, or label:NAME, or id:HEX.
-  --config defaults to config/default.json.`;
+  --config defaults to config/default.json.
+  --as ID:ROLE[,ROLE]  the caller principal, where the config has a policy (e.g. --as alice:operator).`;
 
 class Usage extends Error {}
 
@@ -56,6 +57,7 @@ const options = {
   'private-key': { type: 'string' },
   cert: { type: 'string', multiple: true },
   verbose: { type: 'boolean', default: false },
+  as: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
@@ -127,10 +129,16 @@ async function run(argv: string[]): Promise<number> {
   const logger = values.verbose ? createLogger('info', { destination: pino.destination(2) }) : createLogger('silent');
   const sup = await startSupervisor({ configFile: values.config!, logger, pinCallback: pinPrompt });
   try {
-    return await dispatch(sup, command, values);
+    return await dispatch(values.as ? sup.as(principal(values.as)) : sup, command, values);
   } finally {
     await sup.close();
   }
+}
+
+function principal(spec: string): { id: string; roles: string[] } {
+  const [id, roles = ''] = spec.split(':');
+  if (!id) throw new Usage('--as is ID:ROLE[,ROLE]');
+  return { id, roles: roles.split(',').filter(Boolean) };
 }
 
 async function dispatch(sup: Pkcs11Supervisor, command: string, values: Values): Promise<number> {

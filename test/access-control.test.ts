@@ -1,5 +1,6 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { createMetrics, startSupervisor, type LoginEvent, type Pkcs11Supervisor } from '../dist/src/index.js';
 import { configFor, createToken, pkcs11Tool, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
@@ -125,6 +126,18 @@ describe('callers and roles', () => {
     expect(denied.map((r) => r.principal)).toEqual(expect.arrayContaining(['billing-app', 'ops-alice', 'audit-carol']));
     expect(records.find((r) => r.event === 'destroyObject')).toMatchObject({ principal: 'sec-bob', result: 'ok' });
     expect(readFileSync(auditPath, 'utf8')).not.toContain(tokens.roles!.pin);
+  });
+
+  it('the CLI acts as the principal given by --as, and is refused without one', () => {
+    const file = join(td.dir, 'policy-cli.json');
+    writeFileSync(file, JSON.stringify({ ...configFor(td, { r: slot('roles') }), policy }));
+    const doc = join(td.dir, 'cli-doc.txt');
+    writeFileSync(doc, 'signed from the shell');
+    const cli = (...args: string[]) => spawnSync(process.execPath, ['dist/src/cli.js', '--config', file, ...args], { encoding: 'utf8' });
+    const args = ['sign', '--slot', 'r', '--key', 'ec', '--mechanism', 'ECDSA-SHA256', '--in', doc];
+    expect(cli(...args, '--as', 'deploy-bot:service')).toMatchObject({ status: 0, stdout: expect.stringMatching(/^[A-Za-z0-9+/=]+\n$/) });
+    expect(cli(...args)).toMatchObject({ status: 3, stderr: expect.stringContaining('[FORBIDDEN]') });
+    expect(cli(...args, '--as', 'deploy-bot:auditor')).toMatchObject({ status: 3, stderr: expect.stringContaining('[FORBIDDEN]') });
   });
 
   it('a policy naming an unknown slot or key ref is refused at start, naming the field', async () => {
