@@ -128,6 +128,70 @@ describe('callers and roles', () => {
     expect(readFileSync(auditPath, 'utf8')).not.toContain(tokens.roles!.pin);
   });
 
+  it('every role × operation pair, allowed or denied as the README table says; each denial counted and audited', async () => {
+    // The contract, written out (README "Access control"): S service, O operator, A administrator, U auditor.
+    const table: Record<string, string> = {
+      sign: 'SOA', verify: 'SOA', publicKey: 'SOA', certificate: 'SOA', generateRandom: 'SOA',
+      findObjects: 'OAU', sessionInfo: 'OAU', status: 'OAU',
+      generateKeyPair: 'OA', importObjects: 'OA', login: 'OA', logout: 'OA',
+      destroyObjects: 'A', soLogin: 'A', initPin: 'A', setPin: 'A', reset: 'A',
+      auditVerify: 'AU',
+    };
+    const letter = { service: 'S', operator: 'O', administrator: 'A', auditor: 'U' } as const;
+    const t = tokens.roles!;
+    const auditPath = join(td.dir, 'table-audit.jsonl');
+    sup = await startSupervisor({ config: { ...configFor(td, { r: slot('roles') }), policy: { slots: { r: { service: {}, operator: {}, administrator: {}, auditor: {} } } }, audit: { path: auditPath, flushMs: 5 } } });
+    const registry = createMetrics(sup);
+    const sig = await sup.sign({ slot: 'r', key: 'ec', mechanism: 'ECDSA-SHA256', data, principal: { id: 'setup', roles: ['service'] } });
+    const ops: Record<string, (c: Pkcs11Supervisor) => Promise<unknown>> = {
+      sign: (c) => c.sign({ slot: 'r', key: 'ec', mechanism: 'ECDSA-SHA256', data }),
+      verify: (c) => c.verify({ slot: 'r', key: 'ec', mechanism: 'ECDSA-SHA256', data, signature: sig }),
+      publicKey: (c) => c.getPublicKey({ slot: 'r', key: 'ec' }),
+      certificate: (c) => c.getCertificate({ slot: 'r', key: 'ec' }),
+      generateRandom: (c) => c.generateRandom({ slot: 'r', length: 16 }),
+      findObjects: (c) => c.findObjects({ slot: 'r' }),
+      sessionInfo: (c) => c.probe({ slot: 'r' }),
+      status: async (c) => c.status(),
+      generateKeyPair: (c) => c.generateKeyPair({ slot: 'r', algorithm: 'EC-P256', label: 'table-made' }),
+      importObjects: (c) => c.importCertificate({ slot: 'r', certificate: Buffer.from('not a certificate'), id: '02' }),
+      login: (c) => c.login('r'),
+      logout: (c) => c.logout('r'),
+      destroyObjects: (c) => c.destroyObject({ slot: 'r', key: { label: 'table-made' } }),
+      soLogin: async (c) => {
+        await c.login('r', t.soPin, { userType: 'so' });
+        await c.logout('r');
+      },
+      initPin: (c) => c.initPin({ slot: 'r', newPin: t.pin }),
+      setPin: (c) => c.setPin({ slot: 'r', oldPin: t.pin, newPin: t.pin }),
+      reset: async (c) => c.reset('r'),
+      auditVerify: async (c) => c.verifyAudit(),
+    };
+    expect(Object.keys(ops).sort()).toEqual(Object.keys(table).sort());
+    const got: string[] = [];
+    const want: string[] = [];
+    const deniedPerOp: Record<string, number> = {};
+    for (const role of ['service', 'operator', 'administrator', 'auditor'] as const) {
+      const client = sup.as({ id: `as-${role}`, roles: [role] });
+      for (const [op, call] of Object.entries(ops)) {
+        const outcome = await call(client).then(
+          () => 'allowed',
+          (e: { code?: string }) => (e.code === 'FORBIDDEN' ? 'denied' : 'allowed'),
+        );
+        got.push(`${role} ${op} ${outcome}`);
+        const allowed = table[op]!.includes(letter[role]);
+        want.push(`${role} ${op} ${allowed ? 'allowed' : 'denied'}`);
+        if (!allowed) deniedPerOp[op] = (deniedPerOp[op] ?? 0) + 1;
+      }
+    }
+    expect(got).toEqual(want);
+    const text = await registry.metrics();
+    for (const [op, n] of Object.entries(deniedPerOp)) expect(text).toContain(`pkcs11_access_denied_total{slot="r",op="${op}"} ${n}`);
+    await sup.close();
+    const denied = readFileSync(auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.event === 'denied');
+    expect(denied.length).toBe(Object.values(deniedPerOp).reduce((a, b) => a + b, 0));
+    expect(new Set(denied.map((r) => r.principal))).toEqual(new Set(['as-service', 'as-operator', 'as-auditor']));
+  });
+
   it('the CLI acts as the principal given by --as, and is refused without one', () => {
     const file = join(td.dir, 'policy-cli.json');
     writeFileSync(file, JSON.stringify({ ...configFor(td, { r: slot('roles') }), policy }));

@@ -26,25 +26,27 @@ afterEach(async () => {
 const slot = (label: string, extra: Record<string, unknown> = {}) => ({ token: { label }, pin: { env: `RV_PIN_${label}` }, ...extra });
 
 describe('findObjects paging and visibility', () => {
-  it('pages through a large token with a cursor, across a pool, with nothing left open on the session', async () => {
+  it('pages through 254 objects in pages of 40, each exactly once, across a pool, with nothing left open on the session', async () => {
     sup = await startSupervisor({ config: configFor(td, { p: slot('paging', { type: 'hsm', poolSize: 2 }), one: slot('paging') }) });
-    for (let i = 0; i < 30; i++) await sup.generateKeyPair({ slot: 'p', algorithm: 'EC-P256', label: `bulk-${String(i).padStart(2, '0')}`, id: (0x40 + i).toString(16) });
-    const all = await sup.findObjects({ slot: 'p', template: { class: 'publicKey' } });
-    expect(all.length).toBe(32);
+    // 125 key pairs: 250 objects, plus the two demo key pairs.
+    for (let i = 0; i < 125; i++) await sup.generateKeyPair({ slot: 'p', algorithm: 'EC-P256', label: `bulk-${String(i).padStart(3, '0')}`, id: (0x100 + i).toString(16).padStart(4, '0') });
+    const all = await sup.findObjects({ slot: 'p', template: {} });
+    expect(all.length).toBe(254);
 
     const seen: string[] = [];
     let cursor: string | undefined;
     let pages = 0;
     do {
-      const page = await sup.findObjectsPage({ slot: 'p', template: { class: 'publicKey' }, pageSize: 7, cursor });
-      expect(page.objects.length).toBeLessThanOrEqual(7);
-      seen.push(...page.objects.map((o) => `${o.label}/${o.id}`));
+      const page = await sup.findObjectsPage({ slot: 'p', template: {}, pageSize: 40, cursor });
+      expect(page.objects.length).toBeLessThanOrEqual(40);
+      seen.push(...page.objects.map((o) => `${o.class}/${o.label}/${o.id}`));
       cursor = page.cursor;
       pages++;
     } while (cursor);
-    expect(pages).toBe(5);
-    expect(new Set(seen).size).toBe(32);
-    expect(seen.sort()).toEqual(all.map((o) => `${o.label}/${o.id}`).sort());
+    expect(pages).toBe(7);
+    expect(seen.length).toBe(254);
+    expect(new Set(seen).size).toBe(254);
+    expect(seen.sort()).toEqual(all.map((o) => `${o.class}/${o.label}/${o.id}`).sort());
 
     // One worker: every search it began, it finalized, and the session signs right after.
     const before = (await sup.probe({ slot: 'one' })).calls;
