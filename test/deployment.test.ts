@@ -1,0 +1,140 @@
+import { describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { loadConfigFile, startSupervisor } from '../dist/src/index.js';
+import { aptPackages, parseDockerfile, replayImage } from './support/dockerfile.js';
+
+const repo = resolve('.');
+
+describe('config/examples', () => {
+  const examples = readdirSync('config/examples').filter((f) => f.endsWith('.json'));
+
+  it('holds a USB token, a network-HSM pool and a cloud HSM, each valid under the schema', () => {
+    expect(examples.sort()).toEqual(['cloud-kms.json', 'network-hsm-pool.json', 'usb-token.json']);
+    const usb = loadConfigFile('config/examples/usb-token.json');
+    expect(usb.slots.yubikey).toMatchObject({ type: 'token', poolSize: 1, lazy: true });
+    expect(usb.slots.yubikey!.pin).toBeUndefined();
+    const pool = loadConfigFile('config/examples/network-hsm-pool.json');
+    expect(pool.slots.issuing).toMatchObject({ type: 'hsm', poolSize: 8, readOnly: true, lazy: false });
+    const cloud = loadConfigFile('config/examples/cloud-kms.json');
+    expect(cloud.slots.kms).toMatchObject({ type: 'cloud', poolSize: 4 });
+    expect(cloud.slots.kms!.pin).toBeUndefined();
+  });
+
+  it('the USB token example needs the application\'s pinCallback: without one it is refused at start', async () => {
+    await expect(startSupervisor({ configFile: 'config/examples/usb-token.json' })).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+      issues: [expect.objectContaining({ path: 'slots.yubikey.pin' })],
+    });
+  });
+});
+
+describe('Kubernetes manifests', () => {
+  const docs = Object.fromEntries(
+    readdirSync('config/kubernetes').flatMap((f) => parseAllDocuments(readFileSync(join('config/kubernetes', f), 'utf8')).map((d) => d.toJS() as { kind: string })).map((d) => [d.kind, d as Record<string, any>]),
+  );
+
+  it('a Deployment probes /readyz and /healthz on the metrics port, a Service and a ServiceMonitor scrape /metrics', () => {
+    const { Deployment: dep, Service: svc, ServiceMonitor: mon } = docs;
+    const container = dep!.spec.template.spec.containers[0];
+    const port = container.ports.find((p: { name: string }) => p.name === 'metrics');
+    expect(port.containerPort).toBe(9464);
+    expect(container.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'metrics' });
+    expect(container.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'metrics' });
+    expect(dep!.spec.template.spec.securityContext.runAsNonRoot).toBe(true);
+    const labels = dep!.spec.template.metadata.labels;
+    expect(dep!.spec.selector.matchLabels).toEqual(labels);
+    expect(svc!.spec.selector).toEqual(labels);
+    expect(svc!.spec.ports[0]).toMatchObject({ name: 'metrics', targetPort: 'metrics' });
+    expect(mon!.spec.selector.matchLabels).toEqual(svc!.metadata.labels);
+    expect(mon!.spec.endpoints[0]).toMatchObject({ port: 'metrics', path: '/metrics' });
+    // The config it runs is one of the examples, listening where the probes look.
+    const configEnv = container.env.find((e: { name: string }) => e.name === 'PKCS11_SUPERVISOR_CONFIG').value as string;
+    expect(existsSync(join('config/examples', configEnv.split('/').pop()!))).toBe(true);
+  });
+});
+
+describe('Dockerfile', () => {
+  const text = readFileSync('Dockerfile', 'utf8');
+  const stages = parseDockerfile(text);
+  const final = stages.at(-1)!;
+
+  it('passes the lint: pinned slim base, non-root user, no stray package lists, health check, volumes, exec-form entry', () => {
+    const problems: string[] = [];
+    for (const s of stages) if (s.from !== 'node:20-bookworm-slim') problems.push(`FROM ${s.from}: use node:20-bookworm-slim`);
+    for (const s of stages) {
+      for (const step of s.steps) {
+        if (step.op === 'ADD') problems.push(`line ${step.line}: ADD (use COPY)`);
+        if (step.op === 'RUN' && /\bsudo\b|curl[^|]*\|\s*(ba)?sh/.test(step.args)) problems.push(`line ${step.line}: sudo or curl | sh`);
+        if (step.op === 'RUN' && /apt-get install/.test(step.args)) {
+          if (!step.args.includes('--no-install-recommends')) problems.push(`line ${step.line}: apt-get install without --no-install-recommends`);
+          if (!step.args.includes('rm -rf /var/lib/apt/lists')) problems.push(`line ${step.line}: apt lists left in the layer`);
+          if (!/apt-get update/.test(step.args)) problems.push(`line ${step.line}: apt-get install without update in the same layer`);
+        }
+        if (step.op === 'COPY' && !step.args.includes('--from=')) {
+          const paths = step.args.split(/\s+/).slice(0, -1);
+          for (const p of paths) if (!existsSync(p)) problems.push(`line ${step.line}: COPY ${p} does not exist`);
+        }
+      }
+    }
+    const ops = final.steps.map((s) => s.op);
+    const user = final.steps.filter((s) => s.op === 'USER').at(-1);
+    if (!user || /^(root|0)$/.test(user.args)) problems.push('the final stage must run as a non-root USER');
+    if (user && ops.indexOf('USER') > ops.indexOf('ENTRYPOINT')) problems.push('USER comes after ENTRYPOINT');
+    const health = final.steps.find((s) => s.op === 'HEALTHCHECK');
+    if (!health || !health.args.includes('/healthz')) problems.push('HEALTHCHECK on /healthz is missing');
+    if (!final.steps.some((s) => s.op === 'EXPOSE' && s.args.split(/\s+/).includes('9464'))) problems.push('EXPOSE 9464 is missing');
+    const volume = final.steps.find((s) => s.op === 'VOLUME');
+    if (!volume || !volume.args.includes('/app/config') || !volume.args.includes('/app/var')) problems.push('config and token dir must be volumes');
+    const entry = final.steps.find((s) => s.op === 'ENTRYPOINT');
+    if (!entry || !entry.args.startsWith('[')) problems.push('ENTRYPOINT must be in exec (JSON) form');
+    const installs = final.steps.filter((s) => s.op === 'RUN').flatMap((s) => aptPackages(s.args));
+    if (!installs.includes('softhsm2')) problems.push('the image must install softhsm2');
+    expect(problems).toEqual([]);
+  });
+
+  it('its install steps, replayed in a clean directory, give a daemon that starts like npm start and answers /healthz and /readyz', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'p11-image-'));
+    const dirs = replayImage(stages, repo, root);
+    const app = join(dirs.final!, 'app');
+    expect(existsSync(join(app, 'dist/src/daemon.js'))).toBe(true);
+    expect(existsSync(join(app, 'node_modules/typescript'))).toBe(false); // pruned to production dependencies
+
+    const port = await freePort();
+    const entry = JSON.parse(final.steps.find((s) => s.op === 'ENTRYPOINT')!.args) as string[];
+    const child = spawn(entry[0]!, entry.slice(1), { cwd: app, env: { ...process.env, PKCS11_SUPERVISOR_LISTEN: `127.0.0.1:${port}`, LOG_LEVEL: 'warn' }, stdio: 'pipe' });
+    let stderr = '';
+    child.stderr.on('data', (b) => (stderr += b));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      const deadline = Date.now() + 30_000;
+      let ready = 0;
+      while (Date.now() < deadline) {
+        ready = await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.status, () => 0);
+        if (ready === 200) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      expect(ready, stderr).toBe(200);
+      expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+      expect(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()).toContain('pkcs11_slot_state');
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
+  }, 120_000);
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolvePort(port));
+    });
+    srv.on('error', reject);
+  });
+}
