@@ -145,7 +145,9 @@ export class Mailbox {
         this.dequeueHead();
         call.queued = false;
         this.waiting--;
-        this.dispatchExclusive(call);
+        // The call's own code picks the worker(s) it needs; nothing else runs meanwhile.
+        this.exclusiveRunning = true;
+        this.dispatch(this.workers.find((w) => w.accepting) ?? this.workers[0]!, call);
         return;
       }
       let worker: SlotWorker | undefined;
@@ -237,22 +239,6 @@ export class Mailbox {
     }
   }
 
-  /** The call's own code picks the worker(s) it needs; nothing else runs meanwhile. */
-  private dispatchExclusive(call: Call<unknown>): void {
-    this.exclusiveRunning = true;
-    this.inFlight++;
-    call.startedAt = Date.now();
-    const worker = this.workers.find((w) => w.accepting) ?? this.workers[0]!;
-    call.spec.run(worker, call).then(
-      (value) => this.finish(call, () => call.resolve({ value, worker: worker.index, enqueuedAt: call.enqueuedAt, startedAt: call.startedAt })),
-      (e: unknown) => this.finish(call, () => call.reject(e instanceof Error ? e : new Error(String(e)))),
-    ).finally(() => {
-      this.exclusiveRunning = false;
-      this.inFlight--;
-      this.pump();
-    });
-  }
-
   private dispatch(worker: SlotWorker, call: Call<unknown>): void {
     worker.busy = true;
     this.inFlight++;
@@ -263,6 +249,7 @@ export class Mailbox {
     ).finally(() => {
       worker.busy = false;
       this.inFlight--;
+      if (call.spec.exclusive) this.exclusiveRunning = false;
       this.pump();
     });
   }
