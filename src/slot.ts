@@ -127,6 +127,8 @@ export class Slot {
     }
     if (from === 'logging_in' && to === 'logged_in') this.tellSiblings(worker, 'open', 'TOKEN_LOGGED_IN');
     if (to === 'so_logged_in') this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');
+    // Opened while a sibling logged the token in: its session report predates the login.
+    if (from === 'opening' && to === 'open' && this.workers.some((w) => w !== worker && w.state === 'logged_in')) worker.actor.send({ type: 'TOKEN_LOGGED_IN' });
     if (from === 'logging_out' && to === 'open') {
       this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');
       if (worker.context.loggedOutBy === 'idle' && this.config.reauthentication === 'fail') this.pins.requireExplicitPin();
