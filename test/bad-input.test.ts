@@ -67,7 +67,8 @@ describe('hostile and careless input through the client API', () => {
 
   it('leaves every slot healthy and signing', async () => {
     for (const slot of ['t', 'p']) {
-      expect(sup.status().slots[slot]!.workers.every((w) => w.state === 'logged_in')).toBe(true);
+      const workers = sup.status().slots[slot]!.workers;
+      expect(workers.map((w) => w.state), JSON.stringify(workers.map((w) => w.lastError))).toEqual(workers.map(() => 'logged_in'));
       expect(await sup.sign({ ...ok, slot } as never)).toBeInstanceOf(Buffer);
     }
   });
