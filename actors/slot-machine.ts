@@ -18,7 +18,7 @@
  */
 import { assign, fromPromise, setup } from 'xstate';
 import type { Secret } from '../src/secret.js';
-import type { OpenReport, SessionReport } from '../workers/protocol.js';
+import { USER_SESSION_STATES, type OpenReport, type SessionReport } from '../workers/protocol.js';
 import type { ErrorCode } from '../src/errors.js';
 import { SESSION_LOST_CKRS } from '../src/ckr.js';
 
@@ -81,7 +81,6 @@ function asSlotError(e: unknown): SlotError {
   return { code: err.code ?? 'PKCS11_ERROR', message: err.message ?? String(e), ckr: err.ckr };
 }
 
-const loggedInStates = new Set(['RO_USER', 'RW_USER', 'RW_SO']);
 
 export const slotMachine = setup({
   types: {
@@ -106,7 +105,7 @@ export const slotMachine = setup({
     noteLogout: assign({ loggedOutBy: (_, by: SlotMachineContext['loggedOutBy']) => by }),
   },
   guards: {
-    tokenAlreadyLoggedIn: (_, report: SessionReport) => loggedInStates.has(report.state),
+    tokenAlreadyLoggedIn: (_, report: SessionReport) => USER_SESSION_STATES.has(report.state),
     idleTimeoutEnabled: ({ context }) => context.idleTimeoutMs > 0,
   },
   delays: {

@@ -10,7 +10,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isEntryPoint } from './entry-point.js';
 import { pino } from 'pino';
-import { startSupervisor, type Pkcs11Supervisor } from './client.js';
+import { startSupervisor, type Pkcs11Supervisor, type SignRequest } from './client.js';
 import { Pkcs11SupervisorError } from './errors.js';
 import { createLogger } from './logger.js';
 import { verifyAuditFile } from './audit.js';
@@ -135,6 +135,18 @@ async function run(argv: string[]): Promise<number> {
   }
 }
 
+/** What sign and verify share: slot, key, mechanism, the input file and its options. */
+function signRequest(values: Values): SignRequest {
+  return {
+    slot: need(values, 'slot'),
+    key: keyRef(need(values, 'key')),
+    mechanism: need(values, 'mechanism') as SignRequest['mechanism'],
+    data: readFileSync(need(values, 'in')),
+    signatureFormat: values.format as SignRequest['signatureFormat'],
+    prehashed: values.prehashed,
+  };
+}
+
 function principal(spec: string): { id: string; roles: string[] } {
   const [id, roles = ''] = spec.split(':');
   if (!id) throw new Usage('--as is ID:ROLE[,ROLE]');
@@ -172,28 +184,13 @@ async function dispatch(sup: Pkcs11Supervisor, command: string, values: Values):
       return 0;
     }
     case 'sign': {
-      const sig = await sup.sign({
-        slot: need(values, 'slot'),
-        key: keyRef(need(values, 'key')),
-        mechanism: need(values, 'mechanism') as never,
-        data: readFileSync(need(values, 'in')),
-        signatureFormat: values.format as never,
-        prehashed: values.prehashed,
-      });
+      const sig = await sup.sign(signRequest(values));
       if (values.out) writeFileSync(values.out, sig);
       else print(sig.toString('base64'));
       return 0;
     }
     case 'verify': {
-      const ok = await sup.verify({
-        slot: need(values, 'slot'),
-        key: keyRef(need(values, 'key')),
-        mechanism: need(values, 'mechanism') as never,
-        data: readFileSync(need(values, 'in')),
-        signature: readFileSync(need(values, 'signature')),
-        signatureFormat: values.format as never,
-        prehashed: values.prehashed,
-      });
+      const ok = await sup.verify({ ...signRequest(values), signature: readFileSync(need(values, 'signature')) });
       print(ok ? 'valid' : 'invalid');
       return ok ? 0 : 1;
     }

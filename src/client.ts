@@ -270,6 +270,15 @@ export class Pkcs11Supervisor {
     throw new Pkcs11SupervisorError('FORBIDDEN', denial, { slot });
   }
 
+  /** For operations not on one slot: the slots where the caller may do `op`; FORBIDDEN (counted, audited) when none. */
+  private authorizeSomeSlot(req: Record<string, unknown>, op: Operation): string[] {
+    const names = [...this.sup.slots.keys()];
+    if (!this.policy.enforced) return names;
+    const allowed = this.policy.slotsAllowing(this.principalOf(req), names, op);
+    if (allowed.length === 0) this.authorize(req, names[0]!, op);
+    return allowed;
+  }
+
   /** Key material and SO state change only on a slot that may write. */
   private writable(slot: Slot, what: string): void {
     if (slot.config.readOnly) throw new Pkcs11SupervisorError('READ_ONLY', `slot "${slot.name}" is read-only (readOnly: true): ${what} is refused`, { slot: slot.name });
@@ -299,17 +308,16 @@ export class Pkcs11Supervisor {
 
   /** Refuses, before queueing, a mechanism the token cannot do or one for another key type. */
   private checkMechanism(slot: Slot, key: unknown, mechanism: MechanismName, prehashed: boolean): void {
+    // On the sign path: no lists built per call, a message only when refusing.
     const keyRef = typeof key === 'string' && Object.hasOwn(slot.config.keys, key) ? slot.config.keys[key] : undefined;
-    const lists: [string, readonly MechanismName[] | undefined][] = [
-      ['allowedMechanisms', this.sup.config.allowedMechanisms],
-      [`slots.${slot.name}.allowedMechanisms`, slot.config.allowedMechanisms],
-      [`slots.${slot.name}.keys.${String(key)}.allowedMechanisms`, keyRef?.allowedMechanisms],
-    ];
-    for (const [where, list] of lists) {
-      if (list && !list.includes(mechanism)) {
-        throw new Pkcs11SupervisorError('MECHANISM_NOT_ALLOWED', `${mechanism} is not in ${where} (${list.join(', ')})`, { slot: slot.name });
-      }
-    }
+    const refuse = (where: string, list: readonly MechanismName[]) =>
+      new Pkcs11SupervisorError('MECHANISM_NOT_ALLOWED', `${mechanism} is not in ${where} (${list.join(', ')})`, { slot: slot.name });
+    const global = this.sup.config.allowedMechanisms;
+    if (global && !global.includes(mechanism)) throw refuse('allowedMechanisms', global);
+    const perSlot = slot.config.allowedMechanisms;
+    if (perSlot && !perSlot.includes(mechanism)) throw refuse(`slots.${slot.name}.allowedMechanisms`, perSlot);
+    const perKey = keyRef?.allowedMechanisms;
+    if (perKey && !perKey.includes(mechanism)) throw refuse(`slots.${slot.name}.keys.${String(key)}.allowedMechanisms`, perKey);
     const { mechanisms, keyTypes } = slot.capabilities;
     if (!prehashed && mechanisms.size > 0 && !mechanisms.has(mechanism)) {
       throw new Pkcs11SupervisorError('MECHANISM_INVALID', `the token of slot "${slot.name}" cannot do ${mechanism}; it can do: ${[...mechanisms].join(', ')}`, { slot: slot.name });
@@ -652,9 +660,7 @@ export class Pkcs11Supervisor {
   status(options: { principal?: string | PrincipalInput } = {}) {
     const all = this.snapshot();
     if (!this.policy.enforced) return all;
-    const req = options as Record<string, unknown>;
-    const visible = this.policy.slotsAllowing(this.principalOf(req), Object.keys(all.slots), 'status');
-    if (visible.length === 0) this.authorize(req, Object.keys(all.slots)[0]!, 'status');
+    const visible = this.authorizeSomeSlot(options as Record<string, unknown>, 'status');
     return { closed: all.closed, slots: Object.fromEntries(visible.map((n) => [n, all.slots[n]!])) };
   }
 
@@ -669,11 +675,7 @@ export class Pkcs11Supervisor {
   verifyAudit(options: { principal?: string | PrincipalInput } = {}): AuditVerdict {
     const path = this.sup.config.audit?.path;
     if (!path) throw check.badInput('no audit trail is configured');
-    if (this.policy.enforced) {
-      const req = options as Record<string, unknown>;
-      const names = [...this.sup.slots.keys()];
-      if (this.policy.slotsAllowing(this.principalOf(req), names, 'auditVerify').length === 0) this.authorize(req, names[0]!, 'auditVerify');
-    }
+    this.authorizeSomeSlot(options as Record<string, unknown>, 'auditVerify');
     this.audit?.flush();
     return verifyAuditFile(path);
   }

@@ -8,10 +8,8 @@ import type { Logger } from 'pino';
 import { SESSION_LOST_CKRS } from './ckr.js';
 import { tokenPresent } from './module-registry.js';
 import type { Slot } from './slot.js';
-import type { SessionReport } from '../workers/protocol.js';
+import { USER_SESSION_STATES, type SessionReport } from '../workers/protocol.js';
 
-// A user login: an SO session (RW_SO) is not one a user call can use.
-const LOGGED_IN = new Set(['RO_USER', 'RW_USER']);
 
 export class HealthProbe {
   private timer: NodeJS.Timeout | null = null;
@@ -66,7 +64,7 @@ export class HealthProbe {
           }
           continue;
         }
-        const loggedIn = LOGGED_IN.has(reply.value.state);
+        const loggedIn = USER_SESSION_STATES.has(reply.value.state);
         if (w.state === 'logged_in' && !loggedIn) w.actor.send({ type: 'TOKEN_LOGGED_OUT' });
         if (w.state === 'open' && loggedIn) w.actor.send({ type: 'TOKEN_LOGGED_IN' });
       }

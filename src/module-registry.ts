@@ -172,7 +172,8 @@ export function tokenPresent(path: string, sel: { label: string } | { serial: st
   try {
     lib.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
   } catch {
-    // Already initialized by a worker: the usual case.
+    // Already initialized: the usual case. Not after a module reset whose C_Initialize failed,
+    // which is when this call brings the module back.
   }
   try {
     const slots = lib.C_GetSlotList(true);

@@ -12,7 +12,7 @@ import type { Secret } from './secret.js';
 import { SessionThread, ThreadDied } from './session-thread.js';
 import { closeOrphanSession, moduleGate, threadAbandoned } from './module-registry.js';
 import type { SlotConfig } from './config-schema.js';
-import type { OpenReport, SessionReport, WorkerReply, WorkerTask } from '../workers/protocol.js';
+import { USER_SESSION_STATES, type OpenReport, type SessionReport, type WorkerReply, type WorkerTask } from '../workers/protocol.js';
 
 /** What a worker needs to know about a call; the router's Call satisfies it. */
 export interface CallContext {
@@ -46,7 +46,6 @@ class Wedged extends Error {}
 
 const SETTLED: ReadonlySet<SlotState> = new Set(['uninitialized', 'open', 'logged_in', 'so_logged_in', 'failed', 'closed']);
 const NOT_ACCEPTING: ReadonlySet<SlotState> = new Set(['crashed', 'restarting', 'failed', 'closing', 'closed']);
-const USER_SESSION = new Set(['RO_USER', 'RW_USER']);
 
 function unwrap<T>(reply: WorkerReply<T>, slot: string): T {
   if (reply.ok) return reply.value;
@@ -275,12 +274,7 @@ export class SlotWorker {
   /** Waits for a state a call can run in; logs in when the call needs it. */
   async ready(call: CallContext): Promise<void> {
     for (let round = 0; round < 3; round++) {
-      const state = await this.settledState(call.deadline);
-      if (state === 'failed') {
-        const e = this.context.lastError;
-        throw new Pkcs11SupervisorError('SLOT_FAILED', `slot "${this.slot}" has failed${e ? `: ${e.message}` : ''}`, { slot: this.slot, ckr: e?.ckr });
-      }
-      if (state === 'closed') throw new Pkcs11SupervisorError('CLOSED', 'the supervisor is closed', { slot: this.slot });
+      const state = await this.liveState(call.deadline);
       if (call.needsLogin && this.opts.soActive()) {
         throw new Pkcs11SupervisorError('SO_SESSION_ACTIVE', `slot "${this.slot}" is logged in as its Security Officer; user calls resume after logout`, { slot: this.slot });
       }
@@ -288,6 +282,17 @@ export class SlotWorker {
       await this.logIn(call.pin, call.deadline, round === 0 ? 'login' : 'relogin', false);
     }
     throw new Pkcs11SupervisorError('PIN_REQUIRED', `slot "${this.slot}" could not reach a logged-in session`, { slot: this.slot });
+  }
+
+  /** A settled state a call can go on from: a failed or closed worker ends the call here. */
+  private async liveState(deadline: number): Promise<SlotState> {
+    const state = await this.settledState(deadline);
+    if (state === 'failed') {
+      const e = this.context.lastError;
+      throw new Pkcs11SupervisorError('SLOT_FAILED', `slot "${this.slot}" has failed${e ? `: ${e.message}` : ''}`, { slot: this.slot, ckr: e?.ckr });
+    }
+    if (state === 'closed') throw new Pkcs11SupervisorError('CLOSED', 'the supervisor is closed', { slot: this.slot });
+    return state;
   }
 
   /** Down because the token is not there: no reason to keep a caller waiting for the restarts. */
@@ -321,13 +326,11 @@ export class SlotWorker {
   async logIn(perCall: Secret | undefined, deadline: number, reason: 'login' | 'relogin', explicit: boolean): Promise<void> {
     if (explicit) {
       // An explicit login may find a lazy worker not opened yet, or one restarting.
-      const state = await this.settledState(deadline);
-      if (state === 'failed') throw new Pkcs11SupervisorError('SLOT_FAILED', `slot "${this.slot}" has failed`, { slot: this.slot });
-      if (state === 'closed') throw new Pkcs11SupervisorError('CLOSED', 'the supervisor is closed', { slot: this.slot });
+      await this.liveState(deadline);
     }
     await this.opts.loginLock(async () => {
       const info = unwrap(await this.runTask<SessionReport>({ op: 'sessionInfo' }, deadline), this.slot);
-      if (USER_SESSION.has(info.state)) {
+      if (USER_SESSION_STATES.has(info.state)) {
         if (this.state === 'open') this.actor.send({ type: 'TOKEN_LOGGED_IN' });
         return;
       }
@@ -350,9 +353,7 @@ export class SlotWorker {
 
   /** Logs the token in as its Security Officer, ending the user login first (one user type at a time). */
   async soLogIn(pin: Secret, deadline: number): Promise<void> {
-    const state = await this.settledState(deadline);
-    if (state === 'failed') throw new Pkcs11SupervisorError('SLOT_FAILED', `slot "${this.slot}" has failed`, { slot: this.slot });
-    if (state === 'closed') throw new Pkcs11SupervisorError('CLOSED', 'the supervisor is closed', { slot: this.slot });
+    await this.liveState(deadline);
     await this.opts.loginLock(async () => {
       const reply = await this.runTask<SessionReport>({ op: 'login', pin: pin.reveal(), userType: 'so' }, deadline);
       this.opts.hooks.loginAttempted(this, 'call', reply.ok ? 'ok' : reply.error.code, 'so');

@@ -63,10 +63,12 @@ export class Supervisor {
   async start(): Promise<void> {
     await Promise.all([...this.slots.values()].map((s) => s.start()));
     // What only the token can tell (its session limit) is still a config error: refuse to run.
-    const refused = [...this.slots.values()].filter((s) => s.workers.some((w) => w.context.lastError?.code === 'CONFIG_INVALID'));
-    if (refused.length > 0) {
+    const issues = [...this.slots.values()].flatMap((s) => {
+      const error = s.workers.map((w) => w.context.lastError).find((e) => e?.code === 'CONFIG_INVALID');
+      return error ? [{ path: `slots.${s.name}.poolSize`, message: error.message }] : [];
+    });
+    if (issues.length > 0) {
       await this.close();
-      const issues = refused.map((s) => ({ path: `slots.${s.name}.poolSize`, message: s.workers.find((w) => w.context.lastError?.code === 'CONFIG_INVALID')!.context.lastError!.message }));
       throw new Pkcs11SupervisorError('CONFIG_INVALID', issues.map((i) => i.message).join('\n'), { issues });
     }
     for (const p of this.probes) p.start();

@@ -75,6 +75,9 @@ export type WorkerReply<T = unknown> = ({ ok: true; value: T } | { ok: false; er
 
 export type SessionState = 'RO_PUBLIC' | 'RO_USER' | 'RW_PUBLIC' | 'RW_USER' | 'RW_SO';
 
+/** A session a user call can use. RW_SO is logged in too, but as the Security Officer: not for user calls. */
+export const USER_SESSION_STATES: ReadonlySet<SessionState> = new Set(['RO_USER', 'RW_USER']);
+
 export interface SessionReport {
   /** Session handle, hex: stable for the life of the session, useful in logs. */
   handle: string;

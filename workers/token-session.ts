@@ -13,7 +13,7 @@ import { codeForCkr } from '../src/ckr.js';
 import type { ErrorCode } from '../src/errors.js';
 import { prepareMechanisms, preparedKey, BadInput, type PreparedMechanism } from './mechanism-params.js';
 import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKS_BY_VALUE } from './pkcs11-constants.js';
-import type { KeySelector, OpenReport, PublicKeyReport, SessionReport, TokenSelector, WorkerTask } from './protocol.js';
+import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PublicKeyReport, type SessionReport, type TokenSelector, type WorkerTask } from './protocol.js';
 import { findHandles, type SessionAccess } from './object-ops.js';
 
 /** A failure with a code decided here (not a CKR from the token). */
@@ -77,6 +77,8 @@ export class TokenSession implements SessionAccess {
   private session: P11.Handle | null = null;
   private tokenLabel = '';
   private tokenSerial = '';
+  /** ulMaxSessionCount / ulMaxRwSessionCount of the token, as read with its label. */
+  private sessionLimits: { maxSessions: number | null; maxRwSessions: number | null } = { maxSessions: null, maxRwSessions: null };
   private prepared = new Map<string, PreparedMechanism>();
   private keys = new Map<string, CachedKey>();
   private readonly out = Buffer.alloc(MAX_SIGNATURE_BYTES);
@@ -113,13 +115,11 @@ export class TokenSession implements SessionAccess {
     const supported = new Set(this.count('C_GetMechanismList').C_GetMechanismList(slot));
     this.prepared = prepareMechanisms(supported);
     const mechanisms = MECHANISM_NAMES.filter((n) => this.prepared.has(preparedKey(n, false)));
-    const info = this.count('C_GetTokenInfo').C_GetTokenInfo(slot);
     return {
       ...this.report(),
       mechanisms,
       keyGen: this.keyGenSizes(slot, supported),
-      maxSessions: sessionLimit(info.maxSessionCount),
-      maxRwSessions: sessionLimit(info.maxRwSessionCount),
+      ...this.sessionLimits,
       keyTypes: this.keyTypesOf(task.keys),
     };
   }
@@ -194,6 +194,7 @@ export class TokenSession implements SessionAccess {
     const info = this.count('C_GetTokenInfo').C_GetTokenInfo(slot);
     this.tokenLabel = trimPadded(info.label);
     this.tokenSerial = trimPadded(info.serialNumber);
+    this.sessionLimits = { maxSessions: sessionLimit(info.maxSessionCount), maxRwSessions: sessionLimit(info.maxRwSessionCount) };
   }
 
   /** Closes the current session if any; its key handles die with it. */
@@ -209,10 +210,9 @@ export class TokenSession implements SessionAccess {
   }
 
   report(): SessionReport {
-    const info = this.count('C_GetSessionInfo').C_GetSessionInfo(this.live);
     return {
       handle: this.live.toString('hex'),
-      state: CKS_BY_VALUE[info.state] ?? 'RO_PUBLIC',
+      state: this.sessionState(),
       tokenLabel: this.tokenLabel,
       tokenSerial: this.tokenSerial,
       slotId: this.slot ? this.slot.toString('hex') : '',
@@ -221,15 +221,18 @@ export class TokenSession implements SessionAccess {
   }
 
   private loggedIn(): boolean {
-    const state = this.count('C_GetSessionInfo').C_GetSessionInfo(this.live).state;
-    return CKS_BY_VALUE[state] === 'RO_USER' || CKS_BY_VALUE[state] === 'RW_USER';
+    return USER_SESSION_STATES.has(this.sessionState());
+  }
+
+  private sessionState(): SessionState {
+    return CKS_BY_VALUE[this.count('C_GetSessionInfo').C_GetSessionInfo(this.live).state] ?? 'RO_PUBLIC';
   }
 
   login(pin: string, userType: 'user' | 'so'): SessionReport {
     // One user type at a time per token (CKR_USER_ANOTHER_ALREADY_LOGGED_IN): the Security
     // Officer comes in only after the user login ends, and the other way round.
-    const state = CKS_BY_VALUE[this.count('C_GetSessionInfo').C_GetSessionInfo(this.live).state];
-    if ((userType === 'so' && (state === 'RO_USER' || state === 'RW_USER')) || (userType === 'user' && state === 'RW_SO')) this.logout();
+    const state = this.sessionState();
+    if ((userType === 'so' && USER_SESSION_STATES.has(state)) || (userType === 'user' && state === 'RW_SO')) this.logout();
     try {
       this.count('C_Login').C_Login(this.live, userType === 'so' ? pkcs11js.CKU_SO : pkcs11js.CKU_USER, pin);
     } catch (e) {
