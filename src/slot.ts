@@ -27,6 +27,8 @@ export class Slot {
   readonly pins: PinChain;
   /** What the token reported at the last open: the mechanisms it can do and the configured keys' types. */
   readonly capabilities = { mechanisms: new Set<MechanismName>(), keyTypes: new Map<string, KeyType>(), keyGen: {} as OpenReport['keyGen'] };
+  /** The token's own limits and abilities, as reported at the last open (null before one): for status and the docs' compatibility table. */
+  private reported: Pick<OpenReport, 'mechanisms' | 'keyGen' | 'maxSessions' | 'maxRwSessions' | 'pinLength'> | null = null;
   private loginChain: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -60,6 +62,8 @@ export class Slot {
               this.capabilities.mechanisms = new Set(report.mechanisms);
               this.capabilities.keyTypes = new Map(Object.entries(report.keyTypes));
               this.capabilities.keyGen = report.keyGen;
+              const { mechanisms, keyGen, maxSessions, maxRwSessions, pinLength } = report;
+              this.reported = { mechanisms, keyGen, maxSessions, maxRwSessions, pinLength };
             },
             stateChanged: (w, from, to) => this.stateChanged(w, from, to),
             loginAttempted: (w, origin, outcome, userType = 'user') => {
@@ -146,6 +150,7 @@ export class Slot {
       state: this.summaryState(),
       queued: this.mailbox.depth,
       running: this.mailbox.running,
+      token: this.reported,
       workers: this.workers.map((w) => {
         const ctx = w.context;
         return {

@@ -95,6 +95,11 @@ export interface KeySizeRange {
   max: number;
 }
 
+export interface PinLength {
+  min: number;
+  max: number;
+}
+
 export interface OpenReport extends SessionReport {
   mechanisms: MechanismName[];
   /** Key-pair generation the token can do, by key type, with the sizes it allows. */
@@ -102,6 +107,8 @@ export interface OpenReport extends SessionReport {
   /** ulMaxSessionCount / ulMaxRwSessionCount; null when the token sets no limit (or does not say). */
   maxSessions: number | null;
   maxRwSessions: number | null;
+  /** PIN lengths in bytes the token accepts (ulMinPinLen / ulMaxPinLen); null when it does not say. */
+  pinLength: PinLength | null;
   /** Types of the configured key refs whose public key object is visible. */
   keyTypes: Record<string, KeyType>;
 }

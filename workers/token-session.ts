@@ -13,7 +13,7 @@ import { codeForCkr } from '../src/ckr.js';
 import type { ErrorCode } from '../src/errors.js';
 import { prepareMechanisms, preparedKey, BadInput, type PreparedMechanism } from './mechanism-params.js';
 import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKS_BY_VALUE } from './pkcs11-constants.js';
-import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PublicKeyReport, type SessionReport, type TokenSelector, type WorkerTask } from './protocol.js';
+import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type PublicKeyReport, type SessionReport, type TokenSelector, type WorkerTask } from './protocol.js';
 import { findHandles, type SessionAccess } from './object-ops.js';
 
 /** A failure with a code decided here (not a CKR from the token). */
@@ -79,6 +79,8 @@ export class TokenSession implements SessionAccess {
   private tokenSerial = '';
   /** ulMaxSessionCount / ulMaxRwSessionCount of the token, as read with its label. */
   private sessionLimits: { maxSessions: number | null; maxRwSessions: number | null } = { maxSessions: null, maxRwSessions: null };
+  /** ulMinPinLen / ulMaxPinLen: a PIN outside them is refused here, before it costs a retry on the token. */
+  private pinLength: PinLength | null = null;
   private prepared = new Map<string, PreparedMechanism>();
   private keys = new Map<string, CachedKey>();
   private readonly out = Buffer.alloc(MAX_SIGNATURE_BYTES);
@@ -120,6 +122,7 @@ export class TokenSession implements SessionAccess {
       mechanisms,
       keyGen: this.keyGenSizes(slot, supported),
       ...this.sessionLimits,
+      pinLength: this.pinLength,
       keyTypes: this.keyTypesOf(task.keys),
     };
   }
@@ -195,6 +198,16 @@ export class TokenSession implements SessionAccess {
     this.tokenLabel = trimPadded(info.label);
     this.tokenSerial = trimPadded(info.serialNumber);
     this.sessionLimits = { maxSessions: sessionLimit(info.maxSessionCount), maxRwSessions: sessionLimit(info.maxRwSessionCount) };
+    this.pinLength = pinLengthOf(info.minPinLen, info.maxPinLen);
+  }
+
+  /** Throws `code` for a PIN the token would refuse by its length alone. */
+  private checkPinLength(pin: string, code: 'PIN_INCORRECT' | 'BAD_INPUT', what: string): void {
+    const range = this.pinLength;
+    const n = Buffer.byteLength(pin);
+    if (!range || (n >= range.min && n <= range.max)) return;
+    const then = code === 'PIN_INCORRECT' ? '; refused before it reached the token, so no retry was used' : '';
+    throw new WorkerFailure(code, `${what} is ${n} bytes; this token takes ${range.min} to ${range.max} (C_GetTokenInfo)${then}`);
   }
 
   /** Closes the current session if any; its key handles die with it. */
@@ -233,6 +246,7 @@ export class TokenSession implements SessionAccess {
     // Officer comes in only after the user login ends, and the other way round.
     const state = this.sessionState();
     if ((userType === 'so' && USER_SESSION_STATES.has(state)) || (userType === 'user' && state === 'RW_SO')) this.logout();
+    this.checkPinLength(pin, 'PIN_INCORRECT', 'the PIN');
     try {
       this.count('C_Login').C_Login(this.live, userType === 'so' ? pkcs11js.CKU_SO : pkcs11js.CKU_USER, pin);
     } catch (e) {
@@ -253,12 +267,15 @@ export class TokenSession implements SessionAccess {
 
   /** Sets the user PIN: the Security Officer's operation (C_InitPIN on an SO session). */
   initPin(pin: string): SessionReport {
+    this.checkPinLength(pin, 'BAD_INPUT', 'the new PIN');
     this.count('C_InitPIN').C_InitPIN(this.live, pin);
     return this.report();
   }
 
   /** Changes the PIN of whoever is logged in on the session: the user's, or the SO's own. */
   setPin(oldPin: string, newPin: string): SessionReport {
+    this.checkPinLength(newPin, 'BAD_INPUT', 'the new PIN');
+    this.checkPinLength(oldPin, 'PIN_INCORRECT', 'the old PIN');
     this.count('C_SetPIN').C_SetPIN(this.live, oldPin, newPin);
     return this.report();
   }
@@ -386,6 +403,11 @@ export function toFailure(e: unknown): { code: ErrorCode; message: string; ckr?:
 }
 
 /** CK_EFFECTIVELY_INFINITE (0) and CK_UNAVAILABLE_INFORMATION (~0) mean no limit to respect. */
+/** Null when the token states no usable range (0/0, or a max below the min). */
+function pinLengthOf(min: number, max: number): PinLength | null {
+  return max > 0 && max >= min && max < 0xffffffff ? { min, max } : null;
+}
+
 function sessionLimit(n: number): number | null {
   return n > 0 && n < 0xffffffff ? n : null;
 }

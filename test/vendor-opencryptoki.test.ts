@@ -1,0 +1,4 @@
+import { conformanceSuite } from './support/conformance.js';
+import { opencryptoki } from './support/vendors/opencryptoki.js';
+
+conformanceSuite(opencryptoki);
