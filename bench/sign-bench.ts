@@ -20,6 +20,7 @@ import { Worker } from 'node:worker_threads';
 import { pino } from 'pino';
 import { rawLoop, type RawConfig } from './raw-loop.js';
 import { startSupervisor, type ConfigInput, type Pkcs11Supervisor } from '../src/index.js';
+import { pkcs11js } from '../workers/pkcs11js.js';
 
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: '1.5' }, million: { type: 'boolean', default: false } } });
 const SECONDS = Number(values.seconds);
@@ -36,6 +37,15 @@ execFileSync('softhsm2-util', ['--init-token', '--free', '--label', 'bench', '--
 for (const [type, label, id] of [['rsa:2048', 'rsa', '01'], ['EC:prime256v1', 'ec', '02']]) {
   execFileSync('pkcs11-tool', ['--module', MODULE, '--token-label', 'bench', '--login', '--pin', PIN, '--keypairgen', '--key-type', type!, '--label', label!, '--id', id!], { stdio: 'ignore' });
 }
+
+// The main thread owns the library for the whole run, as the daemon's module registry does.
+// Without an owner, the raw baseline's threads each loaded it, raced their C_Initialize calls
+// on a fresh copy and unloaded it as they exited: SoftHSM2 then crashed (segfault, "malloc():
+// unaligned fastbin chunk") or answered CKR_OPERATION_ACTIVE on a new session, in about one
+// run in four.
+const owner = new pkcs11js.PKCS11();
+owner.load(MODULE);
+owner.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
 
 interface Result {
   alg: string;
@@ -103,16 +113,20 @@ for (const mech of ['ec', 'rsa'] as const) {
   for (const size of [32, 4096]) {
     const alg = mech === 'ec' ? 'ECDSA P-256' : 'RSA-2048';
     const raw: Record<string, number> = {};
+    const progress = (target: string) => process.stderr.write(`bench: ${alg} ${size} B ${target}\n`);
+    progress('raw-1');
     const r1 = rawLoop(rawConfig(mech, size));
     raw['raw-1'] = summarize(r1.lat, r1.ops, r1.elapsed).opsPerSec;
     results.push({ alg, size, target: 'raw-1', concurrency: 1, ...summarize(r1.lat, r1.ops, r1.elapsed), ratio: null, rssMiB: rss() });
     for (const n of [2, 4]) {
+      progress(`raw-${n}`);
       const rn = await rawInWorkers(n, mech, size);
       const s = summarize(rn.lat, rn.ops, rn.elapsed);
       raw[`raw-${n}`] = s.opsPerSec;
       results.push({ alg, size, target: `raw-${n}`, concurrency: n, ...s, ratio: null, rssMiB: rss() });
     }
     for (const [target, cfg] of TARGETS) {
+      progress(target);
       const sup = await startSupervisor({ config: { modules: { soft: { path: MODULE, env: { SOFTHSM2_CONF: conf } } }, slots: { [target]: cfg }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
       await throughSupervisor(sup, target, mech, size, 16); // warm up
       const matching = target === 'pool-2' ? raw['raw-2']! : target === 'pool-4' ? raw['raw-4']! : raw['raw-1']!;
@@ -172,4 +186,5 @@ if (million) console.log('\n1,000,000 calls (pool of 2, c=256, ECDSA, 32 B):', J
 mkdirSync('var', { recursive: true });
 writeFileSync('var/bench.json', JSON.stringify({ when: new Date().toISOString(), seconds: SECONDS, results, targets, million }, null, 2));
 console.log('\nwritten: var/bench.json');
+owner.C_Finalize();
 process.exit(0);
