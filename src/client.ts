@@ -414,8 +414,9 @@ export class Pkcs11Supervisor {
   }
 
   async generateKeyPair(request: GenerateKeyPairRequest): Promise<ObjectDescriptor> {
-    const req = this.request(request);
-    const slot = this.slotFor(req, 'generateKeyPair');
+    const asked = this.request(request);
+    const slot = this.slotFor(asked, 'generateKeyPair');
+    const req = asked.timeoutMs === undefined ? { ...asked, timeoutMs: slot.config.keyGenTimeoutMs } : asked;
     this.writable(slot, 'key generation');
     if (!(KEY_ALGORITHMS as readonly unknown[]).includes(req.algorithm)) throw check.badInput(`algorithm must be one of ${KEY_ALGORITHMS.join(', ')}`, slot.name);
     this.checkKeyGen(slot, req.algorithm as KeyAlgorithm);

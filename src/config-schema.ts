@@ -62,6 +62,8 @@ export const SlotSchema = z
     reauthentication: z.enum(['prompt', 'fail']).default('prompt'),
     queueLimit: z.number().int().min(1).max(1_000_000).default(1000),
     callTimeoutMs: z.number().int().min(1).default(30_000),
+    /** Default deadline of generateKeyPair: TPMs and smart cards take seconds to minutes for an RSA key, and the hung-call watchdog must not take that for a wedge. */
+    keyGenTimeoutMs: z.number().int().min(1).default(300_000),
     /** How long past its deadline a call may keep the worker before the worker is declared wedged and replaced. */
     hungCallGraceMs: z.number().int().min(0).default(1_000),
     /** Open on first use. Default: true for a token (the daemon starts without it plugged in), false otherwise. */

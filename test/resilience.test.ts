@@ -36,6 +36,19 @@ async function until(cond: () => boolean | Promise<boolean>, ms = 10_000): Promi
 }
 
 describe('resilience against a misbehaving module', () => {
+  it('a slow key generation gets keyGenTimeoutMs, not callTimeoutMs: the worker is not taken for hung', async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot({ callTimeoutMs: 300, hungCallGraceMs: 100, keyGenTimeoutMs: 5_000 }) }) });
+    await sign(sup);
+    const before = faults.counts();
+    faults.set('delay C_GenerateKeyPair 800');
+    const made = await sup.generateKeyPair({ slot: 't', algorithm: 'EC-P256', label: 'slow-gen' });
+    expect(made.label).toBe('slow-gen');
+    expect(delta(before, 'C_OpenSession')).toBe(0); // the same session: no wedge, no restart
+    // A sign with the same deadline budget would have timed out: the default is per operation.
+    faults.set('delay C_Sign 800');
+    await expect(sign(sup)).rejects.toMatchObject({ code: 'TIMEOUT' });
+  });
+
   it('a transient CKR_FUNCTION_FAILED is retried once on the same session and the call succeeds', async () => {
     sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
     await sign(sup);

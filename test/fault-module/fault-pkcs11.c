@@ -60,7 +60,7 @@ static CK_SESSION_HANDLE last_session = CK_INVALID_HANDLE;
 
 static const char *names[] = {"C_Initialize", "C_Finalize", "C_GetSlotList", "C_GetTokenInfo", "C_GetMechanismList", "C_OpenSession",
                               "C_CloseSession", "C_GetSessionInfo", "C_Login", "C_Logout", "C_FindObjectsInit", "C_FindObjects",
-                              "C_SignInit", "C_Sign", "C_VerifyInit", "C_Verify", "C_GetAttributeValue"};
+                              "C_SignInit", "C_Sign", "C_VerifyInit", "C_Verify", "C_GetAttributeValue", "C_GenerateKeyPair"};
 #define NFN (sizeof names / sizeof names[0])
 static unsigned long counts[NFN];
 
@@ -263,6 +263,12 @@ static CK_RV f_Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_P
 }
 static CK_RV f_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) { GUARD("C_GetAttributeValue"); return real->C_GetAttributeValue(h, o, t, n); }
 
+static CK_RV f_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pub, CK_ULONG npub, CK_ATTRIBUTE_PTR priv, CK_ULONG npriv,
+                                CK_OBJECT_HANDLE_PTR hpub, CK_OBJECT_HANDLE_PTR hpriv) {
+  GUARD("C_GenerateKeyPair");
+  return real->C_GenerateKeyPair(h, m, pub, npub, priv, npriv, hpub, hpriv);
+}
+
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
   if (!out) return CKR_ARGUMENTS_BAD;
   pthread_mutex_lock(&lock);
@@ -293,6 +299,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
     fault_list.C_VerifyInit = f_VerifyInit;
     fault_list.C_Verify = f_Verify;
     fault_list.C_GetAttributeValue = f_GetAttributeValue;
+    fault_list.C_GenerateKeyPair = f_GenerateKeyPair;
   }
   pthread_mutex_unlock(&lock);
   *out = &fault_list;
