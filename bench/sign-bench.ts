@@ -13,7 +13,7 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
@@ -57,6 +57,8 @@ interface Result {
   p99us: number;
   ratio: number | null;
   rssMiB: number;
+  /** Main-thread busy time per call (event-loop utilization), supervisor cells only: the callers' loop included. */
+  mainUs?: number;
 }
 
 const percentile = (sorted: Float64Array, p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
@@ -131,28 +133,97 @@ for (const mech of ['ec', 'rsa'] as const) {
       await throughSupervisor(sup, target, mech, size, 16); // warm up
       const matching = target === 'pool-2' ? raw['raw-2']! : target === 'pool-4' ? raw['raw-4']! : raw['raw-1']!;
       for (const c of [1, 16, 256]) {
+        const elu = performance.eventLoopUtilization();
         const r = await throughSupervisor(sup, target, mech, size, c);
+        const mainUs = Math.round((performance.eventLoopUtilization(elu).active * 1000) / r.ops);
         const s = summarize(r.lat, r.ops, r.elapsed);
-        results.push({ alg, size, target, concurrency: c, ...s, ratio: Number((s.opsPerSec / matching).toFixed(2)), rssMiB: rss() });
+        results.push({ alg, size, target, concurrency: c, ...s, ratio: Number((s.opsPerSec / matching).toFixed(2)), rssMiB: rss(), mainUs });
       }
       await sup.close();
     }
   }
 }
 
+/**
+ * The cheapest possible thread hop on this machine: two threads handing a counter back and
+ * forth with Atomics.wait/notify, no message, no copy. Every supervisor call pays at least this.
+ */
+async function hopFloorUs(): Promise<number> {
+  const shared = new Int32Array(new SharedArrayBuffer(8));
+  const echo = new Worker(
+    `const a = new Int32Array(require('node:worker_threads').workerData);
+     for (let seq = 0; ; ) { Atomics.wait(a, 0, seq); seq = Atomics.load(a, 0); if (seq < 0) break; Atomics.store(a, 1, seq); Atomics.notify(a, 1); }`,
+    { eval: true, workerData: shared.buffer },
+  );
+  await new Promise((r) => setTimeout(r, 100));
+  const lat: number[] = [];
+  for (let i = 1; i <= 20_000; i++) {
+    const t = performance.now();
+    Atomics.store(shared, 0, i);
+    Atomics.notify(shared, 0);
+    Atomics.wait(shared, 1, i - 1);
+    lat.push(performance.now() - t);
+  }
+  Atomics.store(shared, 0, -1);
+  Atomics.notify(shared, 0);
+  await echo.terminate();
+  return summarize(lat, lat.length, 1).p50us;
+}
+/**
+ * The targets, judged on medians: each comparison is rerun REPEATS times back to back (raw
+ * baseline, then the supervisor), because one cell on a shared 2-core machine can be off by 30%.
+ */
+const REPEATS = 3;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+async function targetMedians(mech: 'ec' | 'rsa') {
+  const start = (name: string, cfg: SlotInput) =>
+    startSupervisor({ config: { modules: { soft: { path: MODULE, env: { SOFTHSM2_CONF: conf } } }, slots: { [name]: cfg }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
+  const token = await start('token', TARGETS[0]![1]);
+  const pool = await start('pool-2', TARGETS[2]![1]);
+  await throughSupervisor(token, 'token', mech, 32, 16);
+  await throughSupervisor(pool, 'pool-2', mech, 32, 16);
+  const added: number[] = [];
+  const tokenRatio: number[] = [];
+  const poolRatio: number[] = [];
+  for (let i = 0; i < REPEATS; i++) {
+    const raw1 = rawLoop(rawConfig(mech, 32));
+    const r1 = summarize(raw1.lat, raw1.ops, raw1.elapsed);
+    const t1 = await throughSupervisor(token, 'token', mech, 32, 1);
+    const t256 = await throughSupervisor(token, 'token', mech, 32, 256);
+    const raw2 = await rawInWorkers(2, mech, 32);
+    const p256 = await throughSupervisor(pool, 'pool-2', mech, 32, 256);
+    added.push(summarize(t1.lat, t1.ops, t1.elapsed).p50us - r1.p50us);
+    tokenRatio.push(summarize(t256.lat, t256.ops, t256.elapsed).opsPerSec / r1.opsPerSec);
+    poolRatio.push(summarize(p256.lat, p256.ops, p256.elapsed).opsPerSec / summarize(raw2.lat, raw2.ops, raw2.elapsed).opsPerSec);
+  }
+  await token.close();
+  await pool.close();
+  const round = (xs: number[]) => xs.map((x) => Number(x.toFixed(2)));
+  return { addedP50us: median(added), tokenRatio: Number(median(tokenRatio).toFixed(2)), poolRatio: Number(median(poolRatio).toFixed(2)), runs: { added, tokenRatio: round(tokenRatio), poolRatio: round(poolRatio) } };
+}
+const medians: Record<string, Awaited<ReturnType<typeof targetMedians>>> = {};
+for (const [alg, mech] of [['ECDSA P-256', 'ec'], ['RSA-2048', 'rsa']] as const) {
+  process.stderr.write(`bench: ${alg} targets, ${REPEATS} repeats\n`);
+  medians[alg] = await targetMedians(mech);
+}
+
+process.stderr.write('bench: thread hop floor\n');
+const hopFloor = await hopFloorUs();
+
 let million: Record<string, unknown> | null = null;
 if (values.million) {
   const sup = await startSupervisor({ config: { modules: { soft: { path: MODULE, env: { SOFTHSM2_CONF: conf } } }, slots: { p: { ...slotCfg, type: 'hsm', poolSize: 2 } }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
   const data = Buffer.alloc(32, 7);
   const samples: { calls: number; heapMiB: number; rssMiB: number }[] = [];
+  let started = 0;
   let calls = 0;
   const t0 = performance.now();
   await Promise.all(
     Array.from({ length: 256 }, async () => {
-      while (calls < 1_000_000) {
-        calls++;
+      while (started < 1_000_000) {
+        started++;
         await sup.sign({ slot: 'p', key: 'ec', mechanism: 'ECDSA-SHA256', data });
-        if (calls % 100_000 === 0) {
+        if (++calls % 100_000 === 0) {
           globalThis.gc?.();
           samples.push({ calls, heapMiB: Math.round(process.memoryUsage().heapUsed / 2 ** 20), rssMiB: rss() });
         }
@@ -166,25 +237,35 @@ if (values.million) {
 // ---- report
 const pad = (s: string | number, n: number) => String(s).padStart(n);
 const lines = [
-  `| algorithm | input | target | conc. | ops/s | p50 µs | p99 µs | ratio | RSS MiB |`,
-  `| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |`,
-  ...results.map((r) => `| ${r.alg} | ${r.size} B | ${r.target} | ${r.concurrency} | ${pad(r.opsPerSec, 6)} | ${r.p50us} | ${r.p99us} | ${r.ratio ?? ''} | ${r.rssMiB} |`),
+  `| algorithm | input | target | conc. | ops/s | p50 µs | p99 µs | ratio | main µs/call | RSS MiB |`,
+  `| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
+  ...results.map((r) => `| ${r.alg} | ${r.size} B | ${r.target} | ${r.concurrency} | ${pad(r.opsPerSec, 6)} | ${r.p50us} | ${r.p99us} | ${r.ratio ?? ''} | ${r.mainUs ?? ''} | ${r.rssMiB} |`),
 ];
 const find = (alg: string, size: number, target: string, c: number) => results.find((r) => r.alg === alg && r.size === size && r.target === target && r.concurrency === c)!;
 const targets = ['ECDSA P-256', 'RSA-2048'].flatMap((alg) => {
-  const addedP50 = find(alg, 32, 'token', 1).p50us - find(alg, 32, 'raw-1', 1).p50us;
+  const m = medians[alg]!;
   return [
-    { alg, target: 'pool of 2 ≥ 0.9× raw in 2 threads (c=256, 32 B)', value: find(alg, 32, 'pool-2', 256).ratio!, pass: find(alg, 32, 'pool-2', 256).ratio! >= 0.9 },
-    { alg, target: 'added p50 latency at c=1 ≤ 100 µs (token vs raw-1, 32 B)', value: addedP50, pass: addedP50 <= 100 },
-    { alg, target: 'token slot at c=256 loses ≤ 10% vs raw-1 (32 B)', value: find(alg, 32, 'token', 256).ratio!, pass: find(alg, 32, 'token', 256).ratio! >= 0.9 },
+    { alg, target: 'pool of 2 ≥ 0.9× raw in 2 threads (c=256, 32 B)', value: m.poolRatio, runs: m.runs.poolRatio, pass: m.poolRatio >= 0.9 },
+    { alg, target: 'added p50 latency at c=1 ≤ 100 µs (token vs raw-1, 32 B)', value: m.addedP50us, runs: m.runs.added, pass: m.addedP50us <= 100 },
+    { alg, target: 'token slot at c=256 loses ≤ 10% vs raw-1 (32 B)', value: m.tokenRatio, runs: m.runs.tokenRatio, pass: m.tokenRatio >= 0.9 },
   ];
 });
 console.log(lines.join('\n'));
-console.log('\nTargets:');
-for (const t of targets) console.log(`  ${t.pass ? 'PASS' : 'MISS'}  ${t.alg}: ${t.target}: ${t.value}`);
+// What bounds the misses, from this run: the hop every call pays, and on a machine with no
+// spare core, the main thread's share of the CPU the signing threads would otherwise get.
+const ec = (target: string, c: number) => find('ECDSA P-256', 32, target, c);
+const signUs = 1e6 / ec('raw-1', 1).opsPerSec;
+// Every core busy, each call costing the sign plus the main thread's share: the most pool-2 can do.
+const ceilingOps = Math.min((2 * 1e6) / signUs, (availableParallelism() * 1e6) / (signUs + ec('pool-2', 256).mainUs!));
+const ceiling = Math.min(1, ceilingOps / ec('raw-2', 2).opsPerSec);
+console.log(`\nThread hop floor (Atomics.wait/notify round trip between two threads): p50 ${hopFloor} µs`);
+console.log(`ECDSA P-256 sign on the token: ${signUs.toFixed(0)} µs of CPU; main thread per call in pool-2 at c=256: ${ec('pool-2', 256).mainUs} µs`);
+console.log(`Estimated CPU-bound ceiling for ECDSA pool-2 on ${availableParallelism()} cores (all busy, sign + main-thread share per call): ~${ceiling.toFixed(2)}× raw-2`);
+console.log(`\nTargets (median of ${REPEATS} back-to-back comparisons; the runs in brackets):`);
+for (const t of targets) console.log(`  ${t.pass ? 'PASS' : 'MISS'}  ${t.alg}: ${t.target}: ${t.value} [${t.runs.join(', ')}]`);
 if (million) console.log('\n1,000,000 calls (pool of 2, c=256, ECDSA, 32 B):', JSON.stringify(million));
 mkdirSync('var', { recursive: true });
-writeFileSync('var/bench.json', JSON.stringify({ when: new Date().toISOString(), seconds: SECONDS, results, targets, million }, null, 2));
+writeFileSync('var/bench.json', JSON.stringify({ when: new Date().toISOString(), seconds: SECONDS, cores: availableParallelism(), hopFloorP50us: hopFloor, pool2CpuCeiling: Number(ceiling.toFixed(2)), results, targets, million }, null, 2));
 console.log('\nwritten: var/bench.json');
 owner.C_Finalize();
 process.exit(0);

@@ -212,6 +212,7 @@ export class Mailbox {
       )
       .then(
         (values) => {
+          this.release(worker, calls);
           for (let i = 0; i < calls.length; i++) {
             const c = calls[i]!;
             this.observe(values[i]);
@@ -219,16 +220,22 @@ export class Mailbox {
           }
         },
         (e: unknown) => {
+          this.release(worker, calls);
           const err = e instanceof Error ? e : new Error(String(e));
           for (const c of calls) this.finish(c, () => c.reject(err));
         },
-      )
-      .finally(() => {
-        for (const c of calls) this.batched.delete(c);
-        worker.busy = false;
-        this.inFlight -= calls.length;
-        this.pump();
-      });
+      );
+  }
+
+  /**
+   * The worker is free: hand it the next batch before settling this one's callers, so it
+   * signs while their continuations run here instead of waiting for them.
+   */
+  private release(worker: SlotWorker, calls: Call<unknown>[]): void {
+    for (const c of calls) this.batched.delete(c);
+    worker.busy = false;
+    this.inFlight -= calls.length;
+    this.pump();
   }
 
   private dequeueHead(): void {
