@@ -159,6 +159,10 @@ export class Mailbox {
           break;
         }
       }
+      // No idle worker and a queue behind this call: give a logged-in worker that is running a
+      // batch the next one, so its thread goes straight on to it instead of waiting for a round trip.
+      const pipelined = !worker && this.waiting > 1 && this.batchable(call);
+      if (pipelined) worker = this.workers.find((w) => w.canPipeline);
       if (!worker) return;
       this.dequeueHead();
       call.queued = false;
@@ -185,7 +189,7 @@ export class Mailbox {
         this.waiting--;
         batch.push(next);
       }
-      if (batch.length === 1) this.dispatch(worker, call);
+      if (batch.length === 1 && !pipelined) this.dispatch(worker, call);
       else this.dispatchBatch(worker, batch);
     }
   }
@@ -196,6 +200,7 @@ export class Mailbox {
 
   private dispatchBatch(worker: SlotWorker, calls: Call<unknown>[]): void {
     worker.busy = true;
+    worker.batchesInFlight++;
     this.inFlight += calls.length;
     const startedAt = Date.now();
     const claims = new Int32Array(new SharedArrayBuffer(4 * calls.length));
@@ -233,7 +238,8 @@ export class Mailbox {
    */
   private release(worker: SlotWorker, calls: Call<unknown>[]): void {
     for (const c of calls) this.batched.delete(c);
-    worker.busy = false;
+    worker.batchesInFlight--;
+    worker.busy = worker.batchesInFlight > 0;
     this.inFlight -= calls.length;
     this.pump();
   }

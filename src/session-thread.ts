@@ -14,6 +14,8 @@ export class ThreadDied extends Error {}
 export class SessionThread {
   private readonly pool: Piscina<WorkerTask, WorkerReply>;
   private ended = false;
+  /** The thread itself has exited (crash, process.exit): nothing of it can still be inside the module. */
+  private exited = false;
   /** Tasks handed to the thread and not answered: a thread abandoned with one may still be inside the module. */
   private inFlight = 0;
 
@@ -22,7 +24,9 @@ export class SessionThread {
       filename: WORKER_FILE,
       minThreads: 1,
       maxThreads: 1,
-      concurrentTasksPerWorker: 1,
+      // Two: the router may hand a logged-in worker its next batch while one runs (the thread
+      // still runs them one after the other, in order).
+      concurrentTasksPerWorker: 2,
       idleTimeout: 2 ** 31 - 1,
     });
     const die = (reason: Error): void => {
@@ -30,10 +34,16 @@ export class SessionThread {
       this.ended = true;
       onDeath(reason);
     };
-    this.pool.on('error', (e: Error) => die(e));
+    this.pool.on('error', (e: Error) => {
+      this.exited = true;
+      die(e);
+    });
     // Piscina replaces a dead thread on its own; the replacement would hold no session, so
     // any thread leaving the pool ends this generation.
-    this.pool.on('workerDestroy', () => die(new ThreadDied('session worker thread exited')));
+    this.pool.on('workerDestroy', () => {
+      this.exited = true;
+      die(new ThreadDied('session worker thread exited'));
+    });
   }
 
   get alive(): boolean {
@@ -42,6 +52,11 @@ export class SessionThread {
 
   get busy(): boolean {
     return this.inFlight > 0;
+  }
+
+  /** Tasks posted to the thread and not answered. */
+  get tasks(): number {
+    return this.inFlight;
   }
 
   async run<T>(task: WorkerTask): Promise<WorkerReply<T>> {
@@ -59,7 +74,17 @@ export class SessionThread {
   /** Lets go of a crashed or wedged thread without waiting for it: a hung native call cannot be interrupted. */
   abandon(whenGone: () => void): void {
     this.ended = true;
-    this.pool.destroy().then(whenGone, whenGone);
+    // A thread that has exited is gone already. Do not wait for destroy() then: after a thread
+    // exits with tasks in flight, Piscina's destroy() never settles, and the module would stay
+    // marked as having a thread inside it, refusing every later reset.
+    let told = false;
+    const gone = () => {
+      if (told) return;
+      told = true;
+      whenGone();
+    };
+    if (this.exited) gone();
+    this.pool.destroy().then(gone, gone);
   }
 
   async stop(): Promise<void> {

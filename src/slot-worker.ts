@@ -57,6 +57,10 @@ export class SlotWorker {
   readonly index: number;
   readonly actor: Actor<typeof slotMachine>;
   busy = false;
+  /** Batches handed to the thread and not answered: a second one waits in the thread's port, so the thread never idles between them. */
+  batchesInFlight = 0;
+  /** Sessions of abandoned threads, closed once a new session is open (see abandonThread). */
+  private readonly orphans: string[] = [];
   state: SlotState = 'uninitialized';
   private thread: SessionThread | null = null;
   /** The session this worker's thread holds, kept outside the machine so a crash can still close it. */
@@ -82,6 +86,7 @@ export class SlotWorker {
       if (to === this.state) return;
       const from = this.state;
       this.state = to;
+      if (to === 'failed' || to === 'closed') this.closeOrphans(); // no next session will come
       opts.hooks.stateChanged(this, from, to);
     });
     this.actor.start();
@@ -90,6 +95,17 @@ export class SlotWorker {
   /** A task of this worker is inside its thread (and so maybe inside the module). */
   get threadBusy(): boolean {
     return this.thread?.busy ?? false;
+  }
+
+  /**
+   * Whether the thread can take one more batch behind the one it runs: logged in, and nothing
+   * but that batch posted to it (it may not be posted yet), so the next goes straight into the
+   * thread's port. Never into Piscina's
+   * own queue: a task waiting there when the thread dies would be run on a replacement thread
+   * that holds no session.
+   */
+  get canPipeline(): boolean {
+    return this.batchesInFlight === 1 && this.state === 'logged_in' && this.thread?.alive === true && this.thread.tasks <= 1;
   }
 
   get accepting(): boolean {
@@ -124,6 +140,7 @@ export class SlotWorker {
     const keys = Object.fromEntries(Object.entries(config.keys).map(([ref, k]) => [ref, { label: k.label, id: k.id?.toLowerCase() }]));
     const report = unwrap(await this.thread.run<OpenReport>({ op: 'open', modulePath, token: config.token, readWrite: !config.readOnly, keys }), this.slot);
     this.sessionHandle = report.handle;
+    this.closeOrphans();
     this.checkSessionLimit(report);
     this.opts.hooks.opened(this, report);
     return report;
@@ -152,18 +169,28 @@ export class SlotWorker {
     return null;
   }
 
-  /** Lets a crashed or wedged thread go; once it is really gone, its orphaned session is closed. */
+  /**
+   * Lets a crashed or wedged thread go. Its orphaned session is closed once the thread is
+   * really gone and this worker's next session is open: closing the application's last session
+   * on a token logs the token out, and the replacement would need a C_Login for nothing.
+   */
   private abandonThread(): void {
     const orphan = this.sessionHandle;
-    if (this.thread) {
-      const gone = this.thread.busy ? threadAbandoned(this.opts.modulePath) : () => undefined;
-      this.thread.abandon(() => {
-        gone();
-        if (orphan) closeOrphanSession(this.opts.modulePath, orphan);
-      });
-    }
+    const thread = this.thread;
     this.thread = null;
     this.sessionHandle = null;
+    if (!thread) return;
+    const gone = thread.busy ? threadAbandoned(this.opts.modulePath) : () => undefined;
+    thread.abandon(() => {
+      gone();
+      if (!orphan) return;
+      this.orphans.push(orphan);
+      if (this.sessionHandle || this.state === 'failed' || this.state === 'closed') this.closeOrphans();
+    });
+  }
+
+  private closeOrphans(): void {
+    for (const handle of this.orphans.splice(0)) closeOrphanSession(this.opts.modulePath, handle);
   }
 
   /**

@@ -129,7 +129,9 @@ export class Slot {
       const failure = this.failure();
       if (failure) this.mailbox.failQueued(failure);
     }
-    if (from === 'logging_in' && to === 'logged_in') this.tellSiblings(worker, 'open', 'TOKEN_LOGGED_IN');
+    // Also from open: a worker that found the token logged in already (through another slot on
+    // the same token) logs in without a C_Login, and its siblings are just as logged in.
+    if ((from === 'logging_in' || from === 'open') && to === 'logged_in') this.tellSiblings(worker, 'open', 'TOKEN_LOGGED_IN');
     if (to === 'so_logged_in') this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');
     // Opened while a sibling logged the token in: its session report predates the login.
     if (from === 'opening' && to === 'open' && this.workers.some((w) => w !== worker && w.state === 'logged_in')) worker.actor.send({ type: 'TOKEN_LOGGED_IN' });
@@ -156,6 +158,8 @@ export class Slot {
         return {
           index: w.index,
           state: w.state,
+          /** Batches handed to the thread and not answered: 2 while the next one waits behind the running one. */
+          batchesInThread: w.batchesInFlight,
           session: ctx.session ? { handle: ctx.session.handle, state: ctx.session.state, tokenLabel: ctx.session.tokenLabel, tokenSerial: ctx.session.tokenSerial } : null,
           lastError: ctx.lastError,
         };

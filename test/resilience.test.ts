@@ -1,4 +1,5 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { verify as nodeVerify } from 'node:crypto';
 import { startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
 import { createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 import { Faults, faultConfig } from './support/faults.js';
@@ -36,6 +37,30 @@ async function until(cond: () => boolean | Promise<boolean>, ms = 10_000): Promi
 }
 
 describe('resilience against a misbehaving module', () => {
+  it('a busy token worker holds its next batch too; a thread death with both inside loses no call and leaves the module resettable', async () => {
+    process.env.PKCS11_SUPERVISOR_FAULTS = '1';
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
+    faults.set('delay C_Sign 2');
+    for (let i = 0; i < 15; i++) await sign(sup); // the router learns ~2 ms a call, so several messages are needed
+    let peak = 0;
+    const sampler = setInterval(() => (peak = Math.max(peak, sup!.status().slots.t!.workers[0]!.batchesInThread)), 1);
+    const docs = Array.from({ length: 200 }, (_, i) => Buffer.from(`doc ${i}`));
+    const calls = docs.map((d) => sup!.sign({ slot: 't', key: 'ec', mechanism: 'ECDSA-SHA256', data: d }));
+    await new Promise((r) => setTimeout(r, 60));
+    await sup.injectWorkerFault('t', 0, { kind: 'exit' }).catch(() => undefined);
+    const sigs = await Promise.all(calls);
+    clearInterval(sampler);
+    expect(peak).toBe(2); // the next batch waited in the thread behind the running one
+    const { keyObject } = await sup.getPublicKey({ slot: 't', key: 'ec' });
+    expect(sigs.every((sig, i) => nodeVerify('sha256', docs[i]!, keyObject, sig))).toBe(true);
+    // The dead thread is known to be out of the module: a device error can still reset it.
+    const resets: { ok: boolean }[] = [];
+    sup.on('moduleReset', (e) => resets.push(e));
+    faults.set('fail C_Sign 1 CKR_DEVICE_ERROR', 'fail C_OpenSession 1 CKR_DEVICE_ERROR');
+    expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
+    expect(resets).toEqual([expect.objectContaining({ ok: true })]);
+  });
+
   it('a slow key generation gets keyGenTimeoutMs, not callTimeoutMs: the worker is not taken for hung', async () => {
     sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot({ callTimeoutMs: 300, hungCallGraceMs: 100, keyGenTimeoutMs: 5_000 }) }) });
     await sign(sup);

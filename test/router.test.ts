@@ -139,7 +139,9 @@ describe('supervision', () => {
     // the module stayed loaded, so the new session was logged in without a C_Login.
     const fresh = await sup.probe({ slot: 't' });
     expect(fresh.calls.C_OpenSession).toBe(1);
-    expect(fresh.calls.C_Sign).toBeLessThan(20);
+    // At most all 20: a reply the old thread posted just before it exited can be lost with it,
+    // and that call is then signed again here (never more than once more).
+    expect(fresh.calls.C_Sign).toBeLessThanOrEqual(20);
     expect(fresh.calls.C_Login ?? 0).toBe(0);
     expect(fresh.state).toBe('RW_USER');
   });
