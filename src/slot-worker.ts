@@ -362,7 +362,20 @@ export class SlotWorker {
         return;
       }
       const { pins } = this.opts;
+      if (info.userPin === 'locked') {
+        throw new Pkcs11SupervisorError('PIN_LOCKED', `token "${info.tokenLabel}" reports its user PIN locked (CKF_USER_PIN_LOCKED): the Security Officer must set a new one (initPin)`, { slot: this.slot });
+      }
       const { pin, origin } = await pins.resolve(perCall, { slot: this.slot, tokenLabel: info.tokenLabel, reason }, explicit);
+      // The token says the next wrong PIN locks it. A configured PIN may be the wrong one (a
+      // daemon restarted with a bad secret tries it once per start): only a PIN a person or
+      // the application gives now is tried.
+      if (info.userPin === 'final_try' && (origin === 'env' || origin === 'file')) {
+        throw new Pkcs11SupervisorError(
+          'PIN_REQUIRED',
+          `token "${info.tokenLabel}" reports that one more wrong PIN locks it (CKF_USER_PIN_FINAL_TRY), so the configured PIN (${origin}) is not tried; log in with login(slot, pin) or pass a call's pin`,
+          { slot: this.slot },
+        );
+      }
       this.actor.send({ type: 'LOGIN', pin });
       const snap = await waitFor(this.actor, (s) => s.value !== 'logging_in');
       if (snap.value === 'logged_in') {

@@ -61,6 +61,33 @@ describe('resilience against a misbehaving module', () => {
     expect(resets).toEqual([expect.objectContaining({ ok: true })]);
   });
 
+  it('the token says one more wrong PIN locks it: the configured PIN is not tried, a PIN given now is', async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
+    await sign(sup);
+    await sup.logout('t');
+    const before = faults.counts();
+    faults.set('tokenflags 0x20000'); // CKF_USER_PIN_FINAL_TRY
+    const err = await sign(sup).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'PIN_REQUIRED' });
+    expect(String((err as Error).message)).toMatch(/FINAL_TRY.*configured PIN \(env\) is not tried/);
+    expect(delta(before, 'C_Login')).toBe(0);
+    await sup.login('t', tok.pin); // an operator's PIN is tried
+    expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
+    expect(delta(before, 'C_Login')).toBe(1);
+    expect(delta(before, 'C_OpenSession')).toBe(0); // no stale private-key handle after the logout
+  });
+
+  it('the token says the user PIN is locked: PIN_LOCKED without a C_Login', async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
+    await sign(sup);
+    await sup.logout('t');
+    const before = faults.counts();
+    faults.set('tokenflags 0x40000'); // CKF_USER_PIN_LOCKED
+    await expect(sign(sup)).rejects.toMatchObject({ code: 'PIN_LOCKED' });
+    await expect(sup.login('t', tok.pin)).rejects.toMatchObject({ code: 'PIN_LOCKED' });
+    expect(delta(before, 'C_Login')).toBe(0);
+  });
+
   it('a slow key generation gets keyGenTimeoutMs, not callTimeoutMs: the worker is not taken for hung', async () => {
     sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot({ callTimeoutMs: 300, hungCallGraceMs: 100, keyGenTimeoutMs: 5_000 }) }) });
     await sign(sup);

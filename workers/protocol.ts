@@ -78,6 +78,8 @@ export type SessionState = 'RO_PUBLIC' | 'RO_USER' | 'RW_PUBLIC' | 'RW_USER' | '
 /** A session a user call can use. RW_SO is logged in too, but as the Security Officer: not for user calls. */
 export const USER_SESSION_STATES: ReadonlySet<SessionState> = new Set(['RO_USER', 'RW_USER']);
 
+export type UserPinState = 'ok' | 'count_low' | 'final_try' | 'locked';
+
 export interface SessionReport {
   /** Session handle, hex: stable for the life of the session, useful in logs. */
   handle: string;
@@ -85,6 +87,8 @@ export interface SessionReport {
   tokenLabel: string;
   tokenSerial: string;
   slotId: string;
+  /** The user PIN's retry counter as the token flags it (CKF_USER_PIN_COUNT_LOW, _FINAL_TRY, _LOCKED). */
+  userPin: UserPinState;
   /** PKCS#11 calls this worker thread has made, by function name. */
   calls: Record<string, number>;
 }

@@ -13,7 +13,7 @@ import { codeForCkr } from '../src/ckr.js';
 import type { ErrorCode } from '../src/errors.js';
 import { prepareMechanisms, preparedKey, BadInput, type PreparedMechanism } from './mechanism-params.js';
 import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKS_BY_VALUE } from './pkcs11-constants.js';
-import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type PublicKeyReport, type SessionReport, type TokenSelector, type WorkerTask } from './protocol.js';
+import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionReport, type TokenSelector, type WorkerTask } from './protocol.js';
 import { findHandles, type SessionAccess } from './object-ops.js';
 
 /** A failure with a code decided here (not a CKR from the token). */
@@ -229,8 +229,17 @@ export class TokenSession implements SessionAccess {
       tokenLabel: this.tokenLabel,
       tokenSerial: this.tokenSerial,
       slotId: this.slot ? this.slot.toString('hex') : '',
+      userPin: this.userPinState(),
       calls: { ...this.calls },
     };
+  }
+
+  private userPinState(): UserPinState {
+    if (!this.slot) return 'ok';
+    const { flags } = this.count('C_GetTokenInfo').C_GetTokenInfo(this.slot);
+    if (flags & pkcs11js.CKF_USER_PIN_LOCKED) return 'locked';
+    if (flags & pkcs11js.CKF_USER_PIN_FINAL_TRY) return 'final_try';
+    return flags & pkcs11js.CKF_USER_PIN_COUNT_LOW ? 'count_low' : 'ok';
   }
 
   private loggedIn(): boolean {
@@ -257,6 +266,10 @@ export class TokenSession implements SessionAccess {
   }
 
   logout(): SessionReport {
+    // Private-object handles end with the login on some tokens (SoftHSM2): a stale one would
+    // cost a session re-open, and on the application's only session that re-open logs the
+    // token out again.
+    this.keys.clear();
     try {
       this.count('C_Logout').C_Logout(this.live);
     } catch (e) {

@@ -21,6 +21,7 @@
  *   nologin                C_Login succeeds without reaching the token (a cloud HSM stand-in)
  *   maxsessions N          C_GetTokenInfo reports at most N sessions (and N R/W sessions)
  *   maxkeybits N           C_GetMechanismInfo reports keys of at most N bits
+ *   tokenflags HEX         C_GetTokenInfo reports these flags too (e.g. 0x20000, CKF_USER_PIN_FINAL_TRY)
  * FN may be `*` for every intercepted function.
  */
 #define _GNU_SOURCE
@@ -37,7 +38,7 @@
 
 #define MAX_RULES 32
 
-enum kind { FAIL_NTH, FAIL_EVERY, DELAY, HANG, REMOVED, LOGOUT, NOLOGIN, MAXSESSIONS, MAXKEYBITS };
+enum kind { FAIL_NTH, FAIL_EVERY, DELAY, HANG, REMOVED, LOGOUT, NOLOGIN, MAXSESSIONS, MAXKEYBITS, TOKENFLAGS };
 
 struct rule {
   enum kind kind;
@@ -123,6 +124,7 @@ static void load_control(void) {
     else if (strcmp(verb, "nologin") == 0) r.kind = NOLOGIN;
     else if (strcmp(verb, "maxsessions") == 0) { r.kind = MAXSESSIONS; r.n = atol(fn); }
     else if (strcmp(verb, "maxkeybits") == 0) { r.kind = MAXKEYBITS; r.n = atol(fn); }
+    else if (strcmp(verb, "tokenflags") == 0) { r.kind = TOKENFLAGS; r.n = strtol(fn, NULL, 16); }
     else continue;
     rules[nrules++] = r;
   }
@@ -180,7 +182,7 @@ static CK_RV before(const char *fn) {
       case FAIL_NTH:
         if (matches(r, fn) && --r->n <= 0) { r->spent = 1; if (rv == CKR_OK) rv = r->rv; }
         break;
-      case NOLOGIN: case MAXSESSIONS: case MAXKEYBITS: break;
+      case NOLOGIN: case MAXSESSIONS: case MAXKEYBITS: case TOKENFLAGS: break;
     }
   }
   write_counts();
@@ -214,6 +216,7 @@ static CK_RV f_GetTokenInfo(CK_SLOT_ID s, CK_TOKEN_INFO_PTR i) {
   pthread_mutex_lock(&lock);
   for (int k = 0; k < nrules; k++) {
     if (rv == CKR_OK && rules[k].kind == MAXSESSIONS) i->ulMaxSessionCount = i->ulMaxRwSessionCount = (CK_ULONG)rules[k].n;
+    if (rv == CKR_OK && rules[k].kind == TOKENFLAGS) i->flags |= (CK_FLAGS)rules[k].n;
   }
   pthread_mutex_unlock(&lock);
   return rv;

@@ -152,6 +152,8 @@ export function conformanceSuite(vendor: Vendor): void {
       await sup.logout('v');
       const wrong = tok.pin.slice(0, -1) + (tok.pin.endsWith('0') ? '1' : '0');
       await expect(sup.login('v', wrong)).rejects.toMatchObject({ code: 'PIN_INCORRECT' });
+      // Whether the token counts wrong PINs where the supervisor can see it (CKF_USER_PIN_COUNT_LOW).
+      const counts = /user PIN count low/.test(pkcs11Tool(tok, ['--list-token-slots'], null));
       const { pinLength } = token();
       if (pinLength) {
         const tooLong = 'x'.repeat(pinLength.max + 1);
@@ -162,6 +164,7 @@ export function conformanceSuite(vendor: Vendor): void {
       await sup.login('v', tok.pin);
       expect(await signsAndVerifies('rsa', 'RSA-PKCS1-SHA256')).toBe(true);
       record('wrong PIN', pinLength ? 'PIN_INCORRECT; out-of-range length refused before C_Login' : 'PIN_INCORRECT');
+      record('flags a wrong PIN (CKF_USER_PIN_COUNT_LOW)', counts ? 'yes' : 'no');
     });
 
     it('changes the user PIN (pkcs11-tool logs in with the new one) and changes it back', async () => {
