@@ -432,8 +432,8 @@ export class Pkcs11Supervisor {
 
   /** Refuses, before queueing, a key type or size the token said (C_GetMechanismInfo) it cannot generate. */
   private checkKeyGen(slot: Slot, algorithm: KeyAlgorithm): void {
-    const { keyGen, mechanisms } = slot.capabilities;
-    if (mechanisms.size === 0) return; // not opened yet (lazy): the token decides
+    if (!slot.token) return; // not opened yet (lazy): the token decides
+    const { keyGen } = slot.token;
     const [type, sizes] = KEYGEN_SIZES[algorithm];
     const range = keyGen[type];
     const can = Object.entries(keyGen).map(([t, r]) => `${t} ${r!.min}-${r!.max}`).join(', ') || 'none';

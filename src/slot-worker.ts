@@ -100,9 +100,8 @@ export class SlotWorker {
   /**
    * Whether the thread can take one more batch behind the one it runs: logged in, and nothing
    * but that batch posted to it (it may not be posted yet), so the next goes straight into the
-   * thread's port. Never into Piscina's
-   * own queue: a task waiting there when the thread dies would be run on a replacement thread
-   * that holds no session.
+   * thread's port. Never into Piscina's own queue: a task waiting there when the thread dies
+   * would be run on a replacement thread that holds no session.
    */
   get canPipeline(): boolean {
     return this.batchesInFlight === 1 && this.state === 'logged_in' && this.thread?.alive === true && this.thread.tasks <= 1;

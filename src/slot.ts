@@ -25,10 +25,10 @@ export class Slot {
   readonly workers: SlotWorker[];
   readonly mailbox: Mailbox;
   readonly pins: PinChain;
-  /** What the token reported at the last open: the mechanisms it can do and the configured keys' types. */
-  readonly capabilities = { mechanisms: new Set<MechanismName>(), keyTypes: new Map<string, KeyType>(), keyGen: {} as OpenReport['keyGen'] };
-  /** The token's own limits and abilities, as reported at the last open (null before one): for status and the docs' compatibility table. */
-  private reported: Pick<OpenReport, 'mechanisms' | 'keyGen' | 'maxSessions' | 'maxRwSessions' | 'pinLength'> | null = null;
+  /** For the checks before queueing, from the last open: the mechanisms the token can do (a set: looked up per call) and the configured keys' types. */
+  readonly capabilities = { mechanisms: new Set<MechanismName>(), keyTypes: new Map<string, KeyType>() };
+  /** The token's own abilities and limits as reported at the last open; null before one. */
+  token: Pick<OpenReport, 'mechanisms' | 'keyGen' | 'maxSessions' | 'maxRwSessions' | 'pinLength'> | null = null;
   private loginChain: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -61,9 +61,8 @@ export class Slot {
             opened: (_w, report) => {
               this.capabilities.mechanisms = new Set(report.mechanisms);
               this.capabilities.keyTypes = new Map(Object.entries(report.keyTypes));
-              this.capabilities.keyGen = report.keyGen;
               const { mechanisms, keyGen, maxSessions, maxRwSessions, pinLength } = report;
-              this.reported = { mechanisms, keyGen, maxSessions, maxRwSessions, pinLength };
+              this.token = { mechanisms, keyGen, maxSessions, maxRwSessions, pinLength };
             },
             stateChanged: (w, from, to) => this.stateChanged(w, from, to),
             loginAttempted: (w, origin, outcome, userType = 'user') => {
@@ -152,7 +151,7 @@ export class Slot {
       state: this.summaryState(),
       queued: this.mailbox.depth,
       running: this.mailbox.running,
-      token: this.reported,
+      token: this.token,
       workers: this.workers.map((w) => {
         const ctx = w.context;
         return {
