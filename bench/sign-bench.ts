@@ -105,6 +105,8 @@ const rss = () => Math.round(process.memoryUsage().rss / 2 ** 20);
 const results: Result[] = [];
 type SlotInput = ConfigInput['slots'][string];
 const slotCfg: SlotInput = { module: 'soft', token: { label: 'bench' }, pin: { env: 'BENCH_PIN' }, keys: { ec: { label: 'ec' }, rsa: { label: 'rsa' } }, queueLimit: 100_000, probeIntervalMs: 0 };
+const startSlot = (name: string, slot: SlotInput) =>
+  startSupervisor({ config: { modules: { soft: { path: MODULE, env: { SOFTHSM2_CONF: conf } } }, slots: { [name]: slot }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
 const TARGETS: [string, SlotInput][] = [
   ['token', { ...slotCfg, type: 'token' }],
   ['pool-1', { ...slotCfg, type: 'hsm', poolSize: 1 }],
@@ -130,7 +132,7 @@ for (const mech of values.quick ? [] : (['ec', 'rsa'] as const)) {
     }
     for (const [target, cfg] of TARGETS) {
       progress(target);
-      const sup = await startSupervisor({ config: { modules: { soft: { path: MODULE, env: { SOFTHSM2_CONF: conf } } }, slots: { [target]: cfg }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
+      const sup = await startSlot(target, cfg);
       await throughSupervisor(sup, target, mech, size, 16); // warm up
       const matching = target === 'pool-2' ? raw['raw-2']! : target === 'pool-4' ? raw['raw-4']! : raw['raw-1']!;
       for (const c of [1, 16, 256]) {
@@ -177,10 +179,8 @@ async function hopFloorUs(): Promise<number> {
 const REPEATS = 3;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 async function targetMedians(mech: 'ec' | 'rsa') {
-  const start = (name: string, cfg: SlotInput) =>
-    startSupervisor({ config: { modules: { soft: { path: MODULE, env: { SOFTHSM2_CONF: conf } } }, slots: { [name]: cfg }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
-  const token = await start('token', TARGETS[0]![1]);
-  const pool = await start('pool-2', TARGETS[2]![1]);
+  const token = await startSlot('token', { ...slotCfg, type: 'token' });
+  const pool = await startSlot('pool-2', { ...slotCfg, type: 'hsm', poolSize: 2 });
   await throughSupervisor(token, 'token', mech, 32, 16);
   await throughSupervisor(pool, 'pool-2', mech, 32, 16);
   const added: number[] = [];
@@ -213,7 +213,7 @@ const hopFloor = await hopFloorUs();
 
 let million: Record<string, unknown> | null = null;
 if (values.million) {
-  const sup = await startSupervisor({ config: { modules: { soft: { path: MODULE, env: { SOFTHSM2_CONF: conf } } }, slots: { p: { ...slotCfg, type: 'hsm', poolSize: 2 } }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
+  const sup = await startSlot('p', { ...slotCfg, type: 'hsm', poolSize: 2 });
   const data = Buffer.alloc(32, 7);
   const samples: { calls: number; heapMiB: number; rssMiB: number }[] = [];
   let started = 0;

@@ -30,6 +30,7 @@ import type {
   ObjectDescriptor,
   ObjectQuery,
   PublicKeyReport,
+  SessionInfo,
   SessionReport,
   SignatureFormat,
   WorkerFault,
@@ -651,10 +652,10 @@ export class Pkcs11Supervisor {
    * Asks the token (C_GetSessionInfo) for the session state of the worker that takes the call,
    * through the mailbox like any call. Includes the PKCS#11 calls that worker thread has made.
    */
-  async probe(request: SlotRequest): Promise<SessionReport> {
+  async probe(request: SlotRequest): Promise<SessionInfo> {
     const req = this.request(request);
     const slot = this.slotFor(req, 'sessionInfo');
-    return this.run<SessionReport>(slot, { op: 'sessionInfo' }, null, req, false);
+    return this.run<SessionInfo>(slot, { op: 'sessionInfo' }, null, req, false);
   }
 
   /** Every slot's state; under a policy, the slots the caller may see. */

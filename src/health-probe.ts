@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { SESSION_LOST_CKRS } from './ckr.js';
 import { tokenPresent } from './module-registry.js';
 import type { Slot } from './slot.js';
-import { USER_SESSION_STATES, type SessionReport } from '../workers/protocol.js';
+import { USER_SESSION_STATES, type SessionInfo } from '../workers/protocol.js';
 
 
 export class HealthProbe {
@@ -50,7 +50,7 @@ export class HealthProbe {
         w.busy = true;
         let reply;
         try {
-          reply = await w.runTask<SessionReport>({ op: 'sessionInfo' }, Date.now() + this.slot.config.callTimeoutMs);
+          reply = await w.runTask<SessionInfo>({ op: 'sessionInfo' }, Date.now() + this.slot.config.callTimeoutMs);
         } catch {
           continue; // a dead or wedged thread is the supervisor's business already
         } finally {

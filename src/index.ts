@@ -18,4 +18,4 @@ export type { PinCallback, PinRequest } from './pin-chain.js';
 export type { KeyRef } from './validate.js';
 export type { SupervisorEvents, StateChangeEvent, RestartEvent, CallCompletedEvent, LoginEvent, SlotFailedEvent, ModuleResetEvent, AccessDeniedEvent } from './events.js';
 export type { SlotState } from '../actors/slot-machine.js';
-export type { SessionReport, SessionState, WorkerFault } from '../workers/protocol.js';
+export type { SessionInfo, SessionReport, SessionState, WorkerFault } from '../workers/protocol.js';

@@ -50,10 +50,6 @@ export class SessionThread {
     return !this.ended;
   }
 
-  get busy(): boolean {
-    return this.inFlight > 0;
-  }
-
   /** Tasks posted to the thread and not answered. */
   get tasks(): number {
     return this.inFlight;

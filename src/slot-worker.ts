@@ -12,7 +12,7 @@ import type { Secret } from './secret.js';
 import { SessionThread, ThreadDied } from './session-thread.js';
 import { closeOrphanSession, moduleGate, threadAbandoned } from './module-registry.js';
 import type { SlotConfig } from './config-schema.js';
-import { USER_SESSION_STATES, type OpenReport, type SessionReport, type WorkerReply, type WorkerTask } from '../workers/protocol.js';
+import { USER_SESSION_STATES, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type WorkerTask } from '../workers/protocol.js';
 
 /** What a worker needs to know about a call; the router's Call satisfies it. */
 export interface CallContext {
@@ -94,7 +94,7 @@ export class SlotWorker {
 
   /** A task of this worker is inside its thread (and so maybe inside the module). */
   get threadBusy(): boolean {
-    return this.thread?.busy ?? false;
+    return (this.thread?.tasks ?? 0) > 0;
   }
 
   /**
@@ -179,7 +179,7 @@ export class SlotWorker {
     this.thread = null;
     this.sessionHandle = null;
     if (!thread) return;
-    const gone = thread.busy ? threadAbandoned(this.opts.modulePath) : () => undefined;
+    const gone = thread.tasks > 0 ? threadAbandoned(this.opts.modulePath) : () => undefined;
     thread.abandon(() => {
       gone();
       if (!orphan) return;
@@ -355,7 +355,7 @@ export class SlotWorker {
       await this.liveState(deadline);
     }
     await this.opts.loginLock(async () => {
-      const info = unwrap(await this.runTask<SessionReport>({ op: 'sessionInfo' }, deadline), this.slot);
+      const info = unwrap(await this.runTask<SessionInfo>({ op: 'sessionInfo' }, deadline), this.slot);
       if (USER_SESSION_STATES.has(info.state)) {
         if (this.state === 'open') this.actor.send({ type: 'TOKEN_LOGGED_IN' });
         return;

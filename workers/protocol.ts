@@ -87,10 +87,14 @@ export interface SessionReport {
   tokenLabel: string;
   tokenSerial: string;
   slotId: string;
-  /** The user PIN's retry counter as the token flags it (CKF_USER_PIN_COUNT_LOW, _FINAL_TRY, _LOCKED). */
-  userPin: UserPinState;
   /** PKCS#11 calls this worker thread has made, by function name. */
   calls: Record<string, number>;
+}
+
+/** What `sessionInfo` (login's first look, the health probe, `probe()`) adds to a session report. */
+export interface SessionInfo extends SessionReport {
+  /** The user PIN's retry counter as the token flags it (CKF_USER_PIN_COUNT_LOW, _FINAL_TRY, _LOCKED). */
+  userPin: UserPinState;
 }
 
 /** Sizes C_GetMechanismInfo reports for a key-pair generation mechanism (RSA: bits; EC: field bits). */

@@ -47,7 +47,7 @@ function dispatch(task: WorkerTask): unknown {
     case 'setPin':
       return session.setPin(task.oldPin, task.newPin);
     case 'sessionInfo':
-      return session.report();
+      return session.info();
     case 'sign':
       return session.sign(task);
     case 'verify':

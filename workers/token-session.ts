@@ -13,7 +13,7 @@ import { codeForCkr } from '../src/ckr.js';
 import type { ErrorCode } from '../src/errors.js';
 import { prepareMechanisms, preparedKey, BadInput, type PreparedMechanism } from './mechanism-params.js';
 import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKS_BY_VALUE } from './pkcs11-constants.js';
-import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionReport, type TokenSelector, type WorkerTask } from './protocol.js';
+import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from './protocol.js';
 import { findHandles, type SessionAccess } from './object-ops.js';
 
 /** A failure with a code decided here (not a CKR from the token). */
@@ -229,14 +229,17 @@ export class TokenSession implements SessionAccess {
       tokenLabel: this.tokenLabel,
       tokenSerial: this.tokenSerial,
       slotId: this.slot ? this.slot.toString('hex') : '',
-      userPin: this.userPinState(),
       calls: { ...this.calls },
     };
   }
 
+  /** The session report plus the token's PIN retry flags: read when asked, not after every operation. */
+  info(): SessionInfo {
+    return { ...this.report(), userPin: this.userPinState() };
+  }
+
   private userPinState(): UserPinState {
-    if (!this.slot) return 'ok';
-    const { flags } = this.count('C_GetTokenInfo').C_GetTokenInfo(this.slot);
+    const { flags } = this.count('C_GetTokenInfo').C_GetTokenInfo(this.slot!);
     if (flags & pkcs11js.CKF_USER_PIN_LOCKED) return 'locked';
     if (flags & pkcs11js.CKF_USER_PIN_FINAL_TRY) return 'final_try';
     return flags & pkcs11js.CKF_USER_PIN_COUNT_LOW ? 'count_low' : 'ok';
@@ -415,12 +418,12 @@ export function toFailure(e: unknown): { code: ErrorCode; message: string; ckr?:
   return { code: 'PKCS11_ERROR', message };
 }
 
-/** CK_EFFECTIVELY_INFINITE (0) and CK_UNAVAILABLE_INFORMATION (~0) mean no limit to respect. */
 /** Null when the token states no usable range (0/0, or a max below the min). */
 function pinLengthOf(min: number, max: number): PinLength | null {
   return max > 0 && max >= min && max < 0xffffffff ? { min, max } : null;
 }
 
+/** CK_EFFECTIVELY_INFINITE (0) and CK_UNAVAILABLE_INFORMATION (~0) mean no limit to respect. */
 function sessionLimit(n: number): number | null {
   return n > 0 && n < 0xffffffff ? n : null;
 }

@@ -22,9 +22,12 @@ function tokenLabel(): string | null {
   return /token label\s*:\s*(.*)$/m.exec(out)?.[1]?.trim() ?? null;
 }
 
-function startSlotDaemon(): void {
+function stopSlotDaemon(): void {
   spawnSync('pkill', ['-x', 'pkcsslotd']);
   for (let i = 0; i < 50 && spawnSync('pgrep', ['-x', 'pkcsslotd']).status === 0; i++) execFileSync('sleep', ['0.1']);
+}
+
+function startSlotDaemon(): void {
   // The daemon's socket directory; the Debian package does not create it outside systemd.
   execFileSync('install', ['-d', '-o', 'root', '-g', 'pkcs11', '-m', '0770', '/run/opencryptoki']);
   execFileSync('pkcsslotd');
@@ -41,13 +44,13 @@ export const opencryptoki: Vendor = {
     return null;
   },
   provision(): VendorToken {
+    stopSlotDaemon(); // one left running may hold a store from before
     startSlotDaemon();
     const found = tokenLabel();
     if (found !== null && found !== LABEL) {
       throw new Error(`the openCryptoki soft token is initialized as "${found}"; the suite only re-initializes its own ("${LABEL}"). Set P11SUP_VENDORS to leave openCryptoki out.`);
     }
-    spawnSync('pkill', ['-x', 'pkcsslotd']);
-    for (let i = 0; i < 50 && spawnSync('pgrep', ['-x', 'pkcsslotd']).status === 0; i++) execFileSync('sleep', ['0.1']);
+    stopSlotDaemon();
     for (const f of existsSync(STORE) ? readdirSync(STORE) : []) rmSync(join(STORE, f), { recursive: true, force: true });
     // The token does not make its object directory again: without it, token objects are
     // "created" but never written, and other processes never see them.
