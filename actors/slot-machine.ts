@@ -46,7 +46,6 @@ export type SlotMachineEvent =
   | { type: 'LOGOUT' }
   | { type: 'SO_LOGGED_IN' }
   | { type: 'TOKEN_LOGGED_OUT' }
-  | { type: 'CALL_DONE' }
   | { type: 'SESSION_LOST' }
   | { type: 'CRASHED'; reason: string }
   | { type: 'RESTART'; backoffMs: number }
@@ -107,8 +106,14 @@ export const slotMachine = setup({
   guards: {
     tokenAlreadyLoggedIn: (_, report: SessionReport) => USER_SESSION_STATES.has(report.state),
     idleTimeoutEnabled: ({ context }) => context.idleTimeoutMs > 0,
+    /**
+     * No call for idleTimeoutMs. The slot worker provides the real check from its own clock of
+     * calls: an event per call would cost a transition on every signature.
+     */
+    quietLongEnough: ({ context }) => context.idleTimeoutMs > 0,
   },
   delays: {
+    /** Until the session has been quiet for idleTimeoutMs (provided by the slot worker, which sees the calls). */
     idleTimeout: ({ context }) => (context.idleTimeoutMs > 0 ? context.idleTimeoutMs : 2 ** 31 - 1),
     backoff: ({ context }) => context.backoffMs,
   },
@@ -161,15 +166,13 @@ export const slotMachine = setup({
     },
     logged_in: {
       after: {
-        idleTimeout: {
-          guard: 'idleTimeoutEnabled',
-          target: 'logging_out',
-          actions: { type: 'noteLogout', params: 'idle' },
-        },
+        idleTimeout: [
+          { guard: 'quietLongEnough', target: 'logging_out', actions: { type: 'noteLogout', params: 'idle' } },
+          // Calls came meanwhile: re-entering waits out the rest of the quiet time.
+          { guard: 'idleTimeoutEnabled', target: 'logged_in', reenter: true },
+        ],
       },
       on: {
-        // Re-entering restarts the idle timer.
-        CALL_DONE: { target: 'logged_in', reenter: true },
         LOGOUT: { target: 'logging_out', actions: { type: 'noteLogout', params: 'request' } },
         TOKEN_LOGGED_OUT: { target: 'open', actions: { type: 'noteLogout', params: 'token' } },
         SO_LOGGED_IN: 'so_logged_in',

@@ -64,6 +64,12 @@ export const SlotSchema = z
     callTimeoutMs: z.number().int().min(1).default(30_000),
     /** Default deadline of generateKeyPair: TPMs and smart cards take seconds to minutes for an RSA key, and the hung-call watchdog must not take that for a wedge. */
     keyGenTimeoutMs: z.number().int().min(1).default(300_000),
+    /**
+     * How long a worker thread spins for its next call, and the main thread keeps turning for a
+     * single call's reply, before sleeping: waking a sleeping thread costs tens of µs on a VM.
+     * Costs up to this much CPU per call on a lightly loaded slot; 0 never spins.
+     */
+    idleSpinMs: z.number().min(0).max(100).default(1),
     /** How long past its deadline a call may keep the worker before the worker is declared wedged and replaced. */
     hungCallGraceMs: z.number().int().min(0).default(1_000),
     /** Open on first use. Default: true for a token (the daemon starts without it plugged in), false otherwise. */

@@ -131,8 +131,19 @@ export class Mailbox {
     return `the call timed out after ${call.spec.timeoutMs} ms ${where} (slot "${this.slot}")`;
   }
 
+  private pumpScheduled = false;
+
+  private pumpAtEndOfTurn(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump(true);
+    });
+  }
+
   /** Hands queued calls to idle, accepting workers. Called on submit, on completion and on worker state changes. */
-  pump(): void {
+  pump(endOfTurn = false): void {
     const n = this.workers.length;
     while (this.head < this.queue.length && !this.exclusiveRunning) {
       const call = this.queue[this.head]!;
@@ -161,7 +172,10 @@ export class Mailbox {
       }
       // No idle worker and a queue behind this call: give a logged-in worker that is running a
       // batch the next one, so its thread goes straight on to it instead of waiting for a round trip.
+      // Not from inside a submit: callers answered together submit again together, and waiting
+      // for the end of this turn of the event loop lets them share one message.
       const pipelined = !worker && this.waiting > 1 && this.batchable(call);
+      if (pipelined && !endOfTurn) return this.pumpAtEndOfTurn();
       if (pipelined) worker = this.workers.find((w) => w.canPipeline);
       if (!worker) return;
       this.dequeueHead();

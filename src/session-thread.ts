@@ -2,37 +2,57 @@
  * One worker thread holding one session. Each generation of a slot worker gets a fresh
  * Piscina pool of exactly one thread; a crashed or wedged thread is abandoned with its pool,
  * never reused, so no half-dead session is handed a call.
+ *
+ * Piscina hosts the thread and reports its death; the calls themselves travel on a channel of
+ * this class's own, served by one long-running task (workers/serve-loop.ts). That task spins
+ * briefly for the next call before it sleeps: waking a sleeping thread costs ~100 µs on a
+ * virtual machine, more than a fast signature, and Piscina's own loop always sleeps.
  */
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
+import type { ServeRequest, ServeReply, ServeStart } from '../workers/serve-loop.js';
 import type { WorkerReply, WorkerTask } from '../workers/protocol.js';
+import { replyCame, replySoon } from './reply-poll.js';
 
 const WORKER_FILE = fileURLToPath(new URL('../workers/session-worker.js', import.meta.url));
 
 export class ThreadDied extends Error {}
 
+interface Pending {
+  resolve: (reply: WorkerReply) => void;
+  reject: (e: Error) => void;
+  /** The main thread keeps turning for this reply (see reply-poll.ts). */
+  polled: boolean;
+}
+
 export class SessionThread {
-  private readonly pool: Piscina<WorkerTask, WorkerReply>;
+  private readonly pool: Piscina<ServeStart, void>;
+  private readonly port: MessagePort;
+  /** [0]: calls posted so far; the thread waits on it when it has nothing to do. */
+  private readonly posted = new Int32Array(new SharedArrayBuffer(4));
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 0;
   private ended = false;
   /** The thread itself has exited (crash, process.exit): nothing of it can still be inside the module. */
   private exited = false;
-  /** Tasks handed to the thread and not answered: a thread abandoned with one may still be inside the module. */
-  private inFlight = 0;
 
-  constructor(onDeath: (reason: Error) => void) {
-    this.pool = new Piscina<WorkerTask, WorkerReply>({
-      filename: WORKER_FILE,
-      minThreads: 1,
-      maxThreads: 1,
-      // Two: the router may hand a logged-in worker its next batch while one runs (the thread
-      // still runs them one after the other, in order).
-      concurrentTasksPerWorker: 2,
-      idleTimeout: 2 ** 31 - 1,
-    });
+  /** `spinMs`: how long the thread looks for its next call before it sleeps (0: never spins). */
+  constructor(
+    onDeath: (reason: Error) => void,
+    private readonly spinMs: number,
+  ) {
+    this.pool = new Piscina<ServeStart, void>({ filename: WORKER_FILE, minThreads: 1, maxThreads: 1, idleTimeout: 2 ** 31 - 1 });
+    const channel = new MessageChannel();
+    this.port = channel.port1;
+    this.port.on('message', (m: ServeReply) => this.answer(m));
+    this.port.unref();
     const die = (reason: Error): void => {
-      if (this.ended) return;
+      if (this.ended && this.pending.size === 0) return;
+      const first = !this.ended;
       this.ended = true;
-      onDeath(reason);
+      this.failPending(reason.message);
+      if (first) onDeath(reason);
     };
     this.pool.on('error', (e: Error) => {
       this.exited = true;
@@ -44,6 +64,11 @@ export class SessionThread {
       this.exited = true;
       die(new ThreadDied('session worker thread exited'));
     });
+    const start: ServeStart = { port: channel.port2, posted: this.posted, spinMs };
+    this.pool.run(start, { name: 'serve', transferList: [channel.port2] }).then(
+      () => die(new ThreadDied('session worker thread stopped serving')),
+      (e: Error) => die(new ThreadDied(`session worker thread failed: ${e.message}`)),
+    );
   }
 
   get alive(): boolean {
@@ -52,24 +77,49 @@ export class SessionThread {
 
   /** Tasks posted to the thread and not answered. */
   get tasks(): number {
-    return this.inFlight;
+    return this.pending.size;
   }
 
-  async run<T>(task: WorkerTask): Promise<WorkerReply<T>> {
-    if (this.ended) throw new ThreadDied('session worker thread is gone');
-    this.inFlight++;
-    try {
-      return (await this.pool.run(task)) as WorkerReply<T>;
-    } catch (e) {
-      throw new ThreadDied(`session worker thread failed: ${(e as Error).message}`);
-    } finally {
-      this.inFlight--;
-    }
+  run<T>(task: WorkerTask): Promise<WorkerReply<T>> {
+    if (this.ended) return Promise.reject(new ThreadDied('session worker thread is gone'));
+    const id = ++this.nextId;
+    return new Promise<WorkerReply<T>>((resolve, reject) => {
+      if (this.pending.size === 0) this.port.ref();
+      const polled = this.spinMs > 0 && task.op !== 'batch';
+      this.pending.set(id, { resolve: resolve as Pending['resolve'], reject, polled });
+      this.post({ id, task });
+      if (polled) replySoon(this.spinMs);
+    });
+  }
+
+  private post(request: ServeRequest): void {
+    this.port.postMessage(request);
+    // After the message is in the port: the thread reads the port once it sees the count move.
+    Atomics.add(this.posted, 0, 1);
+    Atomics.notify(this.posted, 0);
+  }
+
+  private answer({ id, reply }: ServeReply): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    if (this.pending.size === 0) this.port.unref();
+    if (p.polled) replyCame();
+    p.resolve(reply);
+  }
+
+  private failPending(why: string): void {
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    this.port.unref();
+    for (const p of pending) if (p.polled) replyCame();
+    for (const p of pending) p.reject(new ThreadDied(`session worker thread failed: ${why}`));
   }
 
   /** Lets go of a crashed or wedged thread without waiting for it: a hung native call cannot be interrupted. */
   abandon(whenGone: () => void): void {
     this.ended = true;
+    this.failPending('abandoned');
     // A thread that has exited is gone already. Do not wait for destroy() then: after a thread
     // exits with tasks in flight, Piscina's destroy() never settles, and the module would stay
     // marked as having a thread inside it, refusing every later reset.
@@ -77,6 +127,7 @@ export class SessionThread {
     const gone = () => {
       if (told) return;
       told = true;
+      this.port.close();
       whenGone();
     };
     if (this.exited) gone();
@@ -84,7 +135,10 @@ export class SessionThread {
   }
 
   async stop(): Promise<void> {
+    if (!this.ended) this.post('stop');
     this.ended = true;
+    this.failPending('stopped');
     await this.pool.destroy();
+    this.port.close();
   }
 }

@@ -62,6 +62,8 @@ export class SlotWorker {
   /** Sessions of abandoned threads, closed once a new session is open (see abandonThread). */
   private readonly orphans: string[] = [];
   state: SlotState = 'uninitialized';
+  /** When the last call ended (or the login did): the idle logout counts from here. */
+  private lastCallAt = 0;
   private thread: SessionThread | null = null;
   /** The session this worker's thread holds, kept outside the machine so a crash can still close it. */
   private sessionHandle: string | null = null;
@@ -79,6 +81,8 @@ export class SlotWorker {
         closeSession: fromPromise<null, void>(() => this.closeSession()),
       },
       actions: { abandonThread: () => this.abandonThread() },
+      guards: { quietLongEnough: ({ context }) => context.idleTimeoutMs > 0 && Date.now() - this.lastCallAt >= context.idleTimeoutMs },
+      delays: { idleTimeout: ({ context }) => (context.idleTimeoutMs > 0 ? Math.max(1, this.lastCallAt + context.idleTimeoutMs - Date.now()) : 2 ** 31 - 1) },
     });
     this.actor = createActor(machine, { input: { slot: opts.slot, worker: opts.index, idleTimeoutMs: opts.config.idleTimeoutMs } });
     this.actor.subscribe((snap) => {
@@ -86,6 +90,7 @@ export class SlotWorker {
       if (to === this.state) return;
       const from = this.state;
       this.state = to;
+      if (to === 'logged_in') this.lastCallAt = Date.now(); // the idle clock starts at login
       if (to === 'failed' || to === 'closed') this.closeOrphans(); // no next session will come
       opts.hooks.stateChanged(this, from, to);
     });
@@ -131,7 +136,7 @@ export class SlotWorker {
 
   private async openSession(): Promise<OpenReport> {
     if (!this.thread?.alive) {
-      const thread: SessionThread = new SessionThread((reason) => this.threadDied(thread, reason.message));
+      const thread: SessionThread = new SessionThread((reason) => this.threadDied(thread, reason.message), this.opts.config.idleSpinMs);
       this.thread = thread;
     }
     await moduleGate(this.opts.modulePath);
@@ -243,7 +248,7 @@ export class SlotWorker {
         continue;
       }
       if (!reply.ok && attempt === 0 && reply.error.ckr && TRANSIENT_CKRS.has(reply.error.ckr)) continue;
-      if (this.state === 'logged_in' && this.opts.config.idleTimeoutMs > 0) this.actor.send({ type: 'CALL_DONE' });
+      this.lastCallAt = Date.now();
       return reply;
     }
   }
@@ -293,7 +298,7 @@ export class SlotWorker {
       // Not run, or worth its one retry: the single-call path, counting a failed run as the first attempt.
       results[i] = await this.execute<T>(tasks[i]!, calls[i]!, reply ? 1 : 0);
     }
-    if (this.state === 'logged_in' && this.opts.config.idleTimeoutMs > 0) this.actor.send({ type: 'CALL_DONE' });
+    this.lastCallAt = Date.now();
     return results;
   }
 

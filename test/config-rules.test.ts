@@ -47,6 +47,7 @@ describe('each rule refuses the config that breaks it, naming the field', () => 
   it('a key naming its certificate by both label and id', () =>
     refused(base({ keys: { ec: { label: 'ec', id: '02', certLabel: 'c', certId: '02' } } }), 'CONFIG_INVALID', 'slots.s.keys.ec.certId'));
   it('an unknown slot type', () => refused(base({ type: 'usb' }), 'CONFIG_INVALID', 'slots.s.type', false));
+  it('a negative spin', () => refused(base({ idleSpinMs: -1 }), 'CONFIG_INVALID', 'slots.s.idleSpinMs'));
 });
 
 describe('module pinning', () => {

@@ -157,6 +157,23 @@ describe('recovery', () => {
     expect(sup.status().slots.s!.state).toBe('logged_in');
   });
 
+  it('calls closer together than the idle timeout keep the login; the logout comes once they stop', async () => {
+    process.env.TEST_PIN_IDLE = tokens.idle!.pin;
+    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'idle' }, pin: { env: 'TEST_PIN_IDLE' }, idleTimeoutMs: 300 } }) });
+    const logins = await loginCalls(sup, 's');
+    // 8 calls 100 ms apart: 800 ms in all, well past the 300 ms timeout counted from the login.
+    for (let i = 0; i < 8; i++) {
+      await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+      await new Promise((r) => setTimeout(r, 100));
+      expect(sup.status().slots.s!.state).toBe('logged_in');
+    }
+    expect((await sup.probe({ slot: 's' })).state).toBe('RW_USER');
+    expect(await loginCalls(sup, 's')).toBe(logins);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(sup.status().slots.s!.state).toBe('open');
+    expect((await sup.probe({ slot: 's' })).state).toBe('RW_PUBLIC');
+  });
+
   it('idle timeout with "fail" needs an explicit login or pin; the configured source is not asked', async () => {
     process.env.TEST_PIN_IDLE = tokens.idle!.pin;
     sup = await startSupervisor({

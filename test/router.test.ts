@@ -118,6 +118,22 @@ describe('hsm pool', () => {
   });
 });
 
+describe('waiting for the next call', () => {
+  it('worker threads spin only briefly after a call: an idle pool costs no CPU', async () => {
+    sup = await startSupervisor({ config: configFor(td, { p: { type: 'hsm', poolSize: 2, token: { label: 'router' }, pin: { env: 'TEST_PIN' }, idleSpinMs: 5 } }) });
+    const sigs = await Promise.all(Array.from({ length: 200 }, (_, i) => sign(sup!, 'p', i)));
+    expect(await verifiesOnNode(sup, 'p', 'ec', Buffer.from('doc 199'), sigs[199]!)).toBe(true);
+    await new Promise((r) => setTimeout(r, 50));
+    const before = process.cpuUsage();
+    await new Promise((r) => setTimeout(r, 500));
+    const used = process.cpuUsage(before);
+    // Two threads that never slept would use ~1,000 ms of CPU here.
+    expect((used.user + used.system) / 1000).toBeLessThan(100);
+    // And a sleeping thread wakes for the next call.
+    expect(await verifiesOnNode(sup, 'p', 'ec', Buffer.from('doc 7'), await sign(sup, 'p', 7))).toBe(true);
+  });
+});
+
 describe('supervision', () => {
   it('a worker thread that exits is restarted and the queued calls complete on the new one', async () => {
     process.env.PKCS11_SUPERVISOR_FAULTS = '1';

@@ -1,5 +1,5 @@
 /**
- * Piscina entry: one thread, one TokenSession. Replies are values with timing measured
+ * The session thread's code: one thread, one TokenSession. Replies are values with timing measured
  * here, so the main thread can tell time spent on the token from time spent queued.
  */
 import { performance } from 'node:perf_hooks';
@@ -7,6 +7,7 @@ import { TokenSession, toFailure, WorkerFailure } from './token-session.js';
 import * as objects from './object-ops.js';
 import { SESSION_LOST_CKRS } from '../src/ckr.js';
 import { CLAIM_STARTED, type WorkerFault, type WorkerReply, type WorkerTask } from './protocol.js';
+import { serveLoop, type ServeStart } from './serve-loop.js';
 
 const session = new TokenSession();
 const faultsEnabled = process.env.PKCS11_SUPERVISOR_FAULTS === '1';
@@ -103,8 +104,13 @@ function runBatch(tasks: WorkerTask[], claims: Int32Array): (WorkerReply | null)
   return replies;
 }
 
-export default function run(task: WorkerTask): WorkerReply {
+function run(task: WorkerTask): WorkerReply {
   if (task.op !== 'batch') return runOne(task);
   const startedAt = now();
   return { ok: true, value: runBatch(task.tasks, task.claims), startedAt, endedAt: now() };
+}
+
+/** The one Piscina task this thread runs: it serves the session thread's calls until told to stop. */
+export function serve(start: ServeStart): Promise<void> {
+  return serveLoop(start, run);
 }

@@ -1,0 +1,44 @@
+/**
+ * The session thread's loop: reads calls from the main thread's channel and answers each on
+ * it, in order. After a call it spins up to `spinMs` for the next one, then sleeps on the
+ * shared counter. A busy caller then never pays for waking the thread, and an idle slot
+ * costs no CPU.
+ */
+import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import { performance } from 'node:perf_hooks';
+import type { WorkerReply, WorkerTask } from './protocol.js';
+
+export type ServeRequest = { id: number; task: WorkerTask } | 'stop';
+export interface ServeReply {
+  id: number;
+  reply: WorkerReply;
+}
+export interface ServeStart {
+  port: MessagePort;
+  /** [0]: requests the main thread has posted. */
+  posted: Int32Array;
+  spinMs: number;
+}
+
+export async function serveLoop({ port, posted, spinMs }: ServeStart, run: (task: WorkerTask) => WorkerReply): Promise<void> {
+  let seen = 0;
+  for (;;) {
+    if (spinMs > 0) {
+      const until = performance.now() + spinMs;
+      while (Atomics.load(posted, 0) === seen && performance.now() < until);
+    }
+    Atomics.wait(posted, 0, seen);
+    seen = Atomics.load(posted, 0);
+    for (let entry = receiveMessageOnPort(port); entry !== undefined; entry = receiveMessageOnPort(port)) {
+      const request = entry.message as ServeRequest;
+      if (request === 'stop') {
+        port.close();
+        return;
+      }
+      port.postMessage({ id: request.id, reply: run(request.task) } satisfies ServeReply);
+    }
+    // Lets queued microtasks run between calls, as they would between Piscina tasks (an
+    // uncaught error thrown from one must still end the thread).
+    await null;
+  }
+}
