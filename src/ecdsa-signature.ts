@@ -10,14 +10,17 @@ function intSpan(raw: Uint8Array, from: number, to: number): { start: number; pa
   return { start, pad, len: to - start + pad };
 }
 
-/** Sized once and written in place: this runs on every ECDSA signature. */
+/**
+ * Sized once and written in place: this runs on every ECDSA signature. Not from Buffer's pool:
+ * a pooled Buffer crosses a thread as its whole 8 KiB slab.
+ */
 export function rawToDer(raw: Uint8Array): Buffer {
   const half = raw.length >> 1;
   const r = intSpan(raw, 0, half);
   const s = intSpan(raw, half, raw.length);
   const body = 2 + r.len + 2 + s.len; // r, s < 128 bytes each for P-256/384/521
   const long = body >= 0x80;
-  const out = Buffer.allocUnsafe(body + (long ? 3 : 2));
+  const out = Buffer.allocUnsafeSlow(body + (long ? 3 : 2));
   let p = 0;
   out[p++] = 0x30;
   if (long) out[p++] = 0x81;

@@ -14,6 +14,7 @@ import { Piscina } from 'piscina';
 import type { ServeRequest, ServeReply, ServeStart } from '../workers/serve-loop.js';
 import type { WorkerReply, WorkerTask } from '../workers/protocol.js';
 import { replyCame, replySoon } from './reply-poll.js';
+import { packBatch, unpackReplies } from '../workers/batch-codec.js';
 
 const WORKER_FILE = fileURLToPath(new URL('../workers/session-worker.js', import.meta.url));
 
@@ -87,7 +88,7 @@ export class SessionThread {
       if (this.pending.size === 0) this.port.ref();
       const polled = this.spinMs > 0 && task.op !== 'batch';
       this.pending.set(id, { resolve: resolve as Pending['resolve'], reject, polled });
-      this.post({ id, task });
+      this.post({ id, task: (task.op === 'batch' && packBatch(task.tasks, task.claims)) || task });
       if (polled) replySoon(this.spinMs);
     });
   }
@@ -99,10 +100,11 @@ export class SessionThread {
     Atomics.notify(this.posted, 0);
   }
 
-  private answer({ id, reply }: ServeReply): void {
-    const p = this.pending.get(id);
+  private answer(m: ServeReply): void {
+    const p = this.pending.get(m.id);
     if (!p) return;
-    this.pending.delete(id);
+    const reply: WorkerReply = 'packed' in m ? { ok: true, value: unpackReplies(m.packed), startedAt: m.startedAt, endedAt: m.endedAt } : m.reply;
+    this.pending.delete(m.id);
     if (this.pending.size === 0) this.port.unref();
     if (p.polled) replyCame();
     p.resolve(reply);

@@ -1,3 +1,4 @@
+import { constants, verify } from 'node:crypto';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startSupervisor, type Pkcs11Supervisor, type CallCompletedEvent } from '../dist/src/index.js';
 import { configFor, createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
@@ -91,6 +92,35 @@ describe('token slot mailbox', () => {
     for (const q of await queued) expect(q).toMatchObject({ status: 'rejected', reason: { code: 'CLOSED' } });
     expect(transitions).toEqual(['logged_in>logging_out', 'logging_out>open', 'open>closing', 'closing>closed']);
     await expect(sign(s, 't', 4)).rejects.toMatchObject({ code: 'CLOSED' });
+  });
+});
+
+describe('batches', () => {
+  it('a burst mixing keys, mechanisms and a missing key: each call gets its own answer, in one batch or many', async () => {
+    sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' } } }) });
+    const first = sign(sup, 't', 0); // on the worker: the burst queues behind it and goes in batches
+    const burst = Array.from({ length: 60 }, (_, i) => {
+      const data = Buffer.from(`doc ${i}`);
+      const call =
+        i % 3 === 0
+          ? sup!.sign({ slot: 't', key: 'rsa', mechanism: 'RSA-PSS-SHA256', data })
+          : i % 3 === 1
+            ? sup!.sign({ slot: 't', key: { label: 'no such key' }, mechanism: 'ECDSA-SHA256', data })
+            : sup!.sign({ slot: 't', key: 'ec', mechanism: 'ECDSA-SHA256', data, signatureFormat: 'raw' });
+      return call.then((sig) => ({ i, data, sig }), (e: { code: string }) => ({ i, code: e.code }));
+    });
+    const results = await Promise.all(burst);
+    for (const r of results) {
+      if (r.i % 3 === 1) expect(r).toMatchObject({ code: 'KEY_NOT_FOUND' });
+      else {
+        expect('sig' in r && r.sig.length).toBe(r.i % 3 === 0 ? 256 : 64);
+        const { keyObject } = await sup.getPublicKey({ slot: 't', key: r.i % 3 === 0 ? 'rsa' : 'ec' });
+        const options = r.i % 3 === 0 ? { padding: constants.RSA_PKCS1_PSS_PADDING } : { dsaEncoding: 'ieee-p1363' as const };
+        expect(verify('sha256', (r as { data: Buffer }).data, { key: keyObject, ...options }, (r as { sig: Buffer }).sig)).toBe(true);
+      }
+    }
+    await first;
+    expect(sup.status().slots.t!.state).toBe('logged_in');
   });
 });
 

@@ -52,6 +52,15 @@ export type WorkerTask =
    */
   | { op: 'batch'; tasks: WorkerTask[]; claims: Int32Array };
 
+/**
+ * The bytes of a view alone, in a buffer of their own. A view on a larger buffer crosses a
+ * structured clone as that whole buffer: a small pooled Buffer (Buffer.from, allocUnsafe)
+ * would carry its 8 KiB slab to the other thread on every call.
+ */
+export function ownBytes(view: Uint8Array): Uint8Array {
+  return view.byteLength === view.buffer.byteLength ? view : new Uint8Array(view);
+}
+
 export const CLAIM_STARTED = 2;
 export const CLAIM_CANCELLED = 1;
 

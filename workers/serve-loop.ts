@@ -7,12 +7,10 @@
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import type { WorkerReply, WorkerTask } from './protocol.js';
+import { packReplies, unpackBatch, type PackedBatch, type PackedReplies } from './batch-codec.js';
 
-export type ServeRequest = { id: number; task: WorkerTask } | 'stop';
-export interface ServeReply {
-  id: number;
-  reply: WorkerReply;
-}
+export type ServeRequest = { id: number; task: WorkerTask | PackedBatch } | 'stop';
+export type ServeReply = { id: number; reply: WorkerReply } | { id: number; packed: PackedReplies; startedAt: number; endedAt: number };
 export interface ServeStart {
   port: MessagePort;
   /** [0]: requests the main thread has posted. */
@@ -35,10 +33,17 @@ export async function serveLoop({ port, posted, spinMs }: ServeStart, run: (task
         port.close();
         return;
       }
-      port.postMessage({ id: request.id, reply: run(request.task) } satisfies ServeReply);
+      port.postMessage(answer(request.id, request.task, run));
     }
     // Lets queued microtasks run between calls, as they would between Piscina tasks (an
     // uncaught error thrown from one must still end the thread).
     await null;
   }
+}
+
+function answer(id: number, sent: WorkerTask | PackedBatch, run: (task: WorkerTask) => WorkerReply): ServeReply {
+  const task: WorkerTask = sent.op === 'packedSigns' ? { op: 'batch', tasks: unpackBatch(sent), claims: sent.claims } : sent;
+  const reply = run(task);
+  const packed = task.op === 'batch' && reply.ok ? packReplies(reply.value as (WorkerReply | null)[]) : null;
+  return packed ? { id, packed, startedAt: reply.startedAt, endedAt: reply.endedAt } : { id, reply };
 }

@@ -322,7 +322,7 @@ export class TokenSession implements SessionAccess {
     this.count('C_SignInit').C_SignInit(session, p.mechanism, key.handle);
     const sig = this.count('C_Sign').C_Sign(session, input, this.out);
     if (MECHANISMS[task.mechanism].scheme === 'ecdsa' && task.format === 'der') return rawToDer(sig);
-    return Buffer.from(sig);
+    return new Uint8Array(sig); // a copy of its own: `sig` is a view on the session's output buffer
   }
 
   verify(task: Extract<WorkerTask, { op: 'verify' }>): boolean {

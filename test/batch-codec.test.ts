@@ -1,0 +1,45 @@
+import { describe, expect, it } from 'vitest';
+import { packBatch, packReplies, unpackBatch, unpackReplies } from '../dist/workers/batch-codec.js';
+import type { WorkerReply, WorkerTask } from '../dist/workers/protocol.js';
+
+const sign = (label: string, data: string, mechanism = 'ECDSA-SHA256'): WorkerTask =>
+  ({ op: 'sign', key: { label, id: undefined }, mechanism, data: Buffer.from(data), prehashed: false, format: 'der' }) as WorkerTask;
+
+describe('batch codec', () => {
+  it('a batch of signs round-trips: every call keeps its own key, mechanism and bytes, in order', () => {
+    const tasks = [sign('ec', 'one'), sign('rsa', 'two', 'RSA-PKCS1-SHA256'), sign('ec', 'three'), sign('ec', '')];
+    const claims = new Int32Array(new SharedArrayBuffer(16));
+    const packed = packBatch(tasks, claims)!;
+    expect(packed.shapes).toHaveLength(2); // ec/ECDSA twice: one shape
+    expect(packed.data.byteLength).toBe(11);
+    const back = unpackBatch(structuredClone(packed));
+    expect(back.map((t) => ({ ...t, data: Buffer.from((t as { data: Uint8Array }).data).toString() }))).toEqual(
+      tasks.map((t) => ({ ...t, data: Buffer.from((t as { data: Uint8Array }).data).toString() })),
+    );
+  });
+
+  it('a batch holding anything but signs is not packed', () => {
+    const verify = { op: 'verify', key: { label: 'ec' }, mechanism: 'ECDSA-SHA256', data: Buffer.from('x'), signature: Buffer.from('y'), prehashed: false, format: 'der' } as WorkerTask;
+    expect(packBatch([sign('ec', 'a'), verify], new Int32Array(2))).toBeNull();
+  });
+
+  it('replies round-trip: values, per-call errors and calls not run, with their timings; values own their bytes', () => {
+    const replies: (WorkerReply | null)[] = [
+      { ok: true, value: new Uint8Array([1, 2, 3]), startedAt: 10.25, endedAt: 10.5 },
+      { ok: false, error: { code: 'KEY_NOT_FOUND', message: 'no key' }, startedAt: 10.5, endedAt: 10.75 },
+      null,
+      { ok: true, value: new Uint8Array([4, 5]), startedAt: 11, endedAt: 12 },
+      { ok: false, error: { code: 'TOKEN_ERROR', message: 'lost', ckr: 'CKR_SESSION_HANDLE_INVALID', fn: 'C_Sign' }, startedAt: 12, endedAt: 13 },
+    ];
+    const back = unpackReplies(structuredClone(packReplies(replies)!));
+    expect(back.map((r) => (r && r.ok ? { ...r, value: [...(r.value as Uint8Array)] } : r))).toEqual(
+      replies.map((r) => (r && r.ok ? { ...r, value: [...(r.value as Uint8Array)] } : r)),
+    );
+    const first = back[0] as { value: Buffer };
+    expect(first.value.buffer.byteLength).not.toBe(5); // not a view on the batch's 5-byte buffer
+  });
+
+  it('replies with a value that is not bytes are not packed', () => {
+    expect(packReplies([{ ok: true, value: true, startedAt: 1, endedAt: 2 }])).toBeNull();
+  });
+});

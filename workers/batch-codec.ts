@@ -1,0 +1,117 @@
+/**
+ * A batch of signatures crosses between the threads as a few flat buffers instead of one
+ * structured-cloned object per call. Cloning ~16 sign tasks and their replies cost ~5 µs a
+ * call, split between the two threads: on a 2-core machine that is CPU taken from signatures
+ * that take ~70 µs each (ECDSA P-256 on SoftHSM2). Anything else travels as it is.
+ */
+import type { WorkerError, WorkerReply, WorkerTask } from './protocol.js';
+
+type SignTask = Extract<WorkerTask, { op: 'sign' }>;
+type SignShape = Omit<SignTask, 'op' | 'data'>;
+
+export interface PackedBatch {
+  op: 'packedSigns';
+  /** The distinct key, mechanism and format of the batch's calls: usually one. */
+  shapes: SignShape[];
+  /** Per call: shape, offset and length of its data in `data`. */
+  index: Int32Array;
+  data: Uint8Array;
+  claims: Int32Array;
+}
+
+export interface PackedReplies {
+  /** Per call: NOT_RUN, VALUE or ERROR, then offset and length of its signature in `values`. */
+  index: Int32Array;
+  /** Per call: startedAt, endedAt. */
+  times: Float64Array;
+  values: Uint8Array;
+  /** The errors, in the order of the calls that failed. */
+  errors: WorkerError[];
+}
+
+const NOT_RUN = 0;
+const VALUE = 1;
+const ERROR = 2;
+
+/** Packs a batch made only of sign tasks; null for any other batch. */
+export function packBatch(tasks: readonly WorkerTask[], claims: Int32Array): PackedBatch | null {
+  let size = 0;
+  for (const t of tasks) {
+    if (t.op !== 'sign') return null;
+    size += t.data.byteLength;
+  }
+  const shapes: SignShape[] = [];
+  const index = new Int32Array(3 * tasks.length);
+  const data = new Uint8Array(size);
+  let at = 0;
+  tasks.forEach((t, i) => {
+    const { key, mechanism, prehashed, format, data: bytes } = t as SignTask;
+    let shape = shapes.findIndex((s) => s.key.label === key.label && s.key.id === key.id && s.mechanism === mechanism && s.prehashed === prehashed && s.format === format);
+    if (shape < 0) shape = shapes.push({ key, mechanism, prehashed, format }) - 1;
+    data.set(bytes, at);
+    index[3 * i] = shape;
+    index[3 * i + 1] = at;
+    index[3 * i + 2] = bytes.byteLength;
+    at += bytes.byteLength;
+  });
+  return { op: 'packedSigns', shapes, index, data, claims };
+}
+
+export function unpackBatch(p: PackedBatch): WorkerTask[] {
+  const tasks: WorkerTask[] = new Array(p.index.length / 3);
+  for (let i = 0; i < tasks.length; i++) {
+    const at = p.index[3 * i + 1]!;
+    tasks[i] = { op: 'sign', ...p.shapes[p.index[3 * i]!]!, data: p.data.subarray(at, at + p.index[3 * i + 2]!) };
+  }
+  return tasks;
+}
+
+/** Packs a batch's replies when every value is bytes (a signature); null otherwise. */
+export function packReplies(replies: readonly (WorkerReply | null)[]): PackedReplies | null {
+  let size = 0;
+  for (const r of replies) {
+    if (!r || !r.ok) continue;
+    if (!(r.value instanceof Uint8Array)) return null;
+    size += r.value.byteLength;
+  }
+  const index = new Int32Array(3 * replies.length);
+  const times = new Float64Array(2 * replies.length);
+  const values = new Uint8Array(size);
+  const errors: WorkerError[] = [];
+  let at = 0;
+  replies.forEach((r, i) => {
+    if (!r) return; // index[3i] stays NOT_RUN
+    times[2 * i] = r.startedAt;
+    times[2 * i + 1] = r.endedAt;
+    if (!r.ok) {
+      index[3 * i] = ERROR;
+      errors.push(r.error);
+      return;
+    }
+    const v = r.value as Uint8Array;
+    values.set(v, at);
+    index[3 * i] = VALUE;
+    index[3 * i + 1] = at;
+    index[3 * i + 2] = v.byteLength;
+    at += v.byteLength;
+  });
+  return { index, times, values, errors };
+}
+
+/** Each signature is copied out into a Buffer of its own: a caller keeping one must not keep the batch's buffer alive. */
+export function unpackReplies(p: PackedReplies): (WorkerReply | null)[] {
+  const replies: (WorkerReply | null)[] = new Array(p.index.length / 3);
+  let failed = 0;
+  for (let i = 0; i < replies.length; i++) {
+    const kind = p.index[3 * i];
+    const startedAt = p.times[2 * i]!;
+    const endedAt = p.times[2 * i + 1]!;
+    if (kind === NOT_RUN) replies[i] = null;
+    else if (kind === ERROR) replies[i] = { ok: false, error: p.errors[failed++]!, startedAt, endedAt };
+    else {
+      const at = p.index[3 * i + 1]!;
+      replies[i] = { ok: true, value: Buffer.from(p.values.subarray(at, at + p.index[3 * i + 2]!)), startedAt, endedAt };
+    }
+  }
+  return replies;
+}
