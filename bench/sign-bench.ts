@@ -177,6 +177,17 @@ async function hopFloorUs(): Promise<number> {
  * baseline, then the supervisor), because one cell on a shared 2-core machine can be off by 30%.
  */
 const REPEATS = 3;
+/**
+ * The process's CPU time (all threads) per call over `run`. With both cores busy, throughput
+ * is 2 cores divided by this: the supervisor's extra µs per call is what a pool loses to raw.
+ */
+async function cpuPerCall<R extends { ops: number }>(into: number[], run: () => Promise<R>): Promise<R> {
+  const before = process.cpuUsage();
+  const r = await run();
+  const used = process.cpuUsage(before);
+  into.push((used.user + used.system) / r.ops);
+  return r;
+}
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 async function targetMedians(mech: 'ec' | 'rsa') {
   const token = await startSlot('token', { ...slotCfg, type: 'token' });
@@ -186,13 +197,15 @@ async function targetMedians(mech: 'ec' | 'rsa') {
   const added: number[] = [];
   const tokenRatio: number[] = [];
   const poolRatio: number[] = [];
+  const rawCpu: number[] = [];
+  const poolCpu: number[] = [];
   for (let i = 0; i < REPEATS; i++) {
     const raw1 = rawLoop(rawConfig(mech, 32));
     const r1 = summarize(raw1.lat, raw1.ops, raw1.elapsed);
     const t1 = await throughSupervisor(token, 'token', mech, 32, 1);
     const t256 = await throughSupervisor(token, 'token', mech, 32, 256);
-    const raw2 = await rawInWorkers(2, mech, 32);
-    const p256 = await throughSupervisor(pool, 'pool-2', mech, 32, 256);
+    const raw2 = await cpuPerCall(rawCpu, () => rawInWorkers(2, mech, 32));
+    const p256 = await cpuPerCall(poolCpu, () => throughSupervisor(pool, 'pool-2', mech, 32, 256));
     added.push(summarize(t1.lat, t1.ops, t1.elapsed).p50us - r1.p50us);
     tokenRatio.push(summarize(t256.lat, t256.ops, t256.elapsed).opsPerSec / r1.opsPerSec);
     poolRatio.push(summarize(p256.lat, p256.ops, p256.elapsed).opsPerSec / summarize(raw2.lat, raw2.ops, raw2.elapsed).opsPerSec);
@@ -200,7 +213,13 @@ async function targetMedians(mech: 'ec' | 'rsa') {
   await token.close();
   await pool.close();
   const round = (xs: number[]) => xs.map((x) => Number(x.toFixed(2)));
-  return { addedP50us: median(added), tokenRatio: Number(median(tokenRatio).toFixed(2)), poolRatio: Number(median(poolRatio).toFixed(2)), runs: { added, tokenRatio: round(tokenRatio), poolRatio: round(poolRatio) } };
+  return {
+    addedP50us: median(added),
+    tokenRatio: Number(median(tokenRatio).toFixed(2)),
+    poolRatio: Number(median(poolRatio).toFixed(2)),
+    cpuPerCallUs: { raw2: Math.round(median(rawCpu)), pool2: Math.round(median(poolCpu)) },
+    runs: { added, tokenRatio: round(tokenRatio), poolRatio: round(poolRatio) },
+  };
 }
 const medians: Record<string, Awaited<ReturnType<typeof targetMedians>>> = {};
 for (const [alg, mech] of [['ECDSA P-256', 'ec'], ['RSA-2048', 'rsa']] as const) {
@@ -261,9 +280,10 @@ if (!values.quick) {
 }
 console.log(`\nTargets (median of ${REPEATS} back-to-back comparisons; the runs in brackets):`);
 for (const t of targets) console.log(`  ${t.pass ? 'PASS' : 'MISS'}  ${t.alg}: ${t.target}: ${t.value} [${t.runs.join(', ')}]`);
+console.log('\nCPU per call, all threads (median): ' + Object.entries(medians).map(([alg, m]) => `${alg}: raw-2 ${m.cpuPerCallUs.raw2} µs, pool-2 ${m.cpuPerCallUs.pool2} µs`).join('; '));
 if (million) console.log('\n1,000,000 calls (pool of 2, c=256, ECDSA, 32 B):', JSON.stringify(million));
 mkdirSync('var', { recursive: true });
-writeFileSync('var/bench.json', JSON.stringify({ when: new Date().toISOString(), seconds: SECONDS, cores: availableParallelism(), hopFloorP50us: hopFloor, results, targets, million }, null, 2));
+writeFileSync('var/bench.json', JSON.stringify({ when: new Date().toISOString(), seconds: SECONDS, cores: availableParallelism(), hopFloorP50us: hopFloor, results, targets, medians, million }, null, 2));
 console.log('\nwritten: var/bench.json');
 owner.C_Finalize();
 process.exit(0);

@@ -5,12 +5,16 @@
  * Batches are left out: they come with a queue behind them, and then the CPU is better spent
  * on the threads that sign.
  */
+import { roomToSpin } from '../workers/busy-board.js';
+import { board, cores } from './thread-board.js';
+
 let due = 0;
 let expected = 0;
 let turning = false;
 
 function turn(): void {
-  if (expected > 0 && performance.now() < due) setImmediate(turn);
+  // Only while the busy session threads leave this thread a core of its own.
+  if (expected > 0 && performance.now() < due && roomToSpin(board, cores)) setImmediate(turn);
   else turning = false;
 }
 

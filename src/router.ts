@@ -1,8 +1,9 @@
 /**
  * A slot's mailbox: a bounded FIFO of calls in front of the slot's workers. Each worker runs
  * one call at a time, so a token slot (one worker) runs calls strictly one by one in arrival
- * order, and an HSM pool hands each call to the next idle worker round-robin, skipping
- * workers that are restarting. Every call ends exactly once: with its result, or with
+ * order, and an HSM pool hands each call to an idle worker, skipping workers that are
+ * restarting: the one freed last, whose thread is still awake (see workers/busy-board.ts).
+ * Under load every worker is busy and all of them serve; at low load the others may sleep. Every call ends exactly once: with its result, or with
  * TIMEOUT, ABORTED, QUEUE_FULL, SLOT_FAILED or CLOSED.
  */
 import { Pkcs11SupervisorError } from './errors.js';
@@ -76,7 +77,8 @@ export class Mailbox {
   private waiting = 0;
   private inFlight = 0;
   private exclusiveRunning = false;
-  private next = 0;
+  /** Counts workers becoming idle: the highest freedAt is the worker freed last. */
+  private freed = 0;
   private closedWith: Pkcs11SupervisorError | null = null;
   private readonly batched = new Set<Call<unknown>>();
   /** Moving average of one call's time on the token, from the worker's own timing. */
@@ -144,7 +146,6 @@ export class Mailbox {
 
   /** Hands queued calls to idle, accepting workers. Called on submit, on completion and on worker state changes. */
   pump(endOfTurn = false): void {
-    const n = this.workers.length;
     while (this.head < this.queue.length && !this.exclusiveRunning) {
       const call = this.queue[this.head]!;
       if (call.settled) {
@@ -162,14 +163,7 @@ export class Mailbox {
         return;
       }
       let worker: SlotWorker | undefined;
-      for (let i = 0; i < n; i++) {
-        const w = this.workers[(this.next + i) % n]!;
-        if (!w.busy && w.accepting) {
-          worker = w;
-          this.next = (this.next + i + 1) % n;
-          break;
-        }
-      }
+      for (const w of this.workers) if (!w.busy && w.accepting && (!worker || w.freedAt > worker.freedAt)) worker = w;
       // No idle worker and a queue behind this call: give a logged-in worker that is running a
       // batch the next one, so its thread goes straight on to it instead of waiting for a round trip.
       // Not from inside a submit: callers answered together submit again together, and waiting
@@ -254,6 +248,7 @@ export class Mailbox {
     for (const c of calls) this.batched.delete(c);
     worker.batchesInFlight--;
     worker.busy = worker.batchesInFlight > 0;
+    if (!worker.busy) worker.freedAt = ++this.freed;
     this.inFlight -= calls.length;
     this.pump();
   }
@@ -275,6 +270,7 @@ export class Mailbox {
       (e: unknown) => this.finish(call, () => call.reject(e instanceof Error ? e : new Error(String(e)))),
     ).finally(() => {
       worker.busy = false;
+      worker.freedAt = ++this.freed;
       this.inFlight--;
       if (call.spec.exclusive) this.exclusiveRunning = false;
       this.pump();

@@ -15,6 +15,7 @@ import type { ServeRequest, ServeReply, ServeStart } from '../workers/serve-loop
 import type { WorkerReply, WorkerTask } from '../workers/protocol.js';
 import { replyCame, replySoon } from './reply-poll.js';
 import { packBatch, unpackReplies } from '../workers/batch-codec.js';
+import { board, cores, freeCell, takeCell } from './thread-board.js';
 
 const WORKER_FILE = fileURLToPath(new URL('../workers/session-worker.js', import.meta.url));
 
@@ -34,6 +35,8 @@ export class SessionThread {
   private readonly posted = new Int32Array(new SharedArrayBuffer(4));
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
+  /** This thread's cell on the busy board. */
+  private readonly cell: number;
   private ended = false;
   /** The thread itself has exited (crash, process.exit): nothing of it can still be inside the module. */
   private exited = false;
@@ -65,7 +68,8 @@ export class SessionThread {
       this.exited = true;
       die(new ThreadDied('session worker thread exited'));
     });
-    const start: ServeStart = { port: channel.port2, posted: this.posted, spinMs };
+    this.cell = takeCell();
+    const start: ServeStart = { port: channel.port2, posted: this.posted, spinMs, board, cell: this.cell, cores };
     this.pool.run(start, { name: 'serve', transferList: [channel.port2] }).then(
       () => die(new ThreadDied('session worker thread stopped serving')),
       (e: Error) => die(new ThreadDied(`session worker thread failed: ${e.message}`)),
@@ -130,6 +134,7 @@ export class SessionThread {
       if (told) return;
       told = true;
       this.port.close();
+      freeCell(this.cell);
       whenGone();
     };
     if (this.exited) gone();
@@ -142,5 +147,6 @@ export class SessionThread {
     this.failPending('stopped');
     await this.pool.destroy();
     this.port.close();
+    freeCell(this.cell);
   }
 }

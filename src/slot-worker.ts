@@ -57,6 +57,8 @@ export class SlotWorker {
   readonly index: number;
   readonly actor: Actor<typeof slotMachine>;
   busy = false;
+  /** When the router last saw this worker become idle (its own count): it prefers the freshest. */
+  freedAt = 0;
   /** Batches handed to the thread and not answered: a second one waits in the thread's port, so the thread never idles between them. */
   batchesInFlight = 0;
   /** Sessions of abandoned threads, closed once a new session is open (see abandonThread). */

@@ -1,13 +1,15 @@
 /**
  * The session thread's loop: reads calls from the main thread's channel and answers each on
- * it, in order. After a call it spins up to `spinMs` for the next one, then sleeps on the
- * shared counter. A busy caller then never pays for waking the thread, and an idle slot
- * costs no CPU.
+ * it, in order. After a call it spins up to `spinMs` for the next one, if the busy threads
+ * leave a core for it, then sleeps on the shared counter. A steady caller then never pays for
+ * waking the thread, a spinning thread never crowds out a signing one, and an idle slot costs
+ * no CPU.
  */
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import type { WorkerReply, WorkerTask } from './protocol.js';
 import { packReplies, unpackBatch, type PackedBatch, type PackedReplies } from './batch-codec.js';
+import { IDLE, RUNNING, SPINNING, roomToSpin } from './busy-board.js';
 
 export type ServeRequest = { id: number; task: WorkerTask | PackedBatch } | 'stop';
 export type ServeReply = { id: number; reply: WorkerReply } | { id: number; packed: PackedReplies; startedAt: number; endedAt: number };
@@ -16,16 +18,27 @@ export interface ServeStart {
   /** [0]: requests the main thread has posted. */
   posted: Int32Array;
   spinMs: number;
+  /** The process's busy board, this thread's cell on it (0: none, never spin), and the cores. */
+  board: Int32Array;
+  cell: number;
+  cores: number;
 }
 
-export async function serveLoop({ port, posted, spinMs }: ServeStart, run: (task: WorkerTask) => WorkerReply): Promise<void> {
+export async function serveLoop(start: ServeStart, run: (task: WorkerTask) => WorkerReply): Promise<void> {
+  const { port, posted, spinMs, board, cell, cores } = start;
   let seen = 0;
   for (;;) {
-    if (spinMs > 0) {
-      const until = performance.now() + spinMs;
-      while (Atomics.load(posted, 0) === seen && performance.now() < until);
+    if (cell > 0) {
+      Atomics.store(board, cell, RUNNING);
+      if (spinMs > 0 && roomToSpin(board, cores)) {
+        Atomics.store(board, cell, SPINNING);
+        const until = performance.now() + spinMs;
+        while (Atomics.load(posted, 0) === seen && performance.now() < until);
+      }
+      Atomics.store(board, cell, IDLE);
     }
     Atomics.wait(posted, 0, seen);
+    if (cell > 0) Atomics.store(board, cell, RUNNING);
     seen = Atomics.load(posted, 0);
     for (let entry = receiveMessageOnPort(port); entry !== undefined; entry = receiveMessageOnPort(port)) {
       const request = entry.message as ServeRequest;

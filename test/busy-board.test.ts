@@ -1,0 +1,31 @@
+import { describe, expect, it } from 'vitest';
+import { RUNNING, SPINNING, busyThreads, newBoard, roomToSpin } from '../dist/workers/busy-board.js';
+import { board, freeCell, takeCell } from '../dist/src/thread-board.js';
+
+describe('busy board', () => {
+  it('counts running and spinning threads among the cells in use, and leaves a core to the main thread', () => {
+    const b = newBoard();
+    Atomics.store(b, 0, 3);
+    Atomics.store(b, 1, RUNNING);
+    expect(busyThreads(b)).toBe(1);
+    expect(roomToSpin(b, 2)).toBe(true); // the asking thread and the main thread: 2 cores
+    Atomics.store(b, 3, SPINNING);
+    expect(busyThreads(b)).toBe(2);
+    expect(roomToSpin(b, 2)).toBe(false);
+    expect(roomToSpin(b, 4)).toBe(true);
+    Atomics.store(b, 4, RUNNING); // past the cells in use: not counted
+    expect(busyThreads(b)).toBe(2);
+  });
+
+  it('cells are handed out once, taken back when their thread is gone, and reused', () => {
+    const a = takeCell();
+    const c = takeCell();
+    expect(a).toBeGreaterThan(0);
+    expect(c).not.toBe(a);
+    expect(Atomics.load(board, 0)).toBeGreaterThanOrEqual(Math.max(a, c));
+    Atomics.store(board, a, RUNNING);
+    freeCell(a);
+    expect(Atomics.load(board, a)).toBe(0);
+    expect(takeCell()).toBe(a);
+  });
+});
