@@ -1,33 +1,35 @@
 /**
- * Keeps the main thread's event loop turning, not sleeping, while a single call's reply is due
- * shortly. A loop asleep in epoll takes ~35 µs to wake on a virtual machine, a third of a fast
- * signature; turning it with setImmediate costs a little CPU and only while such a call runs.
- * Batches are left out: they come with a queue behind them, and then the CPU is better spent
- * on the threads that sign.
+ * Keeps the main thread's event loop turning, not sleeping, while the reply to a lone call is
+ * due shortly. A loop asleep in epoll takes ~35 µs to wake on a virtual machine, a third of a
+ * fast signature; turning it with setImmediate costs a little CPU and only while that call runs.
+ * Not with several tasks in flight on any session thread: replies then come often enough to keep
+ * the loop awake, and turning measurably slowed a pool of 4 at concurrency 16. Not while the busy
+ * session threads fill the cores either.
  */
 import { roomToSpin } from '../workers/busy-board.js';
 import { board, cores } from './thread-board.js';
 
+let inFlight = 0;
 let due = 0;
-let expected = 0;
 let turning = false;
 
 function turn(): void {
-  // Only while the busy session threads leave this thread a core of its own.
-  if (expected > 0 && performance.now() < due && roomToSpin(board, cores)) setImmediate(turn);
+  if (inFlight === 1 && performance.now() < due && roomToSpin(board, cores)) setImmediate(turn);
   else turning = false;
 }
 
-/** A reply is expected within `ms`; call replyCame() once it has come (or will not). */
-export function replySoon(ms: number): void {
-  expected++;
-  due = Math.max(due, performance.now() + ms);
+/** A task was posted to a session thread; `turnMs`: how long its reply is worth turning for (null: not at all). */
+export function taskPosted(turnMs: number | null): void {
+  inFlight++;
+  if (turnMs === null || inFlight !== 1) return;
+  due = performance.now() + turnMs;
   if (!turning) {
     turning = true;
     setImmediate(turn);
   }
 }
 
-export function replyCame(): void {
-  expected--;
+/** Its reply came, or will not. */
+export function taskAnswered(): void {
+  inFlight--;
 }

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import type { ServeRequest, ServeReply, ServeStart } from '../workers/serve-loop.js';
 import type { WorkerReply, WorkerTask } from '../workers/protocol.js';
-import { replyCame, replySoon } from './reply-poll.js';
+import { taskAnswered, taskPosted } from './reply-poll.js';
 import { packBatch, unpackReplies } from '../workers/batch-codec.js';
 import { board, cores, freeCell, takeCell } from './thread-board.js';
 
@@ -24,8 +24,6 @@ export class ThreadDied extends Error {}
 interface Pending {
   resolve: (reply: WorkerReply) => void;
   reject: (e: Error) => void;
-  /** The main thread keeps turning for this reply (see reply-poll.ts). */
-  polled: boolean;
 }
 
 export class SessionThread {
@@ -90,10 +88,10 @@ export class SessionThread {
     const id = ++this.nextId;
     return new Promise<WorkerReply<T>>((resolve, reject) => {
       if (this.pending.size === 0) this.port.ref();
-      const polled = this.spinMs > 0 && task.op !== 'batch';
-      this.pending.set(id, { resolve: resolve as Pending['resolve'], reject, polled });
+      this.pending.set(id, { resolve: resolve as Pending['resolve'], reject });
       this.post({ id, task: (task.op === 'batch' && packBatch(task.tasks, task.claims)) || task });
-      if (polled) replySoon(this.spinMs);
+      // A batch comes with a queue behind it: the CPU is better spent on the signing threads.
+      taskPosted(this.spinMs > 0 && task.op !== 'batch' ? this.spinMs : null);
     });
   }
 
@@ -110,7 +108,7 @@ export class SessionThread {
     const reply: WorkerReply = 'packed' in m ? { ok: true, value: unpackReplies(m.packed), startedAt: m.startedAt, endedAt: m.endedAt } : m.reply;
     this.pending.delete(m.id);
     if (this.pending.size === 0) this.port.unref();
-    if (p.polled) replyCame();
+    taskAnswered();
     p.resolve(reply);
   }
 
@@ -118,7 +116,7 @@ export class SessionThread {
     const pending = [...this.pending.values()];
     this.pending.clear();
     this.port.unref();
-    for (const p of pending) if (p.polled) replyCame();
+    for (let i = 0; i < pending.length; i++) taskAnswered();
     for (const p of pending) p.reject(new ThreadDied(`session worker thread failed: ${why}`));
   }
 

@@ -33,7 +33,8 @@ export async function serveLoop(start: ServeStart, run: (task: WorkerTask) => Wo
       if (spinMs > 0 && roomToSpin(board, cores)) {
         Atomics.store(board, cell, SPINNING);
         const until = performance.now() + spinMs;
-        while (Atomics.load(posted, 0) === seen && performance.now() < until);
+        // Gives up as soon as another thread starts running and the cores are full.
+        while (Atomics.load(posted, 0) === seen && performance.now() < until && roomToSpin(board, cores));
       }
       Atomics.store(board, cell, IDLE);
     }
