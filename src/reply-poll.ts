@@ -10,26 +10,30 @@ import { roomToSpin } from '../workers/busy-board.js';
 import { board, cores } from './thread-board.js';
 
 let inFlight = 0;
+/** Of those, the ones worth turning for. */
+let worthIt = 0;
 let due = 0;
 let turning = false;
 
 function turn(): void {
-  if (inFlight === 1 && performance.now() < due && roomToSpin(board, cores)) setImmediate(turn);
+  if (inFlight === 1 && worthIt === 1 && performance.now() < due && roomToSpin(board, cores)) setImmediate(turn);
   else turning = false;
 }
 
 /** A task was posted to a session thread; `turnMs`: how long its reply is worth turning for (null: not at all). */
 export function taskPosted(turnMs: number | null): void {
   inFlight++;
-  if (turnMs === null || inFlight !== 1) return;
+  if (turnMs === null) return;
+  worthIt++;
   due = performance.now() + turnMs;
-  if (!turning) {
+  if (!turning && inFlight === 1) {
     turning = true;
     setImmediate(turn);
   }
 }
 
-/** Its reply came, or will not. */
-export function taskAnswered(): void {
+/** Its reply came, or will not; `turned`: it was posted with a turnMs. */
+export function taskAnswered(turned: boolean): void {
   inFlight--;
+  if (turned) worthIt--;
 }

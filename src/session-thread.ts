@@ -24,6 +24,8 @@ export class ThreadDied extends Error {}
 interface Pending {
   resolve: (reply: WorkerReply) => void;
   reject: (e: Error) => void;
+  /** The main thread may keep turning for this reply (see reply-poll.ts). */
+  turned: boolean;
 }
 
 export class SessionThread {
@@ -88,10 +90,11 @@ export class SessionThread {
     const id = ++this.nextId;
     return new Promise<WorkerReply<T>>((resolve, reject) => {
       if (this.pending.size === 0) this.port.ref();
-      this.pending.set(id, { resolve: resolve as Pending['resolve'], reject });
-      this.post({ id, task: (task.op === 'batch' && packBatch(task.tasks, task.claims)) || task });
       // A batch comes with a queue behind it: the CPU is better spent on the signing threads.
-      taskPosted(this.spinMs > 0 && task.op !== 'batch' ? this.spinMs : null);
+      const turned = this.spinMs > 0 && task.op !== 'batch';
+      this.pending.set(id, { resolve: resolve as Pending['resolve'], reject, turned });
+      this.post({ id, task: (task.op === 'batch' && packBatch(task.tasks, task.claims)) || task });
+      taskPosted(turned ? this.spinMs : null);
     });
   }
 
@@ -108,7 +111,7 @@ export class SessionThread {
     const reply: WorkerReply = 'packed' in m ? { ok: true, value: unpackReplies(m.packed), startedAt: m.startedAt, endedAt: m.endedAt } : m.reply;
     this.pending.delete(m.id);
     if (this.pending.size === 0) this.port.unref();
-    taskAnswered();
+    taskAnswered(p.turned);
     p.resolve(reply);
   }
 
@@ -116,7 +119,7 @@ export class SessionThread {
     const pending = [...this.pending.values()];
     this.pending.clear();
     this.port.unref();
-    for (let i = 0; i < pending.length; i++) taskAnswered();
+    for (const p of pending) taskAnswered(p.turned);
     for (const p of pending) p.reject(new ThreadDied(`session worker thread failed: ${why}`));
   }
 
