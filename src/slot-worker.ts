@@ -106,9 +106,8 @@ export class SlotWorker {
 
   /**
    * Whether the thread can take one more batch behind the one it runs: logged in, and nothing
-   * but that batch posted to it (it may not be posted yet), so the next goes straight into the
-   * thread's port. Never into Piscina's own queue: a task waiting there when the thread dies
-   * would be run on a replacement thread that holds no session.
+   * but that batch posted to it (it may not be posted yet), so the next waits in the thread's
+   * port. One deep only: what waits there is lost with the thread if it dies (and retried).
    */
   get canPipeline(): boolean {
     return this.batchesInFlight === 1 && this.state === 'logged_in' && this.thread?.alive === true && this.thread.tasks <= 1;
