@@ -22,7 +22,7 @@ import * as check from './validate.js';
 import type { KeyRef } from './validate.js';
 import type { MechanismName } from './mechanisms.js';
 import type { KeyType } from './mechanisms.js';
-import { KEY_ALGORITHMS, ownBytes } from '../workers/protocol.js';
+import { KEY_ALGORITHMS } from '../workers/protocol.js';
 import type {
   FoundPage,
   KeyAlgorithm,
@@ -299,7 +299,7 @@ export class Pkcs11Supervisor {
       op: 'sign',
       key: check.keySelector(slot, req.key),
       mechanism,
-      data: ownBytes(check.bytes(req.data, 'data', slot)),
+      data: check.bytes(req.data, 'data', slot),
       prehashed: check.flag(req.prehashed, 'prehashed', slot.name),
       format: check.signatureFormat(req.signatureFormat, slot.name),
     };
@@ -344,8 +344,8 @@ export class Pkcs11Supervisor {
       op: 'verify',
       key: check.keySelector(slot, req.key),
       mechanism,
-      data: ownBytes(check.bytes(req.data, 'data', slot)),
-      signature: ownBytes(check.bytes(req.signature, 'signature', slot)),
+      data: check.bytes(req.data, 'data', slot),
+      signature: check.bytes(req.signature, 'signature', slot),
       prehashed: check.flag(req.prehashed, 'prehashed', slot.name),
       format: check.signatureFormat(req.signatureFormat, slot.name),
     };

@@ -12,14 +12,32 @@ import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import type { ServeRequest, ServeReply, ServeStart } from '../workers/serve-loop.js';
-import type { WorkerReply, WorkerTask } from '../workers/protocol.js';
+import { ownBytes, type WorkerReply, type WorkerTask } from '../workers/protocol.js';
 import { taskAnswered, taskPosted } from './reply-poll.js';
-import { packBatch, unpackReplies } from '../workers/batch-codec.js';
+import { packBatch, unpackReplies, type PackedBatch } from '../workers/batch-codec.js';
 import { board, cores, freeCell, takeCell } from './thread-board.js';
 
 const WORKER_FILE = fileURLToPath(new URL('../workers/session-worker.js', import.meta.url));
 
 export class ThreadDied extends Error {}
+
+/**
+ * A task as it crosses to the thread: a batch of signs packed (which copies the bytes once), a
+ * single call's bytes in buffers of their own (a view on a pooled Buffer would take its 8 KiB
+ * slab along).
+ */
+function forTheHop(task: WorkerTask): WorkerTask | PackedBatch {
+  switch (task.op) {
+    case 'batch':
+      return packBatch(task.tasks, task.claims) ?? task;
+    case 'sign':
+      return { ...task, data: ownBytes(task.data) };
+    case 'verify':
+      return { ...task, data: ownBytes(task.data), signature: ownBytes(task.signature) };
+    default:
+      return task;
+  }
+}
 
 interface Pending {
   resolve: (reply: WorkerReply) => void;
@@ -93,7 +111,7 @@ export class SessionThread {
       // A batch comes with a queue behind it: the CPU is better spent on the signing threads.
       const turned = this.spinMs > 0 && task.op !== 'batch';
       this.pending.set(id, { resolve: resolve as Pending['resolve'], reject, turned });
-      this.post({ id, task: (task.op === 'batch' && packBatch(task.tasks, task.claims)) || task });
+      this.post({ id, task: forTheHop(task) });
       taskPosted(turned ? this.spinMs : null);
     });
   }

@@ -61,12 +61,18 @@ describe('resilience against a misbehaving module', () => {
     expect(resets).toEqual([expect.objectContaining({ ok: true })]);
   });
 
-  it('the token says one more wrong PIN locks it: the configured PIN is not tried, a PIN given now is', async () => {
+  /** A slot that has signed once and logged out, on a token that now reports `flags`; the call counts from then. */
+  async function loggedOutWithTokenFlags(flags: string): Promise<Record<string, number>> {
     sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
     await sign(sup);
     await sup.logout('t');
     const before = faults.counts();
-    faults.set('tokenflags 0x20000'); // CKF_USER_PIN_FINAL_TRY
+    faults.set(`tokenflags ${flags}`);
+    return before;
+  }
+
+  it('the token says one more wrong PIN locks it: the configured PIN is not tried, a PIN given now is', async () => {
+    const before = await loggedOutWithTokenFlags('0x20000'); // CKF_USER_PIN_FINAL_TRY
     const err = await sign(sup).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'PIN_REQUIRED' });
     expect(String((err as Error).message)).toMatch(/FINAL_TRY.*configured PIN \(env\) is not tried/);
@@ -78,11 +84,7 @@ describe('resilience against a misbehaving module', () => {
   });
 
   it('the token says the user PIN is locked: PIN_LOCKED without a C_Login', async () => {
-    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
-    await sign(sup);
-    await sup.logout('t');
-    const before = faults.counts();
-    faults.set('tokenflags 0x40000'); // CKF_USER_PIN_LOCKED
+    const before = await loggedOutWithTokenFlags('0x40000'); // CKF_USER_PIN_LOCKED
     await expect(sign(sup)).rejects.toMatchObject({ code: 'PIN_LOCKED' });
     await expect(sup.login('t', tok.pin)).rejects.toMatchObject({ code: 'PIN_LOCKED' });
     expect(delta(before, 'C_Login')).toBe(0);

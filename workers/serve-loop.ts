@@ -27,9 +27,9 @@ export interface ServeStart {
 export async function serveLoop(start: ServeStart, run: (task: WorkerTask) => WorkerReply): Promise<void> {
   const { port, posted, spinMs, board, cell, cores } = start;
   let seen = 0;
+  if (cell > 0) Atomics.store(board, cell, RUNNING);
   for (;;) {
     if (cell > 0) {
-      Atomics.store(board, cell, RUNNING);
       if (spinMs > 0 && roomToSpin(board, cores)) {
         Atomics.store(board, cell, SPINNING);
         const until = performance.now() + spinMs;
