@@ -73,7 +73,8 @@ class Call<T> implements CallContext {
 }
 
 export class Mailbox {
-  private queue: Call<unknown>[] = [];
+  /** Calls from `head` on are waiting; slots before it are cleared, so a finished call is not kept alive here. */
+  private queue: (Call<unknown> | undefined)[] = [];
   private head = 0;
   private waiting = 0;
   private inFlight = 0;
@@ -255,7 +256,7 @@ export class Mailbox {
   }
 
   private dequeueHead(): void {
-    this.head++;
+    this.queue[this.head++] = undefined;
     if (this.head > 1024 && this.head * 2 > this.queue.length) {
       this.queue = this.queue.slice(this.head);
       this.head = 0;
