@@ -172,7 +172,7 @@ export class Mailbox {
       // for the end of this turn of the event loop lets them share one message.
       const pipelined = !worker && this.waiting > 1 && this.batchable(call);
       if (pipelined && !endOfTurn) return this.pumpAtEndOfTurn();
-      if (pipelined) worker = this.workers.find((w) => w.canPipeline);
+      if (pipelined) for (const w of this.workers) if (w.canPipeline && (!worker || w.callsInFlight < worker.callsInFlight)) worker = w;
       if (!worker) return;
       this.dequeueHead();
       call.queued = false;
@@ -181,11 +181,14 @@ export class Mailbox {
         this.dispatch(worker, call);
         continue;
       }
-      // Share the waiting calls between the idle workers, one message each.
+      // Share the waiting calls between the idle workers, one message each. A pipelined batch
+      // takes what waits (within the budget): a busy worker's siblings are not taking from this
+      // queue now, and halving it for them left batches of 3 that mostly paid for their messages.
       const serving = this.workers.filter((w) => w.accepting).length;
+      const sharing = pipelined ? 1 : this.workers.filter((w) => !w.busy && w.accepting).length;
       const shallow = Math.max(1, Math.floor(BATCH_BUDGET_MS / this.execMs));
       const byTime = this.waiting + 1 > shallow * serving ? Math.max(1, Math.floor(DEEP_QUEUE_BATCH_BUDGET_MS / this.execMs)) : shallow;
-      const cap = Math.min(MAX_BATCH, byTime, Math.max(1, Math.ceil((this.waiting + 1) / serving)));
+      const cap = Math.min(MAX_BATCH, byTime, Math.max(1, Math.ceil((this.waiting + 1) / sharing)));
       const batch: Call<unknown>[] = [call];
       while (batch.length < cap && this.head < this.queue.length) {
         const next = this.queue[this.head]!;
@@ -211,6 +214,7 @@ export class Mailbox {
   private dispatchBatch(worker: SlotWorker, calls: Call<unknown>[]): void {
     worker.busy = true;
     worker.batchesInFlight++;
+    worker.callsInFlight += calls.length;
     this.inFlight += calls.length;
     const startedAt = Date.now();
     const claims = new Int32Array(new SharedArrayBuffer(4 * calls.length));
@@ -249,6 +253,7 @@ export class Mailbox {
   private release(worker: SlotWorker, calls: Call<unknown>[]): void {
     for (const c of calls) this.batched.delete(c);
     worker.batchesInFlight--;
+    worker.callsInFlight -= calls.length;
     worker.busy = worker.batchesInFlight > 0;
     if (!worker.busy) worker.freedAt = ++this.freed;
     this.inFlight -= calls.length;

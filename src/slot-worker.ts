@@ -68,6 +68,8 @@ export class SlotWorker {
   freedAt = 0;
   /** Batches handed to the thread and not answered: a second one waits in the thread's port, so the thread never idles between them. */
   batchesInFlight = 0;
+  /** Calls in those batches: the router pipelines to the worker with the fewest. */
+  callsInFlight = 0;
   /** Sessions of abandoned threads, closed once a new session is open (see abandonThread). */
   private readonly orphans: string[] = [];
   state: SlotState = 'uninitialized';
