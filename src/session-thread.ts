@@ -40,6 +40,7 @@ function forTheHop(task: WorkerTask): WorkerTask | PackedBatch {
 }
 
 interface Pending {
+  id: number;
   resolve: (reply: WorkerReply) => void;
   reject: (e: Error) => void;
   /** The main thread may keep turning for this reply (see reply-poll.ts). */
@@ -51,7 +52,12 @@ export class SessionThread {
   private readonly port: MessagePort;
   /** [0]: calls posted so far; the thread waits on it when it has nothing to do. */
   private readonly posted = new Int32Array(new SharedArrayBuffer(4));
-  private readonly pending = new Map<number, Pending>();
+  /**
+   * Posted and not answered, oldest first: the thread answers in order. An array, not a Map: a
+   * Map's rehashed-away tables keep links to their successors, and under steady churn that chain
+   * kept finished calls alive through young GCs (see router.ts).
+   */
+  private pending: Pending[] = [];
   private nextId = 0;
   /** This thread's cell on the busy board. */
   private readonly cell: number;
@@ -70,7 +76,7 @@ export class SessionThread {
     this.port.on('message', (m: ServeReply) => this.answer(m));
     this.port.unref();
     const die = (reason: Error): void => {
-      if (this.ended && this.pending.size === 0) return;
+      if (this.ended && this.pending.length === 0) return;
       const first = !this.ended;
       this.ended = true;
       this.failPending(reason.message);
@@ -100,17 +106,17 @@ export class SessionThread {
 
   /** Tasks posted to the thread and not answered. */
   get tasks(): number {
-    return this.pending.size;
+    return this.pending.length;
   }
 
   run<T>(task: WorkerTask): Promise<WorkerReply<T>> {
     if (this.ended) return Promise.reject(new ThreadDied('session worker thread is gone'));
     const id = ++this.nextId;
     return new Promise<WorkerReply<T>>((resolve, reject) => {
-      if (this.pending.size === 0) this.port.ref();
+      if (this.pending.length === 0) this.port.ref();
       // A batch comes with a queue behind it: the CPU is better spent on the signing threads.
       const turned = this.spinMs > 0 && task.op !== 'batch';
-      this.pending.set(id, { resolve: resolve as Pending['resolve'], reject, turned });
+      this.pending.push({ id, resolve: resolve as Pending['resolve'], reject, turned });
       this.post({ id, task: forTheHop(task) });
       taskPosted(turned ? this.spinMs : null);
     });
@@ -124,18 +130,18 @@ export class SessionThread {
   }
 
   private answer(m: ServeReply): void {
-    const p = this.pending.get(m.id);
-    if (!p) return;
+    const p = this.pending[0];
+    if (p?.id !== m.id) return;
     const reply: WorkerReply = 'packed' in m ? { ok: true, value: unpackReplies(m.packed), startedAt: m.startedAt, endedAt: m.endedAt } : m.reply;
-    this.pending.delete(m.id);
-    if (this.pending.size === 0) this.port.unref();
+    this.pending.shift();
+    if (this.pending.length === 0) this.port.unref();
     taskAnswered(p.turned);
     p.resolve(reply);
   }
 
   private failPending(why: string): void {
-    const pending = [...this.pending.values()];
-    this.pending.clear();
+    const pending = this.pending;
+    this.pending = [];
     this.port.unref();
     for (const p of pending) taskAnswered(p.turned);
     for (const p of pending) p.reject(new ThreadDied(`session worker thread failed: ${why}`));
