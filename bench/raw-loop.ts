@@ -11,7 +11,8 @@ export interface RawConfig {
   ms: number;
 }
 
-export function rawLoop(c: RawConfig): { lat: number[]; ops: number; elapsed: number } {
+/** One raw session, logged in, its key found: `signOnce` signs and returns the call's latency in ms. */
+export function openRawSigner(c: Omit<RawConfig, 'ms'>): { signOnce: () => number; close: () => void } {
   const p = pkcs11js;
   const m = new p.PKCS11();
   m.load(c.module);
@@ -37,18 +38,28 @@ export function rawLoop(c: RawConfig): { lat: number[]; ops: number; elapsed: nu
   const out = Buffer.alloc(512);
   // What the supervisor asks SoftHSM2 for: it has CKM_ECDSA but not CKM_ECDSA_SHA256.
   const mechanism = { mechanism: c.mech === 'ec' ? p.CKM_ECDSA : p.CKM_SHA256_RSA_PKCS };
+  return {
+    signOnce: () => {
+      const a = performance.now();
+      const input = c.mech === 'ec' ? createHash('sha256').update(data).digest() : data;
+      m.C_SignInit(s, mechanism, key!);
+      m.C_Sign(s, input, out);
+      return performance.now() - a;
+    },
+    close: () => m.C_CloseSession(s),
+  };
+}
+
+export function rawLoop(c: RawConfig): { lat: number[]; ops: number; elapsed: number } {
+  const signer = openRawSigner(c);
   const lat: number[] = [];
   let ops = 0;
   const t0 = performance.now();
   while (performance.now() - t0 < c.ms) {
-    const a = performance.now();
-    const input = c.mech === 'ec' ? createHash('sha256').update(data).digest() : data;
-    m.C_SignInit(s, mechanism, key!);
-    m.C_Sign(s, input, out);
-    lat.push(performance.now() - a);
+    lat.push(signer.signOnce());
     ops++;
   }
   const elapsed = performance.now() - t0;
-  m.C_CloseSession(s);
+  signer.close();
   return { lat, ops, elapsed };
 }
