@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { packBatch, packReplies, unpackBatch, unpackReplies } from '../dist/workers/batch-codec.js';
+import { packBatch, ReplyPacker, unpackBatch, unpackReplies } from '../dist/workers/batch-codec.js';
 import type { WorkerReply, WorkerTask } from '../dist/workers/protocol.js';
 
 const sign = (label: string, data: string, mechanism = 'ECDSA-SHA256'): WorkerTask =>
@@ -31,7 +31,18 @@ describe('batch codec', () => {
       { ok: true, value: new Uint8Array([4, 5]), startedAt: 11, endedAt: 12 },
       { ok: false, error: { code: 'TOKEN_ERROR', message: 'lost', ckr: 'CKR_SESSION_HANDLE_INVALID', fn: 'C_Sign' }, startedAt: 12, endedAt: 13 },
     ];
-    const back = unpackReplies(structuredClone(packReplies(replies)!));
+    // As the session does: every signature is a view on one buffer that the next call overwrites.
+    const sessionBuffer = new Uint8Array(8);
+    const packer = new ReplyPacker(replies.length);
+    replies.forEach((r, i) => {
+      if (!r) return;
+      if (!r.ok) return packer.error(i, r.error, r.startedAt, r.endedAt);
+      const v = r.value as Uint8Array;
+      sessionBuffer.set(v);
+      packer.value(i, sessionBuffer.subarray(0, v.byteLength), r.startedAt, r.endedAt);
+    });
+    sessionBuffer.fill(0xff);
+    const back = unpackReplies(structuredClone(packer.finish()));
     expect(back.map((r) => (r && r.ok ? { ...r, value: [...(r.value as Uint8Array)] } : r))).toEqual(
       replies.map((r) => (r && r.ok ? { ...r, value: [...(r.value as Uint8Array)] } : r)),
     );
@@ -39,7 +50,15 @@ describe('batch codec', () => {
     expect(first.value.buffer.byteLength).not.toBe(5); // not a view on the batch's 5-byte buffer
   });
 
-  it('replies with a value that is not bytes are not packed', () => {
-    expect(packReplies([{ ok: true, value: true, startedAt: 1, endedAt: 2 }])).toBeNull();
+  it('signatures larger than the room set aside (RSA-4096 and up) grow the reply buffer and stay whole', () => {
+    const big = Uint8Array.from({ length: 512 }, (_v, i) => i % 251);
+    const packer = new ReplyPacker(2);
+    packer.value(0, big, 1, 2);
+    packer.value(1, big.subarray(0, 300), 2, 3);
+    const packed = packer.finish();
+    expect(packed.values.byteLength).toBe(812); // exact: a message carries its whole buffer
+    const back = unpackReplies(structuredClone(packed));
+    expect([...(back[0] as { value: Buffer }).value]).toEqual([...big]);
+    expect([...(back[1] as { value: Buffer }).value]).toEqual([...big.subarray(0, 300)]);
   });
 });

@@ -6,7 +6,7 @@
  */
 import type { WorkerError, WorkerReply, WorkerTask } from './protocol.js';
 
-type SignTask = Extract<WorkerTask, { op: 'sign' }>;
+export type SignTask = Extract<WorkerTask, { op: 'sign' }>;
 type SignShape = Omit<SignTask, 'op' | 'data'>;
 
 export interface PackedBatch {
@@ -57,8 +57,8 @@ export function packBatch(tasks: readonly WorkerTask[], claims: Int32Array): Pac
   return { op: 'packedSigns', shapes, index, data, claims };
 }
 
-export function unpackBatch(p: PackedBatch): WorkerTask[] {
-  const tasks: WorkerTask[] = new Array(p.index.length / 3);
+export function unpackBatch(p: PackedBatch): SignTask[] {
+  const tasks: SignTask[] = new Array(p.index.length / 3);
   for (let i = 0; i < tasks.length; i++) {
     const at = p.index[3 * i + 1]!;
     tasks[i] = { op: 'sign', ...p.shapes[p.index[3 * i]!]!, data: p.data.subarray(at, at + p.index[3 * i + 2]!) };
@@ -66,36 +66,53 @@ export function unpackBatch(p: PackedBatch): WorkerTask[] {
   return tasks;
 }
 
-/** Packs a batch's replies when every value is bytes (a signature); null otherwise. */
-export function packReplies(replies: readonly (WorkerReply | null)[]): PackedReplies | null {
-  let size = 0;
-  for (const r of replies) {
-    if (!r || !r.ok) continue;
-    if (!(r.value instanceof Uint8Array)) return null;
-    size += r.value.byteLength;
+/**
+ * Packs a batch's replies as the calls end. Each signature is copied in at once, so the session
+ * can hand back a view on its own buffer, valid until its next call, instead of a fresh buffer
+ * per signature. Calls never added stay NOT_RUN.
+ */
+export class ReplyPacker {
+  private readonly index: Int32Array;
+  private readonly times: Float64Array;
+  private values: Uint8Array;
+  private at = 0;
+  private readonly errors: WorkerError[] = [];
+
+  constructor(calls: number) {
+    this.index = new Int32Array(3 * calls);
+    this.times = new Float64Array(2 * calls);
+    this.values = new Uint8Array(128 * calls);
   }
-  const index = new Int32Array(3 * replies.length);
-  const times = new Float64Array(2 * replies.length);
-  const values = new Uint8Array(size);
-  const errors: WorkerError[] = [];
-  let at = 0;
-  replies.forEach((r, i) => {
-    if (!r) return; // index[3i] stays NOT_RUN
-    times[2 * i] = r.startedAt;
-    times[2 * i + 1] = r.endedAt;
-    if (!r.ok) {
-      index[3 * i] = ERROR;
-      errors.push(r.error);
-      return;
+
+  value(i: number, bytes: Uint8Array, startedAt: number, endedAt: number): void {
+    if (this.at + bytes.byteLength > this.values.byteLength) {
+      const grown = new Uint8Array(2 * (this.at + bytes.byteLength));
+      grown.set(this.values.subarray(0, this.at));
+      this.values = grown;
     }
-    const v = r.value as Uint8Array;
-    values.set(v, at);
-    index[3 * i] = VALUE;
-    index[3 * i + 1] = at;
-    index[3 * i + 2] = v.byteLength;
-    at += v.byteLength;
-  });
-  return { index, times, values, errors };
+    this.values.set(bytes, this.at);
+    this.index[3 * i] = VALUE;
+    this.index[3 * i + 1] = this.at;
+    this.index[3 * i + 2] = bytes.byteLength;
+    this.at += bytes.byteLength;
+    this.time(i, startedAt, endedAt);
+  }
+
+  error(i: number, error: WorkerError, startedAt: number, endedAt: number): void {
+    this.index[3 * i] = ERROR;
+    this.errors.push(error);
+    this.time(i, startedAt, endedAt);
+  }
+
+  private time(i: number, startedAt: number, endedAt: number): void {
+    this.times[2 * i] = startedAt;
+    this.times[2 * i + 1] = endedAt;
+  }
+
+  /** The replies, with the signatures in a buffer of their exact size: a message carries its whole buffer. */
+  finish(): PackedReplies {
+    return { index: this.index, times: this.times, values: this.values.slice(0, this.at), errors: this.errors };
+  }
 }
 
 /** Each signature is copied out into a Buffer of its own: a caller keeping one must not keep the batch's buffer alive. */

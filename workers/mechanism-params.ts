@@ -3,7 +3,7 @@
  * reported in C_GetMechanismList: SoftHSM2 2.6 has CKM_ECDSA but not CKM_ECDSA_SHA256, so
  * there the digest is computed here and the token signs it.
  */
-import { createHash } from 'node:crypto';
+import { hash as digest } from 'node:crypto';
 import { pkcs11js } from './pkcs11js.js';
 import type * as P11 from 'pkcs11js';
 import { MECHANISMS, HASH_BYTES, type HashName, type MechanismName } from '../src/mechanisms.js';
@@ -48,7 +48,8 @@ export class BadInput extends Error {}
 const asIs = (data: Buffer): Buffer => data;
 
 function digestOf(hash: HashName, prehashed: boolean): (data: Buffer) => Buffer {
-  if (!prehashed) return (data) => createHash(hash).update(data).digest();
+  // One-shot: no Hash object per signature.
+  if (!prehashed) return (data) => digest(hash, data, 'buffer');
   return (data) => {
     if (data.length !== HASH_BYTES[hash]) throw new BadInput(`a pre-hashed ${hash} input is ${HASH_BYTES[hash]} bytes, got ${data.length}`);
     return data;
@@ -83,9 +84,9 @@ function prepareOne(spec: (typeof MECHANISMS)[MechanismName], has: ReadonlySet<n
     case 'pkcs1': {
       if (!prehashed && has.has(CKM_HASH_RSA_PKCS[spec.hash])) return { mechanism: { mechanism: CKM_HASH_RSA_PKCS[spec.hash] }, input: asIs };
       if (!has.has(pkcs11js.CKM_RSA_PKCS)) return null;
-      const digest = digestOf(spec.hash, prehashed);
+      const hashOf = digestOf(spec.hash, prehashed);
       const prefix = DIGEST_INFO_PREFIX[spec.hash];
-      return { mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS }, input: (data) => Buffer.concat([prefix, digest(data)]) };
+      return { mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS }, input: (data) => Buffer.concat([prefix, hashOf(data)]) };
     }
     case 'pss': {
       const parameter = {

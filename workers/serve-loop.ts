@@ -8,7 +8,7 @@
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import type { WorkerReply, WorkerTask } from './protocol.js';
-import { packReplies, unpackBatch, type PackedBatch, type PackedReplies } from './batch-codec.js';
+import type { PackedBatch, PackedReplies } from './batch-codec.js';
 import { IDLE, RUNNING, SPINNING, roomToSpin } from './busy-board.js';
 
 export type ServeRequest = { id: number; task: WorkerTask | PackedBatch } | 'stop';
@@ -24,7 +24,13 @@ export interface ServeStart {
   cores: number;
 }
 
-export async function serveLoop(start: ServeStart, run: (task: WorkerTask) => WorkerReply): Promise<void> {
+/** What the thread does with a call: any task, or a packed batch of signs (see batch-codec.ts). */
+export interface Serve {
+  run(task: WorkerTask): WorkerReply;
+  runPacked(batch: PackedBatch): PackedReplies;
+}
+
+export async function serveLoop(start: ServeStart, serve: Serve): Promise<void> {
   const { port, posted, spinMs, board, cell, cores } = start;
   let seen = 0;
   if (cell > 0) Atomics.store(board, cell, RUNNING);
@@ -47,7 +53,7 @@ export async function serveLoop(start: ServeStart, run: (task: WorkerTask) => Wo
         port.close();
         return;
       }
-      port.postMessage(answer(request.id, request.task, run));
+      port.postMessage(answer(request.id, request.task, serve));
     }
     // Lets queued microtasks run between calls, as they would between Piscina tasks (an
     // uncaught error thrown from one must still end the thread).
@@ -55,9 +61,9 @@ export async function serveLoop(start: ServeStart, run: (task: WorkerTask) => Wo
   }
 }
 
-function answer(id: number, sent: WorkerTask | PackedBatch, run: (task: WorkerTask) => WorkerReply): ServeReply {
-  const task: WorkerTask = sent.op === 'packedSigns' ? { op: 'batch', tasks: unpackBatch(sent), claims: sent.claims } : sent;
-  const reply = run(task);
-  const packed = task.op === 'batch' && reply.ok ? packReplies(reply.value as (WorkerReply | null)[]) : null;
-  return packed ? { id, packed, startedAt: reply.startedAt, endedAt: reply.endedAt } : { id, reply };
+function answer(id: number, sent: WorkerTask | PackedBatch, serve: Serve): ServeReply {
+  if (sent.op !== 'packedSigns') return { id, reply: serve.run(sent) };
+  const startedAt = performance.timeOrigin + performance.now();
+  const packed = serve.runPacked(sent);
+  return { id, packed, startedAt, endedAt: performance.timeOrigin + performance.now() };
 }

@@ -8,7 +8,7 @@ import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { pkcs11js } from './pkcs11js.js';
 import type * as P11 from 'pkcs11js';
 import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/mechanisms.js';
-import { rawToDer, derToRaw } from '../src/ecdsa-signature.js';
+import { writeDer, derToRaw, maxDerBytes } from '../src/ecdsa-signature.js';
 import { codeForCkr } from '../src/ckr.js';
 import type { ErrorCode } from '../src/errors.js';
 import { prepareMechanisms, preparedKey, BadInput, type PreparedMechanism } from './mechanism-params.js';
@@ -84,6 +84,8 @@ export class TokenSession implements SessionAccess {
   private prepared = new Map<string, PreparedMechanism>();
   private keys = new Map<string, CachedKey>();
   private readonly out = Buffer.alloc(MAX_SIGNATURE_BYTES);
+  /** An ECDSA signature in DER, up to P-521 (r and s of 66 bytes). */
+  private readonly der = Buffer.alloc(maxDerBytes(2 * 66));
   readonly calls: Record<string, number> = {};
 
   private count(fn: string): P11.PKCS11 {
@@ -314,6 +316,7 @@ export class TokenSession implements SessionAccess {
     return p;
   }
 
+  /** The signature as a view on this session's own buffers: valid until its next call, so a caller keeping it copies it. */
   sign(task: Extract<WorkerTask, { op: 'sign' }>): Uint8Array {
     const key = this.key(task.key, pkcs11js.CKO_PRIVATE_KEY);
     const p = this.mechanism(task.mechanism, task.prehashed, key);
@@ -321,8 +324,8 @@ export class TokenSession implements SessionAccess {
     const session = this.live;
     this.count('C_SignInit').C_SignInit(session, p.mechanism, key.handle);
     const sig = this.count('C_Sign').C_Sign(session, input, this.out);
-    if (MECHANISMS[task.mechanism].scheme === 'ecdsa' && task.format === 'der') return rawToDer(sig);
-    return new Uint8Array(sig); // a copy of its own: `sig` is a view on the session's output buffer
+    if (MECHANISMS[task.mechanism].scheme === 'ecdsa' && task.format === 'der') return this.der.subarray(0, writeDer(sig, this.der));
+    return sig;
   }
 
   verify(task: Extract<WorkerTask, { op: 'verify' }>): boolean {
