@@ -81,11 +81,18 @@ interface Run {
 /** N raw pkcs11js threads with a session each, kept between runs so runs can take turns with the supervisor. */
 async function rawThreads(n: number, mech: 'ec' | 'rsa', size: number) {
   const threads = Array.from({ length: n }, () => new Worker(new URL('./raw-worker.js', import.meta.url), { workerData: rawConfig(mech, size) }));
-  const ask = (w: Worker, ms: number) => new Promise<Run>((resolve, reject) => (w.once('message', resolve), w.once('error', reject)));
-  await Promise.all(threads.map((w) => (w.postMessage(10), ask(w, 10)))); // sessions open, code warm
+  // Each turn takes its listeners off again: a turn every 250 ms would pile them up.
+  const ask = (w: Worker, ms: number) =>
+    new Promise<Run>((resolve, reject) => {
+      const done = (r: Run) => (w.off('error', fail), resolve(r));
+      const fail = (e: Error) => (w.off('message', done), reject(e));
+      w.once('message', done).once('error', fail);
+      w.postMessage(ms);
+    });
+  await Promise.all(threads.map((w) => ask(w, 10))); // sessions open, code warm
   return {
     async run(ms: number): Promise<Run> {
-      const results = await Promise.all(threads.map((w) => (w.postMessage(ms), ask(w, ms))));
+      const results = await Promise.all(threads.map((w) => ask(w, ms)));
       return { lat: results.flatMap((r) => r.lat), ops: results.reduce((a, r) => a + r.ops, 0), elapsed: Math.max(...results.map((r) => r.elapsed)) };
     },
     async close() {
