@@ -50,16 +50,27 @@ export function openRawSigner(c: Omit<RawConfig, 'ms'>): { signOnce: () => numbe
   };
 }
 
-export function rawLoop(c: RawConfig): { lat: number[]; ops: number; elapsed: number } {
-  const signer = openRawSigner(c);
+/** What a run of signatures gives: each call's latency in ms, the count, the wall time in ms. */
+export interface Run {
+  lat: number[];
+  ops: number;
+  elapsed: number;
+}
+
+export type RawSigner = ReturnType<typeof openRawSigner>;
+
+/** Signs on `signer` for `ms`. */
+export function signFor(signer: RawSigner, ms: number): Run {
   const lat: number[] = [];
-  let ops = 0;
   const t0 = performance.now();
-  while (performance.now() - t0 < c.ms) {
-    lat.push(signer.signOnce());
-    ops++;
-  }
-  const elapsed = performance.now() - t0;
+  while (performance.now() - t0 < ms) lat.push(signer.signOnce());
+  return { lat, ops: lat.length, elapsed: performance.now() - t0 };
+}
+
+/** Opens a session, signs for `c.ms`, closes it. */
+export function rawLoop(c: RawConfig): Run {
+  const signer = openRawSigner(c);
+  const run = signFor(signer, c.ms);
   signer.close();
-  return { lat, ops, elapsed };
+  return run;
 }

@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { pino } from 'pino';
-import { openRawSigner, rawLoop, type RawConfig } from './raw-loop.js';
+import { openRawSigner, rawLoop, signFor, type RawConfig, type RawSigner, type Run } from './raw-loop.js';
 import { startSupervisor, type ConfigInput, type Pkcs11Supervisor } from '../src/index.js';
 import { pkcs11js } from '../workers/pkcs11js.js';
 
@@ -71,12 +71,6 @@ function summarize(lat: number[], ops: number, ms: number) {
 }
 
 const rawConfig = (mech: 'ec' | 'rsa', size: number): RawConfig => ({ label: mech, pin: PIN, module: MODULE, mech, size, ms: SECONDS * 1000 });
-
-interface Run {
-  lat: number[];
-  ops: number;
-  elapsed: number;
-}
 
 /** N raw pkcs11js threads with a session each, kept between runs so runs can take turns with the supervisor. */
 async function rawThreads(n: number, mech: 'ec' | 'rsa', size: number) {
@@ -224,20 +218,12 @@ async function withCpu(into: { us: number; ops: number }, run: () => Promise<Run
   return r;
 }
 
-/** Signs on a raw session in the main thread for `ms`. */
-function rawSlice(raw: ReturnType<typeof openRawSigner>, ms: number): Run {
-  const lat: number[] = [];
-  const t0 = performance.now();
-  while (performance.now() - t0 < ms) lat.push(raw.signOnce());
-  return { lat, ops: lat.length, elapsed: performance.now() - t0 };
-}
-
 /** Added p50 latency at concurrency 1: raw and the supervisor's token slot in turns, one call at a time. */
-async function addedP50Us(sup: Pkcs11Supervisor, raw: ReturnType<typeof openRawSigner>, mech: 'ec' | 'rsa'): Promise<number> {
+async function addedP50Us(sup: Pkcs11Supervisor, raw: RawSigner, mech: 'ec' | 'rsa'): Promise<number> {
   const rawLat: number[] = [];
   const supLat: number[] = [];
   for (let k = 0; k < SLICES; k++) {
-    rawLat.push(...rawSlice(raw, SLICE_MS).lat);
+    rawLat.push(...signFor(raw, SLICE_MS).lat);
     supLat.push(...(await throughSupervisor(sup, 'token', mech, 32, 1, SLICE_MS)).lat);
   }
   return summarize(supLat, supLat.length, 1).p50us - summarize(rawLat, rawLat.length, 1).p50us;
@@ -260,7 +246,7 @@ async function targetMedians(mech: 'ec' | 'rsa') {
     const runs: Record<'raw1' | 'token' | 'raw2' | 'pool2', Run[]> = { raw1: [], token: [], raw2: [], pool2: [] };
     const cpu = { raw2: { us: 0, ops: 0 }, pool2: { us: 0, ops: 0 } };
     for (let k = 0; k < SLICES; k++) {
-      runs.raw1.push(rawSlice(raw1, SLICE_MS));
+      runs.raw1.push(signFor(raw1, SLICE_MS));
       runs.token.push(await throughSupervisor(token, 'token', mech, 32, 256, SLICE_MS));
       runs.raw2.push(await withCpu(cpu.raw2, () => raw2.run(SLICE_MS)));
       runs.pool2.push(await withCpu(cpu.pool2, () => throughSupervisor(pool, 'pool-2', mech, 32, 256, SLICE_MS)));

@@ -36,10 +36,10 @@ describe('batch codec', () => {
     const packer = new ReplyPacker(replies.length);
     replies.forEach((r, i) => {
       if (!r) return;
-      if (!r.ok) return packer.error(i, r.error, r.startedAt, r.endedAt);
+      if (!r.ok) return packer.add(i, r);
       const v = r.value as Uint8Array;
       sessionBuffer.set(v);
-      packer.value(i, sessionBuffer.subarray(0, v.byteLength), r.startedAt, r.endedAt);
+      packer.add(i, { ...r, value: sessionBuffer.subarray(0, v.byteLength) });
     });
     sessionBuffer.fill(0xff);
     const back = unpackReplies(structuredClone(packer.finish()));
@@ -53,8 +53,8 @@ describe('batch codec', () => {
   it('signatures larger than the room set aside (RSA-4096 and up) grow the reply buffer and stay whole', () => {
     const big = Uint8Array.from({ length: 512 }, (_v, i) => i % 251);
     const packer = new ReplyPacker(2);
-    packer.value(0, big, 1, 2);
-    packer.value(1, big.subarray(0, 300), 2, 3);
+    packer.add(0, { ok: true, value: big, startedAt: 1, endedAt: 2 });
+    packer.add(1, { ok: true, value: big.subarray(0, 300), startedAt: 2, endedAt: 3 });
     const packed = packer.finish();
     expect(packed.values.byteLength).toBe(812); // exact: a message carries its whole buffer
     const back = unpackReplies(structuredClone(packed));

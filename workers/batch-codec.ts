@@ -84,7 +84,16 @@ export class ReplyPacker {
     this.values = new Uint8Array(128 * calls);
   }
 
-  value(i: number, bytes: Uint8Array, startedAt: number, endedAt: number): void {
+  /** Adds call i's reply: its signature is copied now. */
+  add(i: number, reply: WorkerReply): void {
+    this.times[2 * i] = reply.startedAt;
+    this.times[2 * i + 1] = reply.endedAt;
+    if (!reply.ok) {
+      this.index[3 * i] = ERROR;
+      this.errors.push(reply.error);
+      return;
+    }
+    const bytes = reply.value as Uint8Array;
     if (this.at + bytes.byteLength > this.values.byteLength) {
       const grown = new Uint8Array(2 * (this.at + bytes.byteLength));
       grown.set(this.values.subarray(0, this.at));
@@ -95,18 +104,6 @@ export class ReplyPacker {
     this.index[3 * i + 1] = this.at;
     this.index[3 * i + 2] = bytes.byteLength;
     this.at += bytes.byteLength;
-    this.time(i, startedAt, endedAt);
-  }
-
-  error(i: number, error: WorkerError, startedAt: number, endedAt: number): void {
-    this.index[3 * i] = ERROR;
-    this.errors.push(error);
-    this.time(i, startedAt, endedAt);
-  }
-
-  private time(i: number, startedAt: number, endedAt: number): void {
-    this.times[2 * i] = startedAt;
-    this.times[2 * i + 1] = endedAt;
   }
 
   /** The replies, with the signatures in a buffer of their exact size: a message carries its whole buffer. */

@@ -82,44 +82,45 @@ function dispatch(task: WorkerTask): unknown {
   }
 }
 
-function runOne(task: WorkerTask): WorkerReply {
+/** Runs one call, timed, its failure as a value. */
+function timed(call: () => unknown): WorkerReply {
   const startedAt = now();
   try {
-    const value = dispatch(task);
-    return { ok: true, value, startedAt, endedAt: now() };
+    return { ok: true, value: call(), startedAt, endedAt: now() };
   } catch (e) {
     return { ok: false, error: toFailure(e), startedAt, endedAt: now() };
   }
 }
 
-/** Runs a batch in order; after a lost session the rest is not run (the main thread retries those). */
-function runBatch(tasks: WorkerTask[], claims: Int32Array): (WorkerReply | null)[] {
-  const replies: (WorkerReply | null)[] = new Array(tasks.length).fill(null);
+function runOne(task: WorkerTask): WorkerReply {
+  return timed(() => dispatch(task));
+}
+
+/**
+ * Runs a batch's calls in order, handing each reply to `take` as it ends. A call cancelled
+ * (deadline, abort, close) before its turn never reaches the token; after a lost session the rest
+ * is not run (the main thread retries those).
+ */
+function inOrder<T extends WorkerTask>(tasks: T[], claims: Int32Array, runCall: (task: T) => WorkerReply, take: (i: number, reply: WorkerReply) => void): void {
   for (let i = 0; i < tasks.length; i++) {
-    // A call cancelled (deadline, abort, close) before its turn never reaches the token.
     if (Atomics.compareExchange(claims, i, 0, CLAIM_STARTED) !== 0) continue;
-    const reply = runOne(tasks[i]!);
-    replies[i] = reply;
+    const reply = runCall(tasks[i]!);
+    take(i, reply);
     if (!reply.ok && reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) break;
   }
+}
+
+function runBatch(tasks: WorkerTask[], claims: Int32Array): (WorkerReply | null)[] {
+  const replies: (WorkerReply | null)[] = new Array(tasks.length).fill(null);
+  inOrder(tasks, claims, runOne, (i, reply) => (replies[i] = reply));
   return replies;
 }
 
-/** A batch of signs, as runBatch but each signature copied straight into the reply (see ReplyPacker). */
+/** A batch of signs: each signature goes into the reply as it ends, straight from the session's buffer (see ReplyPacker). */
 function runPacked(batch: PackedBatch): PackedReplies {
   const tasks = unpackBatch(batch);
   const replies = new ReplyPacker(tasks.length);
-  for (let i = 0; i < tasks.length; i++) {
-    if (Atomics.compareExchange(batch.claims, i, 0, CLAIM_STARTED) !== 0) continue;
-    const startedAt = now();
-    try {
-      replies.value(i, session.sign(tasks[i]!), startedAt, now());
-    } catch (e) {
-      const error = toFailure(e);
-      replies.error(i, error, startedAt, now());
-      if (error.ckr && SESSION_LOST_CKRS.has(error.ckr)) break;
-    }
-  }
+  inOrder(tasks, batch.claims, (task) => timed(() => session.sign(task)), (i, reply) => replies.add(i, reply));
   return replies.finish();
 }
 
