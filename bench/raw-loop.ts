@@ -8,11 +8,10 @@ export interface RawConfig {
   module: string;
   mech: 'ec' | 'rsa';
   size: number;
-  ms: number;
 }
 
 /** One raw session, logged in, its key found: `signOnce` signs and returns the call's latency in ms. */
-export function openRawSigner(c: Omit<RawConfig, 'ms'>): { signOnce: () => number; close: () => void } {
+export function openRawSigner(c: RawConfig): { signOnce: () => number; close: () => void } {
   const p = pkcs11js;
   const m = new p.PKCS11();
   m.load(c.module);
@@ -65,12 +64,4 @@ export function signFor(signer: RawSigner, ms: number): Run {
   const t0 = performance.now();
   while (performance.now() - t0 < ms) lat.push(signer.signOnce());
   return { lat, ops: lat.length, elapsed: performance.now() - t0 };
-}
-
-/** Opens a session, signs for `c.ms`, closes it. */
-export function rawLoop(c: RawConfig): Run {
-  const signer = openRawSigner(c);
-  const run = signFor(signer, c.ms);
-  signer.close();
-  return run;
 }

@@ -7,10 +7,11 @@
  *   token     the supervisor's sign() through a token slot
  *   pool-N    the supervisor's sign() through an hsm slot of N workers (N = 1, 2, 4)
  * for ECDSA P-256 and RSA-2048, 32 B and 4 KiB inputs, at concurrency 1, 16 and 256.
- * Reports ops/s, p50/p99 latency, the ratio to the matching raw figure, RSS; writes
- * var/bench.json; checks the targets on medians of 3 comparisons in which raw and supervisor
- * take turns in 250 ms slices. --million adds
- * 1,000,000 calls with memory samples; --quick runs only the target checks.
+ * Reports ops/s, p50/p99 latency, RSS, and the ratio to the matching raw baseline (raw-1 for
+ * the token slot and pool-1, raw-N for pool-N), which takes turns with the cell in 250 ms
+ * slices so both see the same minutes of the machine; writes var/bench.json; checks the targets
+ * on medians of 3 such comparisons. --million adds 1,000,000 calls with memory samples; --quick
+ * runs only the target checks.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -20,7 +21,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { pino } from 'pino';
-import { openRawSigner, rawLoop, signFor, type RawConfig, type RawSigner, type Run } from './raw-loop.js';
+import { openRawSigner, signFor, type RawConfig, type RawSigner, type Run } from './raw-loop.js';
 import { startSupervisor, type ConfigInput, type Pkcs11Supervisor } from '../src/index.js';
 import { pkcs11js } from '../workers/pkcs11js.js';
 
@@ -70,7 +71,7 @@ function summarize(lat: number[], ops: number, ms: number) {
   return { opsPerSec: Math.round((ops / ms) * 1000), p50us: Math.round(percentile(sorted, 0.5) * 1000), p99us: Math.round(percentile(sorted, 0.99) * 1000) };
 }
 
-const rawConfig = (mech: 'ec' | 'rsa', size: number): RawConfig => ({ label: mech, pin: PIN, module: MODULE, mech, size, ms: SECONDS * 1000 });
+const rawConfig = (mech: 'ec' | 'rsa', size: number): RawConfig => ({ label: mech, pin: PIN, module: MODULE, mech, size });
 
 /** N raw pkcs11js threads with a session each, kept between runs so runs can take turns with the supervisor. */
 async function rawThreads(n: number, mech: 'ec' | 'rsa', size: number) {
@@ -95,11 +96,11 @@ async function rawThreads(n: number, mech: 'ec' | 'rsa', size: number) {
   };
 }
 
-async function rawInWorkers(n: number, mech: 'ec' | 'rsa', size: number): Promise<Run> {
-  const raw = await rawThreads(n, mech, size);
-  const r = await raw.run(SECONDS * 1000);
-  await raw.close();
-  return r;
+/** A raw baseline by its name in the table: raw-1 in this thread, raw-N in N threads. */
+async function openBaseline(name: 'raw-1' | 'raw-2' | 'raw-4', mech: 'ec' | 'rsa', size: number): Promise<{ run: (ms: number) => Promise<Run>; close: () => Promise<void> }> {
+  if (name !== 'raw-1') return rawThreads(Number(name.slice(4)), mech, size);
+  const signer = openRawSigner(rawConfig(mech, size));
+  return { run: async (ms) => signFor(signer, ms), close: async () => signer.close() };
 }
 
 async function throughSupervisor(sup: Pkcs11Supervisor, slot: string, mech: 'ec' | 'rsa', size: number, concurrency: number, ms = SECONDS * 1000): Promise<Run> {
@@ -122,47 +123,64 @@ async function throughSupervisor(sup: Pkcs11Supervisor, slot: string, mech: 'ec'
   return { lat, ops, elapsed: performance.now() - t0 };
 }
 
+/**
+ * A comparison lets the raw baseline and the supervisor take turns in slices this long, so both
+ * see the same machine: run one after the other, a cell on a shared 2-core machine moved by up
+ * to 40% between seconds.
+ */
+const SLICE_MS = 250;
+const SLICES = Math.max(1, Math.round((SECONDS * 1000) / SLICE_MS));
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+const rate = (runs: Run[]) => (runs.reduce((a, r) => a + r.ops, 0) / runs.reduce((a, r) => a + r.elapsed, 0)) * 1000;
+
 const rss = () => Math.round(process.memoryUsage().rss / 2 ** 20);
 const results: Result[] = [];
 type SlotInput = ConfigInput['slots'][string];
 const slotCfg: SlotInput = { module: 'soft', token: { label: 'bench' }, pin: { env: 'BENCH_PIN' }, keys: { ec: { label: 'ec' }, rsa: { label: 'rsa' } }, queueLimit: 100_000, probeIntervalMs: 0 };
 const startSlot = (name: string, slot: SlotInput) =>
   startSupervisor({ config: { modules: { soft: { path: MODULE, env: { SOFTHSM2_CONF: conf } } }, slots: { [name]: slot }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
-const TARGETS: [string, SlotInput][] = [
-  ['token', { ...slotCfg, type: 'token' }],
-  ['pool-1', { ...slotCfg, type: 'hsm', poolSize: 1 }],
-  ['pool-2', { ...slotCfg, type: 'hsm', poolSize: 2 }],
-  ['pool-4', { ...slotCfg, type: 'hsm', poolSize: 4 }],
+/** Each target, its slot, and the raw baseline it is compared with. */
+const TARGETS: [string, SlotInput, 'raw-1' | 'raw-2' | 'raw-4'][] = [
+  ['token', { ...slotCfg, type: 'token' }, 'raw-1'],
+  ['pool-1', { ...slotCfg, type: 'hsm', poolSize: 1 }, 'raw-1'],
+  ['pool-2', { ...slotCfg, type: 'hsm', poolSize: 2 }, 'raw-2'],
+  ['pool-4', { ...slotCfg, type: 'hsm', poolSize: 4 }, 'raw-4'],
 ];
 
 for (const mech of values.quick ? [] : (['ec', 'rsa'] as const)) {
   for (const size of [32, 4096]) {
     const alg = mech === 'ec' ? 'ECDSA P-256' : 'RSA-2048';
-    const raw: Record<string, number> = {};
     const progress = (target: string) => process.stderr.write(`bench: ${alg} ${size} B ${target}\n`);
-    progress('raw-1');
-    const r1 = rawLoop(rawConfig(mech, size));
-    raw['raw-1'] = summarize(r1.lat, r1.ops, r1.elapsed).opsPerSec;
-    results.push({ alg, size, target: 'raw-1', concurrency: 1, ...summarize(r1.lat, r1.ops, r1.elapsed), ratio: null, rssMiB: rss() });
-    for (const n of [2, 4]) {
-      progress(`raw-${n}`);
-      const rn = await rawInWorkers(n, mech, size);
-      const s = summarize(rn.lat, rn.ops, rn.elapsed);
-      raw[`raw-${n}`] = s.opsPerSec;
-      results.push({ alg, size, target: `raw-${n}`, concurrency: n, ...s, ratio: null, rssMiB: rss() });
+    for (const [target, concurrency] of [['raw-1', 1], ['raw-2', 2], ['raw-4', 4]] as const) {
+      progress(target);
+      const raw = await openBaseline(target, mech, size);
+      const r = await raw.run(SECONDS * 1000);
+      await raw.close();
+      results.push({ alg, size, target, concurrency, ...summarize(r.lat, r.ops, r.elapsed), ratio: null, rssMiB: rss() });
     }
-    for (const [target, cfg] of TARGETS) {
+    // Each cell's ratio comes from its own comparison: the matching raw baseline and the cell take
+    // turns in short slices (see SLICE_MS), so both see the same minutes of a shared machine.
+    for (const [target, cfg, rawTarget] of TARGETS) {
       progress(target);
       const sup = await startSlot(target, cfg);
       await throughSupervisor(sup, target, mech, size, 16); // warm up
-      const matching = target === 'pool-2' ? raw['raw-2']! : target === 'pool-4' ? raw['raw-4']! : raw['raw-1']!;
+      // Opened after the supervisor and closed before it: its close logs the token out, for every session of the process.
+      const raw = await openBaseline(rawTarget, mech, size);
       for (const c of [1, 16, 256]) {
-        const elu = performance.eventLoopUtilization();
-        const r = await throughSupervisor(sup, target, mech, size, c);
-        const mainUs = Math.round((performance.eventLoopUtilization(elu).active * 1000) / r.ops);
-        const s = summarize(r.lat, r.ops, r.elapsed);
-        results.push({ alg, size, target, concurrency: c, ...s, ratio: Number((s.opsPerSec / matching).toFixed(2)), rssMiB: rss(), mainUs });
+        const base: Run[] = [];
+        const cell: Run[] = [];
+        let mainMs = 0;
+        for (let k = 0; k < SLICES; k++) {
+          base.push(await raw.run(SLICE_MS));
+          const elu = performance.eventLoopUtilization();
+          cell.push(await throughSupervisor(sup, target, mech, size, c, SLICE_MS));
+          mainMs += performance.eventLoopUtilization(elu).active;
+        }
+        const ops = cell.reduce((a, r) => a + r.ops, 0);
+        const s = summarize(cell.flatMap((r) => r.lat), ops, cell.reduce((a, r) => a + r.elapsed, 0));
+        results.push({ alg, size, target, concurrency: c, ...s, ratio: Number((rate(cell) / rate(base)).toFixed(2)), rssMiB: rss(), mainUs: Math.round((mainMs * 1000) / ops) });
       }
+      await raw.close();
       await sup.close();
     }
   }
@@ -193,16 +211,8 @@ async function hopFloorUs(): Promise<number> {
   await echo.terminate();
   return summarize(lat, lat.length, 1).p50us;
 }
-/**
- * The targets, judged on medians of REPEATS comparisons. In each, the raw baseline and the
- * supervisor take turns in short slices, so both see the same machine: run one after the
- * other, a cell on a shared 2-core machine moved by up to 40% between seconds.
- */
+/** The targets are judged on medians of this many comparisons, each in turns (see SLICE_MS). */
 const REPEATS = 3;
-const SLICE_MS = 250;
-const SLICES = Math.max(1, Math.round((SECONDS * 1000) / SLICE_MS));
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
-const rate = (runs: Run[]) => (runs.reduce((a, r) => a + r.ops, 0) / runs.reduce((a, r) => a + r.elapsed, 0)) * 1000;
 
 /**
  * Adds `run`'s calls and the process's CPU time (all threads) to `into`. With both cores busy,
