@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { pino } from 'pino';
-import { openRawSigner, signFor, type RawConfig, type RawSigner, type Run } from './raw-loop.js';
+import { openRawSigner, signFor, type RawConfig, type Run } from './raw-loop.js';
 import { startSupervisor, type ConfigInput, type Pkcs11Supervisor } from '../src/index.js';
 import { pkcs11js } from '../workers/pkcs11js.js';
 
@@ -96,8 +96,13 @@ async function rawThreads(n: number, mech: 'ec' | 'rsa', size: number) {
   };
 }
 
+interface Baseline {
+  run(ms: number): Promise<Run>;
+  close(): Promise<void>;
+}
+
 /** A raw baseline by its name in the table: raw-1 in this thread, raw-N in N threads. */
-async function openBaseline(name: 'raw-1' | 'raw-2' | 'raw-4', mech: 'ec' | 'rsa', size: number): Promise<{ run: (ms: number) => Promise<Run>; close: () => Promise<void> }> {
+async function openBaseline(name: 'raw-1' | 'raw-2' | 'raw-4', mech: 'ec' | 'rsa', size: number): Promise<Baseline> {
   if (name !== 'raw-1') return rawThreads(Number(name.slice(4)), mech, size);
   const signer = openRawSigner(rawConfig(mech, size));
   return { run: async (ms) => signFor(signer, ms), close: async () => signer.close() };
@@ -132,6 +137,17 @@ const SLICE_MS = 250;
 const SLICES = Math.max(1, Math.round((SECONDS * 1000) / SLICE_MS));
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 const rate = (runs: Run[]) => (runs.reduce((a, r) => a + r.ops, 0) / runs.reduce((a, r) => a + r.elapsed, 0)) * 1000;
+const p50us = (runs: Run[]) => { const lat = runs.flatMap((r) => r.lat); return summarize(lat, lat.length, 1).p50us; };
+
+/** A raw baseline and a supervisor cell, taking turns of SLICE_MS, SLICES each. */
+async function inTurns(raw: (ms: number) => Promise<Run>, cell: (ms: number) => Promise<Run>): Promise<{ raw: Run[]; cell: Run[] }> {
+  const runs = { raw: [] as Run[], cell: [] as Run[] };
+  for (let k = 0; k < SLICES; k++) {
+    runs.raw.push(await raw(SLICE_MS));
+    runs.cell.push(await cell(SLICE_MS));
+  }
+  return runs;
+}
 
 const rss = () => Math.round(process.memoryUsage().rss / 2 ** 20);
 const results: Result[] = [];
@@ -167,18 +183,16 @@ for (const mech of values.quick ? [] : (['ec', 'rsa'] as const)) {
       // Opened after the supervisor and closed before it: its close logs the token out, for every session of the process.
       const raw = await openBaseline(rawTarget, mech, size);
       for (const c of [1, 16, 256]) {
-        const base: Run[] = [];
-        const cell: Run[] = [];
         let mainMs = 0;
-        for (let k = 0; k < SLICES; k++) {
-          base.push(await raw.run(SLICE_MS));
+        const turns = await inTurns(raw.run, async (ms) => {
           const elu = performance.eventLoopUtilization();
-          cell.push(await throughSupervisor(sup, target, mech, size, c, SLICE_MS));
+          const r = await throughSupervisor(sup, target, mech, size, c, ms);
           mainMs += performance.eventLoopUtilization(elu).active;
-        }
-        const ops = cell.reduce((a, r) => a + r.ops, 0);
-        const s = summarize(cell.flatMap((r) => r.lat), ops, cell.reduce((a, r) => a + r.elapsed, 0));
-        results.push({ alg, size, target, concurrency: c, ...s, ratio: Number((rate(cell) / rate(base)).toFixed(2)), rssMiB: rss(), mainUs: Math.round((mainMs * 1000) / ops) });
+          return r;
+        });
+        const ops = turns.cell.reduce((a, r) => a + r.ops, 0);
+        const s = summarize(turns.cell.flatMap((r) => r.lat), ops, turns.cell.reduce((a, r) => a + r.elapsed, 0));
+        results.push({ alg, size, target, concurrency: c, ...s, ratio: Number((rate(turns.cell) / rate(turns.raw)).toFixed(2)), rssMiB: rss(), mainUs: Math.round((mainMs * 1000) / ops) });
       }
       await raw.close();
       await sup.close();
@@ -229,21 +243,16 @@ async function withCpu(into: { us: number; ops: number }, run: () => Promise<Run
 }
 
 /** Added p50 latency at concurrency 1: raw and the supervisor's token slot in turns, one call at a time. */
-async function addedP50Us(sup: Pkcs11Supervisor, raw: RawSigner, mech: 'ec' | 'rsa'): Promise<number> {
-  const rawLat: number[] = [];
-  const supLat: number[] = [];
-  for (let k = 0; k < SLICES; k++) {
-    rawLat.push(...signFor(raw, SLICE_MS).lat);
-    supLat.push(...(await throughSupervisor(sup, 'token', mech, 32, 1, SLICE_MS)).lat);
-  }
-  return summarize(supLat, supLat.length, 1).p50us - summarize(rawLat, rawLat.length, 1).p50us;
+async function addedP50Us(sup: Pkcs11Supervisor, raw: Baseline, mech: 'ec' | 'rsa'): Promise<number> {
+  const turns = await inTurns(raw.run, (ms) => throughSupervisor(sup, 'token', mech, 32, 1, ms));
+  return p50us(turns.cell) - p50us(turns.raw);
 }
 
 async function targetMedians(mech: 'ec' | 'rsa') {
   const token = await startSlot('token', { ...slotCfg, type: 'token' });
   const pool = await startSlot('pool-2', { ...slotCfg, type: 'hsm', poolSize: 2 });
-  const raw1 = openRawSigner(rawConfig(mech, 32));
-  const raw2 = await rawThreads(2, mech, 32);
+  const raw1 = await openBaseline('raw-1', mech, 32);
+  const raw2 = await openBaseline('raw-2', mech, 32);
   await throughSupervisor(token, 'token', mech, 32, 16);
   await throughSupervisor(pool, 'pool-2', mech, 32, 16);
   const added: number[] = [];
@@ -253,20 +262,18 @@ async function targetMedians(mech: 'ec' | 'rsa') {
   const poolCpu: number[] = [];
   for (let i = 0; i < REPEATS; i++) {
     added.push(await addedP50Us(token, raw1, mech));
-    const runs: Record<'raw1' | 'token' | 'raw2' | 'pool2', Run[]> = { raw1: [], token: [], raw2: [], pool2: [] };
+    const tokenTurns = await inTurns(raw1.run, (ms) => throughSupervisor(token, 'token', mech, 32, 256, ms));
     const cpu = { raw2: { us: 0, ops: 0 }, pool2: { us: 0, ops: 0 } };
-    for (let k = 0; k < SLICES; k++) {
-      runs.raw1.push(signFor(raw1, SLICE_MS));
-      runs.token.push(await throughSupervisor(token, 'token', mech, 32, 256, SLICE_MS));
-      runs.raw2.push(await withCpu(cpu.raw2, () => raw2.run(SLICE_MS)));
-      runs.pool2.push(await withCpu(cpu.pool2, () => throughSupervisor(pool, 'pool-2', mech, 32, 256, SLICE_MS)));
-    }
-    tokenRatio.push(rate(runs.token) / rate(runs.raw1));
-    poolRatio.push(rate(runs.pool2) / rate(runs.raw2));
+    const poolTurns = await inTurns(
+      (ms) => withCpu(cpu.raw2, () => raw2.run(ms)),
+      (ms) => withCpu(cpu.pool2, () => throughSupervisor(pool, 'pool-2', mech, 32, 256, ms)),
+    );
+    tokenRatio.push(rate(tokenTurns.cell) / rate(tokenTurns.raw));
+    poolRatio.push(rate(poolTurns.cell) / rate(poolTurns.raw));
     rawCpu.push(cpu.raw2.us / cpu.raw2.ops);
     poolCpu.push(cpu.pool2.us / cpu.pool2.ops);
   }
-  raw1.close();
+  await raw1.close();
   await raw2.close();
   await token.close();
   await pool.close();
