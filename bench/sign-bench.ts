@@ -10,7 +10,7 @@
  * Reports ops/s, p50/p99 latency, RSS, and the ratio to the matching raw baseline (raw-1 for
  * the token slot and pool-1, raw-N for pool-N), which takes turns with the cell in 250 ms
  * slices so both see the same minutes of the machine; writes var/bench.json; checks the targets
- * on medians of 3 such comparisons. --million adds 1,000,000 calls with memory samples; --quick
+ * on medians of 5 such comparisons. --million adds 1,000,000 calls with memory samples; --quick
  * runs only the target checks.
  */
 import { execFileSync } from 'node:child_process';
@@ -226,7 +226,7 @@ async function hopFloorUs(): Promise<number> {
   return summarize(lat, lat.length, 1).p50us;
 }
 /** The targets are judged on medians of this many comparisons, each in turns (see SLICE_MS). */
-const REPEATS = 3;
+const REPEATS = 5;
 
 /**
  * Adds `run`'s calls and the process's CPU time (all threads) to `into`. With both cores busy,
