@@ -21,6 +21,9 @@ const WORKER_FILE = fileURLToPath(new URL('../workers/session-worker.js', import
 
 export class ThreadDied extends Error {}
 
+/** Past this, waking the loop (~50-200 µs) costs a call under 4%: not worth turning for. */
+const MAX_TURN_FOR_CALL_MS = 5;
+
 /**
  * A task as it crosses to the thread: a batch of signs packed (which copies the bytes once), a
  * single call's bytes in buffers of their own (a view on a pooled Buffer would take its 8 KiB
@@ -59,6 +62,12 @@ export class SessionThread {
    */
   private pending: Pending[] = [];
   private nextId = 0;
+  /**
+   * Moving average of a lone call's time in the thread. The main thread keeps turning for a lone
+   * call's reply for about this long plus spinMs: a window of spinMs alone was shorter than an
+   * RSA signature on a slow minute, and those replies then paid for waking the loop.
+   */
+  private callMs = 0;
   /** This thread's cell on the busy board. */
   private readonly cell: number;
   private ended = false;
@@ -118,7 +127,7 @@ export class SessionThread {
       const turned = this.spinMs > 0 && task.op !== 'batch';
       this.pending.push({ id, resolve: resolve as Pending['resolve'], reject, turned });
       this.post({ id, task: forTheHop(task) });
-      taskPosted(turned ? this.spinMs : null);
+      taskPosted(turned ? this.spinMs + Math.min(this.callMs, MAX_TURN_FOR_CALL_MS) : null);
     });
   }
 
@@ -133,6 +142,7 @@ export class SessionThread {
     const p = this.pending[0];
     if (p?.id !== m.id) return;
     const reply: WorkerReply = 'packed' in m ? { ok: true, value: unpackReplies(m.packed), startedAt: m.startedAt, endedAt: m.endedAt } : m.reply;
+    if (p.turned) this.callMs = 0.8 * this.callMs + 0.2 * (reply.endedAt - reply.startedAt);
     this.pending.shift();
     if (this.pending.length === 0) this.port.unref();
     taskAnswered(p.turned);
