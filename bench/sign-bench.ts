@@ -96,13 +96,15 @@ async function rawThreads(n: number, mech: 'ec' | 'rsa', size: number) {
   };
 }
 
+type RawName = 'raw-1' | 'raw-2' | 'raw-4';
+
 interface Baseline {
   run(ms: number): Promise<Run>;
   close(): Promise<void>;
 }
 
 /** A raw baseline by its name in the table: raw-1 in this thread, raw-N in N threads. */
-async function openBaseline(name: 'raw-1' | 'raw-2' | 'raw-4', mech: 'ec' | 'rsa', size: number): Promise<Baseline> {
+async function openBaseline(name: RawName, mech: 'ec' | 'rsa', size: number): Promise<Baseline> {
   if (name !== 'raw-1') return rawThreads(Number(name.slice(4)), mech, size);
   const signer = openRawSigner(rawConfig(mech, size));
   return { run: async (ms) => signFor(signer, ms), close: async () => signer.close() };
@@ -156,7 +158,7 @@ const slotCfg: SlotInput = { module: 'soft', token: { label: 'bench' }, pin: { e
 const startSlot = (name: string, slot: SlotInput) =>
   startSupervisor({ config: { modules: { soft: { path: MODULE, env: { SOFTHSM2_CONF: conf } } }, slots: { [name]: slot }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
 /** Each target, its slot, and the raw baseline it is compared with. */
-const TARGETS: [string, SlotInput, 'raw-1' | 'raw-2' | 'raw-4'][] = [
+const TARGETS: [string, SlotInput, RawName][] = [
   ['token', { ...slotCfg, type: 'token' }, 'raw-1'],
   ['pool-1', { ...slotCfg, type: 'hsm', poolSize: 1 }, 'raw-1'],
   ['pool-2', { ...slotCfg, type: 'hsm', poolSize: 2 }, 'raw-2'],

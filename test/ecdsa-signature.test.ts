@@ -25,7 +25,7 @@ describe('ECDSA signature forms', () => {
     const out = new Uint8Array(maxDerBytes(64));
     const der = Buffer.from(out.subarray(0, writeDer(raw, out)));
     expect(der.toString('hex')).toBe(`3026020101022100${'80'.padEnd(64, '0')}`);
-    raw[31] = 0; // r = 0
-    expect(Buffer.from(out.subarray(0, writeDer(raw, out))).toString('hex').slice(0, 10)).toBe('3026020100') // still one byte for r;
+    raw[31] = 0; // r = 0: still one byte
+    expect(Buffer.from(out.subarray(0, writeDer(raw, out))).toString('hex').slice(0, 10)).toBe('3026020100');
   });
 });

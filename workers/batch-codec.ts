@@ -6,7 +6,7 @@
  */
 import type { WorkerError, WorkerReply, WorkerTask } from './protocol.js';
 
-export type SignTask = Extract<WorkerTask, { op: 'sign' }>;
+type SignTask = Extract<WorkerTask, { op: 'sign' }>;
 type SignShape = Omit<SignTask, 'op' | 'data'>;
 
 export interface PackedBatch {

@@ -27,7 +27,7 @@ export interface ServeStart {
 /** What the thread does with a call: any task, or a packed batch of signs (see batch-codec.ts). */
 export interface Serve {
   run(task: WorkerTask): WorkerReply;
-  runPacked(batch: PackedBatch): PackedReplies;
+  runPacked(batch: PackedBatch): { packed: PackedReplies; startedAt: number; endedAt: number };
 }
 
 export async function serveLoop(start: ServeStart, serve: Serve): Promise<void> {
@@ -62,8 +62,5 @@ export async function serveLoop(start: ServeStart, serve: Serve): Promise<void> 
 }
 
 function answer(id: number, sent: WorkerTask | PackedBatch, serve: Serve): ServeReply {
-  if (sent.op !== 'packedSigns') return { id, reply: serve.run(sent) };
-  const startedAt = performance.timeOrigin + performance.now();
-  const packed = serve.runPacked(sent);
-  return { id, packed, startedAt, endedAt: performance.timeOrigin + performance.now() };
+  return sent.op === 'packedSigns' ? { id, ...serve.runPacked(sent) } : { id, reply: serve.run(sent) };
 }

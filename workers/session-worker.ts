@@ -117,11 +117,12 @@ function runBatch(tasks: WorkerTask[], claims: Int32Array): (WorkerReply | null)
 }
 
 /** A batch of signs: each signature goes into the reply as it ends, straight from the session's buffer (see ReplyPacker). */
-function runPacked(batch: PackedBatch): PackedReplies {
+function runPacked(batch: PackedBatch): { packed: PackedReplies; startedAt: number; endedAt: number } {
+  const startedAt = now();
   const tasks = unpackBatch(batch);
   const replies = new ReplyPacker(tasks.length);
   inOrder(tasks, batch.claims, (task) => timed(() => session.sign(task)), (i, reply) => replies.add(i, reply));
-  return replies.finish();
+  return { packed: replies.finish(), startedAt, endedAt: now() };
 }
 
 function run(task: WorkerTask): WorkerReply {
