@@ -22,6 +22,7 @@ import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { pino } from 'pino';
 import { openRawSigner, signFor, type RawConfig, type Run } from './raw-loop.js';
+import { busiestThread, cpuOfSlice, MAIN_THREAD, otherCpus, pin, vcpuGap } from './same-cpu.js';
 import { startSupervisor, type ConfigInput, type Pkcs11Supervisor } from '../src/index.js';
 import { pkcs11js } from '../workers/pkcs11js.js';
 
@@ -136,20 +137,37 @@ async function throughSupervisor(sup: Pkcs11Supervisor, slot: string, mech: 'ec'
  * to 40% between seconds.
  */
 const SLICE_MS = 250;
-const SLICES = Math.max(1, Math.round((SECONDS * 1000) / SLICE_MS));
+/**
+ * One call at a time has no queue to fill or drain at each turn, so the latency comparison takes
+ * shorter turns: the machine's slow phases last about a second, and 250 ms turns still let one
+ * side meet more of them than the other.
+ */
+const LATENCY_SLICE_MS = 50;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 const rate = (runs: Run[]) => (runs.reduce((a, r) => a + r.ops, 0) / runs.reduce((a, r) => a + r.elapsed, 0)) * 1000;
 const p50us = (runs: Run[]) => { const lat = runs.flatMap((r) => r.lat); return summarize(lat, lat.length, 1).p50us; };
 
-/** A raw baseline and a supervisor cell, taking turns of SLICE_MS, SLICES each. */
-async function inTurns(raw: (ms: number) => Promise<Run>, cell: (ms: number) => Promise<Run>): Promise<{ raw: Run[]; cell: Run[] }> {
+/**
+ * A raw baseline and a supervisor cell, taking turns of `sliceMs` for SECONDS each. `sessionThread`
+ * (against raw-1 only): the slot's one session thread, which then signs on the vCPU raw-1 signed
+ * on in the slice before, the slices alternating between vCPUs (see same-cpu.ts); the main
+ * thread then runs on the other vCPU, as the scheduler places two busy threads anyway.
+ */
+async function inTurns(raw: (ms: number) => Promise<Run>, cell: (ms: number) => Promise<Run>, sessionThread?: number, sliceMs = SLICE_MS): Promise<{ raw: Run[]; cell: Run[] }> {
   const runs = { raw: [] as Run[], cell: [] as Run[] };
-  for (let k = 0; k < SLICES; k++) {
-    runs.raw.push(await raw(SLICE_MS));
-    runs.cell.push(await cell(SLICE_MS));
+  const slices = Math.max(1, Math.round((SECONDS * 1000) / sliceMs));
+  for (let k = 0; k < slices; k++) {
+    if (sessionThread) pin(MAIN_THREAD, [cpuOfSlice(k)]);
+    runs.raw.push(await raw(sliceMs));
+    if (sessionThread) (pin(MAIN_THREAD, otherCpus(cpuOfSlice(k))), pin(sessionThread, [cpuOfSlice(k)]));
+    runs.cell.push(await cell(sliceMs));
   }
+  if (sessionThread) (pin(MAIN_THREAD), pin(sessionThread));
   return runs;
 }
+
+/** A lone slot's session thread, found while it signs one call at a time. */
+const sessionThreadOf = (sup: Pkcs11Supervisor, slot: string, mech: 'ec' | 'rsa') => busiestThread(() => throughSupervisor(sup, slot, mech, 32, 1, 300));
 
 const rss = () => Math.round(process.memoryUsage().rss / 2 ** 20);
 const results: Result[] = [];
@@ -184,6 +202,7 @@ for (const mech of values.quick ? [] : (['ec', 'rsa'] as const)) {
       await throughSupervisor(sup, target, mech, size, 16); // warm up
       // Opened after the supervisor and closed before it: its close logs the token out, for every session of the process.
       const raw = await openBaseline(rawTarget, mech, size);
+      const thread = rawTarget === 'raw-1' ? await sessionThreadOf(sup, target, mech) : undefined;
       for (const c of [1, 16, 256]) {
         let mainMs = 0;
         const turns = await inTurns(raw.run, async (ms) => {
@@ -191,7 +210,7 @@ for (const mech of values.quick ? [] : (['ec', 'rsa'] as const)) {
           const r = await throughSupervisor(sup, target, mech, size, c, ms);
           mainMs += performance.eventLoopUtilization(elu).active;
           return r;
-        });
+        }, thread);
         const ops = turns.cell.reduce((a, r) => a + r.ops, 0);
         const s = summarize(turns.cell.flatMap((r) => r.lat), ops, turns.cell.reduce((a, r) => a + r.elapsed, 0));
         results.push({ alg, size, target, concurrency: c, ...s, ratio: Number((rate(turns.cell) / rate(turns.raw)).toFixed(2)), rssMiB: rss(), mainUs: Math.round((mainMs * 1000) / ops) });
@@ -245,8 +264,8 @@ async function withCpu(into: { us: number; ops: number }, run: () => Promise<Run
 }
 
 /** Added p50 latency at concurrency 1: raw and the supervisor's token slot in turns, one call at a time. */
-async function addedP50Us(sup: Pkcs11Supervisor, raw: Baseline, mech: 'ec' | 'rsa'): Promise<number> {
-  const turns = await inTurns(raw.run, (ms) => throughSupervisor(sup, 'token', mech, 32, 1, ms));
+async function addedP50Us(sup: Pkcs11Supervisor, raw: Baseline, mech: 'ec' | 'rsa', thread: number): Promise<number> {
+  const turns = await inTurns(raw.run, (ms) => throughSupervisor(sup, 'token', mech, 32, 1, ms), thread, LATENCY_SLICE_MS);
   return p50us(turns.cell) - p50us(turns.raw);
 }
 
@@ -257,14 +276,15 @@ async function targetMedians(mech: 'ec' | 'rsa') {
   const raw2 = await openBaseline('raw-2', mech, 32);
   await throughSupervisor(token, 'token', mech, 32, 16);
   await throughSupervisor(pool, 'pool-2', mech, 32, 16);
+  const thread = await sessionThreadOf(token, 'token', mech);
   const added: number[] = [];
   const tokenRatio: number[] = [];
   const poolRatio: number[] = [];
   const rawCpu: number[] = [];
   const poolCpu: number[] = [];
   for (let i = 0; i < REPEATS; i++) {
-    added.push(await addedP50Us(token, raw1, mech));
-    const tokenTurns = await inTurns(raw1.run, (ms) => throughSupervisor(token, 'token', mech, 32, 256, ms));
+    added.push(await addedP50Us(token, raw1, mech, thread));
+    const tokenTurns = await inTurns(raw1.run, (ms) => throughSupervisor(token, 'token', mech, 32, 256, ms), thread);
     const cpu = { raw2: { us: 0, ops: 0 }, pool2: { us: 0, ops: 0 } };
     const poolTurns = await inTurns(
       (ms) => withCpu(cpu.raw2, () => raw2.run(ms)),
@@ -296,6 +316,10 @@ for (const [alg, mech] of [['ECDSA P-256', 'ec'], ['RSA-2048', 'rsa']] as const)
 
 process.stderr.write('bench: thread hop floor\n');
 const hopFloor = await hopFloorUs();
+process.stderr.write('bench: vCPU speeds\n');
+const gapSigner = openRawSigner(rawConfig('rsa', 32));
+const gap = vcpuGap((ms) => signFor(gapSigner, ms).lat, 8);
+gapSigner.close();
 
 let million: Record<string, unknown> | null = null;
 if (values.million) {
@@ -341,16 +365,17 @@ console.log(lines.join('\n'));
 // What bounds the misses: the hop every call pays, and the main thread's busy time per call,
 // which on a machine with no spare core is taken from the signing threads.
 console.log(`\nThread hop floor (Atomics.wait/notify round trip between two threads): p50 ${hopFloor} µs`);
+console.log(`vCPU speeds (raw RSA-2048 p50 on each vCPU in turn, per second): one vCPU over 10% slower in ${gap.slowerSeconds} of ${gap.seconds} s, by up to ${gap.largestGap}×`);
 if (!values.quick) {
   const ec = (target: string, c: number) => find('ECDSA P-256', 32, target, c);
   console.log(`ECDSA P-256 sign on the token: ${(1e6 / ec('raw-1', 1).opsPerSec).toFixed(0)} µs of CPU; main thread per call in pool-2 at c=256: ${ec('pool-2', 256).mainUs} µs, on ${availableParallelism()} cores`);
 }
-console.log(`\nTargets (median of ${REPEATS} comparisons, raw and supervisor taking turns in ${SLICE_MS} ms slices; the runs in brackets):`);
+console.log(`\nTargets (median of ${REPEATS} comparisons, raw and supervisor taking turns in ${SLICE_MS} ms slices, ${LATENCY_SLICE_MS} ms for latency, signing on the same vCPU against raw-1; the runs in brackets):`);
 for (const t of targets) console.log(`  ${t.pass ? 'PASS' : 'MISS'}  ${t.alg}: ${t.target}: ${t.value} [${t.runs.join(', ')}]`);
 console.log('\nCPU per call, all threads (median): ' + Object.entries(medians).map(([alg, m]) => `${alg}: raw-2 ${m.cpuPerCallUs.raw2} µs, pool-2 ${m.cpuPerCallUs.pool2} µs`).join('; '));
 if (million) console.log('\n1,000,000 calls (pool of 2, c=256, ECDSA, 32 B):', JSON.stringify(million));
 mkdirSync('var', { recursive: true });
-writeFileSync('var/bench.json', JSON.stringify({ when: new Date().toISOString(), seconds: SECONDS, cores: availableParallelism(), hopFloorP50us: hopFloor, results, targets, medians, million }, null, 2));
+writeFileSync('var/bench.json', JSON.stringify({ when: new Date().toISOString(), seconds: SECONDS, cores: availableParallelism(), hopFloorP50us: hopFloor, vcpuGap: gap, results, targets, medians, million }, null, 2));
 console.log('\nwritten: var/bench.json');
 owner.C_Finalize();
 process.exit(0);
