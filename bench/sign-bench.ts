@@ -9,9 +9,10 @@
  * for ECDSA P-256 and RSA-2048, 32 B and 4 KiB inputs, at concurrency 1, 16 and 256.
  * Reports ops/s, p50/p99 latency, RSS, and the ratio to the matching raw baseline (raw-1 for
  * the token slot and pool-1, raw-N for pool-N), which takes turns with the cell in 250 ms
- * slices so both see the same minutes of the machine; writes var/bench.json; checks the targets
- * on medians of 5 such comparisons. --million adds 1,000,000 calls with memory samples; --quick
- * runs only the target checks.
+ * slices (50 ms for one-call-at-a-time latency) so both see the same minutes of the machine,
+ * and against raw-1 signs on the same vCPU as the session thread (same-cpu.ts); writes
+ * var/bench.json; checks the targets on medians of 5 such comparisons. --million adds
+ * 1,000,000 calls with memory samples; --quick runs only the target checks. Linux only.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
