@@ -11,6 +11,7 @@ need=()
 [ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null || need+=(opensc)
 command -v openssl >/dev/null || need+=(openssl)
+command -v taskset >/dev/null || need+=(util-linux) # the bench pins threads to vCPUs
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 [ -e /usr/include/p11-kit-1/p11-kit/pkcs11.h ] || need+=(libp11-kit-dev)
 if [[ " $* " == *" --vendors "* ]]; then
