@@ -17,16 +17,13 @@
  * by the slot worker; this file is the diagram.
  */
 import { assign, fromPromise, setup } from 'xstate';
-import type { Secret } from '../src/secret.js';
-import { USER_SESSION_STATES, type OpenReport, type SessionReport } from '../workers/protocol.js';
-import type { ErrorCode } from '../src/errors.js';
-import { SESSION_LOST_CKRS } from '../src/ckr.js';
+import type { Secret } from '../src/model/secret.js';
+import { USER_SESSION_STATES, type OpenReport, type SessionReport } from '../src/model/protocol.js';
+import type { ErrorCode } from '../src/model/errors.js';
+import type { SlotError, SlotState } from '../src/model/slot-state.js';
 
-export interface SlotError {
-  code: ErrorCode;
-  message: string;
-  ckr?: string | undefined;
-}
+export type { SlotError, SlotState };
+import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
 
 export interface SlotMachineContext {
   slot: string;
@@ -58,20 +55,6 @@ export interface SlotMachineInput {
   worker: number;
   idleTimeoutMs: number;
 }
-
-export type SlotState =
-  | 'uninitialized'
-  | 'opening'
-  | 'open'
-  | 'logging_in'
-  | 'logged_in'
-  | 'so_logged_in'
-  | 'logging_out'
-  | 'crashed'
-  | 'restarting'
-  | 'failed'
-  | 'closing'
-  | 'closed';
 
 const notProvided = (name: string) => () => Promise.reject(new Error(`slot machine actor "${name}" was not provided`));
 

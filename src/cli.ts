@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { isEntryPoint } from './entry-point.js';
 import { pino } from 'pino';
 import { startSupervisor, type Pkcs11Supervisor, type SignRequest } from './client.js';
-import { Pkcs11SupervisorError } from './errors.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
 import { createLogger } from './logger.js';
 import { verifyAuditFile } from './audit.js';
 import { loadConfigFile, printableConfig } from './config.js';

@@ -7,12 +7,12 @@ import { AccessPolicy, parsePrincipal, type Operation, type Principal } from './
 import { createHash, createPublicKey, X509Certificate, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { fromPkcs12, fromPem, importObjectsFor, certificateDer, certificateFields } from './key-import.js';
 import { JWS_ALGS, JWS_CURVE, isJwsAlg, b64url, type JwsAlg } from './jws.js';
-import { MECHANISMS } from './mechanisms.js';
+import { MECHANISMS } from './model/mechanisms.js';
 import { verifiableInSoftware, verifyInSoftware } from './software-verify.js';
 import type { Logger } from 'pino';
 import { loadConfigFile, parseConfig } from './config.js';
 import type { Config, ConfigInput } from './config-schema.js';
-import { Pkcs11SupervisorError } from './errors.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
 import type { SupervisorEvents } from './events.js';
 import { createLogger } from './logger.js';
 import type { PinCallback } from './pin-chain.js';
@@ -20,9 +20,9 @@ import type { Slot } from './slot.js';
 import { Supervisor } from './supervisor.js';
 import * as check from './validate.js';
 import type { KeyRef } from './validate.js';
-import type { MechanismName } from './mechanisms.js';
-import type { KeyType } from './mechanisms.js';
-import { KEY_ALGORITHMS } from '../workers/protocol.js';
+import type { MechanismName } from './model/mechanisms.js';
+import type { KeyType } from './model/mechanisms.js';
+import { KEY_ALGORITHMS } from './model/protocol.js';
 import type {
   FoundPage,
   KeyAlgorithm,
@@ -36,7 +36,7 @@ import type {
   WorkerFault,
   WorkerReply,
   WorkerTask,
-} from '../workers/protocol.js';
+} from './model/protocol.js';
 
 export interface PrincipalInput {
   id: string;

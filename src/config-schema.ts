@@ -3,7 +3,7 @@
  * the type the rest of the code uses. `npm run schema` writes config/schema.json from it.
  */
 import { z } from 'zod';
-import { MECHANISM_NAMES, type MechanismName } from './mechanisms.js';
+import { MECHANISM_NAMES, type MechanismName } from './model/mechanisms.js';
 
 const hex = z.string().regex(/^([0-9a-fA-F]{2})+$/, 'must be hex bytes, e.g. "01" or "a1b2"');
 

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { ConfigSchema, type Config } from './config-schema.js';
-import { Pkcs11SupervisorError } from './errors.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
 
 function pathOf(path: readonly PropertyKey[]): string {
   return path.map(String).join('.') || '(root)';

@@ -14,7 +14,7 @@ import { loadConfigFile } from './config.js';
 import { createLogger } from './logger.js';
 import { createMetrics } from './metrics.js';
 import { addressOf, startHttpServer } from './http-server.js';
-import { Pkcs11SupervisorError } from './errors.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
 
 export interface Daemon {
   sup: Pkcs11Supervisor;

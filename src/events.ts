@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
-import type { SlotState, SlotError } from '../actors/slot-machine.js';
-import type { ErrorCode } from './errors.js';
+import type { SlotState, SlotError } from './model/slot-state.js';
+import type { ErrorCode } from './model/errors.js';
 import type { PinOrigin } from './pin-chain.js';
 
 export interface StateChangeEvent {

@@ -5,10 +5,10 @@
  * token is present again and, if so, brings the slot back.
  */
 import type { Logger } from 'pino';
-import { SESSION_LOST_CKRS } from './ckr.js';
+import { SESSION_LOST_CKRS } from './model/ckr.js';
 import { tokenPresent } from './module-registry.js';
 import type { Slot } from './slot.js';
-import { USER_SESSION_STATES, type SessionInfo } from '../workers/protocol.js';
+import { USER_SESSION_STATES, type SessionInfo } from './model/protocol.js';
 
 
 export class HealthProbe {

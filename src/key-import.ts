@@ -6,8 +6,9 @@
  */
 import { createHash, createPrivateKey, createPublicKey, X509Certificate, type KeyObject } from 'node:crypto';
 import forge from 'node-forge';
-import { Pkcs11SupervisorError } from './errors.js';
-import type { ImportedObject, JsonWebKeyLike } from '../workers/protocol.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
+import type { ImportedObject, JsonWebKeyLike } from './model/protocol.js';
+import { octetString } from './model/der.js';
 
 export interface ImportMaterial {
   privateKey: KeyObject;
@@ -67,14 +68,9 @@ export function defaultKeyId(jwk: JsonWebKeyLike): string {
     jwk.kty === 'RSA'
       ? Buffer.from(jwk.n!, 'base64url')
       : jwk.kty === 'OKP'
-        ? octet(Buffer.from(jwk.x!, 'base64url'))
-        : octet(Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x!, 'base64url'), Buffer.from(jwk.y!, 'base64url')]));
+        ? octetString(Buffer.from(jwk.x!, 'base64url'))
+        : octetString(Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x!, 'base64url'), Buffer.from(jwk.y!, 'base64url')]));
   return createHash('sha1').update(value).digest('hex');
-}
-
-function octet(b: Buffer): Buffer {
-  const n = b.length;
-  return Buffer.concat([Buffer.from([0x04, ...(n < 0x80 ? [n] : [0x81, n])]), b]);
 }
 
 export function importObjectsFor(material: ImportMaterial, label: string, id: string | undefined, extractable: boolean): ImportedObject[] {

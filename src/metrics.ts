@@ -5,9 +5,8 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Pkcs11Supervisor } from './client.js';
-import type { SlotState } from '../actors/slot-machine.js';
+import { SLOT_STATES } from './model/slot-state.js';
 
-const STATES: SlotState[] = ['uninitialized', 'opening', 'open', 'logging_in', 'logged_in', 'so_logged_in', 'logging_out', 'crashed', 'restarting', 'failed', 'closing', 'closed'];
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 export function createMetrics(sup: Pkcs11Supervisor): Registry {
@@ -91,7 +90,7 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
     collect() {
       this.reset();
       for (const [name, s] of slots()) {
-        for (const w of s.workers) for (const st of STATES) this.set({ slot: name, worker: String(w.index), state: st }, w.state === st ? 1 : 0);
+        for (const w of s.workers) for (const st of SLOT_STATES) this.set({ slot: name, worker: String(w.index), state: st }, w.state === st ? 1 : 0);
       }
     },
   });

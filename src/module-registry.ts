@@ -7,10 +7,12 @@
  * last release finalizes the module.
  */
 import type * as P11 from 'pkcs11js';
-import { pkcs11js } from '../workers/pkcs11js.js';
+import pkcs11js from 'pkcs11js';
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readFileSync } from 'node:fs';
-import { Pkcs11SupervisorError } from './errors.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
+import type { TokenSelector } from './model/protocol.js';
+import { tokenMatches } from './model/token-match.js';
 
 interface ModuleUse {
   users: number;
@@ -166,7 +168,7 @@ export function closeOrphanSession(path: string, handleHex: string): void {
  * Whether a token matching the selector is present, asked from the main thread through the
  * owner's handle. Used only by the health probe of a failed slot.
  */
-export function tokenPresent(path: string, sel: { label: string } | { serial: string } | { slotIndex: number }): boolean {
+export function tokenPresent(path: string, sel: TokenSelector): boolean {
   const lib = inUse.get(path)?.lib;
   if (!lib) return false;
   try {
@@ -178,10 +180,7 @@ export function tokenPresent(path: string, sel: { label: string } | { serial: st
   try {
     const slots = lib.C_GetSlotList(true);
     if ('slotIndex' in sel) return slots[sel.slotIndex] !== undefined;
-    return slots.some((s) => {
-      const info = lib.C_GetTokenInfo(s);
-      return 'label' in sel ? info.label.replace(/[\s\0]+$/, '') === sel.label : info.serialNumber.replace(/[\s\0]+$/, '') === sel.serial;
-    });
+    return slots.some((s) => tokenMatches(sel, lib.C_GetTokenInfo(s)));
   } catch {
     return false;
   }

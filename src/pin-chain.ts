@@ -8,8 +8,8 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { PinSource } from './config-schema.js';
-import { Pkcs11SupervisorError } from './errors.js';
-import { Secret } from './secret.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
+import { Secret } from './model/secret.js';
 
 export interface PinRequest {
   slot: string;

@@ -2,15 +2,15 @@
  * A slot's mailbox: a bounded FIFO of calls in front of the slot's workers. Each worker runs
  * one call at a time, so a token slot (one worker) runs calls strictly one by one in arrival
  * order, and an HSM pool hands each call to an idle worker, skipping workers that are
- * restarting: the one freed last, whose thread is still awake (see workers/busy-board.ts).
+ * restarting: the one freed last, whose thread is still awake (see workers/handover/busy-board.ts).
  * Under load every worker is busy and all of them serve; at low load the others may sleep.
  * Every call ends exactly once: with its result, or with TIMEOUT, ABORTED, QUEUE_FULL,
  * SLOT_FAILED or CLOSED.
  */
-import { Pkcs11SupervisorError } from './errors.js';
-import type { Secret } from './secret.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
+import type { Secret } from './model/secret.js';
 import type { CallContext, SlotWorker } from './slot-worker.js';
-import { CLAIM_CANCELLED, type WorkerTask } from '../workers/protocol.js';
+import { CLAIM_CANCELLED, type WorkerTask } from './model/protocol.js';
 
 export interface CallSpec<T> {
   needsLogin: boolean;

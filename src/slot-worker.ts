@@ -5,14 +5,14 @@
  */
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { slotMachine, type SlotState } from '../actors/slot-machine.js';
-import { SESSION_LOST_CKRS, TRANSIENT_CKRS } from './ckr.js';
-import { Pkcs11SupervisorError } from './errors.js';
+import { SESSION_LOST_CKRS, TRANSIENT_CKRS } from './model/ckr.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
 import type { PinChain, PinOrigin } from './pin-chain.js';
-import type { Secret } from './secret.js';
-import { SessionThread, ThreadDied } from './session-thread.js';
+import type { Secret } from './model/secret.js';
+import { SessionThread, ThreadDied } from '../workers/handover/session-thread.js';
 import { closeOrphanSession, moduleGate, threadAbandoned } from './module-registry.js';
 import type { SlotConfig } from './config-schema.js';
-import { USER_SESSION_STATES, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type WorkerTask } from '../workers/protocol.js';
+import { USER_SESSION_STATES, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type WorkerTask } from './model/protocol.js';
 
 /** What a worker needs to know about a call; the router's Call satisfies it. */
 export interface CallContext {

@@ -5,15 +5,15 @@
  */
 import type { Logger } from 'pino';
 import { waitFor } from 'xstate';
-import type { SlotState } from '../actors/slot-machine.js';
+import { SLOT_STATES, type SlotState } from './model/slot-state.js';
 import type { SlotConfig } from './config-schema.js';
-import { Pkcs11SupervisorError } from './errors.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
 import type { SupervisorEmitter } from './events.js';
 import { PinChain, type PinCallback } from './pin-chain.js';
 import { Mailbox, type CallSpec, type Delivered } from './router.js';
 import { SlotWorker } from './slot-worker.js';
-import type { KeyType, MechanismName } from './mechanisms.js';
-import type { OpenReport } from '../workers/protocol.js';
+import type { KeyType, MechanismName } from './model/mechanisms.js';
+import type { OpenReport } from './model/protocol.js';
 
 export interface CrashHandler {
   crashed(slot: Slot, worker: SlotWorker): void;
@@ -168,8 +168,7 @@ export class Slot {
 
   /** The best state any worker is in: a pool with one healthy worker still serves. */
   summaryState(): SlotState {
-    const order: SlotState[] = ['so_logged_in', 'logged_in', 'open', 'logging_in', 'logging_out', 'opening', 'restarting', 'crashed', 'uninitialized', 'failed', 'closing', 'closed'];
-    for (const s of order) if (this.workers.some((w) => w.state === s)) return s;
+    for (const s of SLOT_STATES) if (this.workers.some((w) => w.state === s)) return s;
     return 'uninitialized';
   }
 }

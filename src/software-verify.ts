@@ -4,8 +4,8 @@
  * match what the workers ask the token for (PSS: MGF1 with the same hash, salt = hash length).
  */
 import { constants, verify, type KeyObject } from 'node:crypto';
-import { HASH_BYTES, MECHANISMS, type MechanismName } from './mechanisms.js';
-import type { SignatureFormat } from '../workers/protocol.js';
+import { HASH_BYTES, MECHANISMS, type MechanismName } from './model/mechanisms.js';
+import type { SignatureFormat } from './model/protocol.js';
 
 /** Whether Node can check this call itself; pre-hashed input and raw RSA over a DigestInfo go to the token. */
 export function verifiableInSoftware(mechanism: MechanismName, prehashed: boolean): boolean {

@@ -5,10 +5,10 @@
  */
 import type { Logger } from 'pino';
 import type { Config } from './config-schema.js';
-import { Pkcs11SupervisorError } from './errors.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
 import { SupervisorEmitter } from './events.js';
 import { acquireModule, closeModuleGate, releaseModule, reinitializeModule } from './module-registry.js';
-import { MODULE_BROKEN_CKRS } from './ckr.js';
+import { MODULE_BROKEN_CKRS } from './model/ckr.js';
 import type { PinCallback } from './pin-chain.js';
 import { RestartBudget } from './restart-budget.js';
 import { Slot } from './slot.js';

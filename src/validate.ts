@@ -1,9 +1,9 @@
 /** Checks on what a caller passes, made before a call is queued. Each failure is a typed error. */
-import { Pkcs11SupervisorError } from './errors.js';
-import { isMechanismName, MECHANISM_NAMES, type MechanismName } from './mechanisms.js';
-import { Secret } from './secret.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
+import { isMechanismName, MECHANISM_NAMES, type MechanismName } from './model/mechanisms.js';
+import { Secret } from './model/secret.js';
 import type { Slot } from './slot.js';
-import type { KeySelector, ObjectQuery, SignatureFormat } from '../workers/protocol.js';
+import type { KeySelector, ObjectQuery, SignatureFormat } from './model/protocol.js';
 
 /** A key by its ref in the slot's `keys`, or directly by label and/or id (hex). */
 export type KeyRef = string | { label?: string; id?: string };

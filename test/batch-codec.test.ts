@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { packBatch, ReplyPacker, unpackBatch, unpackReplies } from '../dist/workers/batch-codec.js';
-import type { WorkerReply, WorkerTask } from '../dist/workers/protocol.js';
+import { packBatch, ReplyPacker, unpackBatch, unpackReplies } from '../dist/workers/handover/batch-codec.js';
+import type { WorkerReply, WorkerTask } from '../dist/src/model/protocol.js';
 
 const sign = (label: string, data: string, mechanism = 'ECDSA-SHA256'): WorkerTask =>
   ({ op: 'sign', key: { label, id: undefined }, mechanism, data: Buffer.from(data), prehashed: false, format: 'der' }) as WorkerTask;

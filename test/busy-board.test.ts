@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { RUNNING, SPINNING, busyThreads, newBoard, roomToSpin } from '../dist/workers/busy-board.js';
-import { board, freeCell, takeCell } from '../dist/src/thread-board.js';
+import { RUNNING, SPINNING, busyThreads, newBoard, roomToSpin } from '../dist/workers/handover/busy-board.js';
+import { board, freeCell, takeCell } from '../dist/workers/handover/thread-board.js';
 
 describe('busy board', () => {
   it('counts running and spinning threads among the cells in use, and leaves a core to the main thread', () => {

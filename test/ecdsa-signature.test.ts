@@ -1,6 +1,6 @@
 import { generateKeyPairSync, sign, verify } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { derToRaw, maxDerBytes, writeDer } from '../dist/src/ecdsa-signature.js';
+import { derToRaw, maxDerBytes, writeDer } from '../dist/src/model/ecdsa-signature.js';
 
 describe('ECDSA signature forms', () => {
   it('r‖s written as DER is what OpenSSL verifies, for every curve, across thousands of signatures (high bits, leading zeros)', () => {

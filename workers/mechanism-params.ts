@@ -6,7 +6,7 @@
 import { hash as digest } from 'node:crypto';
 import { pkcs11js } from './pkcs11js.js';
 import type * as P11 from 'pkcs11js';
-import { MECHANISMS, HASH_BYTES, type HashName, type MechanismName } from '../src/mechanisms.js';
+import { MECHANISMS, HASH_BYTES, type HashName, type MechanismName } from '../src/model/mechanisms.js';
 import { CKM_EDDSA } from './pkcs11-constants.js';
 
 export interface PreparedMechanism {
@@ -21,26 +21,11 @@ const DIGEST_INFO_PREFIX: Record<HashName, Buffer> = {
   sha512: Buffer.from('3051300d060960864801650304020305000440', 'hex'),
 };
 
-const CKM_HASH: Record<HashName, number> = { sha256: pkcs11js.CKM_SHA256, sha384: pkcs11js.CKM_SHA384, sha512: pkcs11js.CKM_SHA512 };
-const CKG_MGF1: Record<HashName, number> = {
-  sha256: pkcs11js.CKG_MGF1_SHA256,
-  sha384: pkcs11js.CKG_MGF1_SHA384,
-  sha512: pkcs11js.CKG_MGF1_SHA512,
-};
-const CKM_HASH_RSA_PKCS: Record<HashName, number> = {
-  sha256: pkcs11js.CKM_SHA256_RSA_PKCS,
-  sha384: pkcs11js.CKM_SHA384_RSA_PKCS,
-  sha512: pkcs11js.CKM_SHA512_RSA_PKCS,
-};
-const CKM_HASH_RSA_PSS: Record<HashName, number> = {
-  sha256: pkcs11js.CKM_SHA256_RSA_PKCS_PSS,
-  sha384: pkcs11js.CKM_SHA384_RSA_PKCS_PSS,
-  sha512: pkcs11js.CKM_SHA512_RSA_PKCS_PSS,
-};
-const CKM_ECDSA_HASH: Record<HashName, number> = {
-  sha256: pkcs11js.CKM_ECDSA_SHA256,
-  sha384: pkcs11js.CKM_ECDSA_SHA384,
-  sha512: pkcs11js.CKM_ECDSA_SHA512,
+/** Per digest: the token's mechanisms and parameters that use it. */
+const BY_HASH: Record<HashName, { digest: number; mgf1: number; rsaPkcs: number; rsaPss: number; ecdsa: number }> = {
+  sha256: { digest: pkcs11js.CKM_SHA256, mgf1: pkcs11js.CKG_MGF1_SHA256, rsaPkcs: pkcs11js.CKM_SHA256_RSA_PKCS, rsaPss: pkcs11js.CKM_SHA256_RSA_PKCS_PSS, ecdsa: pkcs11js.CKM_ECDSA_SHA256 },
+  sha384: { digest: pkcs11js.CKM_SHA384, mgf1: pkcs11js.CKG_MGF1_SHA384, rsaPkcs: pkcs11js.CKM_SHA384_RSA_PKCS, rsaPss: pkcs11js.CKM_SHA384_RSA_PKCS_PSS, ecdsa: pkcs11js.CKM_ECDSA_SHA384 },
+  sha512: { digest: pkcs11js.CKM_SHA512, mgf1: pkcs11js.CKG_MGF1_SHA512, rsaPkcs: pkcs11js.CKM_SHA512_RSA_PKCS, rsaPss: pkcs11js.CKM_SHA512_RSA_PKCS_PSS, ecdsa: pkcs11js.CKM_ECDSA_SHA512 },
 };
 
 export class BadInput extends Error {}
@@ -82,7 +67,7 @@ function prepareOne(spec: (typeof MECHANISMS)[MechanismName], has: ReadonlySet<n
     case 'eddsa':
       return has.has(CKM_EDDSA) && !prehashed ? { mechanism: { mechanism: CKM_EDDSA }, input: asIs } : null;
     case 'pkcs1': {
-      if (!prehashed && has.has(CKM_HASH_RSA_PKCS[spec.hash])) return { mechanism: { mechanism: CKM_HASH_RSA_PKCS[spec.hash] }, input: asIs };
+      if (!prehashed && has.has(BY_HASH[spec.hash].rsaPkcs)) return { mechanism: { mechanism: BY_HASH[spec.hash].rsaPkcs }, input: asIs };
       if (!has.has(pkcs11js.CKM_RSA_PKCS)) return null;
       const hashOf = digestOf(spec.hash, prehashed);
       const prefix = DIGEST_INFO_PREFIX[spec.hash];
@@ -91,16 +76,16 @@ function prepareOne(spec: (typeof MECHANISMS)[MechanismName], has: ReadonlySet<n
     case 'pss': {
       const parameter = {
         type: pkcs11js.CK_PARAMS_RSA_PSS,
-        hashAlg: CKM_HASH[spec.hash],
-        mgf: CKG_MGF1[spec.hash],
+        hashAlg: BY_HASH[spec.hash].digest,
+        mgf: BY_HASH[spec.hash].mgf1,
         saltLen: HASH_BYTES[spec.hash],
       };
-      if (!prehashed && has.has(CKM_HASH_RSA_PSS[spec.hash])) return { mechanism: { mechanism: CKM_HASH_RSA_PSS[spec.hash], parameter }, input: asIs };
+      if (!prehashed && has.has(BY_HASH[spec.hash].rsaPss)) return { mechanism: { mechanism: BY_HASH[spec.hash].rsaPss, parameter }, input: asIs };
       if (!has.has(pkcs11js.CKM_RSA_PKCS_PSS)) return null;
       return { mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter }, input: digestOf(spec.hash, prehashed) };
     }
     case 'ecdsa': {
-      if (!prehashed && has.has(CKM_ECDSA_HASH[spec.hash])) return { mechanism: { mechanism: CKM_ECDSA_HASH[spec.hash] }, input: asIs };
+      if (!prehashed && has.has(BY_HASH[spec.hash].ecdsa)) return { mechanism: { mechanism: BY_HASH[spec.hash].ecdsa }, input: asIs };
       if (!has.has(pkcs11js.CKM_ECDSA)) return null;
       return { mechanism: { mechanism: pkcs11js.CKM_ECDSA }, input: digestOf(spec.hash, prehashed) };
     }

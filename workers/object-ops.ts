@@ -5,10 +5,12 @@
  */
 import { createHash } from 'node:crypto';
 import type * as P11 from 'pkcs11js';
-import { pkcs11js } from './pkcs11js.js';
+import { pkcs11js, readUlong } from './pkcs11js.js';
+import { curveByName, curveByParams } from '../src/model/curves.js';
+import { octetString } from '../src/model/der.js';
 import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN } from './pkcs11-constants.js';
-import type { KeyType } from '../src/mechanisms.js';
-import type { FoundPage, ImportedObject, JsonWebKeyLike, KeyGenSpec, ObjectClass, ObjectDescriptor, ObjectQuery } from './protocol.js';
+import type { KeyType } from '../src/model/mechanisms.js';
+import type { FoundPage, ImportedObject, JsonWebKeyLike, KeyGenSpec, ObjectClass, ObjectDescriptor, ObjectQuery } from '../src/model/protocol.js';
 
 export interface SessionAccess {
   p11(fn: string): P11.PKCS11;
@@ -28,26 +30,6 @@ const CLASS_VALUE: Record<ObjectClass, number> = {
 const CLASS_NAME = new Map(Object.entries(CLASS_VALUE).map(([k, v]) => [v, k as ObjectClass]));
 const KEY_TYPE_VALUE: Record<KeyType, number> = { RSA: pkcs11js.CKK_RSA, EC: pkcs11js.CKK_EC, EC_EDWARDS: CKK_EC_EDWARDS };
 const KEY_TYPE_NAME = new Map(Object.entries(KEY_TYPE_VALUE).map(([k, v]) => [v, k as KeyType]));
-
-export const CURVES: Record<string, { oid: string; name: string; jwk: string }> = {
-  '06082a8648ce3d030107': { oid: '06082a8648ce3d030107', name: 'P-256', jwk: 'P-256' },
-  '06052b81040022': { oid: '06052b81040022', name: 'P-384', jwk: 'P-384' },
-  '06052b81040023': { oid: '06052b81040023', name: 'P-521', jwk: 'P-521' },
-  '06032b6570': { oid: '06032b6570', name: 'Ed25519', jwk: 'Ed25519' },
-  // Some modules name Edwards curves by a PrintableString instead of the OID.
-  '130c656477617264733235353139': { oid: '130c656477617264733235353139', name: 'Ed25519', jwk: 'Ed25519' },
-};
-const OID_BY_CURVE: Record<string, string> = { 'P-256': '06082a8648ce3d030107', 'P-384': '06052b81040022', 'P-521': '06052b81040023', Ed25519: '06032b6570' };
-
-function ulong(b: Buffer): number {
-  return b.length === 8 ? Number(b.readBigUInt64LE(0)) : b.readUInt32LE(0);
-}
-
-function octetString(content: Buffer): Buffer {
-  const n = content.length;
-  const len = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
-  return Buffer.concat([Buffer.from([0x04, ...len]), content]);
-}
 
 function b64u(s: string | undefined, what: string): Buffer {
   if (!s) throw new Error(`the key has no ${what}`);
@@ -87,7 +69,7 @@ const bool = (b: Buffer): boolean => b.length > 0 && b[0] !== 0;
 export function describe(s: SessionAccess, h: P11.Handle): ObjectDescriptor {
   const [cls, label, id, token, priv] = attrs(s, h, [pkcs11js.CKA_CLASS, pkcs11js.CKA_LABEL, pkcs11js.CKA_ID, pkcs11js.CKA_TOKEN, pkcs11js.CKA_PRIVATE]);
   const d: ObjectDescriptor = {
-    class: CLASS_NAME.get(ulong(cls!)) ?? 'data',
+    class: CLASS_NAME.get(readUlong(cls!)) ?? 'data',
     label: label!.toString('utf8'),
     id: id!.toString('hex'),
     token: bool(token!),
@@ -95,12 +77,12 @@ export function describe(s: SessionAccess, h: P11.Handle): ObjectDescriptor {
   };
   if (d.class !== 'privateKey' && d.class !== 'publicKey') return d;
   const [kt] = attrs(s, h, [pkcs11js.CKA_KEY_TYPE]);
-  const keyType = KEY_TYPE_NAME.get(ulong(kt!));
+  const keyType = KEY_TYPE_NAME.get(readUlong(kt!));
   if (keyType) d.keyType = keyType;
   if (keyType === 'RSA') d.bits = attrs(s, h, [pkcs11js.CKA_MODULUS])[0]!.length * 8;
   if (keyType === 'EC' || keyType === 'EC_EDWARDS') {
     const params = attrs(s, h, [pkcs11js.CKA_EC_PARAMS])[0]!.toString('hex');
-    d.curve = CURVES[params]?.name ?? `unknown (${params})`;
+    d.curve = curveByParams(params)?.name ?? `unknown (${params})`;
   }
   if (d.class === 'privateKey') {
     const [sign, sensitive, extractable, alwaysSensitive, neverExtractable] = attrs(s, h, [
@@ -185,7 +167,7 @@ export function generateKeyPair(s: SessionAccess, spec: KeyGenSpec): ObjectDescr
   } else {
     const curve = family === 'Ed25519' ? 'Ed25519' : `P-${size!.slice(1)}`;
     mechanism = family === 'Ed25519' ? CKM_EC_EDWARDS_KEY_PAIR_GEN : pkcs11js.CKM_EC_KEY_PAIR_GEN;
-    pub = [{ type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from(OID_BY_CURVE[curve]!, 'hex') }];
+    pub = [{ type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from(curveByName(curve)!.params, 'hex') }];
   }
   const keys = s.p11('C_GenerateKeyPair').C_GenerateKeyPair(
     s.sessionHandle,
@@ -228,7 +210,7 @@ function keyTemplate(jwk: JsonWebKeyLike, priv: boolean): P11.Template {
     }
     return t;
   }
-  const oid = OID_BY_CURVE[jwk.crv ?? ''];
+  const oid = curveByName(jwk.crv ?? '')?.params;
   if (!oid) throw new Error(`unsupported key: ${jwk.kty} ${jwk.crv ?? ''}`);
   const edwards = jwk.kty === 'OKP';
   const t: P11.Template = [

@@ -6,3 +6,8 @@
 import pkcs11jsModule from 'pkcs11js';
 
 export const pkcs11js = pkcs11jsModule;
+
+/** CK_ULONG in native byte order: 8 bytes on LP64 platforms, 4 on Windows and 32-bit ones. */
+export function readUlong(b: Buffer): number {
+  return b.length === 8 ? Number(b.readBigUInt64LE(0)) : b.readUInt32LE(0);
+}

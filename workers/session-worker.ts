@@ -5,10 +5,10 @@
 import { performance } from 'node:perf_hooks';
 import { TokenSession, toFailure, WorkerFailure } from './token-session.js';
 import * as objects from './object-ops.js';
-import { SESSION_LOST_CKRS } from '../src/ckr.js';
-import { CLAIM_STARTED, type WorkerFault, type WorkerReply, type WorkerTask } from './protocol.js';
-import { serveLoop, type ServeStart } from './serve-loop.js';
-import { ReplyPacker, unpackBatch, type PackedBatch, type PackedReplies } from './batch-codec.js';
+import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
+import { CLAIM_STARTED, type WorkerFault, type WorkerReply, type WorkerTask } from '../src/model/protocol.js';
+import { serveLoop, type ServeStart } from './handover/serve-loop.js';
+import { ReplyPacker, unpackBatch, type PackedBatch, type PackedReplies } from './handover/batch-codec.js';
 
 const session = new TokenSession();
 const faultsEnabled = process.env.PKCS11_SUPERVISOR_FAULTS === '1';

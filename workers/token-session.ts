@@ -5,15 +5,18 @@
  * single-operation rule (CKR_OPERATION_ACTIVE) is kept.
  */
 import { createPublicKey, type JsonWebKey } from 'node:crypto';
-import { pkcs11js } from './pkcs11js.js';
+import { pkcs11js, readUlong } from './pkcs11js.js';
+import { curveByParams } from '../src/model/curves.js';
+import { unwrapOctetString } from '../src/model/der.js';
+import { tokenMatches, trimPadded } from '../src/model/token-match.js';
 import type * as P11 from 'pkcs11js';
-import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/mechanisms.js';
-import { writeDer, derToRaw, maxDerBytes } from '../src/ecdsa-signature.js';
-import { codeForCkr } from '../src/ckr.js';
-import type { ErrorCode } from '../src/errors.js';
+import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/model/mechanisms.js';
+import { writeDer, derToRaw, maxDerBytes } from '../src/model/ecdsa-signature.js';
+import { codeForCkr } from '../src/model/ckr.js';
+import type { ErrorCode } from '../src/model/errors.js';
 import { prepareMechanisms, preparedKey, BadInput, type PreparedMechanism } from './mechanism-params.js';
 import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKS_BY_VALUE } from './pkcs11-constants.js';
-import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from './protocol.js';
+import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from '../src/model/protocol.js';
 import { findHandles, type SessionAccess } from './object-ops.js';
 
 /** A failure with a code decided here (not a CKR from the token). */
@@ -34,17 +37,6 @@ interface CachedKey {
   fieldBytes: number;
 }
 
-const CURVE_FIELD_BYTES: Record<string, number> = {
-  '06082a8648ce3d030107': 32, // P-256
-  '06052b81040022': 48, // P-384
-  '06052b81040023': 66, // P-521
-};
-const CURVE_JWK: Record<string, string> = {
-  '06082a8648ce3d030107': 'P-256',
-  '06052b81040022': 'P-384',
-  '06052b81040023': 'P-521',
-};
-
 const MAX_SIGNATURE_BYTES = 2048; // RSA-16384
 
 function keyTypeOf(ckk: number): KeyType | null {
@@ -52,23 +44,6 @@ function keyTypeOf(ckk: number): KeyType | null {
   if (ckk === pkcs11js.CKK_EC) return 'EC';
   if (ckk === CKK_EC_EDWARDS) return 'EC_EDWARDS';
   return null;
-}
-
-/** CK_ULONG in native byte order: 8 bytes on LP64 platforms, 4 on Windows and 32-bit ones. */
-function readUlong(b: Buffer): number {
-  return b.length === 8 ? Number(b.readBigUInt64LE(0)) : b.readUInt32LE(0);
-}
-
-function trimPadded(s: string): string {
-  return s.replace(/[\s\0]+$/, '');
-}
-
-/** CKA_EC_POINT is a DER OCTET STRING around the point; some modules return the bare point. */
-function unwrapOctetString(b: Buffer): Buffer {
-  if (b[0] !== 0x04 || b.length < 2) return b;
-  const first = b[1]!;
-  const [len, hdr] = first < 0x80 ? [first, 2] : first === 0x81 ? [b[2]!, 3] : first === 0x82 ? [(b[2]! << 8) | b[3]!, 4] : [-1, 0];
-  return len === b.length - hdr ? b.subarray(hdr) : b;
 }
 
 export class TokenSession implements SessionAccess {
@@ -186,7 +161,7 @@ export class TokenSession implements SessionAccess {
     }
     const matches = slots.filter((s) => {
       this.readTokenInfo(s);
-      return 'label' in sel ? this.tokenLabel === sel.label : this.tokenSerial === sel.serial;
+      return tokenMatches(sel, { label: this.tokenLabel, serialNumber: this.tokenSerial });
     });
     const what = 'label' in sel ? `label "${sel.label}"` : `serial "${sel.serial}"`;
     if (matches.length === 0) throw new WorkerFailure('TOKEN_NOT_FOUND', `no token with ${what} is present`);
@@ -363,7 +338,7 @@ export class TokenSession implements SessionAccess {
       } else {
         const params = attr(pkcs11js.CKA_EC_PARAMS).toString('hex');
         const n = key.fieldBytes;
-        jwk = { kty: 'EC', crv: CURVE_JWK[params], x: point.subarray(1, 1 + n).toString('base64url'), y: point.subarray(1 + n).toString('base64url') };
+        jwk = { kty: 'EC', crv: curveByParams(params)?.name, x: point.subarray(1, 1 + n).toString('base64url'), y: point.subarray(1 + n).toString('base64url') };
       }
     }
     const spkiDer = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'der' });
@@ -376,16 +351,7 @@ export class TokenSession implements SessionAccess {
     const hit = this.keys.get(cacheKey);
     if (hit) return hit;
     const session = this.live;
-    const template: P11.Template = [{ type: pkcs11js.CKA_CLASS, value: cls }];
-    if (sel.label !== undefined) template.push({ type: pkcs11js.CKA_LABEL, value: sel.label });
-    if (sel.id !== undefined) template.push({ type: pkcs11js.CKA_ID, value: Buffer.from(sel.id, 'hex') });
-    this.count('C_FindObjectsInit').C_FindObjectsInit(session, template);
-    let found: P11.Handle[];
-    try {
-      found = this.count('C_FindObjects').C_FindObjects(session, 2);
-    } finally {
-      this.count('C_FindObjectsFinal').C_FindObjectsFinal(session);
-    }
+    const found = findHandles(this, { class: cls === pkcs11js.CKO_PRIVATE_KEY ? 'privateKey' : 'publicKey', label: sel.label, id: sel.id }, 2);
     const what = `${cls === pkcs11js.CKO_PRIVATE_KEY ? 'private' : 'public'} key${sel.label !== undefined ? ` label "${sel.label}"` : ''}${sel.id !== undefined ? ` id ${sel.id}` : ''}`;
     if (found.length === 0 && cls === pkcs11js.CKO_PRIVATE_KEY && !this.loggedIn()) {
       // Private objects are invisible before login; say so, so the caller re-logs in.
@@ -400,7 +366,7 @@ export class TokenSession implements SessionAccess {
     let fieldBytes = 0;
     if (keyType === 'EC') {
       const [p] = this.count('C_GetAttributeValue').C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_EC_PARAMS }]);
-      fieldBytes = CURVE_FIELD_BYTES[(p!.value as Buffer).toString('hex')] ?? 0;
+      fieldBytes = curveByParams((p!.value as Buffer).toString('hex'))?.fieldBytes ?? 0;
       if (!fieldBytes) throw new WorkerFailure('MECHANISM_INVALID', `${what} is on a curve this service does not support (P-256, P-384, P-521)`);
     }
     const entry = { handle, keyType, fieldBytes };

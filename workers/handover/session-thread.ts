@@ -4,20 +4,20 @@
  * never reused, so no half-dead session is handed a call.
  *
  * Piscina hosts the thread and reports its death; the calls themselves travel on a channel of
- * this class's own, served by one long-running task (workers/serve-loop.ts). That task spins
+ * this class's own, served by one long-running task (serve-loop.ts). That task spins
  * briefly for the next call before it sleeps: waking a sleeping thread costs ~100 µs on a
  * virtual machine, more than a fast signature, and Piscina's own loop always sleeps.
  */
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
-import type { ServeRequest, ServeReply, ServeStart } from '../workers/serve-loop.js';
-import { ownBytes, type WorkerReply, type WorkerTask } from '../workers/protocol.js';
-import { taskAnswered, taskPosted } from './reply-poll.js';
-import { packBatch, unpackReplies, type PackedBatch } from '../workers/batch-codec.js';
+import type { ServeRequest, ServeReply, ServeStart } from './serve-loop.js';
+import { ownBytes, type WorkerReply, type WorkerTask } from '../../src/model/protocol.js';
+import { taskAnswered, taskPosted } from './loop-turner.js';
+import { packBatch, unpackReplies, type PackedBatch } from './batch-codec.js';
 import { board, cores, freeCell, takeCell } from './thread-board.js';
 
-const WORKER_FILE = fileURLToPath(new URL('../workers/session-worker.js', import.meta.url));
+const WORKER_FILE = fileURLToPath(new URL('../session-worker.js', import.meta.url));
 
 export class ThreadDied extends Error {}
 
@@ -46,7 +46,7 @@ interface Pending {
   id: number;
   resolve: (reply: WorkerReply) => void;
   reject: (e: Error) => void;
-  /** The main thread may keep turning for this reply (see reply-poll.ts). */
+  /** The main thread may keep turning for this reply (see loop-turner.ts). */
   turned: boolean;
 }
 

@@ -7,7 +7,7 @@
  */
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
-import type { WorkerReply, WorkerTask } from './protocol.js';
+import type { WorkerReply, WorkerTask } from '../../src/model/protocol.js';
 import type { PackedBatch, PackedReplies } from './batch-codec.js';
 import { IDLE, RUNNING, SPINNING, roomToSpin } from './busy-board.js';
 

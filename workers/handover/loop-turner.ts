@@ -6,7 +6,7 @@
  * the loop awake, and turning measurably slowed a pool of 4 at concurrency 16. Not while the busy
  * session threads fill the cores either.
  */
-import { roomToSpin } from '../workers/busy-board.js';
+import { roomToSpin } from './busy-board.js';
 import { board, cores } from './thread-board.js';
 
 let inFlight = 0;

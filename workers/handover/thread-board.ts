@@ -1,6 +1,6 @@
-/** The process's busy board (workers/busy-board.ts) and the cells its session threads hold. */
+/** The process's busy board (busy-board.ts) and the cells its session threads hold. */
 import { availableParallelism } from 'node:os';
-import { BOARD_CELLS, IDLE, newBoard } from '../workers/busy-board.js';
+import { BOARD_CELLS, IDLE, newBoard } from './busy-board.js';
 
 export const board = newBoard();
 export const cores = availableParallelism();

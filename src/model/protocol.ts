@@ -2,8 +2,8 @@
  * Messages between the main thread and a session worker. Everything here crosses a
  * structured clone, so errors travel as values (custom Error fields would be lost).
  */
-import type { ErrorCode } from '../src/errors.js';
-import type { MechanismName, KeyType } from '../src/mechanisms.js';
+import type { ErrorCode } from './errors.js';
+import type { MechanismName, KeyType } from './mechanisms.js';
 
 export type TokenSelector = { label: string } | { serial: string } | { slotIndex: number };
 

@@ -4,7 +4,7 @@
  * call, split between the two threads: on a 2-core machine that is CPU taken from signatures
  * that take ~70 µs each (ECDSA P-256 on SoftHSM2). Anything else travels as it is.
  */
-import type { WorkerError, WorkerReply, WorkerTask } from './protocol.js';
+import type { WorkerError, WorkerReply, WorkerTask } from '../../src/model/protocol.js';
 
 type SignTask = Extract<WorkerTask, { op: 'sign' }>;
 type SignShape = Omit<SignTask, 'op' | 'data'>;

@@ -2,6 +2,8 @@
  * PKCS#11 returns ECDSA signatures as r‖s (the JOSE form); X.509, CMS, OpenSSL and Node's
  * default want a DER SEQUENCE of two INTEGERs. These convert between the two.
  */
+import { readDerLength } from './der.js';
+
 /** The longest DER form of an r‖s signature of `rawBytes`: SEQUENCE with a long-form length, two INTEGERs each with a pad byte. */
 export function maxDerBytes(rawBytes: number): number {
   return rawBytes + 9;
@@ -51,18 +53,10 @@ function writeInt(raw: Uint8Array, start: number, end: number, out: Uint8Array, 
 export function derToRaw(der: Uint8Array, fieldBytes: number): Buffer | null {
   let p = 0;
   const readLen = (): number | null => {
-    const first = der[p++];
-    if (first === undefined) return null;
-    if (first < 0x80) return first;
-    const n = first & 0x7f;
-    if (n < 1 || n > 2) return null;
-    let len = 0;
-    for (let i = 0; i < n; i++) {
-      const b = der[p++];
-      if (b === undefined) return null;
-      len = (len << 8) | b;
-    }
-    return len;
+    const len = readDerLength(der, p);
+    if (!len) return null;
+    p = len.start;
+    return len.length;
   };
   if (der[p++] !== 0x30) return null;
   const seqLen = readLen();
