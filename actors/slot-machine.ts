@@ -12,9 +12,10 @@
  *   open, logged_in ──SO_LOGGED_IN──▶ so_logged_in ──LOGOUT──▶ logging_out ──▶ open
  *   (the Security Officer: one user type at a time per token, so the user login ends first)
  *
- * Any state ──CLOSE──▶ closing ──▶ closed. The supervisor decides RESTART or GIVE_UP; the
- * machine only says it crashed. Side effects (threads, PKCS#11 calls) are actors provided
- * by the slot worker; this file is the diagram.
+ * Any state ──CLOSE──▶ closing ──▶ closed. logged_in logs out by itself after idleTimeoutMs
+ * without a call. The restart policy decides RESTART or GIVE_UP; the machine only says it
+ * crashed. Side effects (threads, PKCS#11 calls) are actors provided by the slot worker;
+ * this file is the diagram, with its real guards and delays.
  */
 import { assign, fromPromise, setup } from 'xstate';
 import type { Secret } from '../src/model/secret.js';
@@ -25,10 +26,19 @@ import type { SlotError, SlotState } from '../src/model/slot-state.js';
 export type { SlotError, SlotState };
 import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
 
+/**
+ * When the session last did work, written by the slot worker as each call ends. A mutable
+ * record, not an event: an event per call would cost a transition on every signature.
+ */
+export interface Activity {
+  lastCallAt: number;
+}
+
 export interface SlotMachineContext {
   slot: string;
   worker: number;
   idleTimeoutMs: number;
+  activity: Activity;
   session: SessionReport | null;
   lastError: SlotError | null;
   backoffMs: number;
@@ -54,6 +64,7 @@ export interface SlotMachineInput {
   slot: string;
   worker: number;
   idleTimeoutMs: number;
+  activity: Activity;
 }
 
 const notProvided = (name: string) => () => Promise.reject(new Error(`slot machine actor "${name}" was not provided`));
@@ -85,19 +96,20 @@ export const slotMachine = setup({
     recordCrash: assign({ lastError: ({ event }) => ({ code: 'WORKER_CRASHED' as const, message: (event as { reason: string }).reason }), session: null }),
     forgetSession: assign({ session: null }),
     noteLogout: assign({ loggedOutBy: (_, by: SlotMachineContext['loggedOutBy']) => by }),
+    /** The idle clock starts at login. */
+    markActive: ({ context }) => {
+      context.activity.lastCallAt = Date.now();
+    },
   },
   guards: {
     tokenAlreadyLoggedIn: (_, report: SessionReport) => USER_SESSION_STATES.has(report.state),
     idleTimeoutEnabled: ({ context }) => context.idleTimeoutMs > 0,
-    /**
-     * No call for idleTimeoutMs. The slot worker provides the real check from its own clock of
-     * calls: an event per call would cost a transition on every signature.
-     */
-    quietLongEnough: ({ context }) => context.idleTimeoutMs > 0,
+    /** No call for idleTimeoutMs. */
+    quietLongEnough: ({ context }) => context.idleTimeoutMs > 0 && Date.now() - context.activity.lastCallAt >= context.idleTimeoutMs,
   },
   delays: {
-    /** Until the session has been quiet for idleTimeoutMs (provided by the slot worker, which sees the calls). */
-    idleTimeout: ({ context }) => (context.idleTimeoutMs > 0 ? context.idleTimeoutMs : 2 ** 31 - 1),
+    /** Until the session has been quiet for idleTimeoutMs. */
+    idleTimeout: ({ context }) => (context.idleTimeoutMs > 0 ? Math.max(1, context.activity.lastCallAt + context.idleTimeoutMs - Date.now()) : 2 ** 31 - 1),
     backoff: ({ context }) => context.backoffMs,
   },
 }).createMachine({
@@ -118,7 +130,7 @@ export const slotMachine = setup({
           {
             guard: { type: 'tokenAlreadyLoggedIn', params: ({ event }) => event.output },
             target: 'logged_in',
-            actions: { type: 'recordSession', params: ({ event }) => event.output },
+            actions: [{ type: 'recordSession', params: ({ event }) => event.output }, 'markActive'],
           },
           { target: 'open', actions: { type: 'recordSession', params: ({ event }) => event.output } },
         ],
@@ -129,7 +141,7 @@ export const slotMachine = setup({
     open: {
       on: {
         LOGIN: 'logging_in',
-        TOKEN_LOGGED_IN: 'logged_in',
+        TOKEN_LOGGED_IN: { target: 'logged_in', actions: 'markActive' },
         SO_LOGGED_IN: 'so_logged_in',
         SESSION_LOST: 'opening',
         CRASHED: { target: 'crashed', actions: 'recordCrash' },
@@ -139,7 +151,7 @@ export const slotMachine = setup({
       invoke: {
         src: 'login',
         input: ({ event }) => ({ pin: (event as { pin: Secret }).pin }),
-        onDone: { target: 'logged_in', actions: assign({ session: ({ event }) => event.output, lastError: null, loggedOutBy: null }) },
+        onDone: { target: 'logged_in', actions: [assign({ session: ({ event }) => event.output, lastError: null, loggedOutBy: null }), 'markActive'] },
         onError: [
           { guard: ({ event }) => SESSION_LOST_CKRS.has((event.error as { ckr?: string }).ckr ?? ''), target: 'opening' },
           { target: 'open', actions: assign({ lastError: ({ event }) => asSlotError(event.error) }) },

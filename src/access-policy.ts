@@ -6,43 +6,53 @@
 import { ROLES, type Policy, type Role } from './config-schema.js';
 import { badInput } from './validate.js';
 
-export type Operation =
-  | 'sign'
-  | 'verify'
-  | 'publicKey'
-  | 'certificate'
-  | 'generateRandom'
-  | 'findObjects'
-  | 'sessionInfo'
-  | 'generateKeyPair'
-  | 'importObjects'
-  | 'destroyObjects'
-  | 'login'
-  | 'logout'
-  | 'soLogin'
-  | 'initPin'
-  | 'setPin'
-  | 'reset'
-  | 'status'
-  | 'auditVerify';
+/**
+ * Every operation of the client API by its one name: the method, the policy operation, the
+ * audit event and the metrics' `op` label. `soLogin` is `login` with `userType: 'so'`.
+ */
+export const OPERATIONS = [
+  'sign',
+  'verify',
+  'getPublicKey',
+  'getCertificate',
+  'generateRandom',
+  'findObjects',
+  'findObjectsPage',
+  'probe',
+  'generateKeyPair',
+  'importKeyPair',
+  'importCertificate',
+  'destroyObject',
+  'login',
+  'logout',
+  'soLogin',
+  'initPin',
+  'setPin',
+  'reset',
+  'status',
+  'verifyAudit',
+] as const;
+
+export type Operation = (typeof OPERATIONS)[number];
 
 export interface Principal {
   id: string;
   roles: readonly Role[];
 }
 
-const SERVICE: Operation[] = ['sign', 'verify', 'publicKey', 'certificate', 'generateRandom'];
-const OPERATOR: Operation[] = [...SERVICE, 'findObjects', 'sessionInfo', 'generateKeyPair', 'importObjects', 'login', 'logout', 'status'];
+const SERVICE: Operation[] = ['sign', 'verify', 'getPublicKey', 'getCertificate', 'generateRandom'];
+const OPERATOR: Operation[] = [...SERVICE, 'findObjects', 'findObjectsPage', 'probe', 'generateKeyPair', 'importKeyPair', 'importCertificate', 'login', 'logout', 'status'];
 
+/** The roles' operations: the contract the README documents. */
 export const ROLE_OPERATIONS: Record<Role, ReadonlySet<Operation>> = {
   service: new Set(SERVICE),
   operator: new Set(OPERATOR),
-  administrator: new Set([...OPERATOR, 'destroyObjects', 'soLogin', 'initPin', 'setPin', 'reset', 'auditVerify']),
-  auditor: new Set(['status', 'findObjects', 'sessionInfo', 'auditVerify']),
+  administrator: new Set([...OPERATOR, 'destroyObject', 'soLogin', 'initPin', 'setPin', 'reset', 'verifyAudit']),
+  auditor: new Set(['status', 'findObjects', 'findObjectsPage', 'probe', 'verifyAudit']),
 };
 
 /** Operations on one key: a grant that lists keys allows them on those key refs only. */
-const KEY_SCOPED: ReadonlySet<Operation> = new Set(['sign', 'verify', 'publicKey', 'certificate', 'destroyObjects']);
+const KEY_SCOPED: ReadonlySet<Operation> = new Set(['sign', 'verify', 'getPublicKey', 'getCertificate', 'destroyObject']);
 
 export class AccessPolicy {
   constructor(private readonly policy: Policy | undefined) {}

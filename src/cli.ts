@@ -10,12 +10,13 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isEntryPoint } from './entry-point.js';
 import { pino } from 'pino';
-import { startSupervisor, type Pkcs11Supervisor, type SignRequest } from './client.js';
+import { startSupervisor } from './client/start.js';
+import type { Pkcs11Supervisor } from './client/supervisor-client.js';
+import type { KeyRef, SignRequest } from './client/requests.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { createLogger } from './logger.js';
 import { verifyAuditFile } from './audit.js';
 import { loadConfigFile, printableConfig } from './config.js';
-import type { KeyRef } from './validate.js';
 import type { PinCallback } from './pin-chain.js';
 
 const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>

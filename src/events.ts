@@ -49,6 +49,13 @@ export interface LoginEvent {
   userType: 'user' | 'so';
 }
 
+export interface LogoutEvent {
+  slot: string;
+  worker: number;
+  /** An operator's or caller's request, the idle timeout, or the token (seen logged out). */
+  by: 'request' | 'idle' | 'token';
+}
+
 export interface ModuleResetEvent {
   module: string;
   ckr: string;
@@ -70,6 +77,7 @@ export interface SupervisorEvents {
   slotFailed: [SlotFailedEvent];
   callCompleted: [CallCompletedEvent];
   login: [LoginEvent];
+  logout: [LogoutEvent];
 }
 
 export class SupervisorEmitter extends EventEmitter<SupervisorEvents> {}

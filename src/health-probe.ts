@@ -1,15 +1,14 @@
 /**
- * A slot's periodic health probe. On healthy workers that are idle it asks the token for the
- * session state (C_GetSessionInfo): a keepalive against HSM idle timeouts, and a way to see a
- * lost session or a logout before a user call does. On a failed slot it asks whether the
- * token is present again and, if so, brings the slot back.
+ * A slot's periodic health probe. On a slot that serves, it sends each open session a health
+ * check through the slot's mailbox, like any call (C_GetSessionInfo): a keepalive against HSM
+ * idle timeouts, and a way to see a lost session or a logout before a user call does. On a
+ * failed slot it asks whether the token is present again and, if the restart policy says so,
+ * brings the slot back.
  */
 import type { Logger } from 'pino';
-import { SESSION_LOST_CKRS } from './model/ckr.js';
 import { tokenPresent } from './module-registry.js';
 import type { Slot } from './slot.js';
-import { USER_SESSION_STATES, type SessionInfo } from './model/protocol.js';
-
+import type { WorkerReply } from './model/protocol.js';
 
 export class HealthProbe {
   private timer: NodeJS.Timeout | null = null;
@@ -38,36 +37,24 @@ export class HealthProbe {
     if (this.running) return;
     this.running = true;
     try {
-      if (this.slot.failure()) {
-        if (tokenPresent(this.modulePath, this.slot.config.token)) {
-          this.log.info({ slot: this.slot.name }, 'health probe: token is present again; restarting the failed slot');
-          this.reset(this.slot);
+      const { slot } = this;
+      if (slot.failure()) {
+        if (slot.restart.resetWhenTokenReturns && tokenPresent(this.modulePath, slot.config.token)) {
+          this.log.info({ slot: slot.name }, 'health probe: token is present again; restarting the failed slot');
+          this.reset(slot);
         }
         return;
       }
-      for (const w of this.slot.workers) {
-        if (w.busy || (w.state !== 'open' && w.state !== 'logged_in')) continue;
-        w.busy = true;
-        let reply;
-        try {
-          reply = await w.runTask<SessionInfo>({ op: 'sessionInfo' }, Date.now() + this.slot.config.callTimeoutMs);
-        } catch {
-          continue; // a dead or wedged thread is the supervisor's business already
-        } finally {
-          w.busy = false;
-          this.slot.mailbox.pump();
-        }
-        if (!reply.ok) {
-          if (reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) {
-            this.log.warn({ slot: this.slot.name, worker: w.index, ckr: reply.error.ckr }, 'health probe: session lost; re-opening');
-            w.actor.send({ type: 'SESSION_LOST' });
-          }
-          continue;
-        }
-        const loggedIn = USER_SESSION_STATES.has(reply.value.state);
-        if (w.state === 'logged_in' && !loggedIn) w.actor.send({ type: 'TOKEN_LOGGED_OUT' });
-        if (w.state === 'open' && loggedIn) w.actor.send({ type: 'TOKEN_LOGGED_IN' });
-      }
+      const open = slot.workers.filter((w) => w.state === 'open' || w.state === 'logged_in').length;
+      const checks = Array.from({ length: open }, () =>
+        slot
+          .call<WorkerReply | null>({ task: { op: 'healthCheck' }, needsLogin: false, pin: undefined, timeoutMs: slot.config.callTimeoutMs, signal: undefined })
+          .then(({ value, worker }) => {
+            if (value && !value.ok) this.log.warn({ slot: slot.name, worker, ckr: value.error.ckr, code: value.error.code }, 'health probe: the session check failed');
+          })
+          .catch(() => undefined), // a full queue or a closing slot: the next tick looks again
+      );
+      await Promise.all(checks);
     } finally {
       this.running = false;
     }

@@ -2,7 +2,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
-import type { Pkcs11Supervisor } from './client.js';
+import type { Pkcs11Supervisor } from './client/supervisor-client.js';
 
 const READY = new Set(['open', 'logged_in', 'so_logged_in', 'logging_in', 'logging_out']);
 

@@ -1,10 +1,13 @@
-export { startSupervisor, createSupervisor, Pkcs11Supervisor } from './client.js';
+export { startSupervisor, createSupervisor } from './client/start.js';
+export { Pkcs11Supervisor } from './client/supervisor-client.js';
+export type { SupervisorStatus, SlotStatus } from './client/supervisor-client.js';
+export type * from './client/requests.js';
+export type { JwsAlg } from './client/jws-algorithms.js';
 export { createMetrics } from './metrics.js';
 export { startHttpServer, readiness } from './http-server.js';
 export { startDaemon, stopOnSignal } from './daemon.js';
 export type { Daemon } from './daemon.js';
-export type { StartOptions, CallOptions, SignRequest, VerifyRequest, PublicKeyRequest, PublicKeyInfo, SlotRequest, PrincipalInput, LoginOptions, InitPinRequest, SetPinRequest, FindObjectsPageRequest, ObjectsPage } from './client.js';
-export { ROLE_OPERATIONS } from './access-policy.js';
+export { ROLE_OPERATIONS, OPERATIONS } from './access-policy.js';
 export type { Operation, Principal } from './access-policy.js';
 export { ROLES } from './config-schema.js';
 export type { Role } from './config-schema.js';
@@ -14,8 +17,23 @@ export { parseConfig, loadConfigFile, configJsonSchema } from './config.js';
 export type { Config, ConfigInput, SlotConfig } from './config-schema.js';
 export { MECHANISM_NAMES } from './model/mechanisms.js';
 export type { MechanismName, KeyType } from './model/mechanisms.js';
+export { RestartPolicy } from './restart-policy.js';
+export type { RestartOptions, RestartDecision, RestartPolicyFactory } from './restart-policy.js';
 export type { PinCallback, PinRequest } from './pin-chain.js';
-export type { KeyRef } from './validate.js';
-export type { SupervisorEvents, StateChangeEvent, RestartEvent, CallCompletedEvent, LoginEvent, SlotFailedEvent, ModuleResetEvent, AccessDeniedEvent } from './events.js';
-export type { SlotState } from './model/slot-state.js';
-export type { SessionInfo, SessionReport, SessionState, WorkerFault } from './model/protocol.js';
+export type { SupervisorEvents, StateChangeEvent, RestartEvent, CallCompletedEvent, LoginEvent, LogoutEvent, SlotFailedEvent, ModuleResetEvent, AccessDeniedEvent } from './events.js';
+export type { SlotState, SlotError } from './model/slot-state.js';
+export type {
+  SessionInfo,
+  SessionReport,
+  SessionState,
+  UserPinState,
+  ObjectDescriptor,
+  ObjectQuery,
+  ObjectClass,
+  FoundPage,
+  KeyAlgorithm,
+  SignatureFormat,
+  KeySelector,
+  TokenSelector,
+} from './model/protocol.js';
+export { KEY_ALGORITHMS } from './model/protocol.js';

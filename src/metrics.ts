@@ -4,7 +4,7 @@
  * slot, worker, operation, mechanism, result code, state. Never key material, PINs or data.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Pkcs11Supervisor } from './client.js';
+import type { Pkcs11Supervisor, SlotStatus } from './client/supervisor-client.js';
 import { SLOT_STATES } from './model/slot-state.js';
 
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -62,26 +62,21 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
   sup.on('accessDenied', (e) => denied.inc({ slot: e.slot, op: e.op }));
 
   const slots = () => Object.entries(sup.snapshot().slots);
-  new Gauge({
-    name: 'pkcs11_mailbox_depth',
-    help: 'Calls waiting in the slot mailbox.',
-    labelNames: ['slot'] as const,
-    registers: [register],
-    collect() {
-      this.reset();
-      for (const [name, s] of slots()) this.set({ slot: name }, s.queued);
-    },
-  });
-  new Gauge({
-    name: 'pkcs11_calls_in_flight',
-    help: 'Calls running on the slot workers.',
-    labelNames: ['slot'] as const,
-    registers: [register],
-    collect() {
-      this.reset();
-      for (const [name, s] of slots()) this.set({ slot: name }, s.running);
-    },
-  });
+  /** A gauge per slot, read from the slot's status at scrape time. */
+  const perSlot = (name: string, help: string, value: (s: SlotStatus) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['slot'] as const,
+      registers: [register],
+      collect() {
+        this.reset();
+        for (const [slot, s] of slots()) this.set({ slot }, value(s));
+      },
+    });
+  perSlot('pkcs11_mailbox_depth', 'Calls waiting in the slot mailbox.', (s) => s.queued);
+  perSlot('pkcs11_calls_in_flight', 'Calls running on the slot workers.', (s) => s.running);
+  perSlot('pkcs11_sessions_open', 'PKCS#11 sessions held by the slot workers.', (s) => s.workers.filter((w) => w.session !== null).length);
   new Gauge({
     name: 'pkcs11_slot_state',
     help: 'State of each slot worker: 1 for the current state, 0 for the others.',
@@ -92,16 +87,6 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
       for (const [name, s] of slots()) {
         for (const w of s.workers) for (const st of SLOT_STATES) this.set({ slot: name, worker: String(w.index), state: st }, w.state === st ? 1 : 0);
       }
-    },
-  });
-  new Gauge({
-    name: 'pkcs11_sessions_open',
-    help: 'PKCS#11 sessions held by the slot workers.',
-    labelNames: ['slot'] as const,
-    registers: [register],
-    collect() {
-      this.reset();
-      for (const [name, s] of slots()) this.set({ slot: name }, s.workers.filter((w) => w.session !== null).length);
     },
   });
 

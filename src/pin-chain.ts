@@ -10,6 +10,7 @@ import { readFile } from 'node:fs/promises';
 import type { PinSource } from './config-schema.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { Secret } from './model/secret.js';
+import type { UserPinState } from './model/protocol.js';
 
 export interface PinRequest {
   slot: string;
@@ -47,7 +48,27 @@ export class PinChain {
     this.explicitOnly = true;
   }
 
-  async resolve(perCall: Secret | undefined, request: PinRequest, explicit = false): Promise<{ pin: Secret; origin: PinOrigin }> {
+  /**
+   * The PIN to try now, given the token's retry flags: none on a locked PIN, and on the final
+   * try only one a person or the application gives now. A configured PIN may be the wrong one
+   * (a daemon restarted with a bad secret tries it once per start), and it would lock the token.
+   */
+  async resolve(perCall: Secret | undefined, request: PinRequest, explicit: boolean, retries: UserPinState): Promise<{ pin: Secret; origin: PinOrigin }> {
+    if (retries === 'locked') {
+      throw new Pkcs11SupervisorError('PIN_LOCKED', `token "${request.tokenLabel}" reports its user PIN locked (CKF_USER_PIN_LOCKED): the Security Officer must set a new one (initPin)`, { slot: this.slot });
+    }
+    const found = await this.find(perCall, request, explicit);
+    if (retries === 'final_try' && (found.origin === 'env' || found.origin === 'file')) {
+      throw new Pkcs11SupervisorError(
+        'PIN_REQUIRED',
+        `token "${request.tokenLabel}" reports that one more wrong PIN locks it (CKF_USER_PIN_FINAL_TRY), so the configured PIN (${found.origin}) is not tried; log in with login(slot, pin) or pass a call's pin`,
+        { slot: this.slot },
+      );
+    }
+    return found;
+  }
+
+  private async find(perCall: Secret | undefined, request: PinRequest, explicit: boolean): Promise<{ pin: Secret; origin: PinOrigin }> {
     if (perCall) return this.check(perCall, 'call', explicit);
     if (this.explicitOnly) {
       throw new Pkcs11SupervisorError(

@@ -9,23 +9,12 @@
  */
 import { Pkcs11SupervisorError } from './model/errors.js';
 import type { Secret } from './model/secret.js';
-import type { CallContext, SlotWorker } from './slot-worker.js';
+import type { SlotWorker } from './slot-worker.js';
+import type { CallContext, CallSpec, Delivered } from './slot-call.js';
 import { CLAIM_CANCELLED, type WorkerTask } from './model/protocol.js';
 
-export interface CallSpec<T> {
-  needsLogin: boolean;
-  pin: Secret | undefined;
-  timeoutMs: number;
-  signal: AbortSignal | undefined;
-  run: (worker: SlotWorker, call: CallContext) => Promise<T>;
-  /** A call that is just this task may share a message to the worker with other queued calls. */
-  task?: WorkerTask;
-  /**
-   * Runs alone on the slot: it waits in line, then until every running call is done, and
-   * nothing else starts until it ends (Security Officer work: one user type per token).
-   */
-  exclusive?: boolean;
-}
+/** Calls of these operations, with no PIN of their own, may share one message to a worker. */
+const BATCHABLE: ReadonlySet<string> = new Set(['sign', 'verify']);
 
 /** At most this many calls share one message to a worker. */
 const MAX_BATCH = 64;
@@ -37,13 +26,6 @@ const MAX_BATCH = 64;
  */
 const BATCH_BUDGET_MS = 2;
 const DEEP_QUEUE_BATCH_BUDGET_MS = 8;
-
-export interface Delivered<T> {
-  value: T;
-  worker: number;
-  enqueuedAt: number;
-  startedAt: number;
-}
 
 class Call<T> implements CallContext {
   settled = false;
@@ -57,7 +39,7 @@ class Call<T> implements CallContext {
   onAbort: (() => void) | undefined;
 
   constructor(
-    readonly spec: CallSpec<T>,
+    readonly spec: CallSpec,
     readonly resolve: (d: Delivered<T>) => void,
     readonly reject: (e: Error) => void,
   ) {
@@ -113,7 +95,7 @@ export class Mailbox {
     return this.inFlight;
   }
 
-  submit<T>(spec: CallSpec<T>): Promise<Delivered<T>> {
+  submit<T>(spec: CallSpec): Promise<Delivered<T>> {
     return new Promise<Delivered<T>>((resolve, reject) => {
       const refused = this.closedWith ?? this.slotFailure() ?? this.refusal(spec);
       if (refused) return reject(refused);
@@ -129,7 +111,7 @@ export class Mailbox {
     });
   }
 
-  private refusal(spec: CallSpec<unknown>): Pkcs11SupervisorError | null {
+  private refusal(spec: CallSpec): Pkcs11SupervisorError | null {
     if (spec.signal?.aborted) return new Pkcs11SupervisorError('ABORTED', 'the call was aborted before it was queued', { slot: this.slot });
     if (this.waiting >= this.limit) {
       return new Pkcs11SupervisorError('QUEUE_FULL', `slot "${this.slot}" has ${this.waiting} calls waiting (queueLimit ${this.limit})`, { slot: this.slot });
@@ -168,7 +150,7 @@ export class Mailbox {
         this.waiting--;
         // The call's own code picks the worker(s) it needs; nothing else runs meanwhile.
         this.exclusiveRunning = true;
-        this.dispatch(this.workers.find((w) => w.accepting) ?? this.workers[0]!, call);
+        this.dispatch(this.workers.find((w) => w.state === 'so_logged_in') ?? this.workers.find((w) => w.accepting) ?? this.workers[0]!, call);
         return;
       }
       let worker: SlotWorker | undefined;
@@ -215,7 +197,7 @@ export class Mailbox {
   }
 
   private batchable(call: Call<unknown>): boolean {
-    return call.spec.task !== undefined && call.spec.pin === undefined;
+    return BATCHABLE.has(call.spec.task.op) && call.spec.pin === undefined;
   }
 
   private dispatchBatch(worker: SlotWorker, calls: Call<unknown>[]): void {
@@ -232,7 +214,7 @@ export class Mailbox {
     this.batches.push(calls);
     worker
       .executeBatch(
-        calls.map((c) => c.spec.task!),
+        calls.map((c) => c.spec.task as WorkerTask),
         calls,
         claims,
       )
@@ -279,7 +261,7 @@ export class Mailbox {
     worker.busy = true;
     this.inFlight++;
     call.startedAt = Date.now();
-    call.spec.run(worker, call).then(
+    worker.perform(call.spec.task, call).then(
       (value) => (this.observe(value), this.finish(call, () => call.resolve({ value, worker: worker.index, enqueuedAt: call.enqueuedAt, startedAt: call.startedAt }))),
       (e: unknown) => this.finish(call, () => call.reject(e instanceof Error ? e : new Error(String(e)))),
     ).finally(() => {

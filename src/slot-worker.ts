@@ -1,34 +1,21 @@
 /**
- * One slot worker: the slot machine actor plus the thread it drives. It runs one call at a
- * time (the router guarantees it) and owns the recovery rule: after a lost session or a
- * dead thread, get back to a usable state and retry the call once.
+ * One slot worker: the slot machine actor plus the thread it drives, and the only code that
+ * sends the actor events. The mailbox hands it one call (or one batch) at a time, as data
+ * (`perform`), plus at most one batch in the thread's port behind it. It owns the recovery
+ * rule: after a lost session or a dead thread, get back to a usable state and retry once.
  */
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
-import { slotMachine, type SlotState } from '../actors/slot-machine.js';
+import { slotMachine, type Activity } from '../actors/slot-machine.js';
+import type { SlotState } from './model/slot-state.js';
+import type { RestartPolicy } from './restart-policy.js';
 import { SESSION_LOST_CKRS, TRANSIENT_CKRS } from './model/ckr.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import type { PinChain, PinOrigin } from './pin-chain.js';
 import type { Secret } from './model/secret.js';
-import { SessionThread, ThreadDied } from '../workers/handover/session-thread.js';
-import { closeOrphanSession, moduleGate, threadAbandoned } from './module-registry.js';
+import type { CallContext, CallNeeds, SlotTask } from './slot-call.js';
+import { SessionHost, ThreadDied, Wedged, unwrap } from './session-host.js';
 import type { SlotConfig } from './config-schema.js';
 import { USER_SESSION_STATES, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type WorkerTask } from './model/protocol.js';
-
-/** What a worker needs to know about a call; the router's Call satisfies it. */
-export interface CallContext {
-  readonly deadline: number;
-  readonly pin: Secret | undefined;
-  readonly needsLogin: boolean;
-  /** Set once the caller has an answer; a call not yet started is then dropped. */
-  readonly settled: boolean;
-}
-
-/**
- * What a call needs before it can run. Kept to plain data: an object with a getter closing over a
- * batch's calls measurably kept those calls alive through young-generation GCs (promoted, then
- * freed only by a full GC), which made garbage collection the main thread's largest cost.
- */
-export type CallNeeds = Pick<CallContext, 'deadline' | 'pin' | 'needsLogin'>;
 
 export interface SlotWorkerHooks {
   opened(worker: SlotWorker, report: OpenReport): void;
@@ -46,23 +33,18 @@ export interface SlotWorkerOptions {
   soActive: () => boolean;
   /** Serializes logins across a slot's workers: login is token-wide. */
   loginLock: <T>(fn: () => Promise<T>) => Promise<T>;
+  restart: RestartPolicy;
   hooks: SlotWorkerHooks;
 }
 
-class Wedged extends Error {}
-
+const FIRST_OUTCOME: ReadonlySet<SlotState> = new Set(['open', 'logged_in', 'crashed', 'failed', 'closed']);
 const SETTLED: ReadonlySet<SlotState> = new Set(['uninitialized', 'open', 'logged_in', 'so_logged_in', 'failed', 'closed']);
 const NOT_ACCEPTING: ReadonlySet<SlotState> = new Set(['crashed', 'restarting', 'failed', 'closing', 'closed']);
-
-function unwrap<T>(reply: WorkerReply<T>, slot: string): T {
-  if (reply.ok) return reply.value;
-  throw new Pkcs11SupervisorError(reply.error.code, reply.error.message, { slot, ckr: reply.error.ckr });
-}
 
 export class SlotWorker {
   readonly slot: string;
   readonly index: number;
-  readonly actor: Actor<typeof slotMachine>;
+  private readonly actor: Actor<typeof slotMachine>;
   busy = false;
   /** When the router last saw this worker become idle (its own count): it prefers the freshest. */
   freedAt = 0;
@@ -70,18 +52,15 @@ export class SlotWorker {
   batchesInFlight = 0;
   /** Calls in those batches: the router pipelines to the worker with the fewest. */
   callsInFlight = 0;
-  /** Sessions of abandoned threads, closed once a new session is open (see abandonThread). */
-  private readonly orphans: string[] = [];
   state: SlotState = 'uninitialized';
-  /** When the last call ended (or the login did): the idle logout counts from here. */
-  private lastCallAt = 0;
-  private thread: SessionThread | null = null;
-  /** The session this worker's thread holds, kept outside the machine so a crash can still close it. */
-  private sessionHandle: string | null = null;
+  /** When the last call ended (or the login did): the machine's idle logout counts from here. */
+  private readonly activity: Activity = { lastCallAt: 0 };
+  private readonly host: SessionHost;
 
   constructor(private readonly opts: SlotWorkerOptions) {
     this.slot = opts.slot;
     this.index = opts.index;
+    this.host = new SessionHost(opts.slot, opts.config, opts.modulePath, (reason) => this.actor.send({ type: 'CRASHED', reason }), () => this.state === 'failed' || this.state === 'closed');
     const machine = slotMachine.provide({
       actors: {
         openSession: fromPromise<OpenReport, void>(() => this.openSession()),
@@ -89,20 +68,17 @@ export class SlotWorker {
           unwrap(await this.runTask<SessionReport>({ op: 'login', pin: input.pin.reveal(), userType: 'user' }, Date.now() + opts.config.callTimeoutMs), this.slot),
         ),
         logout: fromPromise<SessionReport, void>(async () => unwrap(await this.runTask<SessionReport>({ op: 'logout' }, Date.now() + opts.config.callTimeoutMs), this.slot)),
-        closeSession: fromPromise<null, void>(() => this.closeSession()),
+        closeSession: fromPromise<null, void>(() => this.host.close()),
       },
-      actions: { abandonThread: () => this.abandonThread() },
-      guards: { quietLongEnough: ({ context }) => context.idleTimeoutMs > 0 && Date.now() - this.lastCallAt >= context.idleTimeoutMs },
-      delays: { idleTimeout: ({ context }) => (context.idleTimeoutMs > 0 ? Math.max(1, this.lastCallAt + context.idleTimeoutMs - Date.now()) : 2 ** 31 - 1) },
+      actions: { abandonThread: () => this.host.abandon() },
     });
-    this.actor = createActor(machine, { input: { slot: opts.slot, worker: opts.index, idleTimeoutMs: opts.config.idleTimeoutMs } });
+    this.actor = createActor(machine, { input: { slot: opts.slot, worker: opts.index, idleTimeoutMs: opts.config.idleTimeoutMs, activity: this.activity } });
     this.actor.subscribe((snap) => {
       const to = snap.value as SlotState;
       if (to === this.state) return;
       const from = this.state;
       this.state = to;
-      if (to === 'logged_in') this.lastCallAt = Date.now(); // the idle clock starts at login
-      if (to === 'failed' || to === 'closed') this.closeOrphans(); // no next session will come
+      if (to === 'failed' || to === 'closed') this.host.closeOrphans(); // no next session will come
       opts.hooks.stateChanged(this, from, to);
     });
     this.actor.start();
@@ -110,7 +86,7 @@ export class SlotWorker {
 
   /** A task of this worker is inside its thread (and so maybe inside the module). */
   get threadBusy(): boolean {
-    return (this.thread?.tasks ?? 0) > 0;
+    return this.host.busy;
   }
 
   /**
@@ -119,7 +95,7 @@ export class SlotWorker {
    * port. One deep only: what waits there is lost with the thread if it dies (and retried).
    */
   get canPipeline(): boolean {
-    return this.batchesInFlight === 1 && this.state === 'logged_in' && this.thread?.alive === true && this.thread.tasks <= 1;
+    return this.batchesInFlight === 1 && this.state === 'logged_in' && this.host.canTakeAnother;
   }
 
   get accepting(): boolean {
@@ -134,105 +110,86 @@ export class SlotWorker {
     if (this.state === 'uninitialized') this.actor.send({ type: 'START' });
   }
 
-  private liveThread(): SessionThread {
-    if (!this.thread?.alive) throw new ThreadDied('session worker thread is gone');
-    return this.thread;
+  /** Resolves once the worker has opened, logged in, crashed, failed or closed. */
+  async firstOutcome(): Promise<void> {
+    await waitFor(this.actor, (s) => FIRST_OUTCOME.has(s.value as SlotState));
   }
 
-  /** Reports a dead thread, once and only for the generation that is current: a late report must not crash its successor. */
-  private threadDied(thread: SessionThread, reason: string): void {
-    if (this.thread === thread) this.actor.send({ type: 'CRASHED', reason });
+  // What the supervisor, the slot and the probe tell the machine.
+  restartAfter(backoffMs: number): void {
+    this.actor.send({ type: 'RESTART', backoffMs });
+  }
+  giveUp(): void {
+    this.actor.send({ type: 'GIVE_UP' });
+  }
+  reset(): void {
+    if (this.state === 'failed') this.actor.send({ type: 'RESET' });
+  }
+  sessionLost(): void {
+    this.actor.send({ type: 'SESSION_LOST' });
+  }
+  /** The token's login changed through another session of this process. */
+  followToken(loggedIn: boolean): void {
+    this.actor.send({ type: loggedIn ? 'TOKEN_LOGGED_IN' : 'TOKEN_LOGGED_OUT' });
+  }
+
+  /** Runs a call the mailbox handed to this worker. */
+  async perform(task: SlotTask, call: CallContext): Promise<unknown> {
+    switch (task.op) {
+      case 'userLogin':
+        return this.logIn(call.pin, call.deadline, 'login', true);
+      case 'soLogin':
+        if (!call.pin) throw new Pkcs11SupervisorError('PIN_REQUIRED', 'a Security Officer login needs the SO PIN in the call', { slot: this.slot });
+        return this.soLogIn(call.pin, call.deadline);
+      case 'tokenLogout':
+        return this.logOut(call.deadline);
+      case 'asSecurityOfficer':
+        return this.asSecurityOfficer(task.task, call.deadline);
+      case 'healthCheck':
+        return this.checkHealth(call.deadline);
+      default:
+        return this.execute(task, call);
+    }
+  }
+
+  private async asSecurityOfficer(task: WorkerTask, deadline: number): Promise<unknown> {
+    if (this.state !== 'so_logged_in') {
+      throw new Pkcs11SupervisorError('SO_LOGIN_REQUIRED', `slot "${this.slot}" is not logged in as its Security Officer: login(slot, soPin, { userType: 'so' }) first`, { slot: this.slot });
+    }
+    return unwrap(await this.runTask(task, deadline), this.slot);
+  }
+
+  /**
+   * Asks the token for the session's state and has the machine follow it: a keepalive against
+   * HSM idle timeouts, and a lost session or a logout seen before a user call meets it. Only
+   * on a session that is open: the probe never opens a lazy slot. The reply, for the probe's log.
+   */
+  private async checkHealth(deadline: number): Promise<WorkerReply<SessionInfo> | null> {
+    if (this.state !== 'open' && this.state !== 'logged_in') return null;
+    let reply: WorkerReply<SessionInfo>;
+    try {
+      reply = await this.runTask<SessionInfo>({ op: 'sessionInfo' }, deadline);
+    } catch {
+      return null; // a dead or wedged thread is reported to the supervisor already
+    }
+    if (!reply.ok) {
+      if (reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) this.sessionLost();
+      return reply;
+    }
+    const loggedIn = USER_SESSION_STATES.has(reply.value.state);
+    if ((this.state === 'logged_in') !== loggedIn) this.followToken(loggedIn);
+    return reply;
   }
 
   private async openSession(): Promise<OpenReport> {
-    if (!this.thread?.alive) {
-      const thread: SessionThread = new SessionThread((reason) => this.threadDied(thread, reason.message), this.opts.config.idleSpinMs);
-      this.thread = thread;
-    }
-    await moduleGate(this.opts.modulePath);
-    const { modulePath, config } = this.opts;
-    const keys = Object.fromEntries(Object.entries(config.keys).map(([ref, k]) => [ref, { label: k.label, id: k.id?.toLowerCase() }]));
-    const report = unwrap(await this.thread.run<OpenReport>({ op: 'open', modulePath, token: config.token, readWrite: !config.readOnly, keys }), this.slot);
-    this.sessionHandle = report.handle;
-    this.closeOrphans();
-    this.checkSessionLimit(report);
+    const report = await this.host.open();
     this.opts.hooks.opened(this, report);
     return report;
   }
 
-  /** A pool larger than the token allows would fail at random later (CKR_SESSION_COUNT): refuse it now. */
-  private checkSessionLimit(report: OpenReport): void {
-    const { poolSize, readOnly } = this.opts.config;
-    const limits = readOnly ? [report.maxSessions] : [report.maxSessions, report.maxRwSessions];
-    const limit = Math.min(...limits.map((l) => l ?? Infinity));
-    if (poolSize <= limit) return;
-    const path = `slots.${this.slot}.poolSize`;
-    const message = `${poolSize} workers need ${poolSize} ${readOnly ? '' : 'R/W '}sessions, but token "${report.tokenLabel}" allows at most ${limit}`;
-    throw new Pkcs11SupervisorError('CONFIG_INVALID', `${path}: ${message}`, { slot: this.slot, issues: [{ path, message }] });
-  }
-
-  private async closeSession(): Promise<null> {
-    const thread = this.thread;
-    if (!thread?.alive) return null;
-    try {
-      await thread.run({ op: 'close' });
-      this.sessionHandle = null;
-    } finally {
-      await thread.stop().catch(() => undefined);
-    }
-    return null;
-  }
-
-  /**
-   * Lets a crashed or wedged thread go. Its orphaned session is closed once the thread is
-   * really gone and this worker's next session is open: closing the application's last session
-   * on a token logs the token out, and the replacement would need a C_Login for nothing.
-   */
-  private abandonThread(): void {
-    const orphan = this.sessionHandle;
-    const thread = this.thread;
-    this.thread = null;
-    this.sessionHandle = null;
-    if (!thread) return;
-    const gone = thread.tasks > 0 ? threadAbandoned(this.opts.modulePath) : () => undefined;
-    thread.abandon(() => {
-      gone();
-      if (!orphan) return;
-      this.orphans.push(orphan);
-      if (this.sessionHandle || this.state === 'failed' || this.state === 'closed') this.closeOrphans();
-    });
-  }
-
-  private closeOrphans(): void {
-    for (const handle of this.orphans.splice(0)) closeOrphanSession(this.opts.modulePath, handle);
-  }
-
-  /**
-   * Runs a task on this worker's thread. Past the deadline plus grace the thread is declared
-   * wedged: it is abandoned, which fails the pending run, and this call reports Wedged.
-   */
-  async runTask<T>(task: WorkerTask, deadline: number): Promise<WorkerReply<T>> {
-    const gate = moduleGate(this.opts.modulePath);
-    if (gate) await gate; // the module is being reset: nothing enters it until it is back
-    const thread = this.liveThread();
-    let wedged = false;
-    const timer = setTimeout(() => {
-      wedged = true;
-      this.threadDied(thread, `a ${task.op} call ran ${this.opts.config.hungCallGraceMs} ms past its deadline; the worker is wedged and is replaced`);
-    }, Math.max(0, deadline + this.opts.config.hungCallGraceMs - Date.now()));
-    try {
-      return await thread.run<T>(task);
-    } catch (e) {
-      if (wedged) throw new Wedged();
-      if (e instanceof ThreadDied) {
-        // The task's rejection can arrive before Piscina's worker events: say it now, so the
-        // retry waits for a new thread instead of using a pool whose thread is gone.
-        this.threadDied(thread, e.message);
-      }
-      throw e;
-    } finally {
-      clearTimeout(timer);
-    }
+  /** Runs a task on this worker's thread (see SessionHost.run). */
+  runTask<T>(task: WorkerTask, deadline: number): Promise<WorkerReply<T>> {
+    return this.host.run<T>(task, deadline);
   }
 
   /**
@@ -254,11 +211,11 @@ export class SlotWorker {
         throw e;
       }
       if (!reply.ok && attempt === 0 && reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) {
-        this.actor.send({ type: 'SESSION_LOST' });
+        this.sessionLost();
         continue;
       }
       if (!reply.ok && attempt === 0 && reply.error.ckr && TRANSIENT_CKRS.has(reply.error.ckr)) continue;
-      this.lastCallAt = Date.now();
+      this.activity.lastCallAt = Date.now();
       return reply;
     }
   }
@@ -297,12 +254,12 @@ export class SlotWorker {
       if (calls[i]!.settled) continue;
       if (lost && !sessionLost) {
         sessionLost = true;
-        this.actor.send({ type: 'SESSION_LOST' });
+        this.sessionLost();
       }
       // Not run, or worth its one retry: the single-call path, counting a failed run as the first attempt.
       results[i] = await this.execute<T>(tasks[i]!, calls[i]!, reply ? 1 : 0);
     }
-    this.lastCallAt = Date.now();
+    this.activity.lastCallAt = Date.now();
     return results;
   }
 
@@ -330,25 +287,20 @@ export class SlotWorker {
     return state;
   }
 
-  /** Down because the token is not there: no reason to keep a caller waiting for the restarts. */
-  private tokenAbsent(state: SlotState, error: { code: string } | null): boolean {
-    return (state === 'crashed' || state === 'restarting') && error?.code === 'TOKEN_NOT_FOUND';
-  }
-
   private async settledState(deadline: number): Promise<SlotState> {
     if (this.state === 'uninitialized') this.start();
     let state = this.state;
-    if (!SETTLED.has(state) && !this.tokenAbsent(state, this.context.lastError)) {
+    if (!SETTLED.has(state) && !this.opts.restart.failsFast(state, this.context.lastError)) {
       const timeout = deadline - Date.now();
       if (timeout <= 0) throw new Pkcs11SupervisorError('TIMEOUT', `slot "${this.slot}" was not ready before the deadline`, { slot: this.slot });
       try {
-        const snap = await waitFor(this.actor, (s) => SETTLED.has(s.value as SlotState) || this.tokenAbsent(s.value as SlotState, s.context.lastError), { timeout });
+        const snap = await waitFor(this.actor, (s) => SETTLED.has(s.value as SlotState) || this.opts.restart.failsFast(s.value as SlotState, s.context.lastError), { timeout });
         state = snap.value as SlotState;
       } catch {
         throw new Pkcs11SupervisorError('TIMEOUT', `slot "${this.slot}" was not ready before the deadline (state ${this.state})`, { slot: this.slot });
       }
     }
-    if (this.tokenAbsent(state, this.context.lastError)) {
+    if (this.opts.restart.failsFast(state, this.context.lastError)) {
       throw new Pkcs11SupervisorError('TOKEN_NOT_FOUND', `slot "${this.slot}": ${this.context.lastError!.message}`, { slot: this.slot });
     }
     return state;
@@ -370,20 +322,7 @@ export class SlotWorker {
         return;
       }
       const { pins } = this.opts;
-      if (info.userPin === 'locked') {
-        throw new Pkcs11SupervisorError('PIN_LOCKED', `token "${info.tokenLabel}" reports its user PIN locked (CKF_USER_PIN_LOCKED): the Security Officer must set a new one (initPin)`, { slot: this.slot });
-      }
-      const { pin, origin } = await pins.resolve(perCall, { slot: this.slot, tokenLabel: info.tokenLabel, reason }, explicit);
-      // The token says the next wrong PIN locks it. A configured PIN may be the wrong one (a
-      // daemon restarted with a bad secret tries it once per start): only a PIN a person or
-      // the application gives now is tried.
-      if (info.userPin === 'final_try' && (origin === 'env' || origin === 'file')) {
-        throw new Pkcs11SupervisorError(
-          'PIN_REQUIRED',
-          `token "${info.tokenLabel}" reports that one more wrong PIN locks it (CKF_USER_PIN_FINAL_TRY), so the configured PIN (${origin}) is not tried; log in with login(slot, pin) or pass a call's pin`,
-          { slot: this.slot },
-        );
-      }
+      const { pin, origin } = await pins.resolve(perCall, { slot: this.slot, tokenLabel: info.tokenLabel, reason }, explicit, info.userPin);
       this.actor.send({ type: 'LOGIN', pin });
       const snap = await waitFor(this.actor, (s) => s.value !== 'logging_in');
       if (snap.value === 'logged_in') {

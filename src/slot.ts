@@ -4,22 +4,21 @@
  * a login or logout through one worker is told to the others.
  */
 import type { Logger } from 'pino';
-import { waitFor } from 'xstate';
 import { SLOT_STATES, type SlotState } from './model/slot-state.js';
 import type { SlotConfig } from './config-schema.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import type { SupervisorEmitter } from './events.js';
 import { PinChain, type PinCallback } from './pin-chain.js';
-import { Mailbox, type CallSpec, type Delivered } from './router.js';
+import { Mailbox } from './router.js';
+import type { CallSpec, Delivered } from './slot-call.js';
 import { SlotWorker } from './slot-worker.js';
+import type { RestartPolicy } from './restart-policy.js';
 import type { KeyType, MechanismName } from './model/mechanisms.js';
 import type { OpenReport } from './model/protocol.js';
 
 export interface CrashHandler {
   crashed(slot: Slot, worker: SlotWorker): void;
 }
-
-const FIRST_OUTCOME: ReadonlySet<SlotState> = new Set(['open', 'logged_in', 'crashed', 'failed', 'closed']);
 
 export class Slot {
   readonly workers: SlotWorker[];
@@ -39,6 +38,7 @@ export class Slot {
     private readonly events: SupervisorEmitter,
     private readonly log: Logger,
     private readonly supervisor: CrashHandler,
+    readonly restart: RestartPolicy,
   ) {
     this.pins = new PinChain(name, config.pin, pinCallback);
     const loginLock = <T>(fn: () => Promise<T>): Promise<T> => {
@@ -57,6 +57,7 @@ export class Slot {
           pins: this.pins,
           soActive: () => this.soActive,
           loginLock,
+          restart,
           hooks: {
             opened: (_w, report) => {
               this.capabilities.mechanisms = new Set(report.mechanisms);
@@ -75,20 +76,16 @@ export class Slot {
     this.mailbox = new Mailbox(name, this.workers, config.queueLimit, () => this.failure());
   }
 
-  /** The worker whose session holds the Security Officer's login, if any (the token has one user type at a time). */
-  get soHolder(): SlotWorker | undefined {
-    return this.workers.find((w) => w.state === 'so_logged_in');
-  }
-
+  /** A worker's session holds the Security Officer's login (the token has one user type at a time). */
   get soActive(): boolean {
-    return this.soHolder !== undefined;
+    return this.workers.some((w) => w.state === 'so_logged_in');
   }
 
   /** Opens every worker's session and, where a PIN source is configured, logs in. Lazy slots wait for their first call. */
   async start(): Promise<void> {
     if (this.config.lazy) return;
     for (const w of this.workers) w.start();
-    await Promise.all(this.workers.map((w) => waitFor(w.actor, (s) => FIRST_OUTCOME.has(s.value as SlotState))));
+    await Promise.all(this.workers.map((w) => w.firstOutcome()));
     await this.userLogin();
   }
 
@@ -103,7 +100,7 @@ export class Slot {
     }
   }
 
-  call<T>(spec: CallSpec<T>): Promise<Delivered<T>> {
+  call<T>(spec: CallSpec): Promise<Delivered<T>> {
     return this.mailbox.submit(spec);
   }
 
@@ -133,8 +130,9 @@ export class Slot {
     if ((from === 'logging_in' || from === 'open') && to === 'logged_in') this.tellSiblings(worker, 'open', 'TOKEN_LOGGED_IN');
     if (to === 'so_logged_in') this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');
     // Opened while a sibling logged the token in: its session report predates the login.
-    if (from === 'opening' && to === 'open' && this.workers.some((w) => w !== worker && w.state === 'logged_in')) worker.actor.send({ type: 'TOKEN_LOGGED_IN' });
+    if (from === 'opening' && to === 'open' && this.workers.some((w) => w !== worker && w.state === 'logged_in')) worker.followToken(true);
     if (from === 'logging_out' && to === 'open') {
+      this.events.emit('logout', { slot: this.name, worker: worker.index, by: worker.context.loggedOutBy ?? 'request' });
       this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');
       if (worker.context.loggedOutBy === 'idle' && this.config.reauthentication === 'fail') this.pins.requireExplicitPin();
     }
@@ -142,7 +140,7 @@ export class Slot {
   }
 
   private tellSiblings(origin: SlotWorker, inState: SlotState, type: 'TOKEN_LOGGED_IN' | 'TOKEN_LOGGED_OUT'): void {
-    for (const w of this.workers) if (w !== origin && w.state === inState) w.actor.send({ type });
+    for (const w of this.workers) if (w !== origin && w.state === inState) w.followToken(type === 'TOKEN_LOGGED_IN');
   }
 
   status() {

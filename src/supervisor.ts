@@ -1,27 +1,22 @@
 /**
- * The supervisor: starts one slot per configured slot, decides what happens when a worker
- * crashes (restart after backoff, or give up when the slot's restart budget is spent), and
- * shuts everything down in order: calls, logins, sessions, then each module exactly once.
+ * The supervisor: starts one slot per configured slot, carries out what the slot's restart
+ * policy decides when a worker crashes (restart after backoff, give up, reset the module),
+ * and shuts everything down in order: calls, logins, sessions, then each module exactly once.
  */
 import type { Logger } from 'pino';
 import type { Config } from './config-schema.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { SupervisorEmitter } from './events.js';
 import { acquireModule, closeModuleGate, releaseModule, reinitializeModule } from './module-registry.js';
-import { MODULE_BROKEN_CKRS } from './model/ckr.js';
 import type { PinCallback } from './pin-chain.js';
-import { RestartBudget } from './restart-budget.js';
+import { defaultRestartPolicy, type RestartPolicyFactory } from './restart-policy.js';
 import { Slot } from './slot.js';
 import { HealthProbe } from './health-probe.js';
 import type { SlotWorker } from './slot-worker.js';
 
-/** Open errors a restart cannot fix: give up at once instead of spending the budget. */
-const PERMANENT: ReadonlySet<string> = new Set(['MODULE_LOAD_FAILED', 'CONFIG_INVALID']);
-
 export class Supervisor {
   readonly slots = new Map<string, Slot>();
   readonly events = new SupervisorEmitter();
-  private readonly budgets = new Map<Slot, RestartBudget>();
   private readonly probes: HealthProbe[] = [];
   private readonly lastModuleReset = new Map<string, number>();
   /** Module name → the path its library is loaded by (a pinned descriptor when sha256 is set). */
@@ -32,6 +27,7 @@ export class Supervisor {
     readonly config: Config,
     readonly log: Logger,
     pinCallback: PinCallback | undefined,
+    restartPolicy: RestartPolicyFactory = defaultRestartPolicy,
   ) {
     // A token is PIN-protected: it needs somewhere to get a PIN from.
     const pinless = Object.entries(config.slots).filter(([, s]) => s.type === 'token' && !s.pin && !pinCallback);
@@ -49,9 +45,8 @@ export class Supervisor {
         }
         this.loadPaths.set(slotConfig.module, loadPath);
         acquired.push(loadPath);
-        const slot = new Slot(name, slotConfig, loadPath, pinCallback, this.events, log, this);
+        const slot = new Slot(name, slotConfig, loadPath, pinCallback, this.events, log, this, restartPolicy(slotConfig.restart));
         this.slots.set(name, slot);
-        this.budgets.set(slot, new RestartBudget(slotConfig.restart));
         this.probes.push(new HealthProbe(slot, loadPath, (s) => this.reset(s), log));
       }
     } catch (e) {
@@ -81,20 +76,20 @@ export class Supervisor {
   crashed(slot: Slot, worker: SlotWorker): void {
     if (this.closing) return;
     const error = worker.context.lastError;
-    if (error?.ckr && MODULE_BROKEN_CKRS.has(error.ckr)) this.resetModule(slot, error.ckr);
+    const decision = slot.restart.crashed(error, Date.now());
+    if (decision.resetModule) this.resetModule(slot, error!.ckr!);
     const reason = error?.message ?? 'unknown';
-    const next = error && PERMANENT.has(error.code) ? null : this.budgets.get(slot)!.next(Date.now());
-    // Decide after the current transition has settled.
+    // Act after the current transition has settled.
     queueMicrotask(() => {
-      if (next === null) {
+      if (!decision.restart) {
         this.log.error({ slot: slot.name, worker: worker.index, code: error?.code, reason }, 'restart budget spent or error permanent: slot worker failed');
         this.events.emit('slotFailed', { slot: slot.name, worker: worker.index, reason });
-        worker.actor.send({ type: 'GIVE_UP' });
+        worker.giveUp();
       } else {
-        const { attempt, backoffMs } = next;
+        const { attempt, backoffMs } = decision;
         this.log.warn({ slot: slot.name, worker: worker.index, backoffMs, attempt, reason }, 'restarting slot worker');
         this.events.emit('restart', { slot: slot.name, worker: worker.index, attempt, backoffMs, reason });
-        worker.actor.send({ type: 'RESTART', backoffMs });
+        worker.restartAfter(backoffMs);
       }
     });
   }
@@ -119,14 +114,14 @@ export class Supervisor {
       open();
       this.log.warn({ module: path, ckr, ok, quiet }, ok ? 'module reset: finalized and initialized again; every session of it re-opens' : 'module reset skipped: a thread is still inside the module');
       this.events.emit('moduleReset', { module: path, ckr, ok });
-      for (const s of onModule) for (const w of s.workers) if (w.state === 'open' || w.state === 'logged_in') w.actor.send({ type: 'SESSION_LOST' });
+      for (const s of onModule) for (const w of s.workers) if (w.state === 'open' || w.state === 'logged_in') w.sessionLost();
     })();
   }
 
   /** Operator action: forget the slot's restart history and bring failed workers back. */
   reset(slot: Slot): void {
-    this.budgets.get(slot)!.reset();
-    for (const w of slot.workers) if (w.state === 'failed') w.actor.send({ type: 'RESET' });
+    slot.restart.reset();
+    for (const w of slot.workers) w.reset();
   }
 
   close(): Promise<void> {

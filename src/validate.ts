@@ -5,9 +5,6 @@ import { Secret } from './model/secret.js';
 import type { Slot } from './slot.js';
 import type { KeySelector, ObjectQuery, SignatureFormat } from './model/protocol.js';
 
-/** A key by its ref in the slot's `keys`, or directly by label and/or id (hex). */
-export type KeyRef = string | { label?: string; id?: string };
-
 export function badInput(message: string, slot?: string): Pkcs11SupervisorError {
   return new Pkcs11SupervisorError('BAD_INPUT', message, { slot });
 }

@@ -131,11 +131,11 @@ describe('callers and roles', () => {
   it('every role × operation pair, allowed or denied as the README table says; each denial counted and audited', async () => {
     // The contract, written out (README "Access control"): S service, O operator, A administrator, U auditor.
     const table: Record<string, string> = {
-      sign: 'SOA', verify: 'SOA', publicKey: 'SOA', certificate: 'SOA', generateRandom: 'SOA',
-      findObjects: 'OAU', sessionInfo: 'OAU', status: 'OAU',
-      generateKeyPair: 'OA', importObjects: 'OA', login: 'OA', logout: 'OA',
-      destroyObjects: 'A', soLogin: 'A', initPin: 'A', setPin: 'A', reset: 'A',
-      auditVerify: 'AU',
+      sign: 'SOA', verify: 'SOA', getPublicKey: 'SOA', getCertificate: 'SOA', generateRandom: 'SOA',
+      findObjects: 'OAU', probe: 'OAU', status: 'OAU',
+      generateKeyPair: 'OA', importCertificate: 'OA', login: 'OA', logout: 'OA',
+      destroyObject: 'A', soLogin: 'A', initPin: 'A', setPin: 'A', reset: 'A',
+      verifyAudit: 'AU',
     };
     const letter = { service: 'S', operator: 'O', administrator: 'A', auditor: 'U' } as const;
     const t = tokens.roles!;
@@ -146,17 +146,17 @@ describe('callers and roles', () => {
     const ops: Record<string, (c: Pkcs11Supervisor) => Promise<unknown>> = {
       sign: (c) => c.sign({ slot: 'r', key: 'ec', mechanism: 'ECDSA-SHA256', data }),
       verify: (c) => c.verify({ slot: 'r', key: 'ec', mechanism: 'ECDSA-SHA256', data, signature: sig }),
-      publicKey: (c) => c.getPublicKey({ slot: 'r', key: 'ec' }),
-      certificate: (c) => c.getCertificate({ slot: 'r', key: 'ec' }),
+      getPublicKey: (c) => c.getPublicKey({ slot: 'r', key: 'ec' }),
+      getCertificate: (c) => c.getCertificate({ slot: 'r', key: 'ec' }),
       generateRandom: (c) => c.generateRandom({ slot: 'r', length: 16 }),
       findObjects: (c) => c.findObjects({ slot: 'r' }),
-      sessionInfo: (c) => c.probe({ slot: 'r' }),
+      probe: (c) => c.probe({ slot: 'r' }),
       status: async (c) => c.status(),
       generateKeyPair: (c) => c.generateKeyPair({ slot: 'r', algorithm: 'EC-P256', label: 'table-made' }),
-      importObjects: (c) => c.importCertificate({ slot: 'r', certificate: Buffer.from('not a certificate'), id: '02' }),
+      importCertificate: (c) => c.importCertificate({ slot: 'r', certificate: Buffer.from('not a certificate'), id: '02' }),
       login: (c) => c.login('r'),
       logout: (c) => c.logout('r'),
-      destroyObjects: (c) => c.destroyObject({ slot: 'r', key: { label: 'table-made' } }),
+      destroyObject: (c) => c.destroyObject({ slot: 'r', key: { label: 'table-made' } }),
       soLogin: async (c) => {
         await c.login('r', t.soPin, { userType: 'so' });
         await c.logout('r');
@@ -164,7 +164,7 @@ describe('callers and roles', () => {
       initPin: (c) => c.initPin({ slot: 'r', newPin: t.pin }),
       setPin: (c) => c.setPin({ slot: 'r', oldPin: t.pin, newPin: t.pin }),
       reset: async (c) => c.reset('r'),
-      auditVerify: async (c) => c.verifyAudit(),
+      verifyAudit: async (c) => c.verifyAudit(),
     };
     expect(Object.keys(ops).sort()).toEqual(Object.keys(table).sort());
     const got: string[] = [];

@@ -9,6 +9,7 @@ import { pino } from 'pino';
 import { startDaemon, startSupervisor, type Daemon } from '../dist/src/index.js';
 import { REDACT_PATHS } from '../dist/src/logger.js';
 import { configFor, createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
+import { injectWorkerFault } from '../dist/src/testing.js';
 
 const parse = createRequire(import.meta.url)('parse-prometheus-text-format') as (text: string) => {
   name: string;
@@ -89,7 +90,7 @@ describe('metrics over HTTP', () => {
     expect(after.families.some((f) => f.name === 'pkcs11_process_cpu_user_seconds_total')).toBe(true);
 
     const restarted = new Promise((r) => daemon!.sup.once('restart', r));
-    await daemon.sup.injectWorkerFault('s', 0, { kind: 'exit' }).catch(() => undefined);
+    await injectWorkerFault(daemon.sup, 's', 0, { kind: 'exit' }).catch(() => undefined);
     await restarted;
     expect(value(await scrape(daemon.url!), 'pkcs11_worker_restarts_total', { slot: 's' })).toBe(1);
   });
@@ -106,7 +107,7 @@ describe('metrics over HTTP', () => {
     expect(await ready.json()).toEqual({ ready: true, slots: { s: 'logged_in' } });
 
     const failed = new Promise((r) => daemon!.sup.once('slotFailed', r));
-    await daemon.sup.injectWorkerFault('s', 0, { kind: 'exit' }).catch(() => undefined);
+    await injectWorkerFault(daemon.sup, 's', 0, { kind: 'exit' }).catch(() => undefined);
     await failed;
     ready = await fetch(`${daemon.url}/readyz`);
     expect(ready.status).toBe(503);

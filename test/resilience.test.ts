@@ -4,6 +4,7 @@ import { startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
 import { createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 import { Faults, faultConfig } from './support/faults.js';
 import { verifiesOnNode } from './support/sign-check.js';
+import { injectWorkerFault } from '../dist/src/testing.js';
 
 let td: TokenDir;
 let tok: TestToken;
@@ -47,7 +48,7 @@ describe('resilience against a misbehaving module', () => {
     const docs = Array.from({ length: 200 }, (_, i) => Buffer.from(`doc ${i}`));
     const calls = docs.map((d) => sup!.sign({ slot: 't', key: 'ec', mechanism: 'ECDSA-SHA256', data: d }));
     await new Promise((r) => setTimeout(r, 60));
-    await sup.injectWorkerFault('t', 0, { kind: 'exit' }).catch(() => undefined);
+    await injectWorkerFault(sup, 't', 0, { kind: 'exit' }).catch(() => undefined);
     const sigs = await Promise.all(calls);
     clearInterval(sampler);
     expect(peak).toBe(2); // the next batch waited in the thread behind the running one
@@ -181,7 +182,7 @@ describe('resilience against a misbehaving module', () => {
     for (let i = 0; i < 5; i++) await sign(sup); // fast calls: the mailbox will batch
     const before = faults.counts();
     faults.set('hang C_Sign 400 2'); // the second C_Sign from now: the first call of the batch
-    void sup.injectWorkerFault('t', 0, { kind: 'block', ms: 150 }); // hold the worker while calls queue
+    void injectWorkerFault(sup, 't', 0, { kind: 'block', ms: 150 }); // hold the worker while calls queue
     const first = sign(sup);
     const ac = new AbortController();
     const batch = Array.from({ length: 9 }, () => sign(sup!, 't', { signal: ac.signal }).then(() => 'ok', (e) => e.code as string));

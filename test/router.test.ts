@@ -3,6 +3,7 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startSupervisor, type Pkcs11Supervisor, type CallCompletedEvent } from '../dist/src/index.js';
 import { configFor, createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 import { verifiesOnNode } from './support/sign-check.js';
+import { injectWorkerFault } from '../dist/src/testing.js';
 
 let td: TokenDir;
 let tok: TestToken;
@@ -40,7 +41,7 @@ describe('token slot mailbox', () => {
   it('refuses calls past queueLimit with QUEUE_FULL; the accepted ones all complete', async () => {
     process.env.PKCS11_SUPERVISOR_FAULTS = '1';
     sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' }, queueLimit: 5 } }) });
-    const blocked = sup.injectWorkerFault('t', 0, { kind: 'block', ms: 500 });
+    const blocked = injectWorkerFault(sup, 't', 0, { kind: 'block', ms: 500 });
     // The first call goes to the (busy) worker; five wait in the mailbox; the rest are refused.
     const results = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => sign(sup!, 't', i)));
     await blocked;
@@ -52,7 +53,7 @@ describe('token slot mailbox', () => {
     process.env.PKCS11_SUPERVISOR_FAULTS = '1';
     sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' } } }) });
     const signsBefore = (await sup.probe({ slot: 't' })).calls.C_Sign ?? 0;
-    const blocked = sup.injectWorkerFault('t', 0, { kind: 'block', ms: 600 });
+    const blocked = injectWorkerFault(sup, 't', 0, { kind: 'block', ms: 600 });
     const running = sign(sup, 't', 1); // takes the worker, waits behind the block
     const t0 = Date.now();
     await expect(sign(sup, 't', 2, { timeoutMs: 150 })).rejects.toMatchObject({ code: 'TIMEOUT' });
@@ -66,7 +67,7 @@ describe('token slot mailbox', () => {
     process.env.PKCS11_SUPERVISOR_FAULTS = '1';
     sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' } } }) });
     const signsBefore = (await sup.probe({ slot: 't' })).calls.C_Sign ?? 0;
-    const blocked = sup.injectWorkerFault('t', 0, { kind: 'block', ms: 400 });
+    const blocked = injectWorkerFault(sup, 't', 0, { kind: 'block', ms: 400 });
     const running = sign(sup, 't', 1);
     const ac = new AbortController();
     const queued = sign(sup, 't', 2, { signal: ac.signal });
@@ -84,7 +85,7 @@ describe('token slot mailbox', () => {
     const s = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' } } }) });
     const transitions: string[] = [];
     s.on('stateChange', (e) => transitions.push(`${e.from}>${e.to}`));
-    void s.injectWorkerFault('t', 0, { kind: 'block', ms: 300 });
+    void injectWorkerFault(s, 't', 0, { kind: 'block', ms: 300 });
     const running = sign(s, 't', 1);
     const queued = Promise.allSettled([sign(s, 't', 2), sign(s, 't', 3)]);
     await s.close();
@@ -174,11 +175,11 @@ describe('supervision', () => {
     sup.on('restart', (e) => restarts.push(e));
     // Hold the worker, queue the calls behind it, then crash it: the thread dies with a call
     // in flight and 18 waiting in the mailbox.
-    void sup.injectWorkerFault('t', 0, { kind: 'block', ms: 300 });
+    void injectWorkerFault(sup, 't', 0, { kind: 'block', ms: 300 });
     const calls = Array.from({ length: 20 }, (_, i) => sign(sup!, 't', i));
     await new Promise((r) => setTimeout(r, 50));
     expect(sup.status().slots.t!.queued).toBe(19);
-    void sup.injectWorkerFault('t', 0, { kind: 'exit' });
+    void injectWorkerFault(sup, 't', 0, { kind: 'exit' });
     const sigs = await Promise.all(calls);
     for (const i of [0, 10, 19]) expect(await verifiesOnNode(sup, 't', 'ec', Buffer.from(`doc ${i}`), sigs[i]!)).toBe(true);
     expect(restarts).toEqual([expect.objectContaining({ slot: 't', worker: 0, attempt: 1 })]);
@@ -198,7 +199,7 @@ describe('supervision', () => {
     process.env.PKCS11_SUPERVISOR_FAULTS = '1';
     sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' } } }) });
     const restarted = new Promise((r) => sup!.on('restart', r));
-    await sup.injectWorkerFault('t', 0, { kind: 'throw' });
+    await injectWorkerFault(sup, 't', 0, { kind: 'throw' });
     await restarted;
     const sig = await sign(sup, 't', 1);
     expect(await verifiesOnNode(sup, 't', 'ec', Buffer.from('doc 1'), sig)).toBe(true);
@@ -208,7 +209,7 @@ describe('supervision', () => {
     process.env.PKCS11_SUPERVISOR_FAULTS = '1';
     sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' }, hungCallGraceMs: 200 } }) });
     const restarted = new Promise((r) => sup!.on('restart', r));
-    void sup.injectWorkerFault('t', 0, { kind: 'block', ms: 30_000 });
+    void injectWorkerFault(sup, 't', 0, { kind: 'block', ms: 30_000 });
     const t0 = Date.now();
     await expect(sign(sup, 't', 1, { timeoutMs: 300 })).rejects.toMatchObject({ code: 'TIMEOUT' });
     expect(Date.now() - t0).toBeLessThan(1000);
@@ -232,7 +233,7 @@ describe('supervision', () => {
     for (let i = 0; i < 3; i++) {
       await sup.probe({ slot: 't' }); // waits until the worker is back
       const next = new Promise<void>((r) => (decided = r));
-      void sup.injectWorkerFault('t', 0, { kind: 'exit' });
+      void injectWorkerFault(sup, 't', 0, { kind: 'exit' });
       await next;
     }
     expect(decisions).toEqual(['restart', 'restart', 'failed']);

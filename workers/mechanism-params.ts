@@ -7,7 +7,10 @@ import { hash as digest } from 'node:crypto';
 import { pkcs11js } from './pkcs11js.js';
 import type * as P11 from 'pkcs11js';
 import { MECHANISMS, HASH_BYTES, type HashName, type MechanismName } from '../src/model/mechanisms.js';
-import { CKM_EDDSA } from './pkcs11-constants.js';
+import { CKM_EDDSA, CKM_EC_EDWARDS_KEY_PAIR_GEN } from './pkcs11-constants.js';
+import { WorkerFailure } from './failure.js';
+import type { KeySizeRange } from '../src/model/protocol.js';
+import type { KeyType } from '../src/model/mechanisms.js';
 
 export interface PreparedMechanism {
   mechanism: P11.Mechanism;
@@ -28,7 +31,6 @@ const BY_HASH: Record<HashName, { digest: number; mgf1: number; rsaPkcs: number;
   sha512: { digest: pkcs11js.CKM_SHA512, mgf1: pkcs11js.CKG_MGF1_SHA512, rsaPkcs: pkcs11js.CKM_SHA512_RSA_PKCS, rsaPss: pkcs11js.CKM_SHA512_RSA_PKCS_PSS, ecdsa: pkcs11js.CKM_ECDSA_SHA512 },
 };
 
-export class BadInput extends Error {}
 
 const asIs = (data: Buffer): Buffer => data;
 
@@ -36,7 +38,7 @@ function digestOf(hash: HashName, prehashed: boolean): (data: Buffer) => Buffer 
   // One-shot: no Hash object per signature.
   if (!prehashed) return (data) => digest(hash, data, 'buffer');
   return (data) => {
-    if (data.length !== HASH_BYTES[hash]) throw new BadInput(`a pre-hashed ${hash} input is ${HASH_BYTES[hash]} bytes, got ${data.length}`);
+    if (data.length !== HASH_BYTES[hash]) throw new WorkerFailure('BAD_INPUT', `a pre-hashed ${hash} input is ${HASH_BYTES[hash]} bytes, got ${data.length}`);
     return data;
   };
 }
@@ -90,4 +92,20 @@ function prepareOne(spec: (typeof MECHANISMS)[MechanismName], has: ReadonlySet<n
       return { mechanism: { mechanism: pkcs11js.CKM_ECDSA }, input: digestOf(spec.hash, prehashed) };
     }
   }
+}
+
+/** Key-pair generation the token can do, by key type, with the sizes C_GetMechanismInfo allows. */
+export function keyGenSizes(p11: (fn: string) => P11.PKCS11, slot: P11.Handle, supported: ReadonlySet<number>): Partial<Record<KeyType, KeySizeRange>> {
+  const out: Partial<Record<KeyType, KeySizeRange>> = {};
+  const gens: [KeyType, number][] = [
+    ['RSA', pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN],
+    ['EC', pkcs11js.CKM_EC_KEY_PAIR_GEN],
+    ['EC_EDWARDS', CKM_EC_EDWARDS_KEY_PAIR_GEN],
+  ];
+  for (const [type, mech] of gens) {
+    if (!supported.has(mech)) continue;
+    const info = p11('C_GetMechanismInfo').C_GetMechanismInfo(slot, mech);
+    out[type] = { min: info.minKeySize, max: info.maxKeySize };
+  }
+  return out;
 }

@@ -3,7 +3,8 @@
  * here, so the main thread can tell time spent on the token from time spent queued.
  */
 import { performance } from 'node:perf_hooks';
-import { TokenSession, toFailure, WorkerFailure } from './token-session.js';
+import { TokenSession } from './token-session.js';
+import { toFailure, WorkerFailure } from './failure.js';
 import * as objects from './object-ops.js';
 import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
 import { CLAIM_STARTED, type WorkerFault, type WorkerReply, type WorkerTask } from '../src/model/protocol.js';

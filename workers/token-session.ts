@@ -12,23 +12,11 @@ import { tokenMatches, trimPadded } from '../src/model/token-match.js';
 import type * as P11 from 'pkcs11js';
 import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/model/mechanisms.js';
 import { writeDer, derToRaw, maxDerBytes } from '../src/model/ecdsa-signature.js';
-import { codeForCkr } from '../src/model/ckr.js';
-import type { ErrorCode } from '../src/model/errors.js';
-import { prepareMechanisms, preparedKey, BadInput, type PreparedMechanism } from './mechanism-params.js';
-import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKS_BY_VALUE } from './pkcs11-constants.js';
+import { prepareMechanisms, preparedKey, keyGenSizes, type PreparedMechanism } from './mechanism-params.js';
+import { WorkerFailure } from './failure.js';
+import { CKK_EC_EDWARDS, CKS_BY_VALUE } from './pkcs11-constants.js';
 import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from '../src/model/protocol.js';
 import { findHandles, type SessionAccess } from './object-ops.js';
-
-/** A failure with a code decided here (not a CKR from the token). */
-export class WorkerFailure extends Error {
-  constructor(
-    readonly code: ErrorCode,
-    message: string,
-    readonly ckr?: string,
-  ) {
-    super(message);
-  }
-}
 
 interface CachedKey {
   handle: P11.Handle;
@@ -97,26 +85,11 @@ export class TokenSession implements SessionAccess {
     return {
       ...this.report(),
       mechanisms,
-      keyGen: this.keyGenSizes(slot, supported),
+      keyGen: keyGenSizes((fn) => this.count(fn), slot, supported),
       ...this.sessionLimits,
       pinLength: this.pinLength,
       keyTypes: this.keyTypesOf(task.keys),
     };
-  }
-
-  private keyGenSizes(slot: P11.Handle, supported: Set<number>): Partial<Record<KeyType, { min: number; max: number }>> {
-    const out: Partial<Record<KeyType, { min: number; max: number }>> = {};
-    const gens: [KeyType, number][] = [
-      ['RSA', pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN],
-      ['EC', pkcs11js.CKM_EC_KEY_PAIR_GEN],
-      ['EC_EDWARDS', CKM_EC_EDWARDS_KEY_PAIR_GEN],
-    ];
-    for (const [type, mech] of gens) {
-      if (!supported.has(mech)) continue;
-      const info = this.count('C_GetMechanismInfo').C_GetMechanismInfo(slot, mech);
-      out[type] = { min: info.minKeySize, max: info.maxKeySize };
-    }
-    return out;
   }
 
   /** Key types of the configured keys whose public object is visible, so the main thread can refuse a mismatched mechanism before queueing. */
@@ -373,18 +346,6 @@ export class TokenSession implements SessionAccess {
     this.keys.set(cacheKey, entry);
     return entry;
   }
-}
-
-export function toFailure(e: unknown): { code: ErrorCode; message: string; ckr?: string; fn?: string } {
-  if (e instanceof WorkerFailure) return { code: e.code, message: e.message, ...(e.ckr ? { ckr: e.ckr } : {}) };
-  if (e instanceof BadInput) return { code: 'BAD_INPUT', message: e.message };
-  const err = e as { message?: string; method?: string };
-  const message = String(err.message ?? e);
-  if (/^CKR_\w+$/.test(message)) {
-    const fn = err.method || undefined;
-    return { code: codeForCkr(message), message: `${fn ?? 'PKCS#11'} returned ${message}`, ckr: message, ...(fn ? { fn } : {}) };
-  }
-  return { code: 'PKCS11_ERROR', message };
 }
 
 /** Null when the token states no usable range (0/0, or a max below the min). */

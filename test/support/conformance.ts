@@ -12,6 +12,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { startSupervisor, type Pkcs11Supervisor } from '../../dist/src/index.js';
 import { waitForEvent } from './sign-check.js';
 import { pkcs11Tool, type Vendor, type VendorToken } from './vendors/vendor.js';
+import { injectWorkerFault } from '../../dist/src/testing.js';
 
 type Row = { feature: string; result: string };
 
@@ -196,7 +197,7 @@ export function conformanceSuite(vendor: Vendor): void {
 
     it('a crashed worker is restarted, logs in again, and signs', async () => {
       const restarted = waitForEvent(sup, 'restart', () => true, 30_000);
-      await sup.injectWorkerFault('v', 0, { kind: 'exit' }).catch(() => undefined);
+      await injectWorkerFault(sup, 'v', 0, { kind: 'exit' }).catch(() => undefined);
       await restarted;
       for (let i = 0; i < 300 && !sup.status().slots.v!.workers.every((w) => w.state === 'logged_in'); i++) await new Promise((r) => setTimeout(r, 100));
       expect(sup.status().slots.v!.workers.map((w) => w.state)).toEqual(['logged_in', 'logged_in']);

@@ -1,5 +1,5 @@
 /** Compact JWS (RFC 7515) signed on the token. ES* signatures are raw r‖s, as JOSE wants. */
-import type { MechanismName } from './model/mechanisms.js';
+import type { MechanismName } from '../model/mechanisms.js';
 
 export const JWS_ALGS = {
   RS256: 'RSA-PKCS1-SHA256',

@@ -1,0 +1,192 @@
+/**
+ * What every call of the client API passes through, in order: the slot it names, the policy
+ * (FORBIDDEN, counted and audited), then the slot's mailbox with the call's deadline, signal
+ * and PIN; on the way back its audit record, its `callCompleted` event and, for a token's
+ * error, a typed Pkcs11SupervisorError. One path for every operation: the operation files
+ * only say what to ask of the slot.
+ */
+import { createHash } from 'node:crypto';
+import { AccessPolicy, parsePrincipal, type Operation, type Principal } from '../access-policy.js';
+import type { AuditLog } from '../audit.js';
+import { Pkcs11SupervisorError } from '../model/errors.js';
+import type { MechanismName } from '../model/mechanisms.js';
+import type { WorkerReply } from '../model/protocol.js';
+import type { Slot } from '../slot.js';
+import type { SlotTask } from '../slot-call.js';
+import type { Supervisor } from '../supervisor.js';
+import * as check from '../validate.js';
+import { PublicKeyCache } from './public-key-cache.js';
+import type { PrincipalInput } from './requests.js';
+
+/** A request as the operation files read it: any object, each field checked where it is used. */
+export type Req = Record<string, unknown>;
+
+export interface CallShape {
+  mechanism?: MechanismName;
+  /** The call needs a logged-in user session (the slot logs in through its PIN chain if not). */
+  needsLogin: boolean;
+  /** Runs alone on the slot (Security Officer work). */
+  exclusive?: boolean;
+}
+
+/** Calls that leave an audit record, with their principal. Logins and logouts are recorded from the slots' events, automatic ones included. */
+const AUDITED: ReadonlySet<Operation> = new Set(['sign', 'verify', 'generateKeyPair', 'importKeyPair', 'importCertificate', 'destroyObject', 'initPin', 'setPin']);
+
+export class Gate {
+  readonly policy: AccessPolicy;
+  readonly publicKeys: PublicKeyCache;
+  /** Set on a scoped gate (see `scoped`): the principal of every call made through it. */
+  private scope: Principal | undefined;
+
+  constructor(
+    readonly sup: Supervisor,
+    readonly audit: AuditLog | null,
+  ) {
+    this.policy = new AccessPolicy(sup.config.policy);
+    this.publicKeys = new PublicKeyCache(sup.events);
+    if (!audit) return;
+    sup.events.on('login', (e) => audit.append({ event: 'login', slot: e.slot, result: e.outcome, detail: `${e.userType === 'so' ? 'Security Officer, ' : ''}PIN from ${e.origin}` }));
+    sup.events.on('logout', (e) => audit.append({ event: 'logout', slot: e.slot, result: 'ok', detail: e.by }));
+  }
+
+  /** The same gate, every call made as `principal`. */
+  scoped(principal: PrincipalInput | string): Gate {
+    const gate = Object.create(this) as Gate;
+    gate.scope = parsePrincipal(principal);
+    return gate;
+  }
+
+  request(req: unknown): Req {
+    if (!req || typeof req !== 'object') throw check.badInput('a request object is required');
+    return req as Req;
+  }
+
+  slot(name: unknown): Slot {
+    if (this.sup.closed) throw new Pkcs11SupervisorError('CLOSED', 'the supervisor is closed');
+    const slot = typeof name === 'string' ? this.sup.slots.get(name) : undefined;
+    if (!slot) throw new Pkcs11SupervisorError('SLOT_NOT_FOUND', `no slot named ${JSON.stringify(name)} (configured: ${[...this.sup.slots.keys()].join(', ')})`);
+    return slot;
+  }
+
+  /** The slot named by the request, once the caller may do `op` there (with this key). */
+  slotFor(req: Req, op: Operation, key?: unknown): Slot {
+    const slot = this.slot(req.slot);
+    this.authorize(req, slot.name, op, key);
+    return slot;
+  }
+
+  principalOf(req: Req, slot?: string): Principal | undefined {
+    const perCall = parsePrincipal(req.principal, slot);
+    if (this.scope && perCall && perCall.id !== this.scope.id) throw check.badInput(`a client scoped to "${this.scope.id}" cannot call as "${perCall.id}"`, slot);
+    return this.scope ?? perCall;
+  }
+
+  authorize(req: Req, slot: string, op: Operation, key?: unknown): void {
+    if (!this.policy.enforced) return;
+    const principal = this.principalOf(req, slot);
+    const denial = this.policy.denial(principal, slot, op, key);
+    if (!denial) return;
+    this.sup.events.emit('accessDenied', { slot, op, principal: principal?.id ?? null });
+    this.sup.log.warn({ slot, op, principal: principal?.id, code: 'FORBIDDEN' }, 'access denied');
+    this.audit?.append({ event: 'denied', slot, key: keyName(key), result: 'FORBIDDEN', principal: principal?.id, detail: op });
+    throw new Pkcs11SupervisorError('FORBIDDEN', denial, { slot });
+  }
+
+  /** For operations not on one slot: the slots where the caller may do `op`; FORBIDDEN (counted, audited) when none. */
+  authorizeSomeSlot(req: Req, op: Operation): string[] {
+    const names = [...this.sup.slots.keys()];
+    if (!this.policy.enforced) return names;
+    const allowed = this.policy.slotsAllowing(this.principalOf(req), names, op);
+    if (allowed.length === 0) this.authorize(req, names[0]!, op);
+    return allowed;
+  }
+
+  /** Key material and SO state change only on a slot that may write. */
+  writable(slot: Slot, what: string): void {
+    if (slot.config.readOnly) throw new Pkcs11SupervisorError('READ_ONLY', `slot "${slot.name}" is read-only (readOnly: true): ${what} is refused`, { slot: slot.name });
+  }
+
+  /** Records a call that never reached a slot (software verify): its audit record and event. */
+  completedHere(op: Operation, slot: Slot, mechanism: MechanismName, req: Req, result: string, startedAt: number, endedAt: number): void {
+    if (this.audit) this.record(op, slot, mechanism, req, this.principalOf(req, slot.name)?.id, result);
+    if (this.sup.events.listenerCount('callCompleted') > 0) {
+      this.sup.events.emit('callCompleted', { slot: slot.name, worker: null, op, mechanism, outcome: 'ok', queuedMs: 0, execMs: endedAt - startedAt, startedAt, endedAt });
+    }
+  }
+
+  /**
+   * Sends `task` through the slot's mailbox as operation `op`; the token's answer, or its error
+   * as a Pkcs11SupervisorError. Every outcome is logged if failed, audited and reported once.
+   */
+  async call<T>(slot: Slot, op: Operation, task: SlotTask, req: Req, shape: CallShape): Promise<T> {
+    const mechanism = shape.mechanism ?? null;
+    const spec = {
+      task,
+      exclusive: shape.exclusive === true,
+      // A cloud HSM authenticates with cloud credentials: there is no login to wait for.
+      needsLogin: shape.needsLogin && slot.config.type !== 'cloud',
+      pin: check.pin(req.pin, slot.name),
+      timeoutMs: check.timeoutMs(req.timeoutMs, slot),
+      signal: check.signal(req.signal, slot.name),
+    };
+    const events = this.sup.events;
+    const submittedAt = Date.now();
+    const principal = this.principalOf(req, slot.name)?.id;
+    let delivered;
+    try {
+      delivered = await slot.call<unknown>(spec);
+    } catch (raw) {
+      // Whatever escapes below is reported as a typed error; nothing untyped reaches a caller.
+      const e = raw instanceof Pkcs11SupervisorError ? raw : new Pkcs11SupervisorError('WORKER_CRASHED', `slot "${slot.name}": ${(raw as Error).message}`, { slot: slot.name, cause: raw });
+      this.sup.log.warn({ slot: slot.name, op, mechanism, code: e.code, ckr: e.ckr, err: e.message }, 'call failed');
+      if (this.audit && AUDITED.has(op)) this.record(op, slot, mechanism, req, principal, e.code);
+      if (events.listenerCount('callCompleted') > 0) {
+        events.emit('callCompleted', { slot: slot.name, worker: null, op, mechanism, outcome: e.code, queuedMs: Date.now() - submittedAt, execMs: 0, startedAt: null, endedAt: null });
+      }
+      throw e;
+    }
+    const value = delivered.value;
+    const reply = isReply(value) ? value : null;
+    const result = !reply ? 'ok' : !reply.ok ? reply.error.code : op === 'verify' ? (reply.value ? 'valid' : 'invalid') : 'ok';
+    if (reply && !reply.ok) this.sup.log.warn({ slot: slot.name, op, mechanism, code: result, ckr: reply.error.ckr }, 'call failed');
+    if (this.audit && AUDITED.has(op)) this.record(op, slot, mechanism, req, principal, result);
+    if (events.listenerCount('callCompleted') > 0) {
+      events.emit('callCompleted', {
+        slot: slot.name,
+        worker: delivered.worker,
+        op,
+        mechanism,
+        outcome: reply && !reply.ok ? reply.error.code : 'ok',
+        queuedMs: delivered.startedAt - delivered.enqueuedAt,
+        execMs: reply ? reply.endedAt - reply.startedAt : 0,
+        startedAt: reply ? reply.startedAt : null,
+        endedAt: reply ? reply.endedAt : null,
+      });
+    }
+    if (!reply) return value as T;
+    if (!reply.ok) throw new Pkcs11SupervisorError(reply.error.code, reply.error.message, { slot: slot.name, ckr: reply.error.ckr });
+    return reply.value as T;
+  }
+
+  private record(op: Operation, slot: Slot, mechanism: MechanismName | null, req: Req, principal: string | undefined, result: string): void {
+    const data = req.data instanceof Uint8Array ? req.data : undefined;
+    this.audit!.append({
+      event: op,
+      slot: slot.name,
+      key: req.key === undefined ? (typeof req.label === 'string' ? `label:${req.label}` : undefined) : keyName(req.key),
+      mechanism: mechanism ?? undefined,
+      dataSha256: data ? createHash('sha256').update(data).digest('hex') : undefined,
+      result,
+      principal,
+    });
+  }
+}
+
+function keyName(key: unknown): string | undefined {
+  return key === undefined ? undefined : typeof key === 'string' ? key : JSON.stringify(key);
+}
+
+/** A worker's reply (with its timing), as opposed to what a login change returns. */
+function isReply(value: unknown): value is WorkerReply {
+  return typeof value === 'object' && value !== null && 'ok' in value && 'startedAt' in value;
+}

@@ -1,0 +1,35 @@
+/** A compact JWS (RFC 7515) signed on the token. */
+import { Pkcs11SupervisorError } from '../model/errors.js';
+import * as check from '../validate.js';
+import type { Gate } from './gate.js';
+import { JWS_ALGS, JWS_CURVE, b64url, isJwsAlg } from './jws-algorithms.js';
+import { getPublicKey } from './keys.js';
+import { getCertificate } from './objects.js';
+import type { KeyRef, PublicKeyRequest, SignJwsRequest, SignRequest } from './requests.js';
+import { sign } from './signing.js';
+
+/**
+ * Authorized, audited and counted as the `getPublicKey` (for `kid` and the curve check, cached)
+ * and the `sign` it makes; `kid` defaults to the key's CKA_ID (hex).
+ */
+export async function signJws(gate: Gate, request: SignJwsRequest): Promise<string> {
+  const req = gate.request(request);
+  const slot = gate.slotFor(req, 'sign', req.key);
+  if (!isJwsAlg(req.alg)) throw new Pkcs11SupervisorError('MECHANISM_INVALID', `alg must be one of ${Object.keys(JWS_ALGS).join(', ')}`, { slot: slot.name });
+  const alg = req.alg;
+  const key = req.key as KeyRef;
+  const info = await gate.publicKeys.get(slot.name, check.keySelector(slot, key), () => getPublicKey(gate, { ...req, slot: slot.name, key } as PublicKeyRequest));
+  const curve = JWS_CURVE[alg];
+  if (curve && info.jwk.crv !== curve) {
+    throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${alg} needs a ${curve} key; key is ${info.jwk.crv ?? info.keyType}`, { slot: slot.name });
+  }
+  const payload = req.payload;
+  const body = typeof payload === 'string' ? payload : payload instanceof Uint8Array ? payload : payload && typeof payload === 'object' ? JSON.stringify(payload) : undefined;
+  if (body === undefined) throw check.badInput('payload must be a string, bytes or an object', slot.name);
+  const extra = req.header as Record<string, unknown> | undefined;
+  const header: Record<string, unknown> = { ...extra, alg, kid: extra?.kid ?? info.id };
+  if (req.x5c === true) header.x5c = [(await getCertificate(gate, { ...req, slot: slot.name, key } as PublicKeyRequest)).der.toString('base64')];
+  const signingInput = `${b64url(JSON.stringify(header))}.${b64url(body)}`;
+  const sig = await sign(gate, { ...req, slot: slot.name, key, mechanism: JWS_ALGS[alg], data: Buffer.from(signingInput), signatureFormat: 'raw' } as SignRequest);
+  return `${signingInput}.${b64url(sig)}`;
+}

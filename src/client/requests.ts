@@ -1,0 +1,181 @@
+/**
+ * Every request and result of the client API, as the in-process client takes them. Binary
+ * fields are Uint8Array (Buffer); a remote client carries the same objects.
+ */
+import type { JsonWebKey, KeyObject, X509Certificate } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { ConfigInput } from '../config-schema.js';
+import type { JwsAlg } from './jws-algorithms.js';
+import type { KeyType, MechanismName } from '../model/mechanisms.js';
+import type { PinCallback } from '../pin-chain.js';
+import type { KeyAlgorithm, ObjectClass, ObjectDescriptor, ObjectQuery, SignatureFormat } from '../model/protocol.js';
+import type { RestartPolicyFactory } from '../restart-policy.js';
+
+/** A key by its ref in the slot's `keys`, or directly by label and/or id (hex). */
+export type KeyRef = string | { label?: string; id?: string };
+
+export interface PrincipalInput {
+  id: string;
+  roles: readonly string[];
+}
+
+export interface LoginOptions extends CallOptions {
+  /** `so` logs in the token's Security Officer (for initPin and its own setPin); the user login ends meanwhile. */
+  userType?: 'user' | 'so';
+}
+
+export interface InitPinRequest extends CallOptions {
+  slot: string;
+  /** The new user PIN; needs the slot logged in as its Security Officer. */
+  newPin: string;
+}
+
+export interface SetPinRequest extends CallOptions {
+  slot: string;
+  oldPin: string;
+  newPin: string;
+}
+
+export interface StartOptions {
+  config?: ConfigInput;
+  configFile?: string;
+  pinCallback?: PinCallback;
+  logger?: Logger;
+  /** The restart strategy of every slot (default: restart-policy.ts with the slot's `restart` config). */
+  restartPolicy?: RestartPolicyFactory;
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+  timeoutMs?: number;
+  /**
+   * Who is asking: an id for the audit trail, or `{ id, roles }` checked against the config's
+   * policy (never a secret). A scoped client (`sup.as(principal)`) supplies it for every call.
+   */
+  principal?: string | PrincipalInput;
+  /** A PIN for this call's login if the slot needs one; never stored. */
+  pin?: string;
+}
+
+export interface SignRequest extends CallOptions {
+  slot: string;
+  key: KeyRef;
+  mechanism: MechanismName;
+  data: Uint8Array;
+  /** ECDSA only: DER (X.509, CMS, OpenSSL, Node's default) or raw r‖s (JOSE). Default DER. */
+  signatureFormat?: SignatureFormat;
+  /** `data` is already the digest the mechanism names. */
+  prehashed?: boolean;
+}
+
+export interface VerifyRequest extends SignRequest {
+  signature: Uint8Array;
+}
+
+export interface PublicKeyRequest extends CallOptions {
+  slot: string;
+  key: KeyRef;
+}
+
+export interface PublicKeyInfo {
+  keyType: KeyType;
+  label: string;
+  /** CKA_ID, hex. */
+  id: string;
+  spki: Buffer;
+  pem: string;
+  jwk: JsonWebKey;
+  keyObject: KeyObject;
+}
+
+export interface SlotRequest extends CallOptions {
+  slot: string;
+}
+
+export interface GenerateRandomRequest extends SlotRequest {
+  /** Bytes, 1 to 65536. */
+  length: number;
+}
+
+/** For the calls that are not on one slot (status, verifyAudit, reset): who is asking. */
+export interface PrincipalOptions {
+  principal?: string | PrincipalInput;
+}
+
+export interface FindObjectsRequest extends CallOptions {
+  slot: string;
+  template?: ObjectQuery;
+  /** At most this many objects (default 1000). */
+  limit?: number;
+}
+
+export interface FindObjectsPageRequest extends CallOptions {
+  slot: string;
+  template?: ObjectQuery;
+  /** Objects per page, 1 to 1000 (default 100). */
+  pageSize?: number;
+  /** From the previous page; absent for the first. */
+  cursor?: string;
+}
+
+export interface ObjectsPage {
+  objects: ObjectDescriptor[];
+  /** Absent on the last page. */
+  cursor: string | undefined;
+}
+
+export interface GenerateKeyPairRequest extends CallOptions {
+  slot: string;
+  algorithm: KeyAlgorithm;
+  label: string;
+  /** Hex CKA_ID; default the SHA-1 of the public key. */
+  id?: string;
+  /** Default false: the private key can never leave the token. */
+  extractable?: boolean;
+}
+
+export interface ImportKeyPairRequest extends CallOptions {
+  slot: string;
+  label: string;
+  id?: string;
+  /** A PKCS#12 file and its password, or a PEM private key with its certificates. */
+  pkcs12?: Uint8Array;
+  password?: string;
+  privateKeyPem?: string | Uint8Array;
+  certificates?: (string | Uint8Array)[];
+  extractable?: boolean;
+}
+
+export interface ImportCertificateRequest extends CallOptions {
+  slot: string;
+  certificate: string | Uint8Array;
+  label: string;
+  id: string;
+}
+
+export interface CertificateInfo {
+  der: Buffer;
+  pem: string;
+  x509: X509Certificate;
+}
+
+export interface DestroyObjectRequest extends CallOptions {
+  slot: string;
+  key: KeyRef;
+  /** Only objects of this class; default every object with that label/id. */
+  class?: ObjectClass;
+  /** Needed to destroy a key that the slot's config names. */
+  force?: boolean;
+}
+
+export interface SignJwsRequest extends CallOptions {
+  slot: string;
+  key: KeyRef;
+  alg: JwsAlg;
+  /** A string, bytes, or an object (serialized as JSON). */
+  payload: string | Uint8Array | Record<string, unknown>;
+  /** Extra protected header fields; `alg` is set from the request, `kid` defaults to the key's CKA_ID. */
+  header?: Record<string, unknown>;
+  /** Put the key's certificate in the header (x5c). */
+  x5c?: boolean;
+}

@@ -1,0 +1,26 @@
+/** Failures in the session thread, as the values that cross back to the main thread. */
+import { codeForCkr } from '../src/model/ckr.js';
+import type { ErrorCode } from '../src/model/errors.js';
+import type { WorkerError } from '../src/model/protocol.js';
+
+/** A failure with a code decided here (not a CKR from the token). */
+export class WorkerFailure extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly ckr?: string,
+  ) {
+    super(message);
+  }
+}
+
+export function toFailure(e: unknown): WorkerError {
+  if (e instanceof WorkerFailure) return { code: e.code, message: e.message, ...(e.ckr ? { ckr: e.ckr } : {}) };
+  const err = e as { message?: string; method?: string };
+  const message = String(err.message ?? e);
+  if (/^CKR_\w+$/.test(message)) {
+    const fn = err.method || undefined;
+    return { code: codeForCkr(message), message: `${fn ?? 'PKCS#11'} returned ${message}`, ckr: message, ...(fn ? { fn } : {}) };
+  }
+  return { code: 'PKCS11_ERROR', message };
+}
