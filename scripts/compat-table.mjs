@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Prints the README's compatibility table from what the conformance suite found
+// Prints docs/compatibility.md's table from what the conformance suite found
 // (var/compat/<vendor>.json, written by test/vendor-*.test.ts). A feature a vendor's run did
 // not record (its test failed, or the vendor did not run) shows as "not verified".
 import { existsSync, readdirSync, readFileSync } from 'node:fs';

@@ -1,11 +1,12 @@
 /**
- * A slot's mailbox: a bounded FIFO of calls in front of the slot's workers. Each worker runs
- * one call at a time, so a token slot (one worker) runs calls strictly one by one in arrival
- * order, and an HSM pool hands each call to an idle worker, skipping workers that are
- * restarting: the one freed last, whose thread is still awake (see workers/handover/busy-board.ts).
- * Under load every worker is busy and all of them serve; at low load the others may sleep.
- * Every call ends exactly once: with its result, or with TIMEOUT, ABORTED, QUEUE_FULL,
- * SLOT_FAILED or CLOSED.
+ * A slot's mailbox: a bounded FIFO of calls in front of the slot's workers. A worker's session
+ * runs one call at a time; the mailbox gives a worker a call or a batch of queued calls, and a
+ * logged-in worker running a batch may be given one more to wait in its thread's port. So a
+ * token slot (one worker) runs calls one by one in arrival order, and an HSM pool hands each
+ * call to an idle worker, skipping workers that are restarting: the one freed last, whose
+ * thread is still awake (see workers/handover/busy-board.ts). Under load every worker serves;
+ * at low load the others may sleep. Every call ends exactly once: with its result, or with
+ * TIMEOUT, ABORTED, QUEUE_FULL, SLOT_FAILED or CLOSED.
  */
 import { Pkcs11SupervisorError } from './model/errors.js';
 import type { Secret } from './model/secret.js';
@@ -66,10 +67,8 @@ export class Mailbox {
   private closedWith: Pkcs11SupervisorError | null = null;
   /**
    * The batches on workers, for close() to cancel what has not started. An array, not a Set of
-   * calls: a Set under add/delete churn rehashes, each old table keeps a link to its successor,
-   * and that chain kept finished calls alive through young GCs. Promoted, they were freed only
-   * by full GCs, which then took half the main thread at c=256 (--trace-gc-nvp: ~30% of what
-   * was allocated survived each scavenge; with the array, under 1%).
+   * calls: the old tables of a Set under add/delete churn link to their successors, and that
+   * chain keeps finished calls alive past young-generation GCs, to be freed only by full ones.
    */
   private readonly batches: Call<unknown>[][] = [];
   /** Moving average of one call's time on the token, from the worker's own timing. */

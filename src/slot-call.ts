@@ -29,9 +29,8 @@ export interface CallContext {
 }
 
 /**
- * What a call needs before it can run. Kept to plain data: an object with a getter closing over a
- * batch's calls measurably kept those calls alive through young-generation GCs (promoted, then
- * freed only by a full GC), which made garbage collection the main thread's largest cost.
+ * What a call needs before it can run, as plain data: an object with a getter closing over a
+ * batch's calls would keep those calls alive past young-generation GCs.
  */
 export type CallNeeds = Pick<CallContext, 'deadline' | 'pin' | 'needsLogin'>;
 

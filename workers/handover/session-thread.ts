@@ -56,9 +56,8 @@ export class SessionThread {
   /** [0]: calls posted so far; the thread waits on it when it has nothing to do. */
   private readonly posted = new Int32Array(new SharedArrayBuffer(4));
   /**
-   * Posted and not answered, oldest first: the thread answers in order. An array, not a Map: a
-   * Map's rehashed-away tables keep links to their successors, and under steady churn that chain
-   * kept finished calls alive through young GCs (see router.ts).
+   * Posted and not answered, oldest first: the thread answers in order. An array, not a Map, for
+   * the reason the mailbox keeps its batches in one (router.ts).
    */
   private pending: Pending[] = [];
   private nextId = 0;

@@ -1,0 +1,123 @@
+/**
+ * Every code block in the README is checked: each is marked with how (`<!-- checked: … -->` on
+ * the line before it), and a block with no mark, or a mark this file does not know, fails.
+ * The snippets run as written, in a fresh directory with a dev token of their own.
+ */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { openssl } from './support/openssl.js';
+import { parseConfig } from '../dist/src/index.js';
+
+const ROOT = resolve('.');
+const README = readFileSync('README.md', 'utf8');
+
+interface Block {
+  check: string | undefined;
+  lang: string;
+  body: string;
+  line: number;
+}
+
+function blocks(): Block[] {
+  const out: Block[] = [];
+  const lines = README.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const open = /^```(\w*)$/.exec(lines[i]!);
+    if (!open) continue;
+    let end = i + 1;
+    while (lines[end] !== '```') end++;
+    const mark = /^<!-- checked: (.+) -->$/.exec(lines[i - 1] ?? '');
+    out.push({ check: mark?.[1], lang: open[1]!, body: lines.slice(i + 1, end).join('\n'), line: i + 1 });
+    i = end;
+  }
+  return out;
+}
+
+function only(check: string): Block {
+  const found = blocks().filter((b) => b.check === check);
+  expect(found, check).toHaveLength(1);
+  return found[0]!;
+}
+
+/** A directory like a user's project: a dev token under var/ and the package installed. */
+let project: string;
+
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}) {
+  const r = spawnSync(cmd, args, { cwd: project, env: { ...process.env, ...env }, encoding: 'utf8' });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+beforeAll(() => {
+  project = mkdtempSync(join(tmpdir(), 'p11sup-readme-'));
+  mkdirSync(join(project, 'scripts'));
+  mkdirSync(join(project, 'config'));
+  mkdirSync(join(project, 'node_modules'));
+  symlinkSync(ROOT, join(project, 'node_modules', 'pkcs11-supervisor'));
+  copyFileSync('scripts/provision-dev-token.sh', join(project, 'scripts', 'provision-dev-token.sh'));
+  copyFileSync('config/default.json', join(project, 'config', 'default.json'));
+  const provisioned = run('bash', ['scripts/provision-dev-token.sh']);
+  expect(provisioned.code, provisioned.err).toBe(0);
+});
+
+describe('README', () => {
+  it('marks every code block with how it is checked, and each mark is one this file checks', () => {
+    const known = ['package scripts', 'runs against the dev token', 'runs each line', 'file config/default.json', 'config fragment'];
+    for (const b of blocks()) expect(known, `README line ${b.line}: ${b.check ?? 'no <!-- checked: … --> mark'}`).toContain(b.check);
+  });
+
+  it('two commands: each is a script of package.json', () => {
+    const scripts = JSON.parse(readFileSync('package.json', 'utf8')).scripts as Record<string, string>;
+    const commands = only('package scripts').body.split('\n').map((l) => /^npm (\w+)/.exec(l)?.[1]);
+    expect(commands).toEqual(['start', 'test']);
+    for (const c of commands) expect(scripts[c!]).toContain('scripts/setup.sh');
+  });
+
+  it('the sample config is config/default.json, verbatim', () => {
+    expect(only('file config/default.json').body).toBe(readFileSync('config/default.json', 'utf8').trimEnd());
+  });
+
+  it('the policy example is a config fragment the daemon accepts', () => {
+    const base = JSON.parse(readFileSync('config/default.json', 'utf8'));
+    const fragment = JSON.parse(`{${only('config fragment').body}}`);
+    expect(() => parseConfig({ ...base, ...fragment })).not.toThrow();
+  });
+
+  it('"Using it" runs as written in a project of its own, and OpenSSL accepts its signature with its PEM', () => {
+    writeFileSync(join(project, 'example.mjs'), only('runs against the dev token').body);
+    const r = run(process.execPath, ['example.mjs']);
+    expect(r.code, r.err).toBe(0);
+    // The library logs at the config's level (info in config/default.json) as JSON lines: skip them.
+    const printed = r.out.split('\n').filter((l) => !l.startsWith('{"level"')).join('\n');
+    const [, ok, signature, pem] = /^(\S+) (\S+) ([\s\S]+)$/.exec(printed.trim()) ?? [];
+    expect(ok).toBe('true');
+    writeFileSync(join(project, 'pub.pem'), pem!);
+    writeFileSync(join(project, 'sig.der'), Buffer.from(signature!, 'base64'));
+    writeFileSync(join(project, 'data'), 'invoice 2026-0042');
+    expect(openssl(['dgst', '-sha256', '-verify', join(project, 'pub.pem'), '-signature', join(project, 'sig.der'), join(project, 'data')]).toString()).toContain('Verified OK');
+  });
+
+  it('the CLI examples run, line by line, on that config; OpenSSL accepts the signature they make', () => {
+    const config = JSON.parse(readFileSync('config/default.json', 'utf8'));
+    writeFileSync(join(project, 'config', 'default.json'), JSON.stringify({ ...config, audit: { path: 'var/audit.jsonl', flushMs: 5 } }));
+    writeFileSync(join(project, 'invoice.xml'), '<invoice id="2026-0042"/>');
+    openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(project, 'tls.key'), '-out', join(project, 'tls.crt'), '-subj', '/CN=tls', '-days', '2']);
+    openssl(['pkcs12', '-export', '-inkey', join(project, 'tls.key'), '-in', join(project, 'tls.crt'), '-out', join(project, 'server.p12'), '-passout', 'pass:readme-p12']);
+    const outputs: string[] = [];
+    for (const line of only('runs each line').body.split('\n')) {
+      const [bin, ...args] = line.split(' ');
+      expect(bin).toBe('pkcs11-supervisor');
+      const r = run(process.execPath, [join(ROOT, 'dist/src/cli.js'), ...args], { P12_PASS: 'readme-p12' });
+      expect(r.code, `${line}\n${r.err}`).toBe(0);
+      outputs.push(r.out);
+    }
+    expect(JSON.parse(outputs[0]!).slots.signer.state).toBe('logged_in');
+    expect(JSON.parse(outputs[6]!)).toMatchObject({ kty: 'EC', crv: 'P-384' });
+    expect(outputs[7]).toMatch(/^ok: \d+ records, chain intact/);
+    const pem = run(process.execPath, [join(ROOT, 'dist/src/cli.js'), 'pubkey', '--slot', 'signer', '--key', 'ec', '--format', 'pem', '--out', 'ec.pem']);
+    expect(pem.code, pem.err).toBe(0);
+    expect(openssl(['dgst', '-sha256', '-verify', join(project, 'ec.pem'), '-signature', join(project, 'invoice.sig'), join(project, 'invoice.xml')]).toString()).toContain('Verified OK');
+  });
+});
