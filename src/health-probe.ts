@@ -8,7 +8,9 @@
 import type { Logger } from 'pino';
 import { tokenPresent } from './module-registry.js';
 import type { Slot } from './slot.js';
-import type { WorkerReply } from './model/protocol.js';
+import { SESSION_LOST_CKRS } from './model/ckr.js';
+import { USER_SESSION_STATES, type SessionInfo, type WorkerReply } from './model/protocol.js';
+import type { SlotWorker } from './slot-worker.js';
 
 export class HealthProbe {
   private timer: NodeJS.Timeout | null = null;
@@ -59,4 +61,25 @@ export class HealthProbe {
       this.running = false;
     }
   }
+}
+
+/**
+ * Asks the token for a session's state and has the worker's machine follow it. Only on a session
+ * that is open: the probe never opens a lazy slot. The reply, for the probe's log.
+ */
+export async function checkHealth(worker: SlotWorker, deadline: number): Promise<WorkerReply<SessionInfo> | null> {
+  if (worker.state !== 'open' && worker.state !== 'logged_in') return null;
+  let reply: WorkerReply<SessionInfo>;
+  try {
+    reply = await worker.runTask<SessionInfo>({ op: 'sessionInfo' }, deadline);
+  } catch {
+    return null; // a dead or wedged thread is reported to the supervisor already
+  }
+  if (!reply.ok) {
+    if (reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) worker.sessionLost();
+    return reply;
+  }
+  const loggedIn = USER_SESSION_STATES.has(reply.value.state);
+  if ((worker.state === 'logged_in') !== loggedIn) worker.followToken(loggedIn);
+  return reply;
 }

@@ -6,7 +6,7 @@
  */
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { slotMachine, type Activity } from '../actors/slot-machine.js';
-import type { SlotState } from './model/slot-state.js';
+import { slotFailed, type SlotState } from './model/slot-state.js';
 import type { RestartPolicy } from './restart-policy.js';
 import { SESSION_LOST_CKRS, TRANSIENT_CKRS } from './model/ckr.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
@@ -14,6 +14,7 @@ import type { PinChain, PinOrigin } from './pin-chain.js';
 import type { Secret } from './model/secret.js';
 import type { CallContext, CallNeeds, SlotTask } from './slot-call.js';
 import { SessionHost, ThreadDied, Wedged, unwrap } from './session-host.js';
+import { checkHealth } from './health-probe.js';
 import type { SlotConfig } from './config-schema.js';
 import { USER_SESSION_STATES, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type WorkerTask } from './model/protocol.js';
 
@@ -146,7 +147,7 @@ export class SlotWorker {
       case 'asSecurityOfficer':
         return this.asSecurityOfficer(task.task, call.deadline);
       case 'healthCheck':
-        return this.checkHealth(call.deadline);
+        return checkHealth(this, call.deadline);
       default:
         return this.execute(task, call);
     }
@@ -157,28 +158,6 @@ export class SlotWorker {
       throw new Pkcs11SupervisorError('SO_LOGIN_REQUIRED', `slot "${this.slot}" is not logged in as its Security Officer: login(slot, soPin, { userType: 'so' }) first`, { slot: this.slot });
     }
     return unwrap(await this.runTask(task, deadline), this.slot);
-  }
-
-  /**
-   * Asks the token for the session's state and has the machine follow it: a keepalive against
-   * HSM idle timeouts, and a lost session or a logout seen before a user call meets it. Only
-   * on a session that is open: the probe never opens a lazy slot. The reply, for the probe's log.
-   */
-  private async checkHealth(deadline: number): Promise<WorkerReply<SessionInfo> | null> {
-    if (this.state !== 'open' && this.state !== 'logged_in') return null;
-    let reply: WorkerReply<SessionInfo>;
-    try {
-      reply = await this.runTask<SessionInfo>({ op: 'sessionInfo' }, deadline);
-    } catch {
-      return null; // a dead or wedged thread is reported to the supervisor already
-    }
-    if (!reply.ok) {
-      if (reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) this.sessionLost();
-      return reply;
-    }
-    const loggedIn = USER_SESSION_STATES.has(reply.value.state);
-    if ((this.state === 'logged_in') !== loggedIn) this.followToken(loggedIn);
-    return reply;
   }
 
   private async openSession(): Promise<OpenReport> {
@@ -279,10 +258,7 @@ export class SlotWorker {
   /** A settled state a call can go on from: a failed or closed worker ends the call here. */
   private async liveState(deadline: number): Promise<SlotState> {
     const state = await this.settledState(deadline);
-    if (state === 'failed') {
-      const e = this.context.lastError;
-      throw new Pkcs11SupervisorError('SLOT_FAILED', `slot "${this.slot}" has failed${e ? `: ${e.message}` : ''}`, { slot: this.slot, ckr: e?.ckr });
-    }
+    if (state === 'failed') throw slotFailed(this.slot, this.context.lastError);
     if (state === 'closed') throw new Pkcs11SupervisorError('CLOSED', 'the supervisor is closed', { slot: this.slot });
     return state;
   }

@@ -4,7 +4,7 @@
  * a login or logout through one worker is told to the others.
  */
 import type { Logger } from 'pino';
-import { SLOT_STATES, type SlotState } from './model/slot-state.js';
+import { SLOT_STATES, slotFailed, type SlotState } from './model/slot-state.js';
 import type { SlotConfig } from './config-schema.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import type { SupervisorEmitter } from './events.js';
@@ -107,11 +107,7 @@ export class Slot {
   /** The slot fails when every worker has failed; until then the healthy ones serve. */
   failure(): Pkcs11SupervisorError | null {
     if (!this.workers.every((w) => w.state === 'failed')) return null;
-    const last = this.workers[0]!.context.lastError;
-    return new Pkcs11SupervisorError('SLOT_FAILED', `slot "${this.name}" has failed${last ? `: ${last.message}` : ''}; it needs an operator (reset) or the token back`, {
-      slot: this.name,
-      ckr: last?.ckr,
-    });
+    return slotFailed(this.name, this.workers[0]!.context.lastError);
   }
 
   private stateChanged(worker: SlotWorker, from: SlotState, to: SlotState): void {

@@ -3,14 +3,14 @@
  * read certificates, random bytes. Private keys are created sensitive and non-extractable
  * unless the caller asks otherwise.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createPublicKey, type JsonWebKey } from 'node:crypto';
 import type * as P11 from 'pkcs11js';
 import { pkcs11js, readUlong } from './pkcs11js.js';
 import { curveByName, curveByParams } from '../src/model/curves.js';
-import { octetString } from '../src/model/der.js';
+import { octetString, unwrapOctetString } from '../src/model/der.js';
 import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN } from './pkcs11-constants.js';
 import type { KeyType } from '../src/model/mechanisms.js';
-import type { FoundPage, ImportedObject, JsonWebKeyLike, KeyGenSpec, ObjectClass, ObjectDescriptor, ObjectQuery } from '../src/model/protocol.js';
+import type { FoundPage, ImportedObject, JsonWebKeyLike, KeyGenSpec, ObjectClass, ObjectDescriptor, ObjectQuery, PublicKeyReport } from '../src/model/protocol.js';
 
 export interface SessionAccess {
   p11(fn: string): P11.PKCS11;
@@ -97,6 +97,25 @@ export function describe(s: SessionAccess, h: P11.Handle): ObjectDescriptor {
     d.verify = bool(attrs(s, h, [pkcs11js.CKA_VERIFY])[0]!);
   }
   return d;
+}
+
+/** A public key as SPKI DER with its label and id, read from the token object (RSA modulus and exponent, or EC point). */
+export function publicKeyReport(s: SessionAccess, h: P11.Handle, keyType: KeyType, fieldBytes: number): PublicKeyReport {
+  const attr = (type: number): Buffer => attrs(s, h, [type])[0]!;
+  let jwk: JsonWebKey;
+  if (keyType === 'RSA') {
+    jwk = { kty: 'RSA', n: attr(pkcs11js.CKA_MODULUS).toString('base64url'), e: attr(pkcs11js.CKA_PUBLIC_EXPONENT).toString('base64url') };
+  } else {
+    const point = unwrapOctetString(attr(pkcs11js.CKA_EC_POINT));
+    if (keyType === 'EC_EDWARDS') {
+      jwk = { kty: 'OKP', crv: 'Ed25519', x: point.toString('base64url') };
+    } else {
+      const crv = curveByParams(attr(pkcs11js.CKA_EC_PARAMS).toString('hex'))?.name;
+      jwk = { kty: 'EC', crv, x: point.subarray(1, 1 + fieldBytes).toString('base64url'), y: point.subarray(1 + fieldBytes).toString('base64url') };
+    }
+  }
+  const spkiDer = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'der' });
+  return { keyType, spkiDer, label: attr(pkcs11js.CKA_LABEL).toString('utf8'), id: attr(pkcs11js.CKA_ID).toString('hex') };
 }
 
 export function findObjects(s: SessionAccess, q: ObjectQuery, limit: number): ObjectDescriptor[] {

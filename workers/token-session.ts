@@ -4,10 +4,8 @@
  * Calls are synchronous; the thread runs one task at a time, which is how a session's
  * single-operation rule (CKR_OPERATION_ACTIVE) is kept.
  */
-import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { pkcs11js, readUlong } from './pkcs11js.js';
 import { curveByParams } from '../src/model/curves.js';
-import { unwrapOctetString } from '../src/model/der.js';
 import { tokenMatches, trimPadded } from '../src/model/token-match.js';
 import type * as P11 from 'pkcs11js';
 import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/model/mechanisms.js';
@@ -16,7 +14,7 @@ import { prepareMechanisms, preparedKey, keyGenSizes, type PreparedMechanism } f
 import { WorkerFailure } from './failure.js';
 import { CKK_EC_EDWARDS, CKS_BY_VALUE } from './pkcs11-constants.js';
 import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from '../src/model/protocol.js';
-import { findHandles, type SessionAccess } from './object-ops.js';
+import { findHandles, publicKeyReport, type SessionAccess } from './object-ops.js';
 
 interface CachedKey {
   handle: P11.Handle;
@@ -296,26 +294,7 @@ export class TokenSession implements SessionAccess {
 
   publicKey(sel: KeySelector): PublicKeyReport {
     const key = this.key(sel, pkcs11js.CKO_PUBLIC_KEY);
-    const session = this.live;
-    const attr = (type: number): Buffer => {
-      const [a] = this.count('C_GetAttributeValue').C_GetAttributeValue(session, key.handle, [{ type }]);
-      return a!.value as Buffer;
-    };
-    let jwk: JsonWebKey;
-    if (key.keyType === 'RSA') {
-      jwk = { kty: 'RSA', n: attr(pkcs11js.CKA_MODULUS).toString('base64url'), e: attr(pkcs11js.CKA_PUBLIC_EXPONENT).toString('base64url') };
-    } else {
-      const point = unwrapOctetString(attr(pkcs11js.CKA_EC_POINT));
-      if (key.keyType === 'EC_EDWARDS') {
-        jwk = { kty: 'OKP', crv: 'Ed25519', x: point.toString('base64url') };
-      } else {
-        const params = attr(pkcs11js.CKA_EC_PARAMS).toString('hex');
-        const n = key.fieldBytes;
-        jwk = { kty: 'EC', crv: curveByParams(params)?.name, x: point.subarray(1, 1 + n).toString('base64url'), y: point.subarray(1 + n).toString('base64url') };
-      }
-    }
-    const spkiDer = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'der' });
-    return { keyType: key.keyType, spkiDer, label: attr(pkcs11js.CKA_LABEL).toString('utf8'), id: attr(pkcs11js.CKA_ID).toString('hex') };
+    return publicKeyReport(this, key.handle, key.keyType, key.fieldBytes);
   }
 
   /** Finds a key by label/id once per session; the handle is reused until the session goes. */

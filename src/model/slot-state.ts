@@ -1,4 +1,4 @@
-import type { ErrorCode } from './errors.js';
+import { Pkcs11SupervisorError, type ErrorCode } from './errors.js';
 
 /**
  * Every state of a slot worker (actors/slot-machine.ts draws how they connect), best first:
@@ -25,4 +25,9 @@ export interface SlotError {
   code: ErrorCode;
   message: string;
   ckr?: string | undefined;
+}
+
+/** A slot (or the worker a call waited for) has failed: it needs an operator's reset or the token back. */
+export function slotFailed(slot: string, last: SlotError | null): Pkcs11SupervisorError {
+  return new Pkcs11SupervisorError('SLOT_FAILED', `slot "${slot}" has failed${last ? `: ${last.message}` : ''}; it needs an operator (reset) or the token back`, { slot, ckr: last?.ckr });
 }
