@@ -11,7 +11,7 @@
 import { Pkcs11SupervisorError } from './model/errors.js';
 import type { Secret } from './model/secret.js';
 import type { SlotWorker } from './slot-worker.js';
-import type { CallContext, CallSpec, Delivered } from './slot-call.js';
+import type { CallContext, CallSpec, Delivered, SlotTask } from './slot-call.js';
 import { CLAIM_CANCELLED, type WorkerTask } from './model/protocol.js';
 
 /** Calls of these operations, with no PIN of their own, may share one message to a worker. */
@@ -19,6 +19,12 @@ const BATCHABLE: ReadonlySet<string> = new Set(['sign', 'verify']);
 
 /** At most this many calls share one message to a worker. */
 const MAX_BATCH = 64;
+/**
+ * At most this many bytes of input share one message: batching pays for small inputs, and a
+ * packed batch must stay far inside what its 32-bit offsets address (batch-codec.ts). A call
+ * larger than this goes alone.
+ */
+export const MAX_BATCH_BYTES = 1024 * 1024;
 /**
  * A batch's replies come back together, so a batch holds about this much token time: enough
  * to amortize the thread hop on fast operations, never enough to delay a slow token's calls.
@@ -178,6 +184,7 @@ export class Mailbox {
       const byTime = this.waiting + 1 > shallow * serving ? Math.max(1, Math.floor(DEEP_QUEUE_BATCH_BUDGET_MS / this.execMs)) : shallow;
       const cap = Math.min(MAX_BATCH, byTime, Math.max(1, Math.ceil((this.waiting + 1) / sharing)));
       const batch: Call<unknown>[] = [call];
+      let bytes = inputBytes(call.spec.task);
       while (batch.length < cap && this.head < this.queue.length) {
         const next = this.queue[this.head]!;
         if (next.settled) {
@@ -185,6 +192,8 @@ export class Mailbox {
           continue;
         }
         if (!this.batchable(next)) break;
+        bytes += inputBytes(next.spec.task);
+        if (bytes > MAX_BATCH_BYTES) break;
         this.dequeueHead();
         next.queued = false;
         this.waiting--;
@@ -311,4 +320,9 @@ export class Mailbox {
   async drained(): Promise<void> {
     while (this.inFlight > 0) await new Promise((r) => setTimeout(r, 10));
   }
+}
+
+/** The caller's bytes a sign or verify carries to the thread. */
+function inputBytes(task: SlotTask): number {
+  return task.op === 'sign' ? task.data.byteLength : task.op === 'verify' ? task.data.byteLength + task.signature.byteLength : 0;
 }

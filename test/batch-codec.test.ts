@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { packBatch, ReplyPacker, unpackBatch, unpackReplies } from '../dist/workers/handover/batch-codec.js';
+import { MAX_PACKED_BYTES, packBatch, ReplyPacker, unpackBatch, unpackReplies } from '../dist/workers/handover/batch-codec.js';
 import type { WorkerReply, WorkerTask } from '../dist/src/model/protocol.js';
 
 const sign = (label: string, data: string, mechanism = 'ECDSA-SHA256'): WorkerTask =>
@@ -16,6 +16,14 @@ describe('batch codec', () => {
     expect(back.map((t) => ({ ...t, data: Buffer.from((t as { data: Uint8Array }).data).toString() }))).toEqual(
       tasks.map((t) => ({ ...t, data: Buffer.from((t as { data: Uint8Array }).data).toString() })),
     );
+  });
+
+  it('a batch is packed up to exactly what its offsets address, and refused past it', () => {
+    expect(MAX_PACKED_BYTES).toBe(2 ** 31 - 1);
+    const tasks = [sign('ec', 'abcd'), sign('ec', 'efgh')];
+    const claims = new Int32Array(new SharedArrayBuffer(8));
+    expect(packBatch(tasks, claims, 8)!.data.byteLength).toBe(8);
+    expect(() => packBatch(tasks, claims, 7)).toThrow(RangeError);
   });
 
   it('a batch holding anything but signs is not packed', () => {

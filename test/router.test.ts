@@ -123,6 +123,27 @@ describe('batches', () => {
     await first;
     expect(sup.status().slots.t!.state).toBe('logged_in');
   });
+
+  it('large inputs queued together: every signature is over its own caller\'s bytes, whatever the batches add up to', async () => {
+    process.env.PKCS11_SUPERVISOR_FAULTS = '1';
+    const MiB = 1024 * 1024;
+    sup = await startSupervisor({ config: configFor(td, { t: { token: { label: 'router' }, pin: { env: 'TEST_PIN' }, maxDataBytes: 8 * MiB } }) });
+    const { keyObject } = await sup.getPublicKey({ slot: 't', key: 'ec' });
+    const blocked = injectWorkerFault(sup, 't', 0, { kind: 'block', ms: 300 }); // everything below queues, then goes in batches
+    // Distinct bytes per call, big and small mixed: 40 MiB in all, forty times a batch's budget.
+    const inputs = Array.from({ length: 48 }, (_, i) => {
+      const data = Buffer.alloc(i % 4 === 0 ? 64 : (i % 3) * 2 * MiB + 256 * 1024);
+      for (let k = 0; k < data.length; k += 4096) data.writeUInt32BE(i * 1_000_003 + k, k);
+      return data;
+    });
+    const sigs = await Promise.all(inputs.map((data) => sup!.sign({ slot: 't', key: 'ec', mechanism: 'ECDSA-SHA256', data })));
+    await blocked;
+    sigs.forEach((sig, i) => {
+      expect(verify('sha256', inputs[i]!, keyObject, sig), `call ${i}`).toBe(true);
+      // And not over any other call's bytes.
+      expect(verify('sha256', inputs[(i + 1) % inputs.length]!, keyObject, sig)).toBe(false);
+    });
+  });
 });
 
 describe('hsm pool', () => {

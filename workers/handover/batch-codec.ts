@@ -33,13 +33,20 @@ const NOT_RUN = 0;
 const VALUE = 1;
 const ERROR = 2;
 
-/** Packs a batch made only of sign tasks; null for any other batch. */
-export function packBatch(tasks: readonly WorkerTask[], claims: Int32Array): PackedBatch | null {
+/** What the 32-bit offsets of a packed batch address. */
+export const MAX_PACKED_BYTES = 2 ** 31 - 1;
+
+/**
+ * Packs a batch made only of sign tasks; null for any other batch. A batch whose data would
+ * not be addressable is refused outright: a wrapped offset would sign another call's bytes.
+ */
+export function packBatch(tasks: readonly WorkerTask[], claims: Int32Array, limit = MAX_PACKED_BYTES): PackedBatch | null {
   let size = 0;
   for (const t of tasks) {
     if (t.op !== 'sign') return null;
     size += t.data.byteLength;
   }
+  if (size > limit) throw new RangeError(`a packed batch holds at most ${limit} bytes of data, not ${size}`);
   const shapes: SignShape[] = [];
   const index = new Int32Array(3 * tasks.length);
   const data = new Uint8Array(size);
