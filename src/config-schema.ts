@@ -84,6 +84,12 @@ export const SlotSchema = z
     readOnly: z.boolean().default(false),
     /** verify runs in Node with the token's public key, so it never queues behind signatures. */
     softwareVerify: z.boolean().default(true),
+    /**
+     * How long a public key the token confirmed may answer a software verify (or a JWS header)
+     * without asking the token again. 0: every verify waits for a confirmation that began after
+     * it arrived (one for all the verifies waiting together), so a replaced key is never trusted.
+     */
+    keyCheckMs: z.number().int().min(0).max(3_600_000).default(0),
     restart: RestartPolicySchema.default(() => RestartPolicySchema.parse({})),
   })
   .superRefine((slot, ctx) => {

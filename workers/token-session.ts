@@ -21,9 +21,18 @@ interface CachedKey {
   keyType: KeyType;
   /** Bytes of one ECDSA signature half (r or s); 0 for non-EC keys. */
   fieldBytes: number;
+  /** When a find on the token last returned this handle (performance.now()). */
+  foundAt: number;
 }
 
 const MAX_SIGNATURE_BYTES = 2048; // RSA-16384
+/**
+ * A key handle is looked up again after this long. A key can be replaced by another process
+ * behind a handle that still works (a module may serve the old object from its own cache): a
+ * signature comes from the key the token lists at most this long ago. A find costs about as
+ * much as an ECDSA signature on SoftHSM2, so not on every call.
+ */
+const KEY_RECHECK_MS = 1000;
 
 function keyTypeOf(ckk: number): KeyType | null {
   if (ckk === pkcs11js.CKK_RSA) return 'RSA';
@@ -292,16 +301,18 @@ export class TokenSession implements SessionAccess {
     }
   }
 
+  /** Read from the object a find returns now: this is how the main thread confirms a public key it keeps. */
   publicKey(sel: KeySelector): PublicKeyReport {
-    const key = this.key(sel, pkcs11js.CKO_PUBLIC_KEY);
+    const key = this.key(sel, pkcs11js.CKO_PUBLIC_KEY, true);
     return publicKeyReport(this, key.handle, key.keyType, key.fieldBytes);
   }
 
-  /** Finds a key by label/id once per session; the handle is reused until the session goes. */
-  private key(sel: KeySelector, cls: number): CachedKey {
+  /** Finds a key by label/id; the handle is reused until the session goes or KEY_RECHECK_MS pass (`fresh`: find it now). */
+  private key(sel: KeySelector, cls: number, fresh = false): CachedKey {
     const cacheKey = `${cls}\0${sel.label ?? ''}\0${sel.id ?? ''}`;
     const hit = this.keys.get(cacheKey);
-    if (hit) return hit;
+    const now = performance.now();
+    if (hit && !fresh && now - hit.foundAt < KEY_RECHECK_MS) return hit;
     const session = this.live;
     const found = findHandles(this, { class: cls === pkcs11js.CKO_PRIVATE_KEY ? 'privateKey' : 'publicKey', label: sel.label, id: sel.id }, 2);
     const what = `${cls === pkcs11js.CKO_PRIVATE_KEY ? 'private' : 'public'} key${sel.label !== undefined ? ` label "${sel.label}"` : ''}${sel.id !== undefined ? ` id ${sel.id}` : ''}`;
@@ -321,7 +332,7 @@ export class TokenSession implements SessionAccess {
       fieldBytes = curveByParams((p!.value as Buffer).toString('hex'))?.fieldBytes ?? 0;
       if (!fieldBytes) throw new WorkerFailure('MECHANISM_INVALID', `${what} is on a curve this service does not support (P-256, P-384, P-521)`);
     }
-    const entry = { handle, keyType, fieldBytes };
+    const entry = { handle, keyType, fieldBytes, foundAt: now };
     this.keys.set(cacheKey, entry);
     return entry;
   }

@@ -18,7 +18,7 @@ export async function signJws(gate: Gate, request: SignJwsRequest): Promise<stri
   if (!isJwsAlg(req.alg)) throw new Pkcs11SupervisorError('MECHANISM_INVALID', `alg must be one of ${Object.keys(JWS_ALGS).join(', ')}`, { slot: slot.name });
   const alg = req.alg;
   const key = req.key as KeyRef;
-  const info = await gate.publicKeys.get(slot.name, check.keySelector(slot, key), () => getPublicKey(gate, { ...req, slot: slot.name, key } as PublicKeyRequest));
+  const info = await gate.publicKeys.get(slot.name, check.keySelector(slot, key), slot.config.keyCheckMs, () => getPublicKey(gate, { ...req, slot: slot.name, key, signal: undefined } as PublicKeyRequest));
   const curve = JWS_CURVE[alg];
   if (curve && info.jwk.crv !== curve) {
     throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${alg} needs a ${curve} key; key is ${info.jwk.crv ?? info.keyType}`, { slot: slot.name });

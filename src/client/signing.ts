@@ -52,7 +52,7 @@ async function verifyHere(gate: Gate, slot: Slot, mechanism: MechanismName, req:
   const data = check.bytes(req.data, 'data', slot);
   const signature = check.bytes(req.signature, 'signature', slot);
   const format = check.signatureFormat(req.signatureFormat, slot.name);
-  const info = await gate.publicKeys.get(slot.name, check.keySelector(slot, req.key), () => getPublicKey(gate, { ...req, slot: slot.name } as PublicKeyRequest));
+  const info = await gate.publicKeys.get(slot.name, check.keySelector(slot, req.key), slot.config.keyCheckMs, () => getPublicKey(gate, { ...req, slot: slot.name, signal: undefined } as PublicKeyRequest));
   const needs = MECHANISMS[mechanism].keyType;
   if (info.keyType !== needs) {
     throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${mechanism} needs an ${needs} key; key "${String(req.key)}" is ${info.keyType}`, { slot: slot.name });
