@@ -250,7 +250,13 @@ export class SlotWorker {
         throw new Pkcs11SupervisorError('SO_SESSION_ACTIVE', `slot "${this.slot}" is logged in as its Security Officer; user calls resume after logout`, { slot: this.slot });
       }
       if (state === 'logged_in' || ((state === 'open' || state === 'so_logged_in') && !call.needsLogin)) return;
-      await this.logIn(call.pin, call.deadline, round === 0 ? 'login' : 'relogin', false);
+      try {
+        await this.logIn(call.pin, call.deadline, round === 0 ? 'login' : 'relogin', false);
+      } catch (e) {
+        // The session went (a module reset, a token pulled) while logging in: open a new one.
+        if (!(e instanceof Pkcs11SupervisorError && e.ckr && SESSION_LOST_CKRS.has(e.ckr))) throw e;
+        this.sessionLost();
+      }
     }
     throw new Pkcs11SupervisorError('PIN_REQUIRED', `slot "${this.slot}" could not reach a logged-in session`, { slot: this.slot });
   }

@@ -8,6 +8,7 @@ import type { Config } from './config-schema.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { SupervisorEmitter } from './events.js';
 import { acquireModule, closeModuleGate, releaseModule, reinitializeModule } from './module-registry.js';
+import { MODULE_BROKEN_CKRS } from './model/ckr.js';
 import type { PinCallback } from './pin-chain.js';
 import { defaultRestartPolicy, type RestartPolicyFactory } from './restart-policy.js';
 import { Slot } from './slot.js';
@@ -98,10 +99,10 @@ export class Supervisor {
    * The module is broken (a session could not even be opened): finalize and initialize it once,
    * for every worker of every slot on it, then let them all re-open. One incident, one reset.
    */
-  private resetModule(origin: Slot, ckr: string): void {
+  private resetModule(origin: Slot, ckr: string, operator = false): void {
     const path = this.loadPaths.get(origin.config.module)!;
     const now = Date.now();
-    if (now - (this.lastModuleReset.get(path) ?? 0) < 2_000) return;
+    if (!operator && now - (this.lastModuleReset.get(path) ?? 0) < 2_000) return;
     this.lastModuleReset.set(path, now);
     const onModule = [...this.slots.values()].filter((s) => this.loadPaths.get(s.config.module) === path);
     const open = closeModuleGate(path);
@@ -121,6 +122,12 @@ export class Supervisor {
   /** Operator action: forget the slot's restart history and bring failed workers back. */
   reset(slot: Slot): void {
     slot.restart.reset();
+    // Failed because the module is broken, or because it did not list the token: a module that
+    // lists its tokens once per initialization (SoftHSM2) sees a token made since only after it
+    // is initialized again.
+    const errors = slot.workers.map((w) => w.context.lastError);
+    const moduleLevel = errors.find((e) => e?.code === 'TOKEN_NOT_FOUND' || (e?.ckr !== undefined && MODULE_BROKEN_CKRS.has(e.ckr)));
+    if (moduleLevel) this.resetModule(slot, moduleLevel.ckr ?? 'TOKEN_NOT_FOUND', true);
     for (const w of slot.workers) w.reset();
   }
 

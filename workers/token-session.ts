@@ -139,11 +139,20 @@ export class TokenSession implements SessionAccess {
       this.readTokenInfo(slot);
       return slot;
     }
+    // One slot whose token cannot be read (deleted under the module, broken) must not hide the others.
+    let unreadable: unknown = null;
     const matches = slots.filter((s) => {
-      this.readTokenInfo(s);
+      try {
+        this.readTokenInfo(s);
+      } catch (e) {
+        unreadable ??= e;
+        return false;
+      }
       return tokenMatches(sel, { label: this.tokenLabel, serialNumber: this.tokenSerial });
     });
     const what = 'label' in sel ? `label "${sel.label}"` : `serial "${sel.serial}"`;
+    // Not found, and a slot could not say what it holds: that slot's error is the one to act on.
+    if (matches.length === 0 && unreadable) throw unreadable;
     if (matches.length === 0) throw new WorkerFailure('TOKEN_NOT_FOUND', `no token with ${what} is present`);
     if (matches.length > 1) throw new WorkerFailure('TOKEN_NOT_FOUND', `${matches.length} tokens have ${what}; select the token by serial`);
     this.readTokenInfo(matches[0]!);

@@ -20,8 +20,12 @@ export const SESSION_LOST_CKRS: ReadonlySet<string> = new Set([
 /** Return values worth one more try on the same session: the token could not say more than "failed". */
 export const TRANSIENT_CKRS: ReadonlySet<string> = new Set(['CKR_FUNCTION_FAILED']);
 
-/** An open that fails like this means the module, not the session, is broken: reset the module. */
-export const MODULE_BROKEN_CKRS: ReadonlySet<string> = new Set(['CKR_DEVICE_ERROR', 'CKR_CRYPTOKI_NOT_INITIALIZED']);
+/**
+ * A crash with this CKR means the module, not the session, is broken: reset the module. A
+ * token deleted and created again under a module that lists its tokens once (SoftHSM2) answers
+ * CKR_GENERAL_ERROR until the module is initialized again; so do modules out of descriptors.
+ */
+export const MODULE_BROKEN_CKRS: ReadonlySet<string> = new Set(['CKR_DEVICE_ERROR', 'CKR_CRYPTOKI_NOT_INITIALIZED', 'CKR_GENERAL_ERROR']);
 
 const CODE_BY_CKR: Record<string, ErrorCode> = {
   CKR_PIN_INCORRECT: 'PIN_INCORRECT',
