@@ -6,7 +6,8 @@
  * from any automatic source: a real token locks after a few wrong tries.
  */
 import { createHmac, randomBytes } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { statSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import type { PinSource } from './config-schema.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { Secret } from './model/secret.js';
@@ -97,11 +98,19 @@ export class PinChain {
       const value = process.env[this.source.env];
       return value ? { pin: new Secret(value), origin: 'env' } : null;
     }
+    let handle;
     try {
-      const value = (await readFile(this.source.file, 'utf8')).replace(/\r?\n$/, '');
-      return value ? { pin: new Secret(value), origin: 'file' } : null;
+      handle = await open(this.source.file, 'r');
     } catch {
-      return null;
+      return null; // not there (yet): the next source, or PIN_REQUIRED
+    }
+    try {
+      // Checked on the descriptor that is read: a file swapped after a check cannot slip through.
+      refuseLoosePinFile(this.source.file, await handle.stat(), `slots.${this.slot}.pin.file`);
+      const value = (await handle.readFile('utf8')).replace(/\r?\n$/, '');
+      return value ? { pin: new Secret(value), origin: 'file' } : null;
+    } finally {
+      await handle.close();
     }
   }
 
@@ -123,5 +132,32 @@ export class PinChain {
   accepted(): void {
     this.rejected = null;
     this.explicitOnly = false;
+  }
+}
+
+/**
+ * As ssh does with private keys: a PIN file others may access is refused, and so is one its
+ * group may access unless that group is the daemon's own (Kubernetes gives a mounted Secret to
+ * the pod's fsGroup, and the daemon cannot read a 0400 file that root owns).
+ */
+function refuseLoosePinFile(path: string, stat: { mode: number; gid: number }, field: string): void {
+  const ownGroup = stat.gid === process.getegid?.();
+  if ((stat.mode & 0o007) === 0 && ((stat.mode & 0o070) === 0 || ownGroup)) return;
+  const octal = (stat.mode & 0o777).toString(8).padStart(4, '0');
+  const message = `PIN file ${path} is accessible by ${stat.mode & 0o007 ? 'others' : 'its group'} (mode ${octal}); make it readable by the daemon's user only (chmod 600)`;
+  throw new Pkcs11SupervisorError('CONFIG_INVALID', `${field}: ${message}`, { issues: [{ path: field, message }] });
+}
+
+/** At start: every configured PIN file that exists must be private to the daemon's user. */
+export function checkPinFiles(slots: Record<string, { pin?: PinSource | undefined }>): void {
+  for (const [name, slot] of Object.entries(slots)) {
+    if (!slot.pin || !('file' in slot.pin)) continue;
+    let stat;
+    try {
+      stat = statSync(slot.pin.file);
+    } catch {
+      continue; // may be mounted later; read (and checked) at login
+    }
+    refuseLoosePinFile(slot.pin.file, stat, `slots.${name}.pin.file`);
   }
 }

@@ -9,7 +9,7 @@ import { Pkcs11SupervisorError } from './model/errors.js';
 import { SupervisorEmitter } from './events.js';
 import { acquireModule, closeModuleGate, releaseModule, reinitializeModule } from './module-registry.js';
 import { MODULE_BROKEN_CKRS } from './model/ckr.js';
-import type { PinCallback } from './pin-chain.js';
+import { checkPinFiles, type PinCallback } from './pin-chain.js';
 import { defaultRestartPolicy, type RestartPolicyFactory } from './restart-policy.js';
 import { Slot } from './slot.js';
 import { HealthProbe } from './health-probe.js';
@@ -36,6 +36,7 @@ export class Supervisor {
       const issues = pinless.map(([n]) => ({ path: `slots.${n}.pin`, message: 'a "token" slot needs a PIN source: pin.env, pin.file, or a pinCallback given to startSupervisor' }));
       throw new Pkcs11SupervisorError('CONFIG_INVALID', `config is invalid:\n${issues.map((i) => `  ${i.path}: ${i.message}`).join('\n')}`, { issues });
     }
+    checkPinFiles(config.slots);
     const acquired: string[] = [];
     try {
       for (const [name, slotConfig] of Object.entries(config.slots)) {

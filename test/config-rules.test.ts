@@ -158,7 +158,7 @@ describe('defaults and config print', () => {
 
   it('config print shows every default and PIN sources by kind only, never a PIN', () => {
     const pinFile = join(td.dir, 'print.pin');
-    writeFileSync(pinFile, tok.pin);
+    writeFileSync(pinFile, tok.pin, { mode: 0o600 });
     const file = join(td.dir, 'print.json');
     writeFileSync(file, JSON.stringify(configFor(td, { a: { token: { label: 'rules' }, pin: { env: 'RULES_PIN' } }, b: { type: 'hsm', poolSize: 2, token: { label: 'rules' }, pin: { file: pinFile } } })));
     const r = spawnSync(process.execPath, ['dist/src/cli.js', '--config', file, 'config', 'print'], { encoding: 'utf8', env: { ...process.env, RULES_PIN: tok.pin } });

@@ -1,4 +1,6 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { chmodSync, chownSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { startSupervisor, type Pkcs11Supervisor, type StateChangeEvent, type LoginEvent } from '../dist/src/index.js';
 import { configFor, createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 import { ExternalSession } from './support/external-session.js';
@@ -184,5 +186,38 @@ describe('recovery', () => {
     await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'PIN_REQUIRED' });
     await sup.login({ slot: 's', pin: tokens.idle!.pin });
     await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+  });
+});
+
+describe('PIN files', () => {
+  it('a PIN file others or a foreign group may read is refused at start, naming the field; one private to the daemon logs in', async () => {
+    const pinFile = join(td.dir, 'states.pin');
+    writeFileSync(pinFile, `${tokens.states!.pin}\n`, { mode: 0o600 });
+    const config = configFor(td, { s: { token: { label: 'states' }, pin: { file: pinFile } } });
+    for (const mode of [0o644, 0o666, 0o604]) {
+      chmodSync(pinFile, mode);
+      await expect(startSupervisor({ config })).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [{ path: 'slots.s.pin.file' }] });
+    }
+    if (process.getuid?.() === 0) {
+      chownSync(pinFile, 0, 4242); // a group that is not the daemon's
+      chmodSync(pinFile, 0o640);
+      await expect(startSupervisor({ config })).rejects.toMatchObject({ code: 'CONFIG_INVALID' });
+      chownSync(pinFile, 0, process.getegid!());
+    }
+    chmodSync(pinFile, 0o600);
+    sup = await startSupervisor({ config });
+    expect(await verifiesOnNode(sup, 's', 'ec', data, await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data }))).toBe(true);
+  });
+
+  it('a PIN file loosened after start is refused at the next login, and no C_Login is made with it', async () => {
+    const pinFile = join(td.dir, 'idle.pin');
+    writeFileSync(pinFile, tokens.idle!.pin, { mode: 0o600 });
+    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'idle' }, pin: { file: pinFile } } }) });
+    const before = await loginCalls(sup, 's');
+    await sup.logout('s');
+    chmodSync(pinFile, 0o644);
+    await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'CONFIG_INVALID' });
+    expect(await loginCalls(sup, 's')).toBe(before);
+    expect(sup.status().slots.s!.state).toBe('open');
   });
 });

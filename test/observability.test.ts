@@ -128,7 +128,7 @@ describe('no PIN anywhere', () => {
     const sink = new Writable({ write: (chunk, _enc, cb) => (lines.push(chunk.toString()), cb()) });
     const logger = pino({ level: 'trace', redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } }, sink);
     const pinFile = join(td.dir, 'pin.txt');
-    writeFileSync(pinFile, `${tok.pin}\n`);
+    writeFileSync(pinFile, `${tok.pin}\n`, { mode: 0o600 });
     const auditPath = join(td.dir, 'audit-pins.jsonl');
     const wrong = 'wrong-pin-7777';
     const sup = await startSupervisor({
