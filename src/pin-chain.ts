@@ -2,8 +2,9 @@
  * Where a PIN comes from, in order: the call's own `pin`, the slot's configured source
  * (env or file), the application's `pinCallback`, else PIN_REQUIRED.
  *
- * A PIN the token rejected is remembered only as a keyed fingerprint, and is not sent again
- * from any automatic source: a real token locks after a few wrong tries.
+ * A PIN the token rejected is remembered only as a keyed fingerprint, by every slot on that
+ * token, and is not sent again from any automatic source until the token takes it: a real
+ * token locks after a few wrong tries.
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
@@ -31,7 +32,6 @@ function fingerprint(pin: Secret): string {
 }
 
 export class PinChain {
-  private rejected: string | null = null;
   /** Set after an idle logout under reauthentication "fail": only an explicit PIN logs in again. */
   private explicitOnly = false;
 
@@ -39,6 +39,8 @@ export class PinChain {
     private readonly slot: string,
     private readonly source: PinSource | undefined,
     private readonly callback: PinCallback | undefined,
+    /** The token's memory of refused PINs, shared by every slot on it (token-domain.ts). */
+    private readonly refused: () => Set<string>,
   ) {}
 
   get hasAutomaticSource(): boolean {
@@ -115,7 +117,7 @@ export class PinChain {
   }
 
   private check(pin: Secret, origin: PinOrigin, explicit: boolean): { pin: Secret; origin: PinOrigin } {
-    if (!explicit && this.rejected !== null && fingerprint(pin) === this.rejected) {
+    if (!explicit && this.refused().has(fingerprint(pin))) {
       throw new Pkcs11SupervisorError(
         'PIN_INCORRECT',
         `the token of slot "${this.slot}" already rejected this PIN (from ${origin}); it is not sent again automatically. Supply a different PIN or call login()`,
@@ -126,11 +128,12 @@ export class PinChain {
   }
 
   rejectedByToken(pin: Secret): void {
-    this.rejected = fingerprint(pin);
+    this.refused().add(fingerprint(pin));
   }
 
-  accepted(): void {
-    this.rejected = null;
+  /** The token took this PIN (or it was just set): it may be tried again. Other refused PINs stay refused. */
+  accepted(pin: Secret): void {
+    this.refused().delete(fingerprint(pin));
     this.explicitOnly = false;
   }
 }

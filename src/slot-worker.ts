@@ -308,7 +308,7 @@ export class SlotWorker {
       this.actor.send({ type: 'LOGIN', pin });
       const snap = await waitFor(this.actor, (s) => s.value !== 'logging_in');
       if (snap.value === 'logged_in') {
-        pins.accepted();
+        pins.accepted(pin);
         this.opts.hooks.loginAttempted(this, origin, 'ok');
         return;
       }

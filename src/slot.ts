@@ -13,6 +13,7 @@ import { Mailbox } from './router.js';
 import type { CallSpec, Delivered } from './slot-call.js';
 import { SlotWorker } from './slot-worker.js';
 import type { RestartPolicy } from './restart-policy.js';
+import { TokenDomain, tokenDomain } from './token-domain.js';
 import type { KeyType, MechanismName } from './model/mechanisms.js';
 import type { OpenReport } from './model/protocol.js';
 
@@ -28,7 +29,8 @@ export class Slot {
   readonly capabilities = { mechanisms: new Set<MechanismName>(), keyTypes: new Map<string, KeyType>() };
   /** The token's own abilities and limits as reported at the last open; null before one. */
   token: Pick<OpenReport, 'mechanisms' | 'keyGen' | 'maxSessions' | 'maxRwSessions' | 'pinLength'> | null = null;
-  private loginChain: Promise<unknown> = Promise.resolve();
+  /** The slot's token's domain (token-domain.ts): a private one until a session names the token. */
+  private domain = new TokenDomain();
 
   constructor(
     readonly name: string,
@@ -40,12 +42,9 @@ export class Slot {
     private readonly supervisor: CrashHandler,
     readonly restart: RestartPolicy,
   ) {
-    this.pins = new PinChain(name, config.pin, pinCallback);
-    const loginLock = <T>(fn: () => Promise<T>): Promise<T> => {
-      const run = this.loginChain.then(fn, fn);
-      this.loginChain = run.catch(() => undefined);
-      return run;
-    };
+    this.pins = new PinChain(name, config.pin, pinCallback, () => this.domain.refused);
+    this.domain.members.add(this);
+    const loginLock = <T>(fn: () => Promise<T>): Promise<T> => this.domain.lock(fn);
     this.workers = Array.from(
       { length: config.poolSize },
       (_, index) =>
@@ -60,6 +59,7 @@ export class Slot {
           restart,
           hooks: {
             opened: (_w, report) => {
+              this.joinDomain(tokenDomain(modulePath, report.tokenSerial, report.tokenLabel));
               this.capabilities.mechanisms = new Set(report.mechanisms);
               this.capabilities.keyTypes = new Map(Object.entries(report.keyTypes));
               const { mechanisms, keyGen, maxSessions, maxRwSessions, pinLength } = report;
@@ -76,9 +76,22 @@ export class Slot {
     this.mailbox = new Mailbox(name, this.workers, config.queueLimit, () => this.failure());
   }
 
-  /** A worker's session holds the Security Officer's login (the token has one user type at a time). */
+  /** The token is logged in as its Security Officer, through this slot or another on the same token (one user type at a time). */
   get soActive(): boolean {
-    return this.workers.some((w) => w.state === 'so_logged_in');
+    return this.domain.soHolder !== null;
+  }
+
+  /** One of this slot's workers holds the Security Officer's login. */
+  get holdsSo(): boolean {
+    return this.domain.soHolder === this;
+  }
+
+  private joinDomain(domain: TokenDomain): void {
+    if (domain === this.domain) return;
+    this.domain.members.delete(this);
+    domain.absorb(this.domain);
+    domain.members.add(this);
+    this.domain = domain;
   }
 
   /** Opens every worker's session and, where a PIN source is configured, logs in. Lazy slots wait for their first call. */
@@ -124,9 +137,13 @@ export class Slot {
     // Also from open: a worker that found the token logged in already (through another slot on
     // the same token) logs in without a C_Login, and its siblings are just as logged in.
     if ((from === 'logging_in' || from === 'open') && to === 'logged_in') this.tellSiblings(worker, 'open', 'TOKEN_LOGGED_IN');
-    if (to === 'so_logged_in') this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');
+    if (to === 'so_logged_in') {
+      this.domain.soHolder = this;
+      this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');
+    }
+    if (from === 'so_logged_in' && this.domain.soHolder === this && !this.workers.some((w) => w.state === 'so_logged_in')) this.domain.soHolder = null;
     // Opened while a sibling logged the token in: its session report predates the login.
-    if (from === 'opening' && to === 'open' && this.workers.some((w) => w !== worker && w.state === 'logged_in')) worker.followToken(true);
+    if (from === 'opening' && to === 'open' && [...this.domain.workers()].some((w) => w !== worker && w.state === 'logged_in')) worker.followToken(true);
     if (from === 'logging_out' && to === 'open') {
       this.events.emit('logout', { slot: this.name, worker: worker.index, by: worker.context.loggedOutBy ?? 'request' });
       this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');
@@ -136,7 +153,8 @@ export class Slot {
   }
 
   private tellSiblings(origin: SlotWorker, inState: SlotState, type: 'TOKEN_LOGGED_IN' | 'TOKEN_LOGGED_OUT'): void {
-    for (const w of this.workers) if (w !== origin && w.state === inState) w.followToken(type === 'TOKEN_LOGGED_IN');
+    // Login is the token's: every worker of every slot on it follows.
+    for (const w of this.domain.workers()) if (w !== origin && w.state === inState) w.followToken(type === 'TOKEN_LOGGED_IN');
   }
 
   status() {

@@ -13,7 +13,7 @@ const data = Buffer.from('a document to sign');
 
 beforeAll(() => {
   td = tokenDir();
-  tokens = Object.fromEntries(['states', 'wrongpin', 'envpin', 'external', 'callback', 'idle'].map((l) => [l, createToken(td, l)]));
+  tokens = Object.fromEntries(['states', 'wrongpin', 'envpin', 'external', 'callback', 'idle', 'shared', 'sotoken'].map((l) => [l, createToken(td, l)]));
 });
 
 afterEach(async () => {
@@ -219,5 +219,48 @@ describe('PIN files', () => {
     await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'CONFIG_INVALID' });
     expect(await loginCalls(sup, 's')).toBe(before);
     expect(sup.status().slots.s!.state).toBe('open');
+  });
+});
+
+describe('one login domain per token', () => {
+  const logins = async (s: Pkcs11Supervisor, slots: string[]) => {
+    let n = 0;
+    for (const slot of slots) n += await loginCalls(s, slot);
+    return n;
+  };
+
+  it('three slots with the same stale PIN cost the token one C_Login, and a good PIN given once does not license the stale one again', async () => {
+    const stale = join(td.dir, 'stale.pin');
+    writeFileSync(stale, 'not-the-pin', { mode: 0o600 });
+    const slot = { token: { label: 'shared' }, pin: { file: stale } };
+    sup = await startSupervisor({ config: configFor(td, { a: slot, b: slot, c: slot }) });
+    for (const name of ['a', 'b', 'c']) {
+      await expect(sup.sign({ slot: name, key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'PIN_INCORRECT' });
+    }
+    expect(await logins(sup, ['a', 'b', 'c'])).toBe(1);
+
+    const sig = await sup.sign({ slot: 'a', key: 'ec', mechanism: 'ECDSA-SHA256', data, pin: tokens.shared!.pin });
+    expect(await verifiesOnNode(sup, 'a', 'ec', data, sig)).toBe(true);
+    expect(await logins(sup, ['a', 'b', 'c'])).toBe(2);
+    await sup.logout('a');
+    for (const name of ['b', 'c', 'a']) {
+      await expect(sup.sign({ slot: name, key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'PIN_INCORRECT' });
+    }
+    expect(await logins(sup, ['a', 'b', 'c'])).toBe(2);
+  });
+
+  it('a Security Officer on one slot holds the token: a user call on another slot of it gets SO_SESSION_ACTIVE and does not end the SO session', async () => {
+    process.env.TEST_PIN_SO = tokens.sotoken!.pin;
+    const slot = { token: { label: 'sotoken' }, pin: { env: 'TEST_PIN_SO' } };
+    sup = await startSupervisor({ config: configFor(td, { u: slot, v: slot }) });
+    await sup.sign({ slot: 'u', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    await sup.login('v', tokens.sotoken!.soPin, { userType: 'so' });
+    await expect(sup.sign({ slot: 'u', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'SO_SESSION_ACTIVE', slot: 'u' });
+    await expect(sup.login('u')).rejects.toMatchObject({ code: 'SO_SESSION_ACTIVE' });
+    expect(sup.status().slots.v!.state).toBe('so_logged_in');
+    expect((await sup.probe({ slot: 'v' })).state).toBe('RW_SO');
+    await sup.logout('v');
+    const sig = await sup.sign({ slot: 'u', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(await verifiesOnNode(sup, 'u', 'ec', data, sig)).toBe(true);
   });
 });

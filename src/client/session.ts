@@ -40,7 +40,7 @@ export async function logout(gate: Gate, request: SlotRequest | string): Promise
   const req = typeof request === 'string' ? { slot: request } : gate.request(request);
   const slot = gate.slotFor(req, 'logout');
   if (slot.config.type === 'cloud') return;
-  const so = slot.soActive;
+  const so = slot.holdsSo;
   await gate.call(slot, 'logout', { op: 'tokenLogout' }, req, { needsLogin: false, exclusive: so });
   if (so) await slot.userLogin();
 }
@@ -53,7 +53,7 @@ export async function initPin(gate: Gate, request: InitPinRequest): Promise<void
   const newPin = check.pin(req.newPin, slot.name, 'newPin');
   if (!newPin) throw check.badInput('initPin needs newPin', slot.name);
   await gate.call(slot, 'initPin', asSecurityOfficer({ op: 'initPin', pin: newPin.reveal() }), req, { needsLogin: false, exclusive: true });
-  slot.pins.accepted(); // a PIN refused before may be the one just set
+  slot.pins.accepted(newPin); // a PIN refused before may be the one just set
 }
 
 /**
@@ -68,12 +68,12 @@ export async function setPin(gate: Gate, request: SetPinRequest): Promise<void> 
   const newPin = check.pin(req.newPin, slot.name, 'newPin');
   if (!oldPin || !newPin) throw check.badInput('setPin needs oldPin and newPin', slot.name);
   const task: WorkerTask = { op: 'setPin', oldPin: oldPin.reveal(), newPin: newPin.reveal() };
-  if (slot.soActive) {
+  if (slot.holdsSo) {
     await gate.call(slot, 'setPin', asSecurityOfficer(task), req, { needsLogin: false, exclusive: true });
     return;
   }
   await gate.call(slot, 'setPin', task, req, { needsLogin: true });
-  slot.pins.accepted();
+  slot.pins.accepted(newPin);
 }
 
 /**
