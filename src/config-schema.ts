@@ -138,8 +138,12 @@ const ConfigObjectSchema = z
         enabled: z.boolean().default(true),
         host: z.string().min(1).default('127.0.0.1'),
         port: z.number().int().min(0).max(65535).default(9464),
+        /** Connections past this are closed at once: a flood cannot take the descriptors the tokens need. */
+        maxConnections: z.number().int().min(1).max(65_536).default(64),
+        /** A connection idle this long (or whose request takes longer) is closed. */
+        idleTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
       })
-      .default(() => ({ enabled: true, host: '127.0.0.1', port: 9464 })),
+      .default(() => ({ enabled: true, host: '127.0.0.1', port: 9464, maxConnections: 64, idleTimeoutMs: 10_000 })),
     /** Append-only, hash-chained JSON-lines audit trail of logins, key changes and every sign/verify. */
     audit: z.strictObject({ path: z.string().min(1), flushMs: z.number().int().min(1).max(60_000).default(200) }).optional(),
     /** Callers and roles. Without it every caller may do everything (one trusted application). */

@@ -35,7 +35,7 @@ export async function startDaemon(configFile: string, logger?: Logger, listen?: 
   await sup.start();
   let server: Server | null = null;
   if (config.metrics.enabled) {
-    server = await startHttpServer(sup, register, config.metrics.host, config.metrics.port);
+    server = await startHttpServer(sup, register, config.metrics.host, config.metrics.port, config.metrics);
   }
   const url = server ? addressOf(server) : null;
   log.info({ config: configFile, http: url, slots: Object.keys(config.slots) }, 'pkcs11-supervisor started');

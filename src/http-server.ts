@@ -18,7 +18,14 @@ export function readiness(sup: Pkcs11Supervisor): { ready: boolean; slots: Recor
   return { ready, slots };
 }
 
-export async function startHttpServer(sup: Pkcs11Supervisor, register: Registry, host: string, port: number): Promise<Server> {
+export interface ListenerLimits {
+  maxConnections: number;
+  idleTimeoutMs: number;
+}
+
+const DEFAULT_LIMITS: ListenerLimits = { maxConnections: 64, idleTimeoutMs: 10_000 };
+
+export async function startHttpServer(sup: Pkcs11Supervisor, register: Registry, host: string, port: number, limits: ListenerLimits = DEFAULT_LIMITS): Promise<Server> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     const json = (code: number, body: unknown) => {
@@ -43,6 +50,7 @@ export async function startHttpServer(sup: Pkcs11Supervisor, register: Registry,
     }
     json(404, { error: 'not found', paths: ['/metrics', '/healthz', '/readyz'] });
   });
+  limit(server, limits);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => resolve());
@@ -53,4 +61,18 @@ export async function startHttpServer(sup: Pkcs11Supervisor, register: Registry,
 export function addressOf(server: Server): string {
   const a = server.address() as AddressInfo;
   return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+}
+
+/**
+ * Bounds what clients can hold: at most maxConnections sockets (more are closed at once), and
+ * none idle, slow to send its headers or slow to finish its request for longer than
+ * idleTimeoutMs. Idle connections left open by the thousand would take the file descriptors
+ * the tokens' modules and the session threads need.
+ */
+export function limit(server: Server, { maxConnections, idleTimeoutMs }: ListenerLimits): void {
+  server.maxConnections = maxConnections;
+  server.keepAliveTimeout = Math.min(5_000, idleTimeoutMs);
+  server.headersTimeout = idleTimeoutMs;
+  server.requestTimeout = idleTimeoutMs;
+  server.setTimeout(idleTimeoutMs, (socket) => socket.destroy());
 }

@@ -27,7 +27,7 @@ describe('config validation', () => {
     expect(s).toMatchObject({ type: 'token', poolSize: 1, queueLimit: 1000, callTimeoutMs: 30000, reauthentication: 'prompt', lazy: true, idleTimeoutMs: 300000 });
     expect(c.sessionTimeoutMs).toBe(300000);
     expect(s.restart).toEqual({ maxRestarts: 5, windowMs: 60000, backoffInitialMs: 100, backoffMaxMs: 5000 });
-    expect(c.metrics).toEqual({ enabled: true, host: '127.0.0.1', port: 9464 });
+    expect(c.metrics).toEqual({ enabled: true, host: '127.0.0.1', port: 9464, maxConnections: 64, idleTimeoutMs: 10_000 });
   });
 
   it('the shipped config/default.json validates', () => {
