@@ -112,6 +112,12 @@ export const ModuleSchema = z.strictObject({
   sha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits').optional(),
   /** Process environment the module reads at C_Initialize (e.g. SOFTHSM2_CONF). */
   env: z.record(z.string().min(1), z.string()).default({}),
+  /**
+   * The embedding application initializes this module itself, with CKF_OS_LOCKING_OK. Without
+   * it, a module found initialized by other code gets at most one session thread: the
+   * supervisor cannot know the flags used, and a module without locks breaks under threads.
+   */
+  applicationInitializesWithOsLocking: z.boolean().default(false),
 });
 
 export const ROLES = ['service', 'operator', 'administrator', 'auditor'] as const;

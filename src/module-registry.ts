@@ -24,6 +24,9 @@ interface ModuleUse {
 
 const inUse = new Map<string, ModuleUse>();
 
+/** Libraries this registry initialized and could not finalize (a thread was inside): still ours, with OS locking. */
+const leftInitialized = new Set<string>();
+
 /**
  * Threads let go of while inside a call of the module (wedged), per library. While any is,
  * the module is neither finalized, reset nor unloaded: the thread will come back into code
@@ -128,8 +131,9 @@ function acquireLoaded(path: string, env: Record<string, string>, name: string):
   try {
     lib.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
   } catch (e) {
-    ownsInitialization = (e as Error).message !== 'CKR_CRYPTOKI_ALREADY_INITIALIZED';
+    ownsInitialization = (e as Error).message !== 'CKR_CRYPTOKI_ALREADY_INITIALIZED' || leftInitialized.has(path);
   }
+  leftInitialized.delete(path);
   inUse.set(path, { users: 1, env: { ...env }, lib, ownsInitialization });
   return ownsInitialization;
 }
@@ -141,7 +145,10 @@ export function releaseModule(path: string): void {
   inUse.delete(path);
   // A thread still inside the module would crash the process when it returns: leave the
   // module loaded and initialized; process exit ends both.
-  if (hasWedgedThreads(path)) return;
+  if (hasWedgedThreads(path)) {
+    if (use.ownsInitialization) leftInitialized.add(path);
+    return;
+  }
   // Initialized by someone else in the process: finalizing would pull it from under them.
   if (!use.ownsInitialization) {
     use.lib.close();

@@ -86,6 +86,11 @@ export class Slot {
     return this.domain.soHolder === this;
   }
 
+  /** The token is logged in through a C_Login of this supervisor's (not only found logged in). */
+  get loggedInHere(): boolean {
+    return this.domain.loggedInHere;
+  }
+
   private joinDomain(domain: TokenDomain): void {
     if (domain === this.domain) return;
     this.domain.members.delete(this);
@@ -137,6 +142,8 @@ export class Slot {
     // Also from open: a worker that found the token logged in already (through another slot on
     // the same token) logs in without a C_Login, and its siblings are just as logged in.
     if ((from === 'logging_in' || from === 'open') && to === 'logged_in') this.tellSiblings(worker, 'open', 'TOKEN_LOGGED_IN');
+    if (from === 'logging_in' && to === 'logged_in' && worker.context.session?.loggedInHere) this.domain.loggedInHere = true;
+    if (to === 'open' && (from === 'logging_out' || from === 'logged_in')) this.domain.loggedInHere = false;
     if (to === 'so_logged_in') {
       this.domain.soHolder = this;
       this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');

@@ -42,9 +42,7 @@ export class Supervisor {
       for (const [name, slotConfig] of Object.entries(config.slots)) {
         const mod = config.modules[slotConfig.module]!;
         const { loadPath, initializedElsewhere } = acquireModule(mod.path, mod.env, slotConfig.module, mod.sha256);
-        if (initializedElsewhere && !this.loadPaths.has(slotConfig.module)) {
-          log.warn({ module: mod.path }, 'the module was initialized by other code in this process; it must have used CKF_OS_LOCKING_OK, or calls from several threads can corrupt it. It is not finalized at close.');
-        }
+        if (initializedElsewhere && !mod.applicationInitializesWithOsLocking && !this.loadPaths.has(slotConfig.module)) refuseSharedThreads(config, slotConfig.module, mod.path);
         this.loadPaths.set(slotConfig.module, loadPath);
         acquired.push(loadPath);
         const slot = new Slot(name, slotConfig, loadPath, pinCallback, this.events, log, this, restartPolicy(slotConfig.restart));
@@ -144,9 +142,10 @@ export class Supervisor {
     for (const s of slots) s.mailbox.close(closed);
     await Promise.all(slots.map((s) => s.mailbox.drained()));
 
-    // Logout is token-wide: once per slot is enough. A cloud slot's login is not ours to end.
+    // Logout is token-wide: once per token is enough. A cloud slot's login is not ours to end,
+    // nor one the supervisor found made by other code of the process.
     await Promise.all(
-      slots.filter((s) => s.config.type !== 'cloud').map(async (s) => {
+      slots.filter((s) => s.config.type !== 'cloud' && s.loggedInHere).map(async (s) => {
         const w = s.workers.find((x) => x.state === 'logged_in');
         if (w) await w.logOut(Date.now() + s.config.callTimeoutMs).catch((e: Error) => this.log.warn({ slot: s.name, err: e.message }, 'logout at close failed'));
       }),
@@ -156,4 +155,17 @@ export class Supervisor {
     await Promise.all(slots.flatMap((s) => s.workers.map((w) => w.close())));
     for (const s of slots) releaseModule(this.loadPaths.get(s.config.module)!);
   }
+}
+
+/**
+ * Other code of the process initialized the module first, with flags the supervisor cannot
+ * know. Without CKF_OS_LOCKING_OK a module runs without locks, and calls from several threads
+ * corrupt it (SoftHSM2: CKR_GENERAL_ERROR, then a crash): one session thread at most.
+ */
+function refuseSharedThreads(config: Config, module: string, path: string): void {
+  const threads = Object.values(config.slots).filter((s) => s.module === module).reduce((n, s) => n + s.poolSize, 0);
+  if (threads <= 1) return;
+  const field = `modules.${module}`;
+  const message = `${path} was initialized by other code in this process before the supervisor, maybe without CKF_OS_LOCKING_OK; ${threads} session threads would call it at once, which corrupts a module without locks. Use one slot with a pool of 1, let the supervisor initialize the module first, or set ${field}.applicationInitializesWithOsLocking if the application initializes it with CKF_OS_LOCKING_OK`;
+  throw new Pkcs11SupervisorError('CONFIG_INVALID', `${field}: ${message}`, { issues: [{ path: field, message }] });
 }

@@ -17,6 +17,8 @@ export class TokenDomain {
   readonly members = new Set<DomainMember>();
   /** The slot whose session holds the Security Officer's login, if one does. */
   soHolder: DomainMember | null = null;
+  /** The supervisor's own C_Login logged the token in: only then is the logout at close ours to make. */
+  loggedInHere = false;
   private chain: Promise<unknown> = Promise.resolve();
 
   /** Runs logins one at a time for the whole token. */

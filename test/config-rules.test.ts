@@ -83,7 +83,9 @@ describe('slot kinds', () => {
   it('a cloud slot (a pool, no PIN, credentials out of band) signs without any login', async () => {
     const outside = new ExternalSession(td, 'cloudy');
     outside.login(cloud.pin); // stands in for the cloud credentials a kmsp11-style module uses
-    const sup = await startSupervisor({ config: configFor(td, { c: { type: 'cloud', poolSize: 2, token: { label: 'cloudy' } } }) });
+    const config = configFor(td, { c: { type: 'cloud', poolSize: 2, token: { label: 'cloudy' } } });
+    // The stand-in initialized the module first, with OS locking, as such an application does.
+    const sup = await startSupervisor({ config: { ...config, modules: { soft: { ...config.modules.soft, applicationInitializesWithOsLocking: true } } } });
     try {
       await sup.login('c'); // a no-op for a cloud slot
       const sigs = await Promise.all([1, 2, 3, 4].map(() => sup.sign({ slot: 'c', key: 'ec', mechanism: 'ECDSA-SHA256', data })));

@@ -230,8 +230,9 @@ export class TokenSession implements SessionAccess {
     } catch (e) {
       // Login belongs to the token: another session of this application already did it.
       if ((e as Error).message !== 'CKR_USER_ALREADY_LOGGED_IN') throw e;
+      return { ...this.report(), loggedInHere: false };
     }
-    return this.report();
+    return { ...this.report(), loggedInHere: true };
   }
 
   logout(): SessionReport {

@@ -98,6 +98,8 @@ export interface SessionReport {
   slotId: string;
   /** PKCS#11 calls this worker thread has made, by function name. */
   calls: Record<string, number>;
+  /** After a login: this C_Login logged the token in (not another session of the process before it). */
+  loggedInHere?: boolean;
 }
 
 /** What `sessionInfo` (login's first look, the health probe, `probe()`) adds to a session report. */
