@@ -1,134 +1,212 @@
 /**
  * The audit trail, as HSMs keep one: an append-only JSON-lines file of logins, logouts, key
- * generation/import/destruction and every sign and verify. Each record carries the SHA-256
- * of the previous one, so a changed, removed or reordered record breaks the chain at that
- * point. Records are written and fsynced in batches off the call path: a call pays for one
- * hash of its data and one array push.
+ * changes and every sign and verify. Each record carries the SHA-256 of the previous one, so a
+ * changed, removed or reordered record breaks the chain there (audit-record.ts checks it).
+ *
+ * Two modes. `batched`: records are written and fsynced every flushMs, off the call path.
+ * `durable`: a call's result is returned only once its record is on disk; the records of the
+ * calls that wait together share one write and one fsync (group commit). Either way a failed
+ * write is never a process exit: the records stay queued, in order, and are written again; the
+ * trail reports itself unhealthy (not ready, a metric, a log line) until a write succeeds, and
+ * in durable mode, or with failClosed, audited calls are refused (AUDIT_UNAVAILABLE) meanwhile.
+ * A write cut short is cut back off the file, so the chain never holds half a record.
  *
  * What a hash chain cannot show by itself: records cut off the end. Ship the `hash` of the
  * last record somewhere else (the daemon logs it at every flush) to catch truncation.
  */
-import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, fsync, ftruncateSync, openSync, readFileSync, write } from 'node:fs';
+import { promisify } from 'node:util';
 import type { Logger } from 'pino';
+import { GENESIS, recordHash, splitTrail, type AuditEntry, type AuditRecord } from './audit-record.js';
+import { Pkcs11SupervisorError } from './model/errors.js';
 
-export interface AuditEntry {
-  event: string;
-  slot: string;
-  /** The key as the caller named it (a ref, or label/id). */
-  key?: string | undefined;
-  mechanism?: string | undefined;
-  /** SHA-256 of the data signed or verified, hex. Never the data. */
-  dataSha256?: string | undefined;
-  result: string;
-  principal?: string | undefined;
-  detail?: string | undefined;
+export type { AuditEntry, AuditRecord, AuditVerdict } from './audit-record.js';
+export { verifyAuditFile, recordHash } from './audit-record.js';
+
+const writeAt = promisify(write);
+const fsyncFd = promisify(fsync);
+
+export interface AuditOptions {
+  flushMs: number;
+  /** A call's result only once its record is durable. */
+  durable: boolean;
+  /** Refuse audited calls while the trail cannot be written (always so when durable). */
+  failClosed: boolean;
 }
 
-export interface AuditRecord extends AuditEntry {
-  seq: number;
-  time: string;
-  prev: string;
-  hash: string;
+export interface AuditHealth {
+  path: string;
+  healthy: boolean;
+  /** Records not yet on disk. */
+  pending: number;
+  error: string | null;
 }
 
-const GENESIS = '0'.repeat(64);
-
-/** The record's hash covers every field but `hash`, in a fixed order. */
-export function recordHash(r: Omit<AuditRecord, 'hash'>): string {
-  const canonical = JSON.stringify([r.seq, r.time, r.prev, r.event, r.slot, r.key ?? null, r.mechanism ?? null, r.dataSha256 ?? null, r.result, r.principal ?? null, r.detail ?? null]);
-  return createHash('sha256').update(canonical).digest('hex');
+interface Waiter {
+  resolve(): void;
+  reject(e: Error): void;
 }
 
 export class AuditLog {
   private fd: number;
   private seq = 0;
   private prev = GENESIS;
+  /** Bytes of the file that hold whole, fsynced records: a failed write is cut back to here. */
+  private size: number;
   private pending: string[] = [];
+  private waiters: Waiter[] = [];
+  private writing: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
+  private failure: Error | null = null;
+  /** Told of every failed write (the metrics count them). */
+  onWriteError: ((e: Error) => void) | null = null;
 
   constructor(
     readonly path: string,
     private readonly log: Logger,
-    private readonly flushMs = 200,
+    private readonly options: AuditOptions = { flushMs: 200, durable: false, failClosed: false },
   ) {
-    // Continue the chain of an existing trail.
-    if (existsSync(path)) {
-      const lines = readFileSync(path, 'utf8').split('\n').filter(Boolean);
-      const last = lines.at(-1);
-      if (last) {
-        const r = JSON.parse(last) as AuditRecord;
-        this.seq = r.seq;
-        this.prev = r.hash;
-      }
+    this.fd = openSync(path, 'a+', 0o600);
+    const repaired = this.continueChain();
+    this.size = fstatSync(this.fd).size;
+    if (repaired > 0) {
+      this.log.warn({ audit: path, bytes: repaired }, 'audit trail: removed a torn tail (an interrupted write) at start');
+      this.append({ event: 'auditRepaired', slot: '', result: 'ok', detail: `removed a torn tail of ${repaired} bytes (an interrupted write) at start` });
     }
-    this.fd = openSync(path, 'a', 0o600);
   }
 
+  /** Takes the chain up where the file ends; an unfinished last record is cut off (returns its bytes). */
+  private continueChain(): number {
+    const { lines, tail } = splitTrail(readFileSync(this.fd, 'utf8'));
+    const last = lines.at(-1);
+    if (last) {
+      let r: AuditRecord;
+      try {
+        r = JSON.parse(last) as AuditRecord;
+      } catch (e) {
+        closeSync(this.fd);
+        const message = `the last complete record of ${this.path} is not JSON (${(e as Error).message}): the trail was changed; check it with "audit verify" and move it aside`;
+        throw new Pkcs11SupervisorError('CONFIG_INVALID', `audit.path: ${message}`, { issues: [{ path: 'audit.path', message }] });
+      }
+      this.seq = r.seq;
+      this.prev = r.hash;
+    }
+    if (tail.length === 0) return 0;
+    const bytes = Buffer.byteLength(tail);
+    ftruncateSync(this.fd, fstatSync(this.fd).size - bytes);
+    return bytes;
+  }
+
+  get health(): AuditHealth {
+    return { path: this.path, healthy: this.failure === null, pending: this.pending.length, error: this.failure?.message ?? null };
+  }
+
+  /** Refuses an audited call up front while the trail cannot be written, if the mode says so. */
+  checkWritable(slot: string): void {
+    if (!this.failure || !(this.options.durable || this.options.failClosed)) return;
+    throw new Pkcs11SupervisorError('AUDIT_UNAVAILABLE', `the audit trail ${this.path} cannot be written (${this.failure.message}); audited calls are refused until it can`, { slot });
+  }
+
+  /** Adds a record, to be written with the next batch (or group) of records. */
   append(entry: AuditEntry): void {
+    this.commit(entry)?.catch(() => undefined); // a failed write is logged, counted and retried in kick()
+  }
+
+  /**
+   * Adds a record. In durable mode the promise resolves once it is on disk and rejects with
+   * AUDIT_UNAVAILABLE if the write failed (the record stays queued and is written later); in
+   * batched mode there is nothing to wait for.
+   */
+  commit(entry: AuditEntry): Promise<void> | undefined {
     if (this.fd < 0) {
       this.log.warn({ audit: this.path, event: entry.event, slot: entry.slot }, 'audit record after the trail was closed; not written');
-      return;
+      return undefined;
     }
     const body = { seq: ++this.seq, time: new Date().toISOString(), prev: this.prev, ...entry };
     const hash = recordHash(body);
     this.prev = hash;
     this.pending.push(JSON.stringify({ ...body, hash }));
-    this.timer ??= setTimeout(() => this.flush(), this.flushMs);
+    if (!this.options.durable) {
+      this.timer ??= setTimeout(() => this.kick(), this.options.flushMs);
+      return undefined;
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.waiters.push({ resolve, reject });
+      this.kick();
+    });
   }
 
-  flush(): void {
+  /** Starts a write of everything queued, unless one is under way: what queues meanwhile goes in the next. */
+  private kick(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
-    if (this.pending.length === 0) return;
-    const text = this.pending.join('\n') + '\n';
+    if (this.writing || this.pending.length === 0 || this.fd < 0) return;
+    const lines = this.pending;
+    const waiters = this.waiters;
     this.pending = [];
-    writeSync(this.fd, text);
-    fsyncSync(this.fd);
-    this.log.debug({ audit: this.path, seq: this.seq, head: this.prev }, 'audit flushed');
+    this.waiters = [];
+    this.writing = this.writeOut(lines).then(
+      () => {
+        if (this.failure) this.log.info({ audit: this.path }, 'audit trail writable again');
+        this.failure = null;
+        for (const w of waiters) w.resolve();
+        this.log.debug({ audit: this.path, seq: this.seq, head: this.prev }, 'audit flushed');
+      },
+      (e: Error) => {
+        // Nothing is lost: the records go back to the front of the queue, in order.
+        this.pending = [...lines, ...this.pending];
+        this.failure = e;
+        this.onWriteError?.(e);
+        this.log.error({ audit: this.path, err: e.message, pending: this.pending.length }, 'audit trail write failed; retrying');
+        const refused = new Pkcs11SupervisorError('AUDIT_UNAVAILABLE', `the audit record could not be written to ${this.path}: ${e.message}`);
+        for (const w of waiters) w.reject(refused);
+      },
+    );
+    void this.writing.finally(() => {
+      this.writing = null;
+      if (this.pending.length === 0 || this.fd < 0) return;
+      // After a failure, wait before the next try; otherwise go on with what queued meanwhile.
+      if (this.failure) this.timer ??= setTimeout(() => this.kick(), Math.max(this.options.flushMs, 1000));
+      else if (this.options.durable) this.kick();
+      else this.timer ??= setTimeout(() => this.kick(), this.options.flushMs);
+    });
+  }
+
+  /** Writes at the end of the whole records, through short writes, then fsyncs; a failure is cut back off. */
+  private async writeOut(lines: string[]): Promise<void> {
+    const buf = Buffer.from(`${lines.join('\n')}\n`);
+    try {
+      for (let done = 0; done < buf.length; ) {
+        const { bytesWritten } = await writeAt(this.fd, buf, done, buf.length - done, this.size + done);
+        if (bytesWritten === 0) throw new Error('the write made no progress');
+        done += bytesWritten;
+      }
+      await fsyncFd(this.fd);
+      this.size += buf.length;
+    } catch (e) {
+      try {
+        ftruncateSync(this.fd, this.size);
+      } catch {
+        // The file stays longer than its whole records; the next write overwrites the rest.
+      }
+      throw e;
+    }
+  }
+
+  /** Writes what is queued; waits for a write under way. Rejects if the trail cannot be written. */
+  async flush(): Promise<void> {
+    while (this.writing) await this.writing;
+    if (this.pending.length === 0) return;
+    this.kick();
+    await this.writing;
+    if (this.failure) throw this.failure;
   }
 
   /** Idempotent: a second close (or a close racing a signal handler's) finds nothing to do. */
-  close(): void {
+  async close(): Promise<void> {
     if (this.fd < 0) return;
-    this.flush();
+    await this.flush().catch((e: Error) => this.log.error({ audit: this.path, err: e.message, lost: this.pending.length }, 'audit trail could not be written at close'));
     closeSync(this.fd);
     this.fd = -1;
   }
-}
-
-export type AuditVerdict = { ok: true; records: number; head: string } | { ok: false; line: number; seq: number | null; reason: string };
-
-/** Walks the chain; the first record that does not follow from the one before is reported. */
-export function verifyAuditFile(path: string): AuditVerdict {
-  const lines = readFileSync(path, 'utf8').split('\n');
-  if (lines.at(-1) === '') lines.pop();
-  let prev = GENESIS;
-  let seq = 0;
-  for (let i = 0; i < lines.length; i++) {
-    let r: AuditRecord;
-    try {
-      r = JSON.parse(lines[i]!) as AuditRecord;
-    } catch {
-      return { ok: false, line: i + 1, seq: null, reason: 'not a JSON record' };
-    }
-    const { hash, ...body } = r;
-    if (recordHash(body) !== hash) return { ok: false, line: i + 1, seq: r.seq, reason: 'record was changed (its hash does not match its content)' };
-    if (r.prev !== prev) {
-      const later = lines.slice(i + 1).some((l) => {
-        try {
-          return (JSON.parse(l) as AuditRecord).seq === seq + 1;
-        } catch {
-          return false;
-        }
-      });
-      const reason =
-        r.seq <= seq || later ? `records are out of order (expected seq ${seq + 1} here)` : r.seq > seq + 1 ? `record(s) before it were removed (expected seq ${seq + 1})` : 'the chain is broken before this record';
-      return { ok: false, line: i + 1, seq: r.seq, reason };
-    }
-    if (r.seq !== seq + 1) return { ok: false, line: i + 1, seq: r.seq, reason: `sequence jumps from ${seq} to ${r.seq}` };
-    prev = hash;
-    seq = r.seq;
-  }
-  return { ok: true, records: lines.length, head: prev };
 }

@@ -4,7 +4,8 @@
  * PINs come from the slot's configured source or a hidden prompt, never from an argument
  * (arguments end up in shell history and `ps`).
  *
- * Exit codes: 0 ok, 1 signature invalid / audit trail broken, 2 usage, 3 a typed error.
+ * Exit codes: 0 ok, 1 signature invalid / audit trail broken, 2 usage, 3 a typed error, 4 the
+ * audit trail's only fault is a torn tail (an interrupted write).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -30,7 +31,8 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>
                                            without --out the signature is printed in base64
   verify --slot S --key K --mechanism M --in FILE --signature FILE [--format der|raw] [--prehashed]
   pubkey --slot S --key K [--format pem|jwk|der] [--out FILE]
-  audit verify FILE                        check the audit trail's hash chain; says where it breaks
+  audit verify FILE                        check the audit trail's hash chain; says where it breaks (exit 1),
+                                           or that only its tail is torn by an interrupted write (exit 4)
   config print                             the effective config, every default filled in (PIN sources by kind only)
 
   K is a key ref from the config, or label:NAME, or id:HEX.
@@ -121,8 +123,9 @@ async function run(argv: string[]): Promise<number> {
     if (!file) throw new Usage('audit verify FILE');
     const v = verifyAuditFile(file);
     if (v.ok) process.stdout.write(`ok: ${v.records} records, chain intact, head ${v.head}\n`);
+    else if (v.kind === 'torn') process.stdout.write(`torn at line ${v.line}: ${v.reason}; ${v.records} records before it, chain intact, head ${v.head}\n`);
     else process.stdout.write(`broken at line ${v.line}${v.seq === null ? '' : ` (seq ${v.seq})`}: ${v.reason}\n`);
-    return v.ok ? 0 : 1;
+    return v.ok ? 0 : v.kind === 'torn' ? 4 : 1;
   }
   const known = ['status', 'keys list', 'keys generate', 'keys import', 'sign', 'verify', 'pubkey'];
   if (!known.includes(command)) throw new Usage(`unknown command "${positionals.join(' ')}"`);

@@ -151,7 +151,16 @@ const ConfigObjectSchema = z
       })
       .default(() => ({ enabled: true, host: '127.0.0.1', port: 9464, maxConnections: 64, idleTimeoutMs: 10_000 })),
     /** Append-only, hash-chained JSON-lines audit trail of logins, key changes and every sign/verify. */
-    audit: z.strictObject({ path: z.string().min(1), flushMs: z.number().int().min(1).max(60_000).default(200) }).optional(),
+    audit: z
+      .strictObject({
+        path: z.string().min(1),
+        /** batched: written every flushMs off the call path; durable: a call's result is returned only once its record is on disk. */
+        mode: z.enum(['batched', 'durable']).default('batched'),
+        flushMs: z.number().int().min(1).max(60_000).default(200),
+        /** Refuse audited calls while the trail cannot be written (durable mode always does). */
+        failClosed: z.boolean().default(false),
+      })
+      .optional(),
     /** Callers and roles. Without it every caller may do everything (one trusted application). */
     policy: PolicySchema.optional(),
     log: z

@@ -62,6 +62,11 @@ export interface ModuleResetEvent {
   ok: boolean;
 }
 
+export interface AuditWriteErrorEvent {
+  path: string;
+  message: string;
+}
+
 export interface AccessDeniedEvent {
   slot: string;
   op: string;
@@ -78,6 +83,7 @@ export interface SupervisorEvents {
   callCompleted: [CallCompletedEvent];
   login: [LoginEvent];
   logout: [LogoutEvent];
+  auditWriteError: [AuditWriteErrorEvent];
 }
 
 export class SupervisorEmitter extends EventEmitter<SupervisorEvents> {}

@@ -6,16 +6,20 @@ import type { Pkcs11Supervisor } from './client/supervisor-client.js';
 
 const READY = new Set(['open', 'logged_in', 'so_logged_in', 'logging_in', 'logging_out']);
 
-export function readiness(sup: Pkcs11Supervisor): { ready: boolean; slots: Record<string, string> } {
+export function readiness(sup: Pkcs11Supervisor): { ready: boolean; slots: Record<string, string>; audit?: string } {
   const slots: Record<string, string> = {};
-  let ready = !sup.snapshot().closed;
-  for (const [name, s] of Object.entries(sup.snapshot().slots)) {
+  const snapshot = sup.snapshot();
+  let ready = !snapshot.closed;
+  for (const [name, s] of Object.entries(snapshot.slots)) {
     slots[name] = s.state;
     // A lazy slot that has not been used yet is not a reason to take the replica out of service.
     const lazyIdle = sup.config.slots[name]!.lazy && s.state === 'uninitialized';
     if (!READY.has(s.state) && !lazyIdle) ready = false;
   }
-  return { ready, slots };
+  if (!snapshot.audit) return { ready, slots };
+  // A trail that cannot be written: audited calls are refused or unrecorded here, so send them elsewhere.
+  if (!snapshot.audit.healthy) ready = false;
+  return { ready, slots, audit: snapshot.audit.healthy ? 'ok' : `failing: ${snapshot.audit.error}` };
 }
 
 export interface ListenerLimits {

@@ -61,6 +61,26 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
   });
   sup.on('accessDenied', (e) => denied.inc({ slot: e.slot, op: e.op }));
 
+  const auditErrors = new Counter({ name: 'pkcs11_audit_write_errors_total', help: 'Failed writes of the audit trail (the records stay queued and are written again).', registers: [register] });
+  sup.on('auditWriteError', () => auditErrors.inc());
+  new Gauge({
+    name: 'pkcs11_audit_writable',
+    help: 'Whether the audit trail was written at its last try (1) or not (0); absent without a trail.',
+    registers: [register],
+    collect() {
+      const audit = sup.snapshot().audit;
+      if (audit) this.set(audit.healthy ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'pkcs11_audit_pending_records',
+    help: 'Audit records not yet on disk.',
+    registers: [register],
+    collect() {
+      this.set(sup.snapshot().audit?.pending ?? 0);
+    },
+  });
+
   const slots = () => Object.entries(sup.snapshot().slots);
   /** A gauge per slot, read from the slot's status at scrape time. */
   const perSlot = (name: string, help: string, value: (s: SlotStatus) => number) =>

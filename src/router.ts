@@ -175,11 +175,12 @@ export class Mailbox {
         this.dispatch(worker, call);
         continue;
       }
-      // Share the waiting calls between the idle workers, one message each. A pipelined batch
-      // takes what waits (within the budget): a busy worker's siblings are not taking from this
-      // queue now, and halving it for them left batches of 3 that mostly paid for their messages.
+      // Share the waiting calls between the serving workers, one message each: a worker freed a
+      // moment before its siblings leaves them their part. A pipelined batch takes what waits
+      // (within the budget): a busy worker's siblings are not taking from this queue now, and
+      // halving it for them left batches of 3 that mostly paid for their messages.
       const serving = this.workers.filter((w) => w.accepting).length;
-      const sharing = pipelined ? 1 : this.workers.filter((w) => !w.busy && w.accepting).length;
+      const sharing = pipelined ? 1 : serving;
       const shallow = Math.max(1, Math.floor(BATCH_BUDGET_MS / this.execMs));
       const byTime = this.waiting + 1 > shallow * serving ? Math.max(1, Math.floor(DEEP_QUEUE_BATCH_BUDGET_MS / this.execMs)) : shallow;
       const cap = Math.min(MAX_BATCH, byTime, Math.max(1, Math.ceil((this.waiting + 1) / sharing)));

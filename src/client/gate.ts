@@ -45,6 +45,7 @@ export class Gate {
     this.policy = new AccessPolicy(sup.config.policy);
     this.publicKeys = new PublicKeyCache(sup.events);
     if (!audit) return;
+    audit.onWriteError = (e) => sup.events.emit('auditWriteError', { path: audit.path, message: e.message });
     sup.events.on('login', (e) => audit.append({ event: 'login', slot: e.slot, result: e.outcome, detail: `${e.userType === 'so' ? 'Security Officer, ' : ''}PIN from ${e.origin}` }));
     sup.events.on('logout', (e) => audit.append({ event: 'logout', slot: e.slot, result: 'ok', detail: e.by }));
   }
@@ -106,12 +107,17 @@ export class Gate {
     if (slot.config.readOnly) throw new Pkcs11SupervisorError('READ_ONLY', `slot "${slot.name}" is read-only (readOnly: true): ${what} is refused`, { slot: slot.name });
   }
 
-  /** Records a call that never reached a slot (software verify): its audit record and event. */
-  completedHere(op: Operation, slot: Slot, mechanism: MechanismName, req: Req, result: string, startedAt: number, endedAt: number): void {
-    if (this.audit) this.record(op, slot, mechanism, req, this.principalOf(req, slot.name)?.id, result);
+  /** An audited call is refused before it reaches the token while the trail cannot take its record (durable mode, failClosed). */
+  auditWritable(op: Operation, slot: Slot): void {
+    if (this.audit && AUDITED.has(op)) this.audit.checkWritable(slot.name);
+  }
+
+  /** Records a call that never reached a slot (software verify): its audit record (durable, if so configured) and event. */
+  async completedHere(op: Operation, slot: Slot, mechanism: MechanismName, req: Req, result: string, startedAt: number, endedAt: number): Promise<void> {
     if (this.sup.events.listenerCount('callCompleted') > 0) {
       this.sup.events.emit('callCompleted', { slot: slot.name, worker: null, op, mechanism, outcome: 'ok', queuedMs: 0, execMs: endedAt - startedAt, startedAt, endedAt });
     }
+    if (this.audit) await this.record(op, slot, mechanism, req, this.principalOf(req, slot.name)?.id, result);
   }
 
   /**
@@ -132,6 +138,7 @@ export class Gate {
     const events = this.sup.events;
     const submittedAt = Date.now();
     const principal = this.principalOf(req, slot.name)?.id;
+    this.auditWritable(op, slot);
     let delivered;
     try {
       delivered = await slot.call<unknown>(spec);
@@ -139,17 +146,16 @@ export class Gate {
       // Whatever escapes below is reported as a typed error; nothing untyped reaches a caller.
       const e = raw instanceof Pkcs11SupervisorError ? raw : new Pkcs11SupervisorError('WORKER_CRASHED', `slot "${slot.name}": ${(raw as Error).message}`, { slot: slot.name, cause: raw });
       this.sup.log.warn({ slot: slot.name, op, mechanism, code: e.code, ckr: e.ckr, err: e.message }, 'call failed');
-      if (this.audit && AUDITED.has(op)) this.record(op, slot, mechanism, req, principal, e.code);
       if (events.listenerCount('callCompleted') > 0) {
         events.emit('callCompleted', { slot: slot.name, worker: null, op, mechanism, outcome: e.code, queuedMs: Date.now() - submittedAt, execMs: 0, startedAt: null, endedAt: null });
       }
+      if (this.audit && AUDITED.has(op)) await this.record(op, slot, mechanism, req, principal, e.code)?.catch(() => undefined); // the call's own error is the one to report
       throw e;
     }
     const value = delivered.value;
     const reply = isReply(value) ? value : null;
     const result = !reply ? 'ok' : !reply.ok ? reply.error.code : op === 'verify' ? (reply.value ? 'valid' : 'invalid') : 'ok';
     if (reply && !reply.ok) this.sup.log.warn({ slot: slot.name, op, mechanism, code: result, ckr: reply.error.ckr }, 'call failed');
-    if (this.audit && AUDITED.has(op)) this.record(op, slot, mechanism, req, principal, result);
     if (events.listenerCount('callCompleted') > 0) {
       events.emit('callCompleted', {
         slot: slot.name,
@@ -163,14 +169,16 @@ export class Gate {
         endedAt: reply ? reply.endedAt : null,
       });
     }
+    // In durable mode nothing is returned before its record is on disk.
+    if (this.audit && AUDITED.has(op)) await this.record(op, slot, mechanism, req, principal, result);
     if (!reply) return value as T;
     if (!reply.ok) throw new Pkcs11SupervisorError(reply.error.code, reply.error.message, { slot: slot.name, ckr: reply.error.ckr });
     return reply.value as T;
   }
 
-  private record(op: Operation, slot: Slot, mechanism: MechanismName | null, req: Req, principal: string | undefined, result: string): void {
+  private record(op: Operation, slot: Slot, mechanism: MechanismName | null, req: Req, principal: string | undefined, result: string): Promise<void> | undefined {
     const data = req.data instanceof Uint8Array ? req.data : undefined;
-    this.audit!.append({
+    return this.audit!.commit({
       event: op,
       slot: slot.name,
       key: req.key === undefined ? (typeof req.label === 'string' ? `label:${req.label}` : undefined) : keyName(req.key),

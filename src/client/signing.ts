@@ -49,6 +49,7 @@ export async function verify(gate: Gate, request: VerifyRequest): Promise<boolea
 }
 
 async function verifyHere(gate: Gate, slot: Slot, mechanism: MechanismName, req: Req): Promise<boolean> {
+  gate.auditWritable('verify', slot);
   const data = check.bytes(req.data, 'data', slot);
   const signature = check.bytes(req.signature, 'signature', slot);
   const format = check.signatureFormat(req.signatureFormat, slot.name);
@@ -59,7 +60,7 @@ async function verifyHere(gate: Gate, slot: Slot, mechanism: MechanismName, req:
   }
   const startedAt = performance.timeOrigin + performance.now();
   const valid = verifyInSoftware(mechanism, info.keyObject, data, signature, format);
-  gate.completedHere('verify', slot, mechanism, req, valid ? 'valid' : 'invalid', startedAt, performance.timeOrigin + performance.now());
+  await gate.completedHere('verify', slot, mechanism, req, valid ? 'valid' : 'invalid', startedAt, performance.timeOrigin + performance.now());
   return valid;
 }
 

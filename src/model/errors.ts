@@ -28,6 +28,7 @@ export const ERROR_CODES = [
   'SO_LOGIN_REQUIRED',
   'PKCS11_ERROR',
   'CLOSED',
+  'AUDIT_UNAVAILABLE',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -1,0 +1,152 @@
+/**
+ * The audit trail under a crash, a full file system and a torn write: in durable mode no
+ * signature is returned without its record on disk; a write that fails is a typed error, a
+ * metric and not-ready, never a process exit, and nothing is lost once writes succeed again;
+ * a torn tail is told apart from tampering and repaired at the next start.
+ */
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { appendFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { createMetrics, readiness, startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
+import { configFor, createToken, tokenDir, type TokenDir } from './support/softhsm.js';
+
+let td: TokenDir;
+let sup: Pkcs11Supervisor | undefined;
+let n = 0;
+
+beforeAll(() => {
+  td = tokenDir();
+  process.env.AUDIT_PIN = createToken(td, 'audited').pin;
+});
+
+afterEach(async () => {
+  await sup?.close();
+  sup = undefined;
+  execFileSync('prlimit', ['--pid', String(process.pid), '--fsize=unlimited:unlimited']);
+});
+
+const configWith = (audit: Record<string, unknown>) => ({ ...configFor(td, { s: { token: { label: 'audited' }, pin: { env: 'AUDIT_PIN' } } }), audit });
+const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+const records = (path: string) => readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; dataSha256?: string; result: string });
+const verifyCli = (path: string) => spawnSync(process.execPath, ['dist/src/cli.js', 'audit', 'verify', path], { encoding: 'utf8' });
+
+async function signOne(s: Pkcs11Supervisor) {
+  const data = Buffer.from(`audited document ${n++}`);
+  const sig = await s.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+  return { data, sig };
+}
+
+/** Files this process writes stop growing past the trail's size now plus `room` bytes (EFBIG). */
+function limitFileSize(path: string, room: number): void {
+  execFileSync('prlimit', ['--pid', String(process.pid), `--fsize=${statSync(path).size + room}:unlimited`]);
+}
+
+describe('durable mode', () => {
+  it('after kill -9, every signature that was returned has its record, and the trail verifies once the next start repairs its tail', async () => {
+    const path = join(td.dir, 'killed.jsonl');
+    const file = join(td.dir, 'killed.json');
+    writeFileSync(file, JSON.stringify({ ...configWith({ path, mode: 'durable' }), log: { level: 'silent' } }));
+    const child = spawn(process.execPath, ['test/fixtures/audit-child.mjs', file], { env: process.env });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    await new Promise<void>((resolve) => child.stdout.on('data', () => out.includes('ready') && resolve()));
+    await new Promise((r) => setTimeout(r, 1500));
+    child.kill('SIGKILL');
+    await new Promise((r) => child.on('exit', r));
+    const returned = out.split('\n').filter((l) => /^[0-9a-f]{64}$/.test(l));
+    expect(returned.length).toBeGreaterThan(200);
+    const onDisk = new Set(readFileSync(path, 'utf8').split('\n').flatMap((l) => /"dataSha256":"([0-9a-f]{64})"/.exec(l)?.[1] ?? []));
+    expect(returned.filter((h) => !onDisk.has(h))).toEqual([]);
+    expect([0, 4]).toContain(verifyCli(path).status); // intact, or its tail torn by the kill
+
+    sup = await startSupervisor({ config: configWith({ path, mode: 'durable' }) });
+    await signOne(sup);
+    await sup.close();
+    sup = undefined;
+    expect(verifyCli(path)).toMatchObject({ status: 0, stdout: expect.stringMatching(/^ok: \d+ records, chain intact/) });
+  });
+
+  it('a full file system: calls get AUDIT_UNAVAILABLE and return no signature, the daemon is not ready and counts it, nothing is lost once it has room', async () => {
+    process.on('SIGXFSZ', () => undefined); // as a daemon under a file size limit: EFBIG, not death
+    const path = join(td.dir, 'full.jsonl');
+    sup = await startSupervisor({ config: configWith({ path, mode: 'durable', flushMs: 50 }) });
+    const registry = createMetrics(sup);
+    const before = [await signOne(sup), await signOne(sup)];
+    limitFileSize(path, 600); // room for about one more record, then a short write, then EFBIG
+    const during = await Promise.allSettled(Array.from({ length: 8 }, () => signOne(sup!)));
+    const refused = during.filter((r) => r.status === 'rejected');
+    expect(refused.length).toBeGreaterThan(0);
+    for (const r of refused) expect((r as PromiseRejectedResult).reason).toMatchObject({ code: 'AUDIT_UNAVAILABLE' });
+    await expect(signOne(sup)).rejects.toMatchObject({ code: 'AUDIT_UNAVAILABLE' }); // refused up front now
+    expect(readiness(sup)).toMatchObject({ ready: false, audit: expect.stringMatching(/^failing/) });
+    expect(await registry.getSingleMetricAsString('pkcs11_audit_write_errors_total')).toMatch(/pkcs11_audit_write_errors_total [1-9]/);
+    expect(verifyCli(path).status).toBe(0); // a short write was cut back: whole records only
+
+    execFileSync('prlimit', ['--pid', String(process.pid), '--fsize=unlimited:unlimited']);
+    const until = Date.now() + 5000;
+    while (!readiness(sup).ready && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    expect(readiness(sup).ready).toBe(true);
+    const after = await signOne(sup);
+    await sup.close();
+    sup = undefined;
+    const trail = records(path);
+    for (const { data } of [...before, after, ...during.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))]) {
+      expect(trail.some((r) => r.dataSha256 === sha(data))).toBe(true);
+    }
+    expect(verifyCli(path).status).toBe(0);
+  });
+});
+
+describe('batched mode', () => {
+  it('a write that fails keeps the records queued; they are written once it can; calls go on unless failClosed', async () => {
+    process.on('SIGXFSZ', () => undefined);
+    const path = join(td.dir, 'batched.jsonl');
+    sup = await startSupervisor({ config: configWith({ path, flushMs: 20 }) });
+    await signOne(sup);
+    await new Promise((r) => setTimeout(r, 100));
+    limitFileSize(path, 0);
+    const signed = [await signOne(sup), await signOne(sup)]; // batched: signatures are returned, records wait
+    await new Promise((r) => setTimeout(r, 200));
+    expect(sup.status().audit).toMatchObject({ healthy: false, pending: expect.any(Number) });
+    expect(sup.status().audit!.pending).toBeGreaterThanOrEqual(2);
+    execFileSync('prlimit', ['--pid', String(process.pid), '--fsize=unlimited:unlimited']);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(sup.status().audit).toMatchObject({ healthy: true, pending: 0 });
+    const trail = records(path);
+    for (const { data } of signed) expect(trail.some((r) => r.dataSha256 === sha(data))).toBe(true);
+    await sup.close();
+
+    sup = await startSupervisor({ config: configWith({ path, flushMs: 20, failClosed: true }) });
+    await signOne(sup);
+    await new Promise((r) => setTimeout(r, 100));
+    limitFileSize(path, 0);
+    await signOne(sup); // its record cannot be written: the trail is found failing
+    await new Promise((r) => setTimeout(r, 200));
+    await expect(signOne(sup)).rejects.toMatchObject({ code: 'AUDIT_UNAVAILABLE' });
+  });
+});
+
+describe('a torn tail', () => {
+  it('audit verify tells it from tampering, and the next start cuts it off with a record saying so', async () => {
+    const path = join(td.dir, 'torn.jsonl');
+    sup = await startSupervisor({ config: configWith({ path }) });
+    await signOne(sup);
+    await sup.close();
+    sup = undefined;
+    appendFileSync(path, '{"seq":99,"time":"2026-12-01T00:00:00.000Z","prev":"ab'); // a write cut short
+    expect(verifyCli(path)).toMatchObject({ status: 4, stdout: expect.stringMatching(/^torn at line \d+: torn tail/) });
+
+    sup = await startSupervisor({ config: configWith({ path }) });
+    await signOne(sup);
+    await sup.close();
+    sup = undefined;
+    expect(verifyCli(path)).toMatchObject({ status: 0 });
+    expect(records(path).find((r) => r.event === 'auditRepaired')).toMatchObject({ result: 'ok' });
+
+    const tampered = readFileSync(path, 'utf8').replace('"result":"ok"', '"result":"KEY_NOT_FOUND"');
+    writeFileSync(path, tampered);
+    expect(verifyCli(path)).toMatchObject({ status: 1, stdout: expect.stringMatching(/^broken at line/) });
+  });
+});
