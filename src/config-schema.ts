@@ -2,6 +2,7 @@
  * The one schema for the config file: it validates at start-up and its inferred type is
  * the type the rest of the code uses. `npm run schema` writes config/schema.json from it.
  */
+import { isWellFormed } from './model/token-match.js';
 import { z } from 'zod';
 import { MECHANISM_NAMES, type MechanismName } from './model/mechanisms.js';
 
@@ -11,10 +12,19 @@ export const PinSourceSchema = z.union([z.strictObject({ env: z.string().min(1) 
   error: 'pin must be {"env": "VAR"} or {"file": "path"}; a PIN itself never goes in the config',
 });
 
+/** A string that encodes to UTF-8 as it is (no lone surrogate, which would be stored as U+FFFD) in at most `max` bytes. */
+const utf8Text = (max: number) =>
+  z
+    .string()
+    .min(1)
+    .refine((v) => isWellFormed(v), { message: 'must be well-formed text (it has a lone surrogate, which a token would store as U+FFFD)' })
+    .refine((v) => Buffer.byteLength(v) <= max, { message: `must be at most ${max} bytes in UTF-8` });
+
 export const TokenSelectorSchema = z.union(
   [
-    z.strictObject({ label: z.string().min(1).max(32) }),
-    z.strictObject({ serial: z.string().min(1).max(16) }),
+    // CK_TOKEN_INFO's label and serial are blank-padded to 32 and 16 bytes.
+    z.strictObject({ label: utf8Text(32) }),
+    z.strictObject({ serial: utf8Text(16) }),
     z.strictObject({ slotIndex: z.number().int().min(0) }),
   ],
   { error: 'token must be one of {"label": "..."}, {"serial": "..."} or {"slotIndex": n}' },
@@ -25,10 +35,10 @@ const AllowListSchema = z.array(MechanismNameSchema).min(1);
 
 export const KeyRefSchema = z
   .strictObject({
-    label: z.string().min(1).max(256).optional(),
+    label: utf8Text(256).optional(),
     id: hex.optional(),
     /** The key's certificate, by its own label or id (not both); getCertificate and signJws (x5c) use it. */
-    certLabel: z.string().min(1).max(256).optional(),
+    certLabel: utf8Text(256).optional(),
     certId: hex.optional(),
     allowedMechanisms: AllowListSchema.optional(),
   })

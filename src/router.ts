@@ -108,7 +108,7 @@ export class Mailbox {
       call.timer = setTimeout(() => this.fail(call, new Pkcs11SupervisorError('TIMEOUT', this.timeoutMessage(call), { slot: this.slot })), spec.timeoutMs);
       if (spec.signal) {
         call.onAbort = () => this.fail(call, new Pkcs11SupervisorError('ABORTED', 'the call was aborted by its signal', { slot: this.slot }));
-        spec.signal.addEventListener('abort', call.onAbort, { once: true });
+        watchAbort(spec.signal, call.onAbort);
       }
       this.queue.push(call as Call<unknown>);
       this.waiting++;
@@ -300,7 +300,7 @@ export class Mailbox {
   private cleanup<T>(call: Call<T>): void {
     call.settled = true;
     clearTimeout(call.timer);
-    if (call.onAbort) call.spec.signal?.removeEventListener('abort', call.onAbort);
+    if (call.onAbort && call.spec.signal) unwatchAbort(call.spec.signal, call.onAbort);
   }
 
   /** Fails every queued call (not the running ones) with `error`. */
@@ -326,4 +326,28 @@ export class Mailbox {
 /** The caller's bytes a sign or verify carries to the thread. */
 function inputBytes(task: SlotTask): number {
   return task.op === 'sign' ? task.data.byteLength : task.op === 'verify' ? task.data.byteLength + task.signature.byteLength : 0;
+}
+
+/**
+ * One 'abort' listener per signal, however many calls share it: a listener per call made Node
+ * warn (MaxListenersExceededWarning) once a caller passed one signal to more than ten calls.
+ */
+const abortWatchers = new WeakMap<AbortSignal, Set<() => void>>();
+
+function watchAbort(signal: AbortSignal, onAbort: () => void): void {
+  let watchers = abortWatchers.get(signal);
+  if (!watchers) {
+    const all = new Set<() => void>();
+    abortWatchers.set(signal, all);
+    signal.addEventListener('abort', () => {
+      abortWatchers.delete(signal);
+      for (const fn of all) fn();
+    }, { once: true });
+    watchers = all;
+  }
+  watchers.add(onAbort);
+}
+
+function unwatchAbort(signal: AbortSignal, onAbort: () => void): void {
+  abortWatchers.get(signal)?.delete(onAbort);
 }

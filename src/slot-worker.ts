@@ -38,7 +38,8 @@ export interface SlotWorkerOptions {
   hooks: SlotWorkerHooks;
 }
 
-const FIRST_OUTCOME: ReadonlySet<SlotState> = new Set(['open', 'logged_in', 'crashed', 'failed', 'closed']);
+/** Where start-up settles: open, logged in, or failed (a crash is restarted until the budget is spent). */
+const FIRST_OUTCOME: ReadonlySet<SlotState> = new Set(['open', 'logged_in', 'failed', 'closed']);
 const SETTLED: ReadonlySet<SlotState> = new Set(['uninitialized', 'open', 'logged_in', 'so_logged_in', 'failed', 'closed']);
 const NOT_ACCEPTING: ReadonlySet<SlotState> = new Set(['crashed', 'restarting', 'failed', 'closing', 'closed']);
 
@@ -111,7 +112,7 @@ export class SlotWorker {
     if (this.state === 'uninitialized') this.actor.send({ type: 'START' });
   }
 
-  /** Resolves once the worker has opened, logged in, crashed, failed or closed. */
+  /** Resolves once the worker has opened, logged in, failed or closed. */
   async firstOutcome(): Promise<void> {
     await waitFor(this.actor, (s) => FIRST_OUTCOME.has(s.value as SlotState));
   }

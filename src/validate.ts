@@ -1,4 +1,5 @@
 /** Checks on what a caller passes, made before a call is queued. Each failure is a typed error. */
+import { isWellFormed } from './model/token-match.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { isMechanismName, MECHANISM_NAMES, type MechanismName } from './model/mechanisms.js';
 import { Secret } from './model/secret.js';
@@ -82,6 +83,7 @@ export function count(value: unknown, what: string, min: number, max: number, sl
 
 export function label(value: unknown, slot: string): string {
   if (typeof value !== 'string' || value.length === 0 || Buffer.byteLength(value) > 256) throw badInput('label must be a non-empty string of at most 256 bytes', slot);
+  if (!isWellFormed(value)) throw badInput('label has a lone surrogate: the token would store it as U+FFFD, and it would never match again', slot);
   return value;
 }
 

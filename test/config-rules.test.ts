@@ -48,6 +48,51 @@ describe('each rule refuses the config that breaks it, naming the field', () => 
     refused(base({ keys: { ec: { label: 'ec', id: '02', certLabel: 'c', certId: '02' } } }), 'CONFIG_INVALID', 'slots.s.keys.ec.certId'));
   it('an unknown slot type', () => refused(base({ type: 'usb' }), 'CONFIG_INVALID', 'slots.s.type', false));
   it('a negative spin', () => refused(base({ idleSpinMs: -1 }), 'CONFIG_INVALID', 'slots.s.idleSpinMs'));
+  it('a token label with a lone surrogate (a token would store U+FFFD)', () => refused(base({ token: { label: 'rules\uD800' } }), 'CONFIG_INVALID', 'slots.s.token.label'));
+  it('a token label longer than CK_TOKEN_INFO holds', () => refused(base({ token: { label: 'x'.repeat(33) } }), 'CONFIG_INVALID', 'slots.s.token.label'));
+});
+
+describe('names as the token holds them', () => {
+  it('a token label with trailing blanks names the token, as CK_TOKEN_INFO pads it', async () => {
+    const sup = await startSupervisor({ config: base({ token: { label: 'rules   ' } }) });
+    try {
+      const data = Buffer.from('padded');
+      expect(await verifiesOnNode(sup, 's', 'ec', data, await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data }))).toBe(true);
+      await expect(sup.generateKeyPair({ slot: 's', algorithm: 'EC-P256', label: 'bad\uDC00label' })).rejects.toMatchObject({ code: 'BAD_INPUT' });
+    } finally {
+      await sup.close();
+    }
+  });
+
+  it('an eager slot on an absent token settles at start: failed, not restarting; its calls fail fast', async () => {
+    const sup = await startSupervisor({ config: base({ token: { label: 'no-such-token' }, restart: { maxRestarts: 2, windowMs: 60_000, backoffInitialMs: 10, backoffMaxMs: 20 } }) });
+    try {
+      expect(sup.status().slots.s!.state).toBe('failed');
+      await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data: Buffer.from('x') })).rejects.toMatchObject({ code: 'SLOT_FAILED' });
+    } finally {
+      await sup.close();
+    }
+  });
+
+  it('one AbortSignal shared by many calls: no listener warning, and aborting it ends every call not yet started', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on('warning', onWarning);
+    const sup = await startSupervisor({ config: base() });
+    try {
+      const controller = new AbortController();
+      const calls = Array.from({ length: 40 }, (_, i) => sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data: Buffer.from(`a${i}`), signal: controller.signal }).then(() => 'signed', (e: { code: string }) => e.code));
+      controller.abort();
+      const outcomes = await Promise.all(calls);
+      expect(outcomes.filter((o) => o === 'ABORTED').length).toBeGreaterThan(30);
+      expect(outcomes.every((o) => o === 'ABORTED' || o === 'signed')).toBe(true);
+      await new Promise((r) => setImmediate(r));
+      expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning')).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+      await sup.close();
+    }
+  });
 });
 
 describe('module pinning', () => {
