@@ -161,6 +161,8 @@ async function client(n: number): Promise<void> {
         sup.reset(name);
         await new Promise((r) => setTimeout(r, 100));
       }
+      // Refused at once: a caller retrying in a tight loop of rejections would starve the event loop.
+      if (code === 'AUDIT_UNAVAILABLE' || code === 'TOKEN_NOT_FOUND') await new Promise((r) => setTimeout(r, 50));
     } finally {
       counts.settled++;
     }
