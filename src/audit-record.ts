@@ -33,11 +33,13 @@ export function recordHash(r: Omit<AuditRecord, 'hash'>): string {
 /**
  * ok; or `torn`: the last bytes are an unfinished record (a write cut short: a crash, a full
  * disk), everything before them intact; or `broken`: a record changed, removed or reordered.
+ * `continues`: the first record follows one in an earlier file (a rotated trail) whose link
+ * was not checked here: verify the files together, oldest first.
  */
 export type AuditVerdict =
-  | { ok: true; records: number; head: string }
-  | { ok: false; kind: 'torn'; records: number; head: string; line: number; bytes: number; reason: string }
-  | { ok: false; kind: 'broken'; line: number; seq: number | null; reason: string };
+  | { ok: true; records: number; head: string; continues?: string }
+  | { ok: false; kind: 'torn'; records: number; head: string; file: string; line: number; bytes: number; reason: string }
+  | { ok: false; kind: 'broken'; file: string; line: number; seq: number | null; reason: string };
 
 /** Splits a trail into its complete lines and the unfinished bytes after the last newline. */
 export function splitTrail(text: string): { lines: string[]; tail: string } {
@@ -47,40 +49,56 @@ export function splitTrail(text: string): { lines: string[]; tail: string } {
   return { lines, tail: text.slice(end) };
 }
 
-/** Walks the chain; the first record that does not follow from the one before is reported. */
 export function verifyAuditFile(path: string): AuditVerdict {
-  const { lines, tail } = splitTrail(readFileSync(path, 'utf8'));
-  let prev = GENESIS;
+  return verifyAuditFiles([path]);
+}
+
+/**
+ * Walks the chain through the files, oldest first (a rotated trail: `audit.jsonl.1`, `.2`, …,
+ * then `audit.jsonl`); the first record that does not follow from the one before is reported.
+ */
+export function verifyAuditFiles(paths: string[]): AuditVerdict {
+  let prev: string | null = null;
   let seq = 0;
-  for (let i = 0; i < lines.length; i++) {
-    let r: AuditRecord;
-    try {
-      r = JSON.parse(lines[i]!) as AuditRecord;
-    } catch {
-      return { ok: false, kind: 'broken', line: i + 1, seq: null, reason: 'not a JSON record' };
+  let records = 0;
+  let continues: string | undefined;
+  for (const [f, path] of paths.entries()) {
+    const { lines, tail } = splitTrail(readFileSync(path, 'utf8'));
+    for (let i = 0; i < lines.length; i++) {
+      const broken = (reason: string, at: number | null) => ({ ok: false as const, kind: 'broken' as const, file: path, line: i + 1, seq: at, reason });
+      let r: AuditRecord;
+      try {
+        r = JSON.parse(lines[i]!) as AuditRecord;
+      } catch {
+        return broken('not a JSON record', null);
+      }
+      const { hash, ...body } = r;
+      if (recordHash(body) !== hash) return broken('record was changed (its hash does not match its content)', r.seq);
+      if (prev === null && r.prev !== GENESIS) {
+        // The trail's first file here starts inside the chain: it was rotated from an earlier one.
+        continues = r.prev;
+      } else if (r.prev !== (prev ?? GENESIS)) {
+        const later = lines.slice(i + 1).some((l) => {
+          try {
+            return (JSON.parse(l) as AuditRecord).seq === seq + 1;
+          } catch {
+            return false;
+          }
+        });
+        return broken(r.seq <= seq || later ? `records are out of order (expected seq ${seq + 1} here)` : r.seq > seq + 1 ? `record(s) before it were removed (expected seq ${seq + 1})` : 'the chain is broken before this record', r.seq);
+      } else if (r.seq !== seq + 1) {
+        return broken(`sequence jumps from ${seq} to ${r.seq}`, r.seq);
+      }
+      prev = hash;
+      seq = r.seq;
+      records++;
     }
-    const { hash, ...body } = r;
-    if (recordHash(body) !== hash) return { ok: false, kind: 'broken', line: i + 1, seq: r.seq, reason: 'record was changed (its hash does not match its content)' };
-    if (r.prev !== prev) {
-      const later = lines.slice(i + 1).some((l) => {
-        try {
-          return (JSON.parse(l) as AuditRecord).seq === seq + 1;
-        } catch {
-          return false;
-        }
-      });
-      const reason =
-        r.seq <= seq || later ? `records are out of order (expected seq ${seq + 1} here)` : r.seq > seq + 1 ? `record(s) before it were removed (expected seq ${seq + 1})` : 'the chain is broken before this record';
-      return { ok: false, kind: 'broken', line: i + 1, seq: r.seq, reason };
+    if (tail.length > 0) {
+      const bytes = Buffer.byteLength(tail);
+      const last = f === paths.length - 1;
+      const reason = `torn tail: the last ${bytes} bytes are an unfinished record (a write cut short), not a changed one; every record before them is intact${last ? '. The daemon removes it at its next start and records that it did' : ''}`;
+      return { ok: false, kind: 'torn', records, head: prev ?? GENESIS, file: path, line: lines.length + 1, bytes, reason };
     }
-    if (r.seq !== seq + 1) return { ok: false, kind: 'broken', line: i + 1, seq: r.seq, reason: `sequence jumps from ${seq} to ${r.seq}` };
-    prev = hash;
-    seq = r.seq;
   }
-  if (tail.length > 0) {
-    const bytes = Buffer.byteLength(tail);
-    const reason = `torn tail: the last ${bytes} bytes are an unfinished record (a write cut short), not a changed one; every record before them is intact. The daemon removes it at its next start and records that it did`;
-    return { ok: false, kind: 'torn', records: lines.length, head: prev, line: lines.length + 1, bytes, reason };
-  }
-  return { ok: true, records: lines.length, head: prev };
+  return { ok: true, records, head: prev ?? GENESIS, ...(continues ? { continues } : {}) };
 }

@@ -14,14 +14,15 @@
  * What a hash chain cannot show by itself: records cut off the end. Ship the `hash` of the
  * last record somewhere else (the daemon logs it at every flush) to catch truncation.
  */
-import { closeSync, constants, fdatasync, fstatSync, ftruncateSync, openSync, readFileSync, write } from 'node:fs';
+import { closeSync, constants, fdatasync, fstatSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, write } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import { GENESIS, recordHash, splitTrail, type AuditEntry, type AuditRecord } from './audit-record.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 
 export type { AuditEntry, AuditRecord, AuditVerdict } from './audit-record.js';
-export { verifyAuditFile, recordHash } from './audit-record.js';
+export { verifyAuditFile, verifyAuditFiles, recordHash } from './audit-record.js';
 
 const writeAt = promisify(write);
 const fsyncFd = promisify(fdatasync);
@@ -32,6 +33,8 @@ export interface AuditOptions {
   durable: boolean;
   /** Refuse audited calls while the trail cannot be written (always so when durable). */
   failClosed: boolean;
+  /** Past this size the file is renamed to `<path>.<n>` and a new one continues the chain. */
+  maxBytes?: number | undefined;
 }
 
 export interface AuditHealth {
@@ -69,16 +72,36 @@ export class AuditLog {
     this.fd = openSync(path, 'a+', 0o600);
     const repaired = this.continueChain();
     if (options.durable) {
-      // Each write returns once it is on disk (O_DSYNC): one trip to the thread pool per group of
-      // records, where a write and then an fdatasync took two.
       closeSync(this.fd);
-      this.fd = openSync(path, constants.O_WRONLY | constants.O_APPEND | constants.O_DSYNC);
+      this.fd = this.openForWriting();
     }
     this.size = fstatSync(this.fd).size;
     if (repaired > 0) {
       this.log.warn({ audit: path, bytes: repaired }, 'audit trail: removed a torn tail (an interrupted write) at start');
       this.append({ event: 'auditRepaired', slot: '', result: 'ok', detail: `removed a torn tail of ${repaired} bytes (an interrupted write) at start` });
     }
+  }
+
+  /**
+   * In durable mode each write returns once it is on disk (O_DSYNC): one trip to the thread
+   * pool per group of records, where a write and then an fdatasync took two.
+   */
+  private openForWriting(): number {
+    if (!this.options.durable) return openSync(this.path, 'a+', 0o600);
+    return openSync(this.path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_DSYNC, 0o600);
+  }
+
+  /** Renames the full file to the next `<path>.<n>` and continues the chain in a new one. */
+  private rotate(): void {
+    const dir = dirname(this.path);
+    const base = basename(this.path);
+    const taken = readdirSync(dir).flatMap((f) => (f.startsWith(`${base}.`) && /^\d+$/.test(f.slice(base.length + 1)) ? [Number(f.slice(base.length + 1))] : []));
+    const rotated = `${this.path}.${Math.max(0, ...taken) + 1}`;
+    closeSync(this.fd);
+    renameSync(this.path, rotated);
+    this.fd = this.openForWriting();
+    this.size = 0;
+    this.log.info({ audit: this.path, rotated, seq: this.seq, head: this.prev }, 'audit trail rotated; the chain continues in the new file');
   }
 
   /** Takes the chain up where the file ends; an unfinished last record is cut off (returns its bytes). */
@@ -156,6 +179,7 @@ export class AuditLog {
       () => {
         if (this.failure) this.log.info({ audit: this.path }, 'audit trail writable again');
         this.failure = null;
+        if (this.options.maxBytes && this.size >= this.options.maxBytes) this.rotate();
         for (const w of waiters) w.resolve();
         this.log.debug({ audit: this.path, seq: this.seq, head: this.prev }, 'audit flushed');
       },

@@ -16,7 +16,7 @@ import type { Pkcs11Supervisor } from './client/supervisor-client.js';
 import type { KeyRef, SignRequest } from './client/requests.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { createLogger } from './logger.js';
-import { verifyAuditFile } from './audit.js';
+import { verifyAuditFiles } from './audit.js';
 import { loadConfigFile, printableConfig } from './config.js';
 import type { PinCallback } from './pin-chain.js';
 
@@ -31,7 +31,7 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>
                                            without --out the signature is printed in base64
   verify --slot S --key K --mechanism M --in FILE --signature FILE [--format der|raw] [--prehashed]
   pubkey --slot S --key K [--format pem|jwk|der] [--out FILE]
-  audit verify FILE                        check the audit trail's hash chain; says where it breaks (exit 1),
+  audit verify FILE [FILE...]              check the audit trail's hash chain (rotated files oldest first); says where it breaks (exit 1),
                                            or that only its tail is torn by an interrupted write (exit 4)
   config print                             the effective config, every default filled in (PIN sources by kind only)
 
@@ -119,10 +119,11 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   if (command === 'audit verify') {
-    const file = positionals[2];
-    if (!file) throw new Usage('audit verify FILE');
-    const v = verifyAuditFile(file);
-    if (v.ok) process.stdout.write(`ok: ${v.records} records, chain intact, head ${v.head}\n`);
+    const files = positionals.slice(2);
+    if (files.length === 0) throw new Usage('audit verify FILE [FILE...]');
+    const v = verifyAuditFiles(files);
+    const continues = v.ok && v.continues ? ` (its first record follows ${v.continues}, in an earlier file: verify the files together, oldest first)` : '';
+    if (v.ok) process.stdout.write(`ok: ${v.records} records, chain intact, head ${v.head}${continues}\n`);
     else if (v.kind === 'torn') process.stdout.write(`torn at line ${v.line}: ${v.reason}; ${v.records} records before it, chain intact, head ${v.head}\n`);
     else process.stdout.write(`broken at line ${v.line}${v.seq === null ? '' : ` (seq ${v.seq})`}: ${v.reason}\n`);
     return v.ok ? 0 : v.kind === 'torn' ? 4 : 1;

@@ -169,6 +169,8 @@ const ConfigObjectSchema = z
         flushMs: z.number().int().min(1).max(60_000).default(200),
         /** Refuse audited calls while the trail cannot be written (durable mode always does). */
         failClosed: z.boolean().default(false),
+        /** Past this size the file is renamed to `<path>.<n>` (n = 1, 2, …) and a new file continues the chain. */
+        maxBytes: z.number().int().min(4096).optional(),
       })
       .optional(),
     /** Callers and roles. Without it every caller may do everything (one trusted application). */

@@ -14,7 +14,7 @@ export type { Role } from './config-schema.js';
 export { Pkcs11SupervisorError, ERROR_CODES, isSupervisorError } from './model/errors.js';
 export type { ErrorCode } from './model/errors.js';
 export { parseConfig, loadConfigFile, configJsonSchema } from './config.js';
-export { verifyAuditFile } from './audit-record.js';
+export { verifyAuditFile, verifyAuditFiles } from './audit-record.js';
 export type { AuditVerdict, AuditRecord } from './audit-record.js';
 export type { AuditHealth } from './audit.js';
 export type { Config, ConfigInput, SlotConfig } from './config-schema.js';

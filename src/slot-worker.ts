@@ -36,6 +36,8 @@ export interface SlotWorkerOptions {
   loginLock: <T>(fn: () => Promise<T>) => Promise<T>;
   restart: RestartPolicy;
   hooks: SlotWorkerHooks;
+  /** A call found the module itself broken (CKR_GENERAL_ERROR): the supervisor resets it, once for all its slots. */
+  moduleBroken(ckr: string): void;
 }
 
 /** Where start-up settles: open, logged in, or failed (a crash is restarted until the budget is spent). */
@@ -190,6 +192,7 @@ export class SlotWorker {
         }
         throw e;
       }
+      if (!reply.ok && reply.error.ckr === 'CKR_GENERAL_ERROR') this.opts.moduleBroken(reply.error.ckr);
       if (!reply.ok && attempt === 0 && reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) {
         this.sessionLost();
         continue;
@@ -315,6 +318,7 @@ export class SlotWorker {
       }
       const err = snap.context.lastError;
       this.opts.hooks.loginAttempted(this, origin, err?.code ?? 'UNKNOWN');
+      if (err?.ckr === 'CKR_GENERAL_ERROR') this.opts.moduleBroken(err.ckr);
       if (err?.code === 'PIN_INCORRECT') pins.rejectedByToken(pin);
       if (snap.value === 'open' && err) throw new Pkcs11SupervisorError(err.code, err.message, { slot: this.slot, ckr: err.ckr });
       // The session was lost or the thread died during login: the caller's loop tries again.

@@ -19,6 +19,7 @@ import type { OpenReport } from './model/protocol.js';
 
 export interface CrashHandler {
   crashed(slot: Slot, worker: SlotWorker): void;
+  moduleBroken(slot: Slot, ckr: string): void;
 }
 
 export class Slot {
@@ -57,6 +58,7 @@ export class Slot {
           soActive: () => this.soActive,
           loginLock,
           restart,
+          moduleBroken: (ckr) => this.supervisor.moduleBroken(this, ckr),
           hooks: {
             opened: (_w, report) => {
               this.joinDomain(tokenDomain(modulePath, report.tokenSerial, report.tokenLabel));

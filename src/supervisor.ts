@@ -94,6 +94,11 @@ export class Supervisor {
     });
   }
 
+  /** A call on a session found the module broken: reset it, as a crash with that CKR would. */
+  moduleBroken(slot: Slot, ckr: string): void {
+    if (!this.closing) this.resetModule(slot, ckr);
+  }
+
   /**
    * The module is broken (a session could not even be opened): finalize and initialize it once,
    * for every worker of every slot on it, then let them all re-open. One incident, one reset.
@@ -118,15 +123,16 @@ export class Supervisor {
     })();
   }
 
-  /** Operator action: forget the slot's restart history and bring failed workers back. */
+  /**
+   * Operator action: the slot's module is initialized again (its sessions, and those of other
+   * slots on it, re-open and log in by themselves), its restart history is forgotten and failed
+   * workers come back. A module can be left broken where no restart reaches it: one that lists
+   * its tokens once per initialization, or that lost its objects when descriptors ran out.
+   */
   reset(slot: Slot): void {
     slot.restart.reset();
-    // Failed because the module is broken, or because it did not list the token: a module that
-    // lists its tokens once per initialization (SoftHSM2) sees a token made since only after it
-    // is initialized again.
-    const errors = slot.workers.map((w) => w.context.lastError);
-    const moduleLevel = errors.find((e) => e?.code === 'TOKEN_NOT_FOUND' || (e?.ckr !== undefined && MODULE_BROKEN_CKRS.has(e.ckr)));
-    if (moduleLevel) this.resetModule(slot, moduleLevel.ckr ?? 'TOKEN_NOT_FOUND', true);
+    const ckr = slot.workers.map((w) => w.context.lastError?.ckr).find((c) => c !== undefined && MODULE_BROKEN_CKRS.has(c));
+    this.resetModule(slot, ckr ?? 'operator reset', true);
     for (const w of slot.workers) w.reset();
   }
 

@@ -6,7 +6,7 @@
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { createMetrics, readiness, startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
@@ -148,5 +148,32 @@ describe('a torn tail', () => {
     const tampered = readFileSync(path, 'utf8').replace('"result":"ok"', '"result":"KEY_NOT_FOUND"');
     writeFileSync(path, tampered);
     expect(verifyCli(path)).toMatchObject({ status: 1, stdout: expect.stringMatching(/^broken at line/) });
+  });
+});
+
+describe('rotation by size', () => {
+  it('past maxBytes the trail goes on in a new file; the files verify together, oldest first, and a gap between them is found', async () => {
+    const path = join(td.dir, 'rotated.jsonl');
+    sup = await startSupervisor({ config: configWith({ path, flushMs: 5, maxBytes: 4096 }) });
+    const signed = [];
+    for (let i = 0; i < 40; i++) {
+      signed.push(await signOne(sup));
+      await new Promise((r) => setTimeout(r, 8));
+    }
+    await sup.close();
+    sup = undefined;
+    const rotated = readdirSync(td.dir).filter((f) => /^rotated\.jsonl\.\d+$/.test(f)).sort((a, b) => Number(a.split('.').pop()) - Number(b.split('.').pop()));
+    expect(rotated.length).toBeGreaterThanOrEqual(2);
+    const files = [...rotated.map((f) => join(td.dir, f)), path];
+    for (const f of files.slice(0, -1)) expect(statSync(f).size).toBeLessThan(4096 + 4096);
+    const cli = (args: string[]) => spawnSync(process.execPath, ['dist/src/cli.js', 'audit', 'verify', ...args], { encoding: 'utf8' });
+    expect(cli(files)).toMatchObject({ status: 0, stdout: expect.stringMatching(/^ok: \d+ records, chain intact/) });
+    // Every signature's record is in one of them.
+    const all = files.flatMap((f) => records(f));
+    for (const { data } of signed) expect(all.some((r) => r.dataSha256 === sha(data))).toBe(true);
+    // The newest file alone: intact, and said to continue an earlier one.
+    expect(cli([path]).stdout).toMatch(/follows [0-9a-f]{64}, in an earlier file/);
+    // A file left out in between breaks the chain where the next one starts.
+    expect(cli([files[0]!, ...files.slice(2)])).toMatchObject({ status: 1, stdout: expect.stringMatching(/^broken at line 1/) });
   });
 });

@@ -330,6 +330,12 @@ export class TokenSession implements SessionAccess {
       // Private objects are invisible before login; say so, so the caller re-logs in.
       throw new WorkerFailure('PIN_REQUIRED', `the token is not logged in, so no ${what} is visible`, 'CKR_USER_NOT_LOGGED_IN');
     }
+    if (found.length === 0 && hit) {
+      // Found on this session a moment ago: a key deleted since, or a module that lost its
+      // objects (SoftHSM2 after running out of descriptors). A new session tells them apart.
+      this.keys.delete(cacheKey);
+      throw new WorkerFailure('KEY_NOT_FOUND', `the ${what} this session used is gone from token "${this.tokenLabel}"`, 'CKR_OBJECT_HANDLE_INVALID');
+    }
     if (found.length === 0) throw new WorkerFailure('KEY_NOT_FOUND', `no ${what} on token "${this.tokenLabel}" visible to this session`);
     if (found.length > 1) throw new WorkerFailure('KEY_AMBIGUOUS', `several objects match ${what}; name the key by id too`);
     const handle = found[0]!;

@@ -16,7 +16,7 @@ export function createSupervisor(options: StartOptions): Pkcs11Supervisor {
   }
   const config = options.configFile !== undefined ? loadConfigFile(options.configFile) : parseConfig(options.config);
   const logger = options.logger ?? createLogger(config.log.level);
-  const audit = config.audit ? new AuditLog(config.audit.path, logger, { flushMs: config.audit.flushMs, durable: config.audit.mode === 'durable', failClosed: config.audit.failClosed }) : null;
+  const audit = config.audit ? new AuditLog(config.audit.path, logger, { flushMs: config.audit.flushMs, durable: config.audit.mode === 'durable', failClosed: config.audit.failClosed, maxBytes: config.audit.maxBytes }) : null;
   return new Pkcs11Supervisor(new Supervisor(config, logger, options.pinCallback, options.restartPolicy), audit);
 }
 
