@@ -45,10 +45,16 @@ newKey();
 /** Another process re-initializes the token in place and makes a new key under the same label and id. */
 function reinitializeToken(): void {
   const slots = execFileSync('softhsm2-util', ['--show-slots'], { env, encoding: 'utf8' });
-  const slotId = /Slot (\d+)\s+Slot info:[\s\S]*?Label:\s+soak\s/.exec(slots)![1]!;
+  const slotId = /Slot (\d+)\s+Slot info:[\s\S]*?Label:\s+soak\s/.exec(slots)?.[1];
   const old = keys.at(-1)!;
   old.to = Date.now(); // gone from here on (the re-init deletes it)
-  execFileSync('softhsm2-util', ['--init-token', '--slot', slotId, '--label', 'soak', '--so-pin', soPin, '--pin', pin], { env, stdio: 'ignore' });
+  if (slotId !== undefined) {
+    execFileSync('softhsm2-util', ['--init-token', '--slot', slotId, '--label', 'soak', '--so-pin', soPin, '--pin', pin], { env, stdio: 'ignore' });
+  } else {
+    // The token's files did not survive the full disk (SoftHSM2 writes them too): delete it and make it anew.
+    execFileSync('softhsm2-util', ['--delete-token', '--token', 'soak'], { env, stdio: 'ignore' });
+    execFileSync('softhsm2-util', ['--init-token', '--free', '--label', 'soak', '--so-pin', soPin, '--pin', pin], { env, stdio: 'ignore' });
+  }
   old.to = Date.now();
   newKey();
 }

@@ -12,6 +12,7 @@ import { Pkcs11SupervisorError } from './model/errors.js';
 import type { Secret } from './model/secret.js';
 import type { SlotWorker } from './slot-worker.js';
 import type { CallContext, CallSpec, Delivered, SlotTask } from './slot-call.js';
+import { unwatchAbort, watchAbort } from './abort-watch.js';
 import { CLAIM_CANCELLED, type WorkerTask } from './model/protocol.js';
 
 /** Calls of these operations, with no PIN of their own, may share one message to a worker. */
@@ -326,28 +327,4 @@ export class Mailbox {
 /** The caller's bytes a sign or verify carries to the thread. */
 function inputBytes(task: SlotTask): number {
   return task.op === 'sign' ? task.data.byteLength : task.op === 'verify' ? task.data.byteLength + task.signature.byteLength : 0;
-}
-
-/**
- * One 'abort' listener per signal, however many calls share it: a listener per call made Node
- * warn (MaxListenersExceededWarning) once a caller passed one signal to more than ten calls.
- */
-const abortWatchers = new WeakMap<AbortSignal, Set<() => void>>();
-
-function watchAbort(signal: AbortSignal, onAbort: () => void): void {
-  let watchers = abortWatchers.get(signal);
-  if (!watchers) {
-    const all = new Set<() => void>();
-    abortWatchers.set(signal, all);
-    signal.addEventListener('abort', () => {
-      abortWatchers.delete(signal);
-      for (const fn of all) fn();
-    }, { once: true });
-    watchers = all;
-  }
-  watchers.add(onAbort);
-}
-
-function unwatchAbort(signal: AbortSignal, onAbort: () => void): void {
-  abortWatchers.get(signal)?.delete(onAbort);
 }

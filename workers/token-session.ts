@@ -12,7 +12,8 @@ import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '.
 import { writeDer, derToRaw, maxDerBytes } from '../src/model/ecdsa-signature.js';
 import { prepareMechanisms, preparedKey, keyGenSizes, type PreparedMechanism } from './mechanism-params.js';
 import { WorkerFailure } from './failure.js';
-import { CKK_EC_EDWARDS, CKS_BY_VALUE } from './pkcs11-constants.js';
+import { keyTypeOf, pinLengthOf, sessionLimit } from './token-info.js';
+import { CKS_BY_VALUE } from './pkcs11-constants.js';
 import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from '../src/model/protocol.js';
 import { findHandles, publicKeyReport, type SessionAccess } from './object-ops.js';
 
@@ -34,12 +35,6 @@ const MAX_SIGNATURE_BYTES = 2048; // RSA-16384
  */
 const KEY_RECHECK_MS = 1000;
 
-function keyTypeOf(ckk: number): KeyType | null {
-  if (ckk === pkcs11js.CKK_RSA) return 'RSA';
-  if (ckk === pkcs11js.CKK_EC) return 'EC';
-  if (ckk === CKK_EC_EDWARDS) return 'EC_EDWARDS';
-  return null;
-}
 
 export class TokenSession implements SessionAccess {
   private mod: P11.PKCS11 | null = null;
@@ -352,14 +347,4 @@ export class TokenSession implements SessionAccess {
     this.keys.set(cacheKey, entry);
     return entry;
   }
-}
-
-/** Null when the token states no usable range (0/0, or a max below the min). */
-function pinLengthOf(min: number, max: number): PinLength | null {
-  return max > 0 && max >= min && max < 0xffffffff ? { min, max } : null;
-}
-
-/** CK_EFFECTIVELY_INFINITE (0) and CK_UNAVAILABLE_INFORMATION (~0) mean no limit to respect. */
-function sessionLimit(n: number): number | null {
-  return n > 0 && n < 0xffffffff ? n : null;
 }

@@ -145,6 +145,7 @@ export class Gate {
     } catch (raw) {
       // Whatever escapes below is reported as a typed error; nothing untyped reaches a caller.
       const e = raw instanceof Pkcs11SupervisorError ? raw : new Pkcs11SupervisorError('WORKER_CRASHED', `slot "${slot.name}": ${(raw as Error).message}`, { slot: slot.name, cause: raw });
+      if (e.code === 'KEY_NOT_FOUND') this.publicKeys.forget(slot.name);
       this.sup.log.warn({ slot: slot.name, op, mechanism, code: e.code, ckr: e.ckr, err: e.message }, 'call failed');
       if (events.listenerCount('callCompleted') > 0) {
         events.emit('callCompleted', { slot: slot.name, worker: null, op, mechanism, outcome: e.code, queuedMs: Date.now() - submittedAt, execMs: 0, startedAt: null, endedAt: null });
@@ -156,6 +157,7 @@ export class Gate {
     const reply = isReply(value) ? value : null;
     const result = !reply ? 'ok' : !reply.ok ? reply.error.code : op === 'verify' ? (reply.value ? 'valid' : 'invalid') : 'ok';
     if (reply && !reply.ok) this.sup.log.warn({ slot: slot.name, op, mechanism, code: result, ckr: reply.error.ckr }, 'call failed');
+    if (result === 'KEY_NOT_FOUND') this.publicKeys.forget(slot.name);
     if (events.listenerCount('callCompleted') > 0) {
       events.emit('callCompleted', {
         slot: slot.name,

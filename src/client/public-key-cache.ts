@@ -4,8 +4,8 @@
  * it within the slot's `keyCheckMs`, else it waits for a confirmation that began after it
  * arrived. Calls that wait together share one confirmation, so a burst of verifies costs the
  * token one public-key read. Forgotten at once when a slot's session is re-opened, when a call
- * on the slot finds a key missing, after a module reset, and when the client changes the
- * slot's keys.
+ * on the slot finds a key missing (the gate says so), after a module reset, and when the client
+ * changes the slot's keys.
  */
 import type { SupervisorEmitter } from '../events.js';
 import type { KeySelector } from '../model/protocol.js';
@@ -25,9 +25,6 @@ export class PublicKeyCache {
   constructor(events: SupervisorEmitter) {
     events.on('stateChange', (e) => {
       if (e.to === 'opening') this.forget(e.slot);
-    });
-    events.on('callCompleted', (e) => {
-      if (e.outcome === 'KEY_NOT_FOUND') this.forget(e.slot);
     });
     events.on('moduleReset', () => this.entries.clear());
   }
