@@ -179,7 +179,14 @@ export class AuditLog {
       () => {
         if (this.failure) this.log.info({ audit: this.path }, 'audit trail writable again');
         this.failure = null;
-        if (this.options.maxBytes && this.size >= this.options.maxBytes) this.rotate();
+        if (this.options.maxBytes && this.size >= this.options.maxBytes) {
+          try {
+            this.rotate();
+          } catch (e) {
+            // The records are written; the file just grows on until a rotation succeeds.
+            this.log.error({ audit: this.path, err: (e as Error).message }, 'audit trail rotation failed');
+          }
+        }
         for (const w of waiters) w.resolve();
         this.log.debug({ audit: this.path, seq: this.seq, head: this.prev }, 'audit flushed');
       },

@@ -93,6 +93,12 @@ export class Slot {
     return this.domain.loggedInHere;
   }
 
+  /** At close: the token's domain forgets this slot (another supervisor of the process may use the token next). */
+  leaveDomain(): void {
+    this.domain.members.delete(this);
+    if (this.domain.soHolder === this) this.domain.soHolder = null;
+  }
+
   private joinDomain(domain: TokenDomain): void {
     if (domain === this.domain) return;
     this.domain.members.delete(this);

@@ -159,6 +159,7 @@ export class Supervisor {
 
     // Close every session, then let the module owner finalize what this process no longer uses.
     await Promise.all(slots.flatMap((s) => s.workers.map((w) => w.close())));
+    for (const s of slots) s.leaveDomain();
     for (const s of slots) releaseModule(this.loadPaths.get(s.config.module)!);
   }
 }
