@@ -176,12 +176,14 @@ export class Mailbox {
         this.dispatch(worker, call);
         continue;
       }
-      // Share the waiting calls between the serving workers, one message each: a worker freed a
-      // moment before its siblings leaves them their part. A pipelined batch takes what waits
-      // (within the budget): a busy worker's siblings are not taking from this queue now, and
-      // halving it for them left batches of 3 that mostly paid for their messages.
+      // Share the waiting calls between the serving workers and the batch each can hold behind
+      // the one it runs: a worker freed a moment before its siblings leaves them their part, and
+      // a lone worker leaves calls to pipeline, so its thread signs on while the callers it just
+      // answered are busy (writing a durable audit record, say). A pipelined batch takes what
+      // waits (within the budget): halving it for busy siblings left batches of 3 that mostly
+      // paid for their messages.
       const serving = this.workers.filter((w) => w.accepting).length;
-      const sharing = pipelined ? 1 : serving;
+      const sharing = pipelined ? 1 : serving + 1;
       const shallow = Math.max(1, Math.floor(BATCH_BUDGET_MS / this.execMs));
       const byTime = this.waiting + 1 > shallow * serving ? Math.max(1, Math.floor(DEEP_QUEUE_BATCH_BUDGET_MS / this.execMs)) : shallow;
       const cap = Math.min(MAX_BATCH, byTime, Math.max(1, Math.ceil((this.waiting + 1) / sharing)));
