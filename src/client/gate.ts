@@ -12,7 +12,7 @@ import { Pkcs11SupervisorError } from '../model/errors.js';
 import type { MechanismName } from '../model/mechanisms.js';
 import type { WorkerReply } from '../model/protocol.js';
 import type { Slot } from '../slot.js';
-import type { SlotTask } from '../slot-call.js';
+import type { Delivered, SlotTask } from '../slot-call.js';
 import type { Supervisor } from '../supervisor.js';
 import * as check from '../validate.js';
 import { PublicKeyCache } from './public-key-cache.js';
@@ -139,43 +139,42 @@ export class Gate {
     const submittedAt = Date.now();
     const principal = this.principalOf(req, slot.name)?.id;
     this.auditWritable(op, slot);
-    let delivered;
+    // One outcome, whether the mailbox threw (a typed error; nothing untyped reaches a caller)
+    // or the token answered with an error.
+    let delivered: Delivered<unknown> | null = null;
+    let failure: Pkcs11SupervisorError | null = null;
     try {
       delivered = await slot.call<unknown>(spec);
     } catch (raw) {
-      // Whatever escapes below is reported as a typed error; nothing untyped reaches a caller.
-      const e = raw instanceof Pkcs11SupervisorError ? raw : new Pkcs11SupervisorError('WORKER_CRASHED', `slot "${slot.name}": ${(raw as Error).message}`, { slot: slot.name, cause: raw });
-      if (e.code === 'KEY_NOT_FOUND') this.publicKeys.forget(slot.name);
-      this.sup.log.warn({ slot: slot.name, op, mechanism, code: e.code, ckr: e.ckr, err: e.message }, 'call failed');
-      if (events.listenerCount('callCompleted') > 0) {
-        events.emit('callCompleted', { slot: slot.name, worker: null, op, mechanism, outcome: e.code, queuedMs: Date.now() - submittedAt, execMs: 0, startedAt: null, endedAt: null });
-      }
-      if (this.audit && AUDITED.has(op)) await this.record(op, slot, mechanism, req, principal, e.code)?.catch(() => undefined); // the call's own error is the one to report
-      throw e;
+      failure = raw instanceof Pkcs11SupervisorError ? raw : new Pkcs11SupervisorError('WORKER_CRASHED', `slot "${slot.name}": ${(raw as Error).message}`, { slot: slot.name, cause: raw });
     }
-    const value = delivered.value;
-    const reply = isReply(value) ? value : null;
-    const result = !reply ? 'ok' : !reply.ok ? reply.error.code : op === 'verify' ? (reply.value ? 'valid' : 'invalid') : 'ok';
-    if (reply && !reply.ok) this.sup.log.warn({ slot: slot.name, op, mechanism, code: result, ckr: reply.error.ckr }, 'call failed');
-    if (result === 'KEY_NOT_FOUND') this.publicKeys.forget(slot.name);
+    const reply = delivered && isReply(delivered.value) ? delivered.value : null;
+    if (reply && !reply.ok) failure = new Pkcs11SupervisorError(reply.error.code, reply.error.message, { slot: slot.name, ckr: reply.error.ckr });
+    if (failure) {
+      this.sup.log.warn({ slot: slot.name, op, mechanism, code: failure.code, ckr: failure.ckr, err: failure.message }, 'call failed');
+      if (failure.code === 'KEY_NOT_FOUND') this.publicKeys.forget(slot.name);
+    }
     if (events.listenerCount('callCompleted') > 0) {
       events.emit('callCompleted', {
         slot: slot.name,
-        worker: delivered.worker,
+        worker: delivered?.worker ?? null,
         op,
         mechanism,
-        outcome: reply && !reply.ok ? reply.error.code : 'ok',
-        queuedMs: delivered.startedAt - delivered.enqueuedAt,
+        outcome: failure?.code ?? 'ok',
+        queuedMs: delivered ? delivered.startedAt - delivered.enqueuedAt : Date.now() - submittedAt,
         execMs: reply ? reply.endedAt - reply.startedAt : 0,
-        startedAt: reply ? reply.startedAt : null,
-        endedAt: reply ? reply.endedAt : null,
+        startedAt: reply?.startedAt ?? null,
+        endedAt: reply?.endedAt ?? null,
       });
     }
-    // In durable mode nothing is returned before its record is on disk.
-    if (this.audit && AUDITED.has(op)) await this.record(op, slot, mechanism, req, principal, result);
-    if (!reply) return value as T;
-    if (!reply.ok) throw new Pkcs11SupervisorError(reply.error.code, reply.error.message, { slot: slot.name, ckr: reply.error.ckr });
-    return reply.value as T;
+    if (this.audit && AUDITED.has(op)) {
+      const result = failure ? failure.code : op === 'verify' && reply?.ok ? (reply.value ? 'valid' : 'invalid') : 'ok';
+      const written = this.record(op, slot, mechanism, req, principal, result);
+      // In durable mode nothing is returned before its record is on disk; a failed call's own error is the one to report.
+      await (failure ? written?.catch(() => undefined) : written);
+    }
+    if (failure) throw failure;
+    return (reply?.ok ? reply.value : delivered!.value) as T;
   }
 
   private record(op: Operation, slot: Slot, mechanism: MechanismName | null, req: Req, principal: string | undefined, result: string): Promise<void> | undefined {
