@@ -192,7 +192,7 @@ export class SlotWorker {
         }
         throw e;
       }
-      if (!reply.ok && reply.error.ckr === 'CKR_GENERAL_ERROR') this.opts.moduleBroken(reply.error.ckr);
+      this.noteModuleHealth(reply);
       if (!reply.ok && attempt === 0 && reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) {
         this.sessionLost();
         continue;
@@ -201,6 +201,11 @@ export class SlotWorker {
       this.activity.lastCallAt = Date.now();
       return reply;
     }
+  }
+
+  /** A call that got CKR_GENERAL_ERROR found the module itself broken: the supervisor resets it, rate-limited. */
+  private noteModuleHealth(reply: WorkerReply<unknown>): void {
+    if (!reply.ok && reply.error.ckr === 'CKR_GENERAL_ERROR') this.opts.moduleBroken(reply.error.ckr);
   }
 
   /**
@@ -227,6 +232,7 @@ export class SlotWorker {
     for (let k = 0; k < live.length; k++) {
       const i = live[k]!;
       const reply = replies[k] ?? null;
+      if (reply) this.noteModuleHealth(reply);
       const lost = reply && !reply.ok && reply.error.ckr !== undefined && SESSION_LOST_CKRS.has(reply.error.ckr);
       const transient = reply && !reply.ok && reply.error.ckr !== undefined && TRANSIENT_CKRS.has(reply.error.ckr);
       if (reply && !lost && !transient) {
