@@ -38,6 +38,8 @@ export type Operation = (typeof OPERATIONS)[number];
 export interface Principal {
   id: string;
   roles: readonly Role[];
+  /** Where the caller is, as the service API saw it (for the audit trail). */
+  peer?: string;
 }
 
 const SERVICE: Operation[] = ['sign', 'verify', 'getPublicKey', 'getCertificate', 'generateRandom'];
@@ -92,5 +94,6 @@ export function parsePrincipal(value: unknown, slot?: string): Principal | undef
   if (!Array.isArray(roles) || !roles.every((r) => (ROLES as readonly unknown[]).includes(r))) {
     throw badInput(`principal.roles must be a list of ${ROLES.join(', ')}`, slot);
   }
-  return { id, roles: roles as Role[] };
+  const peer = (value as { peer?: unknown }).peer;
+  return typeof peer === 'string' ? { id, roles: roles as Role[], peer } : { id, roles: roles as Role[] };
 }

@@ -12,6 +12,8 @@ export interface AuditEntry {
   dataSha256?: string | undefined;
   result: string;
   principal?: string | undefined;
+  /** Where a service API request came from: `unix`, or the TLS peer's address:port. */
+  peer?: string | undefined;
   detail?: string | undefined;
 }
 
@@ -24,9 +26,11 @@ export interface AuditRecord extends AuditEntry {
 
 export const GENESIS = '0'.repeat(64);
 
-/** The record's hash covers every field but `hash`, in a fixed order. */
+/** The record's hash covers every field but `hash`, in a fixed order (`peer` only where present, so older trails still verify). */
 export function recordHash(r: Omit<AuditRecord, 'hash'>): string {
-  const canonical = JSON.stringify([r.seq, r.time, r.prev, r.event, r.slot, r.key ?? null, r.mechanism ?? null, r.dataSha256 ?? null, r.result, r.principal ?? null, r.detail ?? null]);
+  const fields = [r.seq, r.time, r.prev, r.event, r.slot, r.key ?? null, r.mechanism ?? null, r.dataSha256 ?? null, r.result, r.principal ?? null, r.detail ?? null];
+  if (r.peer !== undefined) fields.push(r.peer);
+  const canonical = JSON.stringify(fields);
   return createHash('sha256').update(canonical).digest('hex');
 }
 

@@ -136,9 +136,58 @@ export type Role = (typeof ROLES)[number];
 /** What one role may do on one slot: every key, or only the key refs listed. */
 const GrantSchema = z.strictObject({ keys: z.array(z.string().min(1)).min(1).optional() });
 
+/** A token bucket: `perSecond` requests refill it, `burst` is its size. */
+const RateLimitSchema = z.strictObject({ perSecond: z.number().positive().max(1_000_000), burst: z.number().int().min(1).max(1_000_000) });
+
 export const PolicySchema = z.strictObject({
   /** Per slot, the roles allowed on it. A slot not listed here refuses every caller. */
   slots: z.record(z.string().min(1), z.partialRecord(z.enum(ROLES), GrantSchema)),
+  /** The roles of each authenticated principal of the service API (a SPIFFE ID, DNS name, CN, JWT subject or the socket's principal). */
+  principals: z.record(z.string().min(1).max(256), z.array(z.enum(ROLES))).default({}),
+  /** Service API requests per principal, by role (a principal with several roles gets the most generous). A role not listed is not limited. */
+  rateLimits: z.partialRecord(z.enum(ROLES), RateLimitSchema).default({}),
+});
+
+/** A file the daemon reads (relative paths from the working directory). */
+const filePath = z.string().min(1);
+
+export const ApiSchema = z.strictObject({
+  /** The local socket: callers act as `principal`; the file mode (octal) says who may connect. */
+  unix: z
+    .strictObject({
+      path: filePath,
+      mode: z.string().regex(/^0?[0-7]{3}$/, 'must be an octal file mode, e.g. "0660"').default('0660'),
+      principal: z.string().min(1).max(256).default('local'),
+    })
+    .optional(),
+  /** The network listener: TLS 1.3 only, client certificates required and verified (mutual TLS). */
+  tls: z
+    .strictObject({
+      host: z.string().min(1).default('0.0.0.0'),
+      port: z.number().int().min(0).max(65535).default(9443),
+      cert: filePath,
+      key: filePath,
+      /** The CA(s) whose client certificates are accepted. */
+      clientCa: filePath,
+      /** Which part of the client certificate names the principal; each falls back to the next: uri-san (SPIFFE ID), dns-san, cn. */
+      principalFrom: z.enum(['uri-san', 'dns-san', 'cn']).default('uri-san'),
+      /** How often the certificate, key and CA files are checked for a change (cert-manager rotates them). */
+      reloadIntervalMs: z.number().int().min(100).max(3_600_000).default(10_000),
+    })
+    .optional(),
+  /** Bearer tokens (optional): a request that carries one acts as its subject, with roles from `rolesClaim`. */
+  jwt: z
+    .strictObject({
+      jwks: filePath,
+      issuer: z.string().min(1),
+      audience: z.string().min(1),
+      rolesClaim: z.string().min(1).default('roles'),
+    })
+    .optional(),
+  /** Connections past this, on each listener, are closed at once. */
+  maxConnections: z.number().int().min(1).max(65_536).default(1024),
+  /** A request whose headers, or whole body, take longer than this to arrive is closed (slowloris); so is a connection idle this long. */
+  requestTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
 });
 
 const ConfigObjectSchema = z
@@ -173,6 +222,8 @@ const ConfigObjectSchema = z
         maxBytes: z.number().int().min(4096).optional(),
       })
       .optional(),
+    /** The service API: the client API for other processes, on a local socket and over mutual TLS. */
+    api: ApiSchema.optional(),
     /** Callers and roles. Without it every caller may do everything (one trusted application). */
     policy: PolicySchema.optional(),
     log: z
@@ -205,6 +256,10 @@ const ConfigObjectSchema = z
         });
       }
     }
+    if (cfg.api?.tls && !cfg.policy) {
+      ctx.addIssue({ code: 'custom', path: ['api', 'tls'], message: 'a network listener needs a policy: without one, every holder of a client certificate could do everything' });
+    }
+    if (cfg.api && !cfg.api.unix && !cfg.api.tls) ctx.addIssue({ code: 'custom', path: ['api'], message: 'names no listener: configure api.unix, api.tls or both' });
     // A library is initialized once per process: one library, one set of module settings.
     const byPath = new Map<string, string>();
     for (const [name, mod] of Object.entries(cfg.modules)) {
@@ -235,3 +290,4 @@ export type ModuleConfig = z.output<typeof ModuleSchema>;
 export type KeyRefConfig = z.output<typeof KeyRefSchema>;
 export type PinSource = z.output<typeof PinSourceSchema>;
 export type Policy = z.output<typeof PolicySchema>;
+export type ApiConfig = z.output<typeof ApiSchema>;

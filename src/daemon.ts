@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
- * The long-lived daemon: starts every slot from a config file, serves /metrics, /healthz and
- * /readyz, and on SIGTERM or SIGINT shuts down in order (calls, logins, sessions, modules).
+ * The long-lived daemon: starts every slot from a config file, serves the client API on its
+ * local socket and mutual-TLS port (`api`), /metrics, /healthz and /readyz, and on SIGTERM or
+ * SIGINT shuts down in order (listeners, calls, logins, sessions, modules).
  * A segfault inside a PKCS#11 module takes the whole process down: run it under systemd or
  * Kubernetes so that case is a restart too.
  */
@@ -16,11 +17,14 @@ import { createLogger } from './logger.js';
 import { createMetrics } from './metrics.js';
 import { addressOf, startHttpServer } from './http-server.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
+import { startApiServer, type ApiServer } from './service/api-server.js';
 
 export interface Daemon {
   sup: Pkcs11Supervisor;
   server: Server | null;
   url: string | null;
+  /** The service API's listeners, if `api` is configured. */
+  api: ApiServer | null;
   stop(): Promise<void>;
 }
 
@@ -37,16 +41,28 @@ export async function startDaemon(configFile: string, logger?: Logger, listen?: 
   if (config.metrics.enabled) {
     server = await startHttpServer(sup, register, config.metrics.host, config.metrics.port, config.metrics);
   }
+  let api: ApiServer | null = null;
+  try {
+    if (config.api) api = await startApiServer(sup, config, log);
+  } catch (e) {
+    server?.close();
+    await sup.close();
+    throw e;
+  }
   const url = server ? addressOf(server) : null;
-  log.info({ config: configFile, http: url, slots: Object.keys(config.slots) }, 'pkcs11-supervisor started');
+  log.info({ config: configFile, http: url, socket: api?.socketPath ?? undefined, tls: api?.tlsUrl ?? undefined, slots: Object.keys(config.slots) }, 'pkcs11-supervisor started');
   return {
     sup,
     server,
     url,
+    api,
     async stop() {
+      // No new requests; those in flight are answered (queued calls CLOSED) before their connections close.
+      api?.stopAccepting();
       server?.closeAllConnections();
       await new Promise<void>((r) => (server ? server.close(() => r()) : r()));
       await sup.close();
+      await api?.close();
       log.info('pkcs11-supervisor stopped');
     },
   };

@@ -74,7 +74,18 @@ export interface AccessDeniedEvent {
   principal: string | null;
 }
 
+/** One request to the service API, answered (or refused, or its client gone). */
+export interface ApiRequestEvent {
+  /** The method (`sign`, …), `openapi`, or `unknown` for no route. */
+  route: string;
+  /** `ok`, or the error code of the problem document sent. */
+  code: 'ok' | ErrorCode;
+  status: number;
+  seconds: number;
+}
+
 export interface SupervisorEvents {
+  apiRequest: [ApiRequestEvent];
   accessDenied: [AccessDeniedEvent];
   moduleReset: [ModuleResetEvent];
   stateChange: [StateChangeEvent];

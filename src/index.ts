@@ -1,5 +1,13 @@
 export { startSupervisor, createSupervisor } from './client/start.js';
 export { Pkcs11Supervisor } from './client/supervisor-client.js';
+export type { Pkcs11Client } from './client/pkcs11-client.js';
+export { connect } from './service/remote-client.js';
+export type { ConnectOptions, PemSource } from './service/remote-client.js';
+export { startApiServer } from './service/api-server.js';
+export type { ApiServer } from './service/api-server.js';
+export { ROUTES, ROUTE_NAMES } from './service/routes.js';
+export type { RouteName } from './service/routes.js';
+export { HTTP_STATUS } from './service/problem.js';
 export type { SupervisorStatus, SlotStatus } from './client/supervisor-client.js';
 export type * from './client/requests.js';
 export type { JwsAlg } from './client/jws-algorithms.js';
@@ -23,7 +31,7 @@ export type { MechanismName, KeyType } from './model/mechanisms.js';
 export { RestartPolicy } from './restart-policy.js';
 export type { RestartOptions, RestartDecision, RestartPolicyFactory } from './restart-policy.js';
 export type { PinCallback, PinRequest } from './pin-chain.js';
-export type { SupervisorEvents, StateChangeEvent, RestartEvent, CallCompletedEvent, LoginEvent, LogoutEvent, SlotFailedEvent, ModuleResetEvent, AccessDeniedEvent } from './events.js';
+export type { SupervisorEvents, StateChangeEvent, RestartEvent, CallCompletedEvent, LoginEvent, LogoutEvent, SlotFailedEvent, ModuleResetEvent, AccessDeniedEvent, ApiRequestEvent } from './events.js';
 export type { SlotState, SlotError } from './model/slot-state.js';
 export type {
   SessionInfo,

@@ -116,6 +116,23 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
     queueWait.observe({ slot: e.slot, op: e.op }, e.queuedMs / 1000);
     if (e.startedAt !== null) exec.observe({ slot: e.slot, op: e.op, mechanism }, e.execMs / 1000);
   });
+  const apiRequests = new Counter({
+    name: 'pkcs11_api_requests_total',
+    help: 'Requests to the service API, by route (method) and code (ok or the error code answered).',
+    labelNames: ['route', 'code'] as const,
+    registers: [register],
+  });
+  const apiDuration = new Histogram({
+    name: 'pkcs11_api_request_duration_seconds',
+    help: 'Service API requests, from the request arriving to its answer, by route.',
+    labelNames: ['route'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [register],
+  });
+  sup.on('apiRequest', (e) => {
+    apiRequests.inc({ route: e.route, code: e.code });
+    apiDuration.observe({ route: e.route }, e.seconds);
+  });
   sup.on('restart', (e) => restarts.inc({ slot: e.slot }));
   sup.on('slotFailed', (e) => budgetSpent.inc({ slot: e.slot }));
   sup.on('moduleReset', (e) => moduleResets.inc({ module: e.module }));

@@ -30,7 +30,7 @@ export interface CallShape {
 }
 
 /** Calls that leave an audit record, with their principal. Logins and logouts are recorded from the slots' events, automatic ones included. */
-const AUDITED: ReadonlySet<Operation> = new Set(['sign', 'verify', 'generateKeyPair', 'importKeyPair', 'importCertificate', 'destroyObject', 'initPin', 'setPin']);
+export const AUDITED: ReadonlySet<Operation> = new Set(['sign', 'verify', 'generateKeyPair', 'importKeyPair', 'importCertificate', 'destroyObject', 'initPin', 'setPin']);
 
 export class Gate {
   readonly policy: AccessPolicy;
@@ -89,7 +89,7 @@ export class Gate {
     if (!denial) return;
     this.sup.events.emit('accessDenied', { slot, op, principal: principal?.id ?? null });
     this.sup.log.warn({ slot, op, principal: principal?.id, code: 'FORBIDDEN' }, 'access denied');
-    this.audit?.append({ event: 'denied', slot, key: keyName(key), result: 'FORBIDDEN', principal: principal?.id, detail: op });
+    this.audit?.append({ event: 'denied', slot, key: keyName(key), result: 'FORBIDDEN', principal: principal?.id, peer: principal?.peer, detail: op });
     throw new Pkcs11SupervisorError('FORBIDDEN', denial, { slot });
   }
 
@@ -117,7 +117,7 @@ export class Gate {
     if (this.sup.events.listenerCount('callCompleted') > 0) {
       this.sup.events.emit('callCompleted', { slot: slot.name, worker: null, op, mechanism, outcome: 'ok', queuedMs: 0, execMs: endedAt - startedAt, startedAt, endedAt });
     }
-    if (this.audit) await this.record(op, slot, mechanism, req, this.principalOf(req, slot.name)?.id, result);
+    if (this.audit) await this.record(op, slot, mechanism, req, this.principalOf(req, slot.name), result);
   }
 
   /**
@@ -137,7 +137,7 @@ export class Gate {
     };
     const events = this.sup.events;
     const submittedAt = Date.now();
-    const principal = this.principalOf(req, slot.name)?.id;
+    const principal = this.principalOf(req, slot.name);
     this.auditWritable(op, slot);
     // One outcome, whether the mailbox threw (a typed error; nothing untyped reaches a caller)
     // or the token answered with an error.
@@ -177,7 +177,7 @@ export class Gate {
     return (reply?.ok ? reply.value : delivered!.value) as T;
   }
 
-  private record(op: Operation, slot: Slot, mechanism: MechanismName | null, req: Req, principal: string | undefined, result: string): Promise<void> | undefined {
+  private record(op: Operation, slot: Slot, mechanism: MechanismName | null, req: Req, principal: Principal | undefined, result: string): Promise<void> | undefined {
     const data = req.data instanceof Uint8Array ? req.data : undefined;
     return this.audit!.commit({
       event: op,
@@ -186,7 +186,8 @@ export class Gate {
       mechanism: mechanism ?? undefined,
       dataSha256: data ? createHash('sha256').update(data).digest('hex') : undefined,
       result,
-      principal,
+      principal: principal?.id,
+      peer: principal?.peer,
     });
   }
 }

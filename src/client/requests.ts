@@ -17,6 +17,8 @@ export type KeyRef = string | { label?: string; id?: string };
 export interface PrincipalInput {
   id: string;
   roles: readonly string[];
+  /** Where the caller is (an address), recorded in the audit trail. */
+  peer?: string;
 }
 
 export interface LoginOptions extends CallOptions {

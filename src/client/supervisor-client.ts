@@ -10,6 +10,7 @@ import type { Slot } from '../slot.js';
 import type { Supervisor } from '../supervisor.js';
 import * as check from '../validate.js';
 import { Gate } from './gate.js';
+import type { Pkcs11Client } from './pkcs11-client.js';
 import * as jws from './jws.js';
 import * as keys from './keys.js';
 import * as objects from './objects.js';
@@ -23,8 +24,9 @@ import * as signing from './signing.js';
  */
 const OPERATION_FILES = { ...signing, ...jws, ...keys, ...objects, ...session };
 
-type Operations = typeof OPERATION_FILES;
-type Methods = { [K in keyof Operations]: Operations[K] extends (gate: Gate, ...args: infer A) => infer T ? (...args: A) => T : never };
+export type Operations = typeof OPERATION_FILES;
+/** The operations as methods: each operation file's function without its gate. */
+export type Methods = { [K in keyof Operations]: Operations[K] extends (gate: Gate, ...args: infer A) => infer T ? (...args: A) => T : never };
 
 /** Each client's gate, for the package's own test support (src/testing.ts); not part of the API. */
 const gates = new WeakMap<Pkcs11Supervisor, Gate>();
@@ -36,7 +38,7 @@ export function gateOf(client: Pkcs11Supervisor): Gate {
 // The operations' methods are added to the class below: one line each would only repeat them.
 export interface Pkcs11Supervisor extends Methods {}
 
-export class Pkcs11Supervisor {
+export class Pkcs11Supervisor implements Pkcs11Client {
   private readonly gate: Gate;
 
   constructor(sup: Supervisor | Gate, audit: AuditLog | null = null) {

@@ -29,6 +29,12 @@ export const ERROR_CODES = [
   'PKCS11_ERROR',
   'CLOSED',
   'AUDIT_UNAVAILABLE',
+  // The service API's own: a request without a valid identity, over its rate, or to no route.
+  'UNAUTHENTICATED',
+  'RATE_LIMITED',
+  'ROUTE_NOT_FOUND',
+  /** A fault of the daemon itself, not of the request or the token; logged with its stack, never sent. */
+  'INTERNAL',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

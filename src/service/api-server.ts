@@ -1,0 +1,284 @@
+/**
+ * The service front end: the client API for other processes, `POST /v1/<method>` on a local
+ * socket and on a mutual-TLS port, both served by one Fastify app built from the route table.
+ * A request passes, in order: the listener's limits (connections, header and body deadlines,
+ * body size), authentication (socket principal, client certificate or JWT), the principal's
+ * rate limit, the route's schema, and then the in-process client with the caller as its
+ * principal, the x-timeout-ms deadline and an AbortSignal that fires if the client goes away.
+ * Every answer is counted and audited; every error is a problem document.
+ */
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import fastifySwagger from '@fastify/swagger';
+import Fastify, { LogController, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
+import { hasZodFastifySchemaValidationErrors, jsonSchemaTransform, validatorCompiler } from 'fastify-type-provider-zod';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { AUDITED } from '../client/gate.js';
+import { gateOf, type Pkcs11Supervisor } from '../client/supervisor-client.js';
+import type { Config } from '../config-schema.js';
+import { Pkcs11SupervisorError, type ErrorCode } from '../model/errors.js';
+import { certificatePrincipal, peerOf, rolesOf, type Caller } from './caller.js';
+import { JwtVerifier } from './jwt.js';
+import { PROBLEM_TYPE, ProblemSchema, problemOf } from './problem.js';
+import { RateLimiter } from './rate-limit.js';
+import { ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
+import { readTlsFiles, watchTlsFiles } from './tls-files.js';
+import { listenUnix, type BoundSocket } from './unix-socket.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    caller: Caller | null;
+    /** `ok`, or the code of the problem answered. */
+    outcome: 'ok' | ErrorCode;
+  }
+}
+
+export interface ApiServer {
+  /** The local socket's path, if one is configured. */
+  socketPath: string | null;
+  /** `https://host:port` of the mutual-TLS listener, if one is configured. */
+  tlsUrl: string | null;
+  /** Stops taking connections; requests in flight are still answered. */
+  stopAccepting(): void;
+  /** Closes every connection and removes the socket file. */
+  close(): Promise<void>;
+}
+
+/** Body size for a slot's largest input in base64, with room for the rest of the request. */
+function bodyLimit(config: Config): number {
+  const largest = Math.max(...Object.values(config.slots).map((s) => s.maxDataBytes));
+  return Math.ceil((largest * 4) / 3) + 64 * 1024;
+}
+
+function timeoutHeader(value: string | string[] | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = typeof value === 'string' && /^\d{1,10}$/.test(value) ? Number(value) : NaN;
+  if (!(n > 0 && n <= 2 ** 31 - 1)) throw new Pkcs11SupervisorError('BAD_INPUT', `${TIMEOUT_HEADER} must be a positive whole number of milliseconds`);
+  return n;
+}
+
+/** The wire side of a codec (what the OpenAPI document shows a response as). */
+function wireSide(schema: z.ZodType): z.ZodType {
+  return schema instanceof z.ZodPipe ? (schema.in as z.ZodType) : schema;
+}
+
+/** Routes whose successful call the gate already audits (signJws is its sign). */
+const GATE_AUDITED = new Set<string>([...AUDITED, 'signJws']);
+
+export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log: Logger): Promise<ApiServer> {
+  const api = config.api!;
+  const { audit, sup: { events } } = gateOf(sup);
+  const limiter = new RateLimiter(config.policy?.rateLimits ?? {});
+  const jwt = api.jwt ? new JwtVerifier(api.jwt) : null;
+  const timeouts = { requestTimeout: api.requestTimeoutMs, headersTimeout: api.requestTimeoutMs, keepAliveTimeout: Math.min(5_000, api.requestTimeoutMs), connectionsCheckingInterval: 1_000 };
+
+  let handler!: (req: IncomingMessage, res: ServerResponse) => void;
+  const app = Fastify({
+    serverFactory: (h) => {
+      handler = h;
+      return createHttpServer(timeouts, h);
+    },
+    loggerInstance: log.child({ component: 'api' }),
+    // Requests are counted and audited instead; a log line each would be the daemon's hottest path.
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: bodyLimit(config),
+    onConstructorPoisoning: 'error',
+    onProtoPoisoning: 'error',
+  });
+  app.setValidatorCompiler(validatorCompiler);
+  // Results are encoded by their codec before they are sent: stringify is all that is left.
+  app.setSerializerCompiler(() => (data) => JSON.stringify(data));
+  app.decorateRequest('caller', null);
+  app.decorateRequest('outcome', 'ok');
+
+  const callers = new WeakMap<Socket, Caller>();
+  async function authenticate(request: FastifyRequest): Promise<Caller> {
+    const socket = request.raw.socket;
+    const peer = peerOf(socket);
+    const bearer = request.headers.authorization;
+    if (bearer !== undefined) {
+      if (!jwt) throw new Pkcs11SupervisorError('UNAUTHENTICATED', 'bearer tokens are not accepted here (api.jwt is not configured)');
+      const token = /^Bearer ([A-Za-z0-9._~+/=-]{1,8192})$/.exec(bearer)?.[1];
+      if (!token) throw new Pkcs11SupervisorError('UNAUTHENTICATED', 'the Authorization header must be "Bearer <JWT>"');
+      return { ...(await jwt.verify(token)), peer };
+    }
+    const known = callers.get(socket);
+    if (known) return known;
+    const id = (socket as TLSSocket).encrypted ? certificatePrincipal(socket as TLSSocket, api.tls!.principalFrom) : api.unix!.principal;
+    const caller = { id, roles: rolesOf(config.policy, id), peer };
+    callers.set(socket, caller);
+    return caller;
+  }
+
+  app.addHook('onRequest', async (request, reply) => {
+    request.caller = await authenticate(request);
+    const waitMs = limiter.take(request.caller.id, request.caller.roles);
+    if (waitMs > 0) {
+      reply.header('retry-after', String(Math.ceil(waitMs / 1000)));
+      throw new Pkcs11SupervisorError('RATE_LIMITED', `principal "${request.caller.id}" is over its rate limit; retry in ${waitMs} ms`);
+    }
+  });
+
+  // A POST without a body (curl -X POST …/status) is the empty request.
+  app.addHook('preValidation', async (request) => {
+    if (request.body === undefined || request.body === null) request.body = {};
+  });
+
+  app.setErrorHandler((err: FastifyError | Pkcs11SupervisorError, request, reply) => {
+    const e = asSupervisorError(err, log);
+    const problem = problemOf(e);
+    // The status of the body-size and media-type refusals says more than BAD_INPUT's 400.
+    if (e.code === 'BAD_INPUT' && (err as FastifyError).statusCode && (err as FastifyError).statusCode! >= 400 && (err as FastifyError).statusCode! < 500) problem.status = (err as FastifyError).statusCode!;
+    if (e.code === 'QUEUE_FULL') reply.header('retry-after', '1');
+    request.outcome = e.code;
+    return reply.code(problem.status).type(PROBLEM_TYPE).send(problem);
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    request.outcome = 'ROUTE_NOT_FOUND';
+    const problem = problemOf(new Pkcs11SupervisorError('ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}: the API is POST /v1/<method> (${ROUTE_NAMES.join(', ')}) and GET /v1/openapi.json`));
+    return reply.code(404).type(PROBLEM_TYPE).send(problem);
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    const url = request.routeOptions.url;
+    const route = url === undefined ? 'unknown' : url === '/v1/openapi.json' ? 'openapi' : url.slice(4);
+    const code = request.outcome;
+    events.emit('apiRequest', { route, code, status: reply.statusCode, seconds: reply.elapsedTime / 1000 });
+    if (audit && !(code === 'ok' && GATE_AUDITED.has(route))) {
+      const body = request.body as { slot?: unknown } | undefined;
+      audit.append({
+        event: code === 'UNAUTHENTICATED' || code === 'RATE_LIMITED' || code === 'FORBIDDEN' ? 'denied' : 'request',
+        slot: typeof body?.slot === 'string' ? body.slot : '',
+        result: code,
+        principal: request.caller?.id,
+        peer: request.caller?.peer ?? peerOf(request.raw.socket),
+        detail: route,
+      });
+    }
+  });
+
+  await app.register(fastifySwagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'pkcs11-supervisor', version: '1', description: 'The client API of pkcs11-supervisor: every method is POST /v1/<method> with its request as JSON; binary fields are base64.' },
+    },
+    transform: jsonSchemaTransform,
+  });
+
+  const problemResponse = { description: 'An error, as RFC 9457 problem details with the stable code', content: { [PROBLEM_TYPE]: { schema: ProblemSchema } } };
+  for (const name of ROUTE_NAMES) {
+    const route = ROUTES[name];
+    app.route({
+      method: 'POST',
+      url: `/v1/${name}`,
+      schema: {
+        operationId: name,
+        summary: route.summary,
+        headers: z.object({ [TIMEOUT_HEADER]: z.string().regex(/^\d+$/).optional().describe('the call deadline in milliseconds') }),
+        body: route.request,
+        response: { 200: wireSide(route.result), '4XX': problemResponse, '5XX': problemResponse },
+      },
+      handler: (request, reply) => invoke(sup, name, request, reply),
+    });
+  }
+  app.get('/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  await app.ready();
+
+  const servers: (Server | HttpsServer)[] = [];
+  let unix: BoundSocket | null = null;
+  if (api.unix) {
+    const server = app.server;
+    server.maxConnections = api.maxConnections;
+    unix = await listenUnix(server, api.unix.path, api.unix.mode);
+    servers.push(server);
+  }
+  let tlsUrl: string | null = null;
+  let stopWatching = () => {};
+  if (api.tls) {
+    const tls = api.tls;
+    const server = createHttpsServer({ ...timeouts, ...readTlsFiles(tls), requestCert: true, rejectUnauthorized: true, handshakeTimeout: api.requestTimeoutMs }, handler);
+    server.maxConnections = api.maxConnections;
+    server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
+      events.emit('apiRequest', { route: 'tls-handshake', code: 'UNAUTHENTICATED', status: 0, seconds: 0 });
+      audit?.append({ event: 'denied', slot: '', result: 'UNAUTHENTICATED', peer: peerOf(socket), detail: `TLS handshake: ${err.code ?? err.message}` });
+    });
+    stopWatching = watchTlsFiles(tls, log, (options) => server.setSecureContext(options));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(tls.port, tls.host, () => (server.off('error', reject), resolve()));
+    });
+    const address = server.address() as { address: string; port: number; family: string };
+    tlsUrl = `https://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
+    servers.push(server);
+  }
+
+  let accepting = true;
+  const stopAccepting = () => {
+    if (!accepting) return;
+    accepting = false;
+    stopWatching();
+    for (const s of servers) {
+      s.close();
+      s.closeIdleConnections();
+    }
+  };
+  return {
+    socketPath: api.unix?.path ?? null,
+    tlsUrl,
+    stopAccepting,
+    async close() {
+      stopAccepting();
+      for (const s of servers) s.closeAllConnections();
+      await unix?.close();
+      await app.close();
+    },
+  };
+}
+
+async function invoke(sup: Pkcs11Supervisor, name: RouteName, request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
+  const caller = request.caller!;
+  const body = request.body as Record<string, unknown>;
+  const principal = { id: caller.id, roles: caller.roles, peer: caller.peer };
+  let value: unknown;
+  if (name === 'status') value = sup.status({ principal });
+  else if (name === 'verifyAudit') value = await sup.verifyAudit({ principal });
+  else if (name === 'reset') value = sup.reset(body.slot as string, { principal });
+  else {
+    const aborter = new AbortController();
+    const gone = () => {
+      if (!reply.raw.writableFinished) aborter.abort();
+    };
+    reply.raw.once('close', gone);
+    const timeoutMs = timeoutHeader(request.headers[TIMEOUT_HEADER]) ?? body.timeoutMs;
+    try {
+      value = await (sup[name] as (req: unknown) => Promise<unknown>)({ ...body, principal, signal: aborter.signal, timeoutMs });
+    } finally {
+      reply.raw.off('close', gone);
+    }
+  }
+  return z.encode(ROUTES[name].result as z.ZodType, value as never);
+}
+
+/** Any error as the typed error it is, or stands for; a fault of ours is logged with its stack and sent as INTERNAL. */
+function asSupervisorError(err: unknown, log: Logger): Pkcs11SupervisorError {
+  if (err instanceof Pkcs11SupervisorError) return err;
+  const e = err as FastifyError;
+  if (hasZodFastifySchemaValidationErrors(e)) {
+    const issues = e.validation.map((v) => ({ path: v.instancePath.replace(/^\//, '').replaceAll('/', '.') || '(body)', message: v.message ?? 'invalid' }));
+    return new Pkcs11SupervisorError('BAD_INPUT', `the request does not match the method's schema: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, { issues });
+  }
+  if (e instanceof z.ZodError) {
+    log.error({ err: e.message }, 'a result does not match its wire schema');
+    return new Pkcs11SupervisorError('INTERNAL', 'the daemon could not encode its answer');
+  }
+  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+    // Fastify's own refusals: malformed JSON, an oversized body, another media type.
+    return new Pkcs11SupervisorError('BAD_INPUT', e.message);
+  }
+  log.error({ err: e }, 'service API: unexpected error');
+  return new Pkcs11SupervisorError('INTERNAL', 'an internal error; the daemon log has the details');
+}

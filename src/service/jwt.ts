@@ -1,0 +1,52 @@
+/**
+ * Bearer tokens: JWTs verified with jose against a local JWKS file (read again when it
+ * changes), with the configured issuer and audience. The subject is the principal and the
+ * roles claim its roles. No network fetch of keys: the daemon trusts what its operator put on
+ * disk.
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { createLocalJWKSet, jwtVerify, type JSONWebKeySet } from 'jose';
+import type { ApiConfig, Role } from '../config-schema.js';
+import { Pkcs11SupervisorError } from '../model/errors.js';
+import { rolesFromClaim } from './caller.js';
+
+type JwtConfig = NonNullable<ApiConfig['jwt']>;
+
+export class JwtVerifier {
+  private keys: ReturnType<typeof createLocalJWKSet>;
+  private stamp: number;
+
+  constructor(private readonly config: JwtConfig) {
+    this.stamp = statSync(config.jwks).mtimeMs;
+    this.keys = this.load();
+  }
+
+  private load(): ReturnType<typeof createLocalJWKSet> {
+    try {
+      return createLocalJWKSet(JSON.parse(readFileSync(this.config.jwks, 'utf8')) as JSONWebKeySet);
+    } catch (e) {
+      throw new Pkcs11SupervisorError('CONFIG_INVALID', `api.jwt.jwks: ${(e as Error).message}`, { issues: [{ path: 'api.jwt.jwks', message: (e as Error).message }] });
+    }
+  }
+
+  private refresh(): void {
+    try {
+      const mtime = statSync(this.config.jwks).mtimeMs;
+      if (mtime === this.stamp) return;
+      this.keys = this.load();
+      this.stamp = mtime;
+    } catch {
+      // a JWKS being replaced: keep the keys we have
+    }
+  }
+
+  async verify(token: string): Promise<{ id: string; roles: Role[] }> {
+    this.refresh();
+    try {
+      const { payload } = await jwtVerify(token, this.keys, { issuer: this.config.issuer, audience: this.config.audience, requiredClaims: ['sub', 'exp'] });
+      return { id: payload.sub!, roles: rolesFromClaim(payload[this.config.rolesClaim]) };
+    } catch (e) {
+      throw new Pkcs11SupervisorError('UNAUTHENTICATED', `the bearer token is not valid: ${(e as Error).message}`);
+    }
+  }
+}

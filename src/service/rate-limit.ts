@@ -1,0 +1,56 @@
+/**
+ * Requests per principal: a token bucket each, sized by the most generous of the principal's
+ * roles in `policy.rateLimits`. One noisy caller runs out of tokens and gets RATE_LIMITED
+ * (429, Retry-After) before its calls can fill a slot's mailbox for everyone.
+ */
+import type { Policy, Role } from '../config-schema.js';
+
+interface Bucket {
+  tokens: number;
+  at: number;
+  perSecond: number;
+  burst: number;
+}
+
+/** Buckets kept before full, idle ones are dropped: authenticated identities are few, but JWT subjects need not be. */
+const MAX_BUCKETS = 10_000;
+
+export class RateLimiter {
+  private readonly buckets = new Map<string, Bucket>();
+
+  constructor(private readonly limits: Policy['rateLimits']) {}
+
+  /** 0 if the request may go ahead, else the milliseconds until the principal's next token. */
+  take(principal: string, roles: readonly Role[], now = performance.now()): number {
+    let bucket = this.buckets.get(principal);
+    if (!bucket) {
+      const limit = this.limitFor(roles);
+      if (!limit) return 0;
+      if (this.buckets.size >= MAX_BUCKETS) this.sweep(now);
+      bucket = { tokens: limit.burst, at: now, ...limit };
+      this.buckets.set(principal, bucket);
+    }
+    bucket.tokens = Math.min(bucket.burst, bucket.tokens + ((now - bucket.at) / 1000) * bucket.perSecond);
+    bucket.at = now;
+    if (bucket.tokens >= 1) {
+      bucket.tokens -= 1;
+      return 0;
+    }
+    return Math.ceil(((1 - bucket.tokens) / bucket.perSecond) * 1000);
+  }
+
+  private limitFor(roles: readonly Role[]): { perSecond: number; burst: number } | null {
+    let best: { perSecond: number; burst: number } | null = null;
+    for (const role of roles) {
+      const limit = this.limits[role];
+      // A role without a limit is unlimited: the most generous there is.
+      if (!limit) return null;
+      if (!best || limit.perSecond > best.perSecond) best = limit;
+    }
+    return best;
+  }
+
+  private sweep(now: number): void {
+    for (const [k, b] of this.buckets) if (b.tokens + ((now - b.at) / 1000) * b.perSecond >= b.burst) this.buckets.delete(k);
+  }
+}

@@ -1,0 +1,162 @@
+/**
+ * `connect()`: the client API over the daemon's local socket or its mutual-TLS port, with
+ * the interface the in-process client has (Pkcs11Client). Each method encodes its request with
+ * the route's codec, POSTs it through a pooled undici connection and decodes the result, or
+ * turns the problem document into the same Pkcs11SupervisorError the daemon raised. The
+ * call's deadline travels in x-timeout-ms; aborting its signal closes the request, and the
+ * daemon then drops the call if it has not reached the token.
+ */
+import { readFileSync } from 'node:fs';
+import { Pool } from 'undici';
+import { z } from 'zod';
+import type { AuditVerdict } from '../audit-record.js';
+import type { Pkcs11Client } from '../client/pkcs11-client.js';
+import type { PrincipalOptions } from '../client/requests.js';
+import type { Methods, SupervisorStatus } from '../client/supervisor-client.js';
+import { Pkcs11SupervisorError } from '../model/errors.js';
+import { errorOf } from './problem.js';
+import { ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
+
+/** PEM text or bytes, or the path of a file that holds them. */
+export type PemSource = string | Uint8Array;
+
+export type ConnectOptions = (
+  | { socket: string }
+  | {
+      /** `https://host:port` of the daemon's mutual-TLS listener. */
+      url: string;
+      tls: { cert: PemSource; key: PemSource; ca: PemSource; servername?: string };
+    }
+) & {
+  /** A JWT sent as `Authorization: Bearer`, or a function that returns a fresh one. */
+  bearer?: string | (() => string | Promise<string>);
+  /** Connections kept to the daemon (default 16). */
+  connections?: number;
+};
+
+function pem(source: PemSource): Buffer {
+  if (typeof source !== 'string') return Buffer.from(source);
+  return source.includes('-----BEGIN') ? Buffer.from(source) : readFileSync(source);
+}
+
+function badInput(message: string, issues?: { path: string; message: string }[]): Pkcs11SupervisorError {
+  return new Pkcs11SupervisorError('BAD_INPUT', message, { issues });
+}
+
+/** A transport failure as the typed error a caller can act on. */
+function transportError(e: unknown, where: string): Pkcs11SupervisorError {
+  const err = e as Error & { code?: string };
+  if (err.name === 'AbortError' || err.code === 'UND_ERR_ABORTED') return new Pkcs11SupervisorError('ABORTED', 'the call was aborted by its signal', { cause: e });
+  if (err.code === 'UND_ERR_HEADERS_TIMEOUT') return new Pkcs11SupervisorError('TIMEOUT', `no answer from ${where} in time`, { cause: e });
+  if (err.code?.startsWith('ERR_SSL') || err.code?.startsWith('ERR_TLS') || /certificate|alert/i.test(err.message)) {
+    return new Pkcs11SupervisorError('UNAUTHENTICATED', `the TLS handshake with ${where} failed: ${err.message}`, { cause: e });
+  }
+  return new Pkcs11SupervisorError('CLOSED', `cannot reach the daemon at ${where}: ${err.code ?? err.message}`, { cause: e });
+}
+
+export interface RemoteClient extends Methods {}
+
+export class RemoteClient implements Pkcs11Client {
+  private readonly pool: Pool;
+  private readonly where: string;
+  private readonly bearer: ConnectOptions['bearer'];
+
+  constructor(options: ConnectOptions) {
+    const connections = options.connections ?? 16;
+    this.bearer = options.bearer;
+    if ('socket' in options) {
+      this.where = options.socket;
+      this.pool = new Pool('http://localhost', { socketPath: options.socket, connections, headersTimeout: 0, bodyTimeout: 0 });
+    } else {
+      this.where = options.url;
+      const { cert, key, ca, servername } = options.tls;
+      this.pool = new Pool(options.url, {
+        connections,
+        headersTimeout: 0,
+        bodyTimeout: 0,
+        connect: { cert: pem(cert), key: pem(key), ca: pem(ca), minVersion: 'TLSv1.3', ...(servername ? { servername } : {}) },
+      });
+    }
+  }
+
+  /** One POST of the route; its decoded result, or the daemon's error as a Pkcs11SupervisorError. */
+  async call(name: RouteName, request: Record<string, unknown>): Promise<unknown> {
+    if (!request || typeof request !== 'object') throw badInput('a request object is required');
+    const { signal, timeoutMs, principal, ...fields } = request;
+    if (principal !== undefined) throw badInput('a remote client acts as the identity it authenticated with (its certificate, token or socket); principal cannot be set per call');
+    if (signal !== undefined && !(signal instanceof AbortSignal)) throw badInput('signal must be an AbortSignal');
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    const sendable = typeof timeoutMs === 'number' && Number.isFinite(timeoutMs) && timeoutMs > 0 && timeoutMs <= 2 ** 31 - 1;
+    if (sendable) headers[TIMEOUT_HEADER] = String(Math.ceil(timeoutMs));
+    else if (timeoutMs !== undefined) fields.timeoutMs = timeoutMs; // the daemon refuses it, as the in-process client does
+    let body: unknown;
+    try {
+      body = z.encode(ROUTES[name].request as z.ZodType, fields as never);
+    } catch (e) {
+      const issues = (e as z.ZodError).issues?.map((i) => ({ path: i.path.join('.') || '(request)', message: i.message })) ?? [];
+      throw badInput(`the request does not match ${name}'s schema: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+    }
+    if (this.bearer !== undefined) headers.authorization = `Bearer ${typeof this.bearer === 'string' ? this.bearer : await this.bearer()}`;
+    let status: number;
+    let text: string;
+    try {
+      const res = await this.pool.request({ method: 'POST', path: `/v1/${name}`, headers, body: JSON.stringify(body), signal: signal as AbortSignal | undefined });
+      status = res.statusCode;
+      text = await res.body.text();
+    } catch (e) {
+      throw transportError(e, this.where);
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    if (status !== 200) throw errorOf(status, json);
+    try {
+      return z.decode(ROUTES[name].result as z.ZodType, json as never);
+    } catch {
+      throw new Pkcs11SupervisorError('INTERNAL', `${this.where} answered ${name} with a document that is not the API's`);
+    }
+  }
+
+  status(options: PrincipalOptions = {}): Promise<SupervisorStatus> {
+    return this.call('status', { ...options }) as Promise<SupervisorStatus>;
+  }
+
+  async reset(slot: string, options: PrincipalOptions = {}): Promise<void> {
+    await this.call('reset', { ...options, slot });
+  }
+
+  verifyAudit(options: PrincipalOptions = {}): Promise<AuditVerdict> {
+    return this.call('verifyAudit', { ...options }) as Promise<AuditVerdict>;
+  }
+
+  async close(): Promise<void> {
+    await this.pool.close();
+  }
+}
+
+/** The methods whose request is not one object: login and logout also take a slot name. */
+const SHORTHAND: Partial<Record<RouteName, (...args: unknown[]) => Record<string, unknown>>> = {
+  login: (request, pin, options) => (typeof request === 'string' ? { ...(options as object), slot: request, pin } : (request as Record<string, unknown>)),
+  logout: (request) => (typeof request === 'string' ? { slot: request } : (request as Record<string, unknown>)),
+};
+
+for (const name of ROUTE_NAMES) {
+  if (name === 'status' || name === 'reset' || name === 'verifyAudit') continue;
+  const shape = SHORTHAND[name];
+  Object.defineProperty(RemoteClient.prototype, name, {
+    value(this: RemoteClient, ...args: unknown[]) {
+      return this.call(name, shape ? shape(...args) : (args[0] as Record<string, unknown>));
+    },
+    writable: true,
+    configurable: true,
+  });
+}
+
+/** A client of a running daemon, over its local socket or its mutual-TLS port. */
+export function connect(options: ConnectOptions): Pkcs11Client {
+  if (!options || typeof options !== 'object' || ('socket' in options) === ('url' in options)) throw badInput('connect needs { socket } or { url, tls }');
+  return new RemoteClient(options);
+}

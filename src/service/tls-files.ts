@@ -1,0 +1,62 @@
+/**
+ * The TLS listener's certificate, key and client CA, read from files and read again when they
+ * change (cert-manager and other rotators replace them in place, often by swapping a
+ * symlink), so a rotation needs no restart. A half-written rotation that does not load keeps
+ * the previous context until the files are whole.
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { createSecureContext, type SecureContextOptions } from 'node:tls';
+import type { Logger } from 'pino';
+import type { ApiConfig } from '../config-schema.js';
+import { Pkcs11SupervisorError } from '../model/errors.js';
+
+type TlsConfig = NonNullable<ApiConfig['tls']>;
+
+/** Only TLS 1.3: no downgrade to ciphers or renegotiation of older versions. */
+export const TLS_FLOOR = { minVersion: 'TLSv1.3' } as const;
+
+export function readTlsFiles(tls: TlsConfig): SecureContextOptions {
+  let options: SecureContextOptions;
+  try {
+    options = { cert: readFileSync(tls.cert), key: readFileSync(tls.key), ca: readFileSync(tls.clientCa), ...TLS_FLOOR };
+    createSecureContext(options); // a key that does not match its certificate fails here, not at the first handshake
+  } catch (e) {
+    throw new Pkcs11SupervisorError('CONFIG_INVALID', `api.tls: cannot load the certificate, key or client CA: ${(e as Error).message}`, {
+      issues: [{ path: 'api.tls', message: (e as Error).message }],
+    });
+  }
+  return options;
+}
+
+/** What identifies a file's current contents without reading it: a rotation changes one of these. */
+function stamp(paths: string[]): string {
+  return paths
+    .map((p) => {
+      try {
+        const s = statSync(p);
+        return `${s.ino}:${s.size}:${s.mtimeMs}`;
+      } catch {
+        return 'missing';
+      }
+    })
+    .join('|');
+}
+
+/** Calls `apply` with freshly read options whenever the files change; returns the stop function. */
+export function watchTlsFiles(tls: TlsConfig, log: Logger, apply: (options: SecureContextOptions) => void): () => void {
+  const paths = [tls.cert, tls.key, tls.clientCa];
+  let seen = stamp(paths);
+  const timer = setInterval(() => {
+    const now = stamp(paths);
+    if (now === seen) return;
+    try {
+      apply(readTlsFiles(tls));
+      seen = now;
+      log.info({ cert: tls.cert }, 'api.tls: certificate, key or client CA reloaded');
+    } catch (e) {
+      log.warn({ err: (e as Error).message }, 'api.tls: changed files do not load yet; keeping the previous ones');
+    }
+  }, tls.reloadIntervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}

@@ -1,0 +1,125 @@
+/**
+ * The pieces of the service API's JSON: binary fields as base64, and the shapes of the results
+ * that carry Buffers, KeyObjects or certificates. Each is a zod codec from the wire (JSON) to
+ * what the in-process client takes or returns: the server decodes requests and encodes
+ * results with it, the remote client does the reverse, and the OpenAPI document describes its
+ * wire side. One definition, both ends of the connection.
+ */
+import { createPublicKey, X509Certificate, type JsonWebKey } from 'node:crypto';
+import { z } from 'zod';
+import { KEY_ALGORITHMS, type ObjectDescriptor } from '../model/protocol.js';
+
+const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
+const toBase64 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64');
+
+/** Bytes: base64 on the wire, a Buffer in the process. */
+export const bytes = (description: string) =>
+  z.codec(z.base64().describe(`${description} (base64)`), z.custom<Uint8Array>(isBytes, { message: 'must be a Buffer or Uint8Array' }), {
+    decode: (s) => Buffer.from(s, 'base64'),
+    encode: toBase64,
+  });
+
+/** Text that may also be given as bytes in the process (a PEM file read without an encoding). */
+const pemText = (description: string) =>
+  z.codec(z.string().min(1).max(1 << 20).describe(description), z.union([z.string(), z.custom<Uint8Array>(isBytes)]), {
+    decode: (s) => s,
+    encode: (v) => (typeof v === 'string' ? v : Buffer.from(v).toString('utf8')),
+  });
+
+/** A certificate: PEM text, or DER as base64. */
+export const certificate = z.codec(
+  z.string().min(1).max(1 << 20).describe('a certificate: PEM text, or DER in base64'),
+  z.union([z.string(), z.custom<Uint8Array>(isBytes)]),
+  {
+    decode: (s) => (s.trimStart().startsWith('-----BEGIN') ? s : Buffer.from(s, 'base64')),
+    encode: (v) => (typeof v === 'string' ? v : toBase64(v)),
+  },
+);
+
+export const privateKeyPem = pemText('a private key, PEM (PKCS#8 or traditional)');
+
+export const KeyRefWire = z
+  .union([
+    z.string().min(1).max(256).describe('a key ref from the slot config'),
+    z.strictObject({ label: z.string().max(256).optional(), id: z.string().max(256).optional().describe('CKA_ID, hex') }),
+  ])
+  .describe('a key ref, or { label } and/or { id }');
+
+/** What every call may carry. The deadline also travels in the x-timeout-ms header, which wins. */
+export const callFields = {
+  timeoutMs: z.number().optional().describe('the call deadline in milliseconds (the x-timeout-ms header wins)'),
+  pin: z.string().max(256).optional().describe("a PIN for this call's login if the slot needs one; never stored or logged"),
+};
+
+const KEY_TYPES = ['RSA', 'EC', 'EC_EDWARDS'] as const;
+const OBJECT_CLASSES = ['privateKey', 'publicKey', 'certificate', 'secretKey', 'data'] as const;
+
+export const ObjectDescriptorWire = z.object({
+  class: z.enum(OBJECT_CLASSES),
+  label: z.string(),
+  id: z.string(),
+  token: z.boolean(),
+  private: z.boolean(),
+  keyType: z.enum(KEY_TYPES).optional(),
+  bits: z.number().int().optional(),
+  curve: z.string().optional(),
+  sign: z.boolean().optional(),
+  verify: z.boolean().optional(),
+  sensitive: z.boolean().optional(),
+  extractable: z.boolean().optional(),
+  alwaysSensitive: z.boolean().optional(),
+  neverExtractable: z.boolean().optional(),
+}) satisfies z.ZodType<ObjectDescriptor>;
+
+export const ObjectQueryWire = z
+  .strictObject({
+    class: z.enum(OBJECT_CLASSES).optional(),
+    label: z.string().max(256).optional(),
+    id: z.string().max(256).optional(),
+    keyType: z.enum(KEY_TYPES).optional(),
+  })
+  .describe('attributes the objects must have');
+
+export const KeyAlgorithmWire = z.enum(KEY_ALGORITHMS);
+
+/** getPublicKey's result: the KeyObject is rebuilt from the SPKI on the client side. */
+export const PublicKeyInfoWire = z.codec(
+  z.object({
+    keyType: z.enum(KEY_TYPES),
+    label: z.string(),
+    id: z.string().describe('CKA_ID, hex'),
+    spki: z.base64().describe('SubjectPublicKeyInfo, DER in base64'),
+    pem: z.string(),
+    jwk: z.record(z.string(), z.unknown()),
+  }),
+  z.custom<{ keyType: (typeof KEY_TYPES)[number]; label: string; id: string; spki: Buffer; pem: string; jwk: JsonWebKey; keyObject: ReturnType<typeof createPublicKey> }>(),
+  {
+    decode: (w) => {
+      const spki = Buffer.from(w.spki, 'base64');
+      return { ...w, spki, jwk: w.jwk as JsonWebKey, keyObject: createPublicKey({ key: spki, format: 'der', type: 'spki' }) };
+    },
+    encode: (info) => ({ keyType: info.keyType, label: info.label, id: info.id, spki: info.spki.toString('base64'), pem: info.pem, jwk: info.jwk as Record<string, unknown> }),
+  },
+);
+
+export const CertificateInfoWire = z.codec(
+  z.object({ der: z.base64().describe('the certificate, DER in base64'), pem: z.string() }),
+  z.custom<{ der: Buffer; pem: string; x509: X509Certificate }>(),
+  {
+    decode: (w) => {
+      const der = Buffer.from(w.der, 'base64');
+      return { der, pem: w.pem, x509: new X509Certificate(der) };
+    },
+    encode: (c) => ({ der: c.der.toString('base64'), pem: c.pem }),
+  },
+);
+
+/** A result that is one value, carried as the one member of an object (JSON a non-Node caller reads by name). */
+export function member<K extends string, W extends z.ZodType, T>(name: K, wire: W, decode: (w: z.output<W>) => T, encode: (v: T) => z.input<W>) {
+  return z.codec(z.object({ [name]: wire } as { [P in K]: W }), z.custom<T>(), {
+    decode: (o) => decode((o as Record<K, z.output<W>>)[name]),
+    encode: (v) => ({ [name]: encode(v) }) as never,
+  });
+}
+
+export const Empty = z.codec(z.object({}), z.custom<void>(), { decode: () => undefined, encode: () => ({}) });
