@@ -202,9 +202,13 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     const tls = api.tls;
     const server = createHttpsServer({ ...timeouts, ...readTlsFiles(tls), requestCert: true, rejectUnauthorized: true, handshakeTimeout: api.requestTimeoutMs }, handler);
     server.maxConnections = api.maxConnections;
-    server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
+    // A failed handshake's socket is already closed when it is reported: note its peer on arrival.
+    const peers = new WeakMap<Socket, string>();
+    server.on('connection', (raw: Socket) => peers.set(raw, peerOf(raw)));
+    server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket & { _parent?: Socket }) => {
       events.emit('apiRequest', { route: 'tls-handshake', code: 'UNAUTHENTICATED', status: 0, seconds: 0 });
-      audit?.append({ event: 'denied', slot: '', result: 'UNAUTHENTICATED', peer: peerOf(socket), detail: `TLS handshake: ${err.code ?? err.message}` });
+      const peer = peers.get(socket._parent ?? socket) ?? peers.get(socket) ?? 'unknown';
+      audit?.append({ event: 'denied', slot: '', result: 'UNAUTHENTICATED', peer, detail: `TLS handshake: ${err.code ?? err.message}` });
     });
     stopWatching = watchTlsFiles(tls, log, (options) => server.setSecureContext(options));
     await new Promise<void>((resolve, reject) => {

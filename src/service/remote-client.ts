@@ -51,7 +51,9 @@ function transportError(e: unknown, where: string): Pkcs11SupervisorError {
   if (err.code?.startsWith('ERR_SSL') || err.code?.startsWith('ERR_TLS') || /certificate|alert/i.test(err.message)) {
     return new Pkcs11SupervisorError('UNAUTHENTICATED', `the TLS handshake with ${where} failed: ${err.message}`, { cause: e });
   }
-  return new Pkcs11SupervisorError('CLOSED', `cannot reach the daemon at ${where}: ${err.code ?? err.message}`, { cause: e });
+  // In TLS 1.3 the server checks the client certificate after the client's side of the handshake is done: a refusal may reach us as a closed connection.
+  const hint = where.startsWith('https:') ? ' (a TLS listener also closes the connection when it refuses the client certificate)' : '';
+  return new Pkcs11SupervisorError('CLOSED', `cannot reach the daemon at ${where}: ${err.message}${hint}`, { cause: e });
 }
 
 export interface RemoteClient extends Methods {}

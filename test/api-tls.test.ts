@@ -1,0 +1,228 @@
+/**
+ * The network listener as a boundary: mutual TLS 1.3 with client certificates from one CA,
+ * the principal read from the certificate (SPIFFE ID, else DNS name, else CN), its roles from
+ * the policy, JWTs as an alternative identity, rate limits per principal, and files that
+ * rotate without a restart. Every refusal is audited and none reaches the token (the fault
+ * module counts C_Sign). The HTTP client is curl; signatures are checked by OpenSSL.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { copyFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
+import * as jose from 'jose';
+import { connect, startDaemon, type Daemon } from '../dist/src/index.js';
+import { curl } from './support/curl.js';
+import { Faults, faultConfig } from './support/faults.js';
+import { exportPublicKey, opensslVerifies } from './support/openssl.js';
+import { issue, testPki, type Issued } from './support/pki.js';
+import { createToken, tokenDir, type TokenDir } from './support/softhsm.js';
+
+const INVOICER = 'spiffe://test.example/ns/billing/sa/invoicer';
+const AUDITOR = 'spiffe://test.example/ns/audit/sa/reader';
+const NOISY = 'spiffe://test.example/ns/batch/sa/noisy';
+
+let td: TokenDir;
+let faults: Faults;
+let daemon: Daemon;
+let pki: ReturnType<typeof testPki>;
+let live: { cert: string; key: string; ca: string };
+const certs: Record<string, Issued> = {};
+let jwk: { privateKey: CryptoKey; jwks: string };
+const data = Buffer.from('an e-invoice, signed in the HSM');
+
+const signBody = (key = 'ec') => ({ slot: 's', key, mechanism: key === 'ec' ? 'ECDSA-SHA256' : 'RSA-PKCS1-SHA256', data: data.toString('base64') });
+const tlsArgs = (who: Issued | null) => ['--cacert', pki.ca.cert, ...(who ? ['--cert', who.cert, '--key', who.key] : [])];
+const url = (route: string) => `${daemon.api!.tlsUrl}/v1/${route}`;
+const signs = () => faults.counts().C_Sign ?? 0;
+
+async function auditRecords(): Promise<Record<string, unknown>[]> {
+  await daemon.sup.as({ id: 'test-harness', roles: ['auditor'] }).verifyAudit(); // writes what is queued first
+  return readFileSync(join(td.dir, 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+beforeAll(async () => {
+  td = tokenDir();
+  const tok = createToken(td, 'tls');
+  faults = new Faults(td);
+  process.env.TLS_PIN = tok.pin;
+  pki = testPki();
+  // The daemon reads its files from a directory of their own, so rotating them touches nothing else.
+  live = { cert: join(td.dir, 'server.crt'), key: join(td.dir, 'server.key'), ca: join(td.dir, 'clients-ca.crt') };
+  copyFileSync(pki.server.cert, live.cert);
+  copyFileSync(pki.server.key, live.key);
+  copyFileSync(pki.ca.cert, live.ca);
+  certs.invoicer = issue(pki.ca, { cn: 'invoicer', uri: INVOICER });
+  certs.auditor = issue(pki.ca, { cn: 'auditor', uri: AUDITOR });
+  certs.noisy = issue(pki.ca, { cn: 'noisy', uri: NOISY });
+  certs.dnsOnly = issue(pki.ca, { cn: 'ignored-cn', dns: ['billing.internal'] });
+  certs.cnOnly = issue(pki.ca, { cn: 'legacy-billing' });
+  certs.stranger = issue(pki.stranger, { cn: 'invoicer', uri: INVOICER, file: 'stranger-invoicer' });
+  certs.expired = issue(pki.ca, { cn: 'expired', uri: INVOICER, notBefore: '20250101000000Z', notAfter: '20260101000000Z', file: 'expired' });
+  certs.notYet = issue(pki.ca, { cn: 'not-yet', uri: INVOICER, notBefore: '20300101000000Z', notAfter: '20310101000000Z', file: 'not-yet' });
+
+  const { privateKey, publicKey } = await jose.generateKeyPair('ES256');
+  const jwks = join(td.dir, 'jwks.json');
+  writeFileSync(jwks, JSON.stringify({ keys: [{ ...(await jose.exportJWK(publicKey)), kid: 'k1', alg: 'ES256' }] }));
+  jwk = { privateKey: privateKey as CryptoKey, jwks };
+
+  const config = {
+    ...faultConfig(td, faults, { s: { token: { label: 'tls' }, pin: { env: 'TLS_PIN' } } }),
+    metrics: { enabled: true, host: '127.0.0.1', port: 0 },
+    audit: { path: join(td.dir, 'audit.jsonl') },
+    api: {
+      tls: { host: '127.0.0.1', port: 0, cert: live.cert, key: live.key, clientCa: live.ca, reloadIntervalMs: 100 },
+      jwt: { jwks, issuer: 'https://id.test.example', audience: 'pkcs11-supervisor' },
+    },
+    policy: {
+      slots: { s: { service: { keys: ['ec', 'rsa'] }, auditor: {}, operator: {} } },
+      principals: { [INVOICER]: ['service'], [AUDITOR]: ['auditor'], [NOISY]: ['operator'], 'billing.internal': ['service'], 'legacy-billing': ['service'] },
+      rateLimits: { operator: { perSecond: 0.5, burst: 3 } },
+    },
+  };
+  const file = join(td.dir, 'config.json');
+  writeFileSync(file, JSON.stringify(config));
+  daemon = await startDaemon(file);
+});
+
+afterAll(() => daemon?.stop());
+
+describe('mutual TLS', () => {
+  it('curl with a client certificate signs with keys pkcs11-tool made; OpenSSL verifies each signature', async () => {
+    for (const key of ['ec', 'rsa']) {
+      const r = await curl(url('sign'), tlsArgs(certs.invoicer!), signBody(key));
+      expect(r.status).toBe(200);
+      const sig = Buffer.from(r.json!.signature as string, 'base64');
+      expect(opensslVerifies(exportPublicKey(td, 'tls', key === 'ec' ? '02' : '01'), key === 'ec' ? 'ECDSA-SHA256' : 'RSA-PKCS1-SHA256', data, sig)).toBe(true);
+    }
+  });
+
+  it('the principal falls back from the SPIFFE ID to the DNS name to the subject CN', async () => {
+    for (const who of [certs.dnsOnly!, certs.cnOnly!]) expect((await curl(url('sign'), tlsArgs(who), signBody())).status).toBe(200);
+    const principals = (await auditRecords()).filter((r) => r.event === 'sign').map((r) => r.principal);
+    expect(principals).toEqual(expect.arrayContaining([INVOICER, 'billing.internal', 'legacy-billing']));
+  });
+
+  it('refuses another CA, an expired, a not-yet-valid and a missing certificate in the handshake; audited; no C_Sign', async () => {
+    const before = signs();
+    for (const who of [certs.stranger!, certs.expired!, certs.notYet!, null]) {
+      const r = await curl(url('sign'), tlsArgs(who), signBody());
+      expect(r.status, `${who?.cert ?? 'no certificate'} got an HTTP answer`).toBe(0);
+      expect(r.exit).not.toBe(0);
+    }
+    expect(signs()).toBe(before);
+    const refused = (await auditRecords()).filter((r) => r.event === 'denied' && String(r.detail).startsWith('TLS handshake'));
+    expect(refused.length).toBeGreaterThanOrEqual(4);
+    expect(refused.map((r) => [r.result, r.peer])).toEqual(refused.map(() => ['UNAUTHENTICATED', expect.stringMatching(/^127\.0\.0\.1:\d+$/)]));
+    // The remote client reports the refusal as a typed error: the alert if it read it, else the closed connection.
+    const client = connect({ url: daemon.api!.tlsUrl!, tls: { cert: certs.expired!.cert, key: certs.expired!.key, ca: pki.ca.cert } });
+    const err = await client.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ name: 'Pkcs11SupervisorError', code: expect.stringMatching(/^(UNAUTHENTICATED|CLOSED)$/), message: expect.stringMatching(/certificate/) });
+    await client.close();
+  });
+
+  it('a valid certificate whose principal lacks the role gets 403 FORBIDDEN, audited with principal and peer; no C_Sign', async () => {
+    const before = signs();
+    const r = await curl(url('sign'), tlsArgs(certs.auditor!), signBody());
+    expect(r.status).toBe(403);
+    expect(r.headers['content-type']).toMatch(/^application\/problem\+json/);
+    expect(r.json).toMatchObject({ code: 'FORBIDDEN', status: 403, slot: 's' });
+    expect(signs()).toBe(before);
+    const denied = (await auditRecords()).find((r) => r.event === 'denied' && r.principal === AUDITOR && r.result === 'FORBIDDEN');
+    expect(denied).toMatchObject({ detail: 'sign', peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/) });
+    // What the auditor may do, it may.
+    expect((await curl(url('status'), [...tlsArgs(certs.auditor!), '-X', 'POST'])).status).toBe(200);
+  });
+
+  it('a principal cannot be claimed in the body', async () => {
+    const r = await curl(url('sign'), tlsArgs(certs.auditor!), { ...signBody(), principal: { id: INVOICER, roles: ['administrator'] } });
+    expect(r.status).toBe(400);
+    expect(r.json).toMatchObject({ code: 'BAD_INPUT' });
+  });
+});
+
+describe('JWT bearer tokens', () => {
+  const token = (claims: Record<string, unknown>, exp = '5m') =>
+    new jose.SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('https://id.test.example').setAudience('pkcs11-supervisor').setSubject('jwt-invoicer').setIssuedAt().setExpirationTime(exp).sign(jwk.privateKey);
+
+  it('a valid token acts as its subject with the roles it carries', async () => {
+    const bearer = await token({ roles: ['service'] });
+    const r = await curl(url('sign'), [...tlsArgs(certs.auditor!), '-H', `authorization: Bearer ${bearer}`], signBody());
+    expect(r.status).toBe(200);
+    expect((await auditRecords()).some((x) => x.event === 'sign' && x.principal === 'jwt-invoicer')).toBe(true);
+  });
+
+  it('an expired, wrongly signed or wrong-audience token is 401 UNAUTHENTICATED; no C_Sign', async () => {
+    const before = signs();
+    const other = await jose.generateKeyPair('ES256');
+    const bad = [
+      await token({ roles: ['service'] }, '-1m'),
+      await new jose.SignJWT({ roles: ['service'] }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('https://id.test.example').setAudience('pkcs11-supervisor').setSubject('x').setExpirationTime('5m').sign(other.privateKey),
+      await new jose.SignJWT({ roles: ['service'] }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('https://id.test.example').setAudience('another-service').setSubject('x').setExpirationTime('5m').sign(jwk.privateKey),
+      'not-a-jwt',
+    ];
+    for (const b of bad) {
+      const r = await curl(url('sign'), [...tlsArgs(certs.invoicer!), '-H', `authorization: Bearer ${b}`], signBody());
+      expect(r.status).toBe(401);
+      expect(r.json).toMatchObject({ code: 'UNAUTHENTICATED' });
+    }
+    expect(signs()).toBe(before);
+  });
+});
+
+describe('rate limits', () => {
+  it('a principal over its bucket gets 429 RATE_LIMITED with Retry-After; others are unaffected', async () => {
+    const statuses: number[] = [];
+    let limited: Awaited<ReturnType<typeof curl>> | null = null;
+    for (let i = 0; i < 5; i++) {
+      const r = await curl(url('status'), [...tlsArgs(certs.noisy!), '-X', 'POST']);
+      statuses.push(r.status);
+      if (r.status === 429) limited = r;
+    }
+    expect(statuses.slice(0, 3)).toEqual([200, 200, 200]);
+    expect(limited?.json).toMatchObject({ code: 'RATE_LIMITED', status: 429 });
+    expect(Number(limited?.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    expect((await curl(url('sign'), tlsArgs(certs.invoicer!), signBody())).status).toBe(200);
+    const client = connect({ url: daemon.api!.tlsUrl!, tls: { cert: certs.noisy!.cert, key: certs.noisy!.key, ca: pki.ca.cert } });
+    await expect(client.status()).rejects.toMatchObject({ code: 'RATE_LIMITED' });
+    await client.close();
+  });
+});
+
+describe('rotation without a restart', () => {
+  const serialSeen = () =>
+    new Promise<string>((resolve, reject) => {
+      const addr = new URL(daemon.api!.tlsUrl!);
+      const s = tlsConnect({ host: addr.hostname, port: Number(addr.port), ca: readFileSync(pki.ca.cert), cert: readFileSync(certs.invoicer!.cert), key: readFileSync(certs.invoicer!.key) }, () => {
+        resolve(s.getPeerCertificate().serialNumber);
+        s.destroy();
+      });
+      s.on('error', reject);
+    });
+  const replace = (from: string, to: string) => {
+    copyFileSync(from, `${to}.new`);
+    renameSync(`${to}.new`, to);
+  };
+
+  it('a new server certificate and a new client CA take effect for new connections', async () => {
+    const before = await serialSeen();
+    const next = issue(pki.ca, { cn: 'localhost', dns: ['localhost'], ip: ['127.0.0.1'], server: true, file: 'server-next' });
+    replace(next.key, live.key);
+    replace(next.cert, live.cert);
+    await expect.poll(serialSeen, { timeout: 5_000, interval: 100 }).not.toBe(before);
+
+    replace(pki.stranger.cert, live.ca);
+    await expect.poll(async () => (await curl(url('status'), [...tlsArgs(certs.auditor!), '-X', 'POST'])).status, { timeout: 5_000, interval: 100 }).toBe(0);
+    replace(pki.ca.cert, live.ca);
+    await expect.poll(async () => (await curl(url('status'), [...tlsArgs(certs.auditor!), '-X', 'POST'])).status, { timeout: 5_000, interval: 100 }).toBe(200);
+  });
+});
+
+describe('metrics', () => {
+  it('/metrics counts requests by route and code, handshakes refused among them, and their durations', async () => {
+    const text = (await curl(`${daemon.url}/metrics`, [])).body;
+    expect(text).toMatch(/pkcs11_api_requests_total\{route="sign",code="ok"\} [1-9]/);
+    expect(text).toMatch(/pkcs11_api_requests_total\{route="sign",code="FORBIDDEN"\} [1-9]/);
+    expect(text).toMatch(/pkcs11_api_requests_total\{route="tls-handshake",code="UNAUTHENTICATED"\} [1-9]/);
+    expect(text).toMatch(/pkcs11_api_request_duration_seconds_count\{route="sign"\} [1-9]/);
+  });
+});
