@@ -88,6 +88,8 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     onConstructorPoisoning: 'error',
     onProtoPoisoning: 'error',
   });
+  // JSON only: Fastify's default text/plain parser would hand a string to every schema.
+  app.removeContentTypeParser('text/plain');
   app.setValidatorCompiler(validatorCompiler);
   // Results are encoded by their codec before they are sent: stringify is all that is left.
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
@@ -220,6 +222,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     servers.push(server);
   }
 
+  for (const server of servers) closeIdleSockets(server, api.requestTimeoutMs);
   let accepting = true;
   const stopAccepting = () => {
     if (!accepting) return;
@@ -241,6 +244,22 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
       await app.close();
     },
   };
+}
+
+/**
+ * A connection that sends nothing (or stops halfway through its request) for `ms` is closed;
+ * one waiting for its answer is not, however long the token takes. Node's header and request
+ * deadlines only start with a request's first byte.
+ */
+function closeIdleSockets(server: Server | HttpsServer, ms: number): void {
+  const busy = new WeakSet<Socket>();
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    busy.add(req.socket);
+    res.once('close', () => busy.delete(req.socket));
+  });
+  server.setTimeout(ms, (socket: Socket) => {
+    if (!busy.has(socket)) socket.destroy();
+  });
 }
 
 async function invoke(sup: Pkcs11Supervisor, name: RouteName, request: FastifyRequest, reply: FastifyReply): Promise<unknown> {

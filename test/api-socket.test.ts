@@ -1,0 +1,251 @@
+/**
+ * The local socket: its file (mode, a stale one replaced, anything else left alone, removed at
+ * shutdown), curl signing with pkcs11-tool's keys, deadlines and disconnects that never reach
+ * the token (the fault module counts C_Sign), 10,000 requests with faults mixed in (each
+ * answered once, every signature valid), and hostile clients: malformed and oversized
+ * requests, unknown routes, 10,000 idle connections and a slowloris, after which the daemon
+ * still serves.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createPublicKey, verify as nodeVerify } from 'node:crypto';
+import { existsSync, lstatSync, statSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { connect as netConnect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { connect, ERROR_CODES, startDaemon, type Daemon, type Pkcs11Client } from '../dist/src/index.js';
+import { curl } from './support/curl.js';
+import { Faults, faultConfig } from './support/faults.js';
+import { exportPublicKey, opensslVerifies } from './support/openssl.js';
+import { createToken, tokenDir, type TokenDir } from './support/softhsm.js';
+
+let td: TokenDir;
+let faults: Faults;
+let daemon: Daemon;
+let client: Pkcs11Client;
+let sock: string;
+const data = Buffer.from('a delivery note, signed over the local socket');
+const signReq = { slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256' as const, data };
+const signBody = { slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data: data.toString('base64') };
+const signs = () => faults.counts().C_Sign ?? 0;
+const at = (route: string) => `http://localhost/v1/${route}`;
+const viaSocket = () => ['--unix-socket', sock];
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function configFile(name: string, api: Record<string, unknown>): string {
+  const file = join(td.dir, `${name}.json`);
+  writeFileSync(file, JSON.stringify({ ...faultConfig(td, faults, { s: { token: { label: 'sock' }, pin: { env: 'SOCK_PIN' }, maxDataBytes: 4096 } }), api }));
+  return file;
+}
+
+beforeAll(async () => {
+  td = tokenDir();
+  process.env.SOCK_PIN = createToken(td, 'sock').pin;
+  faults = new Faults(td);
+  sock = join(td.dir, 'run', 'api.sock');
+  daemon = await startDaemon(configFile('config', { unix: { path: sock }, maxConnections: 256, requestTimeoutMs: 1000 }));
+  client = connect({ socket: sock, connections: 64 });
+});
+
+afterAll(async () => {
+  await client?.close();
+  await daemon?.stop();
+});
+
+describe('the socket file', () => {
+  it('has the configured mode (default 0660) and is removed at shutdown', async () => {
+    expect(statSync(sock).mode & 0o777).toBe(0o660);
+    const other = join(td.dir, 'private.sock');
+    const d = await startDaemon(configFile('private', { unix: { path: other, mode: '0600' } }));
+    expect(statSync(other).mode & 0o777).toBe(0o600);
+    await d.stop();
+    expect(existsSync(other)).toBe(false);
+  });
+
+  it('replaces a stale socket, refuses a live one, and leaves a file that is not a socket alone', async () => {
+    const stale = join(td.dir, 'stale.sock');
+    // A crashed daemon leaves its socket file behind, with nothing answering on it.
+    spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+    expect(lstatSync(stale).isSocket()).toBe(true);
+    const d = await startDaemon(configFile('stale', { unix: { path: stale } }));
+    expect((await curl(at('status'), ['--unix-socket', stale, '-X', 'POST'])).status).toBe(200);
+
+    await expect(startDaemon(configFile('live', { unix: { path: stale } }))).rejects.toMatchObject({ code: 'CONFIG_INVALID', message: expect.stringMatching(/another daemon/) });
+    await d.stop();
+
+    const plain = join(td.dir, 'plain-file');
+    writeFileSync(plain, 'not a socket');
+    await expect(startDaemon(configFile('plain', { unix: { path: plain } }))).rejects.toMatchObject({ code: 'CONFIG_INVALID', message: expect.stringMatching(/not a socket/) });
+    expect(lstatSync(plain).isFile()).toBe(true);
+  });
+});
+
+describe('curl --unix-socket', () => {
+  it("signs with keys pkcs11-tool made; OpenSSL verifies; a problem document for a typed error", async () => {
+    for (const [key, mechanism, id] of [['ec', 'ECDSA-SHA256', '02'], ['rsa', 'RSA-PSS-SHA256', '01']] as const) {
+      const r = await curl(at('sign'), viaSocket(), { slot: 's', key, mechanism, data: data.toString('base64') });
+      expect(r.status).toBe(200);
+      expect(opensslVerifies(exportPublicKey(td, 'sock', id), mechanism, data, Buffer.from(r.json!.signature as string, 'base64'))).toBe(true);
+    }
+    const r = await curl(at('sign'), viaSocket(), { ...signBody, key: 'missing' });
+    expect(r.status).toBe(404);
+    expect(r.headers['content-type']).toMatch(/^application\/problem\+json/);
+    expect(r.json).toMatchObject({ type: 'urn:pkcs11-supervisor:error:KEY_NOT_FOUND', code: 'KEY_NOT_FOUND', status: 404, slot: 's' });
+  });
+});
+
+describe('deadlines and disconnects', () => {
+  it('x-timeout-ms is the call deadline: 504 TIMEOUT', async () => {
+    faults.set('delay C_Sign 400');
+    try {
+      const r = await curl(at('sign'), [...viaSocket(), '-H', 'x-timeout-ms: 100'], signBody);
+      expect(r.status).toBe(504);
+      expect(r.json).toMatchObject({ code: 'TIMEOUT' });
+      await expect(client.sign({ ...signReq, timeoutMs: 100 })).rejects.toMatchObject({ code: 'TIMEOUT' });
+    } finally {
+      faults.clear();
+    }
+    await sleep(500);
+  });
+
+  it('calls whose client went away while they queued never reach the token', async () => {
+    faults.set('delay C_Sign 300');
+    try {
+      await sleep(50);
+      const before = signs();
+      const running = client.sign(signReq); // takes the token for 300 ms
+      await sleep(30);
+      const aborter = new AbortController();
+      const queued = Array.from({ length: 20 }, () => client.sign({ ...signReq, signal: aborter.signal }).catch((e: { code: string }) => e.code));
+      // And curl, giving up after 100 ms.
+      const gaveUp = curl(at('sign'), [...viaSocket(), '--max-time', '0.1'], signBody);
+      await sleep(100);
+      aborter.abort();
+      expect(new Set(await Promise.all(queued))).toEqual(new Set(['ABORTED']));
+      expect((await gaveUp).exit).toBe(28);
+      await running;
+      await sleep(400);
+      expect(signs() - before).toBe(1);
+    } finally {
+      faults.clear();
+    }
+  });
+});
+
+describe('10,000 requests over the socket with faults mixed in', () => {
+  it('every request is answered exactly once, none is lost, every signature is valid', async () => {
+    const { keyObject } = await client.getPublicKey({ slot: 's', key: 'ec' });
+    const key = createPublicKey(keyObject.export({ type: 'spki', format: 'pem' }));
+    const answers = new Array<number>(10_000).fill(0);
+    const codes = new Map<string, number>();
+    let bad = 0;
+    let next = 0;
+    const faultTimer = setInterval(() => {
+      const n = Math.floor(Math.random() * 3);
+      faults.set(...[['fail C_Sign 40 CKR_DEVICE_ERROR'], ['fail C_Sign 25 CKR_SESSION_HANDLE_INVALID'], ['delay C_Sign 1']][n]!);
+    }, 150);
+    const worker = async () => {
+      while (next < answers.length) {
+        const i = next++;
+        const payload = Buffer.from(`request ${i}`);
+        try {
+          const sig = await client.sign({ ...signReq, data: payload });
+          answers[i]!++;
+          if (!nodeVerify('sha256', payload, key, sig)) bad++;
+        } catch (e) {
+          answers[i]!++;
+          const code = (e as { code?: string }).code ?? 'untyped';
+          codes.set(code, (codes.get(code) ?? 0) + 1);
+        }
+      }
+    };
+    try {
+      await Promise.all(Array.from({ length: 64 }, worker));
+    } finally {
+      clearInterval(faultTimer);
+      faults.clear();
+    }
+    expect(answers.every((n) => n === 1)).toBe(true);
+    expect(bad).toBe(0);
+    for (const code of codes.keys()) expect(ERROR_CODES).toContain(code);
+    const failed = [...codes.values()].reduce((a, b) => a + b, 0);
+    expect(failed).toBeLessThan(500); // faults cost a few calls each, not the run
+    expect(await client.verify({ ...signReq, signature: await client.sign(signReq) })).toBe(true);
+  }, 120_000);
+});
+
+describe('hostile and broken clients', () => {
+  const bodies: [string, string[], string, number, string][] = [
+    ['malformed JSON', [], '{"slot": "s", ', 400, 'BAD_INPUT'],
+    ['wrong types', [], JSON.stringify({ slot: 5, key: [], mechanism: true, data: 'not base64!' }), 400, 'BAD_INPUT'],
+    ['an unknown field', [], JSON.stringify({ ...signBody, extra: 1 }), 400, 'BAD_INPUT'],
+    ['a prototype-poisoning body', [], '{"slot":"s","__proto__":{"admin":true}}', 400, 'BAD_INPUT'],
+    ['an oversized body', [], JSON.stringify({ ...signBody, data: Buffer.alloc(64 * 1024).toString('base64') }), 413, 'BAD_INPUT'],
+    ['data over maxDataBytes', [], JSON.stringify({ ...signBody, data: Buffer.alloc(4097).toString('base64') }), 400, 'BAD_INPUT'],
+    ['another media type', ['-H', 'content-type: text/plain'], 'hello', 415, 'BAD_INPUT'],
+    ['a bad deadline', ['-H', 'content-type: application/json', '-H', 'x-timeout-ms: soon'], JSON.stringify(signBody), 400, 'BAD_INPUT'],
+  ];
+  for (const [what, headers, body, status, code] of bodies) {
+    it(`${what}: ${status} ${code} as a problem document, nothing sent to the token`, async () => {
+      const before = signs();
+      const r = await curl(at('sign'), [...viaSocket(), ...(headers.length ? headers : ['-H', 'content-type: application/json']), '--data-binary', body!]);
+      expect(r.status).toBe(status);
+      expect(r.headers['content-type']).toMatch(/^application\/problem\+json/);
+      expect(r.json).toMatchObject({ code, status });
+      expect(r.body).not.toMatch(/ at .*\.(js|ts):\d+/); // no stack trace
+      expect(signs()).toBe(before);
+    });
+  }
+
+  it('unknown routes and methods are 404 ROUTE_NOT_FOUND', async () => {
+    for (const [route, args] of [['nope', ['-X', 'POST']], ['sign', []], ['../../metrics', ['-X', 'POST', '--path-as-is']]] as const) {
+      const r = await curl(at(route), [...viaSocket(), ...args]);
+      expect(r.status).toBe(404);
+      expect(r.json).toMatchObject({ code: 'ROUTE_NOT_FOUND' });
+    }
+  });
+
+  it('a PIN in a request never comes back in any answer', async () => {
+    const r = await curl(at('setPin'), viaSocket(), { slot: 's', oldPin: 'wrong-pin-4711', newPin: 'new-pin-9999' });
+    expect(r.json).toMatchObject({ code: 'PIN_INCORRECT', status: 422 });
+    expect(r.body).not.toMatch(/4711|9999/);
+    const bad = await curl(at('login'), viaSocket(), { slot: 's', pin: 'x'.repeat(300) + 'secret-pin-0815' });
+    expect(bad.status).toBe(400);
+    expect(bad.body).not.toContain('0815');
+    expect((await client.status()).slots.s!.state).toBe('logged_in');
+  });
+
+  it('10,000 idle connections and a slowloris are closed; the daemon keeps serving', async () => {
+    const sockets: Socket[] = [];
+    let closed = 0;
+    await Promise.all(
+      Array.from({ length: 10_000 }, () =>
+        new Promise<void>((resolve) => {
+          const s = netConnect(sock, () => resolve());
+          s.on('error', () => resolve());
+          s.on('close', () => {
+            closed++;
+            resolve();
+          });
+          sockets.push(s);
+        }),
+      ),
+    );
+    // A slowloris: headers one byte at a time, never finished.
+    const slow = netConnect(sock);
+    let slowClosed = false;
+    slow.on('close', () => (slowClosed = true));
+    slow.on('error', () => undefined);
+    const drip = setInterval(() => slow.writable && slow.write('X'), 100);
+    slow.write('POST /v1/sign HTTP/1.1\r\nHost: localhost\r\nX-Slow: ');
+    await sleep(300);
+    expect(10_000 - closed).toBeLessThanOrEqual(256);
+    const sig = await client.sign(signReq).catch(() => null); // the pool may be among the capped: retried below
+    await sleep(2_500); // past requestTimeoutMs
+    clearInterval(drip);
+    expect(closed).toBe(10_000);
+    expect(slowClosed).toBe(true);
+    const r = await curl(at('sign'), viaSocket(), signBody);
+    expect(r.status).toBe(200);
+    expect(await client.verify({ ...signReq, signature: sig ?? Buffer.from(r.json!.signature as string, 'base64') })).toBe(true);
+  }, 60_000);
+});
