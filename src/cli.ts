@@ -1,18 +1,22 @@
 #!/usr/bin/env node
 /**
  * pkcs11-supervisor CLI: the client API from a shell, on the same config as the daemon.
- * PINs come from the slot's configured source or a hidden prompt, never from an argument
- * (arguments end up in shell history and `ps`).
+ * Where the config has a local socket (`api.unix`), the CLI is a client of the running daemon:
+ * it uses the daemon's sessions and login and never asks for a PIN the daemon holds. `--direct`
+ * opens the tokens in this process instead, for a machine without a daemon; there PINs come
+ * from the slot's configured source or a hidden prompt, never from an argument (arguments end
+ * up in shell history and `ps`).
  *
  * Exit codes: 0 ok, 1 signature invalid / audit trail broken, 2 usage, 3 a typed error, 4 the
  * audit trail's only fault is a torn tail (an interrupted write).
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isEntryPoint } from './entry-point.js';
 import { pino } from 'pino';
 import { startSupervisor } from './client/start.js';
-import type { Pkcs11Supervisor } from './client/supervisor-client.js';
+import type { Pkcs11Client } from './client/pkcs11-client.js';
+import { connect } from './service/remote-client.js';
 import type { KeyRef, SignRequest } from './client/requests.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { createLogger } from './logger.js';
@@ -37,7 +41,10 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>
 
   K is a key ref from the config, or label:NAME, or id:HEX.
   --config defaults to config/default.json.
-  --as ID:ROLE[,ROLE]  the caller principal, where the config has a policy (e.g. --as alice:operator).`;
+  --socket PATH        the daemon's socket (default: api.unix.path from the config, if it has one)
+  --direct             open the tokens in this process instead of asking the daemon (no daemon running)
+  --as ID:ROLE[,ROLE]  with --direct, the caller principal where the config has a policy (e.g. --as alice:operator);
+                       over the socket you are the daemon's api.unix.principal.`;
 
 class Usage extends Error {}
 
@@ -61,6 +68,8 @@ const options = {
   cert: { type: 'string', multiple: true },
   verbose: { type: 'boolean', default: false },
   as: { type: 'string' },
+  socket: { type: 'string' },
+  direct: { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
@@ -131,13 +140,29 @@ async function run(argv: string[]): Promise<number> {
   const known = ['status', 'keys list', 'keys generate', 'keys import', 'sign', 'verify', 'pubkey'];
   if (!known.includes(command)) throw new Usage(`unknown command "${positionals.join(' ')}"`);
 
+  const client = await open(values);
+  try {
+    return await dispatch(client, command, values);
+  } finally {
+    await client.close();
+  }
+}
+
+/** The running daemon over its socket, or (--direct, or no socket configured) the tokens in this process. */
+async function open(values: Values): Promise<Pkcs11Client> {
+  if (values.direct && values.socket) throw new Usage('--direct and --socket exclude each other');
+  const socket = values.direct ? undefined : (values.socket ?? loadConfigFile(values.config!).api?.unix?.path);
+  if (socket !== undefined) {
+    if (values.as) throw new Usage(`--as needs --direct: over the socket you act as the daemon's api.unix.principal`);
+    if (!existsSync(socket)) {
+      throw new Pkcs11SupervisorError('CLOSED', `no daemon socket at ${socket}: start the daemon (npm start), or use --direct to open the tokens in this process`);
+    }
+    return connect({ socket, connections: 1 });
+  }
   const logger = values.verbose ? createLogger('info', { destination: pino.destination(2) }) : createLogger('silent');
   const sup = await startSupervisor({ configFile: values.config!, logger, pinCallback: pinPrompt });
-  try {
-    return await dispatch(values.as ? sup.as(principal(values.as)) : sup, command, values);
-  } finally {
-    await sup.close();
-  }
+  // A scoped client closes the supervisor it came from.
+  return values.as ? sup.as(principal(values.as)) : sup;
 }
 
 /** What sign and verify share: slot, key, mechanism, the input file and its options. */
@@ -158,14 +183,14 @@ function principal(spec: string): { id: string; roles: string[] } {
   return { id, roles: roles.split(',').filter(Boolean) };
 }
 
-async function dispatch(sup: Pkcs11Supervisor, command: string, values: Values): Promise<number> {
+async function dispatch(sup: Pkcs11Client, command: string, values: Values): Promise<number> {
   const print = (v: unknown) => process.stdout.write(`${typeof v === 'string' ? v : JSON.stringify(v, null, 2)}\n`);
   switch (command) {
     case 'status':
-      print(sup.status());
+      print(await sup.status());
       return 0;
     case 'keys list': {
-      const slots = values.slot ? [values.slot] : Object.keys(sup.status().slots);
+      const slots = values.slot ? [values.slot] : Object.keys((await sup.status()).slots);
       const out: Record<string, unknown> = {};
       for (const slot of slots) out[slot] = await sup.findObjects({ slot, template: values.class ? { class: values.class as never } : {} });
       print(out);
