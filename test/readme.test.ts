@@ -3,12 +3,14 @@
  * the line before it), and a block with no mark, or a mark this file does not know, fails.
  * The snippets run as written, in a fresh directory with a dev token of their own.
  */
-import { beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { openssl } from './support/openssl.js';
+import { issue, testPki } from './support/pki.js';
 import { parseConfig } from '../dist/src/index.js';
 
 const ROOT = resolve('.');
@@ -50,7 +52,43 @@ function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}) {
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
-beforeAll(() => {
+/** The daemon `npm start` would run, on the README's config with its service fragment; its TLS port. */
+let daemon: ChildProcess;
+let tlsPort = 0;
+
+/** The tls/ files the README's fragment and curl line name, made by openssl. */
+function makeTlsFiles(): void {
+  const pki = testPki();
+  const tls = join(project, 'tls');
+  mkdirSync(tls);
+  copyFileSync(pki.server.cert, join(tls, 'server.crt'));
+  copyFileSync(pki.server.key, join(tls, 'server.key'));
+  copyFileSync(pki.ca.cert, join(tls, 'clients-ca.crt'));
+  copyFileSync(pki.ca.cert, join(tls, 'server-ca.crt'));
+  const invoicer = issue(pki.ca, { cn: 'invoicer', uri: 'spiffe://example.org/ns/billing/sa/invoicer' });
+  copyFileSync(invoicer.cert, join(tls, 'invoicer.crt'));
+  copyFileSync(invoicer.key, join(tls, 'invoicer.key'));
+}
+
+/** Starts the daemon as a process of its own and waits for its start line (which names the TLS port). */
+async function startDaemon(configFile: string): Promise<void> {
+  daemon = spawn(process.execPath, [join(ROOT, 'dist/src/daemon.js'), '--config', configFile, '--listen', '127.0.0.1:0'], { cwd: project, stdio: ['ignore', 'pipe', 'pipe'] });
+  const lines = createInterface({ input: daemon.stdout! });
+  for await (const line of lines) {
+    const entry = JSON.parse(line) as { msg?: string; tls?: string };
+    if (entry.msg === 'pkcs11-supervisor started') {
+      tlsPort = Number(new URL(entry.tls!).port);
+      return;
+    }
+  }
+  throw new Error('the daemon exited before it started');
+}
+
+afterAll(() => {
+  daemon?.kill('SIGTERM');
+});
+
+beforeAll(async () => {
   project = mkdtempSync(join(tmpdir(), 'p11sup-readme-'));
   mkdirSync(join(project, 'scripts'));
   mkdirSync(join(project, 'config'));
@@ -60,11 +98,18 @@ beforeAll(() => {
   copyFileSync('config/default.json', join(project, 'config', 'default.json'));
   const provisioned = run('bash', ['scripts/provision-dev-token.sh']);
   expect(provisioned.code, provisioned.err).toBe(0);
-});
+  makeTlsFiles();
+  const config = JSON.parse(readFileSync('config/default.json', 'utf8'));
+  const service = JSON.parse(`{${only('service config fragment').body}}`);
+  service.api.tls.port = 0; // a free port; the curl line is pointed at it below
+  // The daemon keeps the audit trail; the embedded example runs on config/default.json as it is.
+  writeFileSync(join(project, 'config', 'daemon.json'), JSON.stringify({ ...config, ...service, audit: { path: 'var/audit.jsonl', flushMs: 5 } }));
+  await startDaemon('config/daemon.json');
+}, 60_000);
 
 describe('README', () => {
   it('marks every code block with how it is checked, and each mark is one this file checks', () => {
-    const known = ['package scripts', 'runs against the dev token', 'runs each line', 'file config/default.json', 'config fragment'];
+    const known = ['package scripts', 'runs against the dev token', 'runs each line', 'file config/default.json', 'config fragment', 'service config fragment', 'curl against the daemon'];
     for (const b of blocks()) expect(known, `README line ${b.line}: ${b.check ?? 'no <!-- checked: … --> mark'}`).toContain(b.check);
   });
 
@@ -99,9 +144,29 @@ describe('README', () => {
     expect(openssl(['dgst', '-sha256', '-verify', join(project, 'pub.pem'), '-signature', join(project, 'sig.der'), join(project, 'data')]).toString()).toContain('Verified OK');
   });
 
-  it('the CLI examples run, line by line, on that config; OpenSSL accepts the signature they make', () => {
-    const config = JSON.parse(readFileSync('config/default.json', 'utf8'));
-    writeFileSync(join(project, 'config', 'default.json'), JSON.stringify({ ...config, audit: { path: 'var/audit.jsonl', flushMs: 5 } }));
+  it('the curl lines sign over the socket and over mutual TLS; OpenSSL accepts each signature', async () => {
+    const pem = run(process.execPath, [join(ROOT, 'dist/src/cli.js'), 'pubkey', '--slot', 'signer', '--key', 'ec', '--format', 'pem', '--out', 'ec-curl.pem']);
+    expect(pem.code, pem.err).toBe(0);
+    writeFileSync(join(project, 'invoice'), 'invoice 2026-0042');
+    const lines = only('curl against the daemon').body.split('\n');
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toMatch(/^curl --unix-socket /);
+    expect(lines[1]).toMatch(/^curl .*--cert /);
+    for (const line of lines) {
+      // Async: bash and curl are processes of their own, but keep this one's loop free anyway.
+      const out = await new Promise<string>((resolve, reject) => {
+        const p = spawn('bash', ['-c', line.replace(':9443/', `:${tlsPort}/`)], { cwd: project });
+        let text = '';
+        p.stdout.on('data', (d: Buffer) => (text += d.toString()));
+        p.on('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`${line}: exit ${code}`))));
+      });
+      const { signature } = JSON.parse(out) as { signature: string };
+      writeFileSync(join(project, 'curl.sig'), Buffer.from(signature, 'base64'));
+      expect(openssl(['dgst', '-sha256', '-verify', join(project, 'ec-curl.pem'), '-signature', join(project, 'curl.sig'), join(project, 'invoice')]).toString()).toContain('Verified OK');
+    }
+  });
+
+  it('the CLI examples run, line by line, through that daemon; OpenSSL accepts the signature they make', () => {
     writeFileSync(join(project, 'invoice.xml'), '<invoice id="2026-0042"/>');
     openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(project, 'tls.key'), '-out', join(project, 'tls.crt'), '-subj', '/CN=tls', '-days', '2']);
     openssl(['pkcs12', '-export', '-inkey', join(project, 'tls.key'), '-in', join(project, 'tls.crt'), '-out', join(project, 'server.p12'), '-passout', 'pass:readme-p12']);
