@@ -186,3 +186,22 @@ describe('README', () => {
     expect(openssl(['dgst', '-sha256', '-verify', join(project, 'ec.pem'), '-signature', join(project, 'invoice.sig'), join(project, 'invoice.xml')]).toString()).toContain('Verified OK');
   });
 });
+
+describe('docs/api.md', () => {
+  it('lists every error code once, with the HTTP status the service answers it with', async () => {
+    const { ERROR_CODES, HTTP_STATUS } = await import('../dist/src/index.js');
+    const doc = readFileSync('docs/api.md', 'utf8');
+    const rows = doc.split('\n').filter((l) => /^\| `[A-Z0-9_]+`/.test(l));
+    const listed = new Map<string, string>();
+    for (const row of rows) {
+      const [codes, http] = row.split(' | ');
+      const names = [...codes!.matchAll(/`([A-Z0-9_]+)`/g)].map((m) => m[1]!);
+      for (const n of names) {
+        expect(listed.has(n), `${n} listed twice`).toBe(false);
+        listed.set(n, http!);
+      }
+      expect(http!.split(', ').map(Number).sort()).toEqual([...new Set(names.map((n) => HTTP_STATUS[n as keyof typeof HTTP_STATUS]))].sort());
+    }
+    expect([...listed.keys()].sort()).toEqual([...ERROR_CODES].sort());
+  });
+});
