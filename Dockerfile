@@ -1,6 +1,6 @@
 # pkcs11-supervisor: Node 20 + SoftHSM2 + the daemon.
 # Build:  docker build -t pkcs11-supervisor .
-# Run:    docker run -p 9464:9464 -v p11-var:/app/var pkcs11-supervisor
+# Run:    docker run -p 9464:9464 -v p11-var:/app/var pkcs11-supervisor   (the API socket is /app/var/pkcs11-supervisor.sock)
 # Mount your own config at /app/config and token/PIN files at /app/var for real deployments.
 
 FROM node:20-bookworm-slim AS build
@@ -32,7 +32,8 @@ RUN mkdir -p var && chown p11:p11 var
 ENV NODE_ENV=production
 USER p11
 VOLUME ["/app/config", "/app/var"]
-EXPOSE 9464
+# 9464: metrics and health; 9443: the signing API over mutual TLS, where the config has api.tls.
+EXPOSE 9464 9443
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
   CMD node -e "fetch('http://127.0.0.1:9464/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
 # The same entry as `npm start`, minus the package installs the image already has:

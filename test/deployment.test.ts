@@ -49,12 +49,50 @@ describe('Kubernetes manifests', () => {
     const labels = dep!.spec.template.metadata.labels;
     expect(dep!.spec.selector.matchLabels).toEqual(labels);
     expect(svc!.spec.selector).toEqual(labels);
-    expect(svc!.spec.ports[0]).toMatchObject({ name: 'metrics', targetPort: 'metrics' });
+    expect(svc!.spec.ports.find((p: { name: string }) => p.name === 'metrics')).toMatchObject({ targetPort: 'metrics' });
     expect(mon!.spec.selector.matchLabels).toEqual(svc!.metadata.labels);
     expect(mon!.spec.endpoints[0]).toMatchObject({ port: 'metrics', path: '/metrics' });
     // The config it runs is one of the examples, listening where the probes look.
     const configEnv = container.env.find((e: { name: string }) => e.name === 'PKCS11_SUPERVISOR_CONFIG').value as string;
     expect(existsSync(join('config/examples', configEnv.split('/').pop()!))).toBe(true);
+  });
+
+  it('serves the signing API: a ConfigMap with the example config, its Secret, cert-manager certificates, the API port and a NetworkPolicy', () => {
+    const all = readdirSync('config/kubernetes').flatMap((f) => parseAllDocuments(readFileSync(join('config/kubernetes', f), 'utf8')).map((d) => d.toJS() as Record<string, any>));
+    const { Deployment: dep, Service: svc, ConfigMap: cm, Secret: secret, NetworkPolicy: np } = docs;
+    const pod = dep!.spec.template.spec;
+    const container = pod.containers[0];
+    const mountOf = (volume: string) => container.volumeMounts.find((m: { name: string }) => m.name === volume).mountPath as string;
+    const volume = (name: string) => pod.volumes.find((v: { name: string }) => v.name === name);
+    const configFile = container.env.find((e: { name: string }) => e.name === 'PKCS11_SUPERVISOR_CONFIG').value as string;
+    const name = configFile.split('/').pop()!;
+
+    // The ConfigMap carries the example verbatim, the one the Deployment runs, and it is valid.
+    expect(volume('config').configMap.name).toBe(cm!.metadata.name);
+    expect(configFile).toBe(`${mountOf('config')}/${name}`);
+    expect(cm!.data[name]).toBe(readFileSync(join('config/examples', name), 'utf8'));
+    const config = loadConfigFile(join('config/examples', name));
+
+    // The PIN file the config names is the Secret's key, where the Deployment mounts it.
+    const pinFile = (Object.values(config.slots)[0]!.pin as { file: string }).file;
+    expect(volume('hsm-pin').secret.secretName).toBe(secret!.metadata.name);
+    expect(pinFile).toBe(`${mountOf('hsm-pin')}/${Object.keys(secret!.stringData)[0]}`);
+
+    // TLS: cert-manager's server Secret mounted where api.tls reads it; the client's SPIFFE ID is a principal.
+    const certificates = all.filter((d) => d.kind === 'Certificate');
+    const server = certificates.find((c) => c.spec.secretName === volume('tls').secret.secretName);
+    expect(server!.spec.dnsNames).toContain(svc!.metadata.name);
+    expect([config.api!.tls!.cert, config.api!.tls!.key, config.api!.tls!.clientCa]).toEqual(['tls.crt', 'tls.key', 'ca.crt'].map((f) => `${mountOf('tls')}/${f}`));
+    const client = certificates.find((c) => c.spec.usages?.includes('client auth'));
+    expect(Object.keys(config.policy!.principals)).toContain(client!.spec.uris[0]);
+    expect(config.audit!.path.startsWith(`${mountOf('audit')}/`)).toBe(true);
+
+    // The API port, on the container, the Service and the image; only labelled clients reach it.
+    expect(container.ports.find((p: { name: string }) => p.name === 'api').containerPort).toBe(config.api!.tls!.port);
+    expect(svc!.spec.ports.find((p: { name: string }) => p.name === 'api')).toMatchObject({ port: 9443, targetPort: 'api' });
+    expect(np!.spec.podSelector.matchLabels).toEqual(dep!.spec.template.metadata.labels);
+    const apiRule = np!.spec.ingress.find((r: { ports: { port: number }[] }) => r.ports.some((p) => p.port === 9443));
+    expect(apiRule.from[0].podSelector.matchLabels).toEqual({ 'pkcs11-supervisor.example.org/client': 'true' });
   });
 });
 
@@ -87,7 +125,7 @@ describe('Dockerfile', () => {
     if (user && ops.indexOf('USER') > ops.indexOf('ENTRYPOINT')) problems.push('USER comes after ENTRYPOINT');
     const health = final.steps.find((s) => s.op === 'HEALTHCHECK');
     if (!health || !health.args.includes('/healthz')) problems.push('HEALTHCHECK on /healthz is missing');
-    if (!final.steps.some((s) => s.op === 'EXPOSE' && s.args.split(/\s+/).includes('9464'))) problems.push('EXPOSE 9464 is missing');
+    for (const port of ['9464', '9443']) if (!final.steps.some((s) => s.op === 'EXPOSE' && s.args.split(/\s+/).includes(port))) problems.push(`EXPOSE ${port} is missing`);
     const volume = final.steps.find((s) => s.op === 'VOLUME');
     if (!volume || !volume.args.includes('/app/config') || !volume.args.includes('/app/var')) problems.push('config and token dir must be volumes');
     const entry = final.steps.find((s) => s.op === 'ENTRYPOINT');
