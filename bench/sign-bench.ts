@@ -25,7 +25,8 @@ import { Worker } from 'node:worker_threads';
 import { pino } from 'pino';
 import { openRawSigner, signFor, type RawConfig, type Run } from './raw-loop.js';
 import { busiestThread, cpuOfSlice, MAIN_THREAD, otherCpus, pin, vcpuGap } from './same-cpu.js';
-import { startSupervisor, type ConfigInput, type Pkcs11Supervisor } from '../src/index.js';
+import { startSupervisor, type ConfigInput, type Pkcs11Client, type Pkcs11Supervisor } from '../src/index.js';
+import { batchEstimate, serviceBench } from './service-bench.js';
 import { pkcs11js } from '../workers/pkcs11js.js';
 
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: '1.5' }, million: { type: 'boolean', default: false }, quick: { type: 'boolean', default: false } } });
@@ -115,7 +116,7 @@ async function openBaseline(name: RawName, mech: 'ec' | 'rsa', size: number): Pr
   return { run: async (ms) => signFor(signer, ms), close: async () => signer.close() };
 }
 
-async function throughSupervisor(sup: Pkcs11Supervisor, slot: string, mech: 'ec' | 'rsa', size: number, concurrency: number, ms = SECONDS * 1000): Promise<Run> {
+async function throughSupervisor(sup: Pkcs11Client, slot: string, mech: 'ec' | 'rsa', size: number, concurrency: number, ms = SECONDS * 1000): Promise<Run> {
   const data = Buffer.alloc(size, 7);
   const mechanism = mech === 'ec' ? 'ECDSA-SHA256' : 'RSA-PKCS1-SHA256';
   const lat: number[] = [];
@@ -347,6 +348,21 @@ for (const [alg, mech] of [['ECDSA P-256', 'ec'], ['RSA-2048', 'rsa']] as const)
 process.stderr.write('bench: durable audit against batched\n');
 const audit = { token: await auditModes({ ...slotCfg, type: 'token' }), pool2: await auditModes({ ...slotCfg, type: 'hsm', poolSize: 2 }) };
 
+const serviceToken = await startSlot('token', { ...slotCfg, type: 'token' });
+const service = await serviceBench({
+  seconds: SECONDS,
+  repeats: REPEATS,
+  moduleConfig: MODULE_CONFIG,
+  slot: slotCfg as Record<string, unknown>,
+  inProcess: serviceToken,
+  through: throughSupervisor,
+  inTurns,
+  rate,
+  p50us,
+  median,
+});
+await serviceToken.close();
+
 process.stderr.write('bench: thread hop floor\n');
 const hopFloor = await hopFloorUs();
 process.stderr.write('bench: vCPU speeds\n');
@@ -395,6 +411,12 @@ const targets = ['ECDSA P-256', 'RSA-2048'].flatMap((alg) => {
   ];
 });
 targets.push({ alg: 'ECDSA P-256', target: 'durable audit ≥ 0.8× batched audit (token slot, c=64, 32 B)', value: audit.token.ratio, runs: audit.token.runs, pass: audit.token.ratio >= 0.8 });
+for (const r of service) {
+  targets.push({ alg: r.alg, target: 'added p50 over the socket at c=1 ≤ 150 µs (vs in-process, token slot, 32 B)', value: r.addedP50us.socket, runs: r.runs.socketAdded, pass: r.addedP50us.socket <= 150 });
+  targets.push({ alg: r.alg, target: 'added p50 over mutual TLS at c=1 ≤ 300 µs (vs in-process, token slot, 32 B)', value: r.addedP50us.tls, runs: r.runs.tlsAdded, pass: r.addedP50us.tls <= 300 });
+  const floor = r.alg === 'RSA-2048' ? 0.9 : 0.6;
+  targets.push({ alg: r.alg, target: `socket ≥ ${floor}× in-process at c=64 (token slot, 32 B)`, value: r.ratioC64.socket, runs: r.runs.socketRatio, pass: r.ratioC64.socket >= floor });
+}
 console.log(lines.join('\n'));
 // What bounds the misses: the hop every call pays, and the main thread's busy time per call,
 // which on a machine with no spare core is taken from the signing threads.
@@ -408,9 +430,24 @@ console.log(`\nTargets (median of ${REPEATS} comparisons, raw and supervisor tak
 for (const t of targets) console.log(`  ${t.pass ? 'PASS' : 'MISS'}  ${t.alg}: ${t.target}: ${t.value} [${t.runs.join(', ')}]`);
 console.log(`Durable audit against batched, pool of 2 (both cores signing), c=64, 32 B: ${audit.pool2.ratio} [${audit.pool2.runs.join(', ')}]`);
 console.log('\nCPU per call, all threads (median): ' + Object.entries(medians).map(([alg, m]) => `${alg}: raw-2 ${m.cpuPerCallUs.raw2} µs, pool-2 ${m.cpuPerCallUs.pool2} µs`).join('; '));
+console.log('\nService API against the in-process client (token slot, 32 B, daemon in a process of its own; median of runs):');
+console.log('| algorithm | way in | added p50 µs at c=1 | ratio at c=64 | runs (ratio) |');
+console.log('| --- | --- | ---: | ---: | --- |');
+for (const r of service) {
+  console.log(`| ${r.alg} | socket | ${r.addedP50us.socket} | ${r.ratioC64.socket} | ${r.runs.socketRatio.join(', ')} |`);
+  console.log(`| ${r.alg} | mutual TLS | ${r.addedP50us.tls} | ${r.ratioC64.tls} | ${r.runs.tlsRatio.join(', ')} |`);
+}
+for (const r of service) {
+  const b = batchEstimate(r, 16);
+  console.log(
+    `CPU per call, ${r.alg}, c=64: in-process main ${r.cpu.inProcess.main} µs + session ${r.cpu.inProcess.others} µs; ` +
+      `socket: client ${r.cpu.socket.client} µs, daemon main (HTTP + supervisor) ${r.cpu.socket.daemonMain} µs, daemon session (token) ${r.cpu.socket.daemonOthers} µs. ` +
+      `HTTP ≈ ${b.httpUsPerCall} µs a call; a batch route of 16 would make it ≈ ${b.batchedUsPerCall} µs.`,
+  );
+}
 if (million) console.log('\n1,000,000 calls (pool of 2, c=256, ECDSA, 32 B):', JSON.stringify(million));
 mkdirSync('var', { recursive: true });
-writeFileSync('var/bench.json', JSON.stringify({ when: new Date().toISOString(), seconds: SECONDS, cores: availableParallelism(), hopFloorP50us: hopFloor, vcpuGap: gap, results, targets, medians, audit, million }, null, 2));
+writeFileSync('var/bench.json', JSON.stringify({ when: new Date().toISOString(), seconds: SECONDS, cores: availableParallelism(), hopFloorP50us: hopFloor, vcpuGap: gap, results, targets, medians, audit, service, million }, null, 2));
 console.log('\nwritten: var/bench.json');
 owner.C_Finalize();
 process.exit(0);

@@ -115,18 +115,27 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     return caller;
   }
 
-  app.addHook('onRequest', async (request, reply) => {
-    request.caller = await authenticate(request);
-    const waitMs = limiter.take(request.caller.id, request.caller.roles);
-    if (waitMs > 0) {
-      reply.header('retry-after', String(Math.ceil(waitMs / 1000)));
-      throw new Pkcs11SupervisorError('RATE_LIMITED', `principal "${request.caller.id}" is over its rate limit; retry in ${waitMs} ms`);
-    }
+  const admit = (request: FastifyRequest, reply: FastifyReply, caller: Caller): Pkcs11SupervisorError | undefined => {
+    request.caller = caller;
+    const waitMs = limiter.take(caller.id, caller.roles);
+    if (waitMs === 0) return undefined;
+    reply.header('retry-after', String(Math.ceil(waitMs / 1000)));
+    return new Pkcs11SupervisorError('RATE_LIMITED', `principal "${caller.id}" is over its rate limit; retry in ${waitMs} ms`);
+  };
+  // Callback hooks, not async ones: a known caller (most requests) costs no promise.
+  app.addHook('onRequest', (request, reply, done) => {
+    const known = request.headers.authorization === undefined ? callers.get(request.raw.socket) : undefined;
+    if (known) return done(admit(request, reply, known));
+    authenticate(request).then(
+      (caller) => done(admit(request, reply, caller)),
+      (e: Error) => done(e),
+    );
   });
 
   // A POST without a body (curl -X POST …/status) is the empty request.
-  app.addHook('preValidation', async (request) => {
+  app.addHook('preValidation', (request, _reply, done) => {
     if (request.body === undefined || request.body === null) request.body = {};
+    done();
   });
 
   app.setErrorHandler((err: FastifyError | Pkcs11SupervisorError, request, reply) => {
@@ -145,7 +154,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     return reply.code(404).type(PROBLEM_TYPE).send(problem);
   });
 
-  app.addHook('onResponse', async (request, reply) => {
+  app.addHook('onResponse', (request, reply, done) => {
     const url = request.routeOptions.url;
     const route = url === undefined ? 'unknown' : url === '/v1/openapi.json' ? 'openapi' : url.slice(4);
     const code = request.outcome;
@@ -161,6 +170,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
         detail: route,
       });
     }
+    done();
   });
 
   await app.register(fastifySwagger, {

@@ -1,0 +1,184 @@
+/**
+ * The service API next to the in-process client, in the same run, on the same token: a daemon
+ * in a process of its own (as users run it) serving its socket and mutual-TLS port, and this
+ * process's clients taking turns with an in-process supervisor on a token slot. Measures the
+ * added p50 at concurrency 1, the throughput ratio at concurrency 64, and where the CPU of a
+ * call goes: the client, the daemon's main thread (HTTP and the supervisor) and its session
+ * thread (the token).
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { connect, type Pkcs11Client } from '../src/index.js';
+import type { Run } from './raw-loop.js';
+
+export interface ServiceBenchTools {
+  seconds: number;
+  repeats: number;
+  moduleConfig: { path: string; env: Record<string, string> };
+  slot: Record<string, unknown>;
+  inProcess: Pkcs11Client;
+  through(client: Pkcs11Client, slot: string, mech: 'ec' | 'rsa', size: number, concurrency: number, ms: number): Promise<Run>;
+  inTurns(a: (ms: number) => Promise<Run>, b: (ms: number) => Promise<Run>, sessionThread?: number, sliceMs?: number): Promise<{ raw: Run[]; cell: Run[] }>;
+  rate(runs: Run[]): number;
+  p50us(runs: Run[]): number;
+  median(xs: number[]): number;
+}
+
+/** A CA, the daemon's certificate for 127.0.0.1 and a client certificate, made by openssl. */
+function makePki(dir: string) {
+  const cnf = join(dir, 'min.cnf');
+  writeFileSync(cnf, '[req]\ndistinguished_name = dn\n[dn]\n');
+  const make = (name: string, subject: string, ext: string[], ca?: string) =>
+    execFileSync('openssl', ['req', '-x509', '-config', cnf, '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', subject, '-days', '2', ...(ca ? ['-CA', join(dir, `${ca}.crt`), '-CAkey', join(dir, `${ca}.key`)] : []), ...ext.flatMap((e) => ['-addext', e]), '-keyout', join(dir, `${name}.key`), '-out', join(dir, `${name}.crt`)], { stdio: 'ignore' });
+  make('ca', '/CN=bench-ca', ['basicConstraints=critical,CA:TRUE', 'keyUsage=critical,keyCertSign']);
+  make('server', '/CN=localhost', ['subjectAltName=IP:127.0.0.1', 'extendedKeyUsage=serverAuth'], 'ca');
+  make('client', '/CN=bench-client', ['subjectAltName=URI:spiffe://bench/client', 'extendedKeyUsage=clientAuth'], 'ca');
+  const file = (n: string) => join(dir, n);
+  return { ca: file('ca.crt'), serverCert: file('server.crt'), serverKey: file('server.key'), clientCert: file('client.crt'), clientKey: file('client.key') };
+}
+
+/** CPU time (ns) of each thread of a process. */
+function threadCpu(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      out.set(Number(tid), Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]));
+    } catch {
+      // ended while we looked
+    }
+  }
+  return out;
+}
+
+/** CPU (µs per call) of the main thread and of the other threads of `pid` while `load` runs. */
+async function cpuSplit(pid: number, load: () => Promise<Run>): Promise<{ main: number; others: number; ops: number }> {
+  const before = threadCpu(pid);
+  const r = await load();
+  let main = 0;
+  let others = 0;
+  for (const [tid, ns] of threadCpu(pid)) {
+    const used = ns - (before.get(tid) ?? 0);
+    if (tid === pid) main += used;
+    else others += used;
+  }
+  return { main: main / 1000 / r.ops, others: others / 1000 / r.ops, ops: r.ops };
+}
+
+async function startDaemon(dir: string, t: ServiceBenchTools): Promise<{ child: ChildProcess; socket: string; tlsUrl: string; pki: ReturnType<typeof makePki> }> {
+  const pki = makePki(dir);
+  const socket = join(dir, 'api.sock');
+  const config = {
+    // A process of its own: it initializes the module itself.
+    modules: { soft: { path: t.moduleConfig.path, env: t.moduleConfig.env } },
+    slots: { token: { ...t.slot, type: 'token' } },
+    api: { unix: { path: socket }, tls: { host: '127.0.0.1', port: 0, cert: pki.serverCert, key: pki.serverKey, clientCa: pki.ca }, maxConnections: 4096 },
+    policy: { principals: { 'spiffe://bench/client': ['service'], local: ['service'] }, slots: { token: { service: {} } } },
+    metrics: { enabled: false },
+    log: { level: 'info' },
+  };
+  const file = join(dir, 'daemon.json');
+  writeFileSync(file, JSON.stringify(config));
+  const child = spawn(process.execPath, ['dist/src/daemon.js', '--config', file], { stdio: ['ignore', 'pipe', 'inherit'], env: process.env });
+  for await (const line of createInterface({ input: child.stdout! })) {
+    const entry = JSON.parse(line) as { msg?: string; tls?: string };
+    if (entry.msg === 'pkcs11-supervisor started') {
+      child.stdout!.resume(); // the rest of its log is not read
+      return { child, socket, tlsUrl: entry.tls!, pki };
+    }
+  }
+  throw new Error('the benchmark daemon exited before it started');
+}
+
+export interface ServiceResult {
+  alg: string;
+  addedP50us: { socket: number; tls: number };
+  ratioC64: { socket: number; tls: number };
+  runs: { socketAdded: number[]; tlsAdded: number[]; socketRatio: number[]; tlsRatio: number[] };
+  /** µs of CPU per call, by where it is spent, at c=64. */
+  cpu: { inProcess: { main: number; others: number }; socket: { client: number; daemonMain: number; daemonOthers: number } };
+}
+
+export async function serviceBench(t: ServiceBenchTools): Promise<ServiceResult[]> {
+  const dir = mkdtempSync(join(tmpdir(), 'p11sup-bench-api-'));
+  const daemon = await startDaemon(dir, t);
+  const overSocket = connect({ socket: daemon.socket, connections: 64 });
+  const overTls = connect({ url: daemon.tlsUrl, tls: { cert: daemon.pki.clientCert, key: daemon.pki.clientKey, ca: daemon.pki.ca }, connections: 64 });
+  const results: ServiceResult[] = [];
+  try {
+    for (const [alg, mech] of [['ECDSA P-256', 'ec'], ['RSA-2048', 'rsa']] as const) {
+      process.stderr.write(`bench: ${alg} over the socket and mutual TLS\n`);
+      const local = (c: number) => (ms: number) => t.through(t.inProcess, 'token', mech, 32, c, ms);
+      const remote = (client: Pkcs11Client, c: number) => (ms: number) => t.through(client, 'token', mech, 32, c, ms);
+      for (const client of [overSocket, overTls]) await remote(client, 64)(300); // connections open, code warm
+      await local(64)(300);
+      const runs = { socketAdded: [] as number[], tlsAdded: [] as number[], socketRatio: [] as number[], tlsRatio: [] as number[] };
+      const cpu = { inProcess: { main: [] as number[], others: [] as number[] }, socket: { client: [] as number[], daemonMain: [] as number[], daemonOthers: [] as number[] } };
+      for (let i = 0; i < t.repeats; i++) {
+        for (const [client, added] of [[overSocket, runs.socketAdded], [overTls, runs.tlsAdded]] as const) {
+          const turns = await t.inTurns(local(1), remote(client, 1), undefined, 50);
+          added.push(t.p50us(turns.cell) - t.p50us(turns.raw));
+        }
+        const inProc = { main: 0, others: 0, ops: 0 };
+        const sock = { client: 0, daemonMain: 0, daemonOthers: 0, ops: 0 };
+        const socketTurns = await t.inTurns(
+          async (ms) => {
+            let run!: Run;
+            const s = await cpuSplit(process.pid, async () => (run = await local(64)(ms)));
+            inProc.main += s.main * s.ops;
+            inProc.others += s.others * s.ops;
+            inProc.ops += s.ops;
+            return run;
+          },
+          async (ms) => {
+            let run!: Run;
+            const clientBefore = process.cpuUsage();
+            const s = await cpuSplit(daemon.child.pid!, async () => (run = await remote(overSocket, 64)(ms)));
+            const c = process.cpuUsage(clientBefore);
+            sock.client += c.user + c.system;
+            sock.daemonMain += s.main * s.ops;
+            sock.daemonOthers += s.others * s.ops;
+            sock.ops += s.ops;
+            return run;
+          },
+        );
+        runs.socketRatio.push(Number((t.rate(socketTurns.cell) / t.rate(socketTurns.raw)).toFixed(2)));
+        const tlsTurns = await t.inTurns(local(64), remote(overTls, 64));
+        runs.tlsRatio.push(Number((t.rate(tlsTurns.cell) / t.rate(tlsTurns.raw)).toFixed(2)));
+        cpu.inProcess.main.push(inProc.main / inProc.ops);
+        cpu.inProcess.others.push(inProc.others / inProc.ops);
+        cpu.socket.client.push(sock.client / sock.ops);
+        cpu.socket.daemonMain.push(sock.daemonMain / sock.ops);
+        cpu.socket.daemonOthers.push(sock.daemonOthers / sock.ops);
+      }
+      const m = (xs: number[]) => Math.round(t.median(xs));
+      results.push({
+        alg,
+        addedP50us: { socket: t.median(runs.socketAdded), tls: t.median(runs.tlsAdded) },
+        ratioC64: { socket: t.median(runs.socketRatio), tls: t.median(runs.tlsRatio) },
+        runs,
+        cpu: {
+          inProcess: { main: m(cpu.inProcess.main), others: m(cpu.inProcess.others) },
+          socket: { client: m(cpu.socket.client), daemonMain: m(cpu.socket.daemonMain), daemonOthers: m(cpu.socket.daemonOthers) },
+        },
+      });
+    }
+  } finally {
+    await overSocket.close();
+    await overTls.close();
+    daemon.child.kill('SIGTERM');
+    await new Promise((r) => daemon.child.once('exit', r));
+  }
+  return results;
+}
+
+/**
+ * What a batch route (n signatures in one request) would save: the HTTP work of a request,
+ * client and server, is paid once for n signatures instead of n times.
+ */
+export function batchEstimate(r: ServiceResult, n: number): { httpUsPerCall: number; batchedUsPerCall: number } {
+  const http = r.cpu.socket.client + r.cpu.socket.daemonMain - r.cpu.inProcess.main;
+  return { httpUsPerCall: Math.round(http), batchedUsPerCall: Math.round(http / n) };
+}
