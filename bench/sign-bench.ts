@@ -13,7 +13,9 @@
  * and against raw-1 signs on the same vCPU as the session thread (same-cpu.ts); writes
  * var/bench.json; checks the targets on medians of 5 such comparisons. --million adds
  * 1,000,000 calls with memory samples; --quick runs only the target checks. Durable audit is
- * compared with batched audit the same way. Linux only.
+ * compared with batched audit the same way. The service API (service-bench.ts): a daemon in a
+ * process of its own, its socket and mutual-TLS clients in turns with an in-process client on a
+ * token slot, with the CPU of a call split by process and thread. Linux only.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
