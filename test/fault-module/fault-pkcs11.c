@@ -9,7 +9,7 @@
  * Environment:
  *   FAULT_PKCS11_TARGET  the real module (default /usr/lib/softhsm/libsofthsm2.so)
  *   FAULT_PKCS11_DIR     directory holding `control` (read when it changes) and `counts`
- *                        (rewritten after every intercepted call)
+ *                        (a line per function, kept current through a shared mapping)
  *
  * Control file, one rule a line (a new file replaces all rules and their progress):
  *   fail FN N CKR_NAME     the Nth call of FN from now returns CKR_NAME instead (once)
@@ -27,6 +27,8 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,16 +133,46 @@ static void load_control(void) {
   fclose(f);
 }
 
-static void write_counts(void) {
+/*
+ * The counts file is mapped into memory: one fixed-width line a function ("C_Sign 42"
+ * right-aligned in COUNT_LINE bytes), rewritten in place as a call is counted. No file I/O on
+ * the call path, so the module can stand in front of a fast token, or a pool of slow ones,
+ * without becoming the bottleneck; readers see each line as soon as it is written.
+ */
+#define COUNT_LINE 48
+static char *count_map;
+static int count_map_tried;
+
+static void map_counts(void) {
+  count_map_tried = 1;
   if (!dir()) return;
-  char path[4096], tmp[4096];
+  char path[4096];
   snprintf(path, sizeof path, "%s/counts", dir());
-  snprintf(tmp, sizeof tmp, "%s/counts.%d.%lu", dir(), getpid(), (unsigned long)pthread_self());
-  FILE *f = fopen(tmp, "w");
-  if (!f) return;
-  for (size_t i = 0; i < NFN; i++) fprintf(f, "%s %lu\n", names[i], counts[i]);
-  fclose(f);
-  rename(tmp, path);
+  int fd = open(path, O_RDWR | O_CREAT, 0644);
+  if (fd < 0) return;
+  size_t size = NFN * COUNT_LINE;
+  struct stat st;
+  /* Never shrink a file another process may have mapped: that would SIGBUS it. */
+  if (fstat(fd, &st) != 0 || ((size_t)st.st_size < size && ftruncate(fd, (off_t)size) != 0)) { close(fd); return; }
+  void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (m == MAP_FAILED) return;
+  count_map = m;
+  for (size_t i = 0; i < NFN; i++) {
+    char line[COUNT_LINE + 1];
+    snprintf(line, sizeof line, "%-26s %20lu", names[i], counts[i]);
+    line[COUNT_LINE - 1] = '\n';
+    memcpy(count_map + i * COUNT_LINE, line, COUNT_LINE);
+  }
+}
+
+/* Rewrites function idx's line. Called with the lock held. */
+static void write_count(int idx) {
+  if (!count_map_tried) map_counts();
+  if (!count_map || idx < 0) return;
+  char digits[24];
+  snprintf(digits, sizeof digits, "%20lu", counts[idx]);
+  memcpy(count_map + idx * COUNT_LINE + 27, digits, 20);
 }
 
 static void sleep_ms(long ms) {
@@ -185,7 +217,7 @@ static CK_RV before(const char *fn) {
       case NOLOGIN: case MAXSESSIONS: case MAXKEYBITS: case TOKENFLAGS: break;
     }
   }
-  write_counts();
+  write_count(idx);
   CK_SESSION_HANDLE s = last_session;
   pthread_mutex_unlock(&lock);
   if (do_logout && s != CK_INVALID_HANDLE) real->C_Logout(s);

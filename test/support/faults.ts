@@ -31,7 +31,7 @@ export class Faults {
         readFileSync(join(this.dir, 'counts'), 'utf8')
           .trim()
           .split('\n')
-          .map((l) => l.split(' '))
+          .map((l) => l.trim().split(/\s+/))
           .map(([k, v]) => [k!, Number(v)]),
       );
     } catch {
