@@ -131,6 +131,28 @@ describe('deadlines and disconnects', () => {
   });
 });
 
+describe('shutdown with requests in flight', () => {
+  it('every request is answered (its signature, or 503 CLOSED) before the connections close; the socket file is gone', async () => {
+    const path = join(td.dir, 'stopping.sock');
+    const d = await startDaemon(configFile('stopping', { unix: { path } }));
+    const c = connect({ socket: path, connections: 40 });
+    faults.set('delay C_Sign 100');
+    try {
+      await sleep(50);
+      const calls = Array.from({ length: 40 }, () => c.sign(signReq).then((sig) => (sig.length > 0 ? 'signed' : 'empty'), (e: { code?: string }) => e.code ?? 'untyped'));
+      await sleep(250);
+      await d.stop();
+      const outcomes = await Promise.all(calls);
+      expect(new Set(outcomes)).toEqual(new Set(['signed', 'CLOSED']));
+      expect(outcomes.filter((o) => o === 'signed').length).toBeGreaterThanOrEqual(1);
+      expect(existsSync(path)).toBe(false);
+    } finally {
+      faults.clear();
+      await c.close();
+    }
+  });
+});
+
 describe('10,000 requests over the socket with faults mixed in', () => {
   it('every request is answered exactly once, none is lost, every signature is valid', async () => {
     const { keyObject } = await client.getPublicKey({ slot: 's', key: 'ec' });
