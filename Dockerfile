@@ -28,14 +28,15 @@ COPY --from=build /app/dist dist
 COPY package.json ./
 COPY config config
 COPY scripts scripts
-RUN mkdir -p var && chown p11:p11 var
+RUN mkdir -p var && chown p11:p11 var \
+ && chmod 755 dist/src/cli.js && ln -s /app/dist/src/cli.js /usr/local/bin/pkcs11-supervisor
 ENV NODE_ENV=production
 USER p11
 VOLUME ["/app/config", "/app/var"]
 # 9464: metrics and health; 9443: the signing API over mutual TLS, where the config has api.tls.
 EXPOSE 9464 9443
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD node -e "fetch('http://127.0.0.1:9464/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+  CMD ["node", "scripts/healthcheck.mjs"]
 # The same entry as `npm start`, minus the package installs the image already has:
 # provision the dev token on first run, then the daemon (listening on all interfaces).
 ENTRYPOINT ["bash", "scripts/container-entry.sh"]

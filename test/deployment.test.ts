@@ -45,7 +45,8 @@ describe('Kubernetes manifests', () => {
     expect(port.containerPort).toBe(9464);
     expect(container.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'metrics' });
     expect(container.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'metrics' });
-    expect(dep!.spec.template.spec.securityContext.runAsNonRoot).toBe(true);
+    expect(dep!.spec.template.spec.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
+    expect(container.image.split(':').pop()).toBe(JSON.parse(readFileSync('package.json', 'utf8')).version);
     const labels = dep!.spec.template.metadata.labels;
     expect(dep!.spec.selector.matchLabels).toEqual(labels);
     expect(svc!.spec.selector).toEqual(labels);
@@ -124,7 +125,10 @@ describe('Dockerfile', () => {
     if (!user || /^(root|0)$/.test(user.args)) problems.push('the final stage must run as a non-root USER');
     if (user && ops.indexOf('USER') > ops.indexOf('ENTRYPOINT')) problems.push('USER comes after ENTRYPOINT');
     const health = final.steps.find((s) => s.op === 'HEALTHCHECK');
-    if (!health || !health.args.includes('/healthz')) problems.push('HEALTHCHECK on /healthz is missing');
+    if (!health || !health.args.includes('scripts/healthcheck.mjs') || !readFileSync('scripts/healthcheck.mjs', 'utf8').includes('/healthz')) problems.push('HEALTHCHECK on /healthz, where the daemon listens, is missing');
+    if (!final.steps.some((s) => s.op === 'RUN' && s.args.includes('ln -s /app/dist/src/cli.js /usr/local/bin/pkcs11-supervisor'))) problems.push('the CLI is not on PATH');
+    const ignored = readFileSync('.dockerignore', 'utf8').split('\n');
+    for (const p of ['var', 'node_modules', '*.pin']) if (!ignored.includes(p)) problems.push(`.dockerignore does not keep ${p} out of the build context`);
     for (const port of ['9464', '9443']) if (!final.steps.some((s) => s.op === 'EXPOSE' && s.args.split(/\s+/).includes(port))) problems.push(`EXPOSE ${port} is missing`);
     const volume = final.steps.find((s) => s.op === 'VOLUME');
     if (!volume || !volume.args.includes('/app/config') || !volume.args.includes('/app/var')) problems.push('config and token dir must be volumes');
@@ -158,6 +162,11 @@ describe('Dockerfile', () => {
       }
       expect(ready, stderr).toBe(200);
       expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+      // The image's HEALTHCHECK follows the listen address.
+      const health = JSON.parse(final.steps.find((s) => s.op === 'HEALTHCHECK')!.args.replace(/^.*CMD\s+/s, '')) as string[];
+      const check = (listen: string) => new Promise<number | null>((r) => spawn(health[0]!, health.slice(1), { cwd: app, env: { ...process.env, PKCS11_SUPERVISOR_LISTEN: listen } }).on('exit', r));
+      expect(await check(`127.0.0.1:${port}`)).toBe(0);
+      expect(await check(`0.0.0.0:${await freePort()}`)).toBe(1);
       expect(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()).toContain('pkcs11_slot_state');
     } finally {
       child.kill('SIGTERM');
