@@ -130,6 +130,9 @@ export const ModuleSchema = z.strictObject({
   applicationInitializesWithOsLocking: z.boolean().default(false),
 });
 
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
 export const ROLES = ['service', 'operator', 'administrator', 'auditor'] as const;
 export type Role = (typeof ROLES)[number];
 
@@ -226,9 +229,8 @@ const ConfigObjectSchema = z
     api: ApiSchema.optional(),
     /** Callers and roles. Without it every caller may do everything (one trusted application). */
     policy: PolicySchema.optional(),
-    log: z
-      .strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
-      .default(() => ({ level: 'info' as const })),
+    /** Without a level: `info` for the daemon, `warn` for a library in someone else's process. `LOG_LEVEL` overrides either. */
+    log: z.strictObject({ level: z.enum(LOG_LEVELS).optional() }).default(() => ({})),
   })
   .superRefine((cfg, ctx) => {
     for (const [name, slot] of Object.entries(cfg.slots)) {

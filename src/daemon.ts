@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import { createSupervisor } from './client/start.js';
 import type { Pkcs11Supervisor } from './client/supervisor-client.js';
 import { loadConfigFile } from './config.js';
-import { createLogger } from './logger.js';
+import { createLogger, logLevel } from './logger.js';
 import { createMetrics } from './metrics.js';
 import { addressOf, startHttpServer } from './http-server.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
@@ -31,7 +31,7 @@ export interface Daemon {
 export async function startDaemon(configFile: string, logger?: Logger, listen?: string): Promise<Daemon> {
   const config = loadConfigFile(configFile);
   if (listen !== undefined) Object.assign(config.metrics, parseListen(listen));
-  const level = (process.env.LOG_LEVEL as typeof config.log.level | undefined) ?? config.log.level;
+  const level = logLevel(config.log.level, 'info');
   const log = logger ?? createLogger(level, { pretty: process.stdout.isTTY === true });
   const sup = createSupervisor({ config, logger: log });
   // Subscribe before start so the start-up logins are counted too.

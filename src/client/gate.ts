@@ -151,7 +151,10 @@ export class Gate {
     const reply = delivered && isReply(delivered.value) ? delivered.value : null;
     if (reply && !reply.ok) failure = new Pkcs11SupervisorError(reply.error.code, reply.error.message, { slot: slot.name, ckr: reply.error.ckr });
     if (failure) {
-      this.sup.log.warn({ slot: slot.name, op, mechanism, code: failure.code, ckr: failure.ckr, err: failure.message }, 'call failed');
+      this.sup.log.warn(
+        { slot: slot.name, worker: delivered?.worker ?? null, op, key: keyName(req.key), mechanism, code: failure.code, ckr: failure.ckr, err: failure.message, durationMs: Date.now() - submittedAt },
+        'call failed',
+      );
       if (failure.code === 'KEY_NOT_FOUND') this.publicKeys.forget(slot.name);
     }
     if (events.listenerCount('callCompleted') > 0) {

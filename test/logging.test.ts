@@ -1,0 +1,72 @@
+/**
+ * Logs as a host application and an operator expect them: a library in someone else's process
+ * is quiet unless asked (warn by default; LOG_LEVEL or log.level turn it up), and a failed
+ * call's line says which worker, key, CKR, message and how long it took.
+ */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { startSupervisor } from '../dist/src/index.js';
+import { configFor, createToken, tokenDir, type TokenDir } from './support/softhsm.js';
+
+let td: TokenDir;
+
+beforeAll(() => {
+  td = tokenDir();
+  process.env.LOGS_PIN = createToken(td, 'logs').pin;
+});
+
+/** A host application: opens a slot, signs, closes; prints nothing itself. */
+function host(config: Record<string, unknown>, env: NodeJS.ProcessEnv = {}) {
+  const file = join(td.dir, `host-${Math.random().toString(36).slice(2)}.mjs`);
+  writeFileSync(
+    file,
+    `import { startSupervisor } from ${JSON.stringify(join(process.cwd(), 'dist/src/index.js'))};
+     const sup = await startSupervisor({ config: ${JSON.stringify(config)} });
+     await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data: Buffer.from('x') });
+     await sup.close();`,
+  );
+  const env2 = { ...process.env, ...env };
+  if (!('LOG_LEVEL' in env)) delete env2.LOG_LEVEL;
+  return spawnSync(process.execPath, [file], { env: env2, encoding: 'utf8' });
+}
+
+describe('embedded, the library is quiet', () => {
+  const config = () => {
+    const { log: _log, ...rest } = configFor(td, { s: { token: { label: 'logs' }, pin: { env: 'LOGS_PIN' } } });
+    return rest;
+  };
+
+  it('prints nothing on the host application\'s output at its default level (warn)', () => {
+    const r = host(config());
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toBe('');
+  });
+
+  it('LOG_LEVEL and log.level turn it up; a bad LOG_LEVEL is CONFIG_INVALID', () => {
+    expect(host(config(), { LOG_LEVEL: 'info' }).stdout).toMatch(/"msg":"slot state"/);
+    expect(host({ ...config(), log: { level: 'info' } }).stdout).toMatch(/"msg":"slot state"/);
+    const bad = host(config(), { LOG_LEVEL: 'loud' });
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toMatch(/CONFIG_INVALID|LOG_LEVEL must be one of/);
+  });
+});
+
+describe('a failed call', () => {
+  it('logs its worker, key ref, code, ckr, message and duration', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({ write: (chunk, _e, done) => (lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>), done()) });
+    const sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'logs' }, pin: { env: 'LOGS_PIN' } } }), logger: pino({ level: 'warn' }, sink) });
+    try {
+      await expect(sup.sign({ slot: 's', key: { label: 'absent' }, mechanism: 'ECDSA-SHA256', data: Buffer.from('x') })).rejects.toMatchObject({ code: 'KEY_NOT_FOUND' });
+    } finally {
+      await sup.close();
+    }
+    const line = lines.find((l) => l.msg === 'call failed');
+    expect(line).toMatchObject({ slot: 's', worker: 0, op: 'sign', key: '{"label":"absent"}', code: 'KEY_NOT_FOUND', err: expect.stringContaining('absent') });
+    expect(typeof line!.durationMs).toBe('number');
+  });
+});
