@@ -8,7 +8,8 @@
  * up in shell history and `ps`).
  *
  * Exit codes: 0 ok, 1 signature invalid / audit trail broken, 2 usage, 3 a typed error, 4 the
- * audit trail's only fault is a torn tail (an interrupted write).
+ * audit trail's only fault is a torn tail (an interrupted write), 5 a file could not be read or
+ * written. No stack trace reaches the terminal: each failure is one line with its code.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -24,7 +25,7 @@ import { verifyAuditFiles } from './audit.js';
 import { loadConfigFile, printableConfig } from './config.js';
 import type { PinCallback } from './pin-chain.js';
 
-const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>
+const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<command> --help: that command; --version)
 
   status                                   slot states as JSON
   keys list [--slot S] [--class C]         objects on each token (class: privateKey, publicKey, certificate)
@@ -32,14 +33,16 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>
                                            A: RSA-2048 RSA-3072 RSA-4096 EC-P256 EC-P384 EC-P521 Ed25519
   keys import --slot S --label L [--id HEX] (--p12 FILE [--password-env VAR] | --private-key PEM [--cert PEM]...)
   sign --slot S --key K --mechanism M --in FILE [--out FILE] [--format der|raw] [--prehashed]
-                                           without --out the signature is printed in base64
+                                           without --out the signature is printed in base64; FILE - is stdin or stdout
   verify --slot S --key K --mechanism M --in FILE --signature FILE [--format der|raw] [--prehashed]
   pubkey --slot S --key K [--format pem|jwk|der] [--out FILE]
   audit verify FILE [FILE...]              check the audit trail's hash chain (rotated files oldest first); says where it breaks (exit 1),
                                            or that only its tail is torn by an interrupted write (exit 4)
   config print                             the effective config, every default filled in (PIN sources by kind only)
 
-  K is a key ref from the config, or label:NAME, or id:HEX.
+  K is a key ref from the config, or label:NAME, or id:HEX. A FILE of - reads stdin or writes stdout.
+  Exit codes: 0 ok, 1 signature invalid or audit trail broken, 2 usage, 3 a typed error ([CODE] message),
+  4 an audit trail whose only fault is a torn tail, 5 a file could not be read or written.
   --config defaults to config/default.json.
   --socket PATH        the daemon's socket (default: api.unix.path from the config, if it has one)
   --direct             open the tokens in this process instead of asking the daemon (no daemon running)
@@ -47,6 +50,42 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>
                        over the socket you are the daemon's api.unix.principal.`;
 
 class Usage extends Error {}
+
+/** A file the command was told to read or write could not be (exit 5). */
+class FileError extends Error {}
+
+/** The usage lines of one command: its own line and the lines indented under it. */
+function commandUsage(command: string): string | null {
+  const lines = USAGE.split('\n');
+  const at = lines.findIndex((l) => l.startsWith(`  ${command} `) || l === `  ${command}`);
+  if (at < 0) return null;
+  let end = at + 1;
+  while (end < lines.length && /^ {20,}\S/.test(lines[end]!)) end++;
+  return `usage: pkcs11-supervisor [--config FILE] ${lines.slice(at, end).map((l) => l.trim()).join('\n    ')}`;
+}
+
+function version(): string {
+  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+}
+
+/** A file's bytes; `-` is standard input. */
+function readInput(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path === '-' ? 0 : path);
+  } catch (e) {
+    throw new FileError(`cannot read ${what} ${path === '-' ? 'from standard input' : path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+/** Writes a file; `-` is standard output. */
+function writeOutput(path: string, body: string | Uint8Array): void {
+  try {
+    if (path === '-') process.stdout.write(body);
+    else writeFileSync(path, body);
+  } catch (e) {
+    throw new FileError(`cannot write ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
 
 const options = {
   config: { type: 'string', default: 'config/default.json' },
@@ -71,6 +110,7 @@ const options = {
   socket: { type: 'string' },
   direct: { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
+  version: { type: 'boolean', short: 'V', default: false },
 } as const;
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof options; allowPositionals: true }>>['values'];
@@ -117,12 +157,16 @@ const pinPrompt: PinCallback = ({ slot, tokenLabel }) => promptHidden(`PIN for s
 
 async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true });
-  if (values.help || positionals.length === 0) {
-    process.stdout.write(`${USAGE}\n`);
-    return values.help ? 0 : 2;
+  if (values.version) {
+    process.stdout.write(`${version()}\n`);
+    return 0;
   }
   const [cmd, sub] = positionals;
-  const command = cmd === 'keys' || cmd === 'audit' || cmd === 'config' ? `${cmd} ${sub ?? ''}` : cmd!;
+  const command = cmd === 'keys' || cmd === 'audit' || cmd === 'config' ? `${cmd} ${sub ?? ''}`.trim() : cmd;
+  if (values.help || positionals.length === 0) {
+    process.stdout.write(`${(command && commandUsage(command)) ?? USAGE}\n`);
+    return values.help ? 0 : 2;
+  }
   if (command === 'config print') {
     process.stdout.write(`${JSON.stringify(printableConfig(loadConfigFile(values.config!)), null, 2)}\n`);
     return 0;
@@ -130,6 +174,8 @@ async function run(argv: string[]): Promise<number> {
   if (command === 'audit verify') {
     const files = positionals.slice(2);
     if (files.length === 0) throw new Usage('audit verify FILE [FILE...]');
+    const missing = files.find((f) => !existsSync(f));
+    if (missing) throw new FileError(`cannot read the audit trail ${missing}: ENOENT`);
     const v = verifyAuditFiles(files);
     const continues = v.ok && v.continues ? ` (its first record follows ${v.continues}, in an earlier file: verify the files together, oldest first)` : '';
     if (v.ok) process.stdout.write(`ok: ${v.records} records, chain intact, head ${v.head}${continues}\n`);
@@ -138,7 +184,7 @@ async function run(argv: string[]): Promise<number> {
     return v.ok ? 0 : v.kind === 'torn' ? 4 : 1;
   }
   const known = ['status', 'keys list', 'keys generate', 'keys import', 'sign', 'verify', 'pubkey'];
-  if (!known.includes(command)) throw new Usage(`unknown command "${positionals.join(' ')}"`);
+  if (!command || !known.includes(command)) throw new Usage(`unknown command "${positionals.join(' ')}"`);
 
   const client = await open(values);
   try {
@@ -171,7 +217,7 @@ function signRequest(values: Values): SignRequest {
     slot: need(values, 'slot'),
     key: keyRef(need(values, 'key')),
     mechanism: need(values, 'mechanism') as SignRequest['mechanism'],
-    data: readFileSync(need(values, 'in')),
+    data: readInput(need(values, 'in'), 'the input'),
     signatureFormat: values.format as SignRequest['signatureFormat'],
     prehashed: values.prehashed,
   };
@@ -203,11 +249,12 @@ async function dispatch(sup: Pkcs11Client, command: string, values: Values): Pro
       const base = { slot: need(values, 'slot'), label: need(values, 'label'), id: values.id };
       if (values.p12) {
         const envName = values['password-env'];
+        if (envName && process.env[envName] === undefined) throw new Usage(`--password-env ${envName}: the variable ${envName} is not set`);
         const password = envName ? process.env[envName] : await promptHidden('PKCS#12 password: ');
         if (password == null) throw new Usage('the PKCS#12 password comes from --password-env VAR or a terminal prompt');
-        print(await sup.importKeyPair({ ...base, pkcs12: readFileSync(values.p12), password }));
+        print(await sup.importKeyPair({ ...base, pkcs12: readInput(values.p12, 'the PKCS#12 file'), password }));
       } else if (values['private-key']) {
-        print(await sup.importKeyPair({ ...base, privateKeyPem: readFileSync(values['private-key']), certificates: (values.cert ?? []).map((f) => readFileSync(f)) }));
+        print(await sup.importKeyPair({ ...base, privateKeyPem: readInput(values['private-key'], 'the private key'), certificates: (values.cert ?? []).map((f) => readInput(f, 'the certificate')) }));
       } else {
         throw new Usage('keys import needs --p12 FILE or --private-key FILE');
       }
@@ -215,12 +262,14 @@ async function dispatch(sup: Pkcs11Client, command: string, values: Values): Pro
     }
     case 'sign': {
       const sig = await sup.sign(signRequest(values));
-      if (values.out) writeFileSync(values.out, sig);
+      if (values.out) writeOutput(values.out, sig);
       else print(sig.toString('base64'));
       return 0;
     }
     case 'verify': {
-      const ok = await sup.verify({ ...signRequest(values), signature: readFileSync(need(values, 'signature')) });
+      const request = signRequest(values);
+      if (values.in === '-' && values.signature === '-') throw new Usage('--in and --signature cannot both be standard input');
+      const ok = await sup.verify({ ...request, signature: readInput(need(values, 'signature'), 'the signature') });
       print(ok ? 'valid' : 'invalid');
       return ok ? 0 : 1;
     }
@@ -229,7 +278,7 @@ async function dispatch(sup: Pkcs11Client, command: string, values: Values): Pro
       const format = values.format ?? 'pem';
       const body = format === 'pem' ? pk.pem : format === 'jwk' ? JSON.stringify({ ...pk.jwk, kid: pk.id }) : format === 'der' ? pk.spki : null;
       if (body === null) throw new Usage('--format is pem, jwk or der');
-      if (values.out) writeFileSync(values.out, body);
+      if (values.out) writeOutput(values.out, body);
       else if (typeof body === 'string') print(body.trimEnd());
       else process.stdout.write(body);
       return 0;
@@ -242,7 +291,7 @@ export async function main(argv = process.argv.slice(2)): Promise<number> {
   try {
     return await run(argv);
   } catch (e) {
-    if (e instanceof Usage || (e as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+    if (e instanceof Usage || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`pkcs11-supervisor: ${(e as Error).message}\n\n${USAGE}\n`);
       return 2;
     }
@@ -250,7 +299,12 @@ export async function main(argv = process.argv.slice(2)): Promise<number> {
       process.stderr.write(`pkcs11-supervisor: [${e.code}]${e.ckr ? ` (${e.ckr})` : ''} ${e.message}\n`);
       return 3;
     }
-    process.stderr.write(`pkcs11-supervisor: ${(e as Error).stack ?? String(e)}\n`);
+    if (e instanceof FileError) {
+      process.stderr.write(`pkcs11-supervisor: ${e.message}\n`);
+      return 5;
+    }
+    // Not one of ours: still one line, never a stack trace (--verbose logs show the rest).
+    process.stderr.write(`pkcs11-supervisor: [INTERNAL] ${(e as Error).message ?? String(e)}\n`);
     return 3;
   }
 }

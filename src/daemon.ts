@@ -6,6 +6,7 @@
  * A segfault inside a PKCS#11 module takes the whole process down: run it under systemd or
  * Kubernetes so that case is a restart too.
  */
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isEntryPoint } from './entry-point.js';
 import type { Server } from 'node:http';
@@ -77,10 +78,30 @@ function parseListen(listen: string): { host: string; port: number } {
   return { host: m[1]!, port: Number(m[2]) };
 }
 
+const DAEMON_USAGE = `usage: node dist/src/daemon.js [--config FILE] [--listen HOST:PORT]
+
+  --config FILE       the config (default config/default.json)
+  --listen HOST:PORT  the metrics and health listener, overriding metrics.host and metrics.port
+  --version           the package's version
+
+Exit codes: 0 stopped by SIGTERM or SIGINT after an orderly shutdown, 1 the shutdown took longer
+than 30 s or failed, 2 usage, 78 the config or a module was refused at start ([CODE] message).`;
+
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: { config: { type: 'string', short: 'c', default: 'config/default.json' }, listen: { type: 'string' } },
-  });
+  let values: { config?: string; listen?: string; help?: boolean; version?: boolean };
+  try {
+    ({ values } = parseArgs({
+      options: { config: { type: 'string', short: 'c', default: 'config/default.json' }, listen: { type: 'string' }, help: { type: 'boolean', short: 'h' }, version: { type: 'boolean', short: 'V' } },
+    }));
+  } catch (e) {
+    process.stderr.write(`pkcs11-supervisor: ${(e as Error).message}\n\n${DAEMON_USAGE}\n`);
+    process.exit(2);
+  }
+  if (values.help) return void process.stdout.write(`${DAEMON_USAGE}\n`);
+  if (values.version) {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    return void process.stdout.write(`${pkg.version}\n`);
+  }
   let daemon: Daemon;
   try {
     daemon = await startDaemon(values.config!, undefined, values.listen);

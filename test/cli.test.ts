@@ -74,4 +74,50 @@ describe('pkcs11-supervisor CLI', () => {
     expect(JSON.parse(bad.out).slots.s.workers[0].lastError.code).toBe('PIN_INCORRECT');
     expect(bad.out + bad.err).not.toContain(tok.pin);
   });
+
+  it('follows the conventions: --version, per-command --help, - for stdin and stdout, one-line errors with documented exit codes', () => {
+    const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
+    expect(cli(['--version']).out.trim()).toBe(pkg.version);
+    const help = cli(['sign', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.out).toMatch(/^usage: pkcs11-supervisor \[--config FILE\] sign --slot S/);
+    expect(help.out).not.toMatch(/keys generate/);
+    expect(cli(['keys', 'import', '--help']).out).toMatch(/keys import --slot S --label L/);
+
+    // - : the data from stdin, the signature to stdout; OpenSSL accepts it.
+    const r = spawnSync(process.execPath, ['dist/src/cli.js', '--config', configFile, 'sign', '--slot', 's', '--key', 'ec', '--mechanism', 'ECDSA-SHA256', '--in', '-', '--out', '-'], {
+      env: { ...process.env, CLI_PIN: tok.pin },
+      input: 'from a pipe',
+    });
+    expect(r.status, r.stderr.toString()).toBe(0);
+    expect(opensslVerifies(exportPublicKey(td, 'cli', '02'), 'ECDSA-SHA256', Buffer.from('from a pipe'), r.stdout)).toBe(true);
+
+    const missing = cli(['sign', '--slot', 's', '--key', 'ec', '--mechanism', 'ECDSA-SHA256', '--in', join(td.dir, 'no-such-file')]);
+    expect(missing.code).toBe(5);
+    expect(missing.err).toMatch(/^pkcs11-supervisor: cannot read the input .*no-such-file: ENOENT\n$/);
+    const unwritable = cli(['pubkey', '--slot', 's', '--key', 'ec', '--out', join(td.dir, 'no', 'such', 'dir.pem')]);
+    expect(unwritable.code).toBe(5);
+    expect(unwritable.err).not.toMatch(/\n\s+at /);
+    const unset = cli(['keys', 'import', '--slot', 's', '--label', 'x', '--p12', join(td.dir, 'none.p12'), '--password-env', 'NOT_SET_ANYWHERE']);
+    expect(unset.code).toBe(2);
+    expect(unset.err).toMatch(/NOT_SET_ANYWHERE is not set/);
+    expect(cli(['--config']).code).toBe(2);
+  });
+});
+
+describe('the daemon command line', () => {
+  const daemon = (args: string[]) => spawnSync(process.execPath, ['dist/src/daemon.js', ...args], { encoding: 'utf8' });
+
+  it('--help and --version answer; a bad option is usage (2); a refused config is 78', () => {
+    const help = daemon(['--help']);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toMatch(/Exit codes: 0 .* 78 /s);
+    expect(daemon(['--version']).stdout.trim()).toBe((JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version);
+    const bad = daemon(['--frobnicate']);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).not.toMatch(/\n\s+at /);
+    const refused = daemon(['--config', join(td.dir, 'missing.json')]);
+    expect(refused.status).toBe(78);
+    expect(refused.stderr).toMatch(/\[CONFIG_INVALID\]/);
+  });
 });
