@@ -25,6 +25,7 @@ if [[ " $* " == *" --vendors "* ]]; then
   [ -e $lib/libtss2-tcti-swtpm.so.0 ] || need+=(libtss2-tcti-swtpm0)
   [ -e $lib/libtss2-tcti-tabrmd.so.0 ] || need+=(libtss2-tcti-tabrmd0)
   command -v dbus-daemon >/dev/null || need+=(dbus-daemon)
+  command -v promtool >/dev/null || need+=(prometheus) # promtool checks the metrics and alert rules
 fi
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

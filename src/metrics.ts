@@ -2,16 +2,22 @@
  * Prometheus metrics, fed by the supervisor's events and by reading slot state at scrape
  * time, so the sign path pays for one event emit and nothing else. Labels are bounded:
  * slot, worker, operation, mechanism, result code, state. Never key material, PINs or data.
+ * The supervisor's own metrics start with `pkcs11_`; the process and Node.js metrics keep their
+ * standard names (`process_*`, `nodejs_*`), which stock dashboards look for. The counters an
+ * alert watches exist at 0 from the start, so their first increase is a change an alert sees.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Pkcs11Supervisor, SlotStatus } from './client/supervisor-client.js';
 import { SLOT_STATES } from './model/slot-state.js';
+import { OPERATIONS } from './access-policy.js';
 
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 export function createMetrics(sup: Pkcs11Supervisor): Registry {
   const register = new Registry();
-  collectDefaultMetrics({ register, prefix: 'pkcs11_' });
+  collectDefaultMetrics({ register });
+  // Gauges named like counters: `promtool check metrics` flags them, and nothing is lost without them.
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) register.removeSingleMetric(name);
 
   const calls = new Counter({
     name: 'pkcs11_calls_total',
@@ -133,6 +139,15 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
     apiRequests.inc({ route: e.route, code: e.code });
     apiDuration.observe({ route: e.route }, e.seconds);
   });
+  for (const [slot, cfg] of Object.entries(sup.config.slots)) {
+    restarts.inc({ slot }, 0);
+    budgetSpent.inc({ slot }, 0);
+    for (const op of OPERATIONS) denied.inc({ slot, op }, 0);
+    const sources = ['call', ...(cfg.pin ? [Object.keys(cfg.pin)[0]!] : []), 'callback'];
+    for (const source of sources) for (const result of ['ok', 'PIN_INCORRECT']) logins.inc({ slot, source, result }, 0);
+  }
+  // A module is named by its library's path, as the reset events name it.
+  for (const module of new Set(Object.values(sup.config.modules).map((m) => m.path))) moduleResets.inc({ module }, 0);
   sup.on('restart', (e) => restarts.inc({ slot: e.slot }));
   sup.on('slotFailed', (e) => budgetSpent.inc({ slot: e.slot }));
   sup.on('moduleReset', (e) => moduleResets.inc({ module: e.module }));

@@ -1,6 +1,6 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -65,12 +65,30 @@ function value({ families, text }: Scrape, name: string, labels: Record<string, 
 const silent = pino({ level: 'silent' });
 
 describe('metrics over HTTP', () => {
-  it('counters and histogram counts move by exactly the calls made; every name starts with pkcs11_', async () => {
+  it('counters and histogram counts move by exactly the calls made; every name but the standard process ones starts with pkcs11_', async () => {
     daemon = await startDaemon(writeConfig({ s: { token: { label: 'obs' }, pin: { env: 'OBS_PIN' } } }), silent, '127.0.0.1:0');
     const before = await scrape(daemon.url!);
     expect(before.families.length).toBeGreaterThan(10);
-    expect(before.families.every((f) => f.name.startsWith('pkcs11_'))).toBe(true);
+    expect(before.families.filter((f) => !/^(process|nodejs)_/.test(f.name)).every((f) => f.name.startsWith('pkcs11_'))).toBe(true);
+    expect(before.families.map((f) => f.name)).toEqual(expect.arrayContaining(['process_cpu_seconds_total', 'nodejs_heap_size_used_bytes', 'pkcs11_calls_total']));
     expect(value(before, 'pkcs11_login_attempts_total', { slot: 's', source: 'env', result: 'ok' })).toBe(1);
+    // The counters an alert watches are there at 0 before their first event.
+    const present = (name: string, labels: Record<string, string>) => before.families.find((f) => f.name === name)?.metrics.some((m) => Object.entries(labels).every(([k, v]) => m.labels?.[k] === v) && m.value === '0');
+    expect(present('pkcs11_worker_restarts_total', { slot: 's' })).toBe(true);
+    expect(present('pkcs11_restart_budget_exhausted_total', { slot: 's' })).toBe(true);
+    expect(present('pkcs11_access_denied_total', { slot: 's', op: 'sign' })).toBe(true);
+    expect(present('pkcs11_login_attempts_total', { slot: 's', source: 'env', result: 'PIN_INCORRECT' })).toBe(true);
+    expect(present('pkcs11_module_resets_total', { module: '/usr/lib/softhsm/libsofthsm2.so' })).toBe(true);
+    // promtool, Prometheus's own linter, has nothing to say about the exposition.
+    const lint = await new Promise<{ code: number | null; out: string }>((resolve) => {
+      const p = spawn('promtool', ['check', 'metrics']);
+      let out = '';
+      p.stdout.on('data', (d: Buffer) => (out += d));
+      p.stderr.on('data', (d: Buffer) => (out += d));
+      p.on('exit', (code) => resolve({ code, out }));
+      p.stdin.end(before.text);
+    });
+    expect(lint, lint.out).toEqual({ code: 0, out: '' });
 
     for (let i = 0; i < 7; i++) await daemon.sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
     for (let i = 0; i < 2; i++) await daemon.sup.sign({ slot: 's', key: { label: 'missing' }, mechanism: 'ECDSA-SHA256', data }).catch(() => undefined);
@@ -87,7 +105,7 @@ describe('metrics over HTTP', () => {
     expect(value(after, 'pkcs11_slot_state', { slot: 's', worker: '0', state: 'open' })).toBe(0);
     expect(value(after, 'pkcs11_sessions_open', { slot: 's' })).toBe(1);
     expect(value(after, 'pkcs11_mailbox_depth', { slot: 's' })).toBe(0);
-    expect(after.families.some((f) => f.name === 'pkcs11_process_cpu_user_seconds_total')).toBe(true);
+    expect(after.families.some((f) => f.name === 'process_cpu_user_seconds_total')).toBe(true);
 
     const restarted = new Promise((r) => daemon!.sup.once('restart', r));
     await injectWorkerFault(daemon.sup, 's', 0, { kind: 'exit' }).catch(() => undefined);
