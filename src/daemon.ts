@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import { createSupervisor } from './client/start.js';
 import type { Pkcs11Supervisor } from './client/supervisor-client.js';
 import { loadConfigFile } from './config.js';
+import { checkApiPaths } from './config-paths.js';
 import { createLogger, logLevel } from './logger.js';
 import { createMetrics } from './metrics.js';
 import { addressOf, startHttpServer } from './http-server.js';
@@ -31,6 +32,7 @@ export interface Daemon {
 
 export async function startDaemon(configFile: string, logger?: Logger, listen?: string): Promise<Daemon> {
   const config = loadConfigFile(configFile);
+  checkApiPaths(config);
   if (listen !== undefined) Object.assign(config.metrics, parseListen(listen));
   const level = logLevel(config.log.level, 'info');
   const log = logger ?? createLogger(level, { pretty: process.stdout.isTTY === true });

@@ -1,10 +1,10 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { appendFileSync, copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as jose from 'jose';
-import { parseConfig, startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
+import { parseConfig, startDaemon, startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
 import { configFor, createToken, MODULE, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 import { ExternalSession } from './support/external-session.js';
 import { openssl, tmpFile } from './support/openssl.js';
@@ -219,3 +219,35 @@ describe('defaults and config print', () => {
     expect(r.stdout).not.toContain(pinFile);
   });
 });
+
+describe('the files a config names are checked at start', () => {
+  it('an audit trail in a missing or read-only directory, a missing PIN file, TLS files and a socket directory that cannot be made: CONFIG_INVALID naming each field', async () => {
+    const readOnly = join(td.dir, 'read-only');
+    mkdirSync(readOnly);
+    // Root ignores permission bits: a read-only bind of the directory is what a read-only root filesystem gives.
+    const asRoot = process.getuid?.() === 0;
+    const config = {
+      ...configFor(td, { a: { token: { label: 'rules' }, pin: { env: 'RULES_PIN' } }, b: { type: 'hsm', token: { label: 'rules' }, pin: { file: join(td.dir, 'no-such.pin') } } }),
+      audit: { path: join(td.dir, 'no-such-dir', 'audit.jsonl') },
+    };
+    await expect(startSupervisor({ config })).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+      issues: [
+        { path: 'audit.path', message: expect.stringMatching(/does not exist/) },
+        { path: 'slots.b.pin.file', message: expect.stringMatching(/ENOENT/) },
+      ],
+    });
+    if (!asRoot) {
+      chmodSync(readOnly, 0o555);
+      await expect(startSupervisor({ config: { ...config, slots: { a: config.slots.a }, audit: { path: join(readOnly, 'audit.jsonl') } } })).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [{ path: 'audit.path' }] });
+    }
+    const file = join(td.dir, 'api-paths.json');
+    writeFileSync(join(td.dir, 'a-file'), 'not a directory');
+    writeFileSync(file, JSON.stringify({ ...config, slots: { a: config.slots.a }, audit: undefined, api: { unix: { path: join(td.dir, 'a-file', 'run', 'api.sock') }, tls: { port: 0, cert: join(td.dir, 'x.crt'), key: join(td.dir, 'x.key'), clientCa: join(td.dir, 'ca.crt') } }, policy: { slots: {} } }));
+    await expect(startDaemon(file)).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+      issues: [{ path: 'api.unix.path' }, { path: 'api.tls.cert' }, { path: 'api.tls.key' }, { path: 'api.tls.clientCa' }],
+    });
+  });
+});
+

@@ -1,5 +1,6 @@
 import { AuditLog } from '../audit.js';
 import { loadConfigFile, parseConfig } from '../config.js';
+import { checkPaths } from '../config-paths.js';
 import { createLogger, logLevel } from '../logger.js';
 import { Pkcs11SupervisorError } from '../model/errors.js';
 import { Supervisor } from '../supervisor.js';
@@ -15,6 +16,7 @@ export function createSupervisor(options: StartOptions): Pkcs11Supervisor {
     throw new Pkcs11SupervisorError('CONFIG_INVALID', 'startSupervisor needs exactly one of { config } or { configFile }');
   }
   const config = options.configFile !== undefined ? loadConfigFile(options.configFile) : parseConfig(options.config);
+  checkPaths(config);
   const logger = options.logger ?? createLogger(logLevel(config.log.level, 'warn'));
   const audit = config.audit ? new AuditLog(config.audit.path, logger, { flushMs: config.audit.flushMs, durable: config.audit.mode === 'durable', failClosed: config.audit.failClosed, maxBytes: config.audit.maxBytes }) : null;
   return new Pkcs11Supervisor(new Supervisor(config, logger, options.pinCallback, options.restartPolicy), audit);
