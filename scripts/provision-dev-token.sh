@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Provisions the local SoftHSM2 dev token that config/default.json points at, under var/
-# (its own SOFTHSM2_CONF: the system token directory is never touched). Idempotent.
-# The PINs are random and live in var/*.pin (mode 600); nothing here prints them.
+# Provisions the local SoftHSM2 dev token that config/default.json points at, under var/ of the
+# given project directory (default: this checkout), with its own SOFTHSM2_CONF: the system token
+# directory is never touched. Idempotent. The PINs are random and live in var/*.pin (mode 600);
+# nothing here prints them. `pkcs11-supervisor init` runs it for an application's project.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "${1:-$(dirname "$0")/..}"
 MODULE=/usr/lib/softhsm/libsofthsm2.so
 LABEL=dev-token
 mkdir -p var/tokens

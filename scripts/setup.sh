@@ -43,6 +43,8 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
+# From scratch: a module moved or removed must not live on in dist/.
+rm -rf dist
 npx --no-install tsc -p tsconfig.json
 
 if [[ " $* " == *" --dev-token "* ]]; then

@@ -11,7 +11,9 @@
  * audit trail's only fault is a torn tail (an interrupted write), 5 a file could not be read or
  * written. No stack trace reaches the terminal: each failure is one line with its code.
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { isEntryPoint } from './entry-point.js';
 import { pino } from 'pino';
@@ -27,6 +29,7 @@ import type { PinCallback } from './pin-chain.js';
 
 const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<command> --help: that command; --version)
 
+  init                                     in this directory: a SoftHSM2 dev token under var/ and config/default.json (kept if present)
   status                                   slot states as JSON
   keys list [--slot S] [--class C]         objects on each token (class: privateKey, publicKey, certificate)
   keys generate --slot S --algorithm A --label L [--id HEX]
@@ -167,6 +170,7 @@ async function run(argv: string[]): Promise<number> {
     process.stdout.write(`${(command && commandUsage(command)) ?? USAGE}\n`);
     return values.help ? 0 : 2;
   }
+  if (command === 'init') return init();
   if (command === 'config print') {
     process.stdout.write(`${JSON.stringify(printableConfig(loadConfigFile(values.config!)), null, 2)}\n`);
     return 0;
@@ -192,6 +196,28 @@ async function run(argv: string[]): Promise<number> {
   } finally {
     await client.close();
   }
+}
+
+/**
+ * An application's project, ready to run the README's snippet: the dev token the package's own
+ * `npm start` uses, under ./var, and the config that points at it, as ./config/default.json.
+ */
+function init(): number {
+  const script = fileURLToPath(new URL('../../scripts/provision-dev-token.sh', import.meta.url));
+  const r = spawnSync('bash', [script, process.cwd()], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  if (r.status !== 0) {
+    const missing = /(softhsm2-util|pkcs11-tool|openssl): command not found/.exec(r.stderr)?.[1];
+    throw new FileError(missing ? `${missing} is not installed: apt-get install softhsm2 opensc openssl` : `the dev token could not be provisioned: ${r.stderr.trim()}`);
+  }
+  const target = 'config/default.json';
+  if (existsSync(target)) {
+    process.stdout.write(`dev token ready in var/; ${target} was there already and is kept\n`);
+    return 0;
+  }
+  mkdirSync('config', { recursive: true });
+  copyFileSync(fileURLToPath(new URL('../../config/default.json', import.meta.url)), target);
+  process.stdout.write(`dev token ready in var/ (user PIN in var/dev-token.pin); wrote ${target}\n`);
+  return 0;
 }
 
 /** The running daemon over its socket, or (--direct, or no socket configured) the tokens in this process. */
