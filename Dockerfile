@@ -1,9 +1,9 @@
-# pkcs11-supervisor: Node 20 + SoftHSM2 + the daemon.
+# pkcs11-supervisor: Node 24 LTS + SoftHSM2 + the daemon.
 # Build:  docker build -t pkcs11-supervisor .
 # Run:    docker run -p 9464:9464 -v p11-var:/app/var pkcs11-supervisor   (the API socket is /app/var/pkcs11-supervisor.sock)
 # Mount your own config at /app/config and token/PIN files at /app/var for real deployments.
 
-FROM node:20-bookworm-slim AS build
+FROM node:24-bookworm-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
@@ -17,7 +17,7 @@ COPY workers workers
 COPY bench bench
 RUN npx tsc -p tsconfig.json && npm prune --omit=dev
 
-FROM node:20-bookworm-slim
+FROM node:24-bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends softhsm2 opensc openssl \
  && rm -rf /var/lib/apt/lists/* \

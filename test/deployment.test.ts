@@ -104,7 +104,7 @@ describe('Dockerfile', () => {
 
   it('passes the lint: pinned slim base, non-root user, no stray package lists, health check, volumes, exec-form entry', () => {
     const problems: string[] = [];
-    for (const s of stages) if (s.from !== 'node:20-bookworm-slim') problems.push(`FROM ${s.from}: use node:20-bookworm-slim`);
+    for (const s of stages) if (s.from !== 'node:24-bookworm-slim') problems.push(`FROM ${s.from}: use node:24-bookworm-slim (Node 24 LTS)`);
     for (const s of stages) {
       for (const step of s.steps) {
         if (step.op === 'ADD') problems.push(`line ${step.line}: ADD (use COPY)`);
