@@ -57,7 +57,12 @@ export const ROLE_OPERATIONS: Record<Role, ReadonlySet<Operation>> = {
 const KEY_SCOPED: ReadonlySet<Operation> = new Set(['sign', 'verify', 'getPublicKey', 'getCertificate', 'destroyObject']);
 
 export class AccessPolicy {
-  constructor(private readonly policy: Policy | undefined) {}
+  /** `current` returns the policy in force: a config reload may replace it. */
+  constructor(private readonly current: () => Policy | undefined) {}
+
+  private get policy(): Policy | undefined {
+    return this.current();
+  }
 
   get enforced(): boolean {
     return this.policy !== undefined;

@@ -14,7 +14,9 @@ import type { Logger } from 'pino';
 import { createSupervisor } from './client/start.js';
 import type { Pkcs11Supervisor } from './client/supervisor-client.js';
 import { loadConfigFile } from './config.js';
-import { checkApiPaths } from './config-paths.js';
+import { checkApiPaths, checkPaths } from './config-paths.js';
+import { configHash } from './config-reload.js';
+import { gateOf } from './client/supervisor-client.js';
 import { createLogger, logLevel } from './logger.js';
 import { createMetrics } from './metrics.js';
 import { addressOf, startHttpServer } from './http-server.js';
@@ -27,8 +29,16 @@ export interface Daemon {
   url: string | null;
   /** The service API's listeners, if `api` is configured. */
   api: ApiServer | null;
+  /**
+   * Reads the config file again and applies what can change without a restart (SIGHUP does
+   * this); a file that does not load, or that changes what needs a restart, is refused whole and
+   * the running config stays. Resolves with the outcome, never rejects.
+   */
+  reload(): Promise<ReloadOutcome>;
   stop(): Promise<void>;
 }
+
+export type ReloadOutcome = { ok: true; hash: string } | { ok: false; hash: string; error: Pkcs11SupervisorError };
 
 export async function startDaemon(configFile: string, logger?: Logger, listen?: string): Promise<Daemon> {
   const config = loadConfigFile(configFile);
@@ -59,6 +69,26 @@ export async function startDaemon(configFile: string, logger?: Logger, listen?: 
     server,
     url,
     api,
+    async reload() {
+      const inner = gateOf(sup).sup;
+      try {
+        const next = loadConfigFile(configFile);
+        checkPaths(next);
+        if (listen !== undefined) Object.assign(next.metrics, parseListen(listen));
+        const level = logLevel(next.log.level, 'info');
+        const hash = inner.reload(next);
+        log.level = level;
+        api?.setLogLevel(level);
+        log.info({ config: configFile, hash }, 'config reloaded');
+        return { ok: true, hash };
+      } catch (e) {
+        const error = e instanceof Pkcs11SupervisorError ? e : new Pkcs11SupervisorError('CONFIG_INVALID', (e as Error).message);
+        const hash = configHash(inner.config);
+        log.error({ config: configFile, code: error.code, issues: error.issues, err: error.message, hash }, 'config reload refused; the running config stays');
+        inner.events.emit('configReloaded', { hash, ok: false, rekeyed: [], reason: error.message });
+        return { ok: false, hash, error };
+      }
+    },
     async stop() {
       // No new requests; those in flight are answered (queued calls CLOSED) before their connections close.
       api?.stopAccepting();
@@ -113,6 +143,12 @@ async function main(): Promise<void> {
     process.exit(err instanceof Pkcs11SupervisorError ? 78 : 1);
   }
   stopOnSignal(daemon);
+  reloadOnSignal(daemon);
+}
+
+/** SIGHUP: the config file is read again and what can change without a restart is applied (Daemon.reload). */
+export function reloadOnSignal(daemon: Daemon): void {
+  process.on('SIGHUP', () => void daemon.reload());
 }
 
 /**

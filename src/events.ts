@@ -84,7 +84,18 @@ export interface ApiRequestEvent {
   seconds: number;
 }
 
+/** A config reload (SIGHUP): applied, or refused with the reason, the old config kept. */
+export interface ConfigReloadedEvent {
+  /** The config in force afterwards (configHash). */
+  hash: string;
+  ok: boolean;
+  /** Slots whose key refs changed. */
+  rekeyed: string[];
+  reason: string | null;
+}
+
 export interface SupervisorEvents {
+  configReloaded: [ConfigReloadedEvent];
   apiRequest: [ApiRequestEvent];
   accessDenied: [AccessDeniedEvent];
   moduleReset: [ModuleResetEvent];

@@ -79,6 +79,7 @@ export async function checkHealth(worker: SlotWorker, deadline: number): Promise
     if (reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) worker.sessionLost();
     return reply;
   }
+  worker.userPin = reply.value.userPin;
   const loggedIn = USER_SESSION_STATES.has(reply.value.state);
   if ((worker.state === 'logged_in') !== loggedIn) worker.followToken(loggedIn);
   return reply;

@@ -10,6 +10,9 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { Pkcs11Supervisor, SlotStatus } from './client/supervisor-client.js';
 import { SLOT_STATES } from './model/slot-state.js';
 import { OPERATIONS } from './access-policy.js';
+import { configHash } from './config-reload.js';
+
+const USER_PIN_STATES = ['ok', 'count_low', 'final_try', 'locked'] as const;
 
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -89,7 +92,7 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
 
   const slots = () => Object.entries(sup.snapshot().slots);
   /** A gauge per slot, read from the slot's status at scrape time. */
-  const perSlot = (name: string, help: string, value: (s: SlotStatus) => number) =>
+  const perSlot = (name: string, help: string, value: (s: SlotStatus, slot: string) => number) =>
     new Gauge({
       name,
       help,
@@ -97,10 +100,13 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
       registers: [register],
       collect() {
         this.reset();
-        for (const [slot, s] of slots()) this.set({ slot }, value(s));
+        for (const [slot, s] of slots()) this.set({ slot }, value(s, slot));
       },
     });
   perSlot('pkcs11_mailbox_depth', 'Calls waiting in the slot mailbox.', (s) => s.queued);
+  // What an alert compares with: the queue's size and the calls' deadline, from the config.
+  perSlot('pkcs11_mailbox_limit', 'The slot mailbox size (queueLimit): calls past it get QUEUE_FULL.', (_, slot) => sup.config.slots[slot]!.queueLimit);
+  perSlot('pkcs11_call_timeout_seconds', "The slot's default call deadline (callTimeoutMs).", (_, slot) => sup.config.slots[slot]!.callTimeoutMs / 1000);
   perSlot('pkcs11_calls_in_flight', 'Calls running on the slot workers.', (s) => s.running);
   perSlot('pkcs11_sessions_open', 'PKCS#11 sessions held by the slot workers.', (s) => s.workers.filter((w) => w.session !== null).length);
   new Gauge({
@@ -113,6 +119,17 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
       for (const [name, s] of slots()) {
         for (const w of s.workers) for (const st of SLOT_STATES) this.set({ slot: name, worker: String(w.index), state: st }, w.state === st ? 1 : 0);
       }
+    },
+  });
+
+  new Gauge({
+    name: 'pkcs11_user_pin_state',
+    help: "The user PIN's retry flags as the token last reported them (CKF_USER_PIN_COUNT_LOW, _FINAL_TRY, _LOCKED): 1 for the current state; absent before the first look.",
+    labelNames: ['slot', 'state'] as const,
+    registers: [register],
+    collect() {
+      this.reset();
+      for (const [slot, s] of slots()) if (s.userPin) for (const st of USER_PIN_STATES) this.set({ slot, state: st }, s.userPin === st ? 1 : 0);
     },
   });
 
@@ -148,6 +165,19 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
   }
   // A module is named by its library's path, as the reset events name it.
   for (const module of new Set(Object.values(sup.config.modules).map((m) => m.path))) moduleResets.inc({ module }, 0);
+  new Gauge({
+    name: 'pkcs11_config_info',
+    help: 'The config in force: 1, with the hash of its content (a reload that was applied changes it; a refused one does not).',
+    labelNames: ['hash'] as const,
+    registers: [register],
+    collect() {
+      this.reset();
+      this.set({ hash: configHash(sup.config) }, 1);
+    },
+  });
+  const reloads = new Counter({ name: 'pkcs11_config_reloads_total', help: 'Config reloads (SIGHUP), applied (ok) or refused.', labelNames: ['result'] as const, registers: [register] });
+  for (const result of ['ok', 'refused']) reloads.inc({ result }, 0);
+  sup.on('configReloaded', (e) => reloads.inc({ result: e.ok ? 'ok' : 'refused' }));
   sup.on('restart', (e) => restarts.inc({ slot: e.slot }));
   sup.on('slotFailed', (e) => budgetSpent.inc({ slot: e.slot }));
   sup.on('moduleReset', (e) => moduleResets.inc({ module: e.module }));

@@ -89,7 +89,8 @@ export class Mailbox {
   constructor(
     private readonly slot: string,
     private readonly workers: readonly SlotWorker[],
-    private readonly limit: number,
+    /** The slot's queueLimit, read per call: a config reload may change it. */
+    private readonly limit: () => number,
     private readonly slotFailure: () => Pkcs11SupervisorError | null,
   ) {}
 
@@ -119,8 +120,8 @@ export class Mailbox {
 
   private refusal(spec: CallSpec): Pkcs11SupervisorError | null {
     if (spec.signal?.aborted) return new Pkcs11SupervisorError('ABORTED', 'the call was aborted before it was queued', { slot: this.slot });
-    if (this.waiting >= this.limit) {
-      return new Pkcs11SupervisorError('QUEUE_FULL', `slot "${this.slot}" has ${this.waiting} calls waiting (queueLimit ${this.limit})`, { slot: this.slot });
+    if (this.waiting >= this.limit()) {
+      return new Pkcs11SupervisorError('QUEUE_FULL', `slot "${this.slot}" has ${this.waiting} calls waiting (queueLimit ${this.limit()})`, { slot: this.slot });
     }
     return null;
   }

@@ -16,7 +16,7 @@ import type { CallContext, CallNeeds, SlotTask } from './slot-call.js';
 import { SessionHost, ThreadDied, Wedged, unwrap } from './session-host.js';
 import { checkHealth } from './health-probe.js';
 import type { SlotConfig } from './config-schema.js';
-import { USER_SESSION_STATES, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type WorkerTask } from './model/protocol.js';
+import { USER_SESSION_STATES, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type UserPinState, type WorkerTask } from './model/protocol.js';
 
 export interface SlotWorkerHooks {
   opened(worker: SlotWorker, report: OpenReport): void;
@@ -57,6 +57,8 @@ export class SlotWorker {
   /** Calls in those batches: the router pipelines to the worker with the fewest. */
   callsInFlight = 0;
   state: SlotState = 'uninitialized';
+  /** The user PIN's retry flags as the token last reported them (a login's first look, the health probe); null until one. */
+  userPin: UserPinState | null = null;
   /** When the last call ended (or the login did): the machine's idle logout counts from here. */
   private readonly activity: Activity = { lastCallAt: 0 };
   private readonly host: SessionHost;
@@ -309,6 +311,7 @@ export class SlotWorker {
     }
     await this.opts.loginLock(async () => {
       const info = unwrap(await this.runTask<SessionInfo>({ op: 'sessionInfo' }, deadline), this.slot);
+      this.userPin = info.userPin;
       if (USER_SESSION_STATES.has(info.state)) {
         if (this.state === 'open') this.actor.send({ type: 'TOKEN_LOGGED_IN' });
         return;

@@ -75,7 +75,7 @@ export class Slot {
           },
         }),
     );
-    this.mailbox = new Mailbox(name, this.workers, config.queueLimit, () => this.failure());
+    this.mailbox = new Mailbox(name, this.workers, () => config.queueLimit, () => this.failure());
   }
 
   /** The token is logged in as its Security Officer, through this slot or another on the same token (one user type at a time). */
@@ -178,6 +178,8 @@ export class Slot {
       state: this.summaryState(),
       queued: this.mailbox.depth,
       running: this.mailbox.running,
+      /** The user PIN's retry flags as the token last reported them; null before the first look. */
+      userPin: this.workers.find((w) => w.userPin !== null)?.userPin ?? null,
       token: this.token,
       workers: this.workers.map((w) => {
         const ctx = w.context;

@@ -12,6 +12,7 @@ import { MODULE_BROKEN_CKRS } from './model/ckr.js';
 import { checkPinFiles, type PinCallback } from './pin-chain.js';
 import { defaultRestartPolicy, type RestartPolicyFactory } from './restart-policy.js';
 import { Slot } from './slot.js';
+import { applyConfig, configHash, restartNeeded } from './config-reload.js';
 import { HealthProbe } from './health-probe.js';
 import type { SlotWorker } from './slot-worker.js';
 
@@ -53,6 +54,23 @@ export class Supervisor {
       for (const path of acquired) releaseModule(path);
       throw e;
     }
+  }
+
+  /**
+   * Takes what a new config can change without a restart (config-reload.ts), all at once; a
+   * config that changes anything else is refused whole with CONFIG_INVALID naming each field.
+   */
+  reload(next: Config): string {
+    const issues = restartNeeded(this.config, next);
+    if (issues.length > 0) {
+      throw new Pkcs11SupervisorError('CONFIG_INVALID', `the new config changes what needs a restart:\n${issues.map((i) => `  ${i.path}: ${i.message}`).join('\n')}`, { issues });
+    }
+    const rekeyed = applyConfig(this.config, next);
+    // Key types learnt at open describe the old refs: until the next open the token decides.
+    for (const name of rekeyed) this.slots.get(name)!.capabilities.keyTypes.clear();
+    const hash = configHash(this.config);
+    this.events.emit('configReloaded', { hash, ok: true, rekeyed, reason: null });
+    return hash;
   }
 
   async start(): Promise<void> {

@@ -210,6 +210,13 @@ describe('hostile and broken clients', () => {
     it(`${what}: ${status} ${code} as a problem document, nothing sent to the token`, async () => {
       const before = signs();
       const r = await curl(at('sign'), [...viaSocket(), ...(headers.length ? headers : ['-H', 'content-type: application/json']), '--data-binary', body!]);
+      // A body past the limit is refused as soon as its length is known: the connection may be
+      // closed while curl still sends, before it reads the 413. Closed is an answer too; nothing else is.
+      if (status === 413 && r.status === 0) {
+        expect([55, 56]).toContain(r.exit);
+        expect(signs()).toBe(before);
+        return;
+      }
       expect(r.status).toBe(status);
       expect(r.headers['content-type']).toMatch(/^application\/problem\+json/);
       expect(r.json).toMatchObject({ code, status });

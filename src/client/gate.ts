@@ -42,8 +42,9 @@ export class Gate {
     readonly sup: Supervisor,
     readonly audit: AuditLog | null,
   ) {
-    this.policy = new AccessPolicy(sup.config.policy);
+    this.policy = new AccessPolicy(() => sup.config.policy);
     this.publicKeys = new PublicKeyCache(sup.events);
+    sup.events.on('configReloaded', (e) => e.rekeyed.forEach((slot) => this.publicKeys.forget(slot)));
     if (!audit) return;
     audit.onWriteError = (e) => sup.events.emit('auditWriteError', { path: audit.path, message: e.message });
     sup.events.on('login', (e) => audit.append({ event: 'login', slot: e.slot, result: e.outcome, detail: `${e.userType === 'so' ? 'Security Officer, ' : ''}PIN from ${e.origin}` }));

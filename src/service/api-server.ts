@@ -45,6 +45,8 @@ export interface ApiServer {
   stopAccepting(): void;
   /** Closes every connection and removes the socket file. */
   close(): Promise<void>;
+  /** The level of the API's own log lines (a config reload changes the daemon's). */
+  setLogLevel(level: string): void;
 }
 
 /** Body size for a slot's largest input in base64, with room for the rest of the request. */
@@ -71,17 +73,19 @@ const GATE_AUDITED = new Set<string>([...AUDITED, 'signJws']);
 export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log: Logger): Promise<ApiServer> {
   const api = config.api!;
   const { audit, sup: { events } } = gateOf(sup);
-  const limiter = new RateLimiter(config.policy?.rateLimits ?? {});
+  // The policy in force: a config reload (SIGHUP) may change roles and limits, never the listeners.
+  const limiter = new RateLimiter(() => sup.config.policy?.rateLimits ?? {});
   const jwt = api.jwt ? new JwtVerifier(api.jwt) : null;
   const timeouts = { requestTimeout: api.requestTimeoutMs, headersTimeout: api.requestTimeoutMs, keepAliveTimeout: Math.min(5_000, api.requestTimeoutMs), connectionsCheckingInterval: 1_000 };
 
+  const apiLog = log.child({ component: 'api' });
   let handler!: (req: IncomingMessage, res: ServerResponse) => void;
   const app = Fastify({
     serverFactory: (h) => {
       handler = h;
       return createHttpServer(timeouts, h);
     },
-    loggerInstance: log.child({ component: 'api' }),
+    loggerInstance: apiLog,
     // Requests are counted and audited instead; a log line each would be the daemon's hottest path.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: bodyLimit(config),
@@ -96,7 +100,12 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   app.decorateRequest('caller', null);
   app.decorateRequest('outcome', 'ok');
 
-  const callers = new WeakMap<Socket, Caller>();
+  let callers = new WeakMap<Socket, Caller>();
+  events.on('configReloaded', (e) => {
+    if (!e.ok) return;
+    callers = new WeakMap();
+    limiter.forget();
+  });
   async function authenticate(request: FastifyRequest): Promise<Caller> {
     const socket = request.raw.socket;
     const peer = peerOf(socket);
@@ -110,7 +119,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     const known = callers.get(socket);
     if (known) return known;
     const id = (socket as TLSSocket).encrypted ? certificatePrincipal(socket as TLSSocket, api.tls!.principalFrom) : api.unix!.principal;
-    const caller = { id, roles: rolesOf(config.policy, id), peer };
+    const caller = { id, roles: rolesOf(sup.config.policy, id), peer };
     callers.set(socket, caller);
     return caller;
   }
@@ -247,6 +256,9 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     socketPath: api.unix?.path ?? null,
     tlsUrl,
     stopAccepting,
+    setLogLevel(level) {
+      apiLog.level = level;
+    },
     async close() {
       stopAccepting();
       for (const s of servers) s.closeAllConnections();

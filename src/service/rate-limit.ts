@@ -18,7 +18,12 @@ const MAX_BUCKETS = 10_000;
 export class RateLimiter {
   private readonly buckets = new Map<string, Bucket>();
 
-  constructor(private readonly limits: Policy['rateLimits']) {}
+  /** `limits` returns the limits in force: after a config reload, `forget()` makes every bucket anew. */
+  constructor(private readonly limits: () => Policy['rateLimits']) {}
+
+  forget(): void {
+    this.buckets.clear();
+  }
 
   /** 0 if the request may go ahead, else the milliseconds until the principal's next token. */
   take(principal: string, roles: readonly Role[], now = performance.now()): number {
@@ -42,7 +47,7 @@ export class RateLimiter {
   private limitFor(roles: readonly Role[]): { perSecond: number; burst: number } | null {
     let best: { perSecond: number; burst: number } | null = null;
     for (const role of roles) {
-      const limit = this.limits[role];
+      const limit = this.limits()[role];
       // A role without a limit is unlimited: the most generous there is.
       if (!limit) return null;
       if (!best || limit.perSecond > best.perSecond) best = limit;

@@ -84,6 +84,7 @@ const StatusWire = z.object({
       state: z.string(),
       queued: z.number(),
       running: z.number(),
+      userPin: z.enum(['ok', 'count_low', 'final_try', 'locked']).nullable(),
       token: z.record(z.string(), z.unknown()).nullable().describe('what the token reported when the slot opened: mechanisms, key generation, session limits'),
       workers: z.array(z.record(z.string(), z.unknown())),
     }),

@@ -1,0 +1,97 @@
+/**
+ * SIGHUP: the daemon reads its config file again and applies what can change without a restart
+ * (key refs, policy, allow-lists, deadlines, log level) at once, while calls are in flight; a
+ * file that does not load, or that changes what needs a restart, is refused whole and the old
+ * config stays. `pkcs11_config_info{hash}` says which config is in force.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { verify as nodeVerify } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect, reloadOnSignal, startDaemon, type Daemon, type Pkcs11Client } from '../dist/src/index.js';
+import { Faults, faultConfig } from './support/faults.js';
+import { createToken, tokenDir, type TokenDir } from './support/softhsm.js';
+
+let td: TokenDir;
+let faults: Faults;
+let daemon: Daemon;
+let client: Pkcs11Client;
+let file: string;
+const data = Buffer.from('signed across a reload');
+
+/** The config file, with the slot's keys, policy and deadlines as given. */
+function write(slot: Record<string, unknown>, extra: Record<string, unknown> = {}): void {
+  const base = faultConfig(td, faults, { s: { token: { label: 'reload' }, pin: { env: 'RELOAD_PIN' }, keys: { ec: { label: 'ec', id: '02' } }, ...slot } });
+  writeFileSync(file, JSON.stringify({ ...base, metrics: { host: '127.0.0.1', port: 0 }, api: { unix: { path: join(td.dir, 'api.sock') } }, policy: { principals: { local: ['service'] }, slots: { s: { service: { keys: ['ec'] } } } }, ...extra }));
+}
+
+async function configHash(): Promise<string> {
+  const text = await (await fetch(`${daemon.url}/metrics`)).text();
+  return /pkcs11_config_info\{hash="([0-9a-f]+)"\} 1/.exec(text)![1]!;
+}
+
+async function reloads(result: string): Promise<number> {
+  const text = await (await fetch(`${daemon.url}/metrics`)).text();
+  return Number(new RegExp(`pkcs11_config_reloads_total\\{result="${result}"\\} (\\d+)`).exec(text)![1]);
+}
+
+beforeAll(async () => {
+  td = tokenDir();
+  faults = new Faults(td);
+  process.env.RELOAD_PIN = createToken(td, 'reload').pin;
+  file = join(td.dir, 'config.json');
+  write({});
+  daemon = await startDaemon(file);
+  reloadOnSignal(daemon);
+  client = connect({ socket: join(td.dir, 'api.sock'), connections: 32 });
+});
+
+afterAll(async () => {
+  await client?.close();
+  await daemon?.stop();
+});
+
+describe('SIGHUP', () => {
+  it('applies new key refs, policy, allow-lists and deadlines at once; every call in flight completes', async () => {
+    const first = await configHash();
+    await expect(client.sign({ slot: 's', key: 'rsa', mechanism: 'RSA-PKCS1-SHA256', data })).rejects.toMatchObject({ code: 'FORBIDDEN' });
+    faults.set('delay C_Sign 5');
+    const inFlight = Array.from({ length: 64 }, () => client.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data }));
+    write(
+      { keys: { ec: { label: 'ec', id: '02' }, rsa: { label: 'rsa', id: '01' } }, allowedMechanisms: ['ECDSA-SHA256', 'RSA-PKCS1-SHA256'], callTimeoutMs: 20_000 },
+      { policy: { principals: { local: ['service'] }, slots: { s: { service: { keys: ['ec', 'rsa'] } } } }, log: { level: 'warn' } },
+    );
+    const reloaded = new Promise<{ ok: boolean; hash: string; reason: string | null }>((resolve) => daemon.sup.once('configReloaded', resolve));
+    process.kill(process.pid, 'SIGHUP');
+    const outcome = await reloaded;
+    expect(outcome).toMatchObject({ ok: true, reason: null });
+    const { keyObject } = await client.getPublicKey({ slot: 's', key: 'ec' });
+    for (const sig of await Promise.all(inFlight)) expect(nodeVerify('sha256', data, keyObject, sig)).toBe(true);
+    faults.clear();
+
+    expect(await configHash()).not.toBe(first);
+    expect(await configHash()).toBe(outcome.hash);
+    const rsa = await client.sign({ slot: 's', key: 'rsa', mechanism: 'RSA-PKCS1-SHA256', data });
+    expect(nodeVerify('sha256', data, (await client.getPublicKey({ slot: 's', key: 'rsa' })).keyObject, rsa)).toBe(true);
+    await expect(client.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA384', data })).rejects.toMatchObject({ code: 'MECHANISM_NOT_ALLOWED' });
+    expect(daemon.sup.config.slots.s!.callTimeoutMs).toBe(20_000);
+    expect(daemon.sup.config.log.level).toBe('warn');
+    expect((await client.status().catch((e: { code: string }) => e)) as { code?: string }).toMatchObject({ code: 'FORBIDDEN' });
+    expect(await reloads('ok')).toBeGreaterThanOrEqual(1);
+  });
+
+  it('refuses a file that does not load, or that changes what needs a restart, whole; the running config stays', async () => {
+    const hash = await configHash();
+    const refusedBefore = await reloads('refused');
+    writeFileSync(file, '{ "modules": ');
+    expect(await daemon.reload()).toMatchObject({ ok: false, error: { code: 'CONFIG_INVALID' } });
+    // A new pool size and a new key ref together: the pool size needs a restart, so neither is applied.
+    write({ type: 'hsm', poolSize: 2, keys: { ec: { label: 'ec', id: '02' }, rsa: { label: 'rsa', id: '01' }, other: { label: 'other' } } });
+    const refused = await daemon.reload();
+    expect(refused).toMatchObject({ ok: false, error: { code: 'CONFIG_INVALID', issues: expect.arrayContaining([{ path: 'slots.s.type', message: 'changes only with a restart' }, { path: 'slots.s.poolSize', message: 'changes only with a restart' }]) } });
+    expect(await configHash()).toBe(hash);
+    expect(await reloads('refused')).toBe(refusedBefore + 2);
+    expect(Object.keys(daemon.sup.config.slots.s!.keys)).toEqual(['ec', 'rsa']);
+    expect(await client.sign({ slot: 's', key: 'rsa', mechanism: 'RSA-PKCS1-SHA256', data })).toBeInstanceOf(Buffer);
+  });
+});
