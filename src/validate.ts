@@ -45,8 +45,9 @@ export function bytes(value: unknown, what: string, slot: Slot): Uint8Array {
 
 export function timeoutMs(value: unknown, slot: Slot): number {
   if (value === undefined) return slot.config.callTimeoutMs;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || value > 2 ** 31 - 1) {
-    throw badInput(`timeoutMs must be a positive number of milliseconds, got ${String(value)}`, slot.name);
+  // Under a millisecond no call can finish: that is a mistake, not a deadline.
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 1 || value > 2 ** 31 - 1) {
+    throw badInput(`timeoutMs must be a number of milliseconds from 1 to 2147483647, got ${String(value)}`, slot.name);
   }
   return value;
 }

@@ -88,7 +88,7 @@ export class RemoteClient implements Pkcs11Client {
     if (principal !== undefined) throw badInput('a remote client acts as the identity it authenticated with (its certificate, token or socket); principal cannot be set per call');
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw badInput('signal must be an AbortSignal');
     const headers: Record<string, string> = { 'content-type': 'application/json' };
-    const sendable = typeof timeoutMs === 'number' && Number.isFinite(timeoutMs) && timeoutMs > 0 && timeoutMs <= 2 ** 31 - 1;
+    const sendable = typeof timeoutMs === 'number' && Number.isFinite(timeoutMs) && timeoutMs >= 1 && timeoutMs <= 2 ** 31 - 1;
     if (sendable) headers[TIMEOUT_HEADER] = String(Math.ceil(timeoutMs));
     else if (timeoutMs !== undefined) fields.timeoutMs = timeoutMs; // the daemon refuses it, as the in-process client does
     let body: unknown;
