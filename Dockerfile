@@ -21,7 +21,8 @@ FROM node:24-bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends softhsm2 opensc openssl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --create-home --home-dir /home/p11 p11
+ && groupadd --system --gid 10001 p11 \
+ && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/p11 p11
 WORKDIR /app
 COPY --from=build /app/node_modules node_modules
 COPY --from=build /app/dist dist

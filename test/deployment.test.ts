@@ -1,20 +1,25 @@
 import { describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createVerify } from 'node:crypto';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { loadConfigFile, startSupervisor } from '../dist/src/index.js';
+import { connect, loadConfigFile, startSupervisor } from '../dist/src/index.js';
+import { issue, testPki } from './support/pki.js';
 import { aptPackages, parseDockerfile, replayImage } from './support/dockerfile.js';
 
 const repo = resolve('.');
+/** Kubernetes reads its manifests as YAML 1.1: `defaultMode: 0440` is octal there. */
+const K8S_YAML = { version: '1.1' } as const;
 
 describe('config/examples', () => {
   const examples = readdirSync('config/examples').filter((f) => f.endsWith('.json'));
 
   it('holds a USB token, a network-HSM pool and a cloud HSM, each valid under the schema', () => {
-    expect(examples.sort()).toEqual(['cloud-kms.json', 'network-hsm-pool.json', 'usb-token.json']);
+    expect(examples.sort()).toEqual(['cloud-kms.json', 'kubernetes.json', 'network-hsm-pool.json', 'usb-token.json']);
+    expect(loadConfigFile('config/examples/kubernetes.json').slots.signer).toMatchObject({ type: 'hsm', poolSize: 2 });
     const usb = loadConfigFile('config/examples/usb-token.json');
     expect(usb.slots.yubikey).toMatchObject({ type: 'token', poolSize: 1, lazy: true });
     expect(usb.slots.yubikey!.pin).toBeUndefined();
@@ -35,7 +40,7 @@ describe('config/examples', () => {
 
 describe('Kubernetes manifests', () => {
   const docs = Object.fromEntries(
-    readdirSync('config/kubernetes').flatMap((f) => parseAllDocuments(readFileSync(join('config/kubernetes', f), 'utf8')).map((d) => d.toJS() as { kind: string })).map((d) => [d.kind, d as Record<string, any>]),
+    readdirSync('config/kubernetes').flatMap((f) => parseAllDocuments(readFileSync(join('config/kubernetes', f), 'utf8'), K8S_YAML).map((d) => d.toJS() as { kind: string })).map((d) => [d.kind, d as Record<string, any>]),
   );
 
   it('a Deployment probes /readyz and /healthz on the metrics port, a Service and a ServiceMonitor scrape /metrics', () => {
@@ -59,7 +64,7 @@ describe('Kubernetes manifests', () => {
   });
 
   it('serves the signing API: a ConfigMap with the example config, its Secret, cert-manager certificates, the API port and a NetworkPolicy', () => {
-    const all = readdirSync('config/kubernetes').flatMap((f) => parseAllDocuments(readFileSync(join('config/kubernetes', f), 'utf8')).map((d) => d.toJS() as Record<string, any>));
+    const all = readdirSync('config/kubernetes').flatMap((f) => parseAllDocuments(readFileSync(join('config/kubernetes', f), 'utf8'), K8S_YAML).map((d) => d.toJS() as Record<string, any>));
     const { Deployment: dep, Service: svc, ConfigMap: cm, Secret: secret, NetworkPolicy: np } = docs;
     const pod = dep!.spec.template.spec;
     const container = pod.containers[0];
@@ -74,10 +79,12 @@ describe('Kubernetes manifests', () => {
     expect(cm!.data[name]).toBe(readFileSync(join('config/examples', name), 'utf8'));
     const config = loadConfigFile(join('config/examples', name));
 
-    // The PIN file the config names is the Secret's key, where the Deployment mounts it.
+    // The PIN file the config names is the Secret's key, where the Deployment mounts it, readable by the daemon's group.
     const pinFile = (Object.values(config.slots)[0]!.pin as { file: string }).file;
-    expect(volume('hsm-pin').secret.secretName).toBe(secret!.metadata.name);
-    expect(pinFile).toBe(`${mountOf('hsm-pin')}/${Object.keys(secret!.stringData)[0]}`);
+    expect(volume('token').secret).toMatchObject({ secretName: secret!.metadata.name, defaultMode: 0o440 });
+    expect(pinFile).toBe(`${mountOf('token')}/${Object.keys(secret!.stringData)[0]}`);
+    expect(container.env.find((e: { name: string }) => e.name === 'PKCS11_SUPERVISOR_TOKEN_FROM').value).toBe(mountOf('token'));
+    expect(dep!.spec.template.spec.securityContext).toMatchObject({ runAsUser: 10001, runAsGroup: 10001, fsGroup: 10001 });
 
     // TLS: cert-manager's server Secret mounted where api.tls reads it; the client's SPIFFE ID is a principal.
     const certificates = all.filter((d) => d.kind === 'Certificate');
@@ -139,10 +146,12 @@ describe('Dockerfile', () => {
     expect(problems).toEqual([]);
   });
 
+  let replayed: string | null = null;
+  /** The image's /app, its steps replayed once in a clean directory. */
+  const imageApp = () => (replayed ??= join(replayImage(stages, repo, mkdtempSync(join(tmpdir(), 'p11-image-'))).final!, 'app'));
+
   it('its install steps, replayed in a clean directory, give a daemon that starts like npm start and answers /healthz and /readyz', async () => {
-    const root = mkdtempSync(join(tmpdir(), 'p11-image-'));
-    const dirs = replayImage(stages, repo, root);
-    const app = join(dirs.final!, 'app');
+    const app = imageApp();
     expect(existsSync(join(app, 'dist/src/daemon.js'))).toBe(true);
     expect(existsSync(join(app, 'node_modules/typescript'))).toBe(false); // pruned to production dependencies
 
@@ -170,6 +179,91 @@ describe('Dockerfile', () => {
       expect(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()).toContain('pkcs11_slot_state');
     } finally {
       child.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
+  }, 120_000);
+
+  it('runs the Kubernetes example as its Deployment does: read-only root, only the declared volumes writable, uid and gid 10001; ready, and signs over mutual TLS with the Secret\'s token', async () => {
+    if (process.getuid?.() !== 0) throw new Error('this test builds a root filesystem with mounts: run it as root (CI does)');
+    const app = imageApp();
+    const dep = parseAllDocuments(readFileSync('config/kubernetes/deployment.yaml', 'utf8'), K8S_YAML)[0]!.toJS() as Record<string, any>;
+    const pod = dep.spec.template.spec;
+    const container = pod.containers[0];
+    const env = Object.fromEntries(container.env.map((e: { name: string; value: string }) => [e.name, e.value])) as Record<string, string>;
+    const mounts = container.volumeMounts as { name: string; mountPath: string; readOnly?: boolean }[];
+    const volume = (name: string) => pod.volumes.find((v: { name: string }) => v.name === name);
+    const work = mkdtempSync(join(tmpdir(), 'p11-k8s-'));
+    const apiPort = await freePort();
+    const metricsPort = await freePort();
+
+    // Each volume's contents, as the cluster would give them.
+    const sources: Record<string, string> = {};
+    for (const m of mounts) {
+      const v = volume(m.name);
+      const dir = join(work, 'volumes', m.name);
+      mkdirSync(dir, { recursive: true });
+      sources[m.name] = dir;
+      if (v.configMap) {
+        const cm = parseAllDocuments(readFileSync('config/kubernetes/configmap.yaml', 'utf8'), K8S_YAML)[0]!.toJS() as { data: Record<string, string> };
+        // The one change: a free port for the API on this shared machine.
+        for (const [key, text] of Object.entries(cm.data)) writeFileSync(join(dir, key), text.replace('"port": 9443', `"port": ${apiPort}`));
+      } else if (v.secret?.secretName === 'pkcs11-supervisor-token') {
+        execFileSync('bash', ['scripts/kubernetes-dev-token.sh', dir], { stdio: 'pipe' });
+      } else if (v.secret) {
+        const pki = testPki();
+        copyFileSync(pki.server.cert, join(dir, 'tls.crt'));
+        copyFileSync(pki.server.key, join(dir, 'tls.key'));
+        copyFileSync(pki.ca.cert, join(dir, 'ca.crt'));
+        const client = issue(pki.ca, { cn: 'invoicer', uri: 'spiffe://cluster.local/ns/billing/sa/invoicer' });
+        sources.client = client.cert;
+        sources.clientKey = client.key;
+        sources.ca = pki.ca.cert;
+      }
+      // Secret files as the kubelet writes them with fsGroup: root's, group 10001, the defaultMode.
+      if (v.secret) for (const f of readdirSync(dir)) (chownSync(join(dir, f), 0, 10001), chmodSync(join(dir, f), v.secret.defaultMode));
+    }
+    const binds = mounts.map((m) => {
+      const v = volume(m.name);
+      return v.emptyDir ? `mkdir -p "$R${m.mountPath}"; mount -t tmpfs -o uid=10001,gid=10001,mode=0700 emptydir "$R${m.mountPath}"` : `mkdir -p "$R${m.mountPath}"; mount --bind "${sources[m.name]}" "$R${m.mountPath}"; mount -o remount,bind,ro "$R${m.mountPath}"`;
+    });
+    // A root filesystem of the host's system directories and the image's /app, all read-only; then the volumes.
+    const script = [
+      'set -e',
+      `R=${join(work, 'root')}`,
+      'mkdir -p "$R"; mount -t tmpfs -o mode=0755 root "$R"',
+      'for d in usr etc; do mkdir -p "$R/$d"; mount --bind "/$d" "$R/$d"; mount -o remount,bind,ro "$R/$d"; done',
+      'for l in bin sbin lib lib64; do if [ -L "/$l" ]; then ln -s "$(readlink "/$l")" "$R/$l"; elif [ -d "/$l" ]; then mkdir -p "$R/$l"; mount --bind "/$l" "$R/$l"; mount -o remount,bind,ro "$R/$l"; fi; done',
+      'mkdir -p "$R/dev" "$R/proc" "$R/tmp" "$R/app"; mount --rbind /dev "$R/dev"; mount -t proc proc "$R/proc"',
+      `mount --bind "${app}" "$R/app"; mount -o remount,bind,ro "$R/app"`,
+      ...binds,
+      'mount -o remount,ro "$R"',
+      `exec chroot --userspec=10001:10001 "$R" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/nonexistent PKCS11_SUPERVISOR_CONFIG=${env.PKCS11_SUPERVISOR_CONFIG} PKCS11_SUPERVISOR_TOKEN_FROM=${env.PKCS11_SUPERVISOR_TOKEN_FROM} PKCS11_SUPERVISOR_LISTEN=127.0.0.1:${metricsPort} LOG_LEVEL=warn bash /app/scripts/container-entry.sh`,
+    ].join('\n');
+    const child = spawn('unshare', ['--mount', '--propagation', 'private', 'bash', '-c', script], { stdio: 'pipe', detached: true });
+    let stderr = '';
+    child.stderr.on('data', (b) => (stderr += b));
+    child.stdout.on('data', (b) => (stderr += b));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    try {
+      const deadline = Date.now() + 30_000;
+      let ready = 0;
+      while (Date.now() < deadline && ready !== 200) {
+        ready = await fetch(`http://127.0.0.1:${metricsPort}/readyz`).then((r) => r.status, () => 0);
+        if (ready !== 200) await new Promise((r) => setTimeout(r, 200));
+      }
+      expect(ready, stderr).toBe(200);
+      const client = connect({ url: `https://127.0.0.1:${apiPort}`, tls: { cert: sources.client!, key: sources.clientKey!, ca: sources.ca! } });
+      try {
+        const data = Buffer.from('signed in a pod with a read-only root');
+        const sig = await client.sign({ slot: 'signer', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+        const pem = (await client.getPublicKey({ slot: 'signer', key: 'ec' })).pem;
+        expect(createVerify('sha256').update(data).verify(pem, sig)).toBe(true);
+      } finally {
+        await client.close();
+      }
+      expect(stderr).not.toMatch(/EROFS|EACCES/);
+    } finally {
+      process.kill(-child.pid!, 'SIGTERM');
     }
     expect(await exited).toBe(0);
   }, 120_000);

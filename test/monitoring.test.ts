@@ -55,3 +55,13 @@ describe('the Grafana dashboard', () => {
     expect(used.filter((m) => !exposed.has(m))).toEqual([]);
   });
 });
+
+describe('docs/operations.md', () => {
+  it('lists every metric the daemon exposes', () => {
+    const doc = readFileSync('docs/operations.md', 'utf8');
+    const own = [...new Set([...exposed].filter((m) => m.startsWith('pkcs11_')).map((m) => m.replace(/_(bucket|count|sum)$/, '')))];
+    expect(own.length).toBeGreaterThan(20);
+    expect(own.filter((m) => !doc.includes(`\`${m}\``))).toEqual([]);
+  });
+});
+

@@ -78,7 +78,7 @@ export function replayImage(stages: Stage[], repo: string, root: string): Record
             continue;
           }
           // The system's own directories are the image's, not this machine's.
-          if (/^(apt-get update|rm -rf \/var\/lib\/apt\/lists|useradd|chown |ln -s \S+ \/usr\/local\/bin\/)/.test(part)) continue;
+          if (/^(apt-get update|rm -rf \/var\/lib\/apt\/lists|useradd|groupadd|chown |ln -s \S+ \/usr\/local\/bin\/)/.test(part)) continue;
           execSync(part.replace(/&& chown \S+ \S+$/, ''), { cwd, stdio: 'pipe', shell: '/bin/bash', env: { ...process.env, npm_config_loglevel: 'error' } });
         }
       }
