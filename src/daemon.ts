@@ -71,6 +71,7 @@ export async function startDaemon(configFile: string, logger?: Logger, listen?: 
     api,
     async reload() {
       const inner = gateOf(sup).sup;
+      api?.reloadTls();
       try {
         const next = loadConfigFile(configFile);
         checkPaths(next);

@@ -70,7 +70,7 @@ beforeAll(async () => {
     metrics: { enabled: true, host: '127.0.0.1', port: 0 },
     audit: { path: join(td.dir, 'audit.jsonl') },
     api: {
-      tls: { host: '127.0.0.1', port: 0, cert: live.cert, key: live.key, clientCa: live.ca, reloadIntervalMs: 100 },
+      tls: { host: '127.0.0.1', port: 0, cert: live.cert, key: live.key, clientCa: live.ca, reloadIntervalMs: 3_600_000 },
       jwt: { jwks, issuer: 'https://id.test.example', audience: 'pkcs11-supervisor' },
     },
     policy: {
@@ -203,16 +203,21 @@ describe('rotation without a restart', () => {
     renameSync(`${to}.new`, to);
   };
 
-  it('a new server certificate and a new client CA take effect for new connections', async () => {
+  it('a new server certificate and a new client CA take effect for new connections, at SIGHUP or the next check', async () => {
     const before = await serialSeen();
     const next = issue(pki.ca, { cn: 'localhost', dns: ['localhost'], ip: ['127.0.0.1'], server: true, file: 'server-next' });
     replace(next.key, live.key);
     replace(next.cert, live.cert);
-    await expect.poll(serialSeen, { timeout: 5_000, interval: 100 }).not.toBe(before);
+    // Checked every reloadIntervalMs (an hour here), or at once on SIGHUP, which calls reload().
+    expect(await serialSeen()).toBe(before);
+    expect(await daemon.reload()).toMatchObject({ ok: true });
+    expect(await serialSeen()).not.toBe(before);
 
     replace(pki.stranger.cert, live.ca);
+    await daemon.reload();
     await expect.poll(async () => (await curl(url('status'), [...tlsArgs(certs.auditor!), '-X', 'POST'])).status, { timeout: 5_000, interval: 100 }).toBe(0);
     replace(pki.ca.cert, live.ca);
+    await daemon.reload();
     await expect.poll(async () => (await curl(url('status'), [...tlsArgs(certs.auditor!), '-X', 'POST'])).status, { timeout: 5_000, interval: 100 }).toBe(200);
   });
 });

@@ -47,6 +47,8 @@ export interface ApiServer {
   close(): Promise<void>;
   /** The level of the API's own log lines (a config reload changes the daemon's). */
   setLogLevel(level: string): void;
+  /** Reads the TLS files now if they changed, instead of at the next check (SIGHUP). */
+  reloadTls(): void;
 }
 
 /** Body size for a slot's largest input in base64, with room for the rest of the request. */
@@ -218,7 +220,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     servers.push(server);
   }
   let tlsUrl: string | null = null;
-  let stopWatching = () => {};
+  let tlsFiles = { check: () => {}, stop: () => {} };
   if (api.tls) {
     const tls = api.tls;
     const server = createHttpsServer({ ...timeouts, ...readTlsFiles(tls), requestCert: true, rejectUnauthorized: true, handshakeTimeout: api.requestTimeoutMs }, handler);
@@ -231,7 +233,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
       const peer = peers.get(socket._parent ?? socket) ?? peers.get(socket) ?? 'unknown';
       audit?.append({ event: 'denied', slot: '', result: 'UNAUTHENTICATED', peer, detail: `TLS handshake: ${err.code ?? err.message}` });
     });
-    stopWatching = watchTlsFiles(tls, log, (options) => server.setSecureContext(options));
+    tlsFiles = watchTlsFiles(tls, log, (options) => server.setSecureContext(options));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(tls.port, tls.host, () => (server.off('error', reject), resolve()));
@@ -246,7 +248,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   const stopAccepting = () => {
     if (!accepting) return;
     accepting = false;
-    stopWatching();
+    tlsFiles.stop();
     for (const s of servers) {
       s.close();
       s.closeIdleConnections();
@@ -258,6 +260,9 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     stopAccepting,
     setLogLevel(level) {
       apiLog.level = level;
+    },
+    reloadTls() {
+      tlsFiles.check();
     },
     async close() {
       stopAccepting();

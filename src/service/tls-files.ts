@@ -42,11 +42,14 @@ function stamp(paths: string[]): string {
     .join('|');
 }
 
-/** Calls `apply` with freshly read options whenever the files change; returns the stop function. */
-export function watchTlsFiles(tls: TlsConfig, log: Logger, apply: (options: SecureContextOptions) => void): () => void {
+/**
+ * Calls `apply` with freshly read options whenever the files change (checked every
+ * reloadIntervalMs, and at once on `check()`, which SIGHUP calls); `stop` ends the watching.
+ */
+export function watchTlsFiles(tls: TlsConfig, log: Logger, apply: (options: SecureContextOptions) => void): { check(): void; stop(): void } {
   const paths = [tls.cert, tls.key, tls.clientCa];
   let seen = stamp(paths);
-  const timer = setInterval(() => {
+  const check = () => {
     const now = stamp(paths);
     if (now === seen) return;
     try {
@@ -56,7 +59,8 @@ export function watchTlsFiles(tls: TlsConfig, log: Logger, apply: (options: Secu
     } catch (e) {
       log.warn({ err: (e as Error).message }, 'api.tls: changed files do not load yet; keeping the previous ones');
     }
-  }, tls.reloadIntervalMs);
+  };
+  const timer = setInterval(check, tls.reloadIntervalMs);
   timer.unref();
-  return () => clearInterval(timer);
+  return { check, stop: () => clearInterval(timer) };
 }
