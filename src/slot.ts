@@ -186,6 +186,8 @@ export class Slot {
         return {
           index: w.index,
           state: w.state,
+          /** Running a call or a batch now. */
+          busy: w.busy,
           /** Batches handed to the thread and not answered: 2 while the next one waits behind the running one. */
           batchesInThread: w.batchesInFlight,
           session: ctx.session ? { handle: ctx.session.handle, state: ctx.session.state, tokenLabel: ctx.session.tokenLabel, tokenSerial: ctx.session.tokenSerial } : null,
