@@ -66,8 +66,29 @@ function attrs(s: SessionAccess, h: P11.Handle, types: number[]): Buffer[] {
 
 const bool = (b: Buffer): boolean => b.length > 0 && b[0] !== 0;
 
+/**
+ * The attributes an object has, each read on its own when the object lacks one of them: a data
+ * object has no CKA_ID, and one missing attribute fails the whole template
+ * (CKR_ATTRIBUTE_TYPE_INVALID). Missing ones are empty.
+ */
+function attrsOf(s: SessionAccess, h: P11.Handle, types: number[]): Buffer[] {
+  try {
+    return attrs(s, h, types);
+  } catch (e) {
+    if (!/CKR_ATTRIBUTE_TYPE_INVALID|CKR_ATTRIBUTE_SENSITIVE/.test((e as Error).message)) throw e;
+    return types.map((type) => {
+      try {
+        return attrs(s, h, [type])[0]!;
+      } catch (inner) {
+        if (/CKR_ATTRIBUTE_TYPE_INVALID|CKR_ATTRIBUTE_SENSITIVE/.test((inner as Error).message)) return Buffer.alloc(0);
+        throw inner;
+      }
+    });
+  }
+}
+
 export function describe(s: SessionAccess, h: P11.Handle): ObjectDescriptor {
-  const [cls, label, id, token, priv] = attrs(s, h, [pkcs11js.CKA_CLASS, pkcs11js.CKA_LABEL, pkcs11js.CKA_ID, pkcs11js.CKA_TOKEN, pkcs11js.CKA_PRIVATE]);
+  const [cls, label, id, token, priv] = attrsOf(s, h, [pkcs11js.CKA_CLASS, pkcs11js.CKA_LABEL, pkcs11js.CKA_ID, pkcs11js.CKA_TOKEN, pkcs11js.CKA_PRIVATE]);
   const d: ObjectDescriptor = {
     class: CLASS_NAME.get(readUlong(cls!)) ?? 'data',
     label: label!.toString('utf8'),

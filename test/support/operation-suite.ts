@@ -135,6 +135,18 @@ export function operationSuite(transport: Transport): void {
       expect(ecPub.every((d) => d.verify === true && d.private === false)).toBe(true);
     });
 
+    it('describes every object class: data objects pkcs11-tool wrote, which have no CKA_ID, next to keys and certificates', async () => {
+      const file = tmpFile('note.txt', 'a note kept on the token');
+      pkcs11Tool(td, 'ops', tok.pin, ['--write-object', file, '--type', 'data', '--label', 'a note']);
+      const all = await sup.findObjects({ slot: 's' });
+      expect(all).toEqual(expect.arrayContaining([expect.objectContaining({ class: 'data', label: 'a note', id: '', token: true })]));
+      expect(all.filter((d) => d.class === 'privateKey').length).toBeGreaterThanOrEqual(5);
+      const data = await sup.findObjects({ slot: 's', template: { class: 'data' } });
+      expect(data.map((d) => d.label)).toEqual(['a note']);
+      const page = await sup.findObjectsPage({ slot: 's', pageSize: 1000 });
+      expect(page.objects.length).toBe(all.length);
+    });
+
     it('a session that is not logged in sees only public objects', async () => {
       const opened = await open(transport, configFor(td, { a: { type: 'hsm', token: { label: 'anon' }, lazy: true } }), td.dir);
       const anon = opened.client;
