@@ -28,8 +28,24 @@ export async function signJws(gate: Gate, request: SignJwsRequest): Promise<stri
   if (body === undefined) throw check.badInput('payload must be a string, bytes or an object', slot.name);
   const extra = req.header as Record<string, unknown> | undefined;
   const header: Record<string, unknown> = { ...extra, alg, kid: extra?.kid ?? info.id };
+  const unencoded = unencodedPayload(header, body, slot.name);
   if (req.x5c === true) header.x5c = [(await getCertificate(gate, { ...req, slot: slot.name, key } as PublicKeyRequest)).der.toString('base64')];
-  const signingInput = `${b64url(JSON.stringify(header))}.${b64url(body)}`;
+  const signingInput = `${b64url(JSON.stringify(header))}.${unencoded ?? b64url(body)}`;
   const sig = await sign(gate, { ...req, slot: slot.name, key, mechanism: JWS_ALGS[alg], data: Buffer.from(signingInput), signatureFormat: 'raw' } as SignRequest);
   return `${signingInput}.${b64url(sig)}`;
+}
+
+/**
+ * RFC 7797: with `b64: false` the payload is signed and carried as it is, not base64url-encoded.
+ * The header must then list `b64` in `crit`, and in the compact form the payload can hold no '.'
+ * (and must be text). Returns the payload to put in the signing input, or null for the usual form.
+ */
+function unencodedPayload(header: Record<string, unknown>, body: string | Uint8Array, slot: string): string | null {
+  if (header.b64 === undefined || header.b64 === true) return null;
+  if (header.b64 !== false) throw check.badInput('header.b64 must be true or false', slot);
+  if (!Array.isArray(header.crit) || !header.crit.includes('b64')) throw check.badInput('an unencoded payload (b64: false) needs "b64" in header.crit (RFC 7797)', slot);
+  const text = typeof body === 'string' ? body : Buffer.from(body).toString('utf8');
+  if (typeof body !== 'string' && !Buffer.from(text, 'utf8').equals(Buffer.from(body))) throw check.badInput('an unencoded payload (b64: false) must be UTF-8 text in the compact form', slot);
+  if (text.includes('.')) throw check.badInput("an unencoded payload (b64: false) cannot contain '.' in the compact form (RFC 7797 section 5.2)", slot);
+  return text;
 }

@@ -21,7 +21,8 @@ export async function getPublicKey(gate: Gate, request: PublicKeyRequest): Promi
     id: report.id,
     spki,
     pem: keyObject.export({ type: 'spki', format: 'pem' }).toString(),
-    jwk: keyObject.export({ format: 'jwk' }),
+    // kid: the key's CKA_ID, as signJws puts in its header, so a JWKS built from these matches.
+    jwk: report.id ? { ...keyObject.export({ format: 'jwk' }), kid: report.id } : keyObject.export({ format: 'jwk' }),
     keyObject,
   };
 }

@@ -118,6 +118,7 @@ export function operationSuite(transport: Transport): void {
         const theirs = createPublicKey(readFileSync(exportPublicKey(td, 'ops', KEYS[key].id))).export({ type: 'spki', format: 'der' });
         expect(pk.spki.equals(theirs)).toBe(true);
         expect(pk.id).toBe(KEYS[key].id);
+        expect(pk.jwk.kid).toBe(KEYS[key].id);
         expect(createPublicKey({ key: pk.jwk, format: 'jwk' }).export({ type: 'spki', format: 'der' }).equals(theirs)).toBe(true);
       }
     });
@@ -275,6 +276,19 @@ export function operationSuite(transport: Transport): void {
         expect(protectedHeader).toEqual({ alg, kid: KEYS[key].id, typ: 'JWT' });
       });
     }
+
+    it('an unencoded payload (RFC 7797, b64: false) verifies with jose; one it cannot carry is BAD_INPUT', async () => {
+      const payload = '{"amount":"42 EUR"}';
+      const jws = await sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload, header: { b64: false, crit: ['b64'] } });
+      const [, carried] = jws.split('.');
+      expect(carried).toBe(payload);
+      const pem = readFileSync(exportPublicKey(td, 'ops', '02'), 'utf8');
+      const verified = await jose.compactVerify(jws, await jose.importSPKI(pem, 'ES256'));
+      expect(Buffer.from(verified.payload).toString()).toBe(payload);
+      expect(verified.protectedHeader).toMatchObject({ b64: false, crit: ['b64'] });
+      await expect(sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload: 'a.b', header: { b64: false, crit: ['b64'] } })).rejects.toMatchObject({ code: 'BAD_INPUT' });
+      await expect(sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload, header: { b64: false } })).rejects.toMatchObject({ code: 'BAD_INPUT' });
+    });
 
     it('refuses an ES* algorithm on the wrong curve', async () => {
       await expect(sup.signJws({ slot: 's', key: 'ec', alg: 'ES384', payload: 'x' })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
