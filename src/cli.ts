@@ -34,7 +34,10 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<command> 
   keys list [--slot S] [--class C]         objects on each token (class: privateKey, publicKey, certificate)
   keys generate --slot S --algorithm A --label L [--id HEX]
                                            A: RSA-2048 RSA-3072 RSA-4096 EC-P256 EC-P384 EC-P521 Ed25519
-  keys import --slot S --label L [--id HEX] (--p12 FILE [--password-env VAR] | --private-key PEM [--cert PEM]...)
+  keys import --slot S --label L [--id HEX] (--p12 FILE [--password-env VAR] | --private-key PEM [--cert PEM]...) [--replace]
+                                           an existing key under that label or id is refused unless --replace
+  keys delete --slot S --key K [--class C] [--force]
+                                           destroys the objects K names (--force for a key the config names)
   sign --slot S --key K --mechanism M --in FILE [--out FILE] [--format der|raw] [--prehashed]
                                            without --out the signature is printed in base64; FILE - is stdin or stdout
   verify --slot S --key K --mechanism M --in FILE --signature FILE [--format der|raw] [--prehashed]
@@ -100,6 +103,8 @@ const options = {
   signature: { type: 'string' },
   format: { type: 'string' },
   prehashed: { type: 'boolean', default: false },
+  replace: { type: 'boolean', default: false },
+  force: { type: 'boolean', default: false },
   algorithm: { type: 'string' },
   label: { type: 'string' },
   id: { type: 'string' },
@@ -187,7 +192,7 @@ async function run(argv: string[]): Promise<number> {
     else process.stdout.write(`broken at line ${v.line}${v.seq === null ? '' : ` (seq ${v.seq})`}: ${v.reason}\n`);
     return v.ok ? 0 : v.kind === 'torn' ? 4 : 1;
   }
-  const known = ['status', 'keys list', 'keys generate', 'keys import', 'sign', 'verify', 'pubkey'];
+  const known = ['status', 'keys list', 'keys generate', 'keys import', 'keys delete', 'sign', 'verify', 'pubkey'];
   if (!command || !known.includes(command)) throw new Usage(`unknown command "${positionals.join(' ')}"`);
 
   const client = await open(values);
@@ -272,7 +277,7 @@ async function dispatch(sup: Pkcs11Client, command: string, values: Values): Pro
       print(await sup.generateKeyPair({ slot: need(values, 'slot'), algorithm: need(values, 'algorithm') as never, label: need(values, 'label'), id: values.id, timeoutMs: 300_000 }));
       return 0;
     case 'keys import': {
-      const base = { slot: need(values, 'slot'), label: need(values, 'label'), id: values.id };
+      const base = { slot: need(values, 'slot'), label: need(values, 'label'), id: values.id, replace: values.replace };
       if (values.p12) {
         const envName = values['password-env'];
         if (envName && process.env[envName] === undefined) throw new Usage(`--password-env ${envName}: the variable ${envName} is not set`);
@@ -284,6 +289,11 @@ async function dispatch(sup: Pkcs11Client, command: string, values: Values): Pro
       } else {
         throw new Usage('keys import needs --p12 FILE or --private-key FILE');
       }
+      return 0;
+    }
+    case 'keys delete': {
+      const destroyed = await sup.destroyObject({ slot: need(values, 'slot'), key: keyRef(need(values, 'key')), class: values.class as never, force: values.force });
+      print({ destroyed });
       return 0;
     }
     case 'sign': {

@@ -75,6 +75,26 @@ describe('pkcs11-supervisor CLI', () => {
     expect(bad.out + bad.err).not.toContain(tok.pin);
   });
 
+  it('keys delete destroys what the key names; a key the config names needs --force; keys import refuses a duplicate unless --replace', () => {
+    expect(cli(['keys', 'generate', '--slot', 's', '--algorithm', 'EC-P256', '--label', 'short-lived', '--id', 'e1']).code).toBe(0);
+    const deleted = cli(['keys', 'delete', '--slot', 's', '--key', 'label:short-lived']);
+    expect(deleted.code, deleted.err).toBe(0);
+    expect(JSON.parse(deleted.out)).toEqual({ destroyed: 2 });
+    expect(pkcs11Tool(td, 'cli', tok.pin, ['--list-objects'])).not.toContain('short-lived');
+    const guarded = cli(['keys', 'delete', '--slot', 's', '--key', 'ec']);
+    expect(guarded.code).toBe(3);
+    expect(guarded.err).toMatch(/\[KEY_IN_USE\].*force/);
+    const key = tmpFile('dup.key');
+    const crt = tmpFile('dup.crt');
+    openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', crt, '-subj', '/CN=dup', '-days', '2']);
+    const importing = ['keys', 'import', '--slot', 's', '--label', 'dup', '--private-key', key, '--cert', crt];
+    expect(cli(importing).code).toBe(0);
+    const twice = cli(importing);
+    expect(twice.code).toBe(3);
+    expect(twice.err).toMatch(/\[KEY_IN_USE\].*replace/);
+    expect(cli([...importing, '--replace']).code).toBe(0);
+  });
+
   it('follows the conventions: --version, per-command --help, - for stdin and stdout, one-line errors with documented exit codes', () => {
     const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
     expect(cli(['--version']).out.trim()).toBe(pkg.version);

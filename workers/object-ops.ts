@@ -5,6 +5,7 @@
  */
 import { createHash, createPublicKey, type JsonWebKey } from 'node:crypto';
 import type * as P11 from 'pkcs11js';
+import { WorkerFailure } from './failure.js';
 import { pkcs11js, readUlong } from './pkcs11js.js';
 import { curveByName, curveByParams } from '../src/model/curves.js';
 import { octetString, unwrapOctetString } from '../src/model/der.js';
@@ -265,7 +266,32 @@ function keyTemplate(jwk: JsonWebKeyLike, priv: boolean): P11.Template {
   return t;
 }
 
-export function importObjects(s: SessionAccess, objects: ImportedObject[]): ObjectDescriptor[] {
+/**
+ * Objects of the same class already on the token under one of the new objects' labels or ids:
+ * a certificate for an existing key shares its id, and that is no conflict.
+ */
+function sameNamed(s: SessionAccess, objects: ImportedObject[]): P11.Handle[] {
+  const seen = new Map<string, P11.Handle>();
+  for (const o of objects) {
+    for (const q of [{ class: o.kind, label: o.label }, { class: o.kind, id: o.id }] satisfies ObjectQuery[]) {
+      for (const h of findHandles(s, q, 10_000)) seen.set(Buffer.from(h).toString('hex'), h);
+    }
+  }
+  return [...seen.values()];
+}
+
+/**
+ * Stores the objects all or nothing. Objects already named by one of their labels or ids are
+ * refused (KEY_IN_USE): a second copy would make every later lookup ambiguous. With `replace`,
+ * the new objects are created first and the old ones destroyed only then, so a failed import
+ * leaves the old key in place.
+ */
+export function importObjects(s: SessionAccess, objects: ImportedObject[], replace = false): ObjectDescriptor[] {
+  const existing = sameNamed(s, objects);
+  if (existing.length > 0 && !replace) {
+    const names = [...new Set(objects.map((o) => `label "${o.label}"`).concat(objects.map((o) => `id ${o.id}`)))].join(', ');
+    throw new WorkerFailure('KEY_IN_USE', `the token already holds ${existing.length} object(s) of the same kind with ${names}; pass replace: true to replace them`);
+  }
   const created: P11.Handle[] = [];
   try {
     for (const o of objects) {
@@ -312,6 +338,7 @@ export function importObjects(s: SessionAccess, objects: ImportedObject[]): Obje
     }
     throw e;
   }
+  for (const h of existing) s.p11('C_DestroyObject').C_DestroyObject(s.sessionHandle, h);
   s.forgetKeys();
   return created.map((h) => describe(s, h));
 }

@@ -71,7 +71,7 @@ function dispatch(task: WorkerTask): unknown {
     case 'generateRandom':
       return objects.generateRandom(session, task.length);
     case 'importObjects':
-      return objects.importObjects(session, task.objects);
+      return objects.importObjects(session, task.objects, task.replace === true);
     case 'destroyObjects':
       return objects.destroyObjects(session, task.query);
     case 'close':

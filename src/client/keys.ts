@@ -87,7 +87,8 @@ export async function importKeyPair(gate: Gate, request: ImportKeyPairRequest): 
   }
   const objects = importObjectsFor(material, label, check.hexId(req.id, slot.name), check.flag(req.extractable, 'extractable', slot.name));
   gate.publicKeys.forget(slot.name);
-  return gate.call<ObjectDescriptor[]>(slot, 'importKeyPair', { op: 'importObjects', objects }, req, { needsLogin: true });
+  const replace = check.flag(req.replace, 'replace', slot.name);
+  return gate.call<ObjectDescriptor[]>(slot, 'importKeyPair', { op: 'importObjects', objects, replace }, req, { needsLogin: true });
 }
 
 export async function importCertificate(gate: Gate, request: ImportCertificateRequest): Promise<ObjectDescriptor> {
@@ -98,6 +99,7 @@ export async function importCertificate(gate: Gate, request: ImportCertificateRe
   const id = check.hexId(req.id, slot.name);
   if (id === undefined) throw check.badInput('importCertificate needs the id of the key it certifies', slot.name);
   const objects = [{ kind: 'certificate' as const, der, ...certificateFields(der), label: check.label(req.label, slot.name), id }];
-  const [d] = await gate.call<ObjectDescriptor[]>(slot, 'importCertificate', { op: 'importObjects', objects }, req, { needsLogin: true });
+  const replace = check.flag(req.replace, 'replace', slot.name);
+  const [d] = await gate.call<ObjectDescriptor[]>(slot, 'importCertificate', { op: 'importObjects', objects, replace }, req, { needsLogin: true });
   return d!;
 }

@@ -146,6 +146,8 @@ export interface ImportKeyPairRequest extends CallOptions {
   privateKeyPem?: string | Uint8Array;
   certificates?: (string | Uint8Array)[];
   extractable?: boolean;
+  /** Objects of the same kind under this label or id are refused (KEY_IN_USE) unless this is set; then they are replaced, the new ones created first. */
+  replace?: boolean;
 }
 
 export interface ImportCertificateRequest extends CallOptions {
@@ -153,6 +155,8 @@ export interface ImportCertificateRequest extends CallOptions {
   certificate: string | Uint8Array;
   label: string;
   id: string;
+  /** A certificate under this label or id is refused (KEY_IN_USE) unless this is set; then it is replaced. */
+  replace?: boolean;
 }
 
 export interface CertificateInfo {

@@ -41,7 +41,8 @@ export type WorkerTask =
   | { op: 'findObjectsPage'; query: ObjectQuery; offset: number; pageSize: number }
   | { op: 'generateKeyPair'; spec: KeyGenSpec }
   | { op: 'generateRandom'; length: number }
-  | { op: 'importObjects'; objects: ImportedObject[] }
+  /** `replace`: objects of the same class under one of the labels or ids are destroyed once the new ones exist. */
+  | { op: 'importObjects'; objects: ImportedObject[]; replace?: boolean }
   | { op: 'destroyObjects'; query: ObjectQuery }
   | { op: 'close' }
   | { op: 'fault'; fault: WorkerFault }

@@ -145,13 +145,14 @@ export const ROUTES = {
       privateKeyPem: privateKeyPem.optional(),
       certificates: z.array(certificate).max(16).optional(),
       extractable: z.boolean().optional(),
+      replace: z.boolean().optional().describe('replace objects of the same kind under this label or id'),
       ...callFields,
     }),
     member('objects', z.array(ObjectDescriptorWire), passThrough<z.infer<typeof ObjectDescriptorWire>[]>(), passThrough<z.infer<typeof ObjectDescriptorWire>[]>()),
   ),
   importCertificate: route(
     'Stores a certificate for a key',
-    z.strictObject({ slot, certificate, label: z.string().max(1024), id: z.string().max(256), ...callFields }),
+    z.strictObject({ slot, certificate, label: z.string().max(1024), id: z.string().max(256), replace: z.boolean().optional(), ...callFields }),
     ObjectDescriptorWire,
   ),
   destroyObject: route(

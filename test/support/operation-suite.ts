@@ -232,6 +232,23 @@ export function operationSuite(transport: Transport): void {
       });
     }
 
+    it('the same PKCS#12 again is KEY_IN_USE and stores nothing; with replace: true the new objects take the old ones\' place', async () => {
+      const { p12, cert } = makeP12(['ec', '-pkeyopt', 'ec_paramgen_curve:P-256'], false);
+      const first = await sup.importKeyPair({ slot: 's', label: 'twice', pkcs12: p12, password: 'correct horse' });
+      await expect(sup.importKeyPair({ slot: 's', label: 'twice', pkcs12: p12, password: 'correct horse' })).rejects.toMatchObject({ code: 'KEY_IN_USE' });
+      expect(await sup.findObjects({ slot: 's', template: { label: 'twice' } })).toHaveLength(3);
+      const again = await sup.importKeyPair({ slot: 's', label: 'twice', pkcs12: p12, password: 'correct horse', replace: true });
+      expect(again.map((d) => d.id)).toEqual(first.map((d) => d.id));
+      expect(await sup.findObjects({ slot: 's', template: { label: 'twice' } })).toHaveLength(3);
+      // One key under that label, not two: the lookup is not ambiguous, and it signs with the certificate's key.
+      const sig = await sup.sign({ slot: 's', key: { label: 'twice' }, mechanism: 'ECDSA-SHA256', data });
+      expect(nodeVerify('sha256', data, new X509Certificate(cert).publicKey, sig)).toBe(true);
+      // A second certificate under that id conflicts with the first (not with the key): refused, or replaced.
+      await expect(sup.importCertificate({ slot: 's', certificate: cert, label: 'twice, renewed', id: first[0]!.id })).rejects.toMatchObject({ code: 'KEY_IN_USE' });
+      expect(await sup.importCertificate({ slot: 's', certificate: cert, label: 'twice, renewed', id: first[0]!.id, replace: true })).toMatchObject({ class: 'certificate', label: 'twice, renewed' });
+      expect((await sup.findObjects({ slot: 's', template: { class: 'certificate', id: first[0]!.id } })).map((d) => d.label)).toEqual(['twice, renewed']);
+    });
+
     it('a wrong PKCS#12 password is BAD_INPUT and nothing is stored', async () => {
       const { p12 } = makeP12(['ec', '-pkeyopt', 'ec_paramgen_curve:P-256'], false);
       await expect(sup.importKeyPair({ slot: 's', label: 'wrong-pw', pkcs12: p12, password: 'nope' })).rejects.toMatchObject({ code: 'BAD_INPUT' });
