@@ -11,13 +11,14 @@ export const JWS_ALGS = {
   ES256: 'ECDSA-SHA256',
   ES384: 'ECDSA-SHA384',
   ES512: 'ECDSA-SHA512',
+  ES256K: 'ECDSA-SHA256',
   EdDSA: 'EdDSA',
 } as const satisfies Record<string, MechanismName>;
 
 export type JwsAlg = keyof typeof JWS_ALGS;
 
-/** RFC 7518 ties each ES* algorithm to one curve. */
-export const JWS_CURVE: Partial<Record<JwsAlg, string>> = { ES256: 'P-256', ES384: 'P-384', ES512: 'P-521', EdDSA: 'Ed25519' };
+/** RFC 7518 (and RFC 8812 for ES256K) tie each ES* algorithm to one curve. */
+export const JWS_CURVE: Partial<Record<JwsAlg, string>> = { ES256: 'P-256', ES384: 'P-384', ES512: 'P-521', ES256K: 'secp256k1', EdDSA: 'Ed25519' };
 
 export function isJwsAlg(alg: unknown): alg is JwsAlg {
   return typeof alg === 'string' && Object.hasOwn(JWS_ALGS, alg);

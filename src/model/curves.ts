@@ -6,7 +6,7 @@ export interface Curve {
   /** DER of the named curve's OID (or, for some Edwards modules, its PrintableString name), hex. */
   params: string;
   /** The JOSE/NIST name, also the JWK `crv`. */
-  name: 'P-256' | 'P-384' | 'P-521' | 'Ed25519';
+  name: 'P-256' | 'P-384' | 'P-521' | 'secp256k1' | 'Ed25519';
   /** Bytes of one ECDSA signature half (r or s); 0 for Edwards curves. */
   fieldBytes: number;
 }
@@ -15,6 +15,8 @@ const KNOWN: Curve[] = [
   { params: '06082a8648ce3d030107', name: 'P-256', fieldBytes: 32 },
   { params: '06052b81040022', name: 'P-384', fieldBytes: 48 },
   { params: '06052b81040023', name: 'P-521', fieldBytes: 66 },
+  // The Koblitz curve of Bitcoin and Ethereum keys (JOSE ES256K, RFC 8812).
+  { params: '06052b8104000a', name: 'secp256k1', fieldBytes: 32 },
   { params: '06032b6570', name: 'Ed25519', fieldBytes: 0 },
   // Some modules name Edwards curves by a PrintableString instead of the OID.
   { params: '130c656477617264733235353139', name: 'Ed25519', fieldBytes: 0 },

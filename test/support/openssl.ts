@@ -56,6 +56,7 @@ export const tmpFile = file;
 
 const SPKI_EC_PREFIX: Record<string, string> = {
   '06052b81040022': '3076301006072a8648ce3d020106052b81040022036200', // P-384
+  '06052b8104000a': '3056301006072a8648ce3d020106052b8104000a034200', // secp256k1
 };
 
 function spkiFromListing(listing: string, id: string): Buffer {

@@ -26,6 +26,7 @@ export function operationSuite(transport: Transport): void {
     ec384: { label: 'ec384', id: '03' },
     ec521: { label: 'ec521', id: '04' },
     ed: { label: 'ed', id: '05' },
+    k1: { label: 'k1', id: '06' },
   };
 
   beforeAll(async () => {
@@ -36,6 +37,7 @@ export function operationSuite(transport: Transport): void {
       { kind: 'EC:secp384r1', label: 'ec384', id: '03' },
       { kind: 'EC:secp521r1', label: 'ec521', id: '04' },
       { kind: 'EC:edwards25519', label: 'ed', id: '05' },
+      { kind: 'EC:secp256k1', label: 'k1', id: '06' },
       // Two keys under one label: lookups by that label alone are ambiguous.
       { kind: 'EC:prime256v1', label: 'twin', id: '21' },
       { kind: 'EC:prime256v1', label: 'twin', id: '22' },
@@ -68,6 +70,7 @@ export function operationSuite(transport: Transport): void {
       ['ec384', 'ECDSA-SHA384'],
       ['ec521', 'ECDSA-SHA512'],
       ['ed', 'EdDSA'],
+      ['k1', 'ECDSA-SHA256'],
     ];
     for (const [key, mechanism] of cases) {
       it(`${mechanism} with ${key}`, async () => {
@@ -132,7 +135,8 @@ export function operationSuite(transport: Transport): void {
       expect(byLabel['ec384/03']).toMatchObject({ keyType: 'EC', curve: 'P-384' });
       expect(byLabel['ed/05']).toMatchObject({ keyType: 'EC_EDWARDS', curve: 'Ed25519' });
       const ecPub = await sup.findObjects({ slot: 's', template: { class: 'publicKey', keyType: 'EC' } });
-      expect(ecPub.map((d) => d.id).sort()).toEqual(['02', '03', '04', '21', '22']);
+      expect(ecPub.map((d) => d.id).sort()).toEqual(['02', '03', '04', '06', '21', '22']);
+      expect(byLabel['k1/06']).toMatchObject({ keyType: 'EC', curve: 'secp256k1' });
       expect(ecPub.every((d) => d.verify === true && d.private === false)).toBe(true);
     });
 
@@ -293,6 +297,16 @@ export function operationSuite(transport: Transport): void {
         expect(protectedHeader).toEqual({ alg, kid: KEYS[key].id, typ: 'JWT' });
       });
     }
+
+    it('ES256K (secp256k1, RFC 8812) verifies with OpenSSL\'s public key in Node (jose\'s WebCrypto has no secp256k1); ES256 on it is refused', async () => {
+      const jws = await sup.signJws({ slot: 's', key: 'k1', alg: 'ES256K', payload: { sub: 'alice' } });
+      const [h, p, sig] = jws.split('.');
+      expect(JSON.parse(Buffer.from(h!, 'base64url').toString())).toEqual({ alg: 'ES256K', kid: '06' });
+      const pem = readFileSync(exportPublicKey(td, 'ops', '06'), 'utf8');
+      expect(nodeVerify('sha256', Buffer.from(`${h}.${p}`), { key: pem, dsaEncoding: 'ieee-p1363' }, Buffer.from(sig!, 'base64url'))).toBe(true);
+      expect((await sup.getPublicKey({ slot: 's', key: 'k1' })).jwk).toMatchObject({ kty: 'EC', crv: 'secp256k1', kid: '06' });
+      await expect(sup.signJws({ slot: 's', key: 'k1', alg: 'ES256', payload: 'x' })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
+    });
 
     it('an unencoded payload (RFC 7797, b64: false) verifies with jose; one it cannot carry is BAD_INPUT', async () => {
       const payload = '{"amount":"42 EUR"}';

@@ -25,7 +25,7 @@ export interface TestToken {
   serial: string;
 }
 
-export type KeySpec = { kind: 'rsa:2048' | 'rsa:3072' | 'EC:prime256v1' | 'EC:secp384r1' | 'EC:secp521r1' | 'EC:edwards25519'; label: string; id: string };
+export type KeySpec = { kind: 'rsa:2048' | 'rsa:3072' | 'EC:prime256v1' | 'EC:secp384r1' | 'EC:secp521r1' | 'EC:secp256k1' | 'EC:edwards25519'; label: string; id: string };
 
 export const DEMO_KEYS: KeySpec[] = [
   { kind: 'rsa:2048', label: 'rsa', id: '01' },
