@@ -86,6 +86,6 @@ export function importObjectsFor(material: ImportMaterial, label: string, id: st
     { kind: 'publicKey', jwk: pub, label, id: keyId },
     ...matching.map((der) => ({ kind: 'certificate' as const, der, ...certificateFields(der), label, id: keyId })),
     // Chain certificates go in too, each under its own id so they never shadow the key's.
-    ...others.map((der) => ({ kind: 'certificate' as const, der, ...certificateFields(der), label: `${label} chain`, id: createHash('sha1').update(der).digest('hex') })),
+    ...others.map((der) => ({ kind: 'certificate' as const, der, ...certificateFields(der), label: `${label} chain`, id: createHash('sha1').update(der).digest('hex'), shared: true })),
   ];
 }

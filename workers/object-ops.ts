@@ -178,6 +178,11 @@ export function destroyObjects(s: SessionAccess, q: ObjectQuery): number {
   return handles.length;
 }
 
+/** Every certificate's DER, up to `limit` of them. */
+export function certificates(s: SessionAccess, limit: number): Uint8Array[] {
+  return findHandles(s, { class: 'certificate' }, limit).map((h) => attrsOf(s, h, [pkcs11js.CKA_VALUE])[0]!);
+}
+
 export function certificate(s: SessionAccess, q: ObjectQuery): Uint8Array | null {
   const [h] = findHandles(s, { ...q, class: 'certificate' }, 1);
   return h ? attrs(s, h, [pkcs11js.CKA_VALUE])[0]! : null;
@@ -280,13 +285,20 @@ function sameNamed(s: SessionAccess, objects: ImportedObject[]): P11.Handle[] {
   return [...seen.values()];
 }
 
+/** A certificate with this id and exactly these bytes is on the token. */
+function storedAlready(s: SessionAccess, o: Extract<ImportedObject, { kind: 'certificate' }>): boolean {
+  return findHandles(s, { class: 'certificate', id: o.id }, 100).some((h) => attrsOf(s, h, [pkcs11js.CKA_VALUE])[0]!.equals(Buffer.from(o.der)));
+}
+
 /**
  * Stores the objects all or nothing. Objects already named by one of their labels or ids are
  * refused (KEY_IN_USE): a second copy would make every later lookup ambiguous. With `replace`,
  * the new objects are created first and the old ones destroyed only then, so a failed import
  * leaves the old key in place.
  */
-export function importObjects(s: SessionAccess, objects: ImportedObject[], replace = false): ObjectDescriptor[] {
+export function importObjects(s: SessionAccess, all: ImportedObject[], replace = false): ObjectDescriptor[] {
+  // A chain certificate already on the token, byte for byte (two keys from one CA), is shared, not a conflict.
+  const objects = all.filter((o) => !(o.kind === 'certificate' && o.shared === true && storedAlready(s, o)));
   const existing = sameNamed(s, objects);
   if (existing.length > 0 && !replace) {
     const names = [...new Set(objects.map((o) => `label "${o.label}"`).concat(objects.map((o) => `id ${o.id}`)))].join(', ');

@@ -62,6 +62,8 @@ function dispatch(task: WorkerTask): unknown {
       if (!der) throw new WorkerFailure('KEY_NOT_FOUND', `no certificate with ${JSON.stringify(task.key)} on the token`);
       return der;
     }
+    case 'certificates':
+      return objects.certificates(session, task.limit);
     case 'findObjects':
       return objects.findObjects(session, task.query, task.limit);
     case 'findObjectsPage':

@@ -29,7 +29,7 @@ export async function signJws(gate: Gate, request: SignJwsRequest): Promise<stri
   const extra = req.header as Record<string, unknown> | undefined;
   const header: Record<string, unknown> = { ...extra, alg, kid: extra?.kid ?? info.id };
   const unencoded = unencodedPayload(header, body, slot.name);
-  if (req.x5c === true) header.x5c = [(await getCertificate(gate, { ...req, slot: slot.name, key } as PublicKeyRequest)).der.toString('base64')];
+  if (req.x5c === true) header.x5c = (await getCertificate(gate, { ...req, slot: slot.name, key } as PublicKeyRequest)).chain.map((c) => c.der.toString('base64'));
   const signingInput = `${b64url(JSON.stringify(header))}.${unencoded ?? b64url(body)}`;
   const sig = await sign(gate, { ...req, slot: slot.name, key, mechanism: JWS_ALGS[alg], data: Buffer.from(signingInput), signatureFormat: 'raw' } as SignRequest);
   return `${signingInput}.${b64url(sig)}`;

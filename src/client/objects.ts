@@ -54,7 +54,25 @@ export async function getCertificate(gate: Gate, request: PublicKeyRequest): Pro
   const sel = ref?.certLabel !== undefined ? { label: ref.certLabel } : ref?.certId !== undefined ? { id: ref.certId.toLowerCase() } : check.keySelector(slot, req.key);
   const der = Buffer.from(await gate.call<Uint8Array>(slot, 'getCertificate', { op: 'certificate', key: sel }, req, { needsLogin: false }));
   const x509 = new X509Certificate(der);
-  return { der, pem: x509.toString(), x509 };
+  const onToken = await gate.call<Uint8Array[]>(slot, 'getCertificate', { op: 'certificates', limit: 256 }, req, { needsLogin: false });
+  return { der, pem: x509.toString(), x509, chain: chainFrom(x509, onToken) };
+}
+
+/** Longest chains have a handful of links; a loop of cross-signed certificates must still end. */
+const MAX_CHAIN = 10;
+
+/** The leaf, then its issuer among the token's certificates (name and signature checked), and so on, to a self-signed root or the last one the token holds. */
+function chainFrom(leaf: X509Certificate, ders: Uint8Array[]): { der: Buffer; pem: string; x509: X509Certificate }[] {
+  const pool = ders.map((d) => new X509Certificate(Buffer.from(d)));
+  const chain = [leaf];
+  for (let cert = leaf; chain.length < MAX_CHAIN; ) {
+    if (cert.checkIssued(cert) && cert.verify(cert.publicKey)) break; // self-signed: the root
+    const issuer = pool.find((c) => cert.checkIssued(c) && cert.verify(c.publicKey) && !chain.some((k) => k.raw.equals(c.raw)));
+    if (!issuer) break;
+    chain.push(issuer);
+    cert = issuer;
+  }
+  return chain.map((c) => ({ der: Buffer.from(c.raw), pem: c.toString(), x509: c }));
 }
 
 /** Destroys every object with the key's label/id (of one class if given). Returns how many. */

@@ -163,6 +163,8 @@ export interface CertificateInfo {
   der: Buffer;
   pem: string;
   x509: X509Certificate;
+  /** The leaf first, then each issuer the token holds a certificate for, as far as it goes (each signature checked). */
+  chain: { der: Buffer; pem: string; x509: X509Certificate }[];
 }
 
 export interface DestroyObjectRequest extends CallOptions {

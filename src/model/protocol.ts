@@ -43,6 +43,8 @@ export type WorkerTask =
   | { op: 'generateRandom'; length: number }
   /** `replace`: objects of the same class under one of the labels or ids are destroyed once the new ones exist. */
   | { op: 'importObjects'; objects: ImportedObject[]; replace?: boolean }
+  /** The DER of up to `limit` certificates on the token, for building chains. */
+  | { op: 'certificates'; limit: number }
   | { op: 'destroyObjects'; query: ObjectQuery }
   | { op: 'close' }
   | { op: 'fault'; fault: WorkerFault }
@@ -190,7 +192,8 @@ export interface KeyGenSpec {
 export type ImportedObject =
   | { kind: 'privateKey'; jwk: JsonWebKeyLike; label: string; id: string; extractable: boolean }
   | { kind: 'publicKey'; jwk: JsonWebKeyLike; label: string; id: string }
-  | { kind: 'certificate'; der: Uint8Array; subject: Uint8Array; issuer: Uint8Array; serial: Uint8Array; label: string; id: string };
+  /** `shared`: a chain certificate, stored once however many keys it certifies. */
+  | { kind: 'certificate'; der: Uint8Array; subject: Uint8Array; issuer: Uint8Array; serial: Uint8Array; label: string; id: string; shared?: boolean };
 
 export interface JsonWebKeyLike {
   kty?: string;

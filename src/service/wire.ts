@@ -102,15 +102,19 @@ export const PublicKeyInfoWire = z.codec(
   },
 );
 
+type CertWithX509 = { der: Buffer; pem: string; x509: X509Certificate };
+const certWire = z.object({ der: z.base64().describe('the certificate, DER in base64'), pem: z.string() });
+const withX509 = (w: z.infer<typeof certWire>): CertWithX509 => {
+  const der = Buffer.from(w.der, 'base64');
+  return { der, pem: w.pem, x509: new X509Certificate(der) };
+};
+
 export const CertificateInfoWire = z.codec(
-  z.object({ der: z.base64().describe('the certificate, DER in base64'), pem: z.string() }),
-  z.custom<{ der: Buffer; pem: string; x509: X509Certificate }>(),
+  certWire.extend({ chain: z.array(certWire).describe('the leaf first, then each issuer the token holds') }),
+  z.custom<CertWithX509 & { chain: CertWithX509[] }>(),
   {
-    decode: (w) => {
-      const der = Buffer.from(w.der, 'base64');
-      return { der, pem: w.pem, x509: new X509Certificate(der) };
-    },
-    encode: (c) => ({ der: c.der.toString('base64'), pem: c.pem }),
+    decode: (w) => ({ ...withX509(w), chain: w.chain.map(withX509) }),
+    encode: (c) => ({ der: c.der.toString('base64'), pem: c.pem, chain: c.chain.map((k) => ({ der: k.der.toString('base64'), pem: k.pem })) }),
   },
 );
 

@@ -253,6 +253,37 @@ export function operationSuite(transport: Transport): void {
       expect((await sup.findObjects({ slot: 's', template: { class: 'certificate', id: first[0]!.id } })).map((d) => d.label)).toEqual(['twice, renewed']);
     });
 
+    it('getCertificate returns the chain the token holds, leaf first; signJws x5c carries it; a second key from the same CA shares its chain certificates', async () => {
+      const cnf = tmpFile('min.cnf', '[req]\ndistinguished_name = dn\n[dn]\n');
+      const make = (name: string, ca: { key: string; crt: string } | null, isCa: boolean) => {
+        const key = tmpFile(`${name}.key`);
+        const crt = tmpFile(`${name}.crt`);
+        const ext = isCa ? ['-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign'] : ['-addext', 'basicConstraints=critical,CA:FALSE'];
+        const signer = ca ? ['-CA', ca.crt, '-CAkey', ca.key] : [];
+        openssl(['req', '-x509', '-config', cnf, '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', `/CN=${name}`, '-days', '2', ...signer, ...ext, '-keyout', key, '-out', crt]);
+        return { key, crt };
+      };
+      const root = make('chain-root', null, true);
+      const inter = make('chain-inter', root, true);
+      const leaves = [make('chain-leaf-1', inter, false), make('chain-leaf-2', inter, false)];
+      const cas = tmpFile('cas.pem', Buffer.concat([readFileSync(inter.crt), readFileSync(root.crt)]));
+      for (const [i, leaf] of leaves.entries()) {
+        const p12 = tmpFile(`leaf-${i}.p12`);
+        openssl(['pkcs12', '-export', '-inkey', leaf.key, '-in', leaf.crt, '-certfile', cas, '-out', p12, '-passout', 'pass:chain']);
+        await sup.importKeyPair({ slot: 's', label: `chained-${i}`, pkcs12: readFileSync(p12), password: 'chain' });
+      }
+      const info = await sup.getCertificate({ slot: 's', key: { label: 'chained-1' } });
+      expect(info.chain.map((c) => c.x509.subject)).toEqual(['CN=chain-leaf-2', 'CN=chain-inter', 'CN=chain-root']);
+      expect(info.chain[0]!.der.equals(info.der)).toBe(true);
+      // Each chain certificate is stored once, though both imports carried it.
+      expect((await sup.findObjects({ slot: 's', template: { class: 'certificate' } })).filter((d) => d.label.endsWith(' chain'))).toHaveLength(2);
+      const jws = await sup.signJws({ slot: 's', key: { label: 'chained-0' }, alg: 'ES256', payload: 'chained', x5c: true });
+      const header = JSON.parse(Buffer.from(jws.split('.')[0]!, 'base64url').toString()) as { x5c: string[] };
+      expect(header.x5c.map((c) => new X509Certificate(Buffer.from(c, 'base64')).subject)).toEqual(['CN=chain-leaf-1', 'CN=chain-inter', 'CN=chain-root']);
+      const verified = await jose.compactVerify(jws, new X509Certificate(Buffer.from(header.x5c[0]!, 'base64')).publicKey);
+      expect(Buffer.from(verified.payload).toString()).toBe('chained');
+    });
+
     it('a wrong PKCS#12 password is BAD_INPUT and nothing is stored', async () => {
       const { p12 } = makeP12(['ec', '-pkeyopt', 'ec_paramgen_curve:P-256'], false);
       await expect(sup.importKeyPair({ slot: 's', label: 'wrong-pw', pkcs12: p12, password: 'nope' })).rejects.toMatchObject({ code: 'BAD_INPUT' });
