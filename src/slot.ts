@@ -29,7 +29,7 @@ export class Slot {
   /** For the checks before queueing, from the last open: the mechanisms the token can do (a set: looked up per call) and the configured keys' types. */
   readonly capabilities = { mechanisms: new Set<MechanismName>(), keyTypes: new Map<string, KeyType>() };
   /** The token's own abilities and limits as reported at the last open; null before one. */
-  token: Pick<OpenReport, 'mechanisms' | 'keyGen' | 'maxSessions' | 'maxRwSessions' | 'pinLength'> | null = null;
+  token: Pick<OpenReport, 'mechanisms' | 'keyGen' | 'maxSessions' | 'maxRwSessions' | 'pinLength' | 'device'> | null = null;
   /** The slot's token's domain (token-domain.ts): a private one until a session names the token. */
   private domain = new TokenDomain();
 
@@ -64,8 +64,8 @@ export class Slot {
               this.joinDomain(tokenDomain(modulePath, report.tokenSerial, report.tokenLabel));
               this.capabilities.mechanisms = new Set(report.mechanisms);
               this.capabilities.keyTypes = new Map(Object.entries(report.keyTypes));
-              const { mechanisms, keyGen, maxSessions, maxRwSessions, pinLength } = report;
-              this.token = { mechanisms, keyGen, maxSessions, maxRwSessions, pinLength };
+              const { mechanisms, keyGen, maxSessions, maxRwSessions, pinLength, device } = report;
+              this.token = { mechanisms, keyGen, maxSessions, maxRwSessions, pinLength, device };
             },
             stateChanged: (w, from, to) => this.stateChanged(w, from, to),
             loginAttempted: (w, origin, outcome, userType = 'user') => {

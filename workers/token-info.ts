@@ -2,7 +2,7 @@
 import { pkcs11js } from './pkcs11js.js';
 import { CKK_EC_EDWARDS } from './pkcs11-constants.js';
 import type { KeyType } from '../src/model/mechanisms.js';
-import type { PinLength } from '../src/model/protocol.js';
+import type { DeviceInfo, PinLength } from '../src/model/protocol.js';
 
 /** Null when the token states no usable range (0/0, or a max below the min). */
 export function pinLengthOf(min: number, max: number): PinLength | null {
@@ -21,3 +21,52 @@ export function keyTypeOf(ckk: number): KeyType | null {
   if (ckk === CKK_EC_EDWARDS) return 'EC_EDWARDS';
   return null;
 }
+
+const SLOT_FLAGS: [number, string][] = [
+  [0x1, 'tokenPresent'],
+  [0x2, 'removableDevice'],
+  [0x4, 'hardwareSlot'],
+];
+
+const TOKEN_FLAGS: [number, string][] = [
+  [0x1, 'rng'],
+  [0x2, 'writeProtected'],
+  [0x4, 'loginRequired'],
+  [0x8, 'userPinInitialized'],
+  [0x20, 'restoreKeyNotNeeded'],
+  [0x40, 'clockOnToken'],
+  [0x100, 'protectedAuthenticationPath'],
+  [0x200, 'dualCryptoOperations'],
+  [0x400, 'tokenInitialized'],
+  [0x10000, 'userPinCountLow'],
+  [0x20000, 'userPinFinalTry'],
+  [0x40000, 'userPinLocked'],
+  [0x80000, 'userPinToBeChanged'],
+  [0x100000, 'soPinCountLow'],
+  [0x200000, 'soPinFinalTry'],
+  [0x400000, 'soPinLocked'],
+  [0x800000, 'soPinToBeChanged'],
+];
+
+const flagNames = (flags: number, table: [number, string][]) => table.filter(([bit]) => (flags & bit) !== 0).map(([, name]) => name);
+const version = (v: { major: number; minor: number } | undefined) => (v ? `${v.major}.${v.minor}` : '');
+const text = (s: string | undefined) => (s ?? '').replace(/[\s\0]+$/, '');
+
+/** C_GetSlotInfo and C_GetTokenInfo as plain data: blank padding trimmed, versions as "major.minor", flags by name. */
+export function deviceInfo(slot: P11SlotInfo, token: P11TokenInfo): DeviceInfo {
+  return {
+    slot: { description: text(slot.slotDescription), manufacturer: text(slot.manufacturerID), hardware: version(slot.hardwareVersion), firmware: version(slot.firmwareVersion), flags: flagNames(slot.flags, SLOT_FLAGS) },
+    token: {
+      label: text(token.label),
+      manufacturer: text(token.manufacturerID),
+      model: text(token.model),
+      serial: text(token.serialNumber),
+      hardware: version(token.hardwareVersion),
+      firmware: version(token.firmwareVersion),
+      flags: flagNames(token.flags, TOKEN_FLAGS),
+    },
+  };
+}
+
+type P11SlotInfo = { slotDescription: string; manufacturerID: string; flags: number; hardwareVersion?: { major: number; minor: number }; firmwareVersion?: { major: number; minor: number } };
+type P11TokenInfo = { label: string; manufacturerID: string; model: string; serialNumber: string; flags: number; hardwareVersion?: { major: number; minor: number }; firmwareVersion?: { major: number; minor: number } };

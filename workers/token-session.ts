@@ -12,7 +12,7 @@ import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '.
 import { writeDer, derToRaw, maxDerBytes } from '../src/model/ecdsa-signature.js';
 import { prepareMechanisms, preparedKey, keyGenSizes, type PreparedMechanism } from './mechanism-params.js';
 import { WorkerFailure } from './failure.js';
-import { keyTypeOf, pinLengthOf, sessionLimit } from './token-info.js';
+import { deviceInfo, keyTypeOf, pinLengthOf, sessionLimit } from './token-info.js';
 import { CKS_BY_VALUE } from './pkcs11-constants.js';
 import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from '../src/model/protocol.js';
 import { findHandles, publicKeyReport, type SessionAccess } from './object-ops.js';
@@ -91,6 +91,7 @@ export class TokenSession implements SessionAccess {
       ...this.sessionLimits,
       pinLength: this.pinLength,
       keyTypes: this.keyTypesOf(task.keys),
+      device: deviceInfo(this.count('C_GetSlotInfo').C_GetSlotInfo(slot), this.count('C_GetTokenInfo').C_GetTokenInfo(slot)),
     };
   }
 

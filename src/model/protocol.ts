@@ -133,6 +133,13 @@ export interface OpenReport extends SessionReport {
   pinLength: PinLength | null;
   /** Types of the configured key refs whose public key object is visible. */
   keyTypes: Record<string, KeyType>;
+  /** What the slot (C_GetSlotInfo) and its token (C_GetTokenInfo) say about themselves. */
+  device: DeviceInfo;
+}
+
+export interface DeviceInfo {
+  slot: { description: string; manufacturer: string; hardware: string; firmware: string; flags: string[] };
+  token: { label: string; manufacturer: string; model: string; serial: string; hardware: string; firmware: string; flags: string[] };
 }
 
 export interface PublicKeyReport {

@@ -379,6 +379,17 @@ export function operationSuite(transport: Transport): void {
       expect(after.C_FindObjectsInit).toBe(before.C_FindObjectsInit);
     });
 
+    it('status() says what the slot and its token report of themselves, as pkcs11-tool -L does', async () => {
+      const listing = pkcs11Tool(td, 'ops', null, ['-L']);
+      const block = listing.split(/\n(?=Slot )/).find((b) => /token label\s+:\s+ops\s*$/m.test(b))!;
+      const field = (name: string) => new RegExp(`${name}\\s+:\\s+(.*)`).exec(block)![1]!.trim();
+      const { device } = (await sup.status()).slots.s!.token as unknown as { device: { slot: { description: string; flags: string[] }; token: Record<string, unknown> } };
+      expect(device.token).toMatchObject({ label: 'ops', manufacturer: field('token manufacturer'), model: field('token model'), serial: field('serial num'), hardware: field('hardware version'), firmware: field('firmware version') });
+      expect(device.token.flags).toEqual(expect.arrayContaining(['rng', 'loginRequired', 'userPinInitialized', 'tokenInitialized']));
+      expect(device.slot.flags).toContain('tokenPresent');
+      expect(device.slot.description).toMatch(/^SoftHSM slot ID/);
+    });
+
     it('every slot is still healthy after all that', async () => {
       expect((await sup.status()).slots.s!.state).toBe('logged_in');
       expect(await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })).toBeInstanceOf(Buffer);
