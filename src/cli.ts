@@ -46,7 +46,8 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<command> 
                                            or that only its tail is torn by an interrupted write (exit 4)
   config print                             the effective config, every default filled in (PIN sources by kind only)
 
-  K is a key ref from the config, or label:NAME, or id:HEX. A FILE of - reads stdin or writes stdout.
+  K is a key ref from the config, a PKCS#11 URI (pkcs11:object=NAME;id=%02), or label:NAME, or id:HEX.
+  A FILE of - reads stdin or writes stdout.
   Exit codes: 0 ok, 1 signature invalid or audit trail broken, 2 usage, 3 a typed error ([CODE] message),
   4 an audit trail whose only fault is a torn tail, 5 a file could not be read or written.
   --config defaults to config/default.json.

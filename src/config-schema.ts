@@ -3,6 +3,7 @@
  * the type the rest of the code uses. `npm run schema` writes config/schema.json from it.
  */
 import { isWellFormed } from './model/token-match.js';
+import { isPkcs11Uri, parsePkcs11Uri } from './model/pkcs11-uri.js';
 import { z } from 'zod';
 import { MECHANISM_NAMES, type MechanismName } from './model/mechanisms.js';
 
@@ -20,20 +21,55 @@ const utf8Text = (max: number) =>
     .refine((v) => isWellFormed(v), { message: 'must be well-formed text (it has a lone surrogate, which a token would store as U+FFFD)' })
     .refine((v) => Buffer.byteLength(v) <= max, { message: `must be at most ${max} bytes in UTF-8` });
 
-export const TokenSelectorSchema = z.union(
+/** A PKCS#11 URI (RFC 7512) in the config: parsed once here; a PIN in it is refused. */
+function uriIn<T>(read: (path: Record<string, string>) => T | string) {
+  // Any string takes this branch, so its own message (not the union's) is the one reported.
+  return z
+    .string()
+    .transform((uri, ctx): T => {
+      if (!isPkcs11Uri(uri)) {
+        ctx.addIssue({ code: 'custom', message: 'must be a PKCS#11 URI ("pkcs11:…"), or an object' });
+        return z.NEVER;
+      }
+      let parsed;
+      try {
+        parsed = parsePkcs11Uri(uri);
+      } catch (e) {
+        ctx.addIssue({ code: 'custom', message: (e as Error).message });
+        return z.NEVER;
+      }
+      if ('pin-value' in parsed.query || 'pin-source' in parsed.query) {
+        ctx.addIssue({ code: 'custom', message: 'a PIN never goes in the config: use the slot\'s pin source, not pin-value or pin-source' });
+        return z.NEVER;
+      }
+      const value = read(parsed.path);
+      if (typeof value === 'string') {
+        ctx.addIssue({ code: 'custom', message: value });
+        return z.NEVER;
+      }
+      return value;
+    });
+}
+
+const TokenSelectorObjectSchema = z.union(
   [
     // CK_TOKEN_INFO's label and serial are blank-padded to 32 and 16 bytes.
     z.strictObject({ label: utf8Text(32) }),
     z.strictObject({ serial: utf8Text(16) }),
     z.strictObject({ slotIndex: z.number().int().min(0) }),
   ],
-  { error: 'token must be one of {"label": "..."}, {"serial": "..."} or {"slotIndex": n}' },
+  { error: 'token must be one of {"label": "..."}, {"serial": "..."}, {"slotIndex": n} or a PKCS#11 URI' },
 );
+
+export const TokenSelectorSchema = z.union([
+  uriIn<z.output<typeof TokenSelectorObjectSchema>>((p) => (p.serial ? { serial: p.serial } : p.token ? { label: p.token } : 'the token URI names neither token (label) nor serial')),
+  TokenSelectorObjectSchema,
+]);
 
 const MechanismNameSchema = z.enum(MECHANISM_NAMES as [MechanismName, ...MechanismName[]]);
 const AllowListSchema = z.array(MechanismNameSchema).min(1);
 
-export const KeyRefSchema = z
+const KeyRefObjectSchema = z
   .strictObject({
     label: utf8Text(256).optional(),
     id: hex.optional(),
@@ -44,6 +80,14 @@ export const KeyRefSchema = z
   })
   .refine((k) => k.label !== undefined || k.id !== undefined, { message: 'a key names its label, its id, or both' })
   .refine((k) => k.certLabel === undefined || k.certId === undefined, { message: 'name the certificate by certLabel or certId, not both', path: ['certId'] });
+
+/** A key ref: `{ label?, id?, … }`, or the key's PKCS#11 URI (`object` is the label, `id` the CKA_ID). */
+export const KeyRefSchema = z.union([
+  uriIn<z.output<typeof KeyRefObjectSchema>>((p) =>
+    p.object === undefined && !p.id ? 'a key URI names its object (label), its id, or both' : { label: p.object, id: p.id || undefined, certLabel: undefined, certId: undefined, allowedMechanisms: undefined },
+  ),
+  KeyRefObjectSchema,
+]);
 
 export const RestartPolicySchema = z.strictObject({
   /** At most this many restarts of the slot's workers within `windowMs`; one more marks the slot failed. */

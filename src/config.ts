@@ -7,11 +7,27 @@ function pathOf(path: readonly PropertyKey[]): string {
   return path.map(String).join('.') || '(root)';
 }
 
+type Issue = z.core.$ZodIssue;
+
+/**
+ * An issue as a person reads it. A union (a token given as a URI or an object) fails as a whole
+ * with "Invalid input"; the alternative the value was meant as, the one that got past the type
+ * check, says what is wrong with it.
+ */
+function explain(issue: Issue, prefix: PropertyKey[]): { path: string; message: string }[] {
+  const path = [...prefix, ...issue.path];
+  if (issue.code === 'invalid_union' && issue.errors.length > 0) {
+    const meant = issue.errors.find((branch) => branch.length > 0 && branch.every((i) => i.code !== 'invalid_type' || i.path.length > 0));
+    if (meant) return meant.flatMap((i) => explain(i, path));
+  }
+  return [{ path: pathOf(path), message: issue.message }];
+}
+
 /** Validates once, at the edge. Every offending field is named in the error. */
 export function parseConfig(input: unknown, source = 'config'): Config {
   const result = ConfigSchema.safeParse(input);
   if (result.success) return result.data;
-  const issues = result.error.issues.map((i) => ({ path: pathOf(i.path), message: i.message }));
+  const issues = result.error.issues.flatMap((i) => explain(i, []));
   const lines = issues.map((i) => `  ${i.path}: ${i.message}`).join('\n');
   throw new Pkcs11SupervisorError('CONFIG_INVALID', `${source} is invalid:\n${lines}`, { issues });
 }

@@ -1,5 +1,6 @@
 /** Checks on what a caller passes, made before a call is queued. Each failure is a typed error. */
 import { isWellFormed } from './model/token-match.js';
+import { isPkcs11Uri, parsePkcs11Uri, URI_TYPES } from './model/pkcs11-uri.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { isMechanismName, MECHANISM_NAMES, type MechanismName } from './model/mechanisms.js';
 import { Secret } from './model/secret.js';
@@ -11,6 +12,7 @@ export function badInput(message: string, slot?: string): Pkcs11SupervisorError 
 }
 
 export function keySelector(slot: Slot, key: unknown): KeySelector {
+  if (isPkcs11Uri(key)) return uriSelector(slot, key);
   if (typeof key === 'string') {
     const ref = Object.hasOwn(slot.config.keys, key) ? slot.config.keys[key] : undefined;
     if (!ref) {
@@ -110,4 +112,34 @@ export function objectQuery(value: unknown, slot: string): ObjectQuery {
     id: hexId(t.id, slot),
     keyType: t.keyType as ObjectQuery['keyType'],
   };
+}
+
+/** Token attributes a key's URI may name, against what the slot's token reported. */
+const TOKEN_ATTRS = { token: 'label', serial: 'serial', manufacturer: 'manufacturer', model: 'model' } as const;
+
+/**
+ * A key named by its PKCS#11 URI: `object` is the label, `id` the CKA_ID; the token attributes
+ * must be the slot's token (a URI for another token is KEY_NOT_FOUND here, never a key of this
+ * one). `type` is the operation's to decide; a PIN in the URI is refused.
+ */
+function uriSelector(slot: Slot, uri: string): KeySelector {
+  let parsed;
+  try {
+    parsed = parsePkcs11Uri(uri);
+  } catch (e) {
+    throw badInput(`key is not a valid PKCS#11 URI: ${(e as Error).message}`, slot.name);
+  }
+  const { path, query } = parsed;
+  if ('pin-value' in query || 'pin-source' in query) throw badInput("a key's URI may not carry a PIN (pin-value, pin-source): the slot's PIN source provides it", slot.name);
+  if (path.type !== undefined && !Object.hasOwn(URI_TYPES, path.type)) throw badInput(`type=${path.type} is not a PKCS#11 object type (${Object.keys(URI_TYPES).join(', ')})`, slot.name);
+  const device = slot.token?.device.token;
+  for (const [attr, field] of Object.entries(TOKEN_ATTRS)) {
+    const wanted = path[attr];
+    if (wanted === undefined || !device) continue;
+    if (wanted !== device[field]) {
+      throw new Pkcs11SupervisorError('KEY_NOT_FOUND', `the URI names ${attr} "${wanted}"; slot "${slot.name}" holds ${attr} "${device[field]}"`, { slot: slot.name });
+    }
+  }
+  if (path.object === undefined && path.id === undefined) throw badInput('a key URI names its object (label), its id, or both', slot.name);
+  return { label: path.object, id: path.id || undefined };
 }

@@ -77,7 +77,7 @@ describe('pkcs11-supervisor CLI', () => {
 
   it('keys delete destroys what the key names; a key the config names needs --force; keys import refuses a duplicate unless --replace', () => {
     expect(cli(['keys', 'generate', '--slot', 's', '--algorithm', 'EC-P256', '--label', 'short-lived', '--id', 'e1']).code).toBe(0);
-    const deleted = cli(['keys', 'delete', '--slot', 's', '--key', 'label:short-lived']);
+    const deleted = cli(['keys', 'delete', '--slot', 's', '--key', 'pkcs11:object=short-lived;id=%E1']);
     expect(deleted.code, deleted.err).toBe(0);
     expect(JSON.parse(deleted.out)).toEqual({ destroyed: 2 });
     expect(pkcs11Tool(td, 'cli', tok.pin, ['--list-objects'])).not.toContain('short-lived');

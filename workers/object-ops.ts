@@ -8,6 +8,7 @@ import type * as P11 from 'pkcs11js';
 import { WorkerFailure } from './failure.js';
 import { pkcs11js, readUlong } from './pkcs11js.js';
 import { curveByName, curveByParams } from '../src/model/curves.js';
+import { formatPkcs11Uri } from '../src/model/pkcs11-uri.js';
 import { octetString, unwrapOctetString } from '../src/model/der.js';
 import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN } from './pkcs11-constants.js';
 import type { KeyType } from '../src/model/mechanisms.js';
@@ -18,6 +19,8 @@ export interface SessionAccess {
   readonly sessionHandle: P11.Handle;
   /** Key handles cached for the session may now be stale. */
   forgetKeys(): void;
+  /** The token's label and serial, for the objects' PKCS#11 URIs. */
+  readonly tokenIdentity: { label: string; serial: string };
 }
 
 
@@ -96,7 +99,9 @@ export function describe(s: SessionAccess, h: P11.Handle): ObjectDescriptor {
     id: id!.toString('hex'),
     token: bool(token!),
     private: bool(priv!),
+    uri: '',
   };
+  d.uri = formatPkcs11Uri({ token: s.tokenIdentity.label, serial: s.tokenIdentity.serial, object: d.label, id: d.id, class: d.class });
   if (d.class !== 'privateKey' && d.class !== 'publicKey') return d;
   const [kt] = attrs(s, h, [pkcs11js.CKA_KEY_TYPE]);
   const keyType = KEY_TYPE_NAME.get(readUlong(kt!));
@@ -137,7 +142,9 @@ export function publicKeyReport(s: SessionAccess, h: P11.Handle, keyType: KeyTyp
     }
   }
   const spkiDer = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'der' });
-  return { keyType, spkiDer, label: attr(pkcs11js.CKA_LABEL).toString('utf8'), id: attr(pkcs11js.CKA_ID).toString('hex') };
+  const label = attr(pkcs11js.CKA_LABEL).toString('utf8');
+  const id = attr(pkcs11js.CKA_ID).toString('hex');
+  return { keyType, spkiDer, label, id, uri: formatPkcs11Uri({ token: s.tokenIdentity.label, serial: s.tokenIdentity.serial, object: label, id, class: 'publicKey' }) };
 }
 
 export function findObjects(s: SessionAccess, q: ObjectQuery, limit: number): ObjectDescriptor[] {

@@ -67,6 +67,10 @@ export class TokenSession implements SessionAccess {
   p11(fn: string): P11.PKCS11 {
     return this.count(fn);
   }
+  get tokenIdentity(): { label: string; serial: string } {
+    return { label: this.tokenLabel, serial: this.tokenSerial };
+  }
+
   get sessionHandle(): P11.Handle {
     return this.live;
   }

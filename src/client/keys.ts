@@ -19,6 +19,7 @@ export async function getPublicKey(gate: Gate, request: PublicKeyRequest): Promi
     keyType: report.keyType,
     label: report.label,
     id: report.id,
+    uri: report.uri,
     spki,
     pem: keyObject.export({ type: 'spki', format: 'pem' }).toString(),
     // kid: the key's CKA_ID, as signJws puts in its header, so a JWKS built from these matches.

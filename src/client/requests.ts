@@ -11,7 +11,7 @@ import type { PinCallback } from '../pin-chain.js';
 import type { KeyAlgorithm, ObjectClass, ObjectDescriptor, ObjectQuery, SignatureFormat } from '../model/protocol.js';
 import type { RestartPolicyFactory } from '../restart-policy.js';
 
-/** A key by its ref in the slot's `keys`, or directly by label and/or id (hex). */
+/** A key by its ref in the slot's `keys`, by a PKCS#11 URI (`pkcs11:object=…;id=%02`), or directly by label and/or id (hex). */
 export type KeyRef = string | { label?: string; id?: string };
 
 export interface PrincipalInput {
@@ -84,6 +84,8 @@ export interface PublicKeyInfo {
   label: string;
   /** CKA_ID, hex. */
   id: string;
+  /** The public key's PKCS#11 URI (RFC 7512). */
+  uri: string;
   spki: Buffer;
   pem: string;
   jwk: JsonWebKey;

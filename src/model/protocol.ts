@@ -148,6 +148,7 @@ export interface PublicKeyReport {
   label: string;
   /** CKA_ID, hex. */
   id: string;
+  uri: string;
 }
 
 export type ObjectClass = 'privateKey' | 'publicKey' | 'certificate' | 'secretKey' | 'data';
@@ -164,6 +165,8 @@ export interface ObjectDescriptor {
   class: ObjectClass;
   label: string;
   id: string;
+  /** The object's PKCS#11 URI (RFC 7512): usable wherever a key is named. */
+  uri: string;
   token: boolean;
   private: boolean;
   keyType?: KeyType;

@@ -40,7 +40,7 @@ export const privateKeyPem = pemText('a private key, PEM (PKCS#8 or traditional)
 
 export const KeyRefWire = z
   .union([
-    z.string().min(1).max(256).describe('a key ref from the slot config'),
+    z.string().min(1).max(2048).describe('a key ref from the slot config, or a PKCS#11 URI (RFC 7512)'),
     z.strictObject({ label: z.string().max(256).optional(), id: z.string().max(256).optional().describe('CKA_ID, hex') }),
   ])
   .describe('a key ref, or { label } and/or { id }');
@@ -58,6 +58,7 @@ export const ObjectDescriptorWire = z.object({
   class: z.enum(OBJECT_CLASSES),
   label: z.string(),
   id: z.string(),
+  uri: z.string().describe('the PKCS#11 URI (RFC 7512) of the object'),
   token: z.boolean(),
   private: z.boolean(),
   keyType: z.enum(KEY_TYPES).optional(),
@@ -88,17 +89,18 @@ export const PublicKeyInfoWire = z.codec(
     keyType: z.enum(KEY_TYPES),
     label: z.string(),
     id: z.string().describe('CKA_ID, hex'),
+    uri: z.string().describe('the PKCS#11 URI (RFC 7512) of the public key'),
     spki: z.base64().describe('SubjectPublicKeyInfo, DER in base64'),
     pem: z.string(),
     jwk: z.record(z.string(), z.unknown()),
   }),
-  z.custom<{ keyType: (typeof KEY_TYPES)[number]; label: string; id: string; spki: Buffer; pem: string; jwk: JsonWebKey; keyObject: ReturnType<typeof createPublicKey> }>(),
+  z.custom<{ keyType: (typeof KEY_TYPES)[number]; label: string; id: string; uri: string; spki: Buffer; pem: string; jwk: JsonWebKey; keyObject: ReturnType<typeof createPublicKey> }>(),
   {
     decode: (w) => {
       const spki = Buffer.from(w.spki, 'base64');
       return { ...w, spki, jwk: w.jwk as JsonWebKey, keyObject: createPublicKey({ key: spki, format: 'der', type: 'spki' }) };
     },
-    encode: (info) => ({ keyType: info.keyType, label: info.label, id: info.id, spki: info.spki.toString('base64'), pem: info.pem, jwk: info.jwk as Record<string, unknown> }),
+    encode: (info) => ({ keyType: info.keyType, label: info.label, id: info.id, uri: info.uri, spki: info.spki.toString('base64'), pem: info.pem, jwk: info.jwk as Record<string, unknown> }),
   },
 );
 

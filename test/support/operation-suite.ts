@@ -390,6 +390,18 @@ export function operationSuite(transport: Transport): void {
       expect(device.slot.description).toMatch(/^SoftHSM slot ID/);
     });
 
+    it('keys by PKCS#11 URI (RFC 7512): the URI findObjects reports signs; one for another token, or carrying a PIN, is refused', async () => {
+      const [priv] = await sup.findObjects({ slot: 's', template: { class: 'privateKey', id: '02' } });
+      expect(priv!.uri).toBe(`pkcs11:token=ops;serial=${tok.serial};object=ec;id=%02;type=private`);
+      const sig = await sup.sign({ slot: 's', key: priv!.uri, mechanism: 'ECDSA-SHA256', data });
+      expect(opensslVerifies(exportPublicKey(td, 'ops', '02'), 'ECDSA-SHA256', data, sig)).toBe(true);
+      expect(await sup.sign({ slot: 's', key: 'pkcs11:object=rsa;type=private', mechanism: 'RSA-PSS-SHA256', data })).toBeInstanceOf(Buffer);
+      expect((await sup.getPublicKey({ slot: 's', key: 'pkcs11:id=%02' })).uri).toBe(`pkcs11:token=ops;serial=${tok.serial};object=ec;id=%02;type=public`);
+      await expect(sup.sign({ slot: 's', key: 'pkcs11:token=another;object=ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'KEY_NOT_FOUND' });
+      await expect(sup.sign({ slot: 's', key: 'pkcs11:object=ec?pin-value=1234', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'BAD_INPUT' });
+      await expect(sup.sign({ slot: 's', key: 'pkcs11:object=e%', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'BAD_INPUT' });
+    });
+
     it('every slot is still healthy after all that', async () => {
       expect((await sup.status()).slots.s!.state).toBe('logged_in');
       expect(await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })).toBeInstanceOf(Buffer);

@@ -1,0 +1,79 @@
+/**
+ * PKCS#11 URIs (RFC 7512), as OpenSSL, p11-kit, GnuTLS and systemd name tokens and keys:
+ * `pkcs11:token=dev-token;object=demo-ec;id=%02;type=private`. Path attributes are
+ * `;`-separated, query attributes `&`-separated after `?`, values percent-decoded (an `id` is
+ * bytes, everything else UTF-8 text). Unknown (vendor) attributes are kept; a PIN in the URI
+ * (`pin-value`) is refused wherever the supervisor reads one, and `pin-source` too: a slot's PIN
+ * comes from its configured source.
+ */
+export interface Pkcs11Uri {
+  /** Path attributes, decoded; `id` as hex. */
+  path: Record<string, string>;
+  query: Record<string, string>;
+}
+
+export class UriError extends Error {}
+
+/** RFC 7512's path and query characters that may appear unescaped (pk11-pchar / pk11-qchar), besides unreserved ones. */
+const PATH_CHARS = /^[A-Za-z0-9\-._~:[\]@!$'()*+,=&%]*$/;
+const QUERY_CHARS = /^[A-Za-z0-9\-._~:[\]@!$'()*+,=/?|%]*$/;
+
+function decode(value: string, what: string): Buffer {
+  const out: number[] = [];
+  for (let i = 0; i < value.length; i++) {
+    const c = value[i]!;
+    if (c !== '%') {
+      out.push(...Buffer.from(c, 'utf8'));
+      continue;
+    }
+    const hex = value.slice(i + 1, i + 3);
+    if (!/^[0-9A-Fa-f]{2}$/.test(hex)) throw new UriError(`${what}: "%" must be followed by two hex digits`);
+    out.push(parseInt(hex, 16));
+    i += 2;
+  }
+  return Buffer.from(out);
+}
+
+function attributes(part: string, separator: string, chars: RegExp, where: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (part === '') return out;
+  for (const attr of part.split(separator)) {
+    const eq = attr.indexOf('=');
+    if (eq <= 0) throw new UriError(`${where} attribute "${attr}" is not name=value`);
+    const name = attr.slice(0, eq);
+    const raw = attr.slice(eq + 1);
+    if (!/^[a-z][a-z0-9-]*$/i.test(name)) throw new UriError(`${where} attribute name "${name}" is not valid`);
+    if (!chars.test(raw)) throw new UriError(`${where} attribute ${name} has a character that must be percent-encoded`);
+    if (Object.hasOwn(out, name)) throw new UriError(`${where} attribute ${name} appears twice`);
+    const bytes = decode(raw, name);
+    out[name] = name === 'id' ? bytes.toString('hex') : bytes.toString('utf8');
+  }
+  return out;
+}
+
+export function isPkcs11Uri(value: unknown): value is string {
+  return typeof value === 'string' && value.toLowerCase().startsWith('pkcs11:');
+}
+
+export function parsePkcs11Uri(uri: string): Pkcs11Uri {
+  if (!isPkcs11Uri(uri)) throw new UriError('a PKCS#11 URI starts with "pkcs11:"');
+  const rest = uri.slice('pkcs11:'.length);
+  const q = rest.indexOf('?');
+  const path = attributes(q < 0 ? rest : rest.slice(0, q), ';', PATH_CHARS, 'path');
+  const query = q < 0 ? {} : attributes(rest.slice(q + 1), '&', QUERY_CHARS, 'query');
+  return { path, query };
+}
+
+/** Object classes by the URI's `type`. */
+export const URI_TYPES = { private: 'privateKey', public: 'publicKey', cert: 'certificate', 'secret-key': 'secretKey', data: 'data' } as const;
+
+const encode = (text: string) => [...Buffer.from(text, 'utf8')].map((b) => (/[A-Za-z0-9\-._~]/.test(String.fromCharCode(b)) ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`)).join('');
+
+/** The URI naming one object: its token (label and serial), its label, id and class. */
+export function formatPkcs11Uri(o: { token: string; serial: string; object: string; id: string; class: string }): string {
+  const type = Object.entries(URI_TYPES).find(([, cls]) => cls === o.class)?.[0];
+  const parts = [`token=${encode(o.token)}`, `serial=${encode(o.serial)}`, `object=${encode(o.object)}`];
+  if (o.id) parts.push(`id=${o.id.replace(/../g, (h) => `%${h.toUpperCase()}`)}`);
+  if (type) parts.push(`type=${type}`);
+  return `pkcs11:${parts.join(';')}`;
+}

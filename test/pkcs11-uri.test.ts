@@ -1,0 +1,59 @@
+/**
+ * PKCS#11 URIs (RFC 7512): the parser reads every example of the RFC's section 3.3, and a config
+ * may name its token and keys by URI; a URI with a PIN in it is refused there.
+ */
+import { describe, expect, it } from 'vitest';
+import { parseConfig } from '../dist/src/index.js';
+import { formatPkcs11Uri, parsePkcs11Uri } from '../dist/src/model/pkcs11-uri.js';
+
+describe('the RFC 7512 section 3.3 examples', () => {
+  const examples: [string, Record<string, string>, Record<string, string>][] = [
+    ['pkcs11:', {}, {}],
+    ['pkcs11:object=my-pubkey;type=public', { object: 'my-pubkey', type: 'public' }, {}],
+    ['pkcs11:object=my-key;type=private?pin-source=file:/etc/token', { object: 'my-key', type: 'private' }, { 'pin-source': 'file:/etc/token' }],
+    [
+      'pkcs11:token=The%20Software%20PKCS%2311%20Softtoken;manufacturer=Snake%20Oil,%20Inc.;model=1.0;object=my-certificate;type=cert;id=%69%95%3E%5C%F4%BD%EC%91;serial=?pin-source=file:/etc/token_pin',
+      { token: 'The Software PKCS#11 Softtoken', manufacturer: 'Snake Oil, Inc.', model: '1.0', object: 'my-certificate', type: 'cert', id: '69953e5cf4bdec91', serial: '' },
+      { 'pin-source': 'file:/etc/token_pin' },
+    ],
+    ['pkcs11:object=my-sign-key;type=private?module-name=mypkcs11', { object: 'my-sign-key', type: 'private' }, { 'module-name': 'mypkcs11' }],
+    ['pkcs11:object=my-sign-key;type=private?module-path=/mnt/libmypkcs11.so.1', { object: 'my-sign-key', type: 'private' }, { 'module-path': '/mnt/libmypkcs11.so.1' }],
+    ['pkcs11:token=Software%20PKCS%2311%20softtoken;manufacturer=Snake%20Oil,%20Inc.?pin-value=the-pin', { token: 'Software PKCS#11 softtoken', manufacturer: 'Snake Oil, Inc.' }, { 'pin-value': 'the-pin' }],
+    ['pkcs11:slot-description=Sun%20Metaslot', { 'slot-description': 'Sun Metaslot' }, {}],
+    ['pkcs11:library-manufacturer=Snake%20Oil,%20Inc.;library-description=Soft%20Token%20Library;library-version=1.23', { 'library-manufacturer': 'Snake Oil, Inc.', 'library-description': 'Soft Token Library', 'library-version': '1.23' }, {}],
+    ['pkcs11:token=My%20token%25%20created%20by%20Joe;library-version=3;id=%01%02%03%Ba%dd%Ef%0C;type=private;object=my-key', { token: 'My token% created by Joe', 'library-version': '3', id: '010203baddef0c', type: 'private', object: 'my-key' }, {}],
+    ['pkcs11:token=A%20name%20with%20a%20substring%20%25%3B;object=my-certificate;type=cert', { token: 'A name with a substring %;', object: 'my-certificate', type: 'cert' }, {}],
+    ['pkcs11:token=Name%20with%20a%20small%20A%20with%20acute:%20%C3%A1;object=my-certificate;type=cert', { token: 'Name with a small A with acute: á', object: 'my-certificate', type: 'cert' }, {}],
+    ['pkcs11:token=my-token;object=my-certificate;type=cert;vendor-aaa=value-a?pin-source=file:/etc/token_pin&vendor-bbb=value-b', { token: 'my-token', object: 'my-certificate', type: 'cert', 'vendor-aaa': 'value-a' }, { 'pin-source': 'file:/etc/token_pin', 'vendor-bbb': 'value-b' }],
+  ];
+  for (const [uri, path, query] of examples) {
+    it(uri, () => expect(parsePkcs11Uri(uri)).toEqual({ path, query }));
+  }
+
+  it('refuses what is not one', () => {
+    for (const bad of ['pkcs12:object=x', 'pkcs11:object', 'pkcs11:object=a%2', 'pkcs11:object=a;object=b', 'pkcs11:object=with space']) expect(() => parsePkcs11Uri(bad), bad).toThrow();
+  });
+
+  it('formats what it parses back', () => {
+    const uri = formatPkcs11Uri({ token: 'dev token', serial: '0af3', object: 'demo ec', id: '02ab', class: 'privateKey' });
+    expect(uri).toBe('pkcs11:token=dev%20token;serial=0af3;object=demo%20ec;id=%02%AB;type=private');
+    expect(parsePkcs11Uri(uri).path).toEqual({ token: 'dev token', serial: '0af3', object: 'demo ec', id: '02ab', type: 'private' });
+  });
+});
+
+describe('URIs in the config', () => {
+  const base = { modules: { soft: { path: '/usr/lib/softhsm/libsofthsm2.so' } } };
+  it('names a token by URI (serial first, else label) and keys by URI', () => {
+    const c = parseConfig({ ...base, slots: { s: { module: 'soft', token: 'pkcs11:token=dev-token', pin: { env: 'P' }, keys: { ec: 'pkcs11:object=demo-ec;id=%02;type=private' } }, t: { module: 'soft', token: 'pkcs11:token=x;serial=abc', pin: { env: 'P' } } } });
+    expect(c.slots.s!.token).toEqual({ label: 'dev-token' });
+    expect(c.slots.t!.token).toEqual({ serial: 'abc' });
+    expect(c.slots.s!.keys.ec).toMatchObject({ label: 'demo-ec', id: '02' });
+  });
+
+  it('refuses a PIN in a URI, and a URI that names nothing usable, naming the field', () => {
+    const attempt = (token: unknown, keys: unknown = {}) => () => parseConfig({ ...base, slots: { s: { module: 'soft', token, pin: { env: 'P' }, keys } } });
+    expect(attempt('pkcs11:token=dev-token?pin-value=1234')).toThrow(/PIN never goes in the config/);
+    expect(attempt('pkcs11:model=x')).toThrow(/neither token/);
+    expect(attempt('pkcs11:token=t', { k: 'pkcs11:type=private' })).toThrow(/names its object/);
+  });
+});
