@@ -24,6 +24,7 @@ import { certificatePrincipal, peerOf, rolesOf, type Caller } from './caller.js'
 import { JwtVerifier } from './jwt.js';
 import { PROBLEM_TYPE, ProblemSchema, problemOf } from './problem.js';
 import { RateLimiter } from './rate-limit.js';
+import { RefusalLog } from './refusal-log.js';
 import { ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
 import { readTlsFiles, watchTlsFiles } from './tls-files.js';
 import { listenUnix, type BoundSocket } from './unix-socket.js';
@@ -221,17 +222,19 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   }
   let tlsUrl: string | null = null;
   let tlsFiles = { check: () => {}, stop: () => {} };
+  let refusals: RefusalLog | null = null;
   if (api.tls) {
     const tls = api.tls;
     const server = createHttpsServer({ ...timeouts, ...readTlsFiles(tls), requestCert: true, rejectUnauthorized: true, handshakeTimeout: api.requestTimeoutMs }, handler);
     server.maxConnections = api.maxConnections;
+    refusals = audit ? new RefusalLog((entry) => audit.append(entry)) : null;
     // A failed handshake's socket is already closed when it is reported: note its peer on arrival.
     const peers = new WeakMap<Socket, string>();
     server.on('connection', (raw: Socket) => peers.set(raw, peerOf(raw)));
     server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket & { _parent?: Socket }) => {
       events.emit('apiRequest', { route: 'tls-handshake', code: 'UNAUTHENTICATED', status: 0, seconds: 0 });
       const peer = peers.get(socket._parent ?? socket) ?? peers.get(socket) ?? 'unknown';
-      audit?.append({ event: 'denied', slot: '', result: 'UNAUTHENTICATED', peer, detail: `TLS handshake: ${err.code ?? err.message}` });
+      refusals?.refused(peer, err.code ?? err.message);
     });
     tlsFiles = watchTlsFiles(tls, log, (options) => server.setSecureContext(options));
     await new Promise<void>((resolve, reject) => {
@@ -249,6 +252,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     if (!accepting) return;
     accepting = false;
     tlsFiles.stop();
+    refusals?.flush(); // while the audit trail is still open
     for (const s of servers) {
       s.close();
       s.closeIdleConnections();
