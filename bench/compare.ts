@@ -4,15 +4,9 @@
  * ratio NEW/OLD and p50 change, and each target's value in both. Runs nothing.
  */
 import { readFileSync } from 'node:fs';
+import type { Result } from './results.js';
 
-interface Cell {
-  alg: string;
-  size: number;
-  target: string;
-  concurrency: number;
-  opsPerSec: number;
-  p50us: number;
-}
+type Cell = Pick<Result, 'alg' | 'size' | 'target' | 'concurrency' | 'opsPerSec' | 'p50us'>;
 
 interface Target {
   alg: string;

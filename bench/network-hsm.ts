@@ -34,6 +34,8 @@ interface Tools {
   dir: string;
   pin: string;
   seconds: number;
+  /** The bench's closed loop of sign calls (sign-bench.ts). */
+  through(client: Pkcs11Supervisor, slot: string, mech: 'ec' | 'rsa', size: number, concurrency: number, ms: number): Promise<Run>;
 }
 
 /** N raw threads on the fault module, each with its own session. */
@@ -53,8 +55,8 @@ async function rawThreads(n: number, pin: string) {
   };
 }
 
-async function supervised(sup: Pkcs11Supervisor, concurrency: number, ms: number): Promise<{ rate: number; queued: number[]; idleWhileWaiting: number }> {
-  const data = Buffer.alloc(32, 7);
+/** A closed loop of `concurrency` callers through the bench's own loop, with queue times and idle-worker samples. */
+async function supervised(t: Tools, sup: Pkcs11Supervisor, concurrency: number, ms: number): Promise<{ rate: number; queued: number[]; idleWhileWaiting: number }> {
   const queued: number[] = [];
   const onDone = (e: { queuedMs: number }) => queued.push(e.queuedMs);
   sup.on('callCompleted', onDone);
@@ -65,21 +67,10 @@ async function supervised(sup: Pkcs11Supervisor, concurrency: number, ms: number
     samples++;
     if (s.queued > 0 && s.workers.some((w) => w.state === 'logged_in' && !w.busy)) idle++;
   }, 5);
-  let ops = 0;
-  const end = performance.now() + ms;
-  const t0 = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (performance.now() < end) {
-        await sup.sign({ slot: 'net', key: 'ec', mechanism: 'ECDSA-SHA256', data });
-        ops++;
-      }
-    }),
-  );
-  const elapsed = performance.now() - t0;
+  const run = await t.through(sup, 'net', 'ec', 32, concurrency, ms);
   clearInterval(sampler);
   sup.off('callCompleted', onDone);
-  return { rate: (ops / elapsed) * 1000, queued, idleWhileWaiting: samples ? idle / samples : 0 };
+  return { rate: (run.ops / run.elapsed) * 1000, queued, idleWhileWaiting: samples ? idle / samples : 0 };
 }
 
 export async function networkHsmBench(t: Tools): Promise<NetworkHsmRow[]> {
@@ -103,7 +94,7 @@ export async function networkHsmBench(t: Tools): Promise<NetworkHsmRow[]> {
       for (const concurrency of [1, pool, 4 * pool, 1024]) {
         const ms = t.seconds * 1000;
         const rawRate = await raw.rate(ms); // raw threads are closed loops of one call each: the pool's own concurrency
-        const s = await supervised(sup, concurrency, ms);
+        const s = await supervised(t, sup, concurrency, ms);
         const sorted = s.queued.sort((a, b) => a - b);
         const inUse = Math.min(concurrency, pool);
         const ideal = (inUse * 1000) / delayMs;

@@ -31,6 +31,7 @@ import { startSupervisor, type ConfigInput, type Pkcs11Client, type Pkcs11Superv
 import { batchEstimate, serviceBench } from './service-bench.js';
 import { networkHsmBench } from './network-hsm.js';
 import { compare } from './compare.js';
+import type { Result } from './results.js';
 import { pkcs11js } from '../workers/pkcs11js.js';
 
 const { values, positionals } = parseArgs({
@@ -67,19 +68,6 @@ owner.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
 /** The supervisors' module: initialized by this thread first, with OS locking, so pools on it are safe. */
 const MODULE_CONFIG = { path: MODULE, env: { SOFTHSM2_CONF: conf }, applicationInitializesWithOsLocking: true };
 
-interface Result {
-  alg: string;
-  size: number;
-  target: string;
-  concurrency: number;
-  opsPerSec: number;
-  p50us: number;
-  p99us: number;
-  ratio: number | null;
-  rssMiB: number;
-  /** Main-thread busy time per call (event-loop utilization), supervisor cells only: the callers' loop included. */
-  mainUs?: number;
-}
 
 const percentile = (sorted: Float64Array, p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
 
@@ -374,7 +362,7 @@ const service = await serviceBench({
 });
 await serviceToken.close();
 
-const network = await networkHsmBench({ dir, pin: PIN, seconds: SECONDS });
+const network = await networkHsmBench({ dir, pin: PIN, seconds: SECONDS, through: throughSupervisor });
 
 process.stderr.write('bench: thread hop floor\n');
 const hopFloor = await hopFloorUs();
