@@ -20,6 +20,7 @@ import { pino } from 'pino';
 import { startSupervisor } from './client/start.js';
 import type { Pkcs11Client } from './client/pkcs11-client.js';
 import { connect } from './service/remote-client.js';
+import { packageVersion } from './package-version.js';
 import type { KeyRef, SignRequest } from './client/requests.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { createLogger } from './logger.js';
@@ -69,10 +70,6 @@ function commandUsage(command: string): string | null {
   let end = at + 1;
   while (end < lines.length && /^ {20,}\S/.test(lines[end]!)) end++;
   return `usage: pkcs11-supervisor [--config FILE] ${lines.slice(at, end).map((l) => l.trim()).join('\n    ')}`;
-}
-
-function version(): string {
-  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 }
 
 /** A file's bytes; `-` is standard input. */
@@ -167,7 +164,7 @@ const pinPrompt: PinCallback = ({ slot, tokenLabel }) => promptHidden(`PIN for s
 async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true });
   if (values.version) {
-    process.stdout.write(`${version()}\n`);
+    process.stdout.write(`${packageVersion()}\n`);
     return 0;
   }
   const [cmd, sub] = positionals;

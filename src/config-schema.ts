@@ -3,7 +3,7 @@
  * the type the rest of the code uses. `npm run schema` writes config/schema.json from it.
  */
 import { isWellFormed } from './model/token-match.js';
-import { isPkcs11Uri, parsePkcs11Uri } from './model/pkcs11-uri.js';
+import { isPkcs11Uri, keyOfUri, parsePkcs11Uri, tokenOfUri, type Pkcs11Uri } from './model/pkcs11-uri.js';
 import { z } from 'zod';
 import { MECHANISM_NAMES, type MechanismName } from './model/mechanisms.js';
 
@@ -21,34 +21,21 @@ const utf8Text = (max: number) =>
     .refine((v) => isWellFormed(v), { message: 'must be well-formed text (it has a lone surrogate, which a token would store as U+FFFD)' })
     .refine((v) => Buffer.byteLength(v) <= max, { message: `must be at most ${max} bytes in UTF-8` });
 
-/** A PKCS#11 URI (RFC 7512) in the config: parsed once here; a PIN in it is refused. */
-function uriIn<T>(read: (path: Record<string, string>) => T | string) {
+/** A PKCS#11 URI (RFC 7512) in the config, read once here by `read` (pkcs11-uri.ts: a PIN in it is refused). */
+function uriIn<T>(read: (uri: Pkcs11Uri) => T) {
   // Any string takes this branch, so its own message (not the union's) is the one reported.
-  return z
-    .string()
-    .transform((uri, ctx): T => {
-      if (!isPkcs11Uri(uri)) {
-        ctx.addIssue({ code: 'custom', message: 'must be a PKCS#11 URI ("pkcs11:…"), or an object' });
-        return z.NEVER;
-      }
-      let parsed;
-      try {
-        parsed = parsePkcs11Uri(uri);
-      } catch (e) {
-        ctx.addIssue({ code: 'custom', message: (e as Error).message });
-        return z.NEVER;
-      }
-      if ('pin-value' in parsed.query || 'pin-source' in parsed.query) {
-        ctx.addIssue({ code: 'custom', message: 'a PIN never goes in the config: use the slot\'s pin source, not pin-value or pin-source' });
-        return z.NEVER;
-      }
-      const value = read(parsed.path);
-      if (typeof value === 'string') {
-        ctx.addIssue({ code: 'custom', message: value });
-        return z.NEVER;
-      }
-      return value;
-    });
+  return z.string().transform((uri, ctx): T => {
+    if (!isPkcs11Uri(uri)) {
+      ctx.addIssue({ code: 'custom', message: 'must be a PKCS#11 URI ("pkcs11:…"), or an object' });
+      return z.NEVER;
+    }
+    try {
+      return read(parsePkcs11Uri(uri));
+    } catch (e) {
+      ctx.addIssue({ code: 'custom', message: (e as Error).message });
+      return z.NEVER;
+    }
+  });
 }
 
 const TokenSelectorObjectSchema = z.union(
@@ -62,7 +49,7 @@ const TokenSelectorObjectSchema = z.union(
 );
 
 export const TokenSelectorSchema = z.union([
-  uriIn<z.output<typeof TokenSelectorObjectSchema>>((p) => (p.serial ? { serial: p.serial } : p.token ? { label: p.token } : 'the token URI names neither token (label) nor serial')),
+  uriIn(tokenOfUri),
   TokenSelectorObjectSchema,
 ]);
 
@@ -83,9 +70,7 @@ const KeyRefObjectSchema = z
 
 /** A key ref: `{ label?, id?, … }`, or the key's PKCS#11 URI (`object` is the label, `id` the CKA_ID). */
 export const KeyRefSchema = z.union([
-  uriIn<z.output<typeof KeyRefObjectSchema>>((p) =>
-    p.object === undefined && !p.id ? 'a key URI names its object (label), its id, or both' : { label: p.object, id: p.id || undefined, certLabel: undefined, certId: undefined, allowedMechanisms: undefined },
-  ),
+  uriIn((uri): z.output<typeof KeyRefObjectSchema> => ({ ...keyOfUri(uri), certLabel: undefined, certId: undefined, allowedMechanisms: undefined })),
   KeyRefObjectSchema,
 ]);
 

@@ -6,7 +6,6 @@
  * A segfault inside a PKCS#11 module takes the whole process down: run it under systemd or
  * Kubernetes so that case is a restart too.
  */
-import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isEntryPoint } from './entry-point.js';
 import type { Server } from 'node:http';
@@ -22,6 +21,7 @@ import { createMetrics } from './metrics.js';
 import { addressOf, startHttpServer } from './http-server.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { startApiServer, type ApiServer } from './service/api-server.js';
+import { packageVersion } from './package-version.js';
 
 export interface Daemon {
   sup: Pkcs11Supervisor;
@@ -131,10 +131,7 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   if (values.help) return void process.stdout.write(`${DAEMON_USAGE}\n`);
-  if (values.version) {
-    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-    return void process.stdout.write(`${pkg.version}\n`);
-  }
+  if (values.version) return void process.stdout.write(`${packageVersion()}\n`);
   let daemon: Daemon;
   try {
     daemon = await startDaemon(values.config!, undefined, values.listen);

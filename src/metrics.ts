@@ -9,10 +9,10 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Pkcs11Supervisor, SlotStatus } from './client/supervisor-client.js';
 import { SLOT_STATES } from './model/slot-state.js';
+import { USER_PIN_STATES } from './model/protocol.js';
 import { OPERATIONS } from './access-policy.js';
 import { configHash } from './config-reload.js';
 
-const USER_PIN_STATES = ['ok', 'count_low', 'final_try', 'locked'] as const;
 
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 

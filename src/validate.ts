@@ -1,11 +1,11 @@
 /** Checks on what a caller passes, made before a call is queued. Each failure is a typed error. */
 import { isWellFormed } from './model/token-match.js';
-import { isPkcs11Uri, parsePkcs11Uri, URI_TYPES } from './model/pkcs11-uri.js';
+import { isPkcs11Uri, keyOfUri, parsePkcs11Uri } from './model/pkcs11-uri.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
-import { isMechanismName, MECHANISM_NAMES, type MechanismName } from './model/mechanisms.js';
+import { isMechanismName, KEY_TYPES, MECHANISM_NAMES, type MechanismName } from './model/mechanisms.js';
 import { Secret } from './model/secret.js';
 import type { Slot } from './slot.js';
-import type { KeySelector, ObjectQuery, SignatureFormat } from './model/protocol.js';
+import { OBJECT_CLASSES, type KeySelector, type ObjectQuery, type SignatureFormat } from './model/protocol.js';
 
 export function badInput(message: string, slot?: string): Pkcs11SupervisorError {
   return new Pkcs11SupervisorError('BAD_INPUT', message, { slot });
@@ -96,16 +96,14 @@ export function hexId(value: unknown, slot: string): string | undefined {
   return value.toLowerCase();
 }
 
-const OBJECT_CLASSES = ['privateKey', 'publicKey', 'certificate', 'secretKey', 'data'];
-const KEY_TYPES = ['RSA', 'EC', 'EC_EDWARDS'];
 
 export function objectQuery(value: unknown, slot: string): ObjectQuery {
   if (value === undefined) return {};
   if (!value || typeof value !== 'object') throw badInput('template must be an object', slot);
   const t = value as Record<string, unknown>;
   for (const k of Object.keys(t)) if (!['class', 'label', 'id', 'keyType'].includes(k)) throw badInput(`template has an unknown field "${k}" (class, label, id, keyType)`, slot);
-  if (t.class !== undefined && !OBJECT_CLASSES.includes(t.class as string)) throw badInput(`template.class must be one of ${OBJECT_CLASSES.join(', ')}`, slot);
-  if (t.keyType !== undefined && !KEY_TYPES.includes(t.keyType as string)) throw badInput(`template.keyType must be one of ${KEY_TYPES.join(', ')}`, slot);
+  if (t.class !== undefined && !(OBJECT_CLASSES as readonly unknown[]).includes(t.class)) throw badInput(`template.class must be one of ${OBJECT_CLASSES.join(', ')}`, slot);
+  if (t.keyType !== undefined && !(KEY_TYPES as readonly unknown[]).includes(t.keyType)) throw badInput(`template.keyType must be one of ${KEY_TYPES.join(', ')}`, slot);
   return {
     class: t.class as ObjectQuery['class'],
     label: t.label === undefined ? undefined : label(t.label, slot),
@@ -118,20 +116,19 @@ export function objectQuery(value: unknown, slot: string): ObjectQuery {
 const TOKEN_ATTRS = { token: 'label', serial: 'serial', manufacturer: 'manufacturer', model: 'model' } as const;
 
 /**
- * A key named by its PKCS#11 URI: `object` is the label, `id` the CKA_ID; the token attributes
- * must be the slot's token (a URI for another token is KEY_NOT_FOUND here, never a key of this
- * one). `type` is the operation's to decide; a PIN in the URI is refused.
+ * A key named by its PKCS#11 URI (pkcs11-uri.ts says what it may name); its token attributes
+ * must be the slot's token: a URI for another token is KEY_NOT_FOUND here, never a key of this one.
  */
 function uriSelector(slot: Slot, uri: string): KeySelector {
-  let parsed;
+  let key;
+  let path;
   try {
-    parsed = parsePkcs11Uri(uri);
+    const parsed = parsePkcs11Uri(uri);
+    key = keyOfUri(parsed);
+    path = parsed.path;
   } catch (e) {
-    throw badInput(`key is not a valid PKCS#11 URI: ${(e as Error).message}`, slot.name);
+    throw badInput(`key is not a usable PKCS#11 URI: ${(e as Error).message}`, slot.name);
   }
-  const { path, query } = parsed;
-  if ('pin-value' in query || 'pin-source' in query) throw badInput("a key's URI may not carry a PIN (pin-value, pin-source): the slot's PIN source provides it", slot.name);
-  if (path.type !== undefined && !Object.hasOwn(URI_TYPES, path.type)) throw badInput(`type=${path.type} is not a PKCS#11 object type (${Object.keys(URI_TYPES).join(', ')})`, slot.name);
   const device = slot.token?.device.token;
   for (const [attr, field] of Object.entries(TOKEN_ATTRS)) {
     const wanted = path[attr];
@@ -140,6 +137,5 @@ function uriSelector(slot: Slot, uri: string): KeySelector {
       throw new Pkcs11SupervisorError('KEY_NOT_FOUND', `the URI names ${attr} "${wanted}"; slot "${slot.name}" holds ${attr} "${device[field]}"`, { slot: slot.name });
     }
   }
-  if (path.object === undefined && path.id === undefined) throw badInput('a key URI names its object (label), its id, or both', slot.name);
-  return { label: path.object, id: path.id || undefined };
+  return key;
 }

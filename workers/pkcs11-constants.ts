@@ -2,4 +2,3 @@
 export const CKM_EDDSA = 0x1057;
 export const CKK_EC_EDWARDS = 0x40;
 export const CKM_EC_EDWARDS_KEY_PAIR_GEN = 0x1055;
-export const CKS_BY_VALUE = ['RO_PUBLIC', 'RO_USER', 'RW_PUBLIC', 'RW_USER', 'RW_SO'] as const;

@@ -1,5 +1,7 @@
 /** What a token reports, as the values the supervisor works with. */
+import type * as P11 from 'pkcs11js';
 import { pkcs11js } from './pkcs11js.js';
+import { trimPadded } from '../src/model/token-match.js';
 import { CKK_EC_EDWARDS } from './pkcs11-constants.js';
 import type { KeyType } from '../src/model/mechanisms.js';
 import type { DeviceInfo, PinLength } from '../src/model/protocol.js';
@@ -22,6 +24,7 @@ export function keyTypeOf(ckk: number): KeyType | null {
   return null;
 }
 
+/** CKF_TOKEN_PRESENT, CKF_REMOVABLE_DEVICE, CKF_HW_SLOT: pkcs11js exports them but does not declare them. */
 const SLOT_FLAGS: [number, string][] = [
   [0x1, 'tokenPresent'],
   [0x2, 'removableDevice'],
@@ -29,44 +32,40 @@ const SLOT_FLAGS: [number, string][] = [
 ];
 
 const TOKEN_FLAGS: [number, string][] = [
-  [0x1, 'rng'],
-  [0x2, 'writeProtected'],
-  [0x4, 'loginRequired'],
-  [0x8, 'userPinInitialized'],
-  [0x20, 'restoreKeyNotNeeded'],
-  [0x40, 'clockOnToken'],
-  [0x100, 'protectedAuthenticationPath'],
-  [0x200, 'dualCryptoOperations'],
-  [0x400, 'tokenInitialized'],
-  [0x10000, 'userPinCountLow'],
-  [0x20000, 'userPinFinalTry'],
-  [0x40000, 'userPinLocked'],
-  [0x80000, 'userPinToBeChanged'],
-  [0x100000, 'soPinCountLow'],
-  [0x200000, 'soPinFinalTry'],
-  [0x400000, 'soPinLocked'],
-  [0x800000, 'soPinToBeChanged'],
+  [pkcs11js.CKF_RNG, 'rng'],
+  [pkcs11js.CKF_WRITE_PROTECTED, 'writeProtected'],
+  [pkcs11js.CKF_LOGIN_REQUIRED, 'loginRequired'],
+  [pkcs11js.CKF_USER_PIN_INITIALIZED, 'userPinInitialized'],
+  [pkcs11js.CKF_RESTORE_KEY_NOT_NEEDED, 'restoreKeyNotNeeded'],
+  [pkcs11js.CKF_CLOCK_ON_TOKEN, 'clockOnToken'],
+  [pkcs11js.CKF_PROTECTED_AUTHENTICATION_PATH, 'protectedAuthenticationPath'],
+  [pkcs11js.CKF_DUAL_CRYPTO_OPERATIONS, 'dualCryptoOperations'],
+  [pkcs11js.CKF_TOKEN_INITIALIZED, 'tokenInitialized'],
+  [pkcs11js.CKF_USER_PIN_COUNT_LOW, 'userPinCountLow'],
+  [pkcs11js.CKF_USER_PIN_FINAL_TRY, 'userPinFinalTry'],
+  [pkcs11js.CKF_USER_PIN_LOCKED, 'userPinLocked'],
+  [pkcs11js.CKF_USER_PIN_TO_BE_CHANGED, 'userPinToBeChanged'],
+  [pkcs11js.CKF_SO_PIN_COUNT_LOW, 'soPinCountLow'],
+  [pkcs11js.CKF_SO_PIN_FINAL_TRY, 'soPinFinalTry'],
+  [pkcs11js.CKF_SO_PIN_LOCKED, 'soPinLocked'],
+  [pkcs11js.CKF_SO_PIN_TO_BE_CHANGED, 'soPinToBeChanged'],
 ];
 
 const flagNames = (flags: number, table: [number, string][]) => table.filter(([bit]) => (flags & bit) !== 0).map(([, name]) => name);
-const version = (v: { major: number; minor: number } | undefined) => (v ? `${v.major}.${v.minor}` : '');
-const text = (s: string | undefined) => (s ?? '').replace(/[\s\0]+$/, '');
+const version = (v: P11.Version) => `${v.major}.${v.minor}`;
 
-/** C_GetSlotInfo and C_GetTokenInfo as plain data: blank padding trimmed, versions as "major.minor", flags by name. */
-export function deviceInfo(slot: P11SlotInfo, token: P11TokenInfo): DeviceInfo {
+/** C_GetSlotInfo and C_GetTokenInfo as plain data: padding trimmed, versions as "major.minor", flags by name. */
+export function deviceInfo(slot: P11.SlotInfo, token: P11.TokenInfo): DeviceInfo {
   return {
-    slot: { description: text(slot.slotDescription), manufacturer: text(slot.manufacturerID), hardware: version(slot.hardwareVersion), firmware: version(slot.firmwareVersion), flags: flagNames(slot.flags, SLOT_FLAGS) },
+    slot: { description: trimPadded(slot.slotDescription), manufacturer: trimPadded(slot.manufacturerID), hardware: version(slot.hardwareVersion), firmware: version(slot.firmwareVersion), flags: flagNames(slot.flags, SLOT_FLAGS) },
     token: {
-      label: text(token.label),
-      manufacturer: text(token.manufacturerID),
-      model: text(token.model),
-      serial: text(token.serialNumber),
+      label: trimPadded(token.label),
+      manufacturer: trimPadded(token.manufacturerID),
+      model: trimPadded(token.model),
+      serial: trimPadded(token.serialNumber),
       hardware: version(token.hardwareVersion),
       firmware: version(token.firmwareVersion),
       flags: flagNames(token.flags, TOKEN_FLAGS),
     },
   };
 }
-
-type P11SlotInfo = { slotDescription: string; manufacturerID: string; flags: number; hardwareVersion?: { major: number; minor: number }; firmwareVersion?: { major: number; minor: number } };
-type P11TokenInfo = { label: string; manufacturerID: string; model: string; serialNumber: string; flags: number; hardwareVersion?: { major: number; minor: number }; firmwareVersion?: { major: number; minor: number } };

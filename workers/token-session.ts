@@ -13,8 +13,7 @@ import { writeDer, derToRaw, maxDerBytes } from '../src/model/ecdsa-signature.js
 import { prepareMechanisms, preparedKey, keyGenSizes, type PreparedMechanism } from './mechanism-params.js';
 import { WorkerFailure } from './failure.js';
 import { deviceInfo, keyTypeOf, pinLengthOf, sessionLimit } from './token-info.js';
-import { CKS_BY_VALUE } from './pkcs11-constants.js';
-import { USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from '../src/model/protocol.js';
+import { SESSION_STATES, USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from '../src/model/protocol.js';
 import { findHandles, publicKeyReport, type SessionAccess } from './object-ops.js';
 
 interface CachedKey {
@@ -42,6 +41,8 @@ export class TokenSession implements SessionAccess {
   private session: P11.Handle | null = null;
   private tokenLabel = '';
   private tokenSerial = '';
+  /** C_GetTokenInfo of the token this session is on, as read when the slot was chosen. */
+  private tokenInfo: P11.TokenInfo | null = null;
   /** ulMaxSessionCount / ulMaxRwSessionCount of the token, as read with its label. */
   private sessionLimits: { maxSessions: number | null; maxRwSessions: number | null } = { maxSessions: null, maxRwSessions: null };
   /** ulMinPinLen / ulMaxPinLen: a PIN outside them is refused here, before it costs a retry on the token. */
@@ -95,7 +96,8 @@ export class TokenSession implements SessionAccess {
       ...this.sessionLimits,
       pinLength: this.pinLength,
       keyTypes: this.keyTypesOf(task.keys),
-      device: deviceInfo(this.count('C_GetSlotInfo').C_GetSlotInfo(slot), this.count('C_GetTokenInfo').C_GetTokenInfo(slot)),
+      // The token's report is the one the slot was chosen by, a moment ago.
+      device: deviceInfo(this.count('C_GetSlotInfo').C_GetSlotInfo(slot), this.tokenInfo!),
     };
   }
 
@@ -161,6 +163,7 @@ export class TokenSession implements SessionAccess {
 
   private readTokenInfo(slot: P11.Handle): void {
     const info = this.count('C_GetTokenInfo').C_GetTokenInfo(slot);
+    this.tokenInfo = info;
     this.tokenLabel = trimPadded(info.label);
     this.tokenSerial = trimPadded(info.serialNumber);
     this.sessionLimits = { maxSessions: sessionLimit(info.maxSessionCount), maxRwSessions: sessionLimit(info.maxRwSessionCount) };
@@ -216,7 +219,7 @@ export class TokenSession implements SessionAccess {
   }
 
   private sessionState(): SessionState {
-    return CKS_BY_VALUE[this.count('C_GetSessionInfo').C_GetSessionInfo(this.live).state] ?? 'RO_PUBLIC';
+    return SESSION_STATES[this.count('C_GetSessionInfo').C_GetSessionInfo(this.live).state] ?? 'RO_PUBLIC';
   }
 
   login(pin: string, userType: 'user' | 'so'): SessionReport {

@@ -2,7 +2,8 @@
  * Signature mechanisms by the names callers use. The table is shared by the main thread
  * (validation before a call is queued) and the workers (what to ask the token for).
  */
-export type KeyType = 'RSA' | 'EC' | 'EC_EDWARDS';
+export const KEY_TYPES = ['RSA', 'EC', 'EC_EDWARDS'] as const;
+export type KeyType = (typeof KEY_TYPES)[number];
 export type HashName = 'sha256' | 'sha384' | 'sha512';
 
 export interface MechanismSpec {

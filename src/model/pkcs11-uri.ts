@@ -51,8 +51,11 @@ function attributes(part: string, separator: string, chars: RegExp, where: strin
   return out;
 }
 
+// A test, not toLowerCase(): this runs for every key of every call.
+const SCHEME = /^pkcs11:/i;
+
 export function isPkcs11Uri(value: unknown): value is string {
-  return typeof value === 'string' && value.toLowerCase().startsWith('pkcs11:');
+  return typeof value === 'string' && SCHEME.test(value);
 }
 
 export function parsePkcs11Uri(uri: string): Pkcs11Uri {
@@ -66,6 +69,27 @@ export function parsePkcs11Uri(uri: string): Pkcs11Uri {
 
 /** Object classes by the URI's `type`. */
 export const URI_TYPES = { private: 'privateKey', public: 'publicKey', cert: 'certificate', 'secret-key': 'secretKey', data: 'data' } as const;
+
+function refusePin({ query }: Pkcs11Uri): void {
+  if ('pin-value' in query || 'pin-source' in query) throw new UriError("a PIN never goes in the config or in a call's URI (pin-value, pin-source): the slot's PIN source provides it");
+}
+
+/** The key a URI names: `object` is its label, `id` its CKA_ID. The operation decides the class; `type` must be one. */
+export function keyOfUri(uri: Pkcs11Uri): { label: string | undefined; id: string | undefined } {
+  refusePin(uri);
+  const { path } = uri;
+  if (path.type !== undefined && !Object.hasOwn(URI_TYPES, path.type)) throw new UriError(`type=${path.type} is not a PKCS#11 object type (${Object.keys(URI_TYPES).join(', ')})`);
+  if (path.object === undefined && !path.id) throw new UriError('a key URI names its object (label), its id, or both');
+  return { label: path.object, id: path.id || undefined };
+}
+
+/** The token a URI names, as a selector: by serial where it has one (it is unique), else by label. */
+export function tokenOfUri(uri: Pkcs11Uri): { serial: string } | { label: string } {
+  refusePin(uri);
+  if (uri.path.serial) return { serial: uri.path.serial };
+  if (uri.path.token) return { label: uri.path.token };
+  throw new UriError('the token URI names neither token (label) nor serial');
+}
 
 const encode = (text: string) => [...Buffer.from(text, 'utf8')].map((b) => (/[A-Za-z0-9\-._~]/.test(String.fromCharCode(b)) ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`)).join('');
 

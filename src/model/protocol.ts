@@ -85,12 +85,15 @@ export interface Timing {
 
 export type WorkerReply<T = unknown> = ({ ok: true; value: T } | { ok: false; error: WorkerError }) & Timing;
 
-export type SessionState = 'RO_PUBLIC' | 'RO_USER' | 'RW_PUBLIC' | 'RW_USER' | 'RW_SO';
+/** In the order of their CKS_* values (CKS_RO_PUBLIC_SESSION = 0 … CKS_RW_SO_FUNCTIONS = 4). */
+export const SESSION_STATES = ['RO_PUBLIC', 'RO_USER', 'RW_PUBLIC', 'RW_USER', 'RW_SO'] as const;
+export type SessionState = (typeof SESSION_STATES)[number];
 
 /** A session a user call can use. RW_SO is logged in too, but as the Security Officer: not for user calls. */
 export const USER_SESSION_STATES: ReadonlySet<SessionState> = new Set(['RO_USER', 'RW_USER']);
 
-export type UserPinState = 'ok' | 'count_low' | 'final_try' | 'locked';
+export const USER_PIN_STATES = ['ok', 'count_low', 'final_try', 'locked'] as const;
+export type UserPinState = (typeof USER_PIN_STATES)[number];
 
 export interface SessionReport {
   /** Session handle, hex: stable for the life of the session, useful in logs. */
@@ -151,7 +154,8 @@ export interface PublicKeyReport {
   uri: string;
 }
 
-export type ObjectClass = 'privateKey' | 'publicKey' | 'certificate' | 'secretKey' | 'data';
+export const OBJECT_CLASSES = ['privateKey', 'publicKey', 'certificate', 'secretKey', 'data'] as const;
+export type ObjectClass = (typeof OBJECT_CLASSES)[number];
 
 export interface ObjectQuery {
   class?: ObjectClass | undefined;

@@ -109,20 +109,20 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     callers = new WeakMap();
     limiter.forget();
   });
-  async function authenticate(request: FastifyRequest): Promise<Caller> {
+  /** The caller: at once from its connection (remembered per socket), or, for a bearer token, once jose has verified it. */
+  function authenticate(request: FastifyRequest): Caller | Promise<Caller> {
     const socket = request.raw.socket;
-    const peer = peerOf(socket);
     const bearer = request.headers.authorization;
     if (bearer !== undefined) {
       if (!jwt) throw new Pkcs11SupervisorError('UNAUTHENTICATED', 'bearer tokens are not accepted here (api.jwt is not configured)');
       const token = /^Bearer ([A-Za-z0-9._~+/=-]{1,8192})$/.exec(bearer)?.[1];
       if (!token) throw new Pkcs11SupervisorError('UNAUTHENTICATED', 'the Authorization header must be "Bearer <JWT>"');
-      return { ...(await jwt.verify(token)), peer };
+      return jwt.verify(token).then((verified) => ({ ...verified, peer: peerOf(socket) }));
     }
     const known = callers.get(socket);
     if (known) return known;
     const id = (socket as TLSSocket).encrypted ? certificatePrincipal(socket as TLSSocket, api.tls!.principalFrom) : api.unix!.principal;
-    const caller = { id, roles: rolesOf(sup.config.policy, id), peer };
+    const caller = { id, roles: rolesOf(sup.config.policy, id), peer: peerOf(socket) };
     callers.set(socket, caller);
     return caller;
   }
@@ -134,12 +134,17 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     reply.header('retry-after', String(Math.ceil(waitMs / 1000)));
     return new Pkcs11SupervisorError('RATE_LIMITED', `principal "${caller.id}" is over its rate limit; retry in ${waitMs} ms`);
   };
-  // Callback hooks, not async ones: a known caller (most requests) costs no promise.
+  // Callback hooks, not async ones: a caller known from its connection (most requests) costs no promise.
   app.addHook('onRequest', (request, reply, done) => {
-    const known = request.headers.authorization === undefined ? callers.get(request.raw.socket) : undefined;
-    if (known) return done(admit(request, reply, known));
-    authenticate(request).then(
-      (caller) => done(admit(request, reply, caller)),
+    let caller: Caller | Promise<Caller>;
+    try {
+      caller = authenticate(request);
+    } catch (e) {
+      return done(e as Error);
+    }
+    if (!(caller instanceof Promise)) return done(admit(request, reply, caller));
+    caller.then(
+      (c) => done(admit(request, reply, c)),
       (e: Error) => done(e),
     );
   });
@@ -170,11 +175,12 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     const url = request.routeOptions.url;
     const route = url === undefined ? 'unknown' : url === '/v1/openapi.json' ? 'openapi' : url.slice(4);
     const code = request.outcome;
-    events.emit('apiRequest', { route, code, status: reply.statusCode, seconds: reply.elapsedTime / 1000 });
-    if (audit && !(code === 'ok' && GATE_AUDITED.has(route))) {
+    if (events.listenerCount('apiRequest') > 0) events.emit('apiRequest', { route, code, status: reply.statusCode, seconds: reply.elapsedTime / 1000 });
+    // The gate has recorded what it let through and what the policy refused (its `denied` record).
+    if (audit && code !== 'FORBIDDEN' && !(code === 'ok' && GATE_AUDITED.has(route))) {
       const body = request.body as { slot?: unknown } | undefined;
       audit.append({
-        event: code === 'UNAUTHENTICATED' || code === 'RATE_LIMITED' || code === 'FORBIDDEN' ? 'denied' : 'request',
+        event: code === 'UNAUTHENTICATED' || code === 'RATE_LIMITED' ? 'denied' : 'request',
         slot: typeof body?.slot === 'string' ? body.slot : '',
         result: code,
         principal: request.caller?.id,
@@ -294,9 +300,9 @@ function closeIdleSockets(server: Server | HttpsServer, ms: number): void {
 }
 
 async function invoke(sup: Pkcs11Supervisor, name: RouteName, request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
-  const caller = request.caller!;
+  // The caller is the principal: the same { id, roles, peer } the in-process client takes.
+  const principal = request.caller!;
   const body = request.body as Record<string, unknown>;
-  const principal = { id: caller.id, roles: caller.roles, peer: caller.peer };
   let value: unknown;
   if (name === 'status') value = sup.status({ principal });
   else if (name === 'verifyAudit') value = await sup.verifyAudit({ principal });

@@ -15,6 +15,7 @@ type JwtConfig = NonNullable<ApiConfig['jwt']>;
 export class JwtVerifier {
   private keys: ReturnType<typeof createLocalJWKSet>;
   private stamp: number;
+  private checkedAt = 0;
 
   constructor(private readonly config: JwtConfig) {
     this.stamp = statSync(config.jwks).mtimeMs;
@@ -29,7 +30,11 @@ export class JwtVerifier {
     }
   }
 
+  /** At most once a second: a bearer request need not pay a stat() each. */
   private refresh(): void {
+    const now = Date.now();
+    if (now - this.checkedAt < 1000) return;
+    this.checkedAt = now;
     try {
       const mtime = statSync(this.config.jwks).mtimeMs;
       if (mtime === this.stamp) return;

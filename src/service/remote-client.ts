@@ -123,7 +123,7 @@ export class RemoteClient implements Pkcs11Client {
   }
 
   status(options: PrincipalOptions = {}): Promise<SupervisorStatus> {
-    return this.call('status', { ...options }) as Promise<SupervisorStatus>;
+    return this.call('status', options as Record<string, unknown>) as Promise<SupervisorStatus>;
   }
 
   async reset(slot: string, options: PrincipalOptions = {}): Promise<void> {
@@ -131,7 +131,7 @@ export class RemoteClient implements Pkcs11Client {
   }
 
   verifyAudit(options: PrincipalOptions = {}): Promise<AuditVerdict> {
-    return this.call('verifyAudit', { ...options }) as Promise<AuditVerdict>;
+    return this.call('verifyAudit', options as Record<string, unknown>) as Promise<AuditVerdict>;
   }
 
   async close(): Promise<void> {

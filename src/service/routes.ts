@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { JWS_ALGS } from '../client/jws-algorithms.js';
 import { MECHANISM_NAMES } from '../model/mechanisms.js';
+import { OBJECT_CLASSES, SESSION_STATES, USER_PIN_STATES } from '../model/protocol.js';
 import {
   bytes,
   callFields,
@@ -64,13 +65,13 @@ const NoFields = z.strictObject({});
 
 const SessionInfoWire = z.object({
   handle: z.string(),
-  state: z.enum(['RO_PUBLIC', 'RO_USER', 'RW_PUBLIC', 'RW_USER', 'RW_SO']),
+  state: z.enum(SESSION_STATES),
   tokenLabel: z.string(),
   tokenSerial: z.string(),
   slotId: z.string(),
   calls: z.record(z.string(), z.number()),
   loggedInHere: z.boolean().optional(),
-  userPin: z.enum(['ok', 'count_low', 'final_try', 'locked']),
+  userPin: z.enum(USER_PIN_STATES),
 });
 
 const AuditHealthWire = z.object({ path: z.string(), healthy: z.boolean(), pending: z.number(), error: z.string().nullable() });
@@ -84,7 +85,7 @@ const StatusWire = z.object({
       state: z.string(),
       queued: z.number(),
       running: z.number(),
-      userPin: z.enum(['ok', 'count_low', 'final_try', 'locked']).nullable(),
+      userPin: z.enum(USER_PIN_STATES).nullable(),
       token: z.record(z.string(), z.unknown()).nullable().describe('what the token reported when the slot opened: mechanisms, key generation, session limits'),
       workers: z.array(z.record(z.string(), z.unknown())),
     }),
@@ -157,7 +158,7 @@ export const ROUTES = {
   ),
   destroyObject: route(
     'Destroys the objects a key names (force: true for a configured key)',
-    z.strictObject({ slot, key: KeyRefWire, class: z.enum(['privateKey', 'publicKey', 'certificate', 'secretKey', 'data']).optional(), force: z.boolean().optional(), ...callFields }),
+    z.strictObject({ slot, key: KeyRefWire, class: z.enum(OBJECT_CLASSES).optional(), force: z.boolean().optional(), ...callFields }),
     member('destroyed', z.number().int(), passThrough<number>(), passThrough<number>()),
   ),
   generateRandom: route(

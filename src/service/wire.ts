@@ -7,7 +7,8 @@
  */
 import { createPublicKey, X509Certificate, type JsonWebKey } from 'node:crypto';
 import { z } from 'zod';
-import { KEY_ALGORITHMS, type ObjectDescriptor } from '../model/protocol.js';
+import { KEY_TYPES } from '../model/mechanisms.js';
+import { KEY_ALGORITHMS, OBJECT_CLASSES, type ObjectDescriptor } from '../model/protocol.js';
 
 const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
 const toBase64 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64');
@@ -51,8 +52,6 @@ export const callFields = {
   pin: z.string().max(256).optional().describe("a PIN for this call's login if the slot needs one; never stored or logged"),
 };
 
-const KEY_TYPES = ['RSA', 'EC', 'EC_EDWARDS'] as const;
-const OBJECT_CLASSES = ['privateKey', 'publicKey', 'certificate', 'secretKey', 'data'] as const;
 
 export const ObjectDescriptorWire = z.object({
   class: z.enum(OBJECT_CLASSES),
