@@ -33,10 +33,11 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<command> 
   init                                     in this directory: a SoftHSM2 dev token under var/ and config/default.json (kept if present)
   status                                   slot states as JSON
   keys list [--slot S] [--class C]         objects on each token (class: privateKey, publicKey, certificate)
-  keys generate --slot S --algorithm A --label L [--id HEX]
+  keys generate --slot S --algorithm A --label L [--id HEX] [--always-authenticate]
                                            A: RSA-2048 RSA-3072 RSA-4096 EC-P256 EC-P384 EC-P521 Ed25519
   keys import --slot S --label L [--id HEX] (--p12 FILE [--password-env VAR] | --private-key PEM [--cert PEM]...) [--replace]
-                                           an existing key under that label or id is refused unless --replace
+              [--always-authenticate]      an existing key under that label or id is refused unless --replace;
+                                           --always-authenticate: the key asks for the PIN on every signature
   keys delete --slot S --key K [--class C] [--force]
                                            destroys the objects K names (--force for a key the config names)
   sign --slot S --key K --mechanism M --in FILE [--out FILE] [--format der|raw] [--prehashed]
@@ -102,6 +103,7 @@ const options = {
   format: { type: 'string' },
   prehashed: { type: 'boolean', default: false },
   replace: { type: 'boolean', default: false },
+  'always-authenticate': { type: 'boolean', default: false },
   force: { type: 'boolean', default: false },
   algorithm: { type: 'string' },
   label: { type: 'string' },
@@ -272,10 +274,10 @@ async function dispatch(sup: Pkcs11Client, command: string, values: Values): Pro
       return 0;
     }
     case 'keys generate':
-      print(await sup.generateKeyPair({ slot: need(values, 'slot'), algorithm: need(values, 'algorithm') as never, label: need(values, 'label'), id: values.id, timeoutMs: 300_000 }));
+      print(await sup.generateKeyPair({ slot: need(values, 'slot'), algorithm: need(values, 'algorithm') as never, label: need(values, 'label'), id: values.id, alwaysAuthenticate: values['always-authenticate'], timeoutMs: 300_000 }));
       return 0;
     case 'keys import': {
-      const base = { slot: need(values, 'slot'), label: need(values, 'label'), id: values.id, replace: values.replace };
+      const base = { slot: need(values, 'slot'), label: need(values, 'label'), id: values.id, replace: values.replace, alwaysAuthenticate: values['always-authenticate'] };
       if (values.p12) {
         const envName = values['password-env'];
         if (envName && process.env[envName] === undefined) throw new Usage(`--password-env ${envName}: the variable ${envName} is not set`);

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { SlotState, SlotError } from './model/slot-state.js';
 import type { ErrorCode } from './model/errors.js';
+import type { HandleKind } from './model/ckr.js';
 import type { PinOrigin } from './pin-chain.js';
 
 export interface StateChangeEvent {
@@ -46,7 +47,8 @@ export interface LoginEvent {
   worker: number;
   origin: PinOrigin;
   outcome: 'ok' | string;
-  userType: 'user' | 'so';
+  /** `context`: a C_Login(CKU_CONTEXT_SPECIFIC) for one signature with a key that asks for the PIN on every use. */
+  userType: 'user' | 'so' | 'context';
 }
 
 export interface LogoutEvent {
@@ -60,6 +62,16 @@ export interface ModuleResetEvent {
   module: string;
   ckr: string;
   ok: boolean;
+}
+
+/** A session or object handle the module could not allocate (CKR_SESSION_COUNT, CKR_HOST_MEMORY, CKR_DEVICE_MEMORY). */
+export interface HandleAllocationFailureEvent {
+  slot: string;
+  worker: number;
+  handle: HandleKind;
+  ckr: string;
+  /** The PKCS#11 function that failed. */
+  fn: string | null;
 }
 
 export interface AuditWriteErrorEvent {
@@ -106,6 +118,7 @@ export interface SupervisorEvents {
   login: [LoginEvent];
   logout: [LogoutEvent];
   auditWriteError: [AuditWriteErrorEvent];
+  handleAllocationFailure: [HandleAllocationFailureEvent];
 }
 
 export class SupervisorEmitter extends EventEmitter<SupervisorEvents> {}

@@ -7,7 +7,7 @@
 import { createHash, createPrivateKey, createPublicKey, X509Certificate, type KeyObject } from 'node:crypto';
 import forge from 'node-forge';
 import { Pkcs11SupervisorError } from './model/errors.js';
-import type { ImportedObject, JsonWebKeyLike } from './model/protocol.js';
+import type { ImportedObject, JsonWebKeyLike, PrivateKeyUse } from './model/protocol.js';
 import { octetString } from './model/der.js';
 
 export interface ImportMaterial {
@@ -73,7 +73,7 @@ export function defaultKeyId(jwk: JsonWebKeyLike): string {
   return createHash('sha1').update(value).digest('hex');
 }
 
-export function importObjectsFor(material: ImportMaterial, label: string, id: string | undefined, extractable: boolean): ImportedObject[] {
+export function importObjectsFor(material: ImportMaterial, label: string, id: string | undefined, use: PrivateKeyUse): ImportedObject[] {
   const jwk = material.privateKey.export({ format: 'jwk' }) as JsonWebKeyLike;
   const pub = createPublicKey(material.privateKey).export({ format: 'jwk' }) as JsonWebKeyLike;
   const keyId = id ?? defaultKeyId(pub);
@@ -82,7 +82,7 @@ export function importObjectsFor(material: ImportMaterial, label: string, id: st
   if (material.certificates.length > 0 && matching.length === 0) throw bad('none of the certificates is for this private key');
   const others = material.certificates.filter((der) => !matching.includes(der));
   return [
-    { kind: 'privateKey', jwk, label, id: keyId, extractable },
+    { kind: 'privateKey', jwk, label, id: keyId, ...use },
     { kind: 'publicKey', jwk: pub, label, id: keyId },
     ...matching.map((der) => ({ kind: 'certificate' as const, der, ...certificateFields(der), label, id: keyId })),
     // Chain certificates go in too, each under its own id so they never shadow the key's.

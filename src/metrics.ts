@@ -62,6 +62,14 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
     registers: [register],
   });
 
+  const handleFailures = new Counter({
+    name: 'pkcs11_handle_allocation_failures_total',
+    help: 'Session or object handles the module could not allocate (CKR_SESSION_COUNT, CKR_HOST_MEMORY, CKR_DEVICE_MEMORY), by slot, handle kind and CKR.',
+    labelNames: ['slot', 'handle', 'ckr'] as const,
+    registers: [register],
+  });
+  sup.on('handleAllocationFailure', (e) => handleFailures.inc({ slot: e.slot, handle: e.handle, ckr: e.ckr }));
+
   const denied = new Counter({
     name: 'pkcs11_access_denied_total',
     help: 'Calls refused by the policy (FORBIDDEN), by slot and operation.',

@@ -8,7 +8,7 @@
 import type { SlotConfig } from './config-schema.js';
 import { closeOrphanSession, moduleGate, threadAbandoned } from './module-registry.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
-import type { OpenReport, WorkerReply, WorkerTask } from './model/protocol.js';
+import type { OpenReport, WorkerError, WorkerReply, WorkerTask } from './model/protocol.js';
 import { SessionThread, ThreadDied } from '../workers/handover/session-thread.js';
 
 export { ThreadDied };
@@ -35,6 +35,8 @@ export class SessionHost {
     private readonly crashed: (reason: string) => void,
     /** No next session will come (failed or closed): orphans are closed as soon as they are gone. */
     private readonly ended: () => boolean,
+    /** Every call that failed on the token (batched calls aside), for the counters that watch the module. */
+    private readonly failed: (error: WorkerError) => void,
   ) {}
 
   /** A task is inside the thread (and so maybe inside the module). */
@@ -61,7 +63,7 @@ export class SessionHost {
     await moduleGate(this.modulePath);
     const { config } = this;
     const keys = Object.fromEntries(Object.entries(config.keys).map(([ref, k]) => [ref, { label: k.label, id: k.id?.toLowerCase() }]));
-    const report = unwrap(await this.thread.run<OpenReport>({ op: 'open', modulePath: this.modulePath, token: config.token, readWrite: !config.readOnly, keys }), this.slot);
+    const report = unwrap(this.seen(await this.thread.run<OpenReport>({ op: 'open', modulePath: this.modulePath, token: config.token, readWrite: !config.readOnly, keys })), this.slot);
     this.sessionHandle = report.handle;
     this.closeOrphans();
     this.checkSessionLimit(report);
@@ -89,6 +91,11 @@ export class SessionHost {
       await thread.stop().catch(() => undefined);
     }
     return null;
+  }
+
+  private seen<T>(reply: WorkerReply<T>): WorkerReply<T> {
+    if (!reply.ok) this.failed(reply.error);
+    return reply;
   }
 
   /** Lets a crashed or wedged thread go; its session is closed later (see the header). */
@@ -126,7 +133,7 @@ export class SessionHost {
       this.died(thread, `a ${task.op} call ran ${this.config.hungCallGraceMs} ms past its deadline; the worker is wedged and is replaced`);
     }, Math.max(0, deadline + this.config.hungCallGraceMs - Date.now()));
     try {
-      return await thread.run<T>(task);
+      return this.seen(await thread.run<T>(task));
     } catch (e) {
       if (wedged) throw new Wedged();
       // The task's rejection can arrive before Piscina's worker events: say it now, so the

@@ -8,7 +8,7 @@ import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { slotMachine, type Activity } from '../actors/slot-machine.js';
 import { slotFailed, type SlotState } from './model/slot-state.js';
 import type { RestartPolicy } from './restart-policy.js';
-import { SESSION_LOST_CKRS, TRANSIENT_CKRS } from './model/ckr.js';
+import { SESSION_LOST_CKRS, TRANSIENT_CKRS, handleAllocationFailure, type HandleKind } from './model/ckr.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import type { PinChain, PinOrigin } from './pin-chain.js';
 import type { Secret } from './model/secret.js';
@@ -16,12 +16,13 @@ import type { CallContext, CallNeeds, SlotTask } from './slot-call.js';
 import { SessionHost, ThreadDied, Wedged, unwrap } from './session-host.js';
 import { checkHealth } from './health-probe.js';
 import type { SlotConfig } from './config-schema.js';
-import { USER_SESSION_STATES, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type UserPinState, type WorkerTask } from './model/protocol.js';
+import { USER_SESSION_STATES, selectorKey, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type UserPinState, type WorkerError, type WorkerTask } from './model/protocol.js';
 
 export interface SlotWorkerHooks {
   opened(worker: SlotWorker, report: OpenReport): void;
   stateChanged(worker: SlotWorker, from: SlotState, to: SlotState): void;
-  loginAttempted(worker: SlotWorker, origin: PinOrigin, outcome: 'ok' | string, userType?: 'user' | 'so'): void;
+  loginAttempted(worker: SlotWorker, origin: PinOrigin, outcome: 'ok' | string, userType?: 'user' | 'so' | 'context'): void;
+  handleAllocationFailed(worker: SlotWorker, handle: HandleKind, error: WorkerError): void;
 }
 
 export interface SlotWorkerOptions {
@@ -38,6 +39,11 @@ export interface SlotWorkerOptions {
   hooks: SlotWorkerHooks;
   /** A call found the module itself broken (CKR_GENERAL_ERROR): the supervisor resets it, once for all its slots. */
   moduleBroken(ckr: string): void;
+  /**
+   * The slot's keys known to ask for the PIN on every use (selectorKey): their signs get the PIN
+   * with the task, and the mailbox runs them alone.
+   */
+  contextLoginKeys: Set<string>;
 }
 
 /** Where start-up settles: open, logged in, or failed (a crash is restarted until the budget is spent). */
@@ -66,7 +72,17 @@ export class SlotWorker {
   constructor(private readonly opts: SlotWorkerOptions) {
     this.slot = opts.slot;
     this.index = opts.index;
-    this.host = new SessionHost(opts.slot, opts.config, opts.modulePath, (reason) => this.actor.send({ type: 'CRASHED', reason }), () => this.state === 'failed' || this.state === 'closed');
+    this.host = new SessionHost(
+      opts.slot,
+      opts.config,
+      opts.modulePath,
+      (reason) => this.actor.send({ type: 'CRASHED', reason }),
+      () => this.state === 'failed' || this.state === 'closed',
+      (error) => {
+        const handle = handleAllocationFailure(error);
+        if (handle) opts.hooks.handleAllocationFailed(this, handle, error);
+      },
+    );
     const machine = slotMachine.provide({
       actors: {
         openSession: fromPromise<OpenReport, void>(() => this.openSession()),
@@ -186,7 +202,7 @@ export class SlotWorker {
       if (call.settled) throw new Pkcs11SupervisorError('TIMEOUT', 'the call ended before it reached the token', { slot: this.slot });
       let reply: WorkerReply<T>;
       try {
-        reply = await this.runTask<T>(task, call.deadline);
+        reply = await this.runOnce<T>(task, call);
       } catch (e) {
         if (attempt === 0 && e instanceof ThreadDied) continue;
         if (e instanceof Wedged || e instanceof ThreadDied) {
@@ -203,6 +219,34 @@ export class SlotWorker {
       this.activity.lastCallAt = Date.now();
       return reply;
     }
+  }
+
+  /** One run of a call's task; a sign with a key that asks for the PIN on every use runs with that PIN. */
+  private async runOnce<T>(task: WorkerTask, call: CallNeeds): Promise<WorkerReply<T>> {
+    const known = task.op === 'sign' && this.opts.contextLoginKeys.size > 0 && this.opts.contextLoginKeys.has(selectorKey(task.key));
+    if (!known) {
+      const reply = await this.runTask<T>(task, call.deadline);
+      if (reply.ok || reply.error.contextLogin !== true || task.op !== 'sign') return reply;
+      this.opts.contextLoginKeys.add(selectorKey(task.key));
+    }
+    return this.signWithContextLogin<T>(task as Extract<WorkerTask, { op: 'sign' }>, call);
+  }
+
+  /**
+   * C_Login(CKU_CONTEXT_SPECIFIC) for one signature, with a PIN from the chain: the call's own,
+   * the configured one or the callback's. A PIN the token refuses is never sent again by the
+   * chain; a refusal is the caller's error, not a lost session.
+   */
+  private async signWithContextLogin<T>(task: Extract<WorkerTask, { op: 'sign' }>, call: CallNeeds): Promise<WorkerReply<T>> {
+    const { pins } = this.opts;
+    const tokenLabel = this.context.session?.tokenLabel;
+    const { pin, origin } = await pins.resolve(call.pin, { slot: this.slot, tokenLabel, reason: 'login' }, false, this.userPin ?? 'ok');
+    const reply = await this.runTask<T>({ ...task, contextPin: pin.reveal() }, call.deadline);
+    const outcome = reply.ok ? 'ok' : reply.error.code;
+    this.opts.hooks.loginAttempted(this, origin, outcome, 'context');
+    if (reply.ok) pins.accepted(pin);
+    else if (outcome === 'PIN_INCORRECT') pins.rejectedByToken(pin);
+    return reply;
   }
 
   /** A call that got CKR_GENERAL_ERROR found the module itself broken: the supervisor resets it, rate-limited. */
@@ -237,7 +281,8 @@ export class SlotWorker {
       if (reply) this.noteModuleHealth(reply);
       const lost = reply && !reply.ok && reply.error.ckr !== undefined && SESSION_LOST_CKRS.has(reply.error.ckr);
       const transient = reply && !reply.ok && reply.error.ckr !== undefined && TRANSIENT_CKRS.has(reply.error.ckr);
-      if (reply && !lost && !transient) {
+      const wantsPin = reply && !reply.ok && reply.error.contextLogin === true;
+      if (reply && !lost && !transient && !wantsPin) {
         results[i] = reply;
         continue;
       }
@@ -248,7 +293,7 @@ export class SlotWorker {
         this.sessionLost();
       }
       // Not run, or worth its one retry: the single-call path, counting a failed run as the first attempt.
-      results[i] = await this.execute<T>(tasks[i]!, calls[i]!, reply ? 1 : 0);
+      results[i] = await this.execute<T>(tasks[i]!, calls[i]!, reply && !wantsPin ? 1 : 0);
     }
     this.activity.lastCallAt = Date.now();
     return results;

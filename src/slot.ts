@@ -30,6 +30,8 @@ export class Slot {
   readonly capabilities = { mechanisms: new Set<MechanismName>(), keyTypes: new Map<string, KeyType>() };
   /** The token's own abilities and limits as reported at the last open; null before one. */
   token: Pick<OpenReport, 'mechanisms' | 'keyGen' | 'maxSessions' | 'maxRwSessions' | 'pinLength' | 'device'> | null = null;
+  /** Keys found to ask for the PIN on every use (CKA_ALWAYS_AUTHENTICATE), by selectorKey. */
+  private readonly contextLoginKeys = new Set<string>();
   /** The slot's token's domain (token-domain.ts): a private one until a session names the token. */
   private domain = new TokenDomain();
 
@@ -59,6 +61,7 @@ export class Slot {
           loginLock,
           restart,
           moduleBroken: (ckr) => this.supervisor.moduleBroken(this, ckr),
+          contextLoginKeys: this.contextLoginKeys,
           hooks: {
             opened: (_w, report) => {
               this.joinDomain(tokenDomain(modulePath, report.tokenSerial, report.tokenLabel));
@@ -68,6 +71,10 @@ export class Slot {
               this.token = { mechanisms, keyGen, maxSessions, maxRwSessions, pinLength, device };
             },
             stateChanged: (w, from, to) => this.stateChanged(w, from, to),
+            handleAllocationFailed: (w, handle, error) => {
+              this.events.emit('handleAllocationFailure', { slot: name, worker: w.index, handle, ckr: error.ckr!, fn: error.fn ?? null });
+              this.log.warn({ slot: name, worker: w.index, handle, ckr: error.ckr, fn: error.fn }, 'the module could not allocate a handle');
+            },
             loginAttempted: (w, origin, outcome, userType = 'user') => {
               this.events.emit('login', { slot: name, worker: w.index, origin, outcome, userType });
               this.log[outcome === 'ok' ? 'info' : 'warn']({ slot: name, worker: w.index, pinSource: origin, outcome, userType }, 'login');
@@ -75,7 +82,7 @@ export class Slot {
           },
         }),
     );
-    this.mailbox = new Mailbox(name, this.workers, () => config.queueLimit, () => this.failure());
+    this.mailbox = new Mailbox(name, this.workers, () => config.queueLimit, () => this.failure(), this.contextLoginKeys);
   }
 
   /** The token is logged in as its Security Officer, through this slot or another on the same token (one user type at a time). */

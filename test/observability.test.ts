@@ -10,6 +10,7 @@ import { startDaemon, startSupervisor, type Daemon } from '../dist/src/index.js'
 import { REDACT_PATHS } from '../dist/src/logger.js';
 import { configFor, createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 import { injectWorkerFault } from '../dist/src/testing.js';
+import { Faults, faultConfig } from './support/faults.js';
 
 const parse = createRequire(import.meta.url)('parse-prometheus-text-format') as (text: string) => {
   name: string;
@@ -137,6 +138,25 @@ describe('metrics over HTTP', () => {
     while ((await fetch(`${daemon.url}/readyz`)).status !== 200 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     expect((await fetch(`${daemon.url}/readyz`)).status).toBe(200);
     expect(await daemon.sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })).toBeInstanceOf(Buffer);
+  });
+});
+
+describe('handles the module cannot allocate', () => {
+  it('a session refused with CKR_SESSION_COUNT is counted in pkcs11_handle_allocation_failures_total, and the slot comes back', async () => {
+    const faults = new Faults(td);
+    const file = join(td.dir, 'fault-config.json');
+    const restart = { backoffInitialMs: 10, backoffMaxMs: 10 };
+    writeFileSync(file, JSON.stringify({ ...faultConfig(td, faults, { s: { token: { label: 'obs' }, pin: { env: 'OBS_PIN' }, restart } }), metrics: { host: '127.0.0.1', port: 0 } }));
+    daemon = await startDaemon(file, silent, '127.0.0.1:0');
+    const labels = { slot: 's', handle: 'session', ckr: 'CKR_SESSION_COUNT' };
+    expect(value(await scrape(daemon.url!), 'pkcs11_handle_allocation_failures_total', labels)).toBe(0);
+    // The session is lost; its replacement is refused once by the token's session count.
+    faults.set('fail C_SignInit 1 CKR_DEVICE_ERROR', 'fail C_OpenSession 1 CKR_SESSION_COUNT');
+    await daemon.sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data }).catch(() => undefined);
+    const sig = await daemon.sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(sig.length).toBeGreaterThan(0);
+    expect(faults.counts().C_OpenSession).toBeGreaterThanOrEqual(3);
+    expect(value(await scrape(daemon.url!), 'pkcs11_handle_allocation_failures_total', labels)).toBe(1);
   });
 });
 

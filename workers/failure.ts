@@ -14,7 +14,15 @@ export class WorkerFailure extends Error {
   }
 }
 
+/** The key asks for the PIN on every use: the call was not run, and is sent again with one. */
+export class ContextLoginNeeded extends WorkerFailure {
+  constructor(what: string) {
+    super('PIN_REQUIRED', `the ${what} asks for the PIN on every use (CKA_ALWAYS_AUTHENTICATE) and the call came without one`);
+  }
+}
+
 export function toFailure(e: unknown): WorkerError {
+  if (e instanceof ContextLoginNeeded) return { code: e.code, message: e.message, contextLogin: true };
   if (e instanceof WorkerFailure) return { code: e.code, message: e.message, ...(e.ckr ? { ckr: e.ckr } : {}) };
   const err = e as { message?: string; method?: string };
   const message = String(err.message ?? e);

@@ -12,7 +12,7 @@ import { formatPkcs11Uri } from '../src/model/pkcs11-uri.js';
 import { octetString, unwrapOctetString } from '../src/model/der.js';
 import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN } from './pkcs11-constants.js';
 import type { KeyType } from '../src/model/mechanisms.js';
-import type { FoundPage, ImportedObject, JsonWebKeyLike, KeyGenSpec, ObjectClass, ObjectDescriptor, ObjectQuery, PublicKeyReport } from '../src/model/protocol.js';
+import type { FoundPage, ImportedObject, JsonWebKeyLike, KeyGenSpec, ObjectClass, ObjectDescriptor, ObjectQuery, PrivateKeyUse, PublicKeyReport } from '../src/model/protocol.js';
 
 export interface SessionAccess {
   p11(fn: string): P11.PKCS11;
@@ -91,6 +91,12 @@ function attrsOf(s: SessionAccess, h: P11.Handle, types: number[]): Buffer[] {
   }
 }
 
+/** A CK_BBOOL attribute; undefined when the object does not have it. */
+export function flagOf(s: SessionAccess, h: P11.Handle, type: number): boolean | undefined {
+  const [value] = attrsOf(s, h, [type]);
+  return value!.length > 0 ? bool(value!) : undefined;
+}
+
 export function describe(s: SessionAccess, h: P11.Handle): ObjectDescriptor {
   const [cls, label, id, token, priv] = attrsOf(s, h, [pkcs11js.CKA_CLASS, pkcs11js.CKA_LABEL, pkcs11js.CKA_ID, pkcs11js.CKA_TOKEN, pkcs11js.CKA_PRIVATE]);
   const d: ObjectDescriptor = {
@@ -120,6 +126,8 @@ export function describe(s: SessionAccess, h: P11.Handle): ObjectDescriptor {
       pkcs11js.CKA_NEVER_EXTRACTABLE,
     ]);
     Object.assign(d, { sign: bool(sign!), sensitive: bool(sensitive!), extractable: bool(extractable!), alwaysSensitive: bool(alwaysSensitive!), neverExtractable: bool(neverExtractable!) });
+    const always = flagOf(s, h, pkcs11js.CKA_ALWAYS_AUTHENTICATE);
+    if (always !== undefined) d.alwaysAuthenticate = always;
   } else {
     d.verify = bool(attrs(s, h, [pkcs11js.CKA_VERIFY])[0]!);
   }
@@ -199,6 +207,20 @@ export function generateRandom(s: SessionAccess, length: number): Uint8Array {
   return s.p11('C_GenerateRandom').C_GenerateRandom(s.sessionHandle, Buffer.alloc(length));
 }
 
+/**
+ * A new private key's own attributes: sensitive, for signing, extractable only when asked.
+ * CKA_ALWAYS_AUTHENTICATE only when wanted: a module without it may refuse the attribute.
+ */
+function privateKeyTemplate(use: PrivateKeyUse): P11.Template {
+  return [
+    { type: pkcs11js.CKA_PRIVATE, value: true },
+    { type: pkcs11js.CKA_SIGN, value: true },
+    { type: pkcs11js.CKA_SENSITIVE, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: use.extractable },
+    ...(use.alwaysAuthenticate ? [{ type: pkcs11js.CKA_ALWAYS_AUTHENTICATE, value: true }] : []),
+  ];
+}
+
 /** The default CKA_ID: SHA-1 of the public key's defining value (modulus or point). */
 function defaultId(publicValue: Buffer): Buffer {
   return createHash('sha1').update(publicValue).digest();
@@ -226,13 +248,7 @@ export function generateKeyPair(s: SessionAccess, spec: KeyGenSpec): ObjectDescr
     s.sessionHandle,
     { mechanism },
     [...common(id), ...pub, { type: pkcs11js.CKA_VERIFY, value: true }, { type: pkcs11js.CKA_PRIVATE, value: false }],
-    [
-      ...common(id),
-      { type: pkcs11js.CKA_PRIVATE, value: true },
-      { type: pkcs11js.CKA_SIGN, value: true },
-      { type: pkcs11js.CKA_SENSITIVE, value: true },
-      { type: pkcs11js.CKA_EXTRACTABLE, value: spec.extractable },
-    ],
+    [...common(id), ...privateKeyTemplate(spec)],
   );
   if (!id) {
     const value = attrs(s, keys.publicKey, [family === 'RSA' ? pkcs11js.CKA_MODULUS : pkcs11js.CKA_EC_POINT])[0]!;
@@ -325,10 +341,7 @@ export function importObjects(s: SessionAccess, all: ImportedObject[], replace =
           { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
           ...base,
           ...keyTemplate(o.jwk, true),
-          { type: pkcs11js.CKA_PRIVATE, value: true },
-          { type: pkcs11js.CKA_SIGN, value: true },
-          { type: pkcs11js.CKA_SENSITIVE, value: true },
-          { type: pkcs11js.CKA_EXTRACTABLE, value: o.extractable },
+          ...privateKeyTemplate(o),
         ];
       } else if (o.kind === 'publicKey') {
         t = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }, ...base, ...keyTemplate(o.jwk, false), { type: pkcs11js.CKA_VERIFY, value: true }, { type: pkcs11js.CKA_PRIVATE, value: false }];

@@ -11,10 +11,10 @@ import type * as P11 from 'pkcs11js';
 import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/model/mechanisms.js';
 import { writeDer, derToRaw, maxDerBytes } from '../src/model/ecdsa-signature.js';
 import { prepareMechanisms, preparedKey, keyGenSizes, type PreparedMechanism } from './mechanism-params.js';
-import { WorkerFailure } from './failure.js';
+import { ContextLoginNeeded, WorkerFailure } from './failure.js';
 import { deviceInfo, keyTypeOf, pinLengthOf, sessionLimit } from './token-info.js';
-import { SESSION_STATES, USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from '../src/model/protocol.js';
-import { findHandles, publicKeyReport, type SessionAccess } from './object-ops.js';
+import { SESSION_STATES, USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask, selectorKey } from '../src/model/protocol.js';
+import { findHandles, flagOf, publicKeyReport, type SessionAccess } from './object-ops.js';
 
 interface CachedKey {
   handle: P11.Handle;
@@ -23,6 +23,8 @@ interface CachedKey {
   fieldBytes: number;
   /** When a find on the token last returned this handle (performance.now()). */
   foundAt: number;
+  /** CKA_ALWAYS_AUTHENTICATE: each signature needs a C_Login(CKU_CONTEXT_SPECIFIC) of its own. */
+  alwaysAuthenticate: boolean;
 }
 
 const MAX_SIGNATURE_BYTES = 2048; // RSA-16384
@@ -287,13 +289,48 @@ export class TokenSession implements SessionAccess {
   /** The signature as a view on this session's own buffers: valid until its next call, so a caller keeping it copies it. */
   sign(task: Extract<WorkerTask, { op: 'sign' }>): Uint8Array {
     const key = this.key(task.key, pkcs11js.CKO_PRIVATE_KEY);
+    // Asked before C_SignInit: no operation is left open for want of a PIN.
+    if (key.alwaysAuthenticate && task.contextPin === undefined) throw new ContextLoginNeeded(this.keyName(task.key));
     const p = this.mechanism(task.mechanism, task.prehashed, key);
     const input = p.input(Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength));
     const session = this.live;
     this.count('C_SignInit').C_SignInit(session, p.mechanism, key.handle);
-    const sig = this.count('C_Sign').C_Sign(session, input, this.out);
+    if (key.alwaysAuthenticate) this.contextLogin(task.contextPin!, input);
+    let sig: Buffer;
+    try {
+      sig = this.count('C_Sign').C_Sign(session, input, this.out);
+    } catch (e) {
+      // A key that asks for the PIN on every use without saying so in CKA_ALWAYS_AUTHENTICATE
+      // (or before C_GetAttributeValue can read it): the session is logged in, not lost.
+      if ((e as Error).message !== 'CKR_USER_NOT_LOGGED_IN' || key.alwaysAuthenticate || !this.loggedIn()) throw e;
+      key.alwaysAuthenticate = true;
+      throw new ContextLoginNeeded(this.keyName(task.key));
+    }
     if (MECHANISMS[task.mechanism].scheme === 'ecdsa' && task.format === 'der') return this.der.subarray(0, writeDer(sig, this.der));
     return sig;
+  }
+
+  /**
+   * C_Login(CKU_CONTEXT_SPECIFIC) for the operation C_SignInit just began. A refused PIN leaves
+   * that operation active: C_Sign ends it (the token refuses it; an answer is thrown away) so
+   * the session can take the next call.
+   */
+  private contextLogin(pin: string, input: Buffer): void {
+    try {
+      this.checkPinLength(pin, 'PIN_INCORRECT', 'the PIN');
+      this.count('C_Login').C_Login(this.live, pkcs11js.CKU_CONTEXT_SPECIFIC, pin);
+    } catch (e) {
+      try {
+        this.count('C_Sign').C_Sign(this.live, input, this.out);
+      } catch {
+        // CKR_USER_NOT_LOGGED_IN: the operation is over, as wanted.
+      }
+      throw e;
+    }
+  }
+
+  private keyName(sel: KeySelector, cls: number = pkcs11js.CKO_PRIVATE_KEY): string {
+    return `${cls === pkcs11js.CKO_PRIVATE_KEY ? 'private' : 'public'} key${sel.label !== undefined ? ` label "${sel.label}"` : ''}${sel.id !== undefined ? ` id ${sel.id}` : ''}`;
   }
 
   verify(task: Extract<WorkerTask, { op: 'verify' }>): boolean {
@@ -322,13 +359,13 @@ export class TokenSession implements SessionAccess {
 
   /** Finds a key by label/id; the handle is reused until the session goes or KEY_RECHECK_MS pass (`fresh`: find it now). */
   private key(sel: KeySelector, cls: number, fresh = false): CachedKey {
-    const cacheKey = `${cls}\0${sel.label ?? ''}\0${sel.id ?? ''}`;
+    const cacheKey = `${cls}\0${selectorKey(sel)}`;
     const hit = this.keys.get(cacheKey);
     const now = performance.now();
     if (hit && !fresh && now - hit.foundAt < KEY_RECHECK_MS) return hit;
     const session = this.live;
     const found = findHandles(this, { class: cls === pkcs11js.CKO_PRIVATE_KEY ? 'privateKey' : 'publicKey', label: sel.label, id: sel.id }, 2);
-    const what = `${cls === pkcs11js.CKO_PRIVATE_KEY ? 'private' : 'public'} key${sel.label !== undefined ? ` label "${sel.label}"` : ''}${sel.id !== undefined ? ` id ${sel.id}` : ''}`;
+    const what = this.keyName(sel, cls);
     if (found.length === 0 && cls === pkcs11js.CKO_PRIVATE_KEY && !this.loggedIn()) {
       // Private objects are invisible before login; say so, so the caller re-logs in.
       throw new WorkerFailure('PIN_REQUIRED', `the token is not logged in, so no ${what} is visible`, 'CKR_USER_NOT_LOGGED_IN');
@@ -351,8 +388,12 @@ export class TokenSession implements SessionAccess {
       fieldBytes = curveByParams((p!.value as Buffer).toString('hex'))?.fieldBytes ?? 0;
       if (!fieldBytes) throw new WorkerFailure('MECHANISM_INVALID', `${what} is on a curve this service does not support (P-256, P-384, P-521)`);
     }
-    const entry = { handle, keyType, fieldBytes, foundAt: now };
+    // Learnt from C_Sign (a module that enforces it without the attribute) holds for the same object.
+    const learnt = hit?.alwaysAuthenticate === true && hit.handle.equals(handle);
+    const alwaysAuthenticate = cls === pkcs11js.CKO_PRIVATE_KEY && (learnt || flagOf(this, handle, pkcs11js.CKA_ALWAYS_AUTHENTICATE) === true);
+    const entry = { handle, keyType, fieldBytes, foundAt: now, alwaysAuthenticate };
     this.keys.set(cacheKey, entry);
     return entry;
   }
+
 }

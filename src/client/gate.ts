@@ -18,6 +18,9 @@ import * as check from '../validate.js';
 import { PublicKeyCache } from './public-key-cache.js';
 import type { PrincipalInput } from './requests.js';
 
+/** How the audit trail names a login's kind. */
+const LOGIN_KIND = { user: '', so: 'Security Officer, ', context: 'context-specific (one signature), ' } as const;
+
 /** A request as the operation files read it: any object, each field checked where it is used. */
 export type Req = Record<string, unknown>;
 
@@ -47,7 +50,7 @@ export class Gate {
     sup.events.on('configReloaded', (e) => e.rekeyed.forEach((slot) => this.publicKeys.forget(slot)));
     if (!audit) return;
     audit.onWriteError = (e) => sup.events.emit('auditWriteError', { path: audit.path, message: e.message });
-    sup.events.on('login', (e) => audit.append({ event: 'login', slot: e.slot, result: e.outcome, detail: `${e.userType === 'so' ? 'Security Officer, ' : ''}PIN from ${e.origin}` }));
+    sup.events.on('login', (e) => audit.append({ event: 'login', slot: e.slot, result: e.outcome, detail: `${LOGIN_KIND[e.userType]}PIN from ${e.origin}` }));
     sup.events.on('logout', (e) => audit.append({ event: 'logout', slot: e.slot, result: 'ok', detail: e.by }));
   }
 

@@ -51,6 +51,7 @@ export async function generateKeyPair(gate: Gate, request: GenerateKeyPairReques
     label: check.label(req.label, slot.name),
     id: check.hexId(req.id, slot.name),
     extractable: check.flag(req.extractable, 'extractable', slot.name),
+    alwaysAuthenticate: check.flag(req.alwaysAuthenticate, 'alwaysAuthenticate', slot.name),
   };
   gate.publicKeys.forget(slot.name);
   return gate.call<ObjectDescriptor>(slot, 'generateKeyPair', { op: 'generateKeyPair', spec }, req, { needsLogin: true });
@@ -86,7 +87,10 @@ export async function importKeyPair(gate: Gate, request: ImportKeyPairRequest): 
   } else {
     throw check.badInput('importKeyPair needs pkcs12 + password, or privateKeyPem (+ certificates)', slot.name);
   }
-  const objects = importObjectsFor(material, label, check.hexId(req.id, slot.name), check.flag(req.extractable, 'extractable', slot.name));
+  const objects = importObjectsFor(material, label, check.hexId(req.id, slot.name), {
+    extractable: check.flag(req.extractable, 'extractable', slot.name),
+    alwaysAuthenticate: check.flag(req.alwaysAuthenticate, 'alwaysAuthenticate', slot.name),
+  });
   gate.publicKeys.forget(slot.name);
   const replace = check.flag(req.replace, 'replace', slot.name);
   return gate.call<ObjectDescriptor[]>(slot, 'importKeyPair', { op: 'importObjects', objects, replace }, req, { needsLogin: true });

@@ -136,6 +136,8 @@ export interface GenerateKeyPairRequest extends CallOptions {
   id?: string;
   /** Default false: the private key can never leave the token. */
   extractable?: boolean;
+  /** CKA_ALWAYS_AUTHENTICATE: every signature with the key logs in for itself (C_Login(CKU_CONTEXT_SPECIFIC)) with a PIN from the chain. */
+  alwaysAuthenticate?: boolean;
 }
 
 export interface ImportKeyPairRequest extends CallOptions {
@@ -148,6 +150,8 @@ export interface ImportKeyPairRequest extends CallOptions {
   privateKeyPem?: string | Uint8Array;
   certificates?: (string | Uint8Array)[];
   extractable?: boolean;
+  /** As in generateKeyPair. */
+  alwaysAuthenticate?: boolean;
   /** Objects of the same kind under this label or id are refused (KEY_IN_USE) unless this is set; then they are replaced, the new ones created first. */
   replace?: boolean;
 }

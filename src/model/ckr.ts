@@ -27,6 +27,27 @@ export const TRANSIENT_CKRS: ReadonlySet<string> = new Set(['CKR_FUNCTION_FAILED
  */
 export const MODULE_BROKEN_CKRS: ReadonlySet<string> = new Set(['CKR_DEVICE_ERROR', 'CKR_CRYPTOKI_NOT_INITIALIZED', 'CKR_GENERAL_ERROR']);
 
+/** Functions that allocate a handle, by the kind of handle. */
+const ALLOCATES: Record<string, HandleKind> = {
+  C_OpenSession: 'session',
+  C_CreateObject: 'object',
+  C_CopyObject: 'object',
+  C_GenerateKey: 'object',
+  C_GenerateKeyPair: 'object',
+  C_UnwrapKey: 'object',
+  C_DeriveKey: 'object',
+};
+const OUT_OF_MEMORY_CKRS: ReadonlySet<string> = new Set(['CKR_HOST_MEMORY', 'CKR_DEVICE_MEMORY']);
+
+export type HandleKind = 'session' | 'object';
+
+/** The handle a failed call could not get: a session over the token's count, or no memory for a new session or object. */
+export function handleAllocationFailure(error: { ckr?: string | undefined; fn?: string | undefined }): HandleKind | null {
+  if (error.ckr === 'CKR_SESSION_COUNT') return 'session';
+  if (error.ckr && OUT_OF_MEMORY_CKRS.has(error.ckr) && error.fn) return ALLOCATES[error.fn] ?? null;
+  return null;
+}
+
 const CODE_BY_CKR: Record<string, ErrorCode> = {
   CKR_PIN_INCORRECT: 'PIN_INCORRECT',
   CKR_PIN_INVALID: 'PIN_INCORRECT',

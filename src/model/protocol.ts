@@ -13,6 +13,11 @@ export interface KeySelector {
   id?: string | undefined;
 }
 
+/** One string per selector, for maps and sets of keys on both sides of the thread boundary. */
+export function selectorKey(sel: KeySelector): string {
+  return `${sel.label ?? ''}\0${sel.id ?? ''}`;
+}
+
 export type SignatureFormat = 'der' | 'raw';
 
 /** Faults a test can inject into a worker thread; refused unless the process enables them. */
@@ -25,7 +30,19 @@ export type WorkerTask =
   | { op: 'initPin'; pin: string }
   | { op: 'setPin'; oldPin: string; newPin: string }
   | { op: 'sessionInfo' }
-  | { op: 'sign'; key: KeySelector; mechanism: MechanismName; data: Uint8Array; prehashed: boolean; format: SignatureFormat }
+  | {
+      op: 'sign';
+      key: KeySelector;
+      mechanism: MechanismName;
+      data: Uint8Array;
+      prehashed: boolean;
+      format: SignatureFormat;
+      /**
+       * For a key with CKA_ALWAYS_AUTHENTICATE: the PIN of the C_Login(CKU_CONTEXT_SPECIFIC)
+       * between C_SignInit and C_Sign. Only the slot worker sets it, after the thread asked.
+       */
+      contextPin?: string;
+    }
   | {
       op: 'verify';
       key: KeySelector;
@@ -75,6 +92,11 @@ export interface WorkerError {
   ckr?: string;
   /** The PKCS#11 function that returned `ckr`. */
   fn?: string;
+  /**
+   * Not run: the key asks for the PIN on every use (CKA_ALWAYS_AUTHENTICATE, or C_Sign said
+   * CKR_USER_NOT_LOGGED_IN on a logged-in session). The slot worker sends it again with a PIN.
+   */
+  contextLogin?: true;
 }
 
 /** Epoch milliseconds (sub-ms precision), comparable across threads. */
@@ -183,6 +205,8 @@ export interface ObjectDescriptor {
   extractable?: boolean;
   alwaysSensitive?: boolean;
   neverExtractable?: boolean;
+  /** CKA_ALWAYS_AUTHENTICATE of a private key: each signature logs in for itself. */
+  alwaysAuthenticate?: boolean;
 }
 
 export interface FoundPage {
@@ -194,17 +218,23 @@ export interface FoundPage {
 export const KEY_ALGORITHMS = ['RSA-2048', 'RSA-3072', 'RSA-4096', 'EC-P256', 'EC-P384', 'EC-P521', 'Ed25519'] as const;
 export type KeyAlgorithm = (typeof KEY_ALGORITHMS)[number];
 
-export interface KeyGenSpec {
+/** What a new private key allows: leaving the token wrapped, and signing without a PIN of its own. */
+export interface PrivateKeyUse {
+  extractable: boolean;
+  /** CKA_ALWAYS_AUTHENTICATE: each signature needs C_Login(CKU_CONTEXT_SPECIFIC). */
+  alwaysAuthenticate: boolean;
+}
+
+export interface KeyGenSpec extends PrivateKeyUse {
   algorithm: KeyAlgorithm;
   label: string;
   /** Hex; when absent the SHA-1 of the public key is used, as many PKCS#11 tools do. */
   id?: string | undefined;
-  extractable: boolean;
 }
 
 /** Objects to create on import. Key material travels as JWK from the main thread, which parsed it. */
 export type ImportedObject =
-  | { kind: 'privateKey'; jwk: JsonWebKeyLike; label: string; id: string; extractable: boolean }
+  | ({ kind: 'privateKey'; jwk: JsonWebKeyLike; label: string; id: string } & PrivateKeyUse)
   | { kind: 'publicKey'; jwk: JsonWebKeyLike; label: string; id: string }
   /** `shared`: a chain certificate, stored once however many keys it certifies. */
   | { kind: 'certificate'; der: Uint8Array; subject: Uint8Array; issuer: Uint8Array; serial: Uint8Array; label: string; id: string; shared?: boolean };

@@ -132,7 +132,7 @@ export const ROUTES = {
   ),
   generateKeyPair: route(
     'Generates a key pair on the token (sensitive, not extractable unless asked)',
-    z.strictObject({ slot, algorithm: KeyAlgorithmWire, label: z.string().max(1024), id: z.string().max(256).optional(), extractable: z.boolean().optional(), ...callFields }),
+    z.strictObject({ slot, algorithm: KeyAlgorithmWire, label: z.string().max(1024), id: z.string().max(256).optional(), extractable: z.boolean().optional(), alwaysAuthenticate: z.boolean().optional(), ...callFields }),
     ObjectDescriptorWire,
   ),
   importKeyPair: route(
@@ -146,6 +146,7 @@ export const ROUTES = {
       privateKeyPem: privateKeyPem.optional(),
       certificates: z.array(certificate).max(16).optional(),
       extractable: z.boolean().optional(),
+      alwaysAuthenticate: z.boolean().optional(),
       replace: z.boolean().optional().describe('replace objects of the same kind under this label or id'),
       ...callFields,
     }),

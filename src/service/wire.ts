@@ -69,6 +69,7 @@ export const ObjectDescriptorWire = z.object({
   extractable: z.boolean().optional(),
   alwaysSensitive: z.boolean().optional(),
   neverExtractable: z.boolean().optional(),
+  alwaysAuthenticate: z.boolean().optional(),
 }) satisfies z.ZodType<ObjectDescriptor>;
 
 export const ObjectQueryWire = z

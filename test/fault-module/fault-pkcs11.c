@@ -22,6 +22,10 @@
  *   maxsessions N          C_GetTokenInfo reports at most N sessions (and N R/W sessions)
  *   maxkeybits N           C_GetMechanismInfo reports keys of at most N bits
  *   tokenflags HEX         C_GetTokenInfo reports these flags too (e.g. 0x20000, CKF_USER_PIN_FINAL_TRY)
+ *   hidealwaysauth         CKA_ALWAYS_AUTHENTICATE reads as absent (the token still enforces it)
+ *   slotevents             C_WaitForSlotEvent works like a card reader's: it returns when `removed`
+ *                          comes or goes, and with CKR_CRYPTOKI_NOT_INITIALIZED once C_Finalize is
+ *                          called (without this rule it goes to the real module)
  * FN may be `*` for every intercepted function.
  */
 #define _GNU_SOURCE
@@ -40,7 +44,7 @@
 
 #define MAX_RULES 32
 
-enum kind { FAIL_NTH, FAIL_EVERY, DELAY, HANG, REMOVED, LOGOUT, NOLOGIN, MAXSESSIONS, MAXKEYBITS, TOKENFLAGS };
+enum kind { FAIL_NTH, FAIL_EVERY, DELAY, HANG, REMOVED, LOGOUT, NOLOGIN, MAXSESSIONS, MAXKEYBITS, TOKENFLAGS, HIDEALWAYSAUTH, SLOTEVENTS };
 
 struct rule {
   enum kind kind;
@@ -60,10 +64,15 @@ static struct timespec control_mtime;
 static off_t control_size = -1;
 static ino_t control_ino;
 static CK_SESSION_HANDLE last_session = CK_INVALID_HANDLE;
+/* C_Finalize was called and no C_Initialize since: a waiting C_WaitForSlotEvent returns. */
+static int finalized;
+/* Whether the token was removed when C_WaitForSlotEvent last looked (-1: not yet). */
+static int events_removed = -1;
 
 static const char *names[] = {"C_Initialize", "C_Finalize", "C_GetSlotList", "C_GetTokenInfo", "C_GetMechanismList", "C_OpenSession",
                               "C_CloseSession", "C_GetSessionInfo", "C_Login", "C_Logout", "C_FindObjectsInit", "C_FindObjects",
-                              "C_SignInit", "C_Sign", "C_VerifyInit", "C_Verify", "C_GetAttributeValue", "C_GenerateKeyPair"};
+                              "C_SignInit", "C_Sign", "C_VerifyInit", "C_Verify", "C_GetAttributeValue", "C_GenerateKeyPair",
+                              "C_LoginContextSpecific", "C_WaitForSlotEvent"};
 #define NFN (sizeof names / sizeof names[0])
 static unsigned long counts[NFN];
 
@@ -78,6 +87,9 @@ static const struct { const char *name; CK_RV rv; } ckrs[] = {
     {"CKR_PIN_LOCKED", CKR_PIN_LOCKED},
     {"CKR_CRYPTOKI_NOT_INITIALIZED", CKR_CRYPTOKI_NOT_INITIALIZED},
     {"CKR_GENERAL_ERROR", CKR_GENERAL_ERROR},
+    {"CKR_SESSION_COUNT", CKR_SESSION_COUNT},
+    {"CKR_HOST_MEMORY", CKR_HOST_MEMORY},
+    {"CKR_DEVICE_MEMORY", CKR_DEVICE_MEMORY},
 };
 
 static const char *dir(void) { return getenv("FAULT_PKCS11_DIR"); }
@@ -127,6 +139,8 @@ static void load_control(void) {
     else if (strcmp(verb, "maxsessions") == 0) { r.kind = MAXSESSIONS; r.n = atol(fn); }
     else if (strcmp(verb, "maxkeybits") == 0) { r.kind = MAXKEYBITS; r.n = atol(fn); }
     else if (strcmp(verb, "tokenflags") == 0) { r.kind = TOKENFLAGS; r.n = strtol(fn, NULL, 16); }
+    else if (strcmp(verb, "hidealwaysauth") == 0) r.kind = HIDEALWAYSAUTH;
+    else if (strcmp(verb, "slotevents") == 0) r.kind = SLOTEVENTS;
     else continue;
     rules[nrules++] = r;
   }
@@ -214,7 +228,7 @@ static CK_RV before(const char *fn) {
       case FAIL_NTH:
         if (matches(r, fn) && --r->n <= 0) { r->spent = 1; if (rv == CKR_OK) rv = r->rv; }
         break;
-      case NOLOGIN: case MAXSESSIONS: case MAXKEYBITS: case TOKENFLAGS: break;
+      case NOLOGIN: case MAXSESSIONS: case MAXKEYBITS: case TOKENFLAGS: case HIDEALWAYSAUTH: case SLOTEVENTS: break;
     }
   }
   write_count(idx);
@@ -231,8 +245,53 @@ static CK_RV before(const char *fn) {
     if (injected != CKR_OK) return injected; \
   } while (0)
 
-static CK_RV f_Initialize(CK_VOID_PTR a) { GUARD("C_Initialize"); return real->C_Initialize(a); }
-static CK_RV f_Finalize(CK_VOID_PTR a) { GUARD("C_Finalize"); return real->C_Finalize(a); }
+static CK_RV f_Initialize(CK_VOID_PTR a) {
+  GUARD("C_Initialize");
+  CK_RV rv = real->C_Initialize(a);
+  if (rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) { pthread_mutex_lock(&lock); finalized = 0; pthread_mutex_unlock(&lock); }
+  return rv;
+}
+static CK_RV f_Finalize(CK_VOID_PTR a) {
+  GUARD("C_Finalize");
+  pthread_mutex_lock(&lock);
+  finalized = 1;
+  pthread_mutex_unlock(&lock);
+  return real->C_Finalize(a);
+}
+
+/* Counts a call that takes no rules. */
+static void count_only(const char *fn) {
+  pthread_mutex_lock(&lock);
+  int idx = fn_index(fn);
+  counts[idx]++;
+  write_count(idx);
+  pthread_mutex_unlock(&lock);
+}
+
+static CK_RV f_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR reserved) {
+  count_only("C_WaitForSlotEvent");
+  pthread_mutex_lock(&lock);
+  load_control();
+  int emulate = has_rule(SLOTEVENTS);
+  pthread_mutex_unlock(&lock);
+  if (!emulate) return real->C_WaitForSlotEvent(flags, slot, reserved);
+  for (;;) {
+    pthread_mutex_lock(&lock);
+    load_control();
+    int gone = finalized, removed = has_rule(REMOVED), changed = events_removed >= 0 && removed != events_removed;
+    events_removed = removed;
+    pthread_mutex_unlock(&lock);
+    if (gone) return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (changed) {
+      CK_SLOT_ID ids[8];
+      CK_ULONG n = 8;
+      *slot = real->C_GetSlotList(CK_FALSE, ids, &n) == CKR_OK && n > 0 ? ids[0] : 0;
+      return CKR_OK;
+    }
+    if (flags & CKF_DONT_BLOCK) return CKR_NO_EVENT;
+    sleep_ms(10);
+  }
+}
 
 static CK_RV f_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count) {
   GUARD("C_GetSlotList");
@@ -274,7 +333,7 @@ static CK_RV f_CloseSession(CK_SESSION_HANDLE h) { GUARD("C_CloseSession"); retu
 static CK_RV f_GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR i) { GUARD("C_GetSessionInfo"); return real->C_GetSessionInfo(h, i); }
 
 static CK_RV f_Login(CK_SESSION_HANDLE h, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG len) {
-  GUARD("C_Login");
+  GUARD(u == CKU_CONTEXT_SPECIFIC ? "C_LoginContextSpecific" : "C_Login");
   pthread_mutex_lock(&lock);
   int skip = has_rule(NOLOGIN);
   pthread_mutex_unlock(&lock);
@@ -296,7 +355,17 @@ static CK_RV f_Verify(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_P
   CK_RV rv = real->C_Verify(h, d, dl, s, sl);
   return injected != CKR_OK ? injected : rv;
 }
-static CK_RV f_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) { GUARD("C_GetAttributeValue"); return real->C_GetAttributeValue(h, o, t, n); }
+static CK_RV f_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
+  GUARD("C_GetAttributeValue");
+  pthread_mutex_lock(&lock);
+  int hide = has_rule(HIDEALWAYSAUTH);
+  pthread_mutex_unlock(&lock);
+  if (hide && n == 1 && t[0].type == CKA_ALWAYS_AUTHENTICATE) {
+    t[0].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+    return CKR_ATTRIBUTE_TYPE_INVALID;
+  }
+  return real->C_GetAttributeValue(h, o, t, n);
+}
 
 static CK_RV f_GenerateKeyPair(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pub, CK_ULONG npub, CK_ATTRIBUTE_PTR priv, CK_ULONG npriv,
                                 CK_OBJECT_HANDLE_PTR hpub, CK_OBJECT_HANDLE_PTR hpriv) {
@@ -335,6 +404,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
     fault_list.C_Verify = f_Verify;
     fault_list.C_GetAttributeValue = f_GetAttributeValue;
     fault_list.C_GenerateKeyPair = f_GenerateKeyPair;
+    fault_list.C_WaitForSlotEvent = f_WaitForSlotEvent;
   }
   pthread_mutex_unlock(&lock);
   *out = &fault_list;

@@ -1,0 +1,133 @@
+/**
+ * Keys that ask for the PIN on every use (CKA_ALWAYS_AUTHENTICATE): each signature logs in for
+ * itself with C_Login(CKU_CONTEXT_SPECIFIC) between C_SignInit and C_Sign, on the session the
+ * slot already has. Signatures are checked by OpenSSL with the key pkcs11-tool reads off the token.
+ */
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startSupervisor, type LoginEvent, type Pkcs11Supervisor } from '../dist/src/index.js';
+import { configFor, createToken, pkcs11Tool, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
+import { Faults, faultConfig } from './support/faults.js';
+import { exportPublicKey, opensslVerifies } from './support/openssl.js';
+
+let td: TokenDir;
+let tok: TestToken;
+let faults: Faults;
+let sup: Pkcs11Supervisor | undefined;
+const data = Buffer.from('every signature asks for the PIN');
+
+beforeAll(() => {
+  td = tokenDir();
+  tok = createToken(td, 'always');
+  // Made by OpenSC, as an operator would provision a PIV-like key.
+  pkcs11Tool(td, 'always', tok.pin, ['--keypairgen', '--key-type', 'EC:prime256v1', '--label', 'piv-sign', '--id', '9c', '--usage-sign', '--always-auth']);
+  faults = new Faults(td);
+  process.env.AA_PIN = tok.pin;
+});
+
+afterEach(async () => {
+  faults.clear();
+  await sup?.close();
+  sup = undefined;
+});
+
+function start(extra: Record<string, unknown> = {}) {
+  const cfg = configFor(td, { s: { token: { label: 'always' }, pin: { env: 'AA_PIN' }, ...extra } });
+  (cfg.slots.s as { keys: Record<string, unknown> }).keys.piv = { label: 'piv-sign', id: '9c' };
+  return startSupervisor({ config: cfg });
+}
+
+async function calls(s: Pkcs11Supervisor): Promise<Record<string, number>> {
+  return (await s.probe({ slot: 's' })).calls;
+}
+
+describe('keys with CKA_ALWAYS_AUTHENTICATE', () => {
+  it('signs with a context-specific login per signature, on the same session, and OpenSSL accepts each signature', async () => {
+    sup = await start();
+    const logins: LoginEvent[] = [];
+    sup.on('login', (e: LoginEvent) => logins.push(e));
+    const before = await calls(sup);
+    const pub = exportPublicKey(td, 'always', '9c');
+    for (let i = 0; i < 3; i++) {
+      const sig = await sup.sign({ slot: 's', key: 'piv', mechanism: 'ECDSA-SHA256', data });
+      expect(opensslVerifies(pub, 'ECDSA-SHA256', data, sig)).toBe(true);
+    }
+    const after = await calls(sup);
+    expect((after.C_Login ?? 0) - (before.C_Login ?? 0)).toBe(3);
+    // Not taken for a lost session: no new session, no re-login, the slot stayed logged in.
+    expect(after.C_OpenSession).toBe(before.C_OpenSession);
+    expect(logins.map((e) => `${e.userType}:${e.origin}:${e.outcome}`)).toEqual(['context:env:ok', 'context:env:ok', 'context:env:ok']);
+    expect(sup.status().slots.s!.state).toBe('logged_in');
+    // A key without the attribute signs without a login of its own.
+    await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect((await calls(sup)).C_Login).toBe(after.C_Login);
+  });
+
+  it('generates and imports keys with the attribute; concurrent signatures each get their own login, none batched together', async () => {
+    sup = await start({ poolSize: 1 });
+    const gen = await sup.generateKeyPair({ slot: 's', algorithm: 'RSA-2048', label: 'aa-rsa', id: 'a1', alwaysAuthenticate: true });
+    expect(gen.alwaysAuthenticate).toBe(true);
+    // OpenSC reads the attribute off the token as set.
+    expect(pkcs11Tool(td, 'always', tok.pin, ['--list-objects', '--type', 'privkey', '--id', 'a1'])).toMatch(/Access:.*always authenticate/);
+    const [plain] = await sup.findObjects({ slot: 's', template: { class: 'privateKey', label: 'ec' } });
+    expect(plain!.alwaysAuthenticate).toBe(false);
+
+    const before = await calls(sup);
+    const sigs = await Promise.all(Array.from({ length: 8 }, (_, i) => sup!.sign({ slot: 's', key: { label: 'aa-rsa' }, mechanism: 'RSA-PKCS1-SHA256', data: Buffer.from(`doc ${i}`) })));
+    const pub = exportPublicKey(td, 'always', 'a1');
+    sigs.forEach((sig, i) => expect(opensslVerifies(pub, 'RSA-PKCS1-SHA256', Buffer.from(`doc ${i}`), sig)).toBe(true));
+    expect((await calls(sup)).C_Login! - (before.C_Login ?? 0)).toBe(8);
+
+    const { privateKey } = await import('node:crypto').then((c) => c.generateKeyPairSync('ec', { namedCurve: 'P-256' }));
+    const imported = await sup.importKeyPair({ slot: 's', label: 'aa-imported', id: 'a2', privateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }), alwaysAuthenticate: true });
+    expect(imported.find((o) => o.class === 'privateKey')!.alwaysAuthenticate).toBe(true);
+    const sig = await sup.sign({ slot: 's', key: { id: 'a2' }, mechanism: 'ECDSA-SHA256', data });
+    expect(opensslVerifies(exportPublicKey(td, 'always', 'a2'), 'ECDSA-SHA256', data, sig)).toBe(true);
+  });
+
+  it('a PIN the token refuses in a context login is PIN_INCORRECT, is never sent again, and leaves the slot serving', async () => {
+    sup = await start();
+    const before = await calls(sup);
+    const refused = await sup.sign({ slot: 's', key: 'piv', mechanism: 'ECDSA-SHA256', data, pin: 'not-the-pin' }).catch((e: { code: string }) => e);
+    expect(refused).toMatchObject({ code: 'PIN_INCORRECT' });
+    const once = await calls(sup);
+    expect(once.C_Login! - (before.C_Login ?? 0)).toBe(1);
+    // The same wrong PIN again: refused here, the token's retry counter untouched.
+    await expect(sup.sign({ slot: 's', key: 'piv', mechanism: 'ECDSA-SHA256', data, pin: 'not-the-pin' })).rejects.toMatchObject({ code: 'PIN_INCORRECT' });
+    expect((await calls(sup)).C_Login).toBe(once.C_Login);
+    // The session was left usable: no re-open, the right PIN signs at once.
+    const sig = await sup.sign({ slot: 's', key: 'piv', mechanism: 'ECDSA-SHA256', data });
+    expect(opensslVerifies(exportPublicKey(td, 'always', '9c'), 'ECDSA-SHA256', data, sig)).toBe(true);
+    expect((await calls(sup)).C_OpenSession).toBe(before.C_OpenSession);
+    expect(sup.status().slots.s!.state).toBe('logged_in');
+  });
+
+  it('without a PIN source the call is PIN_REQUIRED, and the slot keeps serving other keys', async () => {
+    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'always' }, pin: { env: 'AA_PIN' }, keys: { piv: { label: 'piv-sign' }, ec: { label: 'ec' } } } }) });
+    delete process.env.AA_PIN; // logged in at start; nothing left to ask
+    try {
+      await expect(sup.sign({ slot: 's', key: 'piv', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'PIN_REQUIRED' });
+      await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+      expect(sup.status().slots.s!.state).toBe('logged_in');
+    } finally {
+      process.env.AA_PIN = tok.pin;
+    }
+  });
+
+  it('a module that enforces it without showing the attribute: C_Sign says CKR_USER_NOT_LOGGED_IN on a logged-in session, which is not a lost session', async () => {
+    faults.set('hidealwaysauth');
+    const cfg = faultConfig(td, faults, { s: { token: { label: 'always' }, pin: { env: 'AA_PIN' }, keys: { piv: { label: 'piv-sign', id: '9c' } } } });
+    sup = await startSupervisor({ config: cfg });
+    const before = faults.counts();
+    const pub = exportPublicKey(td, 'always', '9c');
+    for (let i = 0; i < 3; i++) {
+      const sig = await sup.sign({ slot: 's', key: 'piv', mechanism: 'ECDSA-SHA256', data });
+      expect(opensslVerifies(pub, 'ECDSA-SHA256', data, sig)).toBe(true);
+    }
+    const after = faults.counts();
+    expect(after.C_LoginContextSpecific! - (before.C_LoginContextSpecific ?? 0)).toBe(3);
+    expect(after.C_OpenSession).toBe(before.C_OpenSession);
+    expect(after.C_Login).toBe(before.C_Login);
+    // Learnt once: later signatures go with the PIN at once (one C_Sign each, not two).
+    expect(after.C_Sign! - before.C_Sign!).toBe(4);
+  });
+});
