@@ -115,7 +115,11 @@ export const SlotSchema = z
     /** Open on first use. Default: true for a token (the daemon starts without it plugged in), false otherwise. */
     lazy: z.boolean().optional(),
     allowedMechanisms: AllowListSchema.optional(),
-    /** Health probe period: C_GetSessionInfo on idle workers (keepalive), token presence for a failed slot. 0 disables. */
+    /**
+     * Health probe period: C_GetSessionInfo on idle workers (keepalive), token presence for a
+     * failed slot. 0 turns polling off (cards that dislike it): the module's slot events, where
+     * it has them, still make the probe look at once.
+     */
     probeIntervalMs: z.number().int().min(0).default(30_000),
     /** Larger inputs are refused with BAD_INPUT before they are copied to a worker; hash big documents first. */
     maxDataBytes: z.number().int().min(1).max(2 ** 30).default(16 * 1024 * 1024),
@@ -157,6 +161,11 @@ export const ModuleSchema = z.strictObject({
    * supervisor cannot know the flags used, and a module without locks breaks under threads.
    */
   applicationInitializesWithOsLocking: z.boolean().default(false),
+  /**
+   * Wait for tokens inserted and removed in C_WaitForSlotEvent, on a thread of its own, where
+   * the module can. false for a module whose wait misbehaves; the probe interval remains.
+   */
+  slotEvents: z.boolean().default(true),
 });
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;

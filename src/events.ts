@@ -74,6 +74,14 @@ export interface HandleAllocationFailureEvent {
   fn: string | null;
 }
 
+/** C_WaitForSlotEvent reported a slot: a token was inserted or removed there. */
+export interface SlotEvent {
+  /** The module's library path. */
+  module: string;
+  /** The slot ID the module reported, hex (native byte order). */
+  slotId: string;
+}
+
 export interface AuditWriteErrorEvent {
   path: string;
   message: string;
@@ -119,6 +127,7 @@ export interface SupervisorEvents {
   logout: [LogoutEvent];
   auditWriteError: [AuditWriteErrorEvent];
   handleAllocationFailure: [HandleAllocationFailureEvent];
+  slotEvent: [SlotEvent];
 }
 
 export class SupervisorEmitter extends EventEmitter<SupervisorEvents> {}

@@ -3,7 +3,7 @@
  * check through the slot's mailbox, like any call (C_GetSessionInfo): a keepalive against HSM
  * idle timeouts, and a way to see a lost session or a logout before a user call does. On a
  * failed slot it asks whether the token is present again and, if the restart policy says so,
- * brings the slot back.
+ * brings the slot back. The module's slot events (slot-event-watcher.ts) make it look at once.
  */
 import type { Logger } from 'pino';
 import { tokenPresent } from './module-registry.js';
@@ -15,6 +15,7 @@ import type { SlotWorker } from './slot-worker.js';
 export class HealthProbe {
   private timer: NodeJS.Timeout | null = null;
   private running = false;
+  private again = false;
 
   constructor(
     private readonly slot: Slot,
@@ -35,31 +36,42 @@ export class HealthProbe {
     this.timer = null;
   }
 
+  /** Looks at the token now; asked while a look runs (a slot event), it looks once more after it. */
   async tick(): Promise<void> {
-    if (this.running) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
     this.running = true;
     try {
-      const { slot } = this;
-      if (slot.failure()) {
-        if (slot.restart.resetWhenTokenReturns && tokenPresent(this.modulePath, slot.config.token)) {
-          this.log.info({ slot: slot.name }, 'health probe: token is present again; restarting the failed slot');
-          this.reset(slot);
-        }
-        return;
-      }
-      const open = slot.workers.filter((w) => w.state === 'open' || w.state === 'logged_in').length;
-      const checks = Array.from({ length: open }, () =>
-        slot
-          .call<WorkerReply | null>({ task: { op: 'healthCheck' }, needsLogin: false, pin: undefined, timeoutMs: slot.config.callTimeoutMs, signal: undefined })
-          .then(({ value, worker }) => {
-            if (value && !value.ok) this.log.warn({ slot: slot.name, worker, ckr: value.error.ckr, code: value.error.code }, 'health probe: the session check failed');
-          })
-          .catch(() => undefined), // a full queue or a closing slot: the next tick looks again
-      );
-      await Promise.all(checks);
+      do {
+        this.again = false;
+        await this.look();
+      } while (this.again);
     } finally {
       this.running = false;
     }
+  }
+
+  private async look(): Promise<void> {
+    const { slot } = this;
+    if (slot.failure()) {
+      if (slot.restart.resetWhenTokenReturns && tokenPresent(this.modulePath, slot.config.token)) {
+        this.log.info({ slot: slot.name }, 'health probe: token is present again; restarting the failed slot');
+        this.reset(slot);
+      }
+      return;
+    }
+    const open = slot.workers.filter((w) => w.state === 'open' || w.state === 'logged_in').length;
+    const checks = Array.from({ length: open }, () =>
+      slot
+        .call<WorkerReply | null>({ task: { op: 'healthCheck' }, needsLogin: false, pin: undefined, timeoutMs: slot.config.callTimeoutMs, signal: undefined })
+        .then(({ value, worker }) => {
+          if (value && !value.ok) this.log.warn({ slot: slot.name, worker, ckr: value.error.ckr, code: value.error.code }, 'health probe: the session check failed');
+        })
+        .catch(() => undefined), // a full queue or a closing slot: the next tick looks again
+    );
+    await Promise.all(checks);
   }
 }
 

@@ -70,6 +70,14 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
   });
   sup.on('handleAllocationFailure', (e) => handleFailures.inc({ slot: e.slot, handle: e.handle, ckr: e.ckr }));
 
+  const slotEvents = new Counter({
+    name: 'pkcs11_slot_events_total',
+    help: 'Tokens inserted or removed, as the module reported them (C_WaitForSlotEvent), by module path.',
+    labelNames: ['module'] as const,
+    registers: [register],
+  });
+  sup.on('slotEvent', (e) => slotEvents.inc({ module: e.module }));
+
   const denied = new Counter({
     name: 'pkcs11_access_denied_total',
     help: 'Calls refused by the policy (FORBIDDEN), by slot and operation.',

@@ -16,6 +16,8 @@ import type { RestartPolicy } from './restart-policy.js';
 import { TokenDomain, tokenDomain } from './token-domain.js';
 import type { KeyType, MechanismName } from './model/mechanisms.js';
 import type { OpenReport } from './model/protocol.js';
+import type { TokenEvents } from './model/slot-events.js';
+import type { SlotEventWatcher } from './slot-event-watcher.js';
 
 export interface CrashHandler {
   crashed(slot: Slot, worker: SlotWorker): void;
@@ -32,6 +34,8 @@ export class Slot {
   token: Pick<OpenReport, 'mechanisms' | 'keyGen' | 'maxSessions' | 'maxRwSessions' | 'pinLength' | 'device'> | null = null;
   /** Keys found to ask for the PIN on every use (CKA_ALWAYS_AUTHENTICATE), by selectorKey. */
   private readonly contextLoginKeys = new Set<string>();
+  /** The module's slot-event thread, when its module has one. */
+  eventWatcher: SlotEventWatcher | null = null;
   /** The slot's token's domain (token-domain.ts): a private one until a session names the token. */
   private domain = new TokenDomain();
 
@@ -187,6 +191,7 @@ export class Slot {
       running: this.mailbox.running,
       /** The user PIN's retry flags as the token last reported them; null before the first look. */
       userPin: this.workers.find((w) => w.userPin !== null)?.userPin ?? null,
+      tokenEvents: this.tokenEvents,
       token: this.token,
       workers: this.workers.map((w) => {
         const ctx = w.context;
@@ -202,6 +207,12 @@ export class Slot {
         };
       }),
     };
+  }
+
+  /** How a token inserted or removed is noticed. */
+  get tokenEvents(): TokenEvents {
+    if (this.eventWatcher?.active) return 'events';
+    return this.config.probeIntervalMs > 0 ? 'polling' : 'none';
   }
 
   /** The best state any worker is in: a pool with one healthy worker still serves. */

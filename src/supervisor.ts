@@ -14,12 +14,15 @@ import { defaultRestartPolicy, type RestartPolicyFactory } from './restart-polic
 import { Slot } from './slot.js';
 import { applyConfig, configHash, restartNeeded } from './config-reload.js';
 import { HealthProbe } from './health-probe.js';
+import { SlotEventWatcher } from './slot-event-watcher.js';
 import type { SlotWorker } from './slot-worker.js';
 
 export class Supervisor {
   readonly slots = new Map<string, Slot>();
   readonly events = new SupervisorEmitter();
-  private readonly probes: HealthProbe[] = [];
+  private readonly probes = new Map<Slot, HealthProbe>();
+  /** Module load path → its slot-event thread (modules with slotEvents on). */
+  private readonly watchers = new Map<string, SlotEventWatcher>();
   private readonly lastModuleReset = new Map<string, number>();
   /** Module name → the path its library is loaded by (a pinned descriptor when sha256 is set). */
   private readonly loadPaths = new Map<string, string>();
@@ -48,7 +51,9 @@ export class Supervisor {
         acquired.push(loadPath);
         const slot = new Slot(name, slotConfig, loadPath, pinCallback, this.events, log, this, restartPolicy(slotConfig.restart));
         this.slots.set(name, slot);
-        this.probes.push(new HealthProbe(slot, loadPath, (s) => this.reset(s), log));
+        this.probes.set(slot, new HealthProbe(slot, loadPath, (s) => this.reset(s), log));
+        if (mod.slotEvents && !this.watchers.has(loadPath)) this.watchers.set(loadPath, new SlotEventWatcher(loadPath, (id) => this.slotEvent(loadPath, id), log));
+        slot.eventWatcher = this.watchers.get(loadPath) ?? null;
       }
     } catch (e) {
       for (const path of acquired) releaseModule(path);
@@ -84,7 +89,16 @@ export class Supervisor {
       await this.close();
       throw new Pkcs11SupervisorError('CONFIG_INVALID', issues.map((i) => i.message).join('\n'), { issues });
     }
-    for (const p of this.probes) p.start();
+    for (const p of this.probes.values()) p.start();
+    for (const w of this.watchers.values()) w.start();
+  }
+
+  /** A token was inserted or removed under the module: every slot on it looks at its token now. */
+  private slotEvent(path: string, slotId: string): void {
+    if (this.closing) return;
+    this.log.info({ module: path, slotId }, 'slot event: a token was inserted or removed; the module\'s slots look at their tokens');
+    this.events.emit('slotEvent', { module: path, slotId });
+    for (const [slot, probe] of this.probes) if (this.loadPaths.get(slot.config.module) === path) void probe.tick();
   }
 
   get closed(): boolean {
@@ -160,7 +174,9 @@ export class Supervisor {
   }
 
   private async shutdown(): Promise<void> {
-    for (const p of this.probes) p.stop();
+    for (const p of this.probes.values()) p.stop();
+    // Before the modules are finalized: C_Finalize is what ends a slot-event thread's wait.
+    for (const w of this.watchers.values()) w.close();
     const slots = [...this.slots.values()];
     const closed = new Pkcs11SupervisorError('CLOSED', 'the supervisor is closing');
     for (const s of slots) s.mailbox.close(closed);

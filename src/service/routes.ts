@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { JWS_ALGS } from '../client/jws-algorithms.js';
 import { MECHANISM_NAMES } from '../model/mechanisms.js';
 import { OBJECT_CLASSES, SESSION_STATES, USER_PIN_STATES } from '../model/protocol.js';
+import { TOKEN_EVENTS } from '../model/slot-events.js';
 import {
   bytes,
   callFields,
@@ -86,6 +87,7 @@ const StatusWire = z.object({
       queued: z.number(),
       running: z.number(),
       userPin: z.enum(USER_PIN_STATES).nullable(),
+      tokenEvents: z.enum(TOKEN_EVENTS).describe('how a token inserted or removed is noticed: the module\'s C_WaitForSlotEvent, the health probe\'s polling, or only by a failing call'),
       token: z.record(z.string(), z.unknown()).nullable().describe('what the token reported when the slot opened: mechanisms, key generation, session limits'),
       workers: z.array(z.record(z.string(), z.unknown())),
     }),

@@ -64,8 +64,8 @@ static struct timespec control_mtime;
 static off_t control_size = -1;
 static ino_t control_ino;
 static CK_SESSION_HANDLE last_session = CK_INVALID_HANDLE;
-/* C_Finalize was called and no C_Initialize since: a waiting C_WaitForSlotEvent returns. */
-static int finalized;
+/* C_Finalize calls so far: a C_WaitForSlotEvent waiting when one comes returns. */
+static unsigned long finalizations;
 /* Whether the token was removed when C_WaitForSlotEvent last looked (-1: not yet). */
 static int events_removed = -1;
 
@@ -247,14 +247,12 @@ static CK_RV before(const char *fn) {
 
 static CK_RV f_Initialize(CK_VOID_PTR a) {
   GUARD("C_Initialize");
-  CK_RV rv = real->C_Initialize(a);
-  if (rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) { pthread_mutex_lock(&lock); finalized = 0; pthread_mutex_unlock(&lock); }
-  return rv;
+  return real->C_Initialize(a);
 }
 static CK_RV f_Finalize(CK_VOID_PTR a) {
   GUARD("C_Finalize");
   pthread_mutex_lock(&lock);
-  finalized = 1;
+  finalizations++;
   pthread_mutex_unlock(&lock);
   return real->C_Finalize(a);
 }
@@ -273,12 +271,13 @@ static CK_RV f_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR
   pthread_mutex_lock(&lock);
   load_control();
   int emulate = has_rule(SLOTEVENTS);
+  unsigned long since = finalizations;
   pthread_mutex_unlock(&lock);
   if (!emulate) return real->C_WaitForSlotEvent(flags, slot, reserved);
   for (;;) {
     pthread_mutex_lock(&lock);
     load_control();
-    int gone = finalized, removed = has_rule(REMOVED), changed = events_removed >= 0 && removed != events_removed;
+    int gone = finalizations != since, removed = has_rule(REMOVED), changed = events_removed >= 0 && removed != events_removed;
     events_removed = removed;
     pthread_mutex_unlock(&lock);
     if (gone) return CKR_CRYPTOKI_NOT_INITIALIZED;
