@@ -226,10 +226,14 @@ export class SlotWorker {
     const known = task.op === 'sign' && this.opts.contextLoginKeys.size > 0 && this.opts.contextLoginKeys.has(selectorKey(task.key));
     if (!known) {
       const reply = await this.runTask<T>(task, call.deadline);
-      if (reply.ok || reply.error.contextLogin !== true || task.op !== 'sign') return reply;
+      if (reply.ok || reply.error.contextLogin !== 'needed' || task.op !== 'sign') return reply;
       this.opts.contextLoginKeys.add(selectorKey(task.key));
     }
-    return this.signWithContextLogin<T>(task as Extract<WorkerTask, { op: 'sign' }>, call);
+    const reply = await this.signWithContextLogin<T>(task as Extract<WorkerTask, { op: 'sign' }>, call);
+    if (reply.ok || reply.error.contextLogin !== 'unsupported') return reply;
+    // The module keeps the attribute without enforcing it: the token signs as for any key.
+    this.opts.contextLoginKeys.delete(selectorKey((task as Extract<WorkerTask, { op: 'sign' }>).key));
+    return this.runTask<T>(task, call.deadline);
   }
 
   /**
@@ -242,6 +246,7 @@ export class SlotWorker {
     const tokenLabel = this.context.session?.tokenLabel;
     const { pin, origin } = await pins.resolve(call.pin, { slot: this.slot, tokenLabel, reason: 'login' }, false, this.userPin ?? 'ok');
     const reply = await this.runTask<T>({ ...task, contextPin: pin.reveal() }, call.deadline);
+    if (!reply.ok && reply.error.contextLogin === 'unsupported') return reply; // no login was tried
     const outcome = reply.ok ? 'ok' : reply.error.code;
     this.opts.hooks.loginAttempted(this, origin, outcome, 'context');
     if (reply.ok) pins.accepted(pin);
@@ -281,7 +286,7 @@ export class SlotWorker {
       if (reply) this.noteModuleHealth(reply);
       const lost = reply && !reply.ok && reply.error.ckr !== undefined && SESSION_LOST_CKRS.has(reply.error.ckr);
       const transient = reply && !reply.ok && reply.error.ckr !== undefined && TRANSIENT_CKRS.has(reply.error.ckr);
-      const wantsPin = reply && !reply.ok && reply.error.contextLogin === true;
+      const wantsPin = reply && !reply.ok && reply.error.contextLogin !== undefined;
       if (reply && !lost && !transient && !wantsPin) {
         results[i] = reply;
         continue;

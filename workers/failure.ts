@@ -21,8 +21,16 @@ export class ContextLoginNeeded extends WorkerFailure {
   }
 }
 
+/** The module has no context-specific login (CKR_USER_TYPE_INVALID): the call was not run, and is sent again without a PIN. */
+export class ContextLoginUnsupported extends WorkerFailure {
+  constructor() {
+    super('PKCS11_ERROR', 'the module does not support C_Login(CKU_CONTEXT_SPECIFIC) (CKR_USER_TYPE_INVALID), so it does not enforce CKA_ALWAYS_AUTHENTICATE', 'CKR_USER_TYPE_INVALID');
+  }
+}
+
 export function toFailure(e: unknown): WorkerError {
-  if (e instanceof ContextLoginNeeded) return { code: e.code, message: e.message, contextLogin: true };
+  if (e instanceof ContextLoginNeeded) return { code: e.code, message: e.message, contextLogin: 'needed' };
+  if (e instanceof ContextLoginUnsupported) return { code: e.code, message: e.message, ckr: e.ckr!, contextLogin: 'unsupported' };
   if (e instanceof WorkerFailure) return { code: e.code, message: e.message, ...(e.ckr ? { ckr: e.ckr } : {}) };
   const err = e as { message?: string; method?: string };
   const message = String(err.message ?? e);

@@ -11,7 +11,7 @@ import type * as P11 from 'pkcs11js';
 import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/model/mechanisms.js';
 import { writeDer, derToRaw, maxDerBytes } from '../src/model/ecdsa-signature.js';
 import { prepareMechanisms, preparedKey, keyGenSizes, type PreparedMechanism } from './mechanism-params.js';
-import { ContextLoginNeeded, WorkerFailure } from './failure.js';
+import { ContextLoginNeeded, ContextLoginUnsupported, WorkerFailure } from './failure.js';
 import { deviceInfo, keyTypeOf, pinLengthOf, sessionLimit } from './token-info.js';
 import { SESSION_STATES, USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask, selectorKey } from '../src/model/protocol.js';
 import { findHandles, flagOf, publicKeyReport, type SessionAccess } from './object-ops.js';
@@ -55,6 +55,8 @@ export class TokenSession implements SessionAccess {
   /** An ECDSA signature in DER, up to P-521 (r and s of 66 bytes). */
   private readonly der = Buffer.alloc(maxDerBytes(2 * 66));
   readonly calls: Record<string, number> = {};
+  /** The module answered C_Login(CKU_CONTEXT_SPECIFIC) with CKR_USER_TYPE_INVALID: it keeps CKA_ALWAYS_AUTHENTICATE without enforcing it. */
+  private noContextLogin = false;
 
   private count(fn: string): P11.PKCS11 {
     this.calls[fn] = (this.calls[fn] ?? 0) + 1;
@@ -289,13 +291,14 @@ export class TokenSession implements SessionAccess {
   /** The signature as a view on this session's own buffers: valid until its next call, so a caller keeping it copies it. */
   sign(task: Extract<WorkerTask, { op: 'sign' }>): Uint8Array {
     const key = this.key(task.key, pkcs11js.CKO_PRIVATE_KEY);
+    const contextLogin = key.alwaysAuthenticate && !this.noContextLogin;
     // Asked before C_SignInit: no operation is left open for want of a PIN.
-    if (key.alwaysAuthenticate && task.contextPin === undefined) throw new ContextLoginNeeded(this.keyName(task.key));
+    if (contextLogin && task.contextPin === undefined) throw new ContextLoginNeeded(this.keyName(task.key));
     const p = this.mechanism(task.mechanism, task.prehashed, key);
     const input = p.input(Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength));
     const session = this.live;
     this.count('C_SignInit').C_SignInit(session, p.mechanism, key.handle);
-    if (key.alwaysAuthenticate) this.contextLogin(task.contextPin!, input);
+    if (contextLogin) this.contextLogin(task.contextPin!, input);
     let sig: Buffer;
     try {
       sig = this.count('C_Sign').C_Sign(session, input, this.out);
@@ -325,7 +328,9 @@ export class TokenSession implements SessionAccess {
       } catch {
         // CKR_USER_NOT_LOGGED_IN: the operation is over, as wanted.
       }
-      throw e;
+      if ((e as Error).message !== 'CKR_USER_TYPE_INVALID') throw e;
+      this.noContextLogin = true;
+      throw new ContextLoginUnsupported();
     }
   }
 

@@ -93,10 +93,12 @@ export interface WorkerError {
   /** The PKCS#11 function that returned `ckr`. */
   fn?: string;
   /**
-   * Not run: the key asks for the PIN on every use (CKA_ALWAYS_AUTHENTICATE, or C_Sign said
-   * CKR_USER_NOT_LOGGED_IN on a logged-in session). The slot worker sends it again with a PIN.
+   * `needed`: not run, the key asks for the PIN on every use (CKA_ALWAYS_AUTHENTICATE, or C_Sign
+   * said CKR_USER_NOT_LOGGED_IN on a logged-in session); the slot worker sends it again with a
+   * PIN. `unsupported`: not run, the module knows no CKU_CONTEXT_SPECIFIC (it keeps the
+   * attribute without enforcing it); sent again without one, the thread signs as for any key.
    */
-  contextLogin?: true;
+  contextLogin?: 'needed' | 'unsupported';
 }
 
 /** Epoch milliseconds (sub-ms precision), comparable across threads. */

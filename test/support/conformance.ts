@@ -8,11 +8,15 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { constants, createHash, verify as nodeVerify } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { compactVerify, decodeProtectedHeader } from 'jose';
 import { startSupervisor, type Pkcs11Supervisor } from '../../dist/src/index.js';
 import { waitForEvent } from './sign-check.js';
 import { pkcs11Tool, type Vendor, type VendorToken } from './vendors/vendor.js';
 import { injectWorkerFault } from '../../dist/src/testing.js';
+import { makeCa, pkiDir } from './pki.js';
+import { openssl, tmpFile } from './openssl.js';
 
 type Row = { feature: string; result: string };
 
@@ -27,6 +31,25 @@ const KEYGEN = ['RSA-2048', 'RSA-4096', 'EC-P256', 'EC-P384', 'Ed25519'] as cons
 /** Key type and the sizes C_GetMechanismInfo may state for it (Ed25519: 255 or 256, by vendor). */
 const KEYGEN_TYPE = { 'RSA-2048': ['RSA', [2048]], 'RSA-4096': ['RSA', [4096]], 'EC-P256': ['EC', [256]], 'EC-P384': ['EC', [384]], Ed25519: ['EC_EDWARDS', [255, 256]] } as const;
 
+/**
+ * A data object written by pkcs11-tool, as a smart card's would be. Before the supervisor
+ * starts: tpm2-pkcs11 reads its store when a token is loaded, so an object another process
+ * adds later is not seen until the module is initialized again.
+ */
+function writeDataObject(tok: VendorToken): string {
+  const note = tmpFile('note.txt', 'a note kept on the token');
+  const write = (extra: string[]) => pkcs11Tool(tok, ['--write-object', note, '--type', 'data', '--label', 'conf-note', ...extra]);
+  try {
+    write([]);
+    return 'yes';
+  } catch (e) {
+    // Some tokens keep private data objects only (tpm2-pkcs11: "CKA_PRIVATE cannot be CK_FALSE").
+    const why = /error: (.*)/i.exec(String((e as { stderr?: unknown }).stderr))?.[1]?.trim() ?? 'refused';
+    write(['--private']);
+    return `yes (private data objects only: ${why})`;
+  }
+}
+
 export function conformanceSuite(vendor: Vendor): void {
   const selected = (process.env.P11SUP_VENDORS ?? '').split(',').filter(Boolean);
   if (selected.length > 0 && !selected.includes(vendor.name)) {
@@ -39,6 +62,8 @@ export function conformanceSuite(vendor: Vendor): void {
     let sup: Pkcs11Supervisor;
     let listed: Set<string>;
     let library = '';
+    /** How pkcs11-tool could write a data object before the supervisor opened the token. */
+    let dataObjects = '';
     const rows: Row[] = [];
     const record = (feature: string, result: string) => rows.push({ feature, result });
     const token = () => sup.status().slots.v!.token!;
@@ -59,6 +84,7 @@ export function conformanceSuite(vendor: Vendor): void {
       const info = pkcs11Tool(tok, ['--show-info'], null);
       library = `${/Manufacturer\s+(.*)/.exec(info)?.[1]?.trim()}, ${/Library\s+(.*)/.exec(info)?.[1]?.trim()}, Cryptoki ${/Cryptoki version\s+(\S+)/.exec(info)?.[1]}`;
       listed = new Set([...pkcs11Tool(tok, ['--list-mechanisms'], null).matchAll(/^\s+([A-Z0-9-]+)[,\s]/gm)].map((m) => m[1]!));
+      dataObjects = writeDataObject(tok);
       process.env.VENDOR_PIN = tok.pin;
       process.env.PKCS11_SUPERVISOR_FAULTS = '1'; // the crash test's injected worker exit
       sup = await startSupervisor({
@@ -147,6 +173,74 @@ export function conformanceSuite(vendor: Vendor): void {
       const found = await sup.findObjects({ slot: 'v', template: { class: 'privateKey' } });
       expect(found.map((o) => o.label)).toEqual(expect.arrayContaining(Object.values(tok.keys).map((k) => k.label)));
       record('find objects', 'yes');
+    });
+
+    it('names keys by PKCS#11 URI (RFC 7512): findObjects gives each object its URI, and that URI signs', async () => {
+      const [priv] = await sup.findObjects({ slot: 'v', template: { class: 'privateKey', label: tok.keys.rsa.label } });
+      expect(priv!.uri.startsWith('pkcs11:token=')).toBe(true);
+      expect(priv!.uri).toContain(';type=private');
+      expect(await signsAndVerifies(priv!.uri, 'RSA-PKCS1-SHA256')).toBe(true);
+      const pub = await sup.getPublicKey({ slot: 'v', key: `pkcs11:object=${encodeURIComponent(tok.keys.rsa.label)};type=public` });
+      expect(pub.id).toBe(tok.keys.rsa.id);
+      record('keys by PKCS#11 URI (RFC 7512)', 'yes');
+    });
+
+    it('describes every object class, with a data object pkcs11-tool wrote', async () => {
+      const all = await sup.findObjects({ slot: 'v' });
+      expect(all.filter((d) => d.class === 'privateKey').length).toBeGreaterThanOrEqual(1);
+      expect(all).toEqual(expect.arrayContaining([expect.objectContaining({ class: 'data', label: 'conf-note' })]));
+      record('find objects of every class (data objects from pkcs11-tool)', dataObjects);
+    });
+
+    it('builds the certificate chain from certificates on the token: getCertificate leaf first, signJws x5c with the whole chain', async () => {
+      const root = pkiDir();
+      const ca = makeCa(root, 'conformance-ca');
+      const pub = join(root, 'token-rsa.pem');
+      writeFileSync(pub, (await sup.getPublicKey({ slot: 'v', key: 'rsa' })).pem);
+      // A certificate for the token's key: a request signed by a throwaway key, the token's key forced in.
+      openssl(['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(root, 'x.key'), '-out', join(root, 'leaf.csr'), '-subj', '/CN=conformance-leaf']);
+      openssl(['x509', '-req', '-in', join(root, 'leaf.csr'), '-CA', ca.cert, '-CAkey', ca.key, '-force_pubkey', pub, '-days', '30', '-out', join(root, 'leaf.crt')]);
+      await sup.importCertificate({ slot: 'v', certificate: readFileSync(join(root, 'leaf.crt')), label: tok.keys.rsa.label, id: tok.keys.rsa.id, replace: true });
+      await sup.importCertificate({ slot: 'v', certificate: readFileSync(ca.cert), label: 'conformance-ca', id: 'c0ca', replace: true });
+      const info = await sup.getCertificate({ slot: 'v', key: 'rsa' });
+      expect(info.chain.map((c) => c.x509.subject)).toEqual(['CN=conformance-leaf', 'CN=conformance-ca']);
+      const jws = await sup.signJws({ slot: 'v', key: 'rsa', alg: 'RS256', payload: 'chained', x5c: true });
+      expect(decodeProtectedHeader(jws).x5c).toHaveLength(2);
+      const { keyObject } = await sup.getPublicKey({ slot: 'v', key: 'rsa' });
+      expect(new TextDecoder().decode((await compactVerify(jws, keyObject)).payload)).toBe('chained');
+      record('certificate chain (getCertificate, signJws x5c)', 'yes');
+    });
+
+    it('keys that ask for the PIN on every use (CKA_ALWAYS_AUTHENTICATE): one context-specific login per signature where the token has them', async () => {
+      const contexts: string[] = [];
+      const onLogin = (e: { userType: string; outcome: string }) => e.userType === 'context' && contexts.push(e.outcome);
+      sup.on('login', onLogin);
+      try {
+        const made = await sup.generateKeyPair({ slot: 'v', algorithm: 'RSA-2048', label: 'conf-always', alwaysAuthenticate: true, timeoutMs: 120_000 }).catch((e: { code: string; ckr?: string }) => e);
+        if (!('label' in made)) {
+          record('CKA_ALWAYS_AUTHENTICATE keys', `refused at generation: ${made.code}${made.ckr ? ` (${made.ckr})` : ''}`);
+          return;
+        }
+        for (let i = 0; i < 3; i++) expect(await signsAndVerifies({ label: 'conf-always' }, 'RSA-PKCS1-SHA256')).toBe(true);
+        const enforced = contexts.length > 0;
+        if (enforced) expect(contexts).toEqual(['ok', 'ok', 'ok']);
+        const stored = made.alwaysAuthenticate === true;
+        record('CKA_ALWAYS_AUTHENTICATE keys', enforced ? 'yes: C_Login(CKU_CONTEXT_SPECIFIC) per signature' : stored ? 'attribute kept, not enforced: no context-specific login, signs without one' : 'attribute not kept');
+      } finally {
+        sup.off('login', onLogin as never);
+      }
+    }, 180_000);
+
+    it('reports what the slot and the token say of themselves (C_GetSlotInfo, C_GetTokenInfo), and how it notices tokens come and go', async () => {
+      const { device } = token();
+      const listing = pkcs11Tool(tok, ['--list-token-slots'], null);
+      expect(listing).toContain(device.token.manufacturer);
+      expect(listing).toContain(device.token.model);
+      expect(device.token.flags).toContain('tokenInitialized');
+      record('slot and token metadata in status()', `${device.token.manufacturer}, ${device.token.model}, firmware ${device.token.firmware}`);
+      for (let i = 0; i < 50 && sup.status().slots.v!.tokenEvents === 'events'; i++) await new Promise((r) => setTimeout(r, 20));
+      const how = sup.status().slots.v!.tokenEvents;
+      record('tokens inserted/removed noticed by', how === 'events' ? 'C_WaitForSlotEvent' : 'polling (no blocking C_WaitForSlotEvent)');
     });
 
     it('a wrong PIN is PIN_INCORRECT; one of a length the token cannot take never reaches it; the right one logs in again', async () => {
