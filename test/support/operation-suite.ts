@@ -402,6 +402,18 @@ export function operationSuite(transport: Transport): void {
       await expect(sup.sign({ slot: 's', key: 'pkcs11:object=e%', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'BAD_INPUT' });
     });
 
+    it('a key that asks for the PIN on every use signs with a context login per signature; status says how token changes are noticed', async () => {
+      const d = await sup.generateKeyPair({ slot: 's', algorithm: 'EC-P256', label: 'always-ec', id: 'aa', alwaysAuthenticate: true });
+      expect(d.alwaysAuthenticate).toBe(true);
+      expect(pkcs11Tool(td, 'ops', tok.pin, ['--list-objects', '--type', 'privkey', '--id', 'aa'])).toMatch(/Access:.*always authenticate/);
+      const before = (await sup.probe({ slot: 's' })).calls.C_Login ?? 0;
+      const sigs = await Promise.all([1, 2, 3].map(() => sup.sign({ slot: 's', key: d.uri, mechanism: 'ECDSA-SHA256', data })));
+      for (const sig of sigs) expect(opensslVerifies(exportPublicKey(td, 'ops', 'aa'), 'ECDSA-SHA256', data, sig)).toBe(true);
+      expect(((await sup.probe({ slot: 's' })).calls.C_Login ?? 0) - before).toBe(3);
+      await expect(sup.sign({ slot: 's', key: d.uri, mechanism: 'ECDSA-SHA256', data, pin: 'not-the-pin' })).rejects.toMatchObject({ code: 'PIN_INCORRECT' });
+      expect((await sup.status()).slots.s!.tokenEvents).toBe('polling');
+    });
+
     it('every slot is still healthy after all that', async () => {
       expect((await sup.status()).slots.s!.state).toBe('logged_in');
       expect(await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })).toBeInstanceOf(Buffer);
