@@ -19,13 +19,10 @@ const pause = (ms: number): void => void Atomics.wait(stop, 0, 0, ms);
 const MAX_FAILURES = 5;
 
 function watch(): void {
+  // No C_Initialize here: the main thread's module registry initialized the module before any
+  // slot opened, and re-initializes it after a reset.
   const mod = new pkcs11js.PKCS11();
   mod.load(modulePath);
-  try {
-    mod.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
-  } catch {
-    // Initialized by the main thread's module registry: the usual case.
-  }
   let failures = 0;
   while (!stopped()) {
     try {
