@@ -13,6 +13,14 @@ import { badInput } from './validate.js';
 export const OPERATIONS = [
   'sign',
   'verify',
+  'encrypt',
+  'decrypt',
+  'mac',
+  'verifyMac',
+  'deriveKey',
+  'wrapKey',
+  'unwrapKey',
+  'generateSecretKey',
   'getPublicKey',
   'getCertificate',
   'generateRandom',
@@ -42,8 +50,22 @@ export interface Principal {
   peer?: string;
 }
 
-const SERVICE: Operation[] = ['sign', 'verify', 'getPublicKey', 'getCertificate', 'generateRandom'];
-const OPERATOR: Operation[] = [...SERVICE, 'findObjects', 'findObjectsPage', 'probe', 'generateKeyPair', 'importKeyPair', 'importCertificate', 'login', 'logout', 'status'];
+const SERVICE: Operation[] = ['sign', 'verify', 'encrypt', 'decrypt', 'mac', 'verifyMac', 'deriveKey', 'getPublicKey', 'getCertificate', 'generateRandom'];
+const OPERATOR: Operation[] = [
+  ...SERVICE,
+  'findObjects',
+  'findObjectsPage',
+  'probe',
+  'generateKeyPair',
+  'generateSecretKey',
+  'wrapKey',
+  'unwrapKey',
+  'importKeyPair',
+  'importCertificate',
+  'login',
+  'logout',
+  'status',
+];
 
 /** The roles' operations: the contract the README documents. */
 export const ROLE_OPERATIONS: Record<Role, ReadonlySet<Operation>> = {
@@ -54,7 +76,7 @@ export const ROLE_OPERATIONS: Record<Role, ReadonlySet<Operation>> = {
 };
 
 /** Operations on one key: a grant that lists keys allows them on those key refs only. */
-const KEY_SCOPED: ReadonlySet<Operation> = new Set(['sign', 'verify', 'getPublicKey', 'getCertificate', 'destroyObject']);
+const KEY_SCOPED: ReadonlySet<Operation> = new Set(['sign', 'verify', 'encrypt', 'decrypt', 'mac', 'verifyMac', 'deriveKey', 'wrapKey', 'unwrapKey', 'getPublicKey', 'getCertificate', 'destroyObject']);
 
 export class AccessPolicy {
   /** `current` returns the policy in force: a config reload may replace it. */

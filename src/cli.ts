@@ -33,8 +33,11 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<command> 
   init                                     in this directory: a SoftHSM2 dev token under var/ and config/default.json (kept if present)
   status                                   slot states as JSON
   keys list [--slot S] [--class C]         objects on each token (class: privateKey, publicKey, certificate)
-  keys generate --slot S --algorithm A --label L [--id HEX] [--always-authenticate]
+  keys generate --slot S --algorithm A --label L [--id HEX] [--usage U,...] [--always-authenticate]
                                            A: RSA-2048 RSA-3072 RSA-4096 EC-P256 EC-P384 EC-P521 Ed25519
+                                           U: sign (default), decrypt (RSA), derive (EC)
+  keys generate-secret --slot S --algorithm A --label L [--id HEX]
+                                           A: AES-128 AES-192 AES-256 HMAC-256 HMAC-384 HMAC-512
   keys import --slot S --label L [--id HEX] (--p12 FILE [--password-env VAR] | --private-key PEM [--cert PEM]...) [--replace]
               [--always-authenticate]      an existing key under that label or id is refused unless --replace;
                                            --always-authenticate: the key asks for the PIN on every signature
@@ -59,6 +62,11 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<command> 
                        over the socket you are the daemon's api.unix.principal.`;
 
 class Usage extends Error {}
+
+/** --usage sign,decrypt: the list, or undefined for the default. */
+function usageOf(value: string | undefined): never {
+  return (value === undefined ? undefined : value.split(',').map((u) => u.trim())) as never;
+}
 
 /** A file the command was told to read or write could not be (exit 5). */
 class FileError extends Error {}
@@ -104,6 +112,7 @@ const options = {
   prehashed: { type: 'boolean', default: false },
   replace: { type: 'boolean', default: false },
   'always-authenticate': { type: 'boolean', default: false },
+  usage: { type: 'string' },
   force: { type: 'boolean', default: false },
   algorithm: { type: 'string' },
   label: { type: 'string' },
@@ -192,7 +201,7 @@ async function run(argv: string[]): Promise<number> {
     else process.stdout.write(`broken at line ${v.line}${v.seq === null ? '' : ` (seq ${v.seq})`}: ${v.reason}\n`);
     return v.ok ? 0 : v.kind === 'torn' ? 4 : 1;
   }
-  const known = ['status', 'keys list', 'keys generate', 'keys import', 'keys delete', 'sign', 'verify', 'pubkey'];
+  const known = ['status', 'keys list', 'keys generate', 'keys generate-secret', 'keys import', 'keys delete', 'sign', 'verify', 'pubkey'];
   if (!command || !known.includes(command)) throw new Usage(`unknown command "${positionals.join(' ')}"`);
 
   const client = await open(values);
@@ -274,10 +283,13 @@ async function dispatch(sup: Pkcs11Client, command: string, values: Values): Pro
       return 0;
     }
     case 'keys generate':
-      print(await sup.generateKeyPair({ slot: need(values, 'slot'), algorithm: need(values, 'algorithm') as never, label: need(values, 'label'), id: values.id, alwaysAuthenticate: values['always-authenticate'], timeoutMs: 300_000 }));
+      print(await sup.generateKeyPair({ slot: need(values, 'slot'), algorithm: need(values, 'algorithm') as never, label: need(values, 'label'), id: values.id, alwaysAuthenticate: values['always-authenticate'], usage: usageOf(values.usage), timeoutMs: 300_000 }));
+      return 0;
+    case 'keys generate-secret':
+      print(await sup.generateSecretKey({ slot: need(values, 'slot'), algorithm: need(values, 'algorithm') as never, label: need(values, 'label'), id: values.id }));
       return 0;
     case 'keys import': {
-      const base = { slot: need(values, 'slot'), label: need(values, 'label'), id: values.id, replace: values.replace, alwaysAuthenticate: values['always-authenticate'] };
+      const base = { slot: need(values, 'slot'), label: need(values, 'label'), id: values.id, replace: values.replace, alwaysAuthenticate: values['always-authenticate'], usage: usageOf(values.usage) };
       if (values.p12) {
         const envName = values['password-env'];
         if (envName && process.env[envName] === undefined) throw new Usage(`--password-env ${envName}: the variable ${envName} is not set`);

@@ -5,7 +5,8 @@
 import { isWellFormed } from './model/token-match.js';
 import { isPkcs11Uri, keyOfUri, parsePkcs11Uri, tokenOfUri, type Pkcs11Uri } from './model/pkcs11-uri.js';
 import { z } from 'zod';
-import { MECHANISM_NAMES, type MechanismName } from './model/mechanisms.js';
+import { MECHANISM_NAMES } from './model/mechanisms.js';
+import { CRYPTO_MECHANISM_NAMES, type AnyMechanismName } from './model/crypto-mechanisms.js';
 
 const hex = z.string().regex(/^([0-9a-fA-F]{2})+$/, 'must be hex bytes, e.g. "01" or "a1b2"');
 
@@ -53,7 +54,7 @@ export const TokenSelectorSchema = z.union([
   TokenSelectorObjectSchema,
 ]);
 
-const MechanismNameSchema = z.enum(MECHANISM_NAMES as [MechanismName, ...MechanismName[]]);
+const MechanismNameSchema = z.enum([...MECHANISM_NAMES, ...CRYPTO_MECHANISM_NAMES] as [AnyMechanismName, ...AnyMechanismName[]]);
 const AllowListSchema = z.array(MechanismNameSchema).min(1);
 
 const KeyRefObjectSchema = z

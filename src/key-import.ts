@@ -83,7 +83,7 @@ export function importObjectsFor(material: ImportMaterial, label: string, id: st
   const others = material.certificates.filter((der) => !matching.includes(der));
   return [
     { kind: 'privateKey', jwk, label, id: keyId, ...use },
-    { kind: 'publicKey', jwk: pub, label, id: keyId },
+    { kind: 'publicKey', jwk: pub, label, id: keyId, usage: use.usage },
     ...matching.map((der) => ({ kind: 'certificate' as const, der, ...certificateFields(der), label, id: keyId })),
     // Chain certificates go in too, each under its own id so they never shadow the key's.
     ...others.map((der) => ({ kind: 'certificate' as const, der, ...certificateFields(der), label: `${label} chain`, id: createHash('sha1').update(der).digest('hex'), shared: true })),

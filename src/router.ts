@@ -16,7 +16,7 @@ import { unwatchAbort, watchAbort } from './abort-watch.js';
 import { CLAIM_CANCELLED, selectorKey, type WorkerTask } from './model/protocol.js';
 
 /** Calls of these operations, with no PIN of their own, may share one message to a worker. */
-const BATCHABLE: ReadonlySet<string> = new Set(['sign', 'verify']);
+const BATCHABLE: ReadonlySet<string> = new Set(['sign', 'verify', 'encrypt', 'decrypt', 'mac', 'verifyMac']);
 
 /** At most this many calls share one message to a worker. */
 const MAX_BATCH = 64;

@@ -14,10 +14,12 @@ import type { CallSpec, Delivered } from './slot-call.js';
 import { SlotWorker } from './slot-worker.js';
 import type { RestartPolicy } from './restart-policy.js';
 import { TokenDomain, tokenDomain } from './token-domain.js';
-import type { KeyType, MechanismName } from './model/mechanisms.js';
+import type { KeyType } from './model/mechanisms.js';
+import type { AnyMechanismName } from './model/crypto-mechanisms.js';
 import type { OpenReport } from './model/protocol.js';
 import type { TokenEvents } from './model/slot-events.js';
 import type { SlotEventWatcher } from './slot-event-watcher.js';
+import { IvRegistry } from './client/iv-registry.js';
 
 export interface CrashHandler {
   crashed(slot: Slot, worker: SlotWorker): void;
@@ -29,9 +31,11 @@ export class Slot {
   readonly mailbox: Mailbox;
   readonly pins: PinChain;
   /** For the checks before queueing, from the last open: the mechanisms the token can do (a set: looked up per call) and the configured keys' types. */
-  readonly capabilities = { mechanisms: new Set<MechanismName>(), keyTypes: new Map<string, KeyType>() };
+  readonly capabilities = { mechanisms: new Set<AnyMechanismName>(), keyTypes: new Map<string, KeyType>() };
   /** The token's own abilities and limits as reported at the last open; null before one. */
   token: Pick<OpenReport, 'mechanisms' | 'keyGen' | 'maxSessions' | 'maxRwSessions' | 'pinLength' | 'device'> | null = null;
+  /** AES-GCM IVs used with each key through this slot (iv-registry.ts). */
+  readonly gcmIvs = new IvRegistry();
   /** Keys found to ask for the PIN on every use (CKA_ALWAYS_AUTHENTICATE), by selectorKey. */
   private readonly contextLoginKeys = new Set<string>();
   /** The module's slot-event thread, when its module has one. */

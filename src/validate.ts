@@ -2,10 +2,10 @@
 import { isWellFormed } from './model/token-match.js';
 import { isPkcs11Uri, keyOfUri, parsePkcs11Uri } from './model/pkcs11-uri.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
-import { isMechanismName, KEY_TYPES, MECHANISM_NAMES, type MechanismName } from './model/mechanisms.js';
+import { isMechanismName, KEY_TYPES, MECHANISM_NAMES, type KeyType, type MechanismName } from './model/mechanisms.js';
 import { Secret } from './model/secret.js';
 import type { Slot } from './slot.js';
-import { OBJECT_CLASSES, type KeySelector, type ObjectQuery, type SignatureFormat } from './model/protocol.js';
+import { KEY_USAGES, OBJECT_CLASSES, type KeySelector, type KeyUsage, type ObjectQuery, type SignatureFormat } from './model/protocol.js';
 
 export function badInput(message: string, slot?: string): Pkcs11SupervisorError {
   return new Pkcs11SupervisorError('BAD_INPUT', message, { slot });
@@ -138,4 +138,16 @@ function uriSelector(slot: Slot, uri: string): KeySelector {
     }
   }
   return key;
+}
+
+/** What a key pair is for (default: signing), within what its type can do. */
+export function keyUsage(value: unknown, keyType: KeyType, slot: string): KeyUsage[] {
+  if (value === undefined) return ['sign'];
+  if (!Array.isArray(value) || value.length === 0 || !value.every((u) => (KEY_USAGES as readonly unknown[]).includes(u))) {
+    throw badInput(`usage must be a non-empty list of ${KEY_USAGES.join(', ')}`, slot);
+  }
+  const can: Record<KeyType, readonly KeyUsage[]> = { RSA: ['sign', 'decrypt'], EC: ['sign', 'derive'], EC_EDWARDS: ['sign'], AES: [], GENERIC_SECRET: [] };
+  const cannot = (value as KeyUsage[]).filter((u) => !can[keyType].includes(u));
+  if (cannot.length > 0) throw badInput(`an ${keyType} key pair cannot be for ${cannot.join(', ')} (it can be for ${can[keyType].join(', ')})`, slot);
+  return [...new Set(value as KeyUsage[])];
 }

@@ -11,8 +11,9 @@ import { curveByName, curveByParams } from '../src/model/curves.js';
 import { formatPkcs11Uri } from '../src/model/pkcs11-uri.js';
 import { octetString, unwrapOctetString } from '../src/model/der.js';
 import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN } from './pkcs11-constants.js';
+import { KEY_TYPE_VALUE, keyTypeOf } from './token-info.js';
 import type { KeyType } from '../src/model/mechanisms.js';
-import type { FoundPage, ImportedObject, JsonWebKeyLike, KeyGenSpec, ObjectClass, ObjectDescriptor, ObjectQuery, PrivateKeyUse, PublicKeyReport } from '../src/model/protocol.js';
+import type { FoundPage, ImportedObject, JsonWebKeyLike, KeyGenSpec, KeyUsage, ObjectClass, ObjectDescriptor, ObjectQuery, PrivateKeyUse, PublicKeyReport } from '../src/model/protocol.js';
 
 export interface SessionAccess {
   p11(fn: string): P11.PKCS11;
@@ -32,8 +33,6 @@ const CLASS_VALUE: Record<ObjectClass, number> = {
   data: pkcs11js.CKO_DATA,
 };
 const CLASS_NAME = new Map(Object.entries(CLASS_VALUE).map(([k, v]) => [v, k as ObjectClass]));
-const KEY_TYPE_VALUE: Record<KeyType, number> = { RSA: pkcs11js.CKK_RSA, EC: pkcs11js.CKK_EC, EC_EDWARDS: CKK_EC_EDWARDS };
-const KEY_TYPE_NAME = new Map(Object.entries(KEY_TYPE_VALUE).map(([k, v]) => [v, k as KeyType]));
 
 function b64u(s: string | undefined, what: string): Buffer {
   if (!s) throw new Error(`the key has no ${what}`);
@@ -108,30 +107,64 @@ export function describe(s: SessionAccess, h: P11.Handle): ObjectDescriptor {
     uri: '',
   };
   d.uri = formatPkcs11Uri({ token: s.tokenIdentity.label, serial: s.tokenIdentity.serial, object: d.label, id: d.id, class: d.class });
-  if (d.class !== 'privateKey' && d.class !== 'publicKey') return d;
+  if (d.class !== 'privateKey' && d.class !== 'publicKey' && d.class !== 'secretKey') return d;
   const [kt] = attrs(s, h, [pkcs11js.CKA_KEY_TYPE]);
-  const keyType = KEY_TYPE_NAME.get(readUlong(kt!));
+  const keyType = keyTypeOf(readUlong(kt!)) ?? undefined;
   if (keyType) d.keyType = keyType;
+  Object.assign(d, usage(s, h, d.class));
+  if (d.class === 'secretKey') {
+    const [len] = attrsOf(s, h, [pkcs11js.CKA_VALUE_LEN]);
+    // Some tokens keep no CKA_VALUE_LEN for an unwrapped key (0): then the length is not known.
+    if (len!.length > 0 && readUlong(len!) > 0) d.bits = readUlong(len!) * 8;
+    return d;
+  }
   if (keyType === 'RSA') d.bits = attrs(s, h, [pkcs11js.CKA_MODULUS])[0]!.length * 8;
   if (keyType === 'EC' || keyType === 'EC_EDWARDS') {
     const params = attrs(s, h, [pkcs11js.CKA_EC_PARAMS])[0]!.toString('hex');
     d.curve = curveByParams(params)?.name ?? `unknown (${params})`;
   }
   if (d.class === 'privateKey') {
-    const [sign, sensitive, extractable, alwaysSensitive, neverExtractable] = attrs(s, h, [
-      pkcs11js.CKA_SIGN,
-      pkcs11js.CKA_SENSITIVE,
-      pkcs11js.CKA_EXTRACTABLE,
-      pkcs11js.CKA_ALWAYS_SENSITIVE,
-      pkcs11js.CKA_NEVER_EXTRACTABLE,
-    ]);
-    Object.assign(d, { sign: bool(sign!), sensitive: bool(sensitive!), extractable: bool(extractable!), alwaysSensitive: bool(alwaysSensitive!), neverExtractable: bool(neverExtractable!) });
     const always = flagOf(s, h, pkcs11js.CKA_ALWAYS_AUTHENTICATE);
     if (always !== undefined) d.alwaysAuthenticate = always;
-  } else {
-    d.verify = bool(attrs(s, h, [pkcs11js.CKA_VERIFY])[0]!);
   }
   return d;
+}
+
+/** What a key may be used for, and (private and secret keys) whether it may leave the token: the flags it has. */
+const USAGE_FLAGS: Record<'privateKey' | 'publicKey' | 'secretKey', [keyof ObjectDescriptor, number][]> = {
+  privateKey: [
+    ['sign', pkcs11js.CKA_SIGN],
+    ['decrypt', pkcs11js.CKA_DECRYPT],
+    ['unwrap', pkcs11js.CKA_UNWRAP],
+    ['derive', pkcs11js.CKA_DERIVE],
+    ['sensitive', pkcs11js.CKA_SENSITIVE],
+    ['extractable', pkcs11js.CKA_EXTRACTABLE],
+    ['alwaysSensitive', pkcs11js.CKA_ALWAYS_SENSITIVE],
+    ['neverExtractable', pkcs11js.CKA_NEVER_EXTRACTABLE],
+  ],
+  publicKey: [
+    ['verify', pkcs11js.CKA_VERIFY],
+    ['encrypt', pkcs11js.CKA_ENCRYPT],
+    ['wrap', pkcs11js.CKA_WRAP],
+  ],
+  secretKey: [
+    ['encrypt', pkcs11js.CKA_ENCRYPT],
+    ['decrypt', pkcs11js.CKA_DECRYPT],
+    ['sign', pkcs11js.CKA_SIGN],
+    ['verify', pkcs11js.CKA_VERIFY],
+    ['wrap', pkcs11js.CKA_WRAP],
+    ['unwrap', pkcs11js.CKA_UNWRAP],
+    ['sensitive', pkcs11js.CKA_SENSITIVE],
+    ['extractable', pkcs11js.CKA_EXTRACTABLE],
+    ['alwaysSensitive', pkcs11js.CKA_ALWAYS_SENSITIVE],
+    ['neverExtractable', pkcs11js.CKA_NEVER_EXTRACTABLE],
+  ],
+};
+
+function usage(s: SessionAccess, h: P11.Handle, cls: 'privateKey' | 'publicKey' | 'secretKey'): Partial<ObjectDescriptor> {
+  const flags = USAGE_FLAGS[cls];
+  const values = attrsOf(s, h, flags.map(([, type]) => type));
+  return Object.fromEntries(flags.flatMap(([name], i) => (values[i]!.length > 0 ? [[name, bool(values[i]!)]] : [])));
 }
 
 /** A public key as SPKI DER with its label and id, read from the token object (RSA modulus and exponent, or EC point). */
@@ -208,17 +241,44 @@ export function generateRandom(s: SessionAccess, length: number): Uint8Array {
 }
 
 /**
- * A new private key's own attributes: sensitive, for signing, extractable only when asked.
- * CKA_ALWAYS_AUTHENTICATE only when wanted: a module without it may refuse the attribute.
+ * A new private key's own attributes: sensitive, for its uses only, extractable only when
+ * asked. CKA_DERIVE only on EC keys, CKA_ALWAYS_AUTHENTICATE only when wanted: a module may
+ * refuse an attribute a key type does not have.
  */
-function privateKeyTemplate(use: PrivateKeyUse): P11.Template {
+function privateKeyTemplate(use: PrivateKeyUse, keyType: KeyType): P11.Template {
+  const has = (u: KeyUsage) => use.usage.includes(u);
   return [
     { type: pkcs11js.CKA_PRIVATE, value: true },
-    { type: pkcs11js.CKA_SIGN, value: true },
+    { type: pkcs11js.CKA_SIGN, value: has('sign') },
+    ...(keyType === 'RSA'
+      ? [
+          { type: pkcs11js.CKA_DECRYPT, value: has('decrypt') },
+          { type: pkcs11js.CKA_UNWRAP, value: has('decrypt') },
+        ]
+      : []),
+    ...(keyType === 'EC' ? [{ type: pkcs11js.CKA_DERIVE, value: has('derive') }] : []),
     { type: pkcs11js.CKA_SENSITIVE, value: true },
     { type: pkcs11js.CKA_EXTRACTABLE, value: use.extractable },
     ...(use.alwaysAuthenticate ? [{ type: pkcs11js.CKA_ALWAYS_AUTHENTICATE, value: true }] : []),
   ];
+}
+
+/** The public half's uses, matching its private key's. */
+function publicKeyTemplate(usage: readonly KeyUsage[], keyType: KeyType): P11.Template {
+  return [
+    { type: pkcs11js.CKA_VERIFY, value: usage.includes('sign') },
+    ...(keyType === 'RSA'
+      ? [
+          { type: pkcs11js.CKA_ENCRYPT, value: usage.includes('decrypt') },
+          { type: pkcs11js.CKA_WRAP, value: usage.includes('decrypt') },
+        ]
+      : []),
+    { type: pkcs11js.CKA_PRIVATE, value: false },
+  ];
+}
+
+function jwkKeyType(jwk: JsonWebKeyLike): KeyType {
+  return jwk.kty === 'RSA' ? 'RSA' : jwk.kty === 'OKP' ? 'EC_EDWARDS' : 'EC';
 }
 
 /** The default CKA_ID: SHA-1 of the public key's defining value (modulus or point). */
@@ -234,6 +294,7 @@ export function generateKeyPair(s: SessionAccess, spec: KeyGenSpec): ObjectDescr
     ...(id ? [{ type: pkcs11js.CKA_ID, value: id }] : []),
   ];
   const id = spec.id !== undefined ? Buffer.from(spec.id, 'hex') : null;
+  const keyType: KeyType = family === 'RSA' ? 'RSA' : family === 'Ed25519' ? 'EC_EDWARDS' : 'EC';
   let mechanism: number;
   let pub: P11.Template;
   if (family === 'RSA') {
@@ -247,8 +308,8 @@ export function generateKeyPair(s: SessionAccess, spec: KeyGenSpec): ObjectDescr
   const keys = s.p11('C_GenerateKeyPair').C_GenerateKeyPair(
     s.sessionHandle,
     { mechanism },
-    [...common(id), ...pub, { type: pkcs11js.CKA_VERIFY, value: true }, { type: pkcs11js.CKA_PRIVATE, value: false }],
-    [...common(id), ...privateKeyTemplate(spec)],
+    [...common(id), ...pub, ...publicKeyTemplate(spec.usage, keyType)],
+    [...common(id), ...privateKeyTemplate(spec, keyType)],
   );
   if (!id) {
     const value = attrs(s, keys.publicKey, [family === 'RSA' ? pkcs11js.CKA_MODULUS : pkcs11js.CKA_EC_POINT])[0]!;
@@ -341,10 +402,10 @@ export function importObjects(s: SessionAccess, all: ImportedObject[], replace =
           { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
           ...base,
           ...keyTemplate(o.jwk, true),
-          ...privateKeyTemplate(o),
+          ...privateKeyTemplate(o, jwkKeyType(o.jwk)),
         ];
       } else if (o.kind === 'publicKey') {
-        t = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }, ...base, ...keyTemplate(o.jwk, false), { type: pkcs11js.CKA_VERIFY, value: true }, { type: pkcs11js.CKA_PRIVATE, value: false }];
+        t = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }, ...base, ...keyTemplate(o.jwk, false), ...publicKeyTemplate(o.usage, jwkKeyType(o.jwk))];
       } else {
         t = [
           { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_CERTIFICATE },

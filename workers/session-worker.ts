@@ -6,6 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { TokenSession } from './token-session.js';
 import { toFailure, WorkerFailure } from './failure.js';
 import * as objects from './object-ops.js';
+import * as crypto from './crypto-ops.js';
 import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
 import { CLAIM_STARTED, type WorkerFault, type WorkerReply, type WorkerTask } from '../src/model/protocol.js';
 import { serveLoop, type ServeStart } from './handover/serve-loop.js';
@@ -55,6 +56,22 @@ function dispatch(task: WorkerTask): unknown {
       return new Uint8Array(session.sign(task)); // a copy: the session's bytes are a view on its own buffer
     case 'verify':
       return session.verify(task);
+    case 'encrypt':
+      return crypto.encrypt(session, task);
+    case 'decrypt':
+      return crypto.decrypt(session, task);
+    case 'mac':
+      return crypto.mac(session, task);
+    case 'verifyMac':
+      return crypto.verifyMac(session, task);
+    case 'wrapKey':
+      return crypto.wrapKey(session, task);
+    case 'unwrapKey':
+      return crypto.unwrapKey(session, task);
+    case 'deriveKey':
+      return crypto.deriveKey(session, task);
+    case 'generateSecretKey':
+      return crypto.generateSecretKey(session, task.spec);
     case 'publicKey':
       return session.publicKey(task.key);
     case 'certificate': {

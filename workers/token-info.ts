@@ -16,12 +16,24 @@ export function sessionLimit(n: number): number | null {
   return n > 0 && n < 0xffffffff ? n : null;
 }
 
-/** The key types the supervisor signs with, by CKK value. */
+/** Each key type's CKK value, as a template names it. */
+export const KEY_TYPE_VALUE: Record<KeyType, number> = {
+  RSA: pkcs11js.CKK_RSA,
+  EC: pkcs11js.CKK_EC,
+  EC_EDWARDS: CKK_EC_EDWARDS,
+  AES: pkcs11js.CKK_AES,
+  GENERIC_SECRET: pkcs11js.CKK_GENERIC_SECRET,
+};
+
+const KEY_TYPE_NAME = new Map<number, KeyType>([
+  ...Object.entries(KEY_TYPE_VALUE).map(([k, v]) => [v, k as KeyType] as const),
+  // HMAC keys some tokens type by their hash: all are generic secrets to an HMAC mechanism.
+  ...[pkcs11js.CKK_SHA256_HMAC, pkcs11js.CKK_SHA384_HMAC, pkcs11js.CKK_SHA512_HMAC].map((v) => [v, 'GENERIC_SECRET'] as const),
+]);
+
+/** The key types the supervisor uses, by CKK value. */
 export function keyTypeOf(ckk: number): KeyType | null {
-  if (ckk === pkcs11js.CKK_RSA) return 'RSA';
-  if (ckk === pkcs11js.CKK_EC) return 'EC';
-  if (ckk === CKK_EC_EDWARDS) return 'EC_EDWARDS';
-  return null;
+  return KEY_TYPE_NAME.get(ckk) ?? null;
 }
 
 /** CKF_TOKEN_PRESENT, CKF_REMOVABLE_DEVICE, CKF_HW_SLOT: pkcs11js exports them but does not declare them. */

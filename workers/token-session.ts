@@ -14,7 +14,9 @@ import { prepareMechanisms, preparedKey, keyGenSizes, type PreparedMechanism } f
 import { ContextLoginNeeded, ContextLoginUnsupported, WorkerFailure } from './failure.js';
 import { deviceInfo, keyTypeOf, pinLengthOf, sessionLimit } from './token-info.js';
 import { SESSION_STATES, USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask, selectorKey } from '../src/model/protocol.js';
-import { findHandles, flagOf, publicKeyReport, type SessionAccess } from './object-ops.js';
+import { findHandles, flagOf, publicKeyReport } from './object-ops.js';
+import { CRYPTO_MECHANISM_NAMES } from '../src/model/crypto-mechanisms.js';
+import { ckmOf, type CryptoSession } from './crypto-ops.js';
 
 interface CachedKey {
   handle: P11.Handle;
@@ -36,8 +38,14 @@ const MAX_SIGNATURE_BYTES = 2048; // RSA-16384
  */
 const KEY_RECHECK_MS = 1000;
 
+const CLASS_OF = new Map<number, 'privateKey' | 'publicKey' | 'secretKey'>([
+  [pkcs11js.CKO_PRIVATE_KEY, 'privateKey'],
+  [pkcs11js.CKO_PUBLIC_KEY, 'publicKey'],
+  [pkcs11js.CKO_SECRET_KEY, 'secretKey'],
+]);
 
-export class TokenSession implements SessionAccess {
+
+export class TokenSession implements CryptoSession {
   private mod: P11.PKCS11 | null = null;
   private slot: P11.Handle | null = null;
   private session: P11.Handle | null = null;
@@ -50,6 +58,8 @@ export class TokenSession implements SessionAccess {
   /** ulMinPinLen / ulMaxPinLen: a PIN outside them is refused here, before it costs a retry on the token. */
   private pinLength: PinLength | null = null;
   private prepared = new Map<string, PreparedMechanism>();
+  /** The CKM_* values the token listed at open. */
+  private supported = new Set<number>();
   private keys = new Map<string, CachedKey>();
   private readonly out = Buffer.alloc(MAX_SIGNATURE_BYTES);
   /** An ECDSA signature in DER, up to P-521 (r and s of 66 bytes). */
@@ -76,6 +86,10 @@ export class TokenSession implements SessionAccess {
     return { label: this.tokenLabel, serial: this.tokenSerial };
   }
 
+  supports(ckm: number): boolean {
+    return this.supported.has(ckm);
+  }
+
   get sessionHandle(): P11.Handle {
     return this.live;
   }
@@ -91,8 +105,9 @@ export class TokenSession implements SessionAccess {
     this.session = this.count('C_OpenSession').C_OpenSession(slot, flags);
     this.slot = slot;
     const supported = new Set(this.count('C_GetMechanismList').C_GetMechanismList(slot));
+    this.supported = supported;
     this.prepared = prepareMechanisms(supported);
-    const mechanisms = MECHANISM_NAMES.filter((n) => this.prepared.has(preparedKey(n, false)));
+    const mechanisms = [...MECHANISM_NAMES.filter((n) => this.prepared.has(preparedKey(n, false))), ...CRYPTO_MECHANISM_NAMES.filter((n) => supported.has(ckmOf(n)))];
     return {
       ...this.report(),
       mechanisms,
@@ -335,7 +350,7 @@ export class TokenSession implements SessionAccess {
   }
 
   private keyName(sel: KeySelector, cls: number = pkcs11js.CKO_PRIVATE_KEY): string {
-    return `${cls === pkcs11js.CKO_PRIVATE_KEY ? 'private' : 'public'} key${sel.label !== undefined ? ` label "${sel.label}"` : ''}${sel.id !== undefined ? ` id ${sel.id}` : ''}`;
+    return `${CLASS_OF.get(cls) === 'secretKey' ? 'secret' : cls === pkcs11js.CKO_PRIVATE_KEY ? 'private' : 'public'} key${sel.label !== undefined ? ` label "${sel.label}"` : ''}${sel.id !== undefined ? ` id ${sel.id}` : ''}`;
   }
 
   verify(task: Extract<WorkerTask, { op: 'verify' }>): boolean {
@@ -363,15 +378,15 @@ export class TokenSession implements SessionAccess {
   }
 
   /** Finds a key by label/id; the handle is reused until the session goes or KEY_RECHECK_MS pass (`fresh`: find it now). */
-  private key(sel: KeySelector, cls: number, fresh = false): CachedKey {
+  key(sel: KeySelector, cls: number, fresh = false): CachedKey {
     const cacheKey = `${cls}\0${selectorKey(sel)}`;
     const hit = this.keys.get(cacheKey);
     const now = performance.now();
     if (hit && !fresh && now - hit.foundAt < KEY_RECHECK_MS) return hit;
     const session = this.live;
-    const found = findHandles(this, { class: cls === pkcs11js.CKO_PRIVATE_KEY ? 'privateKey' : 'publicKey', label: sel.label, id: sel.id }, 2);
+    const found = findHandles(this, { class: CLASS_OF.get(cls)!, label: sel.label, id: sel.id }, 2);
     const what = this.keyName(sel, cls);
-    if (found.length === 0 && cls === pkcs11js.CKO_PRIVATE_KEY && !this.loggedIn()) {
+    if (found.length === 0 && cls !== pkcs11js.CKO_PUBLIC_KEY && !this.loggedIn()) {
       // Private objects are invisible before login; say so, so the caller re-logs in.
       throw new WorkerFailure('PIN_REQUIRED', `the token is not logged in, so no ${what} is visible`, 'CKR_USER_NOT_LOGGED_IN');
     }

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { AccessPolicy, parsePrincipal, type Operation, type Principal } from '../access-policy.js';
 import type { AuditLog } from '../audit.js';
 import { Pkcs11SupervisorError } from '../model/errors.js';
-import type { MechanismName } from '../model/mechanisms.js';
+import type { AnyMechanismName } from '../model/crypto-mechanisms.js';
 import type { WorkerReply } from '../model/protocol.js';
 import type { Slot } from '../slot.js';
 import type { Delivered, SlotTask } from '../slot-call.js';
@@ -25,7 +25,7 @@ const LOGIN_KIND = { user: '', so: 'Security Officer, ', context: 'context-speci
 export type Req = Record<string, unknown>;
 
 export interface CallShape {
-  mechanism?: MechanismName;
+  mechanism?: AnyMechanismName;
   /** The call needs a logged-in user session (the slot logs in through its PIN chain if not). */
   needsLogin: boolean;
   /** Runs alone on the slot (Security Officer work). */
@@ -33,7 +33,24 @@ export interface CallShape {
 }
 
 /** Calls that leave an audit record, with their principal. Logins and logouts are recorded from the slots' events, automatic ones included. */
-export const AUDITED: ReadonlySet<Operation> = new Set(['sign', 'verify', 'generateKeyPair', 'importKeyPair', 'importCertificate', 'destroyObject', 'initPin', 'setPin']);
+export const AUDITED: ReadonlySet<Operation> = new Set([
+  'sign',
+  'verify',
+  'encrypt',
+  'decrypt',
+  'mac',
+  'verifyMac',
+  'deriveKey',
+  'wrapKey',
+  'unwrapKey',
+  'generateKeyPair',
+  'generateSecretKey',
+  'importKeyPair',
+  'importCertificate',
+  'destroyObject',
+  'initPin',
+  'setPin',
+]);
 
 export class Gate {
   readonly policy: AccessPolicy;
@@ -117,7 +134,7 @@ export class Gate {
   }
 
   /** Records a call that never reached a slot (software verify): its audit record (durable, if so configured) and event. */
-  async completedHere(op: Operation, slot: Slot, mechanism: MechanismName, req: Req, result: string, startedAt: number, endedAt: number): Promise<void> {
+  async completedHere(op: Operation, slot: Slot, mechanism: AnyMechanismName, req: Req, result: string, startedAt: number, endedAt: number): Promise<void> {
     if (this.sup.events.listenerCount('callCompleted') > 0) {
       this.sup.events.emit('callCompleted', { slot: slot.name, worker: null, op, mechanism, outcome: 'ok', queuedMs: 0, execMs: endedAt - startedAt, startedAt, endedAt });
     }
@@ -184,7 +201,7 @@ export class Gate {
     return (reply?.ok ? reply.value : delivered!.value) as T;
   }
 
-  private record(op: Operation, slot: Slot, mechanism: MechanismName | null, req: Req, principal: Principal | undefined, result: string): Promise<void> | undefined {
+  private record(op: Operation, slot: Slot, mechanism: AnyMechanismName | null, req: Req, principal: Principal | undefined, result: string): Promise<void> | undefined {
     const data = req.data instanceof Uint8Array ? req.data : undefined;
     return this.audit!.commit({
       event: op,

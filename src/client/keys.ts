@@ -29,6 +29,9 @@ export async function getPublicKey(gate: Gate, request: PublicKeyRequest): Promi
 }
 
 /** Key type and size (bits, as C_GetMechanismInfo counts them) of each algorithm; Ed25519 is 255 or 256 depending on the vendor. */
+/** Node's asymmetricKeyType → the token's key type, for what an imported key may be for. */
+const KEY_TYPE_OF_ASYMMETRIC: Record<string, KeyType> = { rsa: 'RSA', ec: 'EC', ed25519: 'EC_EDWARDS' };
+
 const KEYGEN_SIZES: Record<KeyAlgorithm, [KeyType, number[]]> = {
   'RSA-2048': ['RSA', [2048]],
   'RSA-3072': ['RSA', [3072]],
@@ -52,6 +55,7 @@ export async function generateKeyPair(gate: Gate, request: GenerateKeyPairReques
     id: check.hexId(req.id, slot.name),
     extractable: check.flag(req.extractable, 'extractable', slot.name),
     alwaysAuthenticate: check.flag(req.alwaysAuthenticate, 'alwaysAuthenticate', slot.name),
+    usage: check.keyUsage(req.usage, KEYGEN_SIZES[req.algorithm as KeyAlgorithm][0], slot.name),
   };
   gate.publicKeys.forget(slot.name);
   return gate.call<ObjectDescriptor>(slot, 'generateKeyPair', { op: 'generateKeyPair', spec }, req, { needsLogin: true });
@@ -90,6 +94,7 @@ export async function importKeyPair(gate: Gate, request: ImportKeyPairRequest): 
   const objects = importObjectsFor(material, label, check.hexId(req.id, slot.name), {
     extractable: check.flag(req.extractable, 'extractable', slot.name),
     alwaysAuthenticate: check.flag(req.alwaysAuthenticate, 'alwaysAuthenticate', slot.name),
+    usage: check.keyUsage(req.usage, KEY_TYPE_OF_ASYMMETRIC[material.privateKey.asymmetricKeyType ?? ''] ?? 'RSA', slot.name),
   });
   gate.publicKeys.forget(slot.name);
   const replace = check.flag(req.replace, 'replace', slot.name);

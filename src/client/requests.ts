@@ -7,8 +7,9 @@ import type { Logger } from 'pino';
 import type { ConfigInput } from '../config-schema.js';
 import type { JwsAlg } from './jws-algorithms.js';
 import type { KeyType, MechanismName } from '../model/mechanisms.js';
+import type { CryptoMechanismName, SecretKeyAlgorithm } from '../model/crypto-mechanisms.js';
 import type { PinCallback } from '../pin-chain.js';
-import type { KeyAlgorithm, ObjectClass, ObjectDescriptor, ObjectQuery, SignatureFormat } from '../model/protocol.js';
+import type { KeyAlgorithm, KeyUsage, ObjectClass, ObjectDescriptor, ObjectQuery, SignatureFormat } from '../model/protocol.js';
 import type { RestartPolicyFactory } from '../restart-policy.js';
 
 /** A key by its ref in the slot's `keys`, by a PKCS#11 URI (`pkcs11:object=…;id=%02`), or directly by label and/or id (hex). */
@@ -138,6 +139,8 @@ export interface GenerateKeyPairRequest extends CallOptions {
   extractable?: boolean;
   /** CKA_ALWAYS_AUTHENTICATE: every signature with the key logs in for itself (C_Login(CKU_CONTEXT_SPECIFIC)) with a PIN from the chain. */
   alwaysAuthenticate?: boolean;
+  /** What the pair is for (default ['sign']): 'decrypt' (RSA: decrypt and unwrap), 'derive' (EC: ECDH). Every other use is off. */
+  usage?: KeyUsage[];
 }
 
 export interface ImportKeyPairRequest extends CallOptions {
@@ -152,6 +155,8 @@ export interface ImportKeyPairRequest extends CallOptions {
   extractable?: boolean;
   /** As in generateKeyPair. */
   alwaysAuthenticate?: boolean;
+  /** As in generateKeyPair. */
+  usage?: KeyUsage[];
   /** Objects of the same kind under this label or id are refused (KEY_IN_USE) unless this is set; then they are replaced, the new ones created first. */
   replace?: boolean;
 }
@@ -192,4 +197,94 @@ export interface SignJwsRequest extends CallOptions {
   header?: Record<string, unknown>;
   /** Put the key's certificate in the header (x5c). */
   x5c?: boolean;
+}
+
+/** Encryption, MACs, wrapping and key agreement (src/client/ciphers.ts). */
+export interface CipherRequest extends CallOptions {
+  slot: string;
+  key: KeyRef;
+  mechanism: CryptoMechanismName;
+  data: Uint8Array;
+  /** AES-GCM: 12 bytes; AES-CBC-PAD: 16. For encrypt, leave it out: the daemon makes a fresh one (and refuses one it used before with the key). */
+  iv?: Uint8Array;
+  /** AES-GCM only: data authenticated with the ciphertext, not encrypted. */
+  aad?: Uint8Array;
+  /** RSA-OAEP only: the label (often empty). */
+  oaepLabel?: Uint8Array;
+}
+
+export interface EncryptResult {
+  /** AES-GCM: the ciphertext with its 16-byte tag appended, as PKCS#11 and Node's update/final + getAuthTag give them. */
+  ciphertext: Buffer;
+  /** The IV used (AES); absent for RSA-OAEP. */
+  iv?: Buffer;
+}
+
+export interface MacRequest extends CallOptions {
+  slot: string;
+  key: KeyRef;
+  mechanism: CryptoMechanismName;
+  data: Uint8Array;
+}
+
+export interface VerifyMacRequest extends MacRequest {
+  mac: Uint8Array;
+}
+
+export interface WrapKeyRequest extends CallOptions {
+  slot: string;
+  /** The wrapping key: an AES key (AES-KEY-WRAP, -PAD) or an RSA public key (RSA-OAEP-*). */
+  key: KeyRef;
+  mechanism: CryptoMechanismName;
+  /** The key to wrap; it must be extractable. */
+  target: KeyRef;
+  /** Default `secretKey`. */
+  targetClass?: 'secretKey' | 'privateKey';
+  oaepLabel?: Uint8Array;
+}
+
+export interface UnwrapKeyRequest extends CallOptions {
+  slot: string;
+  /** The unwrapping key: an AES key or an RSA private key. */
+  key: KeyRef;
+  mechanism: CryptoMechanismName;
+  wrapped: Uint8Array;
+  /** What the unwrapped key is, and where it goes: a secret key on the token, sensitive. */
+  algorithm: SecretKeyAlgorithm;
+  label: string;
+  id?: string;
+  extractable?: boolean;
+  oaepLabel?: Uint8Array;
+}
+
+export interface GenerateSecretKeyRequest extends CallOptions {
+  slot: string;
+  algorithm: SecretKeyAlgorithm;
+  label: string;
+  /** Hex CKA_ID; random when absent. */
+  id?: string;
+  /** Default false: the key can never leave the token. */
+  extractable?: boolean;
+}
+
+export interface DeriveKeyRequest extends CallOptions {
+  slot: string;
+  /** An EC private key on the token (P-256, P-384, P-521). */
+  key: KeyRef;
+  /** ECDH: a one-call AES-256 session key used by `then`. ECDH-SECRET: the raw shared secret, where an allow-list names it. */
+  mechanism: 'ECDH' | 'ECDH-SECRET';
+  /** The peer's public key: SPKI (PEM or DER) or an uncompressed point (0x04 ‖ x ‖ y). */
+  publicKey: string | Uint8Array;
+  /** ECDH: what to do with the session key, in the same call. */
+  then?: { op: 'encrypt' | 'decrypt'; mechanism: 'AES-GCM' | 'AES-CBC-PAD'; data: Uint8Array; iv?: Uint8Array; aad?: Uint8Array };
+}
+
+export interface DeriveKeyResult {
+  /** ECDH-SECRET: the shared secret (the x coordinate, field-sized). */
+  secret?: Buffer;
+  /** ECDH with `then: { op: 'encrypt' }`. */
+  ciphertext?: Buffer;
+  iv?: Buffer;
+  /** ECDH with `then: { op: 'decrypt' }`. */
+  plaintext?: Buffer;
 }

@@ -1,10 +1,11 @@
 /** sign and verify: checked before anything is queued, batched in the mailbox, verified in Node where that is exact. */
-import { MECHANISMS, type MechanismName } from '../model/mechanisms.js';
+import { isMechanismName, MECHANISMS, type MechanismName } from '../model/mechanisms.js';
 import { Pkcs11SupervisorError } from '../model/errors.js';
 import type { Slot } from '../slot.js';
 import { verifiableInSoftware, verifyInSoftware } from '../software-verify.js';
 import * as check from '../validate.js';
 import type { Gate, Req } from './gate.js';
+import { checkAllowed } from './allow-lists.js';
 import { getPublicKey } from './keys.js';
 import type { PublicKeyRequest, SignRequest, VerifyRequest } from './requests.js';
 
@@ -66,19 +67,10 @@ async function verifyHere(gate: Gate, slot: Slot, mechanism: MechanismName, req:
 
 /** Refuses, before queueing, a mechanism the config or the token does not allow, or one for another key type. */
 function checkMechanism(gate: Gate, slot: Slot, key: unknown, mechanism: MechanismName, prehashed: boolean): void {
-  // On the sign path: no lists built per call, a message only when refusing.
-  const keyRef = typeof key === 'string' && Object.hasOwn(slot.config.keys, key) ? slot.config.keys[key] : undefined;
-  const refuse = (where: string, list: readonly MechanismName[]) =>
-    new Pkcs11SupervisorError('MECHANISM_NOT_ALLOWED', `${mechanism} is not in ${where} (${list.join(', ')})`, { slot: slot.name });
-  const global = gate.sup.config.allowedMechanisms;
-  if (global && !global.includes(mechanism)) throw refuse('allowedMechanisms', global);
-  const perSlot = slot.config.allowedMechanisms;
-  if (perSlot && !perSlot.includes(mechanism)) throw refuse(`slots.${slot.name}.allowedMechanisms`, perSlot);
-  const perKey = keyRef?.allowedMechanisms;
-  if (perKey && !perKey.includes(mechanism)) throw refuse(`slots.${slot.name}.keys.${String(key)}.allowedMechanisms`, perKey);
+  checkAllowed(gate, slot, key, mechanism);
   const { mechanisms, keyTypes } = slot.capabilities;
   if (!prehashed && mechanisms.size > 0 && !mechanisms.has(mechanism)) {
-    throw new Pkcs11SupervisorError('MECHANISM_INVALID', `the token of slot "${slot.name}" cannot do ${mechanism}; it can do: ${[...mechanisms].join(', ')}`, { slot: slot.name });
+    throw new Pkcs11SupervisorError('MECHANISM_INVALID', `the token of slot "${slot.name}" cannot do ${mechanism}; it can do: ${[...mechanisms].filter(isMechanismName).join(', ')}`, { slot: slot.name });
   }
   const keyType = typeof key === 'string' ? keyTypes.get(key) : undefined;
   if (keyType && keyType !== MECHANISMS[mechanism].keyType) {

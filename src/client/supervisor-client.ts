@@ -17,12 +17,13 @@ import * as objects from './objects.js';
 import type * as R from './requests.js';
 import * as session from './session.js';
 import * as signing from './signing.js';
+import * as ciphers from './ciphers.js';
 
 /**
  * Every operation, from the operation files: each exports its operations, and each becomes a
  * method of the client (below), with the same name, request and result.
  */
-const OPERATION_FILES = { ...signing, ...jws, ...keys, ...objects, ...session };
+const OPERATION_FILES = { ...signing, ...ciphers, ...jws, ...keys, ...objects, ...session };
 
 export type Operations = typeof OPERATION_FILES;
 /** The operations as methods: each operation file's function without its gate. */

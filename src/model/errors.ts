@@ -27,6 +27,8 @@ export const ERROR_CODES = [
   'SO_SESSION_ACTIVE',
   'SO_LOGIN_REQUIRED',
   'PKCS11_ERROR',
+  /** A ciphertext that does not decrypt: a GCM tag that does not match, bad padding. Nothing decrypted is returned. */
+  'DECRYPTION_FAILED',
   'CLOSED',
   'AUDIT_UNAVAILABLE',
   // The service API's own: a request without a valid identity, over its rate, or to no route.

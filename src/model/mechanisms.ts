@@ -2,7 +2,7 @@
  * Signature mechanisms by the names callers use. The table is shared by the main thread
  * (validation before a call is queued) and the workers (what to ask the token for).
  */
-export const KEY_TYPES = ['RSA', 'EC', 'EC_EDWARDS'] as const;
+export const KEY_TYPES = ['RSA', 'EC', 'EC_EDWARDS', 'AES', 'GENERIC_SECRET'] as const;
 export type KeyType = (typeof KEY_TYPES)[number];
 export type HashName = 'sha256' | 'sha384' | 'sha512';
 

@@ -4,6 +4,7 @@
  */
 import type { ErrorCode } from './errors.js';
 import type { MechanismName, KeyType } from './mechanisms.js';
+import type { AnyMechanismName, CryptoMechanismName, SecretKeyAlgorithm } from './crypto-mechanisms.js';
 
 export type TokenSelector = { label: string } | { serial: string } | { slotIndex: number };
 
@@ -19,6 +20,22 @@ export function selectorKey(sel: KeySelector): string {
 }
 
 export type SignatureFormat = 'der' | 'raw';
+
+/** What a cipher call carries besides its key: the data, and the IV, AAD (GCM) or label (RSA-OAEP) its mechanism takes. */
+export interface CipherInput {
+  data: Uint8Array;
+  iv?: Uint8Array | undefined;
+  aad?: Uint8Array | undefined;
+  oaepLabel?: Uint8Array | undefined;
+}
+
+export interface SecretKeySpec {
+  algorithm: SecretKeyAlgorithm;
+  label: string;
+  /** Hex; random when absent. */
+  id?: string | undefined;
+  extractable: boolean;
+}
 
 /** Faults a test can inject into a worker thread; refused unless the process enables them. */
 export type WorkerFault = { kind: 'exit' } | { kind: 'throw' } | { kind: 'block'; ms: number };
@@ -52,6 +69,15 @@ export type WorkerTask =
       prehashed: boolean;
       format: SignatureFormat;
     }
+  | ({ op: 'encrypt'; key: KeySelector; mechanism: CryptoMechanismName } & CipherInput)
+  | ({ op: 'decrypt'; key: KeySelector; mechanism: CryptoMechanismName } & CipherInput)
+  | { op: 'mac'; key: KeySelector; mechanism: CryptoMechanismName; data: Uint8Array }
+  | { op: 'verifyMac'; key: KeySelector; mechanism: CryptoMechanismName; data: Uint8Array; mac: Uint8Array }
+  | { op: 'wrapKey'; key: KeySelector; mechanism: CryptoMechanismName; target: KeySelector; targetClass: 'secretKey' | 'privateKey'; oaepLabel?: Uint8Array | undefined }
+  | { op: 'unwrapKey'; key: KeySelector; mechanism: CryptoMechanismName; wrapped: Uint8Array; spec: SecretKeySpec; oaepLabel?: Uint8Array | undefined }
+  /** ECDH with the key; `then` runs with the derived session key (ECDH), absent for ECDH-SECRET. */
+  | { op: 'deriveKey'; key: KeySelector; mechanism: 'ECDH' | 'ECDH-SECRET'; publicPoint: Uint8Array; then?: ({ op: 'encrypt' | 'decrypt'; mechanism: CryptoMechanismName } & CipherInput) | undefined }
+  | { op: 'generateSecretKey'; spec: SecretKeySpec }
   | { op: 'publicKey'; key: KeySelector }
   | { op: 'certificate'; key: KeySelector }
   | { op: 'findObjects'; query: ObjectQuery; limit: number }
@@ -150,7 +176,8 @@ export interface PinLength {
 }
 
 export interface OpenReport extends SessionReport {
-  mechanisms: MechanismName[];
+  /** Signature and other mechanisms the token can serve, by name. */
+  mechanisms: AnyMechanismName[];
   /** Key-pair generation the token can do, by key type, with the sizes it allows. */
   keyGen: Partial<Record<KeyType, KeySizeRange>>;
   /** ulMaxSessionCount / ulMaxRwSessionCount; null when the token sets no limit (or does not say). */
@@ -198,11 +225,16 @@ export interface ObjectDescriptor {
   token: boolean;
   private: boolean;
   keyType?: KeyType;
-  /** RSA modulus bits. */
+  /** RSA modulus bits; a secret key's length in bits. */
   bits?: number;
   curve?: string;
   sign?: boolean;
   verify?: boolean;
+  encrypt?: boolean;
+  decrypt?: boolean;
+  wrap?: boolean;
+  unwrap?: boolean;
+  derive?: boolean;
   sensitive?: boolean;
   extractable?: boolean;
   alwaysSensitive?: boolean;
@@ -220,8 +252,14 @@ export interface FoundPage {
 export const KEY_ALGORITHMS = ['RSA-2048', 'RSA-3072', 'RSA-4096', 'EC-P256', 'EC-P384', 'EC-P521', 'Ed25519'] as const;
 export type KeyAlgorithm = (typeof KEY_ALGORITHMS)[number];
 
-/** What a new private key allows: leaving the token wrapped, and signing without a PIN of its own. */
+/** What a key pair is for: signing, decrypting (and unwrapping; RSA), or key agreement (EC). */
+export const KEY_USAGES = ['sign', 'decrypt', 'derive'] as const;
+export type KeyUsage = (typeof KEY_USAGES)[number];
+
+/** What a new private key allows: its uses, leaving the token wrapped, and signing without a PIN of its own. */
 export interface PrivateKeyUse {
+  /** Only these: every other use is set false, whatever the token's defaults (SoftHSM2 lets a new key decrypt). */
+  usage: readonly KeyUsage[];
   extractable: boolean;
   /** CKA_ALWAYS_AUTHENTICATE: each signature needs C_Login(CKU_CONTEXT_SPECIFIC). */
   alwaysAuthenticate: boolean;
@@ -237,7 +275,7 @@ export interface KeyGenSpec extends PrivateKeyUse {
 /** Objects to create on import. Key material travels as JWK from the main thread, which parsed it. */
 export type ImportedObject =
   | ({ kind: 'privateKey'; jwk: JsonWebKeyLike; label: string; id: string } & PrivateKeyUse)
-  | { kind: 'publicKey'; jwk: JsonWebKeyLike; label: string; id: string }
+  | { kind: 'publicKey'; jwk: JsonWebKeyLike; label: string; id: string; usage: readonly KeyUsage[] }
   /** `shared`: a chain certificate, stored once however many keys it certifies. */
   | { kind: 'certificate'; der: Uint8Array; subject: Uint8Array; issuer: Uint8Array; serial: Uint8Array; label: string; id: string; shared?: boolean };
 

@@ -8,7 +8,8 @@
 import { z } from 'zod';
 import { JWS_ALGS } from '../client/jws-algorithms.js';
 import { MECHANISM_NAMES } from '../model/mechanisms.js';
-import { OBJECT_CLASSES, SESSION_STATES, USER_PIN_STATES } from '../model/protocol.js';
+import { CRYPTO_MECHANISM_NAMES, SECRET_KEY_ALGORITHM_NAMES } from '../model/crypto-mechanisms.js';
+import { KEY_USAGES, OBJECT_CLASSES, SESSION_STATES, USER_PIN_STATES } from '../model/protocol.js';
 import { TOKEN_EVENTS } from '../model/slot-events.js';
 import {
   bytes,
@@ -59,6 +60,63 @@ const SignJwsWire = z.codec(
     },
   },
 );
+
+const cryptoMechanism = z.string().max(64).describe(`one of ${CRYPTO_MECHANISM_NAMES.join(', ')}`);
+const bufferResult = (name: string) => member(name, z.base64(), (s) => Buffer.from(s, 'base64'), (b: Buffer) => b.toString('base64'));
+
+const CipherWire = z.strictObject({
+  slot,
+  key: KeyRefWire,
+  mechanism: cryptoMechanism,
+  data: bytes('the plaintext (encrypt) or the ciphertext, with its tag for AES-GCM (decrypt)'),
+  iv: bytes('AES: the IV (12 bytes for GCM, 16 for CBC); leave it out to encrypt and the daemon makes one').optional(),
+  aad: bytes('AES-GCM: additional authenticated data').optional(),
+  oaepLabel: bytes('RSA-OAEP: the label').optional(),
+  ...callFields,
+});
+
+const MacWire = z.strictObject({ slot, key: KeyRefWire, mechanism: cryptoMechanism, data: bytes('the data'), ...callFields });
+
+const SecretKeyFields = {
+  algorithm: z.enum(SECRET_KEY_ALGORITHM_NAMES),
+  label: z.string().max(1024),
+  id: z.string().max(256).optional(),
+  extractable: z.boolean().optional(),
+};
+
+const DeriveKeyWire = z.codec(
+  z.strictObject({
+    slot,
+    key: KeyRefWire,
+    mechanism: z.enum(['ECDH', 'ECDH-SECRET']),
+    publicKey: z.string().min(1).max(8192).describe("the peer's EC public key: SPKI PEM, or SPKI DER or an uncompressed point in base64"),
+    then: z
+      .strictObject({
+        op: z.enum(['encrypt', 'decrypt']),
+        mechanism: z.enum(['AES-GCM', 'AES-CBC-PAD']),
+        data: bytes('the data for the session key'),
+        iv: bytes('the IV (decrypt)').optional(),
+        aad: bytes('AES-GCM: additional authenticated data').optional(),
+      })
+      .optional(),
+    ...callFields,
+  }),
+  z.custom<Record<string, unknown>>(),
+  {
+    decode: ({ publicKey, ...rest }) => ({ ...rest, publicKey: publicKey.includes('-----BEGIN') ? publicKey : Buffer.from(publicKey, 'base64') }),
+    encode: (req) => {
+      const { publicKey, ...rest } = req as { publicKey: string | Uint8Array };
+      return { ...rest, publicKey: typeof publicKey === 'string' ? publicKey : Buffer.from(publicKey).toString('base64') } as never;
+    },
+  },
+);
+
+const DeriveResultWire = z.object({
+  secret: bytes('ECDH-SECRET: the shared secret').optional(),
+  ciphertext: bytes('then encrypt: the ciphertext').optional(),
+  iv: bytes('then encrypt: the IV').optional(),
+  plaintext: bytes('then decrypt: the plaintext').optional(),
+});
 
 const KeyWire = z.strictObject({ slot, key: KeyRefWire, ...callFields });
 const SlotWire = z.strictObject({ slot, ...callFields });
@@ -119,6 +177,26 @@ export const ROUTES = {
     SignWire.extend({ signature: bytes('the signature') }),
     member('valid', z.boolean(), passThrough<boolean>(), passThrough<boolean>()),
   ),
+  encrypt: route(
+    'Encrypts with a key on the token (AES-GCM, AES-CBC-PAD), or with its public key here (RSA-OAEP)',
+    CipherWire,
+    z.object({ ciphertext: bytes('the ciphertext; AES-GCM with its 16-byte tag appended'), iv: bytes('the IV used').optional() }),
+  ),
+  decrypt: route('Decrypts with a key on the token; a ciphertext that does not decrypt is DECRYPTION_FAILED', CipherWire, bufferResult('plaintext')),
+  mac: route('An HMAC with a secret key on the token', MacWire, bufferResult('mac')),
+  verifyMac: route('Checks an HMAC on the token', MacWire.extend({ mac: bytes('the MAC') }), member('valid', z.boolean(), passThrough<boolean>(), passThrough<boolean>())),
+  deriveKey: route('ECDH with an EC key on the token: a session key used by `then`, or (ECDH-SECRET, where allowed) the secret', DeriveKeyWire, DeriveResultWire),
+  wrapKey: route(
+    'Wraps an extractable key with a key on the token (AES key wrap, RSA-OAEP)',
+    z.strictObject({ slot, key: KeyRefWire, mechanism: cryptoMechanism, target: KeyRefWire, targetClass: z.enum(['secretKey', 'privateKey']).optional(), oaepLabel: bytes('RSA-OAEP: the label').optional(), ...callFields }),
+    bufferResult('wrapped'),
+  ),
+  unwrapKey: route(
+    'Unwraps a key onto the token as a sensitive secret key',
+    z.strictObject({ slot, key: KeyRefWire, mechanism: cryptoMechanism, wrapped: bytes('the wrapped key'), ...SecretKeyFields, oaepLabel: bytes('RSA-OAEP: the label').optional(), ...callFields }),
+    ObjectDescriptorWire,
+  ),
+  generateSecretKey: route('Generates an AES or HMAC key on the token (sensitive, not extractable unless asked)', z.strictObject({ slot, ...SecretKeyFields, ...callFields }), ObjectDescriptorWire),
   signJws: route('Signs a compact JWS (RFC 7515) on the token', SignJwsWire, member('jws', z.string(), passThrough<string>(), passThrough<string>())),
   getPublicKey: route('The public key of a key on the token, as SPKI, PEM and JWK', KeyWire, PublicKeyInfoWire),
   getCertificate: route("The key's certificate on the token", KeyWire, CertificateInfoWire),
@@ -134,7 +212,7 @@ export const ROUTES = {
   ),
   generateKeyPair: route(
     'Generates a key pair on the token (sensitive, not extractable unless asked)',
-    z.strictObject({ slot, algorithm: KeyAlgorithmWire, label: z.string().max(1024), id: z.string().max(256).optional(), extractable: z.boolean().optional(), alwaysAuthenticate: z.boolean().optional(), ...callFields }),
+    z.strictObject({ slot, algorithm: KeyAlgorithmWire, label: z.string().max(1024), id: z.string().max(256).optional(), extractable: z.boolean().optional(), alwaysAuthenticate: z.boolean().optional(), usage: z.array(z.enum(KEY_USAGES)).max(3).optional(), ...callFields }),
     ObjectDescriptorWire,
   ),
   importKeyPair: route(
@@ -149,6 +227,7 @@ export const ROUTES = {
       certificates: z.array(certificate).max(16).optional(),
       extractable: z.boolean().optional(),
       alwaysAuthenticate: z.boolean().optional(),
+      usage: z.array(z.enum(KEY_USAGES)).max(3).optional(),
       replace: z.boolean().optional().describe('replace objects of the same kind under this label or id'),
       ...callFields,
     }),

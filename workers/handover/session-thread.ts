@@ -37,6 +37,10 @@ function forTheHop(task: WorkerTask): WorkerTask | PackedBatch {
       return { ...task, data: ownBytes(task.data) };
     case 'verify':
       return { ...task, data: ownBytes(task.data), signature: ownBytes(task.signature) };
+    case 'encrypt':
+    case 'decrypt':
+    case 'mac':
+      return { ...task, data: ownBytes(task.data) };
     default:
       return task;
   }

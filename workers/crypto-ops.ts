@@ -1,0 +1,253 @@
+/**
+ * Encryption, key wrapping, MACs and key agreement on the session thread's session. Each
+ * function is one call's PKCS#11 work: the key looked up as for signing, the mechanism asked
+ * for only if the token listed it, every object made for the call (an ECDH session key, a
+ * secret read out) destroyed before the call ends.
+ */
+import { randomBytes } from 'node:crypto';
+import type * as P11 from 'pkcs11js';
+import { pkcs11js } from './pkcs11js.js';
+import { WorkerFailure } from './failure.js';
+import { describe, type SessionAccess } from './object-ops.js';
+import { KEY_TYPE_VALUE } from './token-info.js';
+import { CRYPTO_MECHANISMS, ECDH_SESSION_KEY_BYTES, GCM_IV_BYTES, GCM_TAG_BYTES, SECRET_KEY_ALGORITHMS, type CryptoMechanismName, type CryptoOp, type OaepHash } from '../src/model/crypto-mechanisms.js';
+import type { KeyType } from '../src/model/mechanisms.js';
+import type { CipherInput, KeySelector, ObjectDescriptor, SecretKeySpec, WorkerTask } from '../src/model/protocol.js';
+
+/** A key found for a call: its handle and type, as the session's key lookup gives it. */
+export interface FoundKey {
+  handle: P11.Handle;
+  keyType: KeyType;
+  /** Bytes of an EC key's field (its ECDH secret's length); 0 for other keys. */
+  fieldBytes: number;
+}
+
+export interface CryptoSession extends SessionAccess {
+  key(sel: KeySelector, cls: number): FoundKey;
+  /** The token listed this CKM_* value in C_GetMechanismList. */
+  supports(ckm: number): boolean;
+}
+
+const OAEP: Record<OaepHash, { hashAlg: number; mgf: number }> = {
+  sha1: { hashAlg: pkcs11js.CKM_SHA_1, mgf: pkcs11js.CKG_MGF1_SHA1 },
+  sha256: { hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256 },
+  sha384: { hashAlg: pkcs11js.CKM_SHA384, mgf: pkcs11js.CKG_MGF1_SHA384 },
+  sha512: { hashAlg: pkcs11js.CKM_SHA512, mgf: pkcs11js.CKG_MGF1_SHA512 },
+};
+const HMAC: Record<string, number> = { sha256: pkcs11js.CKM_SHA256_HMAC, sha384: pkcs11js.CKM_SHA384_HMAC, sha512: pkcs11js.CKM_SHA512_HMAC };
+const CKZ_DATA_SPECIFIED = 1;
+
+/** The CKM_* value each mechanism name needs from the token. */
+export function ckmOf(name: CryptoMechanismName): number {
+  const spec = CRYPTO_MECHANISMS[name];
+  switch (spec.scheme) {
+    case 'aes-gcm':
+      return pkcs11js.CKM_AES_GCM;
+    case 'aes-cbc-pad':
+      return pkcs11js.CKM_AES_CBC_PAD;
+    case 'rsa-oaep':
+      return pkcs11js.CKM_RSA_PKCS_OAEP;
+    case 'rsa-pkcs1':
+      return pkcs11js.CKM_RSA_PKCS;
+    case 'aes-kw':
+      return pkcs11js.CKM_AES_KEY_WRAP;
+    case 'aes-kwp':
+      return pkcs11js.CKM_AES_KEY_WRAP_PAD;
+    case 'hmac':
+      return HMAC[spec.hash!]!;
+    case 'ecdh':
+    case 'ecdh-secret':
+      return pkcs11js.CKM_ECDH1_DERIVE;
+  }
+}
+
+/** The mechanism as the token is asked for it, with its parameters; refused here if the token did not list it. */
+function mechanismFor(s: CryptoSession, name: CryptoMechanismName, input: Pick<CipherInput, 'iv' | 'aad' | 'oaepLabel'>): P11.Mechanism {
+  const spec = CRYPTO_MECHANISMS[name];
+  const mechanism = ckmOf(name);
+  if (!s.supports(mechanism)) throw new WorkerFailure('MECHANISM_INVALID', `the token cannot do ${name} (not in its C_GetMechanismList)`);
+  const buf = (b: Uint8Array | undefined) => (b ? Buffer.from(b.buffer, b.byteOffset, b.byteLength) : undefined);
+  switch (spec.scheme) {
+    case 'aes-gcm':
+      return { mechanism, parameter: { type: pkcs11js.CK_PARAMS_AES_GCM, iv: buf(input.iv)!, ivBits: GCM_IV_BYTES * 8, aad: buf(input.aad), tagBits: GCM_TAG_BYTES * 8 } as P11.GcmParams };
+    case 'aes-cbc-pad':
+      return { mechanism, parameter: buf(input.iv)! };
+    case 'rsa-oaep': {
+      const { hashAlg, mgf } = OAEP[spec.hash!];
+      const label = buf(input.oaepLabel);
+      return { mechanism, parameter: { type: pkcs11js.CK_PARAMS_RSA_OAEP, hashAlg, mgf, source: CKZ_DATA_SPECIFIED, sourceData: label && label.length > 0 ? label : null } as P11.RsaOAEP };
+    }
+    default:
+      return { mechanism };
+  }
+}
+
+/** The class of the key an operation needs: the secret key, or the RSA/EC key's private or public half. */
+function keyClass(name: CryptoMechanismName, op: CryptoOp): number {
+  const { keyType } = CRYPTO_MECHANISMS[name];
+  if (keyType === 'AES' || keyType === 'GENERIC_SECRET') return pkcs11js.CKO_SECRET_KEY;
+  return op === 'encrypt' || op === 'wrapKey' ? pkcs11js.CKO_PUBLIC_KEY : pkcs11js.CKO_PRIVATE_KEY;
+}
+
+function keyFor(s: CryptoSession, sel: KeySelector, name: CryptoMechanismName, op: CryptoOp): FoundKey {
+  const key = s.key(sel, keyClass(name, op));
+  const needs = CRYPTO_MECHANISMS[name].keyType;
+  if (key.keyType !== needs) throw new WorkerFailure('MECHANISM_INVALID', `${name} needs an ${needs} key; this key is ${key.keyType}`);
+  return key;
+}
+
+/**
+ * Answers a token may give for a ciphertext that does not decrypt: a tag that does not match
+ * (wrong key, IV, AAD or a changed ciphertext), bad padding, a wrong length. SoftHSM2 says
+ * CKR_GENERAL_ERROR for a GCM tag mismatch; taken as a broken module it would reset the
+ * module at every bad ciphertext a client sends, so it is reported without its CKR.
+ */
+const NOT_DECRYPTED = new Set(['CKR_ENCRYPTED_DATA_INVALID', 'CKR_ENCRYPTED_DATA_LEN_RANGE', 'CKR_GENERAL_ERROR', 'CKR_DATA_INVALID', 'CKR_DATA_LEN_RANGE', 'CKR_FUNCTION_FAILED']);
+
+/**
+ * An operation's C_*Init. A token that lists a mechanism may still refuse some of its
+ * parameters (SoftHSM2 2.6 takes RSA-OAEP with SHA-1 only, answering CKR_ARGUMENTS_BAD for
+ * SHA-256): that is the mechanism the caller named being unavailable, not bad input.
+ */
+function init(name: CryptoMechanismName, call: () => void): void {
+  try {
+    call();
+  } catch (e) {
+    const ckr = (e as Error).message;
+    if (ckr !== 'CKR_ARGUMENTS_BAD' && ckr !== 'CKR_MECHANISM_PARAM_INVALID') throw e;
+    throw new WorkerFailure('MECHANISM_INVALID', `the token refuses ${name}'s parameters (it said ${ckr}): it has the mechanism, but not with this hash, IV or label`, ckr);
+  }
+}
+
+function cipher(s: CryptoSession, op: 'encrypt' | 'decrypt', name: CryptoMechanismName, key: P11.Handle, input: CipherInput): Uint8Array {
+  const mech = mechanismFor(s, name, input);
+  const data = Buffer.from(input.data.buffer, input.data.byteOffset, input.data.byteLength);
+  // Room for a GCM tag or a padding block; RSA output is never longer than its input here.
+  const out = Buffer.alloc(data.length + 2 * GCM_TAG_BYTES + 512);
+  if (op === 'encrypt') {
+    init(name, () => s.p11('C_EncryptInit').C_EncryptInit(s.sessionHandle, mech, key));
+    return s.p11('C_Encrypt').C_Encrypt(s.sessionHandle, data, out);
+  }
+  init(name, () => s.p11('C_DecryptInit').C_DecryptInit(s.sessionHandle, mech, key));
+  try {
+    return s.p11('C_Decrypt').C_Decrypt(s.sessionHandle, data, out);
+  } catch (e) {
+    const ckr = (e as Error).message;
+    if (!NOT_DECRYPTED.has(ckr)) throw e;
+    const why = CRYPTO_MECHANISMS[name].scheme === 'aes-gcm' ? 'the tag does not match: a wrong key, IV or AAD, or a changed ciphertext' : 'the ciphertext does not decrypt under this key (padding or length)';
+    throw new WorkerFailure('DECRYPTION_FAILED', `${name}: ${why}; the token said ${ckr}`, ckr === 'CKR_GENERAL_ERROR' ? undefined : ckr);
+  }
+}
+
+export function encrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'encrypt' }>): Uint8Array {
+  return cipher(s, 'encrypt', task.mechanism, keyFor(s, task.key, task.mechanism, 'encrypt').handle, task);
+}
+
+export function decrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'decrypt' }>): Uint8Array {
+  return cipher(s, 'decrypt', task.mechanism, keyFor(s, task.key, task.mechanism, 'decrypt').handle, task);
+}
+
+export function mac(s: CryptoSession, task: Extract<WorkerTask, { op: 'mac' }>): Uint8Array {
+  const key = keyFor(s, task.key, task.mechanism, 'mac');
+  s.p11('C_SignInit').C_SignInit(s.sessionHandle, mechanismFor(s, task.mechanism, {}), key.handle);
+  return s.p11('C_Sign').C_Sign(s.sessionHandle, Buffer.from(task.data), Buffer.alloc(64));
+}
+
+export function verifyMac(s: CryptoSession, task: Extract<WorkerTask, { op: 'verifyMac' }>): boolean {
+  const key = keyFor(s, task.key, task.mechanism, 'verifyMac');
+  s.p11('C_VerifyInit').C_VerifyInit(s.sessionHandle, mechanismFor(s, task.mechanism, {}), key.handle);
+  try {
+    return s.p11('C_Verify').C_Verify(s.sessionHandle, Buffer.from(task.data), Buffer.from(task.mac));
+  } catch (e) {
+    const ckr = (e as Error).message;
+    if (ckr === 'CKR_SIGNATURE_INVALID' || ckr === 'CKR_SIGNATURE_LEN_RANGE') return false;
+    throw e;
+  }
+}
+
+export function wrapKey(s: CryptoSession, task: Extract<WorkerTask, { op: 'wrapKey' }>): Uint8Array {
+  const wrapping = keyFor(s, task.key, task.mechanism, 'wrapKey');
+  const target = s.key(task.target, task.targetClass === 'privateKey' ? pkcs11js.CKO_PRIVATE_KEY : pkcs11js.CKO_SECRET_KEY);
+  const mech = mechanismFor(s, task.mechanism, task);
+  let wrapped: Uint8Array = Buffer.alloc(0);
+  init(task.mechanism, () => (wrapped = s.p11('C_WrapKey').C_WrapKey(s.sessionHandle, mech, wrapping.handle, target.handle, Buffer.alloc(16 * 1024))));
+  return wrapped;
+}
+
+/** A new secret key's template: on the token, private and sensitive, for what its type is for. */
+function secretKeyTemplate(spec: SecretKeySpec, withLength: boolean): P11.Template {
+  const { keyType, bytes } = SECRET_KEY_ALGORITHMS[spec.algorithm];
+  const aes = keyType === 'AES';
+  return [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: KEY_TYPE_VALUE[keyType] },
+    ...(withLength ? [{ type: pkcs11js.CKA_VALUE_LEN, value: bytes }] : []),
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_LABEL, value: spec.label },
+    { type: pkcs11js.CKA_ID, value: Buffer.from(spec.id ?? randomBytes(8).toString('hex'), 'hex') },
+    { type: pkcs11js.CKA_PRIVATE, value: true },
+    { type: pkcs11js.CKA_SENSITIVE, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: spec.extractable },
+    // What the key is for, and not for: tokens default the rest differently (SoftHSM2 lets an AES key sign).
+    { type: pkcs11js.CKA_ENCRYPT, value: aes },
+    { type: pkcs11js.CKA_DECRYPT, value: aes },
+    { type: pkcs11js.CKA_WRAP, value: aes },
+    { type: pkcs11js.CKA_UNWRAP, value: aes },
+    { type: pkcs11js.CKA_SIGN, value: !aes },
+    { type: pkcs11js.CKA_VERIFY, value: !aes },
+  ];
+}
+
+export function unwrapKey(s: CryptoSession, task: Extract<WorkerTask, { op: 'unwrapKey' }>): ObjectDescriptor {
+  const unwrapping = keyFor(s, task.key, task.mechanism, 'unwrapKey');
+  const mech = mechanismFor(s, task.mechanism, task);
+  const handle = s.p11('C_UnwrapKey').C_UnwrapKey(s.sessionHandle, mech, unwrapping.handle, Buffer.from(task.wrapped), secretKeyTemplate(task.spec, false));
+  return describe(s, handle);
+}
+
+export function generateSecretKey(s: CryptoSession, spec: SecretKeySpec): ObjectDescriptor {
+  const aes = SECRET_KEY_ALGORITHMS[spec.algorithm].keyType === 'AES';
+  const mechanism = aes ? pkcs11js.CKM_AES_KEY_GEN : pkcs11js.CKM_GENERIC_SECRET_KEY_GEN;
+  if (!s.supports(mechanism)) throw new WorkerFailure('MECHANISM_INVALID', `the token cannot generate ${spec.algorithm} keys (no ${aes ? 'CKM_AES_KEY_GEN' : 'CKM_GENERIC_SECRET_KEY_GEN'} in its C_GetMechanismList)`);
+  const handle = s.p11('C_GenerateKey').C_GenerateKey(s.sessionHandle, { mechanism }, secretKeyTemplate(spec, true));
+  return describe(s, handle);
+}
+
+/**
+ * ECDH with the token's EC private key. ECDH-SECRET returns the raw shared secret (read from a
+ * session object made extractable for that, then destroyed). ECDH derives an AES-256 session
+ * key (CKD_NULL: the secret's leftmost 32 bytes) that the call's `then` uses once; the key is
+ * sensitive, never leaves the token, and is destroyed when the call ends.
+ */
+export function deriveKey(s: CryptoSession, task: Extract<WorkerTask, { op: 'deriveKey' }>): Uint8Array {
+  const key = keyFor(s, task.key, task.mechanism, 'deriveKey');
+  const secret = task.mechanism === 'ECDH-SECRET';
+  const mech: P11.Mechanism = { mechanism: ckmOf(task.mechanism), parameter: { type: pkcs11js.CK_PARAMS_EC_DH, kdf: pkcs11js.CKD_NULL, publicData: Buffer.from(task.publicPoint) } as P11.ECDH1 };
+  if (!s.supports(mech.mechanism)) throw new WorkerFailure('MECHANISM_INVALID', `the token cannot do ${task.mechanism} (no CKM_ECDH1_DERIVE in its C_GetMechanismList)`);
+  const template: P11.Template = [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: secret ? pkcs11js.CKK_GENERIC_SECRET : pkcs11js.CKK_AES },
+    { type: pkcs11js.CKA_VALUE_LEN, value: secret ? key.fieldBytes : ECDH_SESSION_KEY_BYTES },
+    { type: pkcs11js.CKA_TOKEN, value: false },
+    { type: pkcs11js.CKA_SENSITIVE, value: !secret },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: secret },
+    ...(secret
+      ? []
+      : [
+          { type: pkcs11js.CKA_ENCRYPT, value: true },
+          { type: pkcs11js.CKA_DECRYPT, value: true },
+        ]),
+  ];
+  const derived = s.p11('C_DeriveKey').C_DeriveKey(s.sessionHandle, mech, key.handle, template);
+  try {
+    if (secret) return s.p11('C_GetAttributeValue').C_GetAttributeValue(s.sessionHandle, derived, [{ type: pkcs11js.CKA_VALUE }])[0]!.value as Buffer;
+    const then = task.then!;
+    return cipher(s, then.op, then.mechanism, derived, then);
+  } finally {
+    try {
+      s.p11('C_DestroyObject').C_DestroyObject(s.sessionHandle, derived);
+    } catch {
+      // A session object: it ends with the session at the latest.
+    }
+  }
+}
