@@ -4,7 +4,7 @@
  * so the same tests run in the process, over the local socket and over mutual TLS.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createHash, createPublicKey, verify as nodeVerify, X509Certificate } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createECDH, createHash, createHmac, createPublicKey, randomBytes, verify as nodeVerify, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as jose from 'jose';
 import type { Pkcs11Client } from '../../dist/src/index.js';
@@ -44,6 +44,9 @@ export function operationSuite(transport: Transport): void {
     ]);
     // A token nobody in this process logs in to: login state is per token, per application.
     createToken(td, 'anon', [{ kind: 'EC:prime256v1', label: 'ec', id: '02' }]);
+    // A key-encryption key only this suite knows the bytes of, written by pkcs11-tool.
+    const kekFile = tmpFile('kek.bin', KEK);
+    pkcs11Tool(td, 'ops', tok.pin, ['--write-object', kekFile, '--type', 'secrkey', '--key-type', 'AES:32', '--label', 'kek', '--id', '40', '--usage-decrypt', '--usage-wrap', '--sensitive']);
     process.env.OPS_PIN = tok.pin;
     opened = await open(transport, configFor(td, { s: { token: { label: 'ops' }, pin: { env: 'OPS_PIN' }, keys: KEYS, maxDataBytes: 1 << 20 } }), td.dir);
     sup = opened.client;
@@ -51,6 +54,7 @@ export function operationSuite(transport: Transport): void {
 
   afterAll(() => opened?.close());
 
+  const KEK = randomBytes(32);
   const flip = (b: Buffer) => {
     const c = Buffer.from(b);
     c[c.length >> 1]! ^= 0x01;
@@ -412,6 +416,49 @@ export function operationSuite(transport: Transport): void {
       expect(((await sup.probe({ slot: 's' })).calls.C_Login ?? 0) - before).toBe(3);
       await expect(sup.sign({ slot: 's', key: d.uri, mechanism: 'ECDSA-SHA256', data, pin: 'not-the-pin' })).rejects.toMatchObject({ code: 'PIN_INCORRECT' });
       expect((await sup.status()).slots.s!.tokenEvents).toBe('polling');
+    });
+
+    it('encrypts, decrypts, MACs, wraps and agrees on keys; Node decrypts, recomputes or unwraps each answer', async () => {
+      const open = (key: Buffer, iv: Buffer, ct: Buffer, aad?: Buffer) => {
+        const d = createDecipheriv('aes-256-gcm', key, iv);
+        if (aad) d.setAAD(aad);
+        d.setAuthTag(ct.subarray(-16));
+        return Buffer.concat([d.update(ct.subarray(0, -16)), d.final()]);
+      };
+      const aad = Buffer.from('aad');
+      const sealed = await sup.encrypt({ slot: 's', key: { label: 'kek' }, mechanism: 'AES-GCM', data, aad });
+      expect(open(KEK, sealed.iv!, sealed.ciphertext, aad).equals(data)).toBe(true);
+      expect((await sup.decrypt({ slot: 's', key: { label: 'kek' }, mechanism: 'AES-GCM', data: sealed.ciphertext, iv: sealed.iv!, aad })).equals(data)).toBe(true);
+      await expect(sup.decrypt({ slot: 's', key: { label: 'kek' }, mechanism: 'AES-GCM', data: flip(sealed.ciphertext), iv: sealed.iv!, aad })).rejects.toMatchObject({ code: 'DECRYPTION_FAILED' });
+
+      const hmacKey = randomBytes(64);
+      const w = createCipheriv('id-aes256-wrap-pad', KEK, Buffer.from('A65959A6', 'hex'));
+      const hmac = await sup.unwrapKey({ slot: 's', key: { label: 'kek' }, mechanism: 'AES-KEY-WRAP-PAD', wrapped: Buffer.concat([w.update(hmacKey), w.final()]), algorithm: 'HMAC-512', label: 'op-hmac' });
+      expect(hmac).toMatchObject({ class: 'secretKey', keyType: 'GENERIC_SECRET', sensitive: true });
+      const mac = await sup.mac({ slot: 's', key: { label: 'op-hmac' }, mechanism: 'HMAC-SHA256', data });
+      expect(mac.equals(createHmac('sha256', hmacKey).update(data).digest())).toBe(true);
+      expect(await sup.verifyMac({ slot: 's', key: { label: 'op-hmac' }, mechanism: 'HMAC-SHA256', data, mac: flip(mac) })).toBe(false);
+
+      const dek = await sup.generateSecretKey({ slot: 's', algorithm: 'AES-256', label: 'op-dek', extractable: true });
+      expect(dek).toMatchObject({ class: 'secretKey', keyType: 'AES', bits: 256, extractable: true });
+      const wrapped = await sup.wrapKey({ slot: 's', key: { label: 'kek' }, mechanism: 'AES-KEY-WRAP-PAD', target: { label: 'op-dek' } });
+      const u = createDecipheriv('id-aes256-wrap-pad', KEK, Buffer.from('A65959A6', 'hex'));
+      const dekBytes = Buffer.concat([u.update(wrapped), u.final()]);
+      const byDek = await sup.encrypt({ slot: 's', key: { label: 'op-dek' }, mechanism: 'AES-GCM', data });
+      expect(open(dekBytes, byDek.iv!, byDek.ciphertext).equals(data)).toBe(true);
+
+      await sup.generateKeyPair({ slot: 's', algorithm: 'EC-P256', label: 'op-ecdh', id: '41', usage: ['derive'] });
+      const { jwk } = await sup.getPublicKey({ slot: 's', key: { id: '41' } });
+      const peer = createECDH('prime256v1');
+      peer.generateKeys();
+      const z = peer.computeSecret(Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x!, 'base64url'), Buffer.from(jwk.y!, 'base64url')]));
+      const agreed = await sup.deriveKey({ slot: 's', key: { id: '41' }, mechanism: 'ECDH', publicKey: peer.getPublicKey(), then: { op: 'encrypt', mechanism: 'AES-GCM', data } });
+      expect(open(z, agreed.iv!, agreed.ciphertext!).equals(data)).toBe(true);
+      await expect(sup.deriveKey({ slot: 's', key: { id: '41' }, mechanism: 'ECDH-SECRET', publicKey: peer.getPublicKey() })).rejects.toMatchObject({ code: 'MECHANISM_NOT_ALLOWED' });
+
+      await sup.generateKeyPair({ slot: 's', algorithm: 'RSA-2048', label: 'op-oaep', id: '42', usage: ['decrypt'] });
+      const oaep = await sup.encrypt({ slot: 's', key: { id: '42' }, mechanism: 'RSA-OAEP-SHA1', data: Buffer.from('a data key') });
+      expect((await sup.decrypt({ slot: 's', key: { id: '42' }, mechanism: 'RSA-OAEP-SHA1', data: oaep.ciphertext })).toString()).toBe('a data key');
     });
 
     it('every slot is still healthy after all that', async () => {
