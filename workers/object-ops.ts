@@ -263,6 +263,15 @@ function privateKeyTemplate(use: PrivateKeyUse, keyType: KeyType): P11.Template 
   ];
 }
 
+/** What a token answers for a key-pair template whose uses it cannot honour. */
+const USES_REFUSED = new Set(['CKR_GENERAL_ERROR', 'CKR_TEMPLATE_INCONSISTENT', 'CKR_ATTRIBUTE_VALUE_INVALID']);
+const USE_ATTRIBUTES: ReadonlySet<number> = new Set([pkcs11js.CKA_SIGN, pkcs11js.CKA_VERIFY, pkcs11js.CKA_DECRYPT, pkcs11js.CKA_ENCRYPT, pkcs11js.CKA_WRAP, pkcs11js.CKA_UNWRAP, pkcs11js.CKA_DERIVE]);
+
+/** The template without the uses it turns off (`onlyWanted`): the token's defaults then decide those. */
+function usesOnly(t: P11.Template, onlyWanted: boolean): P11.Template {
+  return onlyWanted ? t.filter((a) => !(USE_ATTRIBUTES.has(a.type) && a.value === false)) : t;
+}
+
 /** The public half's uses, matching its private key's. */
 function publicKeyTemplate(usage: readonly KeyUsage[], keyType: KeyType): P11.Template {
   return [
@@ -305,12 +314,23 @@ export function generateKeyPair(s: SessionAccess, spec: KeyGenSpec): ObjectDescr
     mechanism = family === 'Ed25519' ? CKM_EC_EDWARDS_KEY_PAIR_GEN : pkcs11js.CKM_EC_KEY_PAIR_GEN;
     pub = [{ type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from(curveByName(curve)!.params, 'hex') }];
   }
-  const keys = s.p11('C_GenerateKeyPair').C_GenerateKeyPair(
-    s.sessionHandle,
-    { mechanism },
-    [...common(id), ...pub, ...publicKeyTemplate(spec.usage, keyType)],
-    [...common(id), ...privateKeyTemplate(spec, keyType)],
-  );
+  const generate = (onlyWanted: boolean) =>
+    s.p11('C_GenerateKeyPair').C_GenerateKeyPair(
+      s.sessionHandle,
+      { mechanism },
+      [...common(id), ...pub, ...usesOnly(publicKeyTemplate(spec.usage, keyType), onlyWanted)],
+      [...common(id), ...usesOnly(privateKeyTemplate(spec, keyType), onlyWanted)],
+    );
+  let keys: P11.KeyPair;
+  try {
+    keys = generate(false);
+  } catch (e) {
+    // tpm2-pkcs11 makes every RSA key both sign and decrypt, and answers a template that turns
+    // one off with CKR_GENERAL_ERROR: ask again with the wanted uses only. describe() reports
+    // the key as the token made it.
+    if (!USES_REFUSED.has((e as Error).message)) throw e;
+    keys = generate(true);
+  }
   if (!id) {
     const value = attrs(s, keys.publicKey, [family === 'RSA' ? pkcs11js.CKA_MODULUS : pkcs11js.CKA_EC_POINT])[0]!;
     const derived = [{ type: pkcs11js.CKA_ID, value: defaultId(value) }];

@@ -7,7 +7,7 @@
  * var/compat/<vendor>.json; `npm run compat` turns those into the README's table.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { constants, createHash, verify as nodeVerify } from 'node:crypto';
+import { constants, createCipheriv, createDecipheriv, createECDH, createHash, createHmac, randomBytes, verify as nodeVerify } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compactVerify, decodeProtectedHeader } from 'jose';
@@ -50,6 +50,32 @@ function writeDataObject(tok: VendorToken): string {
   }
 }
 
+/** A key-encryption key whose bytes the suite knows: what lets Node check the token's AES answers. */
+const KEK = randomBytes(32);
+const KWP_IV = Buffer.from('A65959A6', 'hex');
+
+function writeKek(tok: VendorToken): true | string {
+  const file = tmpFile('kek.bin', KEK);
+  try {
+    pkcs11Tool(tok, ['--write-object', file, '--type', 'secrkey', '--key-type', 'AES:32', '--label', 'conf-kek', '--id', 'c1', '--usage-decrypt', '--usage-wrap', '--sensitive']);
+    return true;
+  } catch (e) {
+    return /error: (.*)/i.exec(String((e as { stderr?: unknown }).stderr))?.[1]?.trim() ?? 'refused';
+  }
+}
+
+const gcmOpen = (key: Buffer, iv: Buffer, ct: Buffer) => {
+  const d = createDecipheriv('aes-256-gcm', key, iv);
+  d.setAuthTag(ct.subarray(-16));
+  return Buffer.concat([d.update(ct.subarray(0, -16)), d.final()]);
+};
+
+/** What a typed refusal says, for the table: the code and the token's own reason. */
+const refusal = (e: unknown) => {
+  const err = e as { code?: string; ckr?: string; message?: string };
+  return `${err.code ?? 'error'}${err.ckr ? ` (${err.ckr})` : ''}`;
+};
+
 export function conformanceSuite(vendor: Vendor): void {
   const selected = (process.env.P11SUP_VENDORS ?? '').split(',').filter(Boolean);
   if (selected.length > 0 && !selected.includes(vendor.name)) {
@@ -64,6 +90,8 @@ export function conformanceSuite(vendor: Vendor): void {
     let library = '';
     /** How pkcs11-tool could write a data object before the supervisor opened the token. */
     let dataObjects = '';
+    /** Whether pkcs11-tool could write KEK (an AES key whose bytes the suite knows), or why not. */
+    let kekWritten: true | string = 'not tried';
     const rows: Row[] = [];
     const record = (feature: string, result: string) => rows.push({ feature, result });
     const token = () => sup.status().slots.v!.token!;
@@ -85,6 +113,7 @@ export function conformanceSuite(vendor: Vendor): void {
       library = `${/Manufacturer\s+(.*)/.exec(info)?.[1]?.trim()}, ${/Library\s+(.*)/.exec(info)?.[1]?.trim()}, Cryptoki ${/Cryptoki version\s+(\S+)/.exec(info)?.[1]}`;
       listed = new Set([...pkcs11Tool(tok, ['--list-mechanisms'], null).matchAll(/^\s+([A-Z0-9-]+)[,\s]/gm)].map((m) => m[1]!));
       dataObjects = writeDataObject(tok);
+      kekWritten = writeKek(tok);
       process.env.VENDOR_PIN = tok.pin;
       process.env.PKCS11_SUPERVISOR_FAULTS = '1'; // the crash test's injected worker exit
       sup = await startSupervisor({
@@ -241,6 +270,113 @@ export function conformanceSuite(vendor: Vendor): void {
       for (let i = 0; i < 50 && sup.status().slots.v!.tokenEvents === 'events'; i++) await new Promise((r) => setTimeout(r, 20));
       const how = sup.status().slots.v!.tokenEvents;
       record('tokens inserted/removed noticed by', how === 'events' ? 'C_WaitForSlotEvent' : 'polling (no blocking C_WaitForSlotEvent)');
+    });
+
+    it('AES: GCM where the token has it, else CBC-PAD; the token encrypts and Node decrypts with the known key', async () => {
+      if (kekWritten !== true) {
+        record('AES encrypt/decrypt', `not checked: pkcs11-tool cannot write an AES key here (${kekWritten})`);
+        return;
+      }
+      const gcm = token().mechanisms.includes('AES-GCM');
+      if (!gcm) await expect(sup.encrypt({ slot: 'v', key: { label: 'conf-kek' }, mechanism: 'AES-GCM', data })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
+      if (!gcm && !token().mechanisms.includes('AES-CBC-PAD')) {
+        record('AES encrypt/decrypt', 'refused: MECHANISM_INVALID (neither CKM_AES_GCM nor CKM_AES_CBC_PAD)');
+        return;
+      }
+      const mechanism = gcm ? 'AES-GCM' : 'AES-CBC-PAD';
+      const { ciphertext, iv } = await sup.encrypt({ slot: 'v', key: { label: 'conf-kek' }, mechanism, data });
+      const opened = gcm ? gcmOpen(KEK, iv!, ciphertext) : (() => {
+        const d = createDecipheriv('aes-256-cbc', KEK, iv!);
+        return Buffer.concat([d.update(ciphertext), d.final()]);
+      })();
+      expect(opened.equals(data)).toBe(true);
+      expect((await sup.decrypt({ slot: 'v', key: { label: 'conf-kek' }, mechanism, data: ciphertext, iv })).equals(data)).toBe(true);
+      if (gcm) {
+        const changed = Buffer.from(ciphertext);
+        changed[0]! ^= 1;
+        await expect(sup.decrypt({ slot: 'v', key: { label: 'conf-kek' }, mechanism, data: changed, iv })).rejects.toMatchObject({ code: 'DECRYPTION_FAILED' });
+      }
+      record('AES encrypt/decrypt', gcm ? 'AES-GCM (checked by Node)' : 'AES-CBC-PAD (checked by Node); no CKM_AES_GCM');
+    });
+
+    it('secret keys: generates AES-256 and HMAC keys, MACs with one and wraps the other (RFC 5649) for Node to unwrap', async () => {
+      const aes = await sup.generateSecretKey({ slot: 'v', algorithm: 'AES-256', label: 'conf-dek', extractable: true }).catch((e: unknown) => e);
+      record('generate AES-256 / HMAC keys', 'class' in (aes as object) ? 'yes' : `refused: ${refusal(aes)}`);
+      const hmacKey = randomBytes(64);
+      if (kekWritten === true && token().mechanisms.includes('AES-KEY-WRAP-PAD')) {
+        const w = createCipheriv('id-aes256-wrap-pad', KEK, KWP_IV);
+        const unwrapped = await sup.unwrapKey({ slot: 'v', key: { label: 'conf-kek' }, mechanism: 'AES-KEY-WRAP-PAD', wrapped: Buffer.concat([w.update(hmacKey), w.final()]), algorithm: 'HMAC-512', label: 'conf-hmac' }).catch((e: unknown) => e);
+        if ('class' in (unwrapped as object)) {
+          const mac = await sup.mac({ slot: 'v', key: { label: 'conf-hmac' }, mechanism: 'HMAC-SHA256', data }).catch((e: unknown) => e);
+          if (mac instanceof Uint8Array) expect(Buffer.from(mac).equals(createHmac('sha256', hmacKey).update(data).digest())).toBe(true);
+          record('HMAC-SHA256', mac instanceof Uint8Array ? 'yes (checked by Node)' : `refused: ${refusal(mac)}`);
+        } else {
+          record('HMAC-SHA256', `not checked: unwrapping the known key was refused: ${refusal(unwrapped)}`);
+        }
+        if ('class' in (aes as object)) {
+          const wrapped = await sup.wrapKey({ slot: 'v', key: { label: 'conf-kek' }, mechanism: 'AES-KEY-WRAP-PAD', target: { label: 'conf-dek' } }).catch((e: unknown) => e);
+          if (wrapped instanceof Uint8Array) {
+            const u = createDecipheriv('id-aes256-wrap-pad', KEK, KWP_IV);
+            expect(Buffer.concat([u.update(wrapped), u.final()])).toHaveLength(32);
+          }
+          record('AES key wrap with padding (RFC 5649)', wrapped instanceof Uint8Array ? 'yes (Node unwraps)' : `refused: ${refusal(wrapped)}`);
+        }
+      } else if ('class' in (aes as object)) {
+        // No way to bring a known key in: the token's own HMAC key, checked by the token's verify.
+        const made = await sup.generateSecretKey({ slot: 'v', algorithm: 'HMAC-512', label: 'conf-hmac' }).catch((e: unknown) => e);
+        const mac = 'class' in (made as object) ? await sup.mac({ slot: 'v', key: { label: 'conf-hmac' }, mechanism: 'HMAC-SHA256', data }).catch((e: unknown) => e) : made;
+        const valid = mac instanceof Uint8Array && (await sup.verifyMac({ slot: 'v', key: { label: 'conf-hmac' }, mechanism: 'HMAC-SHA256', data, mac }));
+        if (mac instanceof Uint8Array) expect(valid).toBe(true);
+        record('HMAC-SHA256', mac instanceof Uint8Array ? 'yes (checked by its own C_Verify: no known key)' : `refused: ${refusal(mac)}`);
+        record('AES key wrap with padding (RFC 5649)', kekWritten === true ? 'refused: MECHANISM_INVALID (no CKM_AES_KEY_WRAP_PAD)' : `not checked: no known key (${kekWritten})`);
+      } else {
+        record('HMAC-SHA256', `not checked: no secret keys (${refusal(aes)})`);
+        record('AES key wrap with padding (RFC 5649)', kekWritten === true ? 'refused: MECHANISM_INVALID (no CKM_AES_KEY_WRAP_PAD)' : `not checked: no known key (${kekWritten})`);
+      }
+    });
+
+    it('RSA-OAEP: encrypted in Node with the public key, decrypted on the token, for each hash the token takes', async () => {
+      const made = await sup.generateKeyPair({ slot: 'v', algorithm: 'RSA-2048', label: 'conf-oaep', usage: ['decrypt'], timeoutMs: 120_000 }).catch((e: unknown) => e);
+      if (!('class' in (made as object))) {
+        record('RSA-OAEP decrypt', `not checked: a decryption key pair was refused: ${refusal(made)}`);
+        return;
+      }
+      const works: string[] = [];
+      const refused: string[] = [];
+      for (const mechanism of ['RSA-OAEP-SHA1', 'RSA-OAEP-SHA256'] as const) {
+        const secret = randomBytes(32);
+        const { ciphertext } = await sup.encrypt({ slot: 'v', key: { label: 'conf-oaep' }, mechanism, data: secret });
+        const out = await sup.decrypt({ slot: 'v', key: { label: 'conf-oaep' }, mechanism, data: ciphertext }).catch((e: unknown) => e);
+        if (out instanceof Uint8Array) {
+          expect(Buffer.from(out).equals(secret)).toBe(true);
+          works.push(mechanism.slice(9));
+        } else {
+          expect(out).toMatchObject({ code: 'MECHANISM_INVALID' });
+          refused.push(`${mechanism.slice(9)}: ${refusal(out)}`);
+        }
+      }
+      expect(works.length + refused.length).toBe(2);
+      record('RSA-OAEP decrypt', works.length > 0 ? `yes: ${works.join(', ')}${refused.length ? `; refused ${refused.join(', ')}` : ''}` : `refused: ${refused.join(', ')}`);
+    }, 180_000);
+
+    it('ECDH (P-256): the session key the token derives is the one Node computes', async () => {
+      const made = await sup.generateKeyPair({ slot: 'v', algorithm: 'EC-P256', label: 'conf-ecdh', usage: ['derive'] }).catch((e: unknown) => e);
+      if (!('class' in (made as object))) {
+        record('ECDH P-256', `not checked: no EC key pair for derivation: ${refusal(made)}`);
+        return;
+      }
+      const { jwk } = await sup.getPublicKey({ slot: 'v', key: { label: 'conf-ecdh' } });
+      const peer = createECDH('prime256v1');
+      peer.generateKeys();
+      const z = peer.computeSecret(Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x!, 'base64url'), Buffer.from(jwk.y!, 'base64url')]));
+      const agreed = await sup.deriveKey({ slot: 'v', key: { label: 'conf-ecdh' }, mechanism: 'ECDH', publicKey: peer.getPublicKey(), then: { op: 'encrypt', mechanism: 'AES-GCM', data } }).catch((e: unknown) => e);
+      if (!('ciphertext' in (agreed as object))) {
+        record('ECDH P-256', `refused: ${refusal(agreed)}`);
+        return;
+      }
+      const { ciphertext, iv } = agreed as { ciphertext: Buffer; iv: Buffer };
+      expect(gcmOpen(z, iv, ciphertext).equals(data)).toBe(true);
+      record('ECDH P-256', 'yes (checked by Node)');
     });
 
     it('a wrong PIN is PIN_INCORRECT; one of a length the token cannot take never reaches it; the right one logs in again', async () => {
