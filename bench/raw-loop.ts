@@ -1,17 +1,39 @@
-/** The raw pkcs11js baseline: one session, C_SignInit + C_Sign in a loop, no supervisor. */
+/** The raw pkcs11js baseline: one session, one operation (a signature or a decryption) in a loop, no supervisor. */
 import { createHash } from 'node:crypto';
+import type * as P11 from 'pkcs11js';
 import { pkcs11js } from '../workers/pkcs11js.js';
+
+/** What a bench cell does: ECDSA P-256 or RSA-2048 signatures, AES-GCM or RSA-OAEP (SHA-1) decryptions. */
+export type BenchOp = 'ec' | 'rsa' | 'aes-gcm' | 'rsa-oaep';
 
 export interface RawConfig {
   label: string;
   pin: string;
   module: string;
-  mech: 'ec' | 'rsa';
+  mech: BenchOp;
   size: number;
+  /** For a decryption: the ciphertext to decrypt again and again, and its IV (AES-GCM). */
+  ciphertext?: Uint8Array;
+  iv?: Uint8Array;
 }
 
-/** One raw session, logged in, its key found: `signOnce` signs and returns the call's latency in ms. */
-export function openRawSigner(c: RawConfig): { signOnce: () => number; close: () => void } {
+/** What the supervisor asks SoftHSM2 for, per operation: it has CKM_ECDSA but not CKM_ECDSA_SHA256; RSA-OAEP with SHA-1 only. */
+function mechanismOf(c: RawConfig): P11.Mechanism {
+  const p = pkcs11js;
+  switch (c.mech) {
+    case 'ec':
+      return { mechanism: p.CKM_ECDSA };
+    case 'rsa':
+      return { mechanism: p.CKM_SHA256_RSA_PKCS };
+    case 'aes-gcm':
+      return { mechanism: p.CKM_AES_GCM, parameter: { type: p.CK_PARAMS_AES_GCM, iv: Buffer.from(c.iv!), ivBits: 96, tagBits: 128 } as P11.GcmParams };
+    case 'rsa-oaep':
+      return { mechanism: p.CKM_RSA_PKCS_OAEP, parameter: { type: p.CK_PARAMS_RSA_OAEP, hashAlg: p.CKM_SHA_1, mgf: p.CKG_MGF1_SHA1, source: 1 } as P11.RsaOAEP };
+  }
+}
+
+/** One raw session, logged in, its key found: `callOnce` runs the operation once and returns its latency in ms. */
+export function openRawSession(c: RawConfig): { callOnce: () => number; close: () => void } {
   const p = pkcs11js;
   const m = new p.PKCS11();
   m.load(c.module);
@@ -28,40 +50,45 @@ export function openRawSigner(c: RawConfig): { signOnce: () => number; close: ()
     if ((e as Error).message !== 'CKR_USER_ALREADY_LOGGED_IN') throw e;
   }
   m.C_FindObjectsInit(s, [
-    { type: p.CKA_CLASS, value: p.CKO_PRIVATE_KEY },
+    { type: p.CKA_CLASS, value: c.mech === 'aes-gcm' ? p.CKO_SECRET_KEY : p.CKO_PRIVATE_KEY },
     { type: p.CKA_LABEL, value: c.label },
   ]);
   const [key] = m.C_FindObjects(s, 1);
   m.C_FindObjectsFinal(s);
-  const data = Buffer.alloc(c.size, 7);
-  const out = Buffer.alloc(512);
-  // What the supervisor asks SoftHSM2 for: it has CKM_ECDSA but not CKM_ECDSA_SHA256.
-  const mechanism = { mechanism: c.mech === 'ec' ? p.CKM_ECDSA : p.CKM_SHA256_RSA_PKCS };
+  const data = c.ciphertext ? Buffer.from(c.ciphertext) : Buffer.alloc(c.size, 7);
+  const out = Buffer.alloc(Math.max(512, data.length + 64));
+  const mechanism = mechanismOf(c);
+  const decrypt = c.mech === 'aes-gcm' || c.mech === 'rsa-oaep';
   return {
-    signOnce: () => {
+    callOnce: () => {
       const a = performance.now();
-      const input = c.mech === 'ec' ? createHash('sha256').update(data).digest() : data;
-      m.C_SignInit(s, mechanism, key!);
-      m.C_Sign(s, input, out);
+      if (decrypt) {
+        m.C_DecryptInit(s, mechanism, key!);
+        m.C_Decrypt(s, data, out);
+      } else {
+        const input = c.mech === 'ec' ? createHash('sha256').update(data).digest() : data;
+        m.C_SignInit(s, mechanism, key!);
+        m.C_Sign(s, input, out);
+      }
       return performance.now() - a;
     },
     close: () => m.C_CloseSession(s),
   };
 }
 
-/** What a run of signatures gives: each call's latency in ms, the count, the wall time in ms. */
+/** What a run of calls gives: each call's latency in ms, the count, the wall time in ms. */
 export interface Run {
   lat: number[];
   ops: number;
   elapsed: number;
 }
 
-export type RawSigner = ReturnType<typeof openRawSigner>;
+export type RawSession = ReturnType<typeof openRawSession>;
 
-/** Signs on `signer` for `ms`. */
-export function signFor(signer: RawSigner, ms: number): Run {
+/** Runs the session's operation for `ms`. */
+export function callFor(session: RawSession, ms: number): Run {
   const lat: number[] = [];
   const t0 = performance.now();
-  while (performance.now() - t0 < ms) lat.push(signer.signOnce());
+  while (performance.now() - t0 < ms) lat.push(session.callOnce());
   return { lat, ops: lat.length, elapsed: performance.now() - t0 };
 }

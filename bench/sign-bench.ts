@@ -6,7 +6,8 @@
  *   raw-N     raw pkcs11js in N worker threads with N sessions (N = 2, 4)
  *   token     the supervisor's sign() through a token slot
  *   pool-N    the supervisor's sign() through an hsm slot of N workers (N = 1, 2, 4)
- * for ECDSA P-256 and RSA-2048, 32 B and 4 KiB inputs, at concurrency 1, 16 and 256.
+ * for ECDSA P-256 and RSA-2048 signatures and AES-GCM decryptions, 32 B and 4 KiB inputs, and
+ * RSA-OAEP decryptions of 32 B, at concurrency 1, 16 and 256.
  * Reports ops/s, p50/p99 latency, RSS, and the ratio to the matching raw baseline (raw-1 for
  * the token slot and pool-1, raw-N for pool-N), which takes turns with the cell in 250 ms
  * slices (50 ms for one-call-at-a-time latency) so both see the same minutes of the machine,
@@ -18,14 +19,14 @@
  * token slot, with the CPU of a call split by process and thread. Linux only.
  */
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createCipheriv, createPublicKey, constants, publicEncrypt, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { pino } from 'pino';
-import { openRawSigner, signFor, type RawConfig, type Run } from './raw-loop.js';
+import { callFor, openRawSession, type BenchOp, type RawConfig, type Run } from './raw-loop.js';
 import { busiestThread, cpuOfSlice, MAIN_THREAD, otherCpus, pin, vcpuGap } from './same-cpu.js';
 import { startSupervisor, type ConfigInput, type Pkcs11Client, type Pkcs11Supervisor } from '../src/index.js';
 import { batchEstimate, serviceBench } from './service-bench.js';
@@ -53,9 +54,13 @@ process.env.SOFTHSM2_CONF = conf;
 const PIN = randomBytes(4).toString('hex');
 process.env.BENCH_PIN = PIN;
 execFileSync('softhsm2-util', ['--init-token', '--free', '--label', 'bench', '--so-pin', randomBytes(4).toString('hex'), '--pin', PIN], { stdio: 'ignore' });
-for (const [type, label, id] of [['rsa:2048', 'rsa', '01'], ['EC:prime256v1', 'ec', '02']]) {
-  execFileSync('pkcs11-tool', ['--module', MODULE, '--token-label', 'bench', '--login', '--pin', PIN, '--keypairgen', '--key-type', type!, '--label', label!, '--id', id!], { stdio: 'ignore' });
-}
+const tool = (args: string[]) => execFileSync('pkcs11-tool', ['--module', MODULE, '--token-label', 'bench', '--login', '--pin', PIN, ...args], { stdio: 'ignore' });
+for (const [type, label, id] of [['rsa:2048', 'rsa', '01'], ['EC:prime256v1', 'ec', '02']]) tool(['--keypairgen', '--key-type', type!, '--label', label!, '--id', id!]);
+// Decryption keys: an AES-256 key whose bytes the bench knows (it makes the ciphertexts), and an RSA-2048 pair for decrypting.
+const AES_KEY = randomBytes(32);
+writeFileSync(join(dir, 'aes.bin'), AES_KEY);
+tool(['--write-object', join(dir, 'aes.bin'), '--type', 'secrkey', '--key-type', 'AES:32', '--label', 'aes', '--id', '03', '--usage-decrypt', '--sensitive']);
+tool(['--keypairgen', '--key-type', 'rsa:2048', '--label', 'rsa-enc', '--id', '04', '--usage-decrypt']);
 
 // The main thread owns the library for the whole run, as the daemon's module registry does.
 // Without an owner, the raw baseline's threads each loaded it, raced their C_Initialize calls
@@ -69,6 +74,26 @@ owner.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
 const MODULE_CONFIG = { path: MODULE, env: { SOFTHSM2_CONF: conf }, applicationInitializesWithOsLocking: true };
 
 
+/** What each decryption cell decrypts, again and again: made once here, by size. */
+const GCM_IV = randomBytes(12);
+const ciphertexts = new Map<string, Uint8Array>();
+for (const size of [32, 4096]) {
+  const c = createCipheriv('aes-256-gcm', AES_KEY, GCM_IV);
+  ciphertexts.set(`aes-gcm/${size}`, Buffer.concat([c.update(Buffer.alloc(size, 7)), c.final(), c.getAuthTag()]));
+}
+{
+  const s = owner.C_OpenSession(owner.C_GetSlotList(true)[0]!, pkcs11js.CKF_SERIAL_SESSION);
+  owner.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }, { type: pkcs11js.CKA_LABEL, value: 'rsa-enc' }]);
+  const [pub] = owner.C_FindObjects(s, 1);
+  owner.C_FindObjectsFinal(s);
+  const [n, e] = owner.C_GetAttributeValue(s, pub!, [{ type: pkcs11js.CKA_MODULUS }, { type: pkcs11js.CKA_PUBLIC_EXPONENT }]).map((a) => (a.value as Buffer).toString('base64url'));
+  owner.C_CloseSession(s);
+  const key = createPublicKey({ key: { kty: 'RSA', n, e }, format: 'jwk' });
+  ciphertexts.set('rsa-oaep/32', publicEncrypt({ key, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' }, Buffer.alloc(32, 7)));
+}
+const KEY_LABEL: Record<BenchOp, string> = { ec: 'ec', rsa: 'rsa', 'aes-gcm': 'aes', 'rsa-oaep': 'rsa-enc' };
+const OP_NAME: Record<BenchOp, string> = { ec: 'ECDSA P-256', rsa: 'RSA-2048', 'aes-gcm': 'AES-GCM decrypt', 'rsa-oaep': 'RSA-OAEP decrypt' };
+
 const percentile = (sorted: Float64Array, p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
 
 function summarize(lat: number[], ops: number, ms: number) {
@@ -76,10 +101,10 @@ function summarize(lat: number[], ops: number, ms: number) {
   return { opsPerSec: Math.round((ops / ms) * 1000), p50us: Math.round(percentile(sorted, 0.5) * 1000), p99us: Math.round(percentile(sorted, 0.99) * 1000) };
 }
 
-const rawConfig = (mech: 'ec' | 'rsa', size: number): RawConfig => ({ label: mech, pin: PIN, module: MODULE, mech, size });
+const rawConfig = (mech: BenchOp, size: number): RawConfig => ({ label: KEY_LABEL[mech], pin: PIN, module: MODULE, mech, size, ciphertext: ciphertexts.get(`${mech}/${size}`), iv: GCM_IV });
 
 /** N raw pkcs11js threads with a session each, kept between runs so runs can take turns with the supervisor. */
-async function rawThreads(n: number, mech: 'ec' | 'rsa', size: number) {
+async function rawThreads(n: number, mech: BenchOp, size: number) {
   const threads = Array.from({ length: n }, () => new Worker(new URL('./raw-worker.js', import.meta.url), { workerData: rawConfig(mech, size) }));
   // Each turn takes its listeners off again: a turn every 250 ms would pile them up.
   const ask = (w: Worker, ms: number) =>
@@ -109,15 +134,34 @@ interface Baseline {
 }
 
 /** A raw baseline by its name in the table: raw-1 in this thread, raw-N in N threads. */
-async function openBaseline(name: RawName, mech: 'ec' | 'rsa', size: number): Promise<Baseline> {
+async function openBaseline(name: RawName, mech: BenchOp, size: number): Promise<Baseline> {
   if (name !== 'raw-1') return rawThreads(Number(name.slice(4)), mech, size);
-  const signer = openRawSigner(rawConfig(mech, size));
-  return { run: async (ms) => signFor(signer, ms), close: async () => signer.close() };
+  const session = openRawSession(rawConfig(mech, size));
+  return { run: async (ms) => callFor(session, ms), close: async () => session.close() };
 }
 
-async function throughSupervisor(sup: Pkcs11Client, slot: string, mech: 'ec' | 'rsa', size: number, concurrency: number, ms = SECONDS * 1000): Promise<Run> {
+/** One call of the cell's operation through a client. */
+function operation(sup: Pkcs11Client, slot: string, mech: BenchOp, size: number): () => Promise<unknown> {
   const data = Buffer.alloc(size, 7);
-  const mechanism = mech === 'ec' ? 'ECDSA-SHA256' : 'RSA-PKCS1-SHA256';
+  switch (mech) {
+    case 'ec':
+    case 'rsa': {
+      const mechanism = mech === 'ec' ? 'ECDSA-SHA256' : 'RSA-PKCS1-SHA256';
+      return () => sup.sign({ slot, key: mech, mechanism, data });
+    }
+    case 'aes-gcm': {
+      const ciphertext = ciphertexts.get(`aes-gcm/${size}`)!;
+      return () => sup.decrypt({ slot, key: 'aes', mechanism: 'AES-GCM', data: ciphertext, iv: GCM_IV });
+    }
+    case 'rsa-oaep': {
+      const ciphertext = ciphertexts.get(`rsa-oaep/${size}`)!;
+      return () => sup.decrypt({ slot, key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA1', data: ciphertext });
+    }
+  }
+}
+
+async function throughSupervisor(sup: Pkcs11Client, slot: string, mech: BenchOp, size: number, concurrency: number, ms = SECONDS * 1000): Promise<Run> {
+  const call = operation(sup, slot, mech, size);
   const lat: number[] = [];
   let ops = 0;
   const end = performance.now() + ms;
@@ -126,7 +170,7 @@ async function throughSupervisor(sup: Pkcs11Client, slot: string, mech: 'ec' | '
     Array.from({ length: concurrency }, async () => {
       while (performance.now() < end) {
         const a = performance.now();
-        await sup.sign({ slot, key: mech, mechanism, data });
+        await call();
         lat.push(performance.now() - a);
         ops++;
       }
@@ -171,12 +215,12 @@ async function inTurns(raw: (ms: number) => Promise<Run>, cell: (ms: number) => 
 }
 
 /** A lone slot's session thread, found while it signs one call at a time. */
-const sessionThreadOf = (sup: Pkcs11Supervisor, slot: string, mech: 'ec' | 'rsa') => busiestThread(() => throughSupervisor(sup, slot, mech, 32, 1, 300));
+const sessionThreadOf = (sup: Pkcs11Supervisor, slot: string, mech: BenchOp) => busiestThread(() => throughSupervisor(sup, slot, mech, 32, 1, 300));
 
 const rss = () => Math.round(process.memoryUsage().rss / 2 ** 20);
 const results: Result[] = [];
 type SlotInput = ConfigInput['slots'][string];
-const slotCfg: SlotInput = { module: 'soft', token: { label: 'bench' }, pin: { env: 'BENCH_PIN' }, keys: { ec: { label: 'ec' }, rsa: { label: 'rsa' } }, queueLimit: 100_000, probeIntervalMs: 0 };
+const slotCfg: SlotInput = { module: 'soft', token: { label: 'bench' }, pin: { env: 'BENCH_PIN' }, keys: { ec: { label: 'ec' }, rsa: { label: 'rsa' }, aes: { label: 'aes' }, rsaEnc: { label: 'rsa-enc' } }, queueLimit: 100_000, probeIntervalMs: 0 };
 const startSlot = (name: string, slot: SlotInput) =>
   startSupervisor({ config: { modules: { soft: MODULE_CONFIG }, slots: { [name]: slot }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
 /** Each target, its slot, and the raw baseline it is compared with. */
@@ -187,9 +231,9 @@ const TARGETS: [string, SlotInput, RawName][] = [
   ['pool-4', { ...slotCfg, type: 'hsm', poolSize: 4 }, 'raw-4'],
 ];
 
-for (const mech of values.quick ? [] : (['ec', 'rsa'] as const)) {
-  for (const size of [32, 4096]) {
-    const alg = mech === 'ec' ? 'ECDSA P-256' : 'RSA-2048';
+for (const mech of values.quick ? [] : (['ec', 'rsa', 'aes-gcm', 'rsa-oaep'] as const)) {
+  for (const size of mech === 'rsa-oaep' ? [32] : [32, 4096]) {
+    const alg = OP_NAME[mech];
     const progress = (target: string) => process.stderr.write(`bench: ${alg} ${size} B ${target}\n`);
     for (const [target, concurrency] of [['raw-1', 1], ['raw-2', 2], ['raw-4', 4]] as const) {
       progress(target);
@@ -268,12 +312,12 @@ async function withCpu(into: { us: number; ops: number }, run: () => Promise<Run
 }
 
 /** Added p50 latency at concurrency 1: raw and the supervisor's token slot in turns, one call at a time. */
-async function addedP50Us(sup: Pkcs11Supervisor, raw: Baseline, mech: 'ec' | 'rsa', thread: number): Promise<number> {
+async function addedP50Us(sup: Pkcs11Supervisor, raw: Baseline, mech: BenchOp, thread: number): Promise<number> {
   const turns = await inTurns(raw.run, (ms) => throughSupervisor(sup, 'token', mech, 32, 1, ms), thread, LATENCY_SLICE_MS);
   return p50us(turns.cell) - p50us(turns.raw);
 }
 
-async function targetMedians(mech: 'ec' | 'rsa') {
+async function targetMedians(mech: BenchOp) {
   const token = await startSlot('token', { ...slotCfg, type: 'token' });
   const pool = await startSlot('pool-2', { ...slotCfg, type: 'hsm', poolSize: 2 });
   const raw1 = await openBaseline('raw-1', mech, 32);
@@ -339,9 +383,9 @@ async function auditModes(slot: SlotInput): Promise<{ ratio: number; runs: numbe
 }
 
 const medians: Record<string, Awaited<ReturnType<typeof targetMedians>>> = {};
-for (const [alg, mech] of [['ECDSA P-256', 'ec'], ['RSA-2048', 'rsa']] as const) {
-  process.stderr.write(`bench: ${alg} targets, ${REPEATS} repeats\n`);
-  medians[alg] = await targetMedians(mech);
+for (const mech of ['ec', 'rsa', 'aes-gcm', 'rsa-oaep'] as const) {
+  process.stderr.write(`bench: ${OP_NAME[mech]} targets, ${REPEATS} repeats\n`);
+  medians[OP_NAME[mech]] = await targetMedians(mech);
 }
 
 process.stderr.write('bench: durable audit against batched\n');
@@ -367,9 +411,9 @@ const network = await networkHsmBench({ dir, pin: PIN, seconds: SECONDS, through
 process.stderr.write('bench: thread hop floor\n');
 const hopFloor = await hopFloorUs();
 process.stderr.write('bench: vCPU speeds\n');
-const gapSigner = openRawSigner(rawConfig('rsa', 32));
-const gap = vcpuGap((ms) => signFor(gapSigner, ms).lat, 8);
-gapSigner.close();
+const gapSession = openRawSession(rawConfig('rsa', 32));
+const gap = vcpuGap((ms) => callFor(gapSession, ms).lat, 8);
+gapSession.close();
 
 let million: Record<string, unknown> | null = null;
 if (values.million) {
@@ -403,7 +447,7 @@ const lines = [
   ...results.map((r) => `| ${r.alg} | ${r.size} B | ${r.target} | ${r.concurrency} | ${pad(r.opsPerSec, 6)} | ${r.p50us} | ${r.p99us} | ${r.ratio ?? ''} | ${r.mainUs ?? ''} | ${r.rssMiB} |`),
 ];
 const find = (alg: string, size: number, target: string, c: number) => results.find((r) => r.alg === alg && r.size === size && r.target === target && r.concurrency === c)!;
-const targets = ['ECDSA P-256', 'RSA-2048'].flatMap((alg) => {
+const targets = Object.keys(medians).flatMap((alg) => {
   const m = medians[alg]!;
   return [
     { alg, target: 'pool of 2 ≥ 0.9× raw in 2 threads (c=256, 32 B)', value: m.poolRatio, runs: m.runs.poolRatio, pass: m.poolRatio >= 0.9 },
