@@ -26,7 +26,23 @@ describe('batch codec', () => {
     expect(() => packBatch(tasks, claims, 7)).toThrow(RangeError);
   });
 
-  it('a batch holding anything but signs is not packed', () => {
+  it('decryptions, encryptions and MACs pack with signs: each keeps its own IV, AAD and label, and a field it lacks stays absent', () => {
+    const decrypt = (iv: string, data: string, aad?: string): WorkerTask =>
+      ({ op: 'decrypt', key: { label: 'aes', id: '10' }, mechanism: 'AES-GCM', data: Buffer.from(data), iv: Buffer.from(iv), ...(aad === undefined ? {} : { aad: Buffer.from(aad) }) }) as WorkerTask;
+    const tasks = [
+      decrypt('iv-one------', 'first', 'header'),
+      sign('ec', 'signed'),
+      decrypt('iv-two------', 'second'),
+      { op: 'encrypt', key: { label: 'rsa', id: undefined }, mechanism: 'RSA-OAEP-SHA1', data: Buffer.from('k'), oaepLabel: Buffer.from('') } as WorkerTask,
+      { op: 'mac', key: { label: 'h', id: undefined }, mechanism: 'HMAC-SHA256', data: Buffer.from('body') } as WorkerTask,
+    ];
+    const packed = packBatch(tasks, new Int32Array(new SharedArrayBuffer(20)))!;
+    expect(packed.shapes).toHaveLength(4); // the two decryptions share one
+    const text = (t: WorkerTask) => Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v instanceof Uint8Array ? `bytes:${Buffer.from(v).toString()}` : v]));
+    expect(unpackBatch(structuredClone(packed)).map(text)).toEqual(tasks.map(text));
+  });
+
+  it('a batch holding anything but calls answered with bytes is not packed', () => {
     const verify = { op: 'verify', key: { label: 'ec' }, mechanism: 'ECDSA-SHA256', data: Buffer.from('x'), signature: Buffer.from('y'), prehashed: false, format: 'der' } as WorkerTask;
     expect(packBatch([sign('ec', 'a'), verify], new Int32Array(2))).toBeNull();
   });

@@ -26,6 +26,8 @@ export interface CryptoSession extends SessionAccess {
   key(sel: KeySelector, cls: number): FoundKey;
   /** The token listed this CKM_* value in C_GetMechanismList. */
   supports(ckm: number): boolean;
+  /** A buffer of at least `bytes` the session reuses: an answer written there is valid until the session's next call. */
+  scratch(bytes: number): Buffer;
 }
 
 const OAEP: Record<OaepHash, { hashAlg: number; mgf: number }> = {
@@ -123,7 +125,7 @@ function cipher(s: CryptoSession, op: 'encrypt' | 'decrypt', name: CryptoMechani
   const mech = mechanismFor(s, name, input);
   const data = Buffer.from(input.data.buffer, input.data.byteOffset, input.data.byteLength);
   // Room for a GCM tag or a padding block; RSA output is never longer than its input here.
-  const out = Buffer.alloc(data.length + 2 * GCM_TAG_BYTES + 512);
+  const out = s.scratch(data.length + 2 * GCM_TAG_BYTES + 512);
   if (op === 'encrypt') {
     init(name, () => s.p11('C_EncryptInit').C_EncryptInit(s.sessionHandle, mech, key));
     return s.p11('C_Encrypt').C_Encrypt(s.sessionHandle, data, out);
@@ -150,7 +152,7 @@ export function decrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'decry
 export function mac(s: CryptoSession, task: Extract<WorkerTask, { op: 'mac' }>): Uint8Array {
   const key = keyFor(s, task.key, task.mechanism, 'mac');
   s.p11('C_SignInit').C_SignInit(s.sessionHandle, mechanismFor(s, task.mechanism, {}), key.handle);
-  return s.p11('C_Sign').C_Sign(s.sessionHandle, Buffer.from(task.data), Buffer.alloc(64));
+  return s.p11('C_Sign').C_Sign(s.sessionHandle, Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength), s.scratch(64));
 }
 
 export function verifyMac(s: CryptoSession, task: Extract<WorkerTask, { op: 'verifyMac' }>): boolean {

@@ -10,7 +10,7 @@ import * as crypto from './crypto-ops.js';
 import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
 import { CLAIM_STARTED, type WorkerFault, type WorkerReply, type WorkerTask } from '../src/model/protocol.js';
 import { serveLoop, type ServeStart } from './handover/serve-loop.js';
-import { ReplyPacker, unpackBatch, type PackedBatch, type PackedReplies } from './handover/batch-codec.js';
+import { ReplyPacker, unpackBatch, type PackableTask, type PackedBatch, type PackedReplies } from './handover/batch-codec.js';
 
 const session = new TokenSession();
 const faultsEnabled = process.env.PKCS11_SUPERVISOR_FAULTS === '1';
@@ -56,12 +56,13 @@ function dispatch(task: WorkerTask): unknown {
       return new Uint8Array(session.sign(task)); // a copy: the session's bytes are a view on its own buffer
     case 'verify':
       return session.verify(task);
+    // Copies: these answers are views on the session's own buffer, valid until its next call.
     case 'encrypt':
-      return crypto.encrypt(session, task);
+      return new Uint8Array(crypto.encrypt(session, task));
     case 'decrypt':
-      return crypto.decrypt(session, task);
+      return new Uint8Array(crypto.decrypt(session, task));
     case 'mac':
-      return crypto.mac(session, task);
+      return new Uint8Array(crypto.mac(session, task));
     case 'verifyMac':
       return crypto.verifyMac(session, task);
     case 'wrapKey':
@@ -69,7 +70,7 @@ function dispatch(task: WorkerTask): unknown {
     case 'unwrapKey':
       return crypto.unwrapKey(session, task);
     case 'deriveKey':
-      return crypto.deriveKey(session, task);
+      return new Uint8Array(crypto.deriveKey(session, task));
     case 'generateSecretKey':
       return crypto.generateSecretKey(session, task.spec);
     case 'publicKey':
@@ -136,12 +137,26 @@ function runBatch(tasks: WorkerTask[], claims: Int32Array): (WorkerReply | null)
   return replies;
 }
 
-/** A batch of signs: each signature goes into the reply as it ends, straight from the session's buffer (see ReplyPacker). */
+/** A call of a packed batch: its answer may be a view on the session's own buffer (ReplyPacker copies it at once). */
+function packedCall(task: PackableTask): Uint8Array {
+  switch (task.op) {
+    case 'sign':
+      return session.sign(task);
+    case 'encrypt':
+      return crypto.encrypt(session, task);
+    case 'decrypt':
+      return crypto.decrypt(session, task);
+    case 'mac':
+      return crypto.mac(session, task);
+  }
+}
+
+/** A packed batch: each answer goes into the reply as it ends, straight from the session's buffer (see ReplyPacker). */
 function runPacked(batch: PackedBatch): { packed: PackedReplies; startedAt: number; endedAt: number } {
   const startedAt = now();
   const tasks = unpackBatch(batch);
   const replies = new ReplyPacker(tasks.length);
-  inOrder(tasks, batch.claims, (task) => timed(() => session.sign(task)), (i, reply) => replies.add(i, reply));
+  inOrder(tasks, batch.claims, (task) => timed(() => packedCall(task)), (i, reply) => replies.add(i, reply));
   return { packed: replies.finish(), startedAt, endedAt: now() };
 }
 

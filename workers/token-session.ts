@@ -62,6 +62,8 @@ export class TokenSession implements CryptoSession {
   private supported = new Set<number>();
   private keys = new Map<string, CachedKey>();
   private readonly out = Buffer.alloc(MAX_SIGNATURE_BYTES);
+  /** Where encryptions, decryptions and MACs are written (crypto-ops.ts): grown to the largest asked for. */
+  private scratchBuffer = Buffer.alloc(4096);
   /** An ECDSA signature in DER, up to P-521 (r and s of 66 bytes). */
   private readonly der = Buffer.alloc(maxDerBytes(2 * 66));
   readonly calls: Record<string, number> = {};
@@ -84,6 +86,11 @@ export class TokenSession implements CryptoSession {
   }
   get tokenIdentity(): { label: string; serial: string } {
     return { label: this.tokenLabel, serial: this.tokenSerial };
+  }
+
+  scratch(bytes: number): Buffer {
+    if (this.scratchBuffer.length < bytes) this.scratchBuffer = Buffer.alloc(bytes);
+    return this.scratchBuffer;
   }
 
   supports(ckm: number): boolean {

@@ -24,7 +24,7 @@ export interface ServeStart {
   cores: number;
 }
 
-/** What the thread does with a call: any task, or a packed batch of signs (see batch-codec.ts). */
+/** What the thread does with a call: any task, or a packed batch (see batch-codec.ts). */
 export interface Serve {
   run(task: WorkerTask): WorkerReply;
   runPacked(batch: PackedBatch): { packed: PackedReplies; startedAt: number; endedAt: number };
@@ -62,5 +62,5 @@ export async function serveLoop(start: ServeStart, serve: Serve): Promise<void> 
 }
 
 function answer(id: number, sent: WorkerTask | PackedBatch, serve: Serve): ServeReply {
-  return sent.op === 'packedSigns' ? { id, ...serve.runPacked(sent) } : { id, reply: serve.run(sent) };
+  return sent.op === 'packed' ? { id, ...serve.runPacked(sent) } : { id, reply: serve.run(sent) };
 }
