@@ -28,4 +28,30 @@ describe('busy board', () => {
     expect(Atomics.load(board, a)).toBe(0);
     expect(takeCell()).toBe(a);
   });
+
+  it('a cell freed twice is still handed to one thread only', () => {
+    const a = takeCell();
+    freeCell(a);
+    freeCell(a);
+    const first = takeCell();
+    const second = takeCell();
+    expect(first).toBe(a);
+    expect(second).not.toBe(a);
+  });
+
+  it('supervisors started and closed leave every cell free once: the threads of the next pool each get a cell of their own', async () => {
+    const { startSupervisor } = await import('../dist/src/index.js');
+    const { configFor, createToken, tokenDir } = await import('./support/softhsm.js');
+    const td = tokenDir();
+    const tok = createToken(td, 'cells');
+    process.env.CELLS_PIN = tok.pin;
+    for (let i = 0; i < 3; i++) {
+      const sup = await startSupervisor({ config: configFor(td, { p: { type: 'hsm', poolSize: 2, token: { label: 'cells' }, pin: { env: 'CELLS_PIN' } } }) });
+      await sup.sign({ slot: 'p', key: 'ec', mechanism: 'ECDSA-SHA256', data: Buffer.from('x') });
+      await sup.close(); // stops each thread, then its machine lets it go: its cell must be freed once
+    }
+    const cells = Array.from({ length: 8 }, () => takeCell());
+    expect(new Set(cells).size).toBe(8);
+    for (const c of cells) freeCell(c);
+  });
 });

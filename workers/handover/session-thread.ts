@@ -73,6 +73,7 @@ export class SessionThread {
   private callMs = 0;
   /** This thread's cell on the busy board. */
   private readonly cell: number;
+  private cellReleased = false;
   private ended = false;
   /** The thread itself has exited (crash, process.exit): nothing of it can still be inside the module. */
   private exited = false;
@@ -172,7 +173,7 @@ export class SessionThread {
       if (told) return;
       told = true;
       this.port.close();
-      freeCell(this.cell);
+      this.releaseCell();
       whenGone();
     };
     if (this.exited) gone();
@@ -185,6 +186,18 @@ export class SessionThread {
     this.failPending('stopped');
     await this.pool.destroy();
     this.port.close();
+    this.releaseCell();
+  }
+
+  /**
+   * Gives the cell back, once: a worker closed by its supervisor is stopped and then abandoned
+   * by its machine, and a cell freed twice was handed to two threads at once. A board of shared
+   * cells let every thread of a large pool spin at the same time, and a pool of 64 on a slow
+   * HSM fell to a quarter of its rate.
+   */
+  private releaseCell(): void {
+    if (this.cellReleased) return;
+    this.cellReleased = true;
     freeCell(this.cell);
   }
 }

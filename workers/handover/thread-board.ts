@@ -16,7 +16,8 @@ export function takeCell(): number {
 
 /** Once its thread is gone: a thread still inside a native call keeps its cell, and rightly counts as busy. */
 export function freeCell(cell: number): void {
-  if (cell === 0) return;
+  // Never listed twice: a cell given to two threads makes both count as one.
+  if (cell === 0 || free.includes(cell)) return;
   Atomics.store(board, cell, IDLE);
   free.push(cell);
 }
