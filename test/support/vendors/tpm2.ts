@@ -19,12 +19,32 @@ const LABEL = 'p11sup-tpm';
 /** Two consecutive free loopback ports (server, control) for swtpm. */
 function freePortPair(): number {
   for (let i = 0; i < 20; i++) {
-    const port = 20000 + Math.floor(Math.random() * 20000) * 2;
+    // Below Linux's ephemeral range (32768 and up): a port there may be bound by an outgoing
+    // connection, which a connect probe cannot see, and swtpm's bind then fails.
+    const port = 20000 + Math.floor(Math.random() * 6000) * 2;
     // Nothing answers a connect: bash's /dev/tcp probes without leaving a listener bound.
     const ok = [port, port + 1].every((p) => spawnSync('bash', ['-c', `(exec 3<>/dev/tcp/127.0.0.1/${p}) 2>/dev/null`]).status !== 0);
     if (ok) return port;
   }
   throw new Error('no free port pair for swtpm');
+}
+
+/** Starts swtpm on a free port pair, trying another pair if one was taken meanwhile; returns the server port. */
+function startSwtpm(dir: string): number {
+  for (let attempt = 1; ; attempt++) {
+    const port = freePortPair();
+    try {
+      execFileSync('swtpm', [
+        'socket', '--tpm2', '--tpmstate', `dir=${dir}`,
+        '--server', `type=tcp,port=${port},bindaddr=127.0.0.1`,
+        '--ctrl', `type=tcp,port=${port + 1},bindaddr=127.0.0.1`,
+        '--flags', 'not-need-init,startup-clear', '--daemon', '--pid', `file=${join(dir, 'swtpm.pid')}`,
+      ], { stdio: 'pipe' });
+      return port;
+    } catch (e) {
+      if (attempt >= 5 || !String((e as { stderr?: unknown }).stderr).includes('Address already in use')) throw e;
+    }
+  }
 }
 
 function sleep(ms: number): void {
@@ -64,13 +84,7 @@ export const tpm2: Vendor = {
       rmSync(dir, { recursive: true, force: true });
     };
     try {
-      const port = freePortPair();
-      execFileSync('swtpm', [
-        'socket', '--tpm2', '--tpmstate', `dir=${dir}`,
-        '--server', `type=tcp,port=${port},bindaddr=127.0.0.1`,
-        '--ctrl', `type=tcp,port=${port + 1},bindaddr=127.0.0.1`,
-        '--flags', 'not-need-init,startup-clear', '--daemon', '--pid', `file=${join(dir, 'swtpm.pid')}`,
-      ]);
+      const port = startSwtpm(dir);
       pids.push(Number(readFileSync(join(dir, 'swtpm.pid'), 'utf8')));
 
       const [address, busPid] = execFileSync('dbus-daemon', ['--session', '--fork', '--print-address=1', '--print-pid=1'], { encoding: 'utf8' }).trim().split('\n');
