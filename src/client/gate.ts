@@ -6,7 +6,7 @@
  * only say what to ask of the slot.
  */
 import { createHash } from 'node:crypto';
-import { AccessPolicy, parsePrincipal, type Operation, type Principal } from '../access-policy.js';
+import { AccessPolicy, OPERATIONS, parsePrincipal, type Operation, type Principal } from '../access-policy.js';
 import type { AuditLog } from '../audit.js';
 import { Pkcs11SupervisorError } from '../model/errors.js';
 import type { AnyMechanismName } from '../model/crypto-mechanisms.js';
@@ -33,24 +33,13 @@ export interface CallShape {
 }
 
 /** Calls that leave an audit record, with their principal. Logins and logouts are recorded from the slots' events, automatic ones included. */
-export const AUDITED: ReadonlySet<Operation> = new Set([
-  'sign',
-  'verify',
-  'encrypt',
-  'decrypt',
-  'mac',
-  'verifyMac',
-  'deriveKey',
-  'wrapKey',
-  'unwrapKey',
-  'generateKeyPair',
-  'generateSecretKey',
-  'importKeyPair',
-  'importCertificate',
-  'destroyObject',
-  'initPin',
-  'setPin',
-]);
+/**
+ * What the audit trail leaves out: reads that use no key for a cryptographic result, and what
+ * it records its own way (logins and logouts as events, refusals as denied records).
+ */
+const UNAUDITED: ReadonlySet<Operation> = new Set(['getPublicKey', 'getCertificate', 'generateRandom', 'findObjects', 'findObjectsPage', 'probe', 'login', 'logout', 'soLogin', 'reset', 'status', 'verifyAudit']);
+
+export const AUDITED: ReadonlySet<Operation> = new Set(OPERATIONS.filter((op) => !UNAUDITED.has(op)));
 
 export class Gate {
   readonly policy: AccessPolicy;
