@@ -13,7 +13,8 @@ import type { Secret } from './model/secret.js';
 import type { SlotWorker } from './slot-worker.js';
 import type { CallContext, CallSpec, Delivered, SlotTask } from './slot-call.js';
 import { unwatchAbort, watchAbort } from './abort-watch.js';
-import { CLAIM_CANCELLED, selectorKey, type WorkerTask } from './model/protocol.js';
+import { CLAIM_CANCELLED, type WorkerTask } from './model/protocol.js';
+import type { ContextLogins } from './context-logins.js';
 
 /** Calls of these operations, with no PIN of their own, may share one message to a worker. */
 const BATCHABLE: ReadonlySet<string> = new Set(['sign', 'verify', 'encrypt', 'decrypt', 'mac', 'verifyMac']);
@@ -92,8 +93,8 @@ export class Mailbox {
     /** The slot's queueLimit, read per call: a config reload may change it. */
     private readonly limit: () => number,
     private readonly slotFailure: () => Pkcs11SupervisorError | null,
-    /** Keys that ask for the PIN on every use (selectorKey): each of their signs runs alone, with its own login. */
-    private readonly contextLoginKeys: ReadonlySet<string> = new Set(),
+    /** Keys that ask for the PIN on every use: each of their signs runs alone, with its own login. */
+    private readonly contextLogins: Pick<ContextLogins, 'needsPin'> = { needsPin: () => false },
   ) {}
 
   get depth(): number {
@@ -214,7 +215,7 @@ export class Mailbox {
   private batchable(call: Call<unknown>): boolean {
     const { task } = call.spec;
     if (!BATCHABLE.has(task.op) || call.spec.pin !== undefined) return false;
-    return this.contextLoginKeys.size === 0 || task.op !== 'sign' || !this.contextLoginKeys.has(selectorKey(task.key));
+    return !this.contextLogins.needsPin(task);
   }
 
   private dispatchBatch(worker: SlotWorker, calls: Call<unknown>[]): void {

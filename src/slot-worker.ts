@@ -14,9 +14,10 @@ import type { PinChain, PinOrigin } from './pin-chain.js';
 import type { Secret } from './model/secret.js';
 import type { CallContext, CallNeeds, SlotTask } from './slot-call.js';
 import { SessionHost, ThreadDied, Wedged, unwrap } from './session-host.js';
+import type { ContextLoginWorker, ContextLogins } from './context-logins.js';
 import { checkHealth } from './health-probe.js';
 import type { SlotConfig } from './config-schema.js';
-import { USER_SESSION_STATES, selectorKey, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type UserPinState, type WorkerError, type WorkerTask } from './model/protocol.js';
+import { USER_SESSION_STATES, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type UserPinState, type WorkerError, type WorkerTask } from './model/protocol.js';
 
 export interface SlotWorkerHooks {
   opened(worker: SlotWorker, report: OpenReport): void;
@@ -39,11 +40,8 @@ export interface SlotWorkerOptions {
   hooks: SlotWorkerHooks;
   /** A call found the module itself broken (CKR_GENERAL_ERROR): the supervisor resets it, once for all its slots. */
   moduleBroken(ckr: string): void;
-  /**
-   * The slot's keys known to ask for the PIN on every use (selectorKey): their signs get the PIN
-   * with the task, and the mailbox runs them alone.
-   */
-  contextLoginKeys: Set<string>;
+  /** The slot's keys that ask for the PIN on every use, and how their signs run. */
+  contextLogins: ContextLogins;
 }
 
 /** Where start-up settles: open, logged in, or failed (a crash is restarted until the budget is spent). */
@@ -68,6 +66,8 @@ export class SlotWorker {
   /** When the last call ended (or the login did): the machine's idle logout counts from here. */
   private readonly activity: Activity = { lastCallAt: 0 };
   private readonly host: SessionHost;
+  /** What a context-specific sign borrows from this worker (context-logins.ts). */
+  private readonly contextWorker: ContextLoginWorker;
 
   constructor(private readonly opts: SlotWorkerOptions) {
     this.slot = opts.slot;
@@ -94,6 +94,14 @@ export class SlotWorker {
       },
       actions: { abandonThread: () => this.host.abandon() },
     });
+    this.contextWorker = {
+      slot: opts.slot,
+      pins: opts.pins,
+      tokenLabel: () => this.context.session?.tokenLabel,
+      userPin: () => this.userPin,
+      runTask: (task, deadline) => this.runTask(task, deadline),
+      attempted: (origin, outcome) => opts.hooks.loginAttempted(this, origin, outcome, 'context'),
+    };
     this.actor = createActor(machine, { input: { slot: opts.slot, worker: opts.index, idleTimeoutMs: opts.config.idleTimeoutMs, activity: this.activity } });
     this.actor.subscribe((snap) => {
       const to = snap.value as SlotState;
@@ -202,7 +210,7 @@ export class SlotWorker {
       if (call.settled) throw new Pkcs11SupervisorError('TIMEOUT', 'the call ended before it reached the token', { slot: this.slot });
       let reply: WorkerReply<T>;
       try {
-        reply = await this.runOnce<T>(task, call);
+        reply = await this.opts.contextLogins.run<T>(task, call, this.contextWorker);
       } catch (e) {
         if (attempt === 0 && e instanceof ThreadDied) continue;
         if (e instanceof Wedged || e instanceof ThreadDied) {
@@ -219,39 +227,6 @@ export class SlotWorker {
       this.activity.lastCallAt = Date.now();
       return reply;
     }
-  }
-
-  /** One run of a call's task; a sign with a key that asks for the PIN on every use runs with that PIN. */
-  private async runOnce<T>(task: WorkerTask, call: CallNeeds): Promise<WorkerReply<T>> {
-    const known = task.op === 'sign' && this.opts.contextLoginKeys.size > 0 && this.opts.contextLoginKeys.has(selectorKey(task.key));
-    if (!known) {
-      const reply = await this.runTask<T>(task, call.deadline);
-      if (reply.ok || reply.error.contextLogin !== 'needed' || task.op !== 'sign') return reply;
-      this.opts.contextLoginKeys.add(selectorKey(task.key));
-    }
-    const reply = await this.signWithContextLogin<T>(task as Extract<WorkerTask, { op: 'sign' }>, call);
-    if (reply.ok || reply.error.contextLogin !== 'unsupported') return reply;
-    // The module keeps the attribute without enforcing it: the token signs as for any key.
-    this.opts.contextLoginKeys.delete(selectorKey((task as Extract<WorkerTask, { op: 'sign' }>).key));
-    return this.runTask<T>(task, call.deadline);
-  }
-
-  /**
-   * C_Login(CKU_CONTEXT_SPECIFIC) for one signature, with a PIN from the chain: the call's own,
-   * the configured one or the callback's. A PIN the token refuses is never sent again by the
-   * chain; a refusal is the caller's error, not a lost session.
-   */
-  private async signWithContextLogin<T>(task: Extract<WorkerTask, { op: 'sign' }>, call: CallNeeds): Promise<WorkerReply<T>> {
-    const { pins } = this.opts;
-    const tokenLabel = this.context.session?.tokenLabel;
-    const { pin, origin } = await pins.resolve(call.pin, { slot: this.slot, tokenLabel, reason: 'login' }, false, this.userPin ?? 'ok');
-    const reply = await this.runTask<T>({ ...task, contextPin: pin.reveal() }, call.deadline);
-    if (!reply.ok && reply.error.contextLogin === 'unsupported') return reply; // no login was tried
-    const outcome = reply.ok ? 'ok' : reply.error.code;
-    this.opts.hooks.loginAttempted(this, origin, outcome, 'context');
-    if (reply.ok) pins.accepted(pin);
-    else if (outcome === 'PIN_INCORRECT') pins.rejectedByToken(pin);
-    return reply;
   }
 
   /** A call that got CKR_GENERAL_ERROR found the module itself broken: the supervisor resets it, rate-limited. */

@@ -19,7 +19,8 @@ import type { AnyMechanismName } from './model/crypto-mechanisms.js';
 import type { OpenReport } from './model/protocol.js';
 import type { TokenEvents } from './model/slot-events.js';
 import type { SlotEventWatcher } from './slot-event-watcher.js';
-import { IvRegistry } from './client/iv-registry.js';
+import { IvRegistry } from './iv-registry.js';
+import { ContextLogins } from './context-logins.js';
 
 export interface CrashHandler {
   crashed(slot: Slot, worker: SlotWorker): void;
@@ -36,8 +37,8 @@ export class Slot {
   token: Pick<OpenReport, 'mechanisms' | 'keyGen' | 'maxSessions' | 'maxRwSessions' | 'pinLength' | 'device'> | null = null;
   /** AES-GCM IVs used with each key through this slot (iv-registry.ts). */
   readonly gcmIvs = new IvRegistry();
-  /** Keys found to ask for the PIN on every use (CKA_ALWAYS_AUTHENTICATE), by selectorKey. */
-  private readonly contextLoginKeys = new Set<string>();
+  /** Keys found to ask for the PIN on every use (CKA_ALWAYS_AUTHENTICATE). */
+  private readonly contextLogins = new ContextLogins();
   /** The module's slot-event thread, when its module has one. */
   eventWatcher: SlotEventWatcher | null = null;
   /** The slot's token's domain (token-domain.ts): a private one until a session names the token. */
@@ -69,7 +70,7 @@ export class Slot {
           loginLock,
           restart,
           moduleBroken: (ckr) => this.supervisor.moduleBroken(this, ckr),
-          contextLoginKeys: this.contextLoginKeys,
+          contextLogins: this.contextLogins,
           hooks: {
             opened: (_w, report) => {
               this.joinDomain(tokenDomain(modulePath, report.tokenSerial, report.tokenLabel));
@@ -90,7 +91,7 @@ export class Slot {
           },
         }),
     );
-    this.mailbox = new Mailbox(name, this.workers, () => config.queueLimit, () => this.failure(), this.contextLoginKeys);
+    this.mailbox = new Mailbox(name, this.workers, () => config.queueLimit, () => this.failure(), this.contextLogins);
   }
 
   /** The token is logged in as its Security Officer, through this slot or another on the same token (one user type at a time). */

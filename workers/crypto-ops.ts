@@ -9,21 +9,13 @@ import type * as P11 from 'pkcs11js';
 import { pkcs11js } from './pkcs11js.js';
 import { WorkerFailure } from './failure.js';
 import { describe, type SessionAccess } from './object-ops.js';
+import type { CachedKey } from './key-finder.js';
 import { KEY_TYPE_VALUE } from './token-info.js';
 import { CRYPTO_MECHANISMS, ECDH_SESSION_KEY_BYTES, GCM_IV_BYTES, GCM_TAG_BYTES, SECRET_KEY_ALGORITHMS, type CryptoMechanismName, type CryptoOp, type OaepHash } from '../src/model/crypto-mechanisms.js';
-import type { KeyType } from '../src/model/mechanisms.js';
 import type { CipherInput, KeySelector, ObjectDescriptor, SecretKeySpec, WorkerTask } from '../src/model/protocol.js';
 
-/** A key found for a call: its handle and type, as the session's key lookup gives it. */
-export interface FoundKey {
-  handle: P11.Handle;
-  keyType: KeyType;
-  /** Bytes of an EC key's field (its ECDH secret's length); 0 for other keys. */
-  fieldBytes: number;
-}
-
 export interface CryptoSession extends SessionAccess {
-  key(sel: KeySelector, cls: number): FoundKey;
+  key(sel: KeySelector, cls: number): CachedKey;
   /** The token listed this CKM_* value in C_GetMechanismList. */
   supports(ckm: number): boolean;
   /** A buffer of at least `bytes` the session reuses: an answer written there is valid until the session's next call. */
@@ -91,7 +83,7 @@ function keyClass(name: CryptoMechanismName, op: CryptoOp): number {
   return op === 'encrypt' || op === 'wrapKey' ? pkcs11js.CKO_PUBLIC_KEY : pkcs11js.CKO_PRIVATE_KEY;
 }
 
-function keyFor(s: CryptoSession, sel: KeySelector, name: CryptoMechanismName, op: CryptoOp): FoundKey {
+function keyFor(s: CryptoSession, sel: KeySelector, name: CryptoMechanismName, op: CryptoOp): CachedKey {
   const key = s.key(sel, keyClass(name, op));
   const needs = CRYPTO_MECHANISMS[name].keyType;
   if (key.keyType !== needs) throw new WorkerFailure('MECHANISM_INVALID', `${name} needs an ${needs} key; this key is ${key.keyType}`);

@@ -6,6 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { TokenSession } from './token-session.js';
 import { toFailure, WorkerFailure } from './failure.js';
 import * as objects from './object-ops.js';
+import * as keys from './key-creation.js';
 import * as crypto from './crypto-ops.js';
 import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
 import { CLAIM_STARTED, type WorkerFault, type WorkerReply, type WorkerTask } from '../src/model/protocol.js';
@@ -53,16 +54,12 @@ function dispatch(task: WorkerTask): unknown {
     case 'sessionInfo':
       return session.info();
     case 'sign':
-      return new Uint8Array(session.sign(task)); // a copy: the session's bytes are a view on its own buffer
+    case 'encrypt':
+    case 'decrypt':
+    case 'mac':
+      return new Uint8Array(packedCall(task)); // a copy: the answer is a view on the session's own buffer
     case 'verify':
       return session.verify(task);
-    // Copies: these answers are views on the session's own buffer, valid until its next call.
-    case 'encrypt':
-      return new Uint8Array(crypto.encrypt(session, task));
-    case 'decrypt':
-      return new Uint8Array(crypto.decrypt(session, task));
-    case 'mac':
-      return new Uint8Array(crypto.mac(session, task));
     case 'verifyMac':
       return crypto.verifyMac(session, task);
     case 'wrapKey':
@@ -87,11 +84,11 @@ function dispatch(task: WorkerTask): unknown {
     case 'findObjectsPage':
       return objects.findObjectsPage(session, task.query, task.offset, task.pageSize);
     case 'generateKeyPair':
-      return objects.generateKeyPair(session, task.spec);
+      return keys.generateKeyPair(session, task.spec);
     case 'generateRandom':
       return objects.generateRandom(session, task.length);
     case 'importObjects':
-      return objects.importObjects(session, task.objects, task.replace === true);
+      return keys.importObjects(session, task.objects, task.replace === true);
     case 'destroyObjects':
       return objects.destroyObjects(session, task.query);
     case 'close':

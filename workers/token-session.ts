@@ -4,45 +4,23 @@
  * Calls are synchronous; the thread runs one task at a time, which is how a session's
  * single-operation rule (CKR_OPERATION_ACTIVE) is kept.
  */
-import { pkcs11js, readUlong } from './pkcs11js.js';
-import { curveByParams } from '../src/model/curves.js';
+import { pkcs11js } from './pkcs11js.js';
 import { tokenMatches, trimPadded } from '../src/model/token-match.js';
 import type * as P11 from 'pkcs11js';
 import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/model/mechanisms.js';
 import { writeDer, derToRaw, maxDerBytes } from '../src/model/ecdsa-signature.js';
 import { prepareMechanisms, preparedKey, keyGenSizes, type PreparedMechanism } from './mechanism-params.js';
 import { ContextLoginNeeded, ContextLoginUnsupported, WorkerFailure } from './failure.js';
-import { deviceInfo, keyTypeOf, pinLengthOf, sessionLimit } from './token-info.js';
-import { SESSION_STATES, USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask, selectorKey } from '../src/model/protocol.js';
-import { findHandles, flagOf, publicKeyReport } from './object-ops.js';
+import { deviceInfo, pinLengthOf, sessionLimit } from './token-info.js';
+import { SESSION_STATES, USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from '../src/model/protocol.js';
+import { publicKeyReport } from './object-ops.js';
+import { KeyFinder, keyName, type CachedKey } from './key-finder.js';
 import { CRYPTO_MECHANISM_NAMES } from '../src/model/crypto-mechanisms.js';
 import { ckmOf, type CryptoSession } from './crypto-ops.js';
 
-interface CachedKey {
-  handle: P11.Handle;
-  keyType: KeyType;
-  /** Bytes of one ECDSA signature half (r or s); 0 for non-EC keys. */
-  fieldBytes: number;
-  /** When a find on the token last returned this handle (performance.now()). */
-  foundAt: number;
-  /** CKA_ALWAYS_AUTHENTICATE: each signature needs a C_Login(CKU_CONTEXT_SPECIFIC) of its own. */
-  alwaysAuthenticate: boolean;
-}
 
 const MAX_SIGNATURE_BYTES = 2048; // RSA-16384
-/**
- * A key handle is looked up again after this long. A key can be replaced by another process
- * behind a handle that still works (a module may serve the old object from its own cache): a
- * signature comes from the key the token lists at most this long ago. A find costs about as
- * much as an ECDSA signature on SoftHSM2, so not on every call.
- */
-const KEY_RECHECK_MS = 1000;
 
-const CLASS_OF = new Map<number, 'privateKey' | 'publicKey' | 'secretKey'>([
-  [pkcs11js.CKO_PRIVATE_KEY, 'privateKey'],
-  [pkcs11js.CKO_PUBLIC_KEY, 'publicKey'],
-  [pkcs11js.CKO_SECRET_KEY, 'secretKey'],
-]);
 
 
 export class TokenSession implements CryptoSession {
@@ -60,7 +38,7 @@ export class TokenSession implements CryptoSession {
   private prepared = new Map<string, PreparedMechanism>();
   /** The CKM_* values the token listed at open. */
   private supported = new Set<number>();
-  private keys = new Map<string, CachedKey>();
+  private readonly keyFinder = new KeyFinder(this, () => this.loggedIn());
   private readonly out = Buffer.alloc(MAX_SIGNATURE_BYTES);
   /** Where encryptions, decryptions and MACs are written (crypto-ops.ts): grown to the largest asked for. */
   private scratchBuffer = Buffer.alloc(4096);
@@ -101,7 +79,7 @@ export class TokenSession implements CryptoSession {
     return this.live;
   }
   forgetKeys(): void {
-    this.keys.clear();
+    this.keyFinder.clear();
   }
 
   open(task: Extract<WorkerTask, { op: 'open' }>): OpenReport {
@@ -207,7 +185,7 @@ export class TokenSession implements CryptoSession {
 
   /** Closes the current session if any; its key handles die with it. */
   private dropSession(): void {
-    this.keys.clear();
+    this.keyFinder.clear();
     if (!this.session) return;
     try {
       this.count('C_CloseSession').C_CloseSession(this.session);
@@ -268,7 +246,7 @@ export class TokenSession implements CryptoSession {
     // Private-object handles end with the login on some tokens (SoftHSM2): a stale one would
     // cost a session re-open, and on the application's only session that re-open logs the
     // token out again.
-    this.keys.clear();
+    this.keyFinder.clear();
     try {
       this.count('C_Logout').C_Logout(this.live);
     } catch (e) {
@@ -315,7 +293,7 @@ export class TokenSession implements CryptoSession {
     const key = this.key(task.key, pkcs11js.CKO_PRIVATE_KEY);
     const contextLogin = key.alwaysAuthenticate && !this.noContextLogin;
     // Asked before C_SignInit: no operation is left open for want of a PIN.
-    if (contextLogin && task.contextPin === undefined) throw new ContextLoginNeeded(this.keyName(task.key));
+    if (contextLogin && task.contextPin === undefined) throw new ContextLoginNeeded(keyName(task.key));
     const p = this.mechanism(task.mechanism, task.prehashed, key);
     const input = p.input(Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength));
     const session = this.live;
@@ -329,7 +307,7 @@ export class TokenSession implements CryptoSession {
       // (or before C_GetAttributeValue can read it): the session is logged in, not lost.
       if ((e as Error).message !== 'CKR_USER_NOT_LOGGED_IN' || key.alwaysAuthenticate || !this.loggedIn()) throw e;
       key.alwaysAuthenticate = true;
-      throw new ContextLoginNeeded(this.keyName(task.key));
+      throw new ContextLoginNeeded(keyName(task.key));
     }
     if (MECHANISMS[task.mechanism].scheme === 'ecdsa' && task.format === 'der') return this.der.subarray(0, writeDer(sig, this.der));
     return sig;
@@ -356,10 +334,6 @@ export class TokenSession implements CryptoSession {
     }
   }
 
-  private keyName(sel: KeySelector, cls: number = pkcs11js.CKO_PRIVATE_KEY): string {
-    return `${CLASS_OF.get(cls) === 'secretKey' ? 'secret' : cls === pkcs11js.CKO_PRIVATE_KEY ? 'private' : 'public'} key${sel.label !== undefined ? ` label "${sel.label}"` : ''}${sel.id !== undefined ? ` id ${sel.id}` : ''}`;
-  }
-
   verify(task: Extract<WorkerTask, { op: 'verify' }>): boolean {
     const key = this.key(task.key, pkcs11js.CKO_PUBLIC_KEY);
     const p = this.mechanism(task.mechanism, task.prehashed, key);
@@ -384,43 +358,9 @@ export class TokenSession implements CryptoSession {
     return publicKeyReport(this, key.handle, key.keyType, key.fieldBytes);
   }
 
-  /** Finds a key by label/id; the handle is reused until the session goes or KEY_RECHECK_MS pass (`fresh`: find it now). */
+  /** Finds a key by label/id (key-finder.ts). */
   key(sel: KeySelector, cls: number, fresh = false): CachedKey {
-    const cacheKey = `${cls}\0${selectorKey(sel)}`;
-    const hit = this.keys.get(cacheKey);
-    const now = performance.now();
-    if (hit && !fresh && now - hit.foundAt < KEY_RECHECK_MS) return hit;
-    const session = this.live;
-    const found = findHandles(this, { class: CLASS_OF.get(cls)!, label: sel.label, id: sel.id }, 2);
-    const what = this.keyName(sel, cls);
-    if (found.length === 0 && cls !== pkcs11js.CKO_PUBLIC_KEY && !this.loggedIn()) {
-      // Private objects are invisible before login; say so, so the caller re-logs in.
-      throw new WorkerFailure('PIN_REQUIRED', `the token is not logged in, so no ${what} is visible`, 'CKR_USER_NOT_LOGGED_IN');
-    }
-    if (found.length === 0 && hit) {
-      // Found on this session a moment ago: a key deleted since, or a module that lost its
-      // objects (SoftHSM2 after running out of descriptors). A new session tells them apart.
-      this.keys.delete(cacheKey);
-      throw new WorkerFailure('KEY_NOT_FOUND', `the ${what} this session used is gone from token "${this.tokenLabel}"`, 'CKR_OBJECT_HANDLE_INVALID');
-    }
-    if (found.length === 0) throw new WorkerFailure('KEY_NOT_FOUND', `no ${what} on token "${this.tokenLabel}" visible to this session`);
-    if (found.length > 1) throw new WorkerFailure('KEY_AMBIGUOUS', `several objects match ${what}; name the key by id too`);
-    const handle = found[0]!;
-    const attrs = this.count('C_GetAttributeValue').C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_KEY_TYPE }]);
-    const keyType = keyTypeOf(readUlong(attrs[0]!.value as Buffer));
-    if (!keyType) throw new WorkerFailure('MECHANISM_INVALID', `${what} has a key type this service does not sign with`);
-    let fieldBytes = 0;
-    if (keyType === 'EC') {
-      const [p] = this.count('C_GetAttributeValue').C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_EC_PARAMS }]);
-      fieldBytes = curveByParams((p!.value as Buffer).toString('hex'))?.fieldBytes ?? 0;
-      if (!fieldBytes) throw new WorkerFailure('MECHANISM_INVALID', `${what} is on a curve this service does not support (P-256, P-384, P-521)`);
-    }
-    // Learnt from C_Sign (a module that enforces it without the attribute) holds for the same object.
-    const learnt = hit?.alwaysAuthenticate === true && hit.handle.equals(handle);
-    const alwaysAuthenticate = cls === pkcs11js.CKO_PRIVATE_KEY && (learnt || flagOf(this, handle, pkcs11js.CKA_ALWAYS_AUTHENTICATE) === true);
-    const entry = { handle, keyType, fieldBytes, foundAt: now, alwaysAuthenticate };
-    this.keys.set(cacheKey, entry);
-    return entry;
+    return this.keyFinder.find(sel, cls, fresh);
   }
 
 }

@@ -53,10 +53,6 @@ export function isCryptoMechanismName(name: unknown): name is CryptoMechanismNam
   return typeof name === 'string' && Object.hasOwn(CRYPTO_MECHANISMS, name);
 }
 
-export function cryptoSpec(name: CryptoMechanismName): CryptoMechanismSpec {
-  return CRYPTO_MECHANISMS[name];
-}
-
 /** Secret keys the token can generate, by name: AES of a size, or a generic secret for HMAC. */
 export const SECRET_KEY_ALGORITHMS = {
   'AES-128': { keyType: 'AES', bytes: 16 },

@@ -1,0 +1,96 @@
+/**
+ * The keys a session has found, by class and label/id: a handle is reused until the session
+ * goes or it is KEY_RECHECK_MS old, then found again, so a signature comes from the key the
+ * token lists now. Flushed with the session, at logout and after objects are destroyed.
+ */
+import type * as P11 from 'pkcs11js';
+import { pkcs11js, readUlong } from './pkcs11js.js';
+import { WorkerFailure } from './failure.js';
+import { curveByParams } from '../src/model/curves.js';
+import type { KeyType } from '../src/model/mechanisms.js';
+import type { KeySelector } from '../src/model/protocol.js';
+import { findHandles, flagOf, type SessionAccess } from './object-ops.js';
+import { keyTypeOf } from './token-info.js';
+
+export interface CachedKey {
+  handle: P11.Handle;
+  keyType: KeyType;
+  /** Bytes of one ECDSA signature half (r or s); 0 for non-EC keys. */
+  fieldBytes: number;
+  /** When a find on the token last returned this handle (performance.now()). */
+  foundAt: number;
+  /** CKA_ALWAYS_AUTHENTICATE: each signature needs a C_Login(CKU_CONTEXT_SPECIFIC) of its own. */
+  alwaysAuthenticate: boolean;
+}
+
+/**
+ * A key handle is looked up again after this long. A key can be replaced by another process
+ * behind a handle that still works (a module may serve the old object from its own cache): a
+ * signature comes from the key the token lists at most this long ago. A find costs about as
+ * much as an ECDSA signature on SoftHSM2, so not on every call.
+ */
+const KEY_RECHECK_MS = 1000;
+
+const CLASS_OF = new Map<number, 'privateKey' | 'publicKey' | 'secretKey'>([
+  [pkcs11js.CKO_PRIVATE_KEY, 'privateKey'],
+  [pkcs11js.CKO_PUBLIC_KEY, 'publicKey'],
+  [pkcs11js.CKO_SECRET_KEY, 'secretKey'],
+]);
+
+export function keyName(sel: KeySelector, cls: number = pkcs11js.CKO_PRIVATE_KEY): string {
+  return `${CLASS_OF.get(cls) === 'secretKey' ? 'secret' : cls === pkcs11js.CKO_PRIVATE_KEY ? 'private' : 'public'} key${sel.label !== undefined ? ` label "${sel.label}"` : ''}${sel.id !== undefined ? ` id ${sel.id}` : ''}`;
+}
+
+export class KeyFinder {
+  private readonly keys = new Map<string, CachedKey>();
+
+  constructor(
+    private readonly s: SessionAccess,
+    /** The session is logged in as the user: private objects are visible. */
+    private readonly loggedIn: () => boolean,
+  ) {}
+
+  clear(): void {
+    this.keys.clear();
+  }
+
+  /** Finds a key by label/id; the handle is reused until the session goes or KEY_RECHECK_MS pass (`fresh`: find it now). */
+  find(sel: KeySelector, cls: number, fresh = false): CachedKey {
+    const s = this.s;
+    const cacheKey = `${cls}\0${sel.label ?? ''}\0${sel.id ?? ''}`;
+    const hit = this.keys.get(cacheKey);
+    const now = performance.now();
+    if (hit && !fresh && now - hit.foundAt < KEY_RECHECK_MS) return hit;
+    const session = s.sessionHandle;
+    const found = findHandles(s, { class: CLASS_OF.get(cls)!, label: sel.label, id: sel.id }, 2);
+    const what = keyName(sel, cls);
+    if (found.length === 0 && cls !== pkcs11js.CKO_PUBLIC_KEY && !this.loggedIn()) {
+      // Private objects are invisible before login; say so, so the caller re-logs in.
+      throw new WorkerFailure('PIN_REQUIRED', `the token is not logged in, so no ${what} is visible`, 'CKR_USER_NOT_LOGGED_IN');
+    }
+    if (found.length === 0 && hit) {
+      // Found on this session a moment ago: a key deleted since, or a module that lost its
+      // objects (SoftHSM2 after running out of descriptors). A new session tells them apart.
+      this.keys.delete(cacheKey);
+      throw new WorkerFailure('KEY_NOT_FOUND', `the ${what} this session used is gone from token "${s.tokenIdentity.label}"`, 'CKR_OBJECT_HANDLE_INVALID');
+    }
+    if (found.length === 0) throw new WorkerFailure('KEY_NOT_FOUND', `no ${what} on token "${s.tokenIdentity.label}" visible to this session`);
+    if (found.length > 1) throw new WorkerFailure('KEY_AMBIGUOUS', `several objects match ${what}; name the key by id too`);
+    const handle = found[0]!;
+    const attrs = s.p11('C_GetAttributeValue').C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_KEY_TYPE }]);
+    const keyType = keyTypeOf(readUlong(attrs[0]!.value as Buffer));
+    if (!keyType) throw new WorkerFailure('MECHANISM_INVALID', `${what} has a key type this service does not sign with`);
+    let fieldBytes = 0;
+    if (keyType === 'EC') {
+      const [p] = s.p11('C_GetAttributeValue').C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_EC_PARAMS }]);
+      fieldBytes = curveByParams((p!.value as Buffer).toString('hex'))?.fieldBytes ?? 0;
+      if (!fieldBytes) throw new WorkerFailure('MECHANISM_INVALID', `${what} is on a curve this service does not support (P-256, P-384, P-521)`);
+    }
+    // Learnt from C_Sign (a module that enforces it without the attribute) holds for the same object.
+    const learnt = hit?.alwaysAuthenticate === true && hit.handle.equals(handle);
+    const alwaysAuthenticate = cls === pkcs11js.CKO_PRIVATE_KEY && (learnt || flagOf(s, handle, pkcs11js.CKA_ALWAYS_AUTHENTICATE) === true);
+    const entry = { handle, keyType, fieldBytes, foundAt: now, alwaysAuthenticate };
+    this.keys.set(cacheKey, entry);
+    return entry;
+  }
+}
