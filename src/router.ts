@@ -20,7 +20,7 @@ import type { ContextLogins } from './context-logins.js';
 const BATCHABLE: ReadonlySet<string> = new Set(['sign', 'verify', 'encrypt', 'decrypt', 'mac', 'verifyMac']);
 
 /** At most this many calls share one message to a worker. */
-const MAX_BATCH = 64;
+const MAX_BATCH = 256;
 /**
  * At most this many bytes of input share one message: batching pays for small inputs, and a
  * packed batch must stay far inside what its 32-bit offsets address (batch-codec.ts). A call

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type * as P11 from 'pkcs11js';
-import { pkcs11js } from './pkcs11js.js';
+import { asBuffer, pkcs11js } from './pkcs11js.js';
 import { WorkerFailure } from './failure.js';
 import { describe, type SessionAccess } from './object-ops.js';
 import type { CachedKey } from './key-finder.js';
@@ -60,7 +60,7 @@ function mechanismFor(s: CryptoSession, name: CryptoMechanismName, input: Pick<C
   const spec = CRYPTO_MECHANISMS[name];
   const mechanism = ckmOf(name);
   if (!s.supports(mechanism)) throw new WorkerFailure('MECHANISM_INVALID', `the token cannot do ${name} (not in its C_GetMechanismList)`);
-  const buf = (b: Uint8Array | undefined) => (b ? Buffer.from(b.buffer, b.byteOffset, b.byteLength) : undefined);
+  const buf = (b: Uint8Array | undefined) => (b ? asBuffer(b) : undefined);
   switch (spec.scheme) {
     case 'aes-gcm':
       return { mechanism, parameter: { type: pkcs11js.CK_PARAMS_AES_GCM, iv: buf(input.iv)!, ivBits: GCM_IV_BYTES * 8, aad: buf(input.aad), tagBits: GCM_TAG_BYTES * 8 } as P11.GcmParams };
@@ -115,7 +115,7 @@ function init(name: CryptoMechanismName, call: () => void): void {
 
 function cipher(s: CryptoSession, op: 'encrypt' | 'decrypt', name: CryptoMechanismName, key: P11.Handle, input: CipherInput): Uint8Array {
   const mech = mechanismFor(s, name, input);
-  const data = Buffer.from(input.data.buffer, input.data.byteOffset, input.data.byteLength);
+  const data = asBuffer(input.data);
   // Room for a GCM tag or a padding block; RSA output is never longer than its input here.
   const out = s.scratch(data.length + 2 * GCM_TAG_BYTES + 512);
   if (op === 'encrypt') {
@@ -144,7 +144,7 @@ export function decrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'decry
 export function mac(s: CryptoSession, task: Extract<WorkerTask, { op: 'mac' }>): Uint8Array {
   const key = keyFor(s, task.key, task.mechanism, 'mac');
   s.p11('C_SignInit').C_SignInit(s.sessionHandle, mechanismFor(s, task.mechanism, {}), key.handle);
-  return s.p11('C_Sign').C_Sign(s.sessionHandle, Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength), s.scratch(64));
+  return s.p11('C_Sign').C_Sign(s.sessionHandle, asBuffer(task.data), s.scratch(64));
 }
 
 export function verifyMac(s: CryptoSession, task: Extract<WorkerTask, { op: 'verifyMac' }>): boolean {

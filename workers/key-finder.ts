@@ -50,17 +50,23 @@ export class KeyFinder {
     private readonly loggedIn: () => boolean,
   ) {}
 
+  /** The last find's answer: the calls of a batch share one selector object. */
+  private last: { sel: KeySelector; cls: number; key: CachedKey } | null = null;
+
   clear(): void {
     this.keys.clear();
+    this.last = null;
   }
 
   /** Finds a key by label/id; the handle is reused until the session goes or KEY_RECHECK_MS pass (`fresh`: find it now). */
   find(sel: KeySelector, cls: number, fresh = false): CachedKey {
+    const now = performance.now();
+    const last = this.last;
+    if (last && last.sel === sel && last.cls === cls && !fresh && now - last.key.foundAt < KEY_RECHECK_MS) return last.key;
     const s = this.s;
     const cacheKey = `${cls}\0${sel.label ?? ''}\0${sel.id ?? ''}`;
     const hit = this.keys.get(cacheKey);
-    const now = performance.now();
-    if (hit && !fresh && now - hit.foundAt < KEY_RECHECK_MS) return hit;
+    if (hit && !fresh && now - hit.foundAt < KEY_RECHECK_MS) return this.remember(sel, cls, hit);
     const session = s.sessionHandle;
     const found = findHandles(s, { class: CLASS_OF.get(cls)!, label: sel.label, id: sel.id }, 2);
     const what = keyName(sel, cls);
@@ -72,6 +78,7 @@ export class KeyFinder {
       // Found on this session a moment ago: a key deleted since, or a module that lost its
       // objects (SoftHSM2 after running out of descriptors). A new session tells them apart.
       this.keys.delete(cacheKey);
+      this.last = null;
       throw new WorkerFailure('KEY_NOT_FOUND', `the ${what} this session used is gone from token "${s.tokenIdentity.label}"`, 'CKR_OBJECT_HANDLE_INVALID');
     }
     if (found.length === 0) throw new WorkerFailure('KEY_NOT_FOUND', `no ${what} on token "${s.tokenIdentity.label}" visible to this session`);
@@ -91,6 +98,11 @@ export class KeyFinder {
     const alwaysAuthenticate = cls === pkcs11js.CKO_PRIVATE_KEY && (learnt || flagOf(s, handle, pkcs11js.CKA_ALWAYS_AUTHENTICATE) === true);
     const entry = { handle, keyType, fieldBytes, foundAt: now, alwaysAuthenticate };
     this.keys.set(cacheKey, entry);
-    return entry;
+    return this.remember(sel, cls, entry);
+  }
+
+  private remember(sel: KeySelector, cls: number, key: CachedKey): CachedKey {
+    this.last = { sel, cls, key };
+    return key;
   }
 }

@@ -11,3 +11,8 @@ export const pkcs11js = pkcs11jsModule;
 export function readUlong(b: Buffer): number {
   return b.length === 8 ? Number(b.readBigUInt64LE(0)) : b.readUInt32LE(0);
 }
+
+/** Bytes as pkcs11js takes them: a Buffer as it is, any other Uint8Array as a Buffer view of the same memory. */
+export function asBuffer(b: Uint8Array): Buffer {
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+}

@@ -4,7 +4,7 @@
  * Calls are synchronous; the thread runs one task at a time, which is how a session's
  * single-operation rule (CKR_OPERATION_ACTIVE) is kept.
  */
-import { pkcs11js } from './pkcs11js.js';
+import { asBuffer, pkcs11js } from './pkcs11js.js';
 import { tokenMatches, trimPadded } from '../src/model/token-match.js';
 import type * as P11 from 'pkcs11js';
 import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/model/mechanisms.js';
@@ -295,7 +295,7 @@ export class TokenSession implements CryptoSession {
     // Asked before C_SignInit: no operation is left open for want of a PIN.
     if (contextLogin && task.contextPin === undefined) throw new ContextLoginNeeded(keyName(task.key));
     const p = this.mechanism(task.mechanism, task.prehashed, key);
-    const input = p.input(Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength));
+    const input = p.input(asBuffer(task.data));
     const session = this.live;
     this.count('C_SignInit').C_SignInit(session, p.mechanism, key.handle);
     if (contextLogin) this.contextLogin(task.contextPin!, input);
@@ -337,7 +337,7 @@ export class TokenSession implements CryptoSession {
   verify(task: Extract<WorkerTask, { op: 'verify' }>): boolean {
     const key = this.key(task.key, pkcs11js.CKO_PUBLIC_KEY);
     const p = this.mechanism(task.mechanism, task.prehashed, key);
-    const input = p.input(Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength));
+    const input = p.input(asBuffer(task.data));
     let signature: Buffer | null = Buffer.from(task.signature.buffer, task.signature.byteOffset, task.signature.byteLength);
     if (MECHANISMS[task.mechanism].scheme === 'ecdsa' && task.format === 'der') signature = derToRaw(signature, key.fieldBytes);
     if (!signature) return false;

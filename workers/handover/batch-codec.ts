@@ -97,8 +97,8 @@ export function unpackBatch(p: PackedBatch): PackableTask[] {
   const bytes = (i: number, k: number): Uint8Array | undefined => {
     const length = p.index[STRIDE * i + 2 + 2 * k]!;
     if (length < 0) return undefined;
-    const at = p.index[STRIDE * i + 1 + 2 * k]!;
-    return p.data.subarray(at, at + length);
+    // A Buffer view, not a subarray: the session hands it to pkcs11js as it is, with no second wrapper per call.
+    return Buffer.from(p.data.buffer, p.data.byteOffset + p.index[STRIDE * i + 1 + 2 * k]!, length);
   };
   // Each task as one literal of fixed fields: objects spread from cloned shapes came out ten
   // times slower to make, and slower to read on every call.
