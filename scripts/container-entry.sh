@@ -14,4 +14,4 @@ if [ -n "${PKCS11_SUPERVISOR_TOKEN_FROM:-}" ]; then
 elif [ "$config" = config/default.json ]; then
   bash scripts/provision-dev-token.sh
 fi
-exec node dist/src/daemon.js --config "$config" --listen "${PKCS11_SUPERVISOR_LISTEN:-0.0.0.0:9464}"
+exec node --max-semi-space-size=32 dist/src/daemon.js --config "$config" --listen "${PKCS11_SUPERVISOR_LISTEN:-0.0.0.0:9464}"
