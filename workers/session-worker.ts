@@ -155,7 +155,7 @@ function packedCall(task: PackableTask): Uint8Array {
 function runPacked(batch: PackedBatch): { packed: PackedReplies; startedAt: number; endedAt: number } {
   const startedAt = now();
   const tasks = unpackBatch(batch);
-  const replies = new ReplyPacker(tasks.length);
+  const replies = new ReplyPacker(batch);
   let mark = startedAt;
   inOrder(tasks, batch.claims, (task) => {
     const began = mark;

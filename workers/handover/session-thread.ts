@@ -14,7 +14,7 @@ import { Piscina } from 'piscina';
 import type { ServeRequest, ServeReply, ServeStart } from './serve-loop.js';
 import { ownBytes, type WorkerReply, type WorkerTask } from '../../src/model/protocol.js';
 import { taskAnswered, taskPosted } from './loop-turner.js';
-import { packBatch, unpackReplies, type PackedBatch } from './batch-codec.js';
+import { packable, packBatch, sharedBytes, unpackReplies, type PackedBatch } from './batch-codec.js';
 import { board, cores, freeCell, takeCell } from './thread-board.js';
 
 const WORKER_FILE = fileURLToPath(new URL('../session-worker.js', import.meta.url));
@@ -25,14 +25,11 @@ export class ThreadDied extends Error {}
 const MAX_TURN_FOR_CALL_MS = 5;
 
 /**
- * A task as it crosses to the thread: a batch of signs packed (which copies the bytes once), a
- * single call's bytes in buffers of their own (a view on a pooled Buffer would take its 8 KiB
- * slab along).
+ * A single call as it crosses to the thread: its bytes in buffers of their own (a view on a
+ * pooled Buffer would take its 8 KiB slab along). Batches are packed by the thread's owner.
  */
-function forTheHop(task: WorkerTask): WorkerTask | PackedBatch {
+function forTheHop(task: WorkerTask): WorkerTask {
   switch (task.op) {
-    case 'batch':
-      return packBatch(task.tasks, task.claims) ?? task;
     case 'sign':
       return { ...task, data: ownBytes(task.data) };
     case 'verify':
@@ -45,6 +42,14 @@ function forTheHop(task: WorkerTask): WorkerTask | PackedBatch {
       return task;
   }
 }
+
+/**
+ * Shared buffers of answered batches kept for the next ones: two (one running, one waiting in
+ * the port), each up to 4 MiB; sized in powers of two from 64 KiB so they fit the next batch.
+ */
+const SPARE_BUFFERS = 2;
+const MIN_SHARED_BYTES = 64 * 1024;
+const MAX_SPARE_BYTES = 4 * 1024 * 1024;
 
 interface Pending {
   id: number;
@@ -65,6 +70,8 @@ export class SessionThread {
    */
   private pending: Pending[] = [];
   private nextId = 0;
+  /** Shared buffers this thread's answered batches used, for its next ones (batch-codec.ts). */
+  private spare: SharedArrayBuffer[] = [];
   /**
    * Moving average of a lone call's time in the thread. The main thread keeps turning for a lone
    * call's reply for about this long plus spinMs: a window of spinMs alone was shorter than an
@@ -130,9 +137,20 @@ export class SessionThread {
       // A batch comes with a queue behind it: the CPU is better spent on the signing threads.
       const turned = this.spinMs > 0 && task.op !== 'batch';
       this.pending.push({ id, resolve: resolve as Pending['resolve'], reject, turned });
-      this.post({ id, task: forTheHop(task) });
+      this.post({ id, task: this.packed(task) ?? forTheHop(task) });
       taskPosted(turned ? this.spinMs + Math.min(this.callMs, MAX_TURN_FOR_CALL_MS) : null);
     });
+  }
+
+  /** A batch of calls answered with bytes, packed into a shared buffer this thread reuses; null for anything else. */
+  private packed(task: WorkerTask): PackedBatch | null {
+    if (task.op !== 'batch') return null;
+    const tasks = packable(task.tasks);
+    if (!tasks) return null;
+    const bytes = sharedBytes(tasks);
+    const i = this.spare.findIndex((b) => b.byteLength >= bytes);
+    const shared = i >= 0 ? this.spare.splice(i, 1)[0]! : new SharedArrayBuffer(Math.max(MIN_SHARED_BYTES, 2 ** Math.ceil(Math.log2(bytes))));
+    return packBatch(tasks, task.claims, shared);
   }
 
   private post(request: ServeRequest): void {
@@ -145,7 +163,12 @@ export class SessionThread {
   private answer(m: ServeReply): void {
     const p = this.pending[0];
     if (p?.id !== m.id) return;
-    const reply: WorkerReply = 'packed' in m ? { ok: true, value: unpackReplies(m.packed), startedAt: m.startedAt, endedAt: m.endedAt } : m.reply;
+    let reply: WorkerReply;
+    if ('packed' in m) {
+      reply = { ok: true, value: unpackReplies(m.packed), startedAt: m.startedAt, endedAt: m.endedAt };
+      // Read: the buffer may take the next batch (the thread is done with it once it answers).
+      if (this.spare.length < SPARE_BUFFERS && m.packed.shared.byteLength <= MAX_SPARE_BYTES) this.spare.push(m.packed.shared);
+    } else reply = m.reply;
     if (p.turned) this.callMs = 0.8 * this.callMs + 0.2 * (reply.endedAt - reply.startedAt);
     this.pending.shift();
     if (this.pending.length === 0) this.port.unref();
