@@ -135,6 +135,13 @@ export class Mailbox {
   }
 
   private pumpScheduled = false;
+  /**
+   * A batch's callers were answered in this turn: their next calls come in the same turn, so they
+   * are handed out together at its end. Handed out as each came, the first went alone to the
+   * worker just freed: at concurrency 16 on a pool of 2, a message carried 2.3 calls, and waking
+   * a sleeping thread cost the main thread ~40 µs on a VM.
+   */
+  private answeredThisTurn = false;
 
   private pumpAtEndOfTurn(): void {
     if (this.pumpScheduled) return;
@@ -147,6 +154,8 @@ export class Mailbox {
 
   /** Hands queued calls to idle, accepting workers. Called on submit, on completion and on worker state changes. */
   pump(endOfTurn = false): void {
+    if (endOfTurn) this.answeredThisTurn = false;
+    else if (this.answeredThisTurn) return this.pumpAtEndOfTurn();
     while (this.head < this.queue.length && !this.exclusiveRunning) {
       const call = this.queue[this.head]!;
       if (call.settled) {
@@ -239,6 +248,8 @@ export class Mailbox {
       .then(
         (values) => {
           this.release(worker, calls);
+          this.answeredThisTurn = true;
+          this.pumpAtEndOfTurn();
           for (let i = 0; i < calls.length; i++) {
             const c = calls[i]!;
             this.observe(values[i]);
