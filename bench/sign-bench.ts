@@ -18,7 +18,6 @@
  * process of its own, its socket and mutual-TLS clients in turns with an in-process client on a
  * token slot, with the CPU of a call split by process and thread. Linux only.
  */
-import { execFileSync } from 'node:child_process';
 import { createCipheriv, createPublicKey, constants, publicEncrypt, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -34,6 +33,7 @@ import { networkHsmBench } from './network-hsm.js';
 import { compare } from './compare.js';
 import type { Result } from './results.js';
 import { pkcs11js } from '../workers/pkcs11js.js';
+import { makeBenchToken, MODULE } from './bench-token.js';
 
 const { values, positionals } = parseArgs({
   options: { seconds: { type: 'string', default: '1.5' }, million: { type: 'boolean', default: false }, quick: { type: 'boolean', default: false }, compare: { type: 'string' } },
@@ -44,23 +44,7 @@ if (values.compare) {
   process.exit(0);
 }
 const SECONDS = Number(values.seconds);
-const MODULE = '/usr/lib/softhsm/libsofthsm2.so';
-
-// A token of its own, so the numbers are not disturbed by anything else.
-const dir = mkdtempSync(join(tmpdir(), 'p11sup-bench-'));
-const conf = join(dir, 'softhsm2.conf');
-writeFileSync(conf, `directories.tokendir = ${dir}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
-process.env.SOFTHSM2_CONF = conf;
-const PIN = randomBytes(4).toString('hex');
-process.env.BENCH_PIN = PIN;
-execFileSync('softhsm2-util', ['--init-token', '--free', '--label', 'bench', '--so-pin', randomBytes(4).toString('hex'), '--pin', PIN], { stdio: 'ignore' });
-const tool = (args: string[]) => execFileSync('pkcs11-tool', ['--module', MODULE, '--token-label', 'bench', '--login', '--pin', PIN, ...args], { stdio: 'ignore' });
-for (const [type, label, id] of [['rsa:2048', 'rsa', '01'], ['EC:prime256v1', 'ec', '02']]) tool(['--keypairgen', '--key-type', type!, '--label', label!, '--id', id!]);
-// Decryption keys: an AES-256 key whose bytes the bench knows (it makes the ciphertexts), and an RSA-2048 pair for decrypting.
-const AES_KEY = randomBytes(32);
-writeFileSync(join(dir, 'aes.bin'), AES_KEY);
-tool(['--write-object', join(dir, 'aes.bin'), '--type', 'secrkey', '--key-type', 'AES:32', '--label', 'aes', '--id', '03', '--usage-decrypt', '--sensitive']);
-tool(['--keypairgen', '--key-type', 'rsa:2048', '--label', 'rsa-enc', '--id', '04', '--usage-decrypt']);
+const { dir, conf, pin: PIN, aesKey: AES_KEY } = makeBenchToken();
 
 // The main thread owns the library for the whole run, as the daemon's module registry does.
 // Without an owner, the raw baseline's threads each loaded it, raced their C_Initialize calls
@@ -317,6 +301,9 @@ async function addedP50Us(sup: Pkcs11Supervisor, raw: Baseline, mech: BenchOp, t
   return p50us(turns.cell) - p50us(turns.raw);
 }
 
+/** Concurrencies below 256 where pools are also judged (issue: moderate concurrency), for the signatures. */
+const MODERATE = [16, 64] as const;
+
 async function targetMedians(mech: BenchOp) {
   const token = await startSlot('token', { ...slotCfg, type: 'token' });
   const pool = await startSlot('pool-2', { ...slotCfg, type: 'hsm', poolSize: 2 });
@@ -325,35 +312,44 @@ async function targetMedians(mech: BenchOp) {
   await throughSupervisor(token, 'token', mech, 32, 16);
   await throughSupervisor(pool, 'pool-2', mech, 32, 16);
   const thread = await sessionThreadOf(token, 'token', mech);
+  const poolCells = mech === 'ec' || mech === 'rsa' ? [256, ...MODERATE] : [256];
   const added: number[] = [];
   const tokenRatio: number[] = [];
-  const poolRatio: number[] = [];
-  const rawCpu: number[] = [];
-  const poolCpu: number[] = [];
+  /** Per concurrency: the pool's ratio to raw-2, and CPU per call (all threads) of raw-2 and the pool. */
+  const pools = new Map(poolCells.map((c) => [c, { ratio: [] as number[], rawCpu: [] as number[], poolCpu: [] as number[] }]));
   for (let i = 0; i < REPEATS; i++) {
     added.push(await addedP50Us(token, raw1, mech, thread));
     const tokenTurns = await inTurns(raw1.run, (ms) => throughSupervisor(token, 'token', mech, 32, 256, ms), thread);
-    const cpu = { raw2: { us: 0, ops: 0 }, pool2: { us: 0, ops: 0 } };
-    const poolTurns = await inTurns(
-      (ms) => withCpu(cpu.raw2, () => raw2.run(ms)),
-      (ms) => withCpu(cpu.pool2, () => throughSupervisor(pool, 'pool-2', mech, 32, 256, ms)),
-    );
     tokenRatio.push(rate(tokenTurns.cell) / rate(tokenTurns.raw));
-    poolRatio.push(rate(poolTurns.cell) / rate(poolTurns.raw));
-    rawCpu.push(cpu.raw2.us / cpu.raw2.ops);
-    poolCpu.push(cpu.pool2.us / cpu.pool2.ops);
+    for (const [c, into] of pools) {
+      const cpu = { raw2: { us: 0, ops: 0 }, pool2: { us: 0, ops: 0 } };
+      const poolTurns = await inTurns(
+        (ms) => withCpu(cpu.raw2, () => raw2.run(ms)),
+        (ms) => withCpu(cpu.pool2, () => throughSupervisor(pool, 'pool-2', mech, 32, c, ms)),
+      );
+      into.ratio.push(rate(poolTurns.cell) / rate(poolTurns.raw));
+      into.rawCpu.push(cpu.raw2.us / cpu.raw2.ops);
+      into.poolCpu.push(cpu.pool2.us / cpu.pool2.ops);
+    }
   }
   await raw1.close();
   await raw2.close();
   await token.close();
   await pool.close();
   const round = (xs: number[]) => xs.map((x) => Number(x.toFixed(2)));
+  const at256 = pools.get(256)!;
   return {
     addedP50us: median(added),
     tokenRatio: Number(median(tokenRatio).toFixed(2)),
-    poolRatio: Number(median(poolRatio).toFixed(2)),
-    cpuPerCallUs: { raw2: Math.round(median(rawCpu)), pool2: Math.round(median(poolCpu)) },
-    runs: { added, tokenRatio: round(tokenRatio), poolRatio: round(poolRatio) },
+    poolRatio: Number(median(at256.ratio).toFixed(2)),
+    cpuPerCallUs: { raw2: Math.round(median(at256.rawCpu)), pool2: Math.round(median(at256.poolCpu)) },
+    /** Pools at moderate concurrency: ratio to raw-2, and the pool's CPU per call over raw-2's (each a median of its runs). */
+    moderate: MODERATE.filter((c) => pools.has(c)).map((c) => {
+      const p = pools.get(c)!;
+      const cpuRatios = p.poolCpu.map((u, k) => u / p.rawCpu[k]!);
+      return { concurrency: c, ratio: Number(median(p.ratio).toFixed(2)), cpuRatio: Number(median(cpuRatios).toFixed(2)), runs: { ratio: round(p.ratio), cpuRatio: round(cpuRatios) } };
+    }),
+    runs: { added, tokenRatio: round(tokenRatio), poolRatio: round(at256.ratio) },
   };
 }
 /**
@@ -455,6 +451,14 @@ const targets = Object.keys(medians).flatMap((alg) => {
     { alg, target: 'token slot at c=256 loses ≤ 10% vs raw-1 (32 B)', value: m.tokenRatio, runs: m.runs.tokenRatio, pass: m.tokenRatio >= 0.9 },
   ];
 });
+for (const [alg, m] of Object.entries(medians)) {
+  for (const cell of m.moderate) {
+    // RSA's token time hides the supervisor's work on any core count; ECDSA's does not on two
+    // cores, so there the supervisor's CPU per call is judged, which holds on any core count.
+    if (alg === 'RSA-2048') targets.push({ alg, target: `pool of 2 ≥ 0.9× raw in 2 threads (c=${cell.concurrency}, 32 B)`, value: cell.ratio, runs: cell.runs.ratio, pass: cell.ratio >= 0.9 });
+    else targets.push({ alg, target: `pool of 2: CPU per call (all threads) ≤ 1.15× raw-2's (c=${cell.concurrency}, 32 B)`, value: cell.cpuRatio, runs: cell.runs.cpuRatio, pass: cell.cpuRatio <= 1.15 });
+  }
+}
 targets.push({ alg: 'ECDSA P-256', target: 'durable audit ≥ 0.8× batched audit (token slot, c=64, 32 B)', value: audit.token.ratio, runs: audit.token.runs, pass: audit.token.ratio >= 0.8 });
 for (const r of network.filter((n) => n.concurrency >= n.pool)) {
   targets.push({ alg: 'ECDSA P-256', target: `network HSM ${r.delayMs} ms, pool of ${r.pool}, c=${r.concurrency}: ≥ 0.9× raw and ≥ 0.85× ideal`, value: r.ratioIdeal, runs: [r.ratioRaw, r.ratioIdeal], pass: r.ratioRaw >= 0.9 && r.ratioIdeal >= 0.85 });
@@ -478,7 +482,8 @@ if (!values.quick) {
 console.log(`\nTargets (median of ${REPEATS} comparisons, raw and supervisor taking turns in ${SLICE_MS} ms slices, ${LATENCY_SLICE_MS} ms for latency, signing on the same vCPU against raw-1; the runs in brackets):`);
 for (const t of targets) console.log(`  ${t.pass ? 'PASS' : 'MISS'}  ${t.alg}: ${t.target}: ${t.value} [${t.runs.join(', ')}]`);
 console.log(`Durable audit against batched, pool of 2 (both cores signing), c=64, 32 B: ${audit.pool2.ratio} [${audit.pool2.runs.join(', ')}]`);
-console.log('\nCPU per call, all threads (median): ' + Object.entries(medians).map(([alg, m]) => `${alg}: raw-2 ${m.cpuPerCallUs.raw2} µs, pool-2 ${m.cpuPerCallUs.pool2} µs`).join('; '));
+console.log('\nCPU per call, all threads (median, c=256): ' + Object.entries(medians).map(([alg, m]) => `${alg}: raw-2 ${m.cpuPerCallUs.raw2} µs, pool-2 ${m.cpuPerCallUs.pool2} µs`).join('; '));
+console.log('Pool of 2 at moderate concurrency (vs raw-2; CPU per call over raw-2\'s): ' + Object.entries(medians).flatMap(([alg, m]) => m.moderate.map((c) => `${alg} c=${c.concurrency}: ${c.ratio}×, CPU ${c.cpuRatio}×`)).join('; '));
 console.log('\nNetwork HSM stand-in (fault module: delay C_Sign in front of SoftHSM2), hsm pools against as many raw pkcs11js threads (raw scaled to the sessions in use at c < pool):');
 console.log('| delay | pool | conc. | raw ops/s | supervisor ops/s | ideal | vs raw | vs ideal | p99 queue ms | idle while waiting |');
 console.log('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
