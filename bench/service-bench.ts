@@ -81,7 +81,8 @@ async function startDaemon(dir: string, t: ServiceBenchTools): Promise<{ child: 
   };
   const file = join(dir, 'daemon.json');
   writeFileSync(file, JSON.stringify(config));
-  const child = spawn(process.execPath, ['dist/src/daemon.js', '--config', file], { stdio: ['ignore', 'pipe', 'inherit'], env: process.env });
+  // With the bench's own V8 flags: the daemon's young-generation size among them (src/daemon.ts).
+  const child = spawn(process.execPath, [...process.execArgv, 'dist/src/daemon.js', '--config', file], { stdio: ['ignore', 'pipe', 'inherit'], env: process.env });
   for await (const line of createInterface({ input: child.stdout! })) {
     const entry = JSON.parse(line) as { msg?: string; tls?: string };
     if (entry.msg === 'pkcs11-supervisor started') {
