@@ -301,6 +301,25 @@ async function addedP50Us(sup: Pkcs11Supervisor, raw: Baseline, mech: BenchOp, t
   return p50us(turns.cell) - p50us(turns.raw);
 }
 
+/** Messages the slot's workers were handed and the calls in them, so far. */
+function handed(sup: Pkcs11Supervisor, slot: string): { messages: number; calls: number } {
+  let messages = 0;
+  let calls = 0;
+  for (const w of sup.status().slots[slot]!.workers) (messages += w.handed.messages), (calls += w.handed.calls);
+  return { messages, calls };
+}
+
+/** Runs `run` and adds the calls per message it saw on the slot to `into`. */
+async function counting<T>(into: { messages: number; calls: number }, sup: Pkcs11Supervisor, slot: string, run: () => Promise<T>): Promise<T> {
+  const before = handed(sup, slot);
+  const r = await run();
+  const after = handed(sup, slot);
+  into.messages += after.messages - before.messages;
+  into.calls += after.calls - before.calls;
+  return r;
+}
+const perMessage = (h: { messages: number; calls: number }) => Number((h.calls / Math.max(1, h.messages)).toFixed(1));
+
 /** Concurrencies below 256 where pools are also judged (issue: moderate concurrency), for the signatures. */
 const MODERATE = [16, 64] as const;
 
@@ -316,16 +335,17 @@ async function targetMedians(mech: BenchOp) {
   const added: number[] = [];
   const tokenRatio: number[] = [];
   /** Per concurrency: the pool's ratio to raw-2, and CPU per call (all threads) of raw-2 and the pool. */
-  const pools = new Map(poolCells.map((c) => [c, { ratio: [] as number[], rawCpu: [] as number[], poolCpu: [] as number[] }]));
+  const pools = new Map(poolCells.map((c) => [c, { ratio: [] as number[], rawCpu: [] as number[], poolCpu: [] as number[], handed: { messages: 0, calls: 0 } }]));
+  const tokenHanded = { messages: 0, calls: 0 };
   for (let i = 0; i < REPEATS; i++) {
     added.push(await addedP50Us(token, raw1, mech, thread));
-    const tokenTurns = await inTurns(raw1.run, (ms) => throughSupervisor(token, 'token', mech, 32, 256, ms), thread);
+    const tokenTurns = await inTurns(raw1.run, (ms) => counting(tokenHanded, token, 'token', () => throughSupervisor(token, 'token', mech, 32, 256, ms)), thread);
     tokenRatio.push(rate(tokenTurns.cell) / rate(tokenTurns.raw));
     for (const [c, into] of pools) {
       const cpu = { raw2: { us: 0, ops: 0 }, pool2: { us: 0, ops: 0 } };
       const poolTurns = await inTurns(
         (ms) => withCpu(cpu.raw2, () => raw2.run(ms)),
-        (ms) => withCpu(cpu.pool2, () => throughSupervisor(pool, 'pool-2', mech, 32, c, ms)),
+        (ms) => withCpu(cpu.pool2, () => counting(into.handed, pool, 'pool-2', () => throughSupervisor(pool, 'pool-2', mech, 32, c, ms))),
       );
       into.ratio.push(rate(poolTurns.cell) / rate(poolTurns.raw));
       into.rawCpu.push(cpu.raw2.us / cpu.raw2.ops);
@@ -350,6 +370,8 @@ async function targetMedians(mech: BenchOp) {
       return { concurrency: c, ratio: Number(median(p.ratio).toFixed(2)), cpuRatio: Number(median(cpuRatios).toFixed(2)), runs: { ratio: round(p.ratio), cpuRatio: round(cpuRatios) } };
     }),
     runs: { added, tokenRatio: round(tokenRatio), poolRatio: round(at256.ratio) },
+    /** Calls per message to a session thread, as the mailbox batched them: the token slot at c=256, the pool by concurrency. */
+    callsPerMessage: { token256: perMessage(tokenHanded), pool2: Object.fromEntries([...pools].map(([c, p]) => [c, perMessage(p.handed)])) },
   };
 }
 /**
@@ -483,6 +505,7 @@ console.log(`\nTargets (median of ${REPEATS} comparisons, raw and supervisor tak
 for (const t of targets) console.log(`  ${t.pass ? 'PASS' : 'MISS'}  ${t.alg}: ${t.target}: ${t.value} [${t.runs.join(', ')}]`);
 console.log(`Durable audit against batched, pool of 2 (both cores signing), c=64, 32 B: ${audit.pool2.ratio} [${audit.pool2.runs.join(', ')}]`);
 console.log('\nCPU per call, all threads (median, c=256): ' + Object.entries(medians).map(([alg, m]) => `${alg}: raw-2 ${m.cpuPerCallUs.raw2} µs, pool-2 ${m.cpuPerCallUs.pool2} µs`).join('; '));
+console.log('Calls per message to a session thread (batch sizes seen): ' + Object.entries(medians).map(([alg, m]) => `${alg}: token c=256 ${m.callsPerMessage.token256}, pool-2 ${Object.entries(m.callsPerMessage.pool2).map(([c, n]) => `c=${c} ${n}`).join(' ')}`).join('; '));
 console.log('Pool of 2 at moderate concurrency (vs raw-2; CPU per call over raw-2\'s): ' + Object.entries(medians).flatMap(([alg, m]) => m.moderate.map((c) => `${alg} c=${c.concurrency}: ${c.ratio}×, CPU ${c.cpuRatio}×`)).join('; '));
 console.log('\nNetwork HSM stand-in (fault module: delay C_Sign in front of SoftHSM2), hsm pools against as many raw pkcs11js threads (raw scaled to the sessions in use at c < pool):');
 console.log('| delay | pool | conc. | raw ops/s | supervisor ops/s | ideal | vs raw | vs ideal | p99 queue ms | idle while waiting |');

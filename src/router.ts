@@ -231,6 +231,8 @@ export class Mailbox {
     worker.busy = true;
     worker.batchesInFlight++;
     worker.callsInFlight += calls.length;
+    worker.handed.messages++;
+    worker.handed.calls += calls.length;
     this.inFlight += calls.length;
     const startedAt = Date.now();
     const claims = new Int32Array(new SharedArrayBuffer(4 * calls.length));
@@ -288,6 +290,8 @@ export class Mailbox {
 
   private dispatch(worker: SlotWorker, call: Call<unknown>): void {
     worker.busy = true;
+    worker.handed.messages++;
+    worker.handed.calls++;
     this.inFlight++;
     call.startedAt = Date.now();
     worker.perform(call.spec.task, call).then(

@@ -60,6 +60,8 @@ export class SlotWorker {
   batchesInFlight = 0;
   /** Calls in those batches: the router pipelines to the worker with the fewest. */
   callsInFlight = 0;
+  /** Messages the router has sent this worker's threads (a lone call or a batch) and the calls they carried, since start. */
+  readonly handed = { messages: 0, calls: 0 };
   state: SlotState = 'uninitialized';
   /** The user PIN's retry flags as the token last reported them (a login's first look, the health probe); null until one. */
   userPin: UserPinState | null = null;

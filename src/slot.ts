@@ -207,6 +207,8 @@ export class Slot {
           busy: w.busy,
           /** Batches handed to the thread and not answered: 2 while the next one waits behind the running one. */
           batchesInThread: w.batchesInFlight,
+          /** Messages handed to its threads and the calls in them, since start: calls / messages is the batch size seen. */
+          handed: { ...w.handed },
           session: ctx.session ? { handle: ctx.session.handle, state: ctx.session.state, tokenLabel: ctx.session.tokenLabel, tokenSerial: ctx.session.tokenSerial } : null,
           lastError: ctx.lastError,
         };

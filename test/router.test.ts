@@ -35,6 +35,11 @@ describe('token slot mailbox', () => {
     // Intervals measured inside the worker thread never overlap, and run in arrival order.
     const spans = events.map((e) => [e.startedAt!, e.endedAt!] as const);
     for (let i = 1; i < spans.length; i++) expect(spans[i]![0]).toBeGreaterThanOrEqual(spans[i - 1]![1]);
+    // The status says how they were batched: all 60 calls handed over, in fewer messages (the first alone, the rest queued behind it).
+    const { handed } = sup.status().slots.t!.workers[0]!;
+    expect(handed.calls).toBe(60);
+    expect(handed.messages).toBeGreaterThan(1);
+    expect(handed.messages).toBeLessThan(60);
     expect(await verifiesOnNode(sup, 't', 'ec', Buffer.from('doc 59'), sigs[59]!)).toBe(true);
   });
 
