@@ -17,7 +17,7 @@ import { pino } from 'pino';
 import { startSupervisor } from '../src/index.js';
 import { pkcs11js } from '../workers/pkcs11js.js';
 import { makeBenchToken, MODULE } from './bench-token.js';
-import type { Run } from './raw-loop.js';
+import { closedLoop, type Run } from './raw-loop.js';
 
 const { values } = parseArgs({
   options: {
@@ -64,24 +64,11 @@ async function side(which: string, mech: Mech, concurrency: number): Promise<num
   });
   const data = Buffer.alloc(32, 7);
   const mechanism = mech === 'ec' ? 'ECDSA-SHA256' : 'RSA-PKCS1-SHA256';
-  const loop = async (ms: number) => {
-    let ops = 0;
-    const end = performance.now() + ms;
-    const t0 = performance.now();
-    await Promise.all(
-      Array.from({ length: concurrency }, async () => {
-        while (performance.now() < end) {
-          await sup.sign({ slot: 'pool', key: mech, mechanism, data });
-          ops++;
-        }
-      }),
-    );
-    return (ops / (performance.now() - t0)) * 1000;
-  };
-  await loop(500);
-  const rate = await loop(SECONDS * 1000);
+  const sign = () => sup.sign({ slot: 'pool', key: mech, mechanism, data });
+  await closedLoop(sign, concurrency, 500);
+  const run = await closedLoop(sign, concurrency, SECONDS * 1000);
   await sup.close();
-  return Math.round(rate);
+  return Math.round((run.ops / run.elapsed) * 1000);
 }
 
 async function main(): Promise<void> {

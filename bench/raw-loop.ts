@@ -1,4 +1,4 @@
-/** The raw pkcs11js baseline: one session, one operation (a signature or a decryption) in a loop, no supervisor. */
+/** The raw pkcs11js baseline (one session, one operation in a loop, no supervisor), and the closed loop of awaited callers the supervisor's cells run. */
 import { createHash } from 'node:crypto';
 import type * as P11 from 'pkcs11js';
 import { pkcs11js } from '../workers/pkcs11js.js';
@@ -91,4 +91,23 @@ export function callFor(session: RawSession, ms: number): Run {
   const t0 = performance.now();
   while (performance.now() - t0 < ms) lat.push(session.callOnce());
   return { lat, ops: lat.length, elapsed: performance.now() - t0 };
+}
+
+/** `concurrency` callers, each awaiting `call` again and again for `ms`: a closed loop, as an application's callers are. */
+export async function closedLoop(call: () => Promise<unknown>, concurrency: number, ms: number): Promise<Run> {
+  const lat: number[] = [];
+  let ops = 0;
+  const end = performance.now() + ms;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < end) {
+        const a = performance.now();
+        await call();
+        lat.push(performance.now() - a);
+        ops++;
+      }
+    }),
+  );
+  return { lat, ops, elapsed: performance.now() - t0 };
 }

@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { pino } from 'pino';
-import { callFor, openRawSession, type BenchOp, type RawConfig, type Run } from './raw-loop.js';
+import { callFor, closedLoop, openRawSession, type BenchOp, type RawConfig, type Run } from './raw-loop.js';
 import { busiestThread, cpuOfSlice, MAIN_THREAD, otherCpus, pin, vcpuGap } from './same-cpu.js';
 import { startSupervisor, type ConfigInput, type Pkcs11Client, type Pkcs11Supervisor } from '../src/index.js';
 import { batchEstimate, serviceBench } from './service-bench.js';
@@ -144,23 +144,8 @@ function operation(sup: Pkcs11Client, slot: string, mech: BenchOp, size: number)
   }
 }
 
-async function throughSupervisor(sup: Pkcs11Client, slot: string, mech: BenchOp, size: number, concurrency: number, ms = SECONDS * 1000): Promise<Run> {
-  const call = operation(sup, slot, mech, size);
-  const lat: number[] = [];
-  let ops = 0;
-  const end = performance.now() + ms;
-  const t0 = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (performance.now() < end) {
-        const a = performance.now();
-        await call();
-        lat.push(performance.now() - a);
-        ops++;
-      }
-    }),
-  );
-  return { lat, ops, elapsed: performance.now() - t0 };
+function throughSupervisor(sup: Pkcs11Client, slot: string, mech: BenchOp, size: number, concurrency: number, ms = SECONDS * 1000): Promise<Run> {
+  return closedLoop(operation(sup, slot, mech, size), concurrency, ms);
 }
 
 /**
@@ -305,7 +290,10 @@ async function addedP50Us(sup: Pkcs11Supervisor, raw: Baseline, mech: BenchOp, t
 function handed(sup: Pkcs11Supervisor, slot: string): { messages: number; calls: number } {
   let messages = 0;
   let calls = 0;
-  for (const w of sup.status().slots[slot]!.workers) (messages += w.handed.messages), (calls += w.handed.calls);
+  for (const w of sup.status().slots[slot]!.workers) {
+    messages += w.handed.messages;
+    calls += w.handed.calls;
+  }
   return { messages, calls };
 }
 

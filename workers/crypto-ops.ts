@@ -60,15 +60,14 @@ function mechanismFor(s: CryptoSession, name: CryptoMechanismName, input: Pick<C
   const spec = CRYPTO_MECHANISMS[name];
   const mechanism = ckmOf(name);
   if (!s.supports(mechanism)) throw new WorkerFailure('MECHANISM_INVALID', `the token cannot do ${name} (not in its C_GetMechanismList)`);
-  const buf = (b: Uint8Array | undefined) => (b ? asBuffer(b) : undefined);
   switch (spec.scheme) {
     case 'aes-gcm':
-      return { mechanism, parameter: { type: pkcs11js.CK_PARAMS_AES_GCM, iv: buf(input.iv)!, ivBits: GCM_IV_BYTES * 8, aad: buf(input.aad), tagBits: GCM_TAG_BYTES * 8 } as P11.GcmParams };
+      return { mechanism, parameter: { type: pkcs11js.CK_PARAMS_AES_GCM, iv: asBuffer(input.iv!), ivBits: GCM_IV_BYTES * 8, aad: input.aad && asBuffer(input.aad), tagBits: GCM_TAG_BYTES * 8 } as P11.GcmParams };
     case 'aes-cbc-pad':
-      return { mechanism, parameter: buf(input.iv)! };
+      return { mechanism, parameter: asBuffer(input.iv!) };
     case 'rsa-oaep': {
       const { hashAlg, mgf } = OAEP[spec.hash!];
-      const label = buf(input.oaepLabel);
+      const label = input.oaepLabel && asBuffer(input.oaepLabel);
       return { mechanism, parameter: { type: pkcs11js.CK_PARAMS_RSA_OAEP, hashAlg, mgf, source: CKZ_DATA_SPECIFIED, sourceData: label && label.length > 0 ? label : null } as P11.RsaOAEP };
     }
     default:

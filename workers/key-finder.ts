@@ -8,7 +8,7 @@ import { pkcs11js, readUlong } from './pkcs11js.js';
 import { WorkerFailure } from './failure.js';
 import { curveByParams } from '../src/model/curves.js';
 import type { KeyType } from '../src/model/mechanisms.js';
-import type { KeySelector } from '../src/model/protocol.js';
+import { selectorKey, type KeySelector } from '../src/model/protocol.js';
 import { findHandles, flagOf, type SessionAccess } from './object-ops.js';
 import { keyTypeOf } from './token-info.js';
 
@@ -64,7 +64,7 @@ export class KeyFinder {
     const last = this.last;
     if (last && last.sel === sel && last.cls === cls && !fresh && now - last.key.foundAt < KEY_RECHECK_MS) return last.key;
     const s = this.s;
-    const cacheKey = `${cls}\0${sel.label ?? ''}\0${sel.id ?? ''}`;
+    const cacheKey = `${cls}\0${selectorKey(sel)}`;
     const hit = this.keys.get(cacheKey);
     if (hit && !fresh && now - hit.foundAt < KEY_RECHECK_MS) return this.remember(sel, cls, hit);
     const session = s.sessionHandle;

@@ -100,9 +100,8 @@ function dispatch(task: WorkerTask): unknown {
   }
 }
 
-/** Runs one call, timed, its failure as a value. */
-function timed(call: () => unknown): WorkerReply {
-  const startedAt = now();
+/** Runs one call, timed from `startedAt` (now, unless the caller read the clock already), its failure as a value. */
+function timed(call: () => unknown, startedAt = now()): WorkerReply {
   try {
     return { ok: true, value: call(), startedAt, endedAt: now() };
   } catch (e) {
@@ -158,13 +157,9 @@ function runPacked(batch: PackedBatch): { packed: PackedReplies; startedAt: numb
   const replies = new ReplyPacker(batch);
   let mark = startedAt;
   inOrder(tasks, batch.claims, (task) => {
-    const began = mark;
-    try {
-      const value = packedCall(task);
-      return { ok: true, value, startedAt: began, endedAt: (mark = now()) };
-    } catch (e) {
-      return { ok: false, error: toFailure(e), startedAt: began, endedAt: (mark = now()) };
-    }
+    const reply = timed(() => packedCall(task), mark);
+    mark = reply.endedAt;
+    return reply;
   }, (i, reply) => replies.add(i, reply));
   return { packed: replies.finish(), startedAt, endedAt: now() };
 }

@@ -18,10 +18,7 @@ import { KeyFinder, keyName, type CachedKey } from './key-finder.js';
 import { CRYPTO_MECHANISM_NAMES } from '../src/model/crypto-mechanisms.js';
 import { ckmOf, type CryptoSession } from './crypto-ops.js';
 
-
 const MAX_SIGNATURE_BYTES = 2048; // RSA-16384
-
-
 
 export class TokenSession implements CryptoSession {
   private mod: P11.PKCS11 | null = null;
@@ -338,7 +335,7 @@ export class TokenSession implements CryptoSession {
     const key = this.key(task.key, pkcs11js.CKO_PUBLIC_KEY);
     const p = this.mechanism(task.mechanism, task.prehashed, key);
     const input = p.input(asBuffer(task.data));
-    let signature: Buffer | null = Buffer.from(task.signature.buffer, task.signature.byteOffset, task.signature.byteLength);
+    let signature: Buffer | null = asBuffer(task.signature);
     if (MECHANISMS[task.mechanism].scheme === 'ecdsa' && task.format === 'der') signature = derToRaw(signature, key.fieldBytes);
     if (!signature) return false;
     const session = this.live;

@@ -32,13 +32,13 @@ export interface CallShape {
   exclusive?: boolean;
 }
 
-/** Calls that leave an audit record, with their principal. Logins and logouts are recorded from the slots' events, automatic ones included. */
 /**
  * What the audit trail leaves out: reads that use no key for a cryptographic result, and what
  * it records its own way (logins and logouts as events, refusals as denied records).
  */
 const UNAUDITED: ReadonlySet<Operation> = new Set(['getPublicKey', 'getCertificate', 'generateRandom', 'findObjects', 'findObjectsPage', 'probe', 'login', 'logout', 'soLogin', 'reset', 'status', 'verifyAudit']);
 
+/** Calls that leave an audit record, with their principal. Logins and logouts are recorded from the slots' events, automatic ones included. */
 export const AUDITED: ReadonlySet<Operation> = new Set(OPERATIONS.filter((op) => !UNAUDITED.has(op)));
 
 export class Gate {
