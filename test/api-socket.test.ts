@@ -269,7 +269,9 @@ describe('hostile and broken clients', () => {
     await sleep(300);
     expect(10_000 - closed).toBeLessThanOrEqual(256);
     const sig = await client.sign(signReq).catch(() => null); // the pool may be among the capped: retried below
-    await sleep(2_500); // past requestTimeoutMs
+    // Past requestTimeoutMs, as the server's checks (every second) find them; one accepted late
+    // from the backlog on a busy machine is found a check later.
+    for (const until = Date.now() + 10_000; (closed < 10_000 || !slowClosed) && Date.now() < until; ) await sleep(100);
     clearInterval(drip);
     expect(closed).toBe(10_000);
     expect(slowClosed).toBe(true);
