@@ -157,7 +157,7 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
   });
   const apiRequests = new Counter({
     name: 'pkcs11_api_requests_total',
-    help: 'Requests to the service API, by route (method) and code (ok or the error code answered).',
+    help: 'Requests to the service API, by route (method) and code (ok or the error code answered); a batch counts once as batch and each of its calls under its method.',
     labelNames: ['route', 'code'] as const,
     registers: [register],
   });

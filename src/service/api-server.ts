@@ -23,6 +23,7 @@ import { Pkcs11SupervisorError, type ErrorCode } from '../model/errors.js';
 import { certificatePrincipal, peerOf, rolesOf, type Caller } from './caller.js';
 import { JwtVerifier } from './jwt.js';
 import { PROBLEM_TYPE, ProblemSchema, problemOf } from './problem.js';
+import { BATCH_PATH, BatchRequestWire, BatchResultWire, type BatchAnswer, type BatchableName } from './batch.js';
 import { RateLimiter } from './rate-limit.js';
 import { RefusalLog } from './refusal-log.js';
 import { ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
@@ -129,6 +130,8 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
 
   const admit = (request: FastifyRequest, reply: FastifyReply, caller: Caller): Pkcs11SupervisorError | undefined => {
     request.caller = caller;
+    // A batch takes a token for each of its calls, once they are known.
+    if (request.routeOptions.url === BATCH_PATH) return undefined;
     const waitMs = limiter.take(caller.id, caller.roles);
     if (waitMs === 0) return undefined;
     reply.header('retry-after', String(Math.ceil(waitMs / 1000)));
@@ -167,29 +170,66 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
 
   app.setNotFoundHandler((request, reply) => {
     request.outcome = 'ROUTE_NOT_FOUND';
-    const problem = problemOf(new Pkcs11SupervisorError('ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}: the API is POST /v1/<method> (${ROUTE_NAMES.join(', ')}) and GET /v1/openapi.json`));
+    const problem = problemOf(new Pkcs11SupervisorError('ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}: the API is POST /v1/<method> (${ROUTE_NAMES.join(', ')}), POST ${BATCH_PATH} and GET /v1/openapi.json`));
     return reply.code(404).type(PROBLEM_TYPE).send(problem);
   });
+
+  /** What an answered call leaves: its count and duration in the metrics and, unless the gate has recorded it, an audit record. */
+  function settle(route: string, code: 'ok' | ErrorCode, status: number, seconds: number, body: unknown, caller: Caller | null, socket: Socket): void {
+    if (events.listenerCount('apiRequest') > 0) events.emit('apiRequest', { route, code, status, seconds });
+    // The gate has recorded what it let through and what the policy refused (its `denied` record); a batch's calls are recorded each.
+    if (!audit || code === 'FORBIDDEN' || (code === 'ok' && (GATE_AUDITED.has(route) || route === 'batch'))) return;
+    const slot = (body as { slot?: unknown } | undefined)?.slot;
+    audit.append({
+      event: code === 'UNAUTHENTICATED' || code === 'RATE_LIMITED' ? 'denied' : 'request',
+      slot: typeof slot === 'string' ? slot : '',
+      result: code,
+      principal: caller?.id,
+      peer: caller?.peer ?? peerOf(socket),
+      detail: route,
+    });
+  }
 
   app.addHook('onResponse', (request, reply, done) => {
     const url = request.routeOptions.url;
     const route = url === undefined ? 'unknown' : url === '/v1/openapi.json' ? 'openapi' : url.slice(4);
-    const code = request.outcome;
-    if (events.listenerCount('apiRequest') > 0) events.emit('apiRequest', { route, code, status: reply.statusCode, seconds: reply.elapsedTime / 1000 });
-    // The gate has recorded what it let through and what the policy refused (its `denied` record).
-    if (audit && code !== 'FORBIDDEN' && !(code === 'ok' && GATE_AUDITED.has(route))) {
-      const body = request.body as { slot?: unknown } | undefined;
-      audit.append({
-        event: code === 'UNAUTHENTICATED' || code === 'RATE_LIMITED' ? 'denied' : 'request',
-        slot: typeof body?.slot === 'string' ? body.slot : '',
-        result: code,
-        principal: request.caller?.id,
-        peer: request.caller?.peer ?? peerOf(request.raw.socket),
-        detail: route,
-      });
-    }
+    settle(route, request.outcome, reply.statusCode, reply.elapsedTime / 1000, request.body, request.caller, request.raw.socket);
     done();
   });
+
+  /** One call of a batch: checked against its route's schema, made, and settled on its own; never a rejection. */
+  async function batchCall(name: BatchableName, raw: Record<string, unknown>, caller: Caller, signal: AbortSignal, deadline: number | undefined, socket: Socket): Promise<BatchAnswer> {
+    const startedAt = performance.now();
+    let answer: BatchAnswer;
+    let code: 'ok' | ErrorCode = 'ok';
+    try {
+      const parsed = ROUTES[name].request.safeParse(raw);
+      if (!parsed.success) throw schemaMismatch(parsed.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })));
+      answer = { result: await callMethod(sup, name, parsed.data as Record<string, unknown>, caller, signal, deadline) };
+    } catch (e) {
+      const err = asSupervisorError(e, log);
+      code = err.code;
+      answer = { problem: problemOf(err) };
+    }
+    settle(name, code, 'problem' in answer ? answer.problem.status : 200, (performance.now() - startedAt) / 1000, raw, caller, socket);
+    return answer;
+  }
+
+  async function invokeBatch(request: FastifyRequest, reply: FastifyReply): Promise<{ results: BatchAnswer[] }> {
+    const { calls } = request.body as z.output<typeof BatchRequestWire>;
+    const caller = request.caller!;
+    const deadline = timeoutHeader(request.headers[TIMEOUT_HEADER]);
+    const { granted, waitMs } = limiter.takeUpTo(caller.id, caller.roles, calls.length);
+    const overLimit = (): BatchAnswer => {
+      const problem = problemOf(new Pkcs11SupervisorError('RATE_LIMITED', `principal "${caller.id}" is over its rate limit; retry in ${waitMs} ms`));
+      settle('batch', 'RATE_LIMITED', problem.status, 0, undefined, caller, request.raw.socket);
+      return { problem };
+    };
+    const results = await whileConnected(reply, (signal) =>
+      Promise.all(calls.map((c, i) => (i < granted ? batchCall(c.method, c.request, caller, signal, deadline, request.raw.socket) : overLimit()))),
+    );
+    return { results };
+  }
 
   await app.register(fastifySwagger, {
     openapi: {
@@ -215,6 +255,18 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
       handler: (request, reply) => invoke(sup, name, request, reply),
     });
   }
+  app.route({
+    method: 'POST',
+    url: BATCH_PATH,
+    schema: {
+      operationId: 'batch',
+      summary: 'Several calls of the data-plane methods in one request, each answered as its own route would answer it',
+      headers: z.object({ [TIMEOUT_HEADER]: z.string().regex(/^\d+$/).optional().describe("each call's deadline in milliseconds") }),
+      body: BatchRequestWire,
+      response: { 200: BatchResultWire, '4XX': problemResponse, '5XX': problemResponse },
+    },
+    handler: invokeBatch,
+  });
   app.get('/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   await app.ready();
 
@@ -303,34 +355,45 @@ async function invoke(sup: Pkcs11Supervisor, name: RouteName, request: FastifyRe
   // The caller is the principal: the same { id, roles, peer } the in-process client takes.
   const principal = request.caller!;
   const body = request.body as Record<string, unknown>;
-  let value: unknown;
-  if (name === 'status') value = sup.status({ principal });
-  else if (name === 'verifyAudit') value = await sup.verifyAudit({ principal });
-  else if (name === 'reset') value = sup.reset(body.slot as string, { principal });
-  else {
-    const aborter = new AbortController();
-    const gone = () => {
-      if (!reply.raw.writableFinished) aborter.abort();
-    };
-    reply.raw.once('close', gone);
-    const timeoutMs = timeoutHeader(request.headers[TIMEOUT_HEADER]) ?? body.timeoutMs;
-    try {
-      value = await (sup[name] as (req: unknown) => Promise<unknown>)({ ...body, principal, signal: aborter.signal, timeoutMs });
-    } finally {
-      reply.raw.off('close', gone);
-    }
+  if (name === 'status') return wireResult(name, sup.status({ principal }));
+  if (name === 'verifyAudit') return wireResult(name, await sup.verifyAudit({ principal }));
+  if (name === 'reset') return wireResult(name, sup.reset(body.slot as string, { principal }));
+  const deadline = timeoutHeader(request.headers[TIMEOUT_HEADER]);
+  return whileConnected(reply, (signal) => callMethod(sup, name, body, principal, signal, deadline));
+}
+
+/** Runs `work` with a signal that aborts when the client goes away before its answer is sent. */
+async function whileConnected<T>(reply: FastifyReply, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const aborter = new AbortController();
+  const gone = () => {
+    if (!reply.raw.writableFinished) aborter.abort();
+  };
+  reply.raw.once('close', gone);
+  try {
+    return await work(aborter.signal);
+  } finally {
+    reply.raw.off('close', gone);
   }
-  return z.encode(ROUTES[name].result as z.ZodType, value as never);
+}
+
+/** A method of the client, called for a caller; its result as the route's wire form. The deadline header wins over the request's timeoutMs. */
+async function callMethod(sup: Pkcs11Supervisor, name: RouteName, body: Record<string, unknown>, principal: Caller, signal: AbortSignal, deadline: number | undefined): Promise<unknown> {
+  const value = await (sup[name] as (req: unknown) => Promise<unknown>)({ ...body, principal, signal, timeoutMs: deadline ?? body.timeoutMs });
+  return wireResult(name, value);
+}
+
+const wireResult = (name: RouteName, value: unknown): unknown => z.encode(ROUTES[name].result as z.ZodType, value as never);
+
+function schemaMismatch(issues: { path: string; message: string }[]): Pkcs11SupervisorError {
+  const named = issues.map((i) => ({ path: i.path || '(body)', message: i.message }));
+  return new Pkcs11SupervisorError('BAD_INPUT', `the request does not match the method's schema: ${named.map((i) => `${i.path}: ${i.message}`).join('; ')}`, { issues: named });
 }
 
 /** Any error as the typed error it is, or stands for; a fault of ours is logged with its stack and sent as INTERNAL. */
 function asSupervisorError(err: unknown, log: Logger): Pkcs11SupervisorError {
   if (err instanceof Pkcs11SupervisorError) return err;
   const e = err as FastifyError;
-  if (hasZodFastifySchemaValidationErrors(e)) {
-    const issues = e.validation.map((v) => ({ path: v.instancePath.replace(/^\//, '').replaceAll('/', '.') || '(body)', message: v.message ?? 'invalid' }));
-    return new Pkcs11SupervisorError('BAD_INPUT', `the request does not match the method's schema: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, { issues });
-  }
+  if (hasZodFastifySchemaValidationErrors(e)) return schemaMismatch(e.validation.map((v) => ({ path: v.instancePath.replace(/^\//, '').replaceAll('/', '.'), message: v.message ?? 'invalid' })));
   if (e instanceof z.ZodError) {
     log.error({ err: e.message }, 'a result does not match its wire schema');
     return new Pkcs11SupervisorError('INTERNAL', 'the daemon could not encode its answer');

@@ -27,21 +27,27 @@ export class RateLimiter {
 
   /** 0 if the request may go ahead, else the milliseconds until the principal's next token. */
   take(principal: string, roles: readonly Role[], now = performance.now()): number {
+    return this.takeUpTo(principal, roles, 1, now).waitMs;
+  }
+
+  /**
+   * Tokens for up to `wanted` calls (a batch's): how many may go ahead, and, if not all, the
+   * milliseconds until the principal's next token. Each call of a batch counts, as it would alone.
+   */
+  takeUpTo(principal: string, roles: readonly Role[], wanted: number, now = performance.now()): { granted: number; waitMs: number } {
     let bucket = this.buckets.get(principal);
     if (!bucket) {
       const limit = this.limitFor(roles);
-      if (!limit) return 0;
+      if (!limit) return { granted: wanted, waitMs: 0 };
       if (this.buckets.size >= MAX_BUCKETS) this.sweep(now);
       bucket = { tokens: limit.burst, at: now, ...limit };
       this.buckets.set(principal, bucket);
     }
     bucket.tokens = Math.min(bucket.burst, bucket.tokens + ((now - bucket.at) / 1000) * bucket.perSecond);
     bucket.at = now;
-    if (bucket.tokens >= 1) {
-      bucket.tokens -= 1;
-      return 0;
-    }
-    return Math.ceil(((1 - bucket.tokens) / bucket.perSecond) * 1000);
+    const granted = Math.min(wanted, Math.floor(bucket.tokens));
+    bucket.tokens -= granted;
+    return { granted, waitMs: granted === wanted ? 0 : Math.ceil(((1 - bucket.tokens) / bucket.perSecond) * 1000) };
   }
 
   private limitFor(roles: readonly Role[]): { perSecond: number; burst: number } | null {

@@ -14,6 +14,8 @@ import type { Pkcs11Client } from '../client/pkcs11-client.js';
 import type { PrincipalOptions } from '../client/requests.js';
 import type { Methods, SupervisorStatus } from '../client/supervisor-client.js';
 import { Pkcs11SupervisorError } from '../model/errors.js';
+import { isBatchable } from './batch.js';
+import { CallBatcher, type Answer } from './call-batcher.js';
 import { errorOf } from './problem.js';
 import { ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
 
@@ -32,6 +34,11 @@ export type ConnectOptions = (
   bearer?: string | (() => string | Promise<string>);
   /** Connections kept to the daemon (default 16). */
   connections?: number;
+  /**
+   * Send the data-plane calls made in the same turn of the event loop as one `POST /v1/batch`
+   * (default true): each call keeps its own answer or error. A call with a `signal` always goes alone.
+   */
+  batch?: boolean;
 };
 
 function pem(source: PemSource): Buffer {
@@ -62,6 +69,8 @@ export class RemoteClient implements Pkcs11Client {
   private readonly pool: Pool;
   private readonly where: string;
   private readonly bearer: ConnectOptions['bearer'];
+  /** Null with `batch: false`. */
+  private readonly batches: CallBatcher | null;
 
   constructor(options: ConnectOptions) {
     const connections = options.connections ?? 16;
@@ -79,41 +88,53 @@ export class RemoteClient implements Pkcs11Client {
         connect: { cert: pem(cert), key: pem(key), ca: pem(ca), minVersion: 'TLSv1.3', ...(servername ? { servername } : {}) },
       });
     }
+    this.batches = options.batch === false ? null : new CallBatcher((path, body, deadline) => this.post(path, body, deadline));
   }
 
-  /** One POST of the route; its decoded result, or the daemon's error as a Pkcs11SupervisorError. */
+  /** One call of the route: sent alone, or with the other calls of this turn as a batch; its decoded result, or the daemon's error as a Pkcs11SupervisorError. */
   async call(name: RouteName, request: Record<string, unknown>): Promise<unknown> {
     if (!request || typeof request !== 'object') throw badInput('a request object is required');
     const { signal, timeoutMs, principal, ...fields } = request;
     if (principal !== undefined) throw badInput('a remote client acts as the identity it authenticated with (its certificate, token or socket); principal cannot be set per call');
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw badInput('signal must be an AbortSignal');
-    const headers: Record<string, string> = { 'content-type': 'application/json' };
     const sendable = typeof timeoutMs === 'number' && Number.isFinite(timeoutMs) && timeoutMs >= 1 && timeoutMs <= 2 ** 31 - 1;
-    if (sendable) headers[TIMEOUT_HEADER] = String(Math.ceil(timeoutMs));
-    else if (timeoutMs !== undefined) fields.timeoutMs = timeoutMs; // the daemon refuses it, as the in-process client does
-    let body: unknown;
+    const deadline = sendable ? String(Math.ceil(timeoutMs)) : undefined;
+    if (!sendable && timeoutMs !== undefined) fields.timeoutMs = timeoutMs; // the daemon refuses it, as the in-process client does
+    let body: string;
     try {
-      body = z.encode(ROUTES[name].request as z.ZodType, fields as never);
+      body = JSON.stringify(z.encode(ROUTES[name].request as z.ZodType, fields as never));
     } catch (e) {
       const issues = (e as z.ZodError).issues?.map((i) => ({ path: i.path.join('.') || '(request)', message: i.message })) ?? [];
       throw badInput(`the request does not match ${name}'s schema: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
     }
+    // A call with its own signal goes alone: aborting it closes its request, and only its request.
+    if (signal === undefined && this.batches && isBatchable(name)) return this.answer(name, await this.batches.add(name, body, deadline));
+    return this.answer(name, await this.post(`/v1/${name}`, body, deadline, signal as AbortSignal | undefined));
+  }
+
+  /** A POST to the daemon: its status and JSON body (undefined if it sent none). */
+  private async post(path: string, body: string, deadline: string | undefined, signal?: AbortSignal): Promise<Answer> {
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (deadline !== undefined) headers[TIMEOUT_HEADER] = deadline;
     if (this.bearer !== undefined) headers.authorization = `Bearer ${typeof this.bearer === 'string' ? this.bearer : await this.bearer()}`;
     let status: number;
     let text: string;
     try {
-      const res = await this.pool.request({ method: 'POST', path: `/v1/${name}`, headers, body: JSON.stringify(body), signal: signal as AbortSignal | undefined });
+      const res = await this.pool.request({ method: 'POST', path, headers, body, signal });
       status = res.statusCode;
       text = await res.body.text();
     } catch (e) {
       throw transportError(e, this.where);
     }
-    let json: unknown;
     try {
-      json = JSON.parse(text);
+      return { status, json: JSON.parse(text) as unknown };
     } catch {
-      json = undefined;
+      return { status, json: undefined };
     }
+  }
+
+  /** The route's result from the daemon's answer, or the error it stands for. */
+  private answer(name: RouteName, { status, json }: Answer): unknown {
     if (status !== 200) throw errorOf(status, json);
     try {
       return z.decode(ROUTES[name].result as z.ZodType, json as never);
