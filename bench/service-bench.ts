@@ -96,16 +96,24 @@ async function startDaemon(dir: string, t: ServiceBenchTools): Promise<{ child: 
 export interface ServiceResult {
   alg: string;
   addedP50us: { socket: number; tls: number };
-  ratioC64: { socket: number; tls: number };
-  runs: { socketAdded: number[]; tlsAdded: number[]; socketRatio: number[]; tlsRatio: number[] };
+  /** `socketUnbatched`: a client with `batch: false`, one request per call. */
+  ratioC64: { socket: number; tls: number; socketUnbatched: number };
+  runs: { socketAdded: number[]; tlsAdded: number[]; socketRatio: number[]; tlsRatio: number[]; socketUnbatchedRatio: number[] };
   /** µs of CPU per call, by where it is spent, at c=64. */
-  cpu: { inProcess: { main: number; others: number }; socket: { client: number; daemonMain: number; daemonOthers: number } };
+  cpu: { inProcess: { main: number; others: number }; socket: RemoteCpu; socketUnbatched: RemoteCpu };
+}
+
+interface RemoteCpu {
+  client: number;
+  daemonMain: number;
+  daemonOthers: number;
 }
 
 export async function serviceBench(t: ServiceBenchTools): Promise<ServiceResult[]> {
   const dir = mkdtempSync(join(tmpdir(), 'p11sup-bench-api-'));
   const daemon = await startDaemon(dir, t);
   const overSocket = connect({ socket: daemon.socket, connections: 64 });
+  const overSocketUnbatched = connect({ socket: daemon.socket, connections: 64, batch: false });
   const overTls = connect({ url: daemon.tlsUrl, tls: { cert: daemon.pki.clientCert, key: daemon.pki.clientKey, ca: daemon.pki.ca }, connections: 64 });
   const results: ServiceResult[] = [];
   try {
@@ -113,10 +121,10 @@ export async function serviceBench(t: ServiceBenchTools): Promise<ServiceResult[
       process.stderr.write(`bench: ${alg} over the socket and mutual TLS\n`);
       const local = (c: number) => (ms: number) => t.through(t.inProcess, 'token', mech, 32, c, ms);
       const remote = (client: Pkcs11Client, c: number) => (ms: number) => t.through(client, 'token', mech, 32, c, ms);
-      for (const client of [overSocket, overTls]) await remote(client, 64)(300); // connections open, code warm
+      for (const client of [overSocket, overTls, overSocketUnbatched]) await remote(client, 64)(300); // connections open, code warm
       await local(64)(300);
-      const runs = { socketAdded: [] as number[], tlsAdded: [] as number[], socketRatio: [] as number[], tlsRatio: [] as number[] };
-      const cpu = { inProcess: { main: [] as number[], others: [] as number[] }, socket: { client: [] as number[], daemonMain: [] as number[], daemonOthers: [] as number[] } };
+      const runs = { socketAdded: [] as number[], tlsAdded: [] as number[], socketRatio: [] as number[], tlsRatio: [] as number[], socketUnbatchedRatio: [] as number[] };
+      const cpu = { inProcess: { main: [] as number[], others: [] as number[] }, socket: cpuRuns(), socketUnbatched: cpuRuns() };
       for (let i = 0; i < t.repeats; i++) {
         for (const [client, added] of [[overSocket, runs.socketAdded], [overTls, runs.tlsAdded]] as const) {
           const turns = await t.inTurns(local(1), remote(client, 1), undefined, 50);
@@ -124,6 +132,7 @@ export async function serviceBench(t: ServiceBenchTools): Promise<ServiceResult[
         }
         const inProc = { main: 0, others: 0, ops: 0 };
         const sock = { client: 0, daemonMain: 0, daemonOthers: 0, ops: 0 };
+        const unbatched = { client: 0, daemonMain: 0, daemonOthers: 0, ops: 0 };
         const socketTurns = await t.inTurns(
           async (ms) => {
             let run!: Run;
@@ -133,41 +142,37 @@ export async function serviceBench(t: ServiceBenchTools): Promise<ServiceResult[
             inProc.ops += s.ops;
             return run;
           },
-          async (ms) => {
-            let run!: Run;
-            const clientBefore = process.cpuUsage();
-            const s = await cpuSplit(daemon.child.pid!, async () => (run = await remote(overSocket, 64)(ms)));
-            const c = process.cpuUsage(clientBefore);
-            sock.client += c.user + c.system;
-            sock.daemonMain += s.main * s.ops;
-            sock.daemonOthers += s.others * s.ops;
-            sock.ops += s.ops;
-            return run;
-          },
+          remoteMeasured(daemon.child.pid!, remote(overSocket, 64), sock),
         );
         runs.socketRatio.push(Number((t.rate(socketTurns.cell) / t.rate(socketTurns.raw)).toFixed(2)));
         const tlsTurns = await t.inTurns(local(64), remote(overTls, 64));
         runs.tlsRatio.push(Number((t.rate(tlsTurns.cell) / t.rate(tlsTurns.raw)).toFixed(2)));
+        const unbatchedTurns = await t.inTurns(local(64), remoteMeasured(daemon.child.pid!, remote(overSocketUnbatched, 64), unbatched));
+        runs.socketUnbatchedRatio.push(Number((t.rate(unbatchedTurns.cell) / t.rate(unbatchedTurns.raw)).toFixed(2)));
         cpu.inProcess.main.push(inProc.main / inProc.ops);
         cpu.inProcess.others.push(inProc.others / inProc.ops);
-        cpu.socket.client.push(sock.client / sock.ops);
-        cpu.socket.daemonMain.push(sock.daemonMain / sock.ops);
-        cpu.socket.daemonOthers.push(sock.daemonOthers / sock.ops);
+        for (const [into, from] of [[cpu.socket, sock], [cpu.socketUnbatched, unbatched]] as const) {
+          into.client.push(from.client / from.ops);
+          into.daemonMain.push(from.daemonMain / from.ops);
+          into.daemonOthers.push(from.daemonOthers / from.ops);
+        }
       }
       const m = (xs: number[]) => Math.round(t.median(xs));
       results.push({
         alg,
         addedP50us: { socket: t.median(runs.socketAdded), tls: t.median(runs.tlsAdded) },
-        ratioC64: { socket: t.median(runs.socketRatio), tls: t.median(runs.tlsRatio) },
+        ratioC64: { socket: t.median(runs.socketRatio), tls: t.median(runs.tlsRatio), socketUnbatched: t.median(runs.socketUnbatchedRatio) },
         runs,
         cpu: {
           inProcess: { main: m(cpu.inProcess.main), others: m(cpu.inProcess.others) },
           socket: { client: m(cpu.socket.client), daemonMain: m(cpu.socket.daemonMain), daemonOthers: m(cpu.socket.daemonOthers) },
+          socketUnbatched: { client: m(cpu.socketUnbatched.client), daemonMain: m(cpu.socketUnbatched.daemonMain), daemonOthers: m(cpu.socketUnbatched.daemonOthers) },
         },
       });
     }
   } finally {
     await overSocket.close();
+    await overSocketUnbatched.close();
     await overTls.close();
     daemon.child.kill('SIGTERM');
     await new Promise((r) => daemon.child.once('exit', r));
@@ -175,11 +180,24 @@ export async function serviceBench(t: ServiceBenchTools): Promise<ServiceResult[
   return results;
 }
 
-/**
- * What a batch route (n signatures in one request) would save: the HTTP work of a request,
- * client and server, is paid once for n signatures instead of n times.
- */
-export function batchEstimate(r: ServiceResult, n: number): { httpUsPerCall: number; batchedUsPerCall: number } {
-  const http = r.cpu.socket.client + r.cpu.socket.daemonMain - r.cpu.inProcess.main;
-  return { httpUsPerCall: Math.round(http), batchedUsPerCall: Math.round(http / n) };
+const cpuRuns = () => ({ client: [] as number[], daemonMain: [] as number[], daemonOthers: [] as number[] });
+
+/** A remote client's run, adding the CPU it took (this process, the daemon's main thread, the daemon's others) to `into`. */
+function remoteMeasured(daemonPid: number, run: (ms: number) => Promise<Run>, into: RemoteCpu & { ops: number }): (ms: number) => Promise<Run> {
+  return async (ms) => {
+    let r!: Run;
+    const clientBefore = process.cpuUsage();
+    const s = await cpuSplit(daemonPid, async () => (r = await run(ms)));
+    const c = process.cpuUsage(clientBefore);
+    into.client += c.user + c.system;
+    into.daemonMain += s.main * s.ops;
+    into.daemonOthers += s.others * s.ops;
+    into.ops += s.ops;
+    return r;
+  };
+}
+
+/** The HTTP work of a call, client and daemon: what a remote call costs beyond the in-process client's main thread. */
+export function httpUsPerCall(r: ServiceResult, cpu: RemoteCpu): number {
+  return Math.round(cpu.client + cpu.daemonMain - r.cpu.inProcess.main);
 }
