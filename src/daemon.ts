@@ -20,7 +20,7 @@ import { loadConfigFile } from './config.js';
 import { checkApiPaths, checkPaths } from './config-paths.js';
 import { configHash } from './config-reload.js';
 import { gateOf } from './client/supervisor-client.js';
-import { createLogger, logLevel } from './logger.js';
+import { createLogger, exitWhenLogged, logLevel } from './logger.js';
 import { createMetrics } from './metrics.js';
 import { addressOf, startHttpServer } from './http-server.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
@@ -142,7 +142,8 @@ async function main(): Promise<void> {
   } catch (e) {
     const err = e as Pkcs11SupervisorError;
     process.stderr.write(`pkcs11-supervisor: cannot start: ${err.code ? `[${err.code}] ` : ''}${err.message}\n`);
-    process.exit(err instanceof Pkcs11SupervisorError ? 78 : 1);
+    exitWhenLogged(err instanceof Pkcs11SupervisorError ? 78 : 1);
+    return;
   }
   stopOnSignal(daemon);
   reloadOnSignal(daemon);
@@ -163,11 +164,11 @@ export function stopOnSignal(daemon: Daemon, boundMs = 30_000, onStopped: () => 
     if (stopping) return;
     stopping = true;
     process.stderr.write(`pkcs11-supervisor: ${signal}, shutting down\n`);
-    const force = setTimeout(() => process.exit(1), boundMs);
+    const force = setTimeout(() => exitWhenLogged(1), boundMs);
     force.unref();
     daemon.stop().then(
-      () => (onStopped(), process.exit(0)),
-      () => process.exit(1),
+      () => (onStopped(), exitWhenLogged(0)),
+      () => exitWhenLogged(1),
     );
   };
   process.on('SIGTERM', () => stop('SIGTERM'));

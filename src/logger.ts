@@ -20,6 +20,62 @@ export const REDACT_PATHS = ['pin', '*.pin', '*.*.pin', 'password', '*.password'
 export function createLogger(level: LevelWithSilent, options: { pretty?: boolean; destination?: pino.DestinationStream } = {}): Logger {
   const base: LoggerOptions = { level, base: { name: 'pkcs11-supervisor' }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } };
   if (options.pretty) return pino({ ...base, transport: { target: 'pino-pretty', options: { colorize: true } } });
-  // Asynchronous by default: a log line must never stall the sign path on a slow stdout.
-  return pino(base, options.destination ?? pino.destination({ dest: 1, sync: false }));
+  if (options.destination) return pino(base, options.destination);
+  // Asynchronous: a log line must never stall the sign path on a slow stdout.
+  const destination = pino.destination({ dest: 1, sync: false });
+  destinations.set(destination as unknown as Destination, destination.flushSync);
+  destination.on('error', (e: NodeJS.ErrnoException) => stopWriting(destination as unknown as Destination, e));
+  return pino(base, destination);
+}
+
+/**
+ * A write to stdout failed (its reader went away: EPIPE from a pipe, ECONNRESET from a socket
+ * such as journald's; or EIO): the log stops there, and the daemon goes on signing. pino does
+ * this for EPIPE only; any other error reached no listener and crashed the daemon.
+ */
+function stopWriting(d: Destination, e: NodeJS.ErrnoException): void {
+  if (stopped.has(d)) return;
+  stopped.add(d);
+  d.write = () => true;
+  d.flushSync = () => undefined;
+  d.flush = (cb?: (err?: Error) => void) => cb?.();
+  d.end = () => undefined;
+  try {
+    process.stderr.write(`pkcs11-supervisor: the log could not be written to stdout (${e.code ?? e.message}); logging stopped\n`);
+  } catch {
+    // stderr is gone too
+  }
+}
+
+/** What exitWhenLogged reads of the stdout destinations createLogger made (sonic-boom's). */
+interface Destination {
+  _writing: boolean;
+  _len: number;
+  write: (line: string) => boolean;
+  flushSync(): void;
+  flush(cb?: (err?: Error) => void): void;
+  end(): void;
+}
+/** The stdout destinations createLogger made, with their own flushSync. */
+const destinations = new Map<Destination, () => void>();
+/** Not given up: a destination whose write failed has its methods replaced (by pino for EPIPE, by stopWriting otherwise). */
+const writing = (d: Destination) => d.flushSync === destinations.get(d);
+const stopped = new WeakSet<Destination>();
+
+/**
+ * Exits once the log lines already written have left (up to `boundMs`). Not process.exit alone:
+ * pino then writes what is pending with sonic-boom's flushSync, which retries a failed write
+ * every 100 ms forever, so a daemon whose log reader had gone away (EPIPE on stdout) or stopped
+ * reading never exited, SIGTERM or not. Lines that cannot be written by then are dropped.
+ */
+export function exitWhenLogged(code: number, boundMs = 1_000): void {
+  const until = performance.now() + boundMs;
+  const check = () => {
+    const pending = [...destinations.keys()].some((d) => writing(d) && (d._writing || d._len > 0));
+    if (pending && performance.now() < until) return void setTimeout(check, 5);
+    // What is left could not be written in time: pino's exit hook must not try again.
+    for (const d of destinations.keys()) d.flushSync = () => undefined;
+    process.exit(code);
+  };
+  check();
 }

@@ -40,3 +40,24 @@ describe('SIGTERM with calls in flight', () => {
     expect(counts.C_Finalize).toBe(1);
   });
 });
+
+describe('a log reader that stops reading and goes away', () => {
+  it('costs the log, not the process: a note on stderr, the process lives on and exits 0 promptly', async () => {
+    const child = spawn(process.execPath, ['test/fixtures/log-exit-child.mjs'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.pause(); // never read: 2 MB of log lines wait in the socket and in the logger
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    while (!err.includes('logged')) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 200));
+    // The reader (a log shipper, journald's socket, `| tee`) goes away with lines unread: the next write fails with ECONNRESET or EPIPE.
+    child.stdout.destroy();
+    const t0 = Date.now();
+    const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running'), 8000))]);
+    if (code === 'still running') child.kill('SIGKILL');
+    expect(err).toMatch(/the log could not be written to stdout \((ECONNRESET|EPIPE)\); logging stopped/);
+    expect(err).toContain('alive');
+    expect(code).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(5000);
+  });
+});
