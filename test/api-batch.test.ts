@@ -45,13 +45,19 @@ beforeAll(async () => {
   writeFileSync(
     file,
     JSON.stringify({
-      ...faultConfig(td, faults, { s: { token: { label: 'batch' }, pin: { env: 'BATCH_PIN' }, maxDataBytes: 4096, keys: { rsa: { label: 'rsa', id: '01' }, ec: { label: 'ec', id: '02' }, gone: { label: 'gone' } } } }),
+      ...faultConfig(
+        td,
+        faults,
+        { s: { token: { label: 'batch' }, pin: { env: 'BATCH_PIN' }, maxDataBytes: 4096, keys: { rsa: { label: 'rsa', id: '01' }, ec: { label: 'ec', id: '02' }, gone: { label: 'gone' } } } },
+        // The same token without the fault module: a slot the faults never slow down.
+        { fast: { token: { label: 'batch' }, pin: { env: 'BATCH_PIN' } } },
+      ),
       metrics: { enabled: true, host: '127.0.0.1', port: 0 },
       audit: { path: join(td.dir, 'audit.jsonl') },
       api: { unix: { path: sock, principal: 'local' } },
       policy: {
         principals: { local: ['service'] },
-        slots: { s: { service: { keys: ['ec', 'rsa', 'gone'] }, auditor: {} } },
+        slots: { s: { service: { keys: ['ec', 'rsa', 'gone'] }, auditor: {} }, fast: { service: {} } },
       },
     }),
   );
@@ -170,6 +176,20 @@ describe('the remote client batches what its callers send together', () => {
       client.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data: Buffer.alloc(4097) }).catch((e: { code: string }) => e.code),
     ]);
     expect(outcomes).toEqual(['ok', 'KEY_NOT_FOUND', 'SLOT_NOT_FOUND', false, 'BAD_INPUT']);
+  });
+
+  it("calls to different slots go in different requests: a slow slot's calls do not hold up a fast one's", async () => {
+    faults.set('delay C_Sign 400');
+    try {
+      await sleep(50);
+      const t0 = performance.now();
+      const sign = (slot: string) => client.sign({ slot, key: 'ec', mechanism: 'ECDSA-SHA256', data: Buffer.from(slot) }).then(() => performance.now() - t0);
+      const [slow, fast] = await Promise.all([Promise.all([sign('s'), sign('s'), sign('s')]), Promise.all([sign('fast'), sign('fast'), sign('fast')])]);
+      expect(Math.min(...slow)).toBeGreaterThanOrEqual(400);
+      expect(Math.max(...fast)).toBeLessThan(300);
+    } finally {
+      faults.clear();
+    }
   });
 
   it('calls with different deadlines go in different requests, each with its own', async () => {

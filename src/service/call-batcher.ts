@@ -2,8 +2,10 @@
  * The remote client's half of `POST /v1/batch`: the data-plane calls its callers make in one
  * turn of the event loop are held until the turn ends (setImmediate) and sent together, as the
  * mailbox packs a slot's queued calls for its session thread. A lone call goes as its own route,
- * so one caller at a time sees no difference. Calls are grouped by deadline (the batch's header),
- * and each gets its own answer: its result, or the problem document it would have had alone.
+ * so one caller at a time sees no difference. Calls are grouped by slot (a batch is answered when
+ * its slowest call is: a fast slot's calls must not wait for a slow one's) and by deadline (the
+ * batch's header), and each gets its own answer: its result, or the problem document it would
+ * have had alone.
  */
 import { Pkcs11SupervisorError } from '../model/errors.js';
 import { BATCH_PATH, MAX_BATCH_BYTES, type BatchableName } from './batch.js';
@@ -32,20 +34,21 @@ interface Held {
 }
 
 export class CallBatcher {
-  /** Held calls by their deadline header (undefined: none). */
-  private held = new Map<string | undefined, Held[]>();
+  /** Held calls by slot and deadline header. */
+  private held = new Map<string, { deadline: string | undefined; calls: Held[] }>();
   private scheduled = false;
   /** False once a daemon has answered that it has no batch route (an older version): every call then goes alone. */
   private supported = true;
 
   constructor(private readonly post: Post) {}
 
-  add(name: BatchableName, body: string, deadline: string | undefined): Promise<Answer> {
+  add(name: BatchableName, slot: unknown, body: string, deadline: string | undefined): Promise<Answer> {
     if (!this.supported) return this.post(`/v1/${name}`, body, deadline);
     return new Promise((resolve, reject) => {
-      let group = this.held.get(deadline);
-      if (!group) this.held.set(deadline, (group = []));
-      group.push({ name, body, resolve, reject });
+      const key = JSON.stringify([slot, deadline]);
+      let group = this.held.get(key);
+      if (!group) this.held.set(key, (group = { deadline, calls: [] }));
+      group.calls.push({ name, body, resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
         setImmediate(() => this.flush());
@@ -57,7 +60,7 @@ export class CallBatcher {
     this.scheduled = false;
     const groups = this.held;
     this.held = new Map();
-    for (const [deadline, calls] of groups) {
+    for (const { deadline, calls } of groups.values()) {
       let batch: Held[] = [];
       let bytes = 0;
       for (const call of calls) {

@@ -108,7 +108,7 @@ export class RemoteClient implements Pkcs11Client {
       throw badInput(`the request does not match ${name}'s schema: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
     }
     // A call with its own signal goes alone: aborting it closes its request, and only its request.
-    if (signal === undefined && this.batches && isBatchable(name)) return this.answer(name, await this.batches.add(name, body, deadline));
+    if (signal === undefined && this.batches && isBatchable(name)) return this.answer(name, await this.batches.add(name, fields.slot, body, deadline));
     return this.answer(name, await this.post(`/v1/${name}`, body, deadline, signal as AbortSignal | undefined));
   }
 
