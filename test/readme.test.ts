@@ -144,14 +144,16 @@ describe('README', () => {
     expect(openssl(['dgst', '-sha256', '-verify', join(project, 'pub.pem'), '-signature', join(project, 'sig.der'), join(project, 'data')]).toString()).toContain('Verified OK');
   });
 
-  it('the curl lines sign over the socket and over mutual TLS; OpenSSL accepts each signature', async () => {
+  it('the curl lines sign over the socket, over mutual TLS and in a batch; OpenSSL accepts each signature', async () => {
     const pem = run(process.execPath, [join(ROOT, 'dist/src/cli.js'), 'pubkey', '--slot', 'signer', '--key', 'ec', '--format', 'pem', '--out', 'ec-curl.pem']);
     expect(pem.code, pem.err).toBe(0);
     writeFileSync(join(project, 'invoice'), 'invoice 2026-0042');
     const lines = only('curl against the daemon').body.split('\n');
-    expect(lines).toHaveLength(2);
+    expect(lines).toHaveLength(3);
     expect(lines[0]).toMatch(/^curl --unix-socket /);
     expect(lines[1]).toMatch(/^curl .*--cert /);
+    expect(lines[2]).toMatch(/^curl --unix-socket .*\/v1\/batch /);
+    let signatures = 0;
     for (const line of lines) {
       // Async: bash and curl are processes of their own, but keep this one's loop free anyway.
       const out = await new Promise<string>((resolve, reject) => {
@@ -160,10 +162,14 @@ describe('README', () => {
         p.stdout.on('data', (d: Buffer) => (text += d.toString()));
         p.on('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`${line}: exit ${code}`))));
       });
-      const { signature } = JSON.parse(out) as { signature: string };
-      writeFileSync(join(project, 'curl.sig'), Buffer.from(signature, 'base64'));
-      expect(openssl(['dgst', '-sha256', '-verify', join(project, 'ec-curl.pem'), '-signature', join(project, 'curl.sig'), join(project, 'invoice')]).toString()).toContain('Verified OK');
+      const answer = JSON.parse(out) as { signature?: string; results?: { result: { signature: string } }[] };
+      for (const signature of answer.results ? answer.results.map((r) => r.result.signature) : [answer.signature!]) {
+        writeFileSync(join(project, 'curl.sig'), Buffer.from(signature, 'base64'));
+        expect(openssl(['dgst', '-sha256', '-verify', join(project, 'ec-curl.pem'), '-signature', join(project, 'curl.sig'), join(project, 'invoice')]).toString()).toContain('Verified OK');
+        signatures++;
+      }
     }
+    expect(signatures).toBe(4);
   });
 
   it('the CLI examples run, line by line, through that daemon; OpenSSL accepts the signature they make', () => {
