@@ -13,7 +13,7 @@ import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import fastifySwagger from '@fastify/swagger';
 import Fastify, { LogController, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
-import { hasZodFastifySchemaValidationErrors, jsonSchemaTransform, validatorCompiler } from 'fastify-type-provider-zod';
+import { jsonSchemaTransform, validatorCompiler } from 'fastify-type-provider-zod';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { AUDITED } from '../client/gate.js';
@@ -28,6 +28,8 @@ import { RateLimiter } from './rate-limit.js';
 import { RefusalLog } from './refusal-log.js';
 import { ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
 import { readTlsFiles, watchTlsFiles } from './tls-files.js';
+import { closeIdleSockets, untilHangup } from './connections.js';
+import { asSupervisorError, schemaMismatch, timeoutHeader } from './request-errors.js';
 import { listenUnix, type BoundSocket } from './unix-socket.js';
 
 declare module 'fastify' {
@@ -57,13 +59,6 @@ export interface ApiServer {
 function bodyLimit(config: Config): number {
   const largest = Math.max(...Object.values(config.slots).map((s) => s.maxDataBytes));
   return Math.ceil((largest * 4) / 3) + 64 * 1024;
-}
-
-function timeoutHeader(value: string | string[] | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  const n = typeof value === 'string' && /^\d{1,10}$/.test(value) ? Number(value) : NaN;
-  if (!(n > 0 && n <= 2 ** 31 - 1)) throw new Pkcs11SupervisorError('BAD_INPUT', `${TIMEOUT_HEADER} must be a positive whole number of milliseconds`);
-  return n;
 }
 
 /** The wire side of a codec (what the OpenAPI document shows a response as). */
@@ -336,22 +331,6 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   };
 }
 
-/**
- * A connection that sends nothing (or stops halfway through its request) for `ms` is closed;
- * one waiting for its answer is not, however long the token takes. Node's header and request
- * deadlines only start with a request's first byte.
- */
-function closeIdleSockets(server: Server | HttpsServer, ms: number): void {
-  const busy = new WeakSet<Socket>();
-  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    busy.add(req.socket);
-    res.once('close', () => busy.delete(req.socket));
-  });
-  server.setTimeout(ms, (socket: Socket) => {
-    if (!busy.has(socket)) socket.destroy();
-  });
-}
-
 async function invoke(sup: Pkcs11Supervisor, name: RouteName, request: FastifyRequest): Promise<unknown> {
   // The caller is the principal: the same { id, roles, peer } the in-process client takes.
   const principal = request.caller!;
@@ -363,23 +342,6 @@ async function invoke(sup: Pkcs11Supervisor, name: RouteName, request: FastifyRe
   return callMethod(sup, name, body, principal, untilHangup(request.raw.socket), deadline);
 }
 
-const hangups = new WeakMap<Socket, AbortSignal>();
-/**
- * A signal that aborts when the connection closes: the calls of a client that went away, and
- * only those still queued, never reach the token. One per connection (it carries one request at
- * a time), not one per request: a controller and its listener cost a request ~4 µs.
- */
-function untilHangup(socket: Socket): AbortSignal {
-  let signal = hangups.get(socket);
-  if (!signal) {
-    const aborter = new AbortController();
-    if (socket.destroyed) aborter.abort();
-    else socket.once('close', () => aborter.abort());
-    hangups.set(socket, (signal = aborter.signal));
-  }
-  return signal;
-}
-
 /** A method of the client, called for a caller; its result as the route's wire form. The deadline header wins over the request's timeoutMs. */
 async function callMethod(sup: Pkcs11Supervisor, name: RouteName, body: Record<string, unknown>, principal: Caller, signal: AbortSignal, deadline: number | undefined): Promise<unknown> {
   const value = await (sup[name] as (req: unknown) => Promise<unknown>)({ ...body, principal, signal, timeoutMs: deadline ?? body.timeoutMs });
@@ -388,24 +350,3 @@ async function callMethod(sup: Pkcs11Supervisor, name: RouteName, body: Record<s
 
 const wireResult = (name: RouteName, value: unknown): unknown => z.encode(ROUTES[name].result as z.ZodType, value as never);
 
-function schemaMismatch(issues: { path: string; message: string }[]): Pkcs11SupervisorError {
-  const named = issues.map((i) => ({ path: i.path || '(body)', message: i.message }));
-  return new Pkcs11SupervisorError('BAD_INPUT', `the request does not match the method's schema: ${named.map((i) => `${i.path}: ${i.message}`).join('; ')}`, { issues: named });
-}
-
-/** Any error as the typed error it is, or stands for; a fault of ours is logged with its stack and sent as INTERNAL. */
-function asSupervisorError(err: unknown, log: Logger): Pkcs11SupervisorError {
-  if (err instanceof Pkcs11SupervisorError) return err;
-  const e = err as FastifyError;
-  if (hasZodFastifySchemaValidationErrors(e)) return schemaMismatch(e.validation.map((v) => ({ path: v.instancePath.replace(/^\//, '').replaceAll('/', '.'), message: v.message ?? 'invalid' })));
-  if (e instanceof z.ZodError) {
-    log.error({ err: e.message }, 'a result does not match its wire schema');
-    return new Pkcs11SupervisorError('INTERNAL', 'the daemon could not encode its answer');
-  }
-  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
-    // Fastify's own refusals: malformed JSON, an oversized body, another media type.
-    return new Pkcs11SupervisorError('BAD_INPUT', e.message);
-  }
-  log.error({ err: e }, 'service API: unexpected error');
-  return new Pkcs11SupervisorError('INTERNAL', 'an internal error; the daemon log has the details');
-}

@@ -1,0 +1,36 @@
+/** A request's header and schema refusals, and any error, as the typed error the API answers with. */
+import type { FastifyError } from 'fastify';
+import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { Pkcs11SupervisorError } from '../model/errors.js';
+import { TIMEOUT_HEADER } from './routes.js';
+
+export function timeoutHeader(value: string | string[] | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = typeof value === 'string' && /^\d{1,10}$/.test(value) ? Number(value) : NaN;
+  if (!(n > 0 && n <= 2 ** 31 - 1)) throw new Pkcs11SupervisorError('BAD_INPUT', `${TIMEOUT_HEADER} must be a positive whole number of milliseconds`);
+  return n;
+}
+
+export function schemaMismatch(issues: { path: string; message: string }[]): Pkcs11SupervisorError {
+  const named = issues.map((i) => ({ path: i.path || '(body)', message: i.message }));
+  return new Pkcs11SupervisorError('BAD_INPUT', `the request does not match the method's schema: ${named.map((i) => `${i.path}: ${i.message}`).join('; ')}`, { issues: named });
+}
+
+/** Any error as the typed error it is, or stands for; a fault of ours is logged with its stack and sent as INTERNAL. */
+export function asSupervisorError(err: unknown, log: Logger): Pkcs11SupervisorError {
+  if (err instanceof Pkcs11SupervisorError) return err;
+  const e = err as FastifyError;
+  if (hasZodFastifySchemaValidationErrors(e)) return schemaMismatch(e.validation.map((v) => ({ path: v.instancePath.replace(/^\//, '').replaceAll('/', '.'), message: v.message ?? 'invalid' })));
+  if (e instanceof z.ZodError) {
+    log.error({ err: e.message }, 'a result does not match its wire schema');
+    return new Pkcs11SupervisorError('INTERNAL', 'the daemon could not encode its answer');
+  }
+  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+    // Fastify's own refusals: malformed JSON, an oversized body, another media type.
+    return new Pkcs11SupervisorError('BAD_INPUT', e.message);
+  }
+  log.error({ err: e }, 'service API: unexpected error');
+  return new Pkcs11SupervisorError('INTERNAL', 'an internal error; the daemon log has the details');
+}
