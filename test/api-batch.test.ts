@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer } from 'node:http';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { compactVerify, importSPKI } from 'jose';
 import { connect, startDaemon, type Daemon, type Pkcs11Client } from '../dist/src/index.js';
 import { curl } from './support/curl.js';
 import { Faults, faultConfig } from './support/faults.js';
@@ -39,6 +40,8 @@ async function auditRecords(): Promise<Record<string, unknown>[]> {
 beforeAll(async () => {
   td = tokenDir();
   process.env.BATCH_PIN = createToken(td, 'batch').pin;
+  // Before the module is loaded: SoftHSM2 finds its tokens when it is initialized.
+  process.env.OPEN_PIN = createToken(td, 'open').pin;
   faults = new Faults(td);
   sock = join(td.dir, 'api.sock');
   const file = join(td.dir, 'config.json');
@@ -202,6 +205,53 @@ describe('the remote client batches what its callers send together', () => {
       expect(outcomes.slice(2)).toEqual(['ok', 'ok']);
     } finally {
       faults.clear();
+    }
+  });
+});
+
+describe('every method a batch carries', () => {
+  it('answers in a batch as on its own route: JWS, AES-GCM, HMAC, verify, public key, random', async () => {
+    const file = join(td.dir, 'open.json');
+    const path = join(td.dir, 'open.sock');
+    // On a token of its own (see beforeAll): stopping this daemon logs its token out for the whole process.
+    writeFileSync(file, JSON.stringify({ ...faultConfig(td, faults, {}, { o: { token: { label: 'open' }, pin: { env: 'OPEN_PIN' } } }), api: { unix: { path } } }));
+    const d = await startDaemon(file);
+    const c = connect({ socket: path });
+    const routes: string[] = [];
+    d.sup.on('apiRequest', (e) => routes.push(e.route));
+    try {
+      const aes = await c.generateSecretKey({ slot: 'o', algorithm: 'AES-256', label: 'batch-aes' });
+      const hmac = await c.generateSecretKey({ slot: 'o', algorithm: 'HMAC-256', label: 'batch-hmac' });
+      const o = 'o';
+      const plain = [Buffer.from('first plaintext'), Buffer.from('second plaintext')];
+      const data = Buffer.from('signed in a batch');
+      routes.length = 0;
+      const [enc1, enc2, jws, mac, sig, pub, random] = await Promise.all([
+        c.encrypt({ slot: o, key: { label: aes.label }, mechanism: 'AES-GCM', data: plain[0]! }),
+        c.encrypt({ slot: o, key: { label: aes.label }, mechanism: 'AES-GCM', data: plain[1]! }),
+        c.signJws({ slot: o, key: 'ec', alg: 'ES256', payload: { sub: 'batch' } }),
+        c.mac({ slot: o, key: { label: hmac.label }, mechanism: 'HMAC-SHA256', data }),
+        c.sign({ slot: o, key: 'rsa', mechanism: 'RSA-PSS-SHA256', data }),
+        c.getPublicKey({ slot: o, key: 'ec' }),
+        c.generateRandom({ slot: o, length: 32 }),
+      ]);
+      expect(routes).toContain('batch');
+      const [dec1, dec2, macOk, sigOk, macBad] = await Promise.all([
+        c.decrypt({ slot: o, key: { label: aes.label }, mechanism: 'AES-GCM', data: enc1.ciphertext, iv: enc1.iv }),
+        c.decrypt({ slot: o, key: { label: aes.label }, mechanism: 'AES-GCM', data: enc2.ciphertext, iv: enc2.iv }),
+        c.verifyMac({ slot: o, key: { label: hmac.label }, mechanism: 'HMAC-SHA256', data, mac }),
+        c.verify({ slot: o, key: 'rsa', mechanism: 'RSA-PSS-SHA256', data, signature: sig }),
+        c.verifyMac({ slot: o, key: { label: hmac.label }, mechanism: 'HMAC-SHA256', data: Buffer.from('other data'), mac }),
+      ]);
+      expect([dec1.toString(), dec2.toString()]).toEqual(['first plaintext', 'second plaintext']);
+      expect([macOk, sigOk, macBad]).toEqual([true, true, false]);
+      const { payload } = await compactVerify(jws, await importSPKI(pub.pem, 'ES256'));
+      expect(JSON.parse(Buffer.from(payload).toString())).toEqual({ sub: 'batch' });
+      expect(opensslVerifies(exportPublicKey(td, 'open', '01'), 'RSA-PSS-SHA256', data, sig)).toBe(true);
+      expect(random).toHaveLength(32);
+    } finally {
+      await c.close();
+      await d.stop();
     }
   });
 });
