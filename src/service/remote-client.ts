@@ -7,7 +7,7 @@
  * daemon then drops the call if it has not reached the token.
  */
 import { readFileSync } from 'node:fs';
-import { Pool } from 'undici';
+import { Pool, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import type { AuditVerdict } from '../audit-record.js';
 import type { Pkcs11Client } from '../client/pkcs11-client.js';
@@ -61,6 +61,45 @@ function transportError(e: unknown, where: string): Pkcs11SupervisorError {
   // In TLS 1.3 the server checks the client certificate after the client's side of the handshake is done: a refusal may reach us as a closed connection.
   const hint = where.startsWith('https:') ? ' (a TLS listener also closes the connection when it refuses the client certificate)' : '';
   return new Pkcs11SupervisorError('CLOSED', `cannot reach the daemon at ${where}: ${err.message}${hint}`, { cause: e });
+}
+
+/**
+ * One request through undici's dispatcher, its answer read into one buffer: `request()` wraps
+ * each answer in a stream read back through promises, ~8 µs of the client's CPU a request here.
+ * Aborting the signal aborts the request, queued or on the wire (undici then closes its
+ * connection, which is how the daemon learns that the caller went away).
+ */
+function exchange(pool: Pool, options: Dispatcher.DispatchOptions, signal?: AbortSignal): Promise<{ status: number; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const aborted = () => new DOMException('the call was aborted by its signal', 'AbortError');
+    if (signal?.aborted) return reject(aborted());
+    let controller: Dispatcher.DispatchController | undefined;
+    const onAbort = () => controller?.abort(aborted());
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const done = () => signal?.removeEventListener('abort', onAbort);
+    let status = 0;
+    const chunks: Buffer[] = [];
+    pool.dispatch(options, {
+      onRequestStart(c) {
+        controller = c;
+        if (signal?.aborted) c.abort(aborted());
+      },
+      onResponseStart(_c, statusCode) {
+        status = statusCode;
+      },
+      onResponseData(_c, chunk) {
+        chunks.push(chunk);
+      },
+      onResponseEnd() {
+        done();
+        resolve({ status, body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks) });
+      },
+      onResponseError(_c, e) {
+        done();
+        reject(e);
+      },
+    });
+  });
 }
 
 export interface RemoteClient extends Methods {}
@@ -117,19 +156,13 @@ export class RemoteClient implements Pkcs11Client {
     const headers: Record<string, string> = { 'content-type': 'application/json' };
     if (deadline !== undefined) headers[TIMEOUT_HEADER] = deadline;
     if (this.bearer !== undefined) headers.authorization = `Bearer ${typeof this.bearer === 'string' ? this.bearer : await this.bearer()}`;
-    let status: number;
-    let text: string;
-    try {
-      const res = await this.pool.request({ method: 'POST', path, headers, body, signal });
-      status = res.statusCode;
-      text = await res.body.text();
-    } catch (e) {
+    const bytes = await exchange(this.pool, { method: 'POST', path, headers, body }, signal).catch((e: unknown) => {
       throw transportError(e, this.where);
-    }
+    });
     try {
-      return { status, json: JSON.parse(text) as unknown };
+      return { status: bytes.status, json: JSON.parse(bytes.body.toString()) as unknown };
     } catch {
-      return { status, json: undefined };
+      return { status: bytes.status, json: undefined };
     }
   }
 
