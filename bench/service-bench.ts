@@ -103,7 +103,7 @@ export interface ServiceResult {
   cpu: { inProcess: { main: number; others: number }; socket: RemoteCpu; socketUnbatched: RemoteCpu };
 }
 
-interface RemoteCpu {
+export interface RemoteCpu {
   client: number;
   daemonMain: number;
   daemonOthers: number;
@@ -158,6 +158,7 @@ export async function serviceBench(t: ServiceBenchTools): Promise<ServiceResult[
         }
       }
       const m = (xs: number[]) => Math.round(t.median(xs));
+      const medianCpu = (c: ReturnType<typeof cpuRuns>): RemoteCpu => ({ client: m(c.client), daemonMain: m(c.daemonMain), daemonOthers: m(c.daemonOthers) });
       results.push({
         alg,
         addedP50us: { socket: t.median(runs.socketAdded), tls: t.median(runs.tlsAdded) },
@@ -165,8 +166,8 @@ export async function serviceBench(t: ServiceBenchTools): Promise<ServiceResult[
         runs,
         cpu: {
           inProcess: { main: m(cpu.inProcess.main), others: m(cpu.inProcess.others) },
-          socket: { client: m(cpu.socket.client), daemonMain: m(cpu.socket.daemonMain), daemonOthers: m(cpu.socket.daemonOthers) },
-          socketUnbatched: { client: m(cpu.socketUnbatched.client), daemonMain: m(cpu.socketUnbatched.daemonMain), daemonOthers: m(cpu.socketUnbatched.daemonOthers) },
+          socket: medianCpu(cpu.socket),
+          socketUnbatched: medianCpu(cpu.socketUnbatched),
         },
       });
     }

@@ -28,7 +28,7 @@ import { pino } from 'pino';
 import { callFor, closedLoop, openRawSession, type BenchOp, type RawConfig, type Run } from './raw-loop.js';
 import { busiestThread, cpuOfSlice, MAIN_THREAD, otherCpus, pin, vcpuGap } from './same-cpu.js';
 import { startSupervisor, type ConfigInput, type Pkcs11Client, type Pkcs11Supervisor } from '../src/index.js';
-import { httpUsPerCall, serviceBench } from './service-bench.js';
+import { httpUsPerCall, serviceBench, type RemoteCpu } from './service-bench.js';
 import { networkHsmBench } from './network-hsm.js';
 import { compare } from './compare.js';
 import type { Result } from './results.js';
@@ -507,7 +507,7 @@ for (const r of service) {
   console.log(`| ${r.alg} | mutual TLS | ${r.addedP50us.tls} | ${r.ratioC64.tls} | ${r.runs.tlsRatio.join(', ')} |`);
 }
 for (const r of service) {
-  const split = (c: { client: number; daemonMain: number; daemonOthers: number }) => `client ${c.client} µs, daemon main (HTTP + supervisor) ${c.daemonMain} µs, daemon session (token) ${c.daemonOthers} µs`;
+  const split = (c: RemoteCpu) => `client ${c.client} µs, daemon main (HTTP + supervisor) ${c.daemonMain} µs, daemon session (token) ${c.daemonOthers} µs`;
   console.log(
     `CPU per call, ${r.alg}, c=64: in-process main ${r.cpu.inProcess.main} µs + session ${r.cpu.inProcess.others} µs; ` +
       `socket, batched: ${split(r.cpu.socket)} (HTTP ≈ ${httpUsPerCall(r, r.cpu.socket)} µs a call); ` +

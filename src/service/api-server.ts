@@ -222,7 +222,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
       settle('batch', 'RATE_LIMITED', problem.status, 0, undefined, caller, request.raw.socket);
       return { problem };
     };
-      const signal = untilHangup(request.raw.socket);
+    const signal = untilHangup(request.raw.socket);
     const results = await Promise.all(calls.map((c, i) => (i < granted ? batchCall(c.method, c.request, caller, signal, deadline, request.raw.socket) : overLimit())));
     return { results };
   }

@@ -45,7 +45,7 @@ export class CallBatcher {
   add(name: BatchableName, slot: unknown, body: string, deadline: string | undefined): Promise<Answer> {
     if (!this.supported) return this.post(`/v1/${name}`, body, deadline);
     return new Promise((resolve, reject) => {
-      const key = JSON.stringify([slot, deadline]);
+      const key = `${String(slot)}\0${deadline ?? ''}`;
       let group = this.held.get(key);
       if (!group) this.held.set(key, (group = { deadline, calls: [] }));
       group.calls.push({ name, body, resolve, reject });
