@@ -1,7 +1,7 @@
 /**
  * The session thread's loop: reads calls from the main thread's channel and answers each on
  * it, in order. After a call it spins up to `spinMs` for the next one, if the busy threads
- * leave a core for it, then sleeps on the shared counter. A steady caller then never pays for
+ * leave a core for it and its calls are quick (busy-board.ts), then sleeps on the shared counter. A steady caller then never pays for
  * waking the thread, a spinning thread never crowds out a signing one, and an idle slot costs
  * no CPU.
  */
@@ -9,7 +9,7 @@ import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import type { WorkerReply, WorkerTask } from '../../src/model/protocol.js';
 import type { PackedBatch, PackedReplies } from './batch-codec.js';
-import { IDLE, RUNNING, SPINNING, roomToSpin } from './busy-board.js';
+import { IDLE, RUNNING, SPINNING, SPIN_FOR_CALLS_UP_TO_MS, roomToSpin } from './busy-board.js';
 
 export type ServeRequest = { id: number; task: WorkerTask | PackedBatch } | 'stop';
 export type ServeReply = { id: number; reply: WorkerReply } | { id: number; packed: PackedReplies; startedAt: number; endedAt: number };
@@ -33,10 +33,12 @@ export interface Serve {
 export async function serveLoop(start: ServeStart, serve: Serve): Promise<void> {
   const { port, posted, spinMs, board, cell, cores } = start;
   let seen = 0;
+  /** The calls just answered were short enough that the next one is worth spinning for. */
+  let quick = true;
   if (cell > 0) Atomics.store(board, cell, RUNNING);
   for (;;) {
     if (cell > 0) {
-      if (spinMs > 0 && roomToSpin(board, cores)) {
+      if (spinMs > 0 && quick && roomToSpin(board, cores)) {
         Atomics.store(board, cell, SPINNING);
         const until = performance.now() + spinMs;
         // Gives up as soon as another thread starts running and the cores are full.
@@ -47,18 +49,26 @@ export async function serveLoop(start: ServeStart, serve: Serve): Promise<void> 
     Atomics.wait(posted, 0, seen);
     if (cell > 0) Atomics.store(board, cell, RUNNING);
     seen = Atomics.load(posted, 0);
+    const began = performance.now();
+    let calls = 0;
     for (let entry = receiveMessageOnPort(port); entry !== undefined; entry = receiveMessageOnPort(port)) {
       const request = entry.message as ServeRequest;
       if (request === 'stop') {
         port.close();
         return;
       }
+      calls += callsIn(request.task);
       port.postMessage(answer(request.id, request.task, serve));
     }
+    quick = performance.now() - began <= SPIN_FOR_CALLS_UP_TO_MS * calls;
     // Lets queued microtasks run between calls, as they would between Piscina tasks (an
     // uncaught error thrown from one must still end the thread).
     await null;
   }
+}
+
+function callsIn(task: WorkerTask | PackedBatch): number {
+  return task.op === 'packed' ? task.calls : task.op === 'batch' ? task.tasks.length : 1;
 }
 
 function answer(id: number, sent: WorkerTask | PackedBatch, serve: Serve): ServeReply {

@@ -16,13 +16,12 @@ import { ownBytes, type WorkerReply, type WorkerTask } from '../../src/model/pro
 import { taskAnswered, taskPosted } from './loop-turner.js';
 import { packable, packBatch, sharedBytes, unpackReplies, type PackedBatch } from './batch-codec.js';
 import { board, cores, freeCell, takeCell } from './thread-board.js';
+import { SPIN_FOR_CALLS_UP_TO_MS } from './busy-board.js';
 
 const WORKER_FILE = fileURLToPath(new URL('../session-worker.js', import.meta.url));
 
 export class ThreadDied extends Error {}
 
-/** Past this, waking the loop (~50-200 µs) costs a call under 4%: not worth turning for. */
-const MAX_TURN_FOR_CALL_MS = 5;
 
 /**
  * A single call as it crosses to the thread: its bytes in buffers of their own (a view on a
@@ -57,6 +56,8 @@ interface Pending {
   reject: (e: Error) => void;
   /** The main thread may keep turning for this reply (see loop-turner.ts). */
   turned: boolean;
+  /** A call of its own, not a batch: its time feeds callMs. */
+  lone: boolean;
 }
 
 export class SessionThread {
@@ -74,8 +75,9 @@ export class SessionThread {
   private spare: SharedArrayBuffer[] = [];
   /**
    * Moving average of a lone call's time in the thread. The main thread keeps turning for a lone
-   * call's reply for about this long plus spinMs: a window of spinMs alone was shorter than an
-   * RSA signature on a slow minute, and those replies then paid for waking the loop.
+   * call's reply for about this long plus spinMs (a window of spinMs alone was shorter than an
+   * RSA signature on a slow minute, and those replies then paid for waking the loop), and not at
+   * all for calls longer than SPIN_FOR_CALLS_UP_TO_MS.
    */
   private callMs = 0;
   /** This thread's cell on the busy board. */
@@ -135,10 +137,11 @@ export class SessionThread {
     return new Promise<WorkerReply<T>>((resolve, reject) => {
       if (this.pending.length === 0) this.port.ref();
       // A batch comes with a queue behind it: the CPU is better spent on the signing threads.
-      const turned = this.spinMs > 0 && task.op !== 'batch';
-      this.pending.push({ id, resolve: resolve as Pending['resolve'], reject, turned });
+      const lone = task.op !== 'batch';
+      const turned = lone && this.spinMs > 0 && this.callMs <= SPIN_FOR_CALLS_UP_TO_MS;
+      this.pending.push({ id, resolve: resolve as Pending['resolve'], reject, turned, lone });
       this.post({ id, task: this.packed(task) ?? forTheHop(task) });
-      taskPosted(turned ? this.spinMs + Math.min(this.callMs, MAX_TURN_FOR_CALL_MS) : null);
+      taskPosted(turned ? this.spinMs + this.callMs : null);
     });
   }
 
@@ -169,7 +172,7 @@ export class SessionThread {
       // Read: the buffer may take the next batch (the thread is done with it once it answers).
       if (this.spare.length < SPARE_BUFFERS && m.packed.shared.byteLength <= MAX_SPARE_BYTES) this.spare.push(m.packed.shared);
     } else reply = m.reply;
-    if (p.turned) this.callMs = 0.8 * this.callMs + 0.2 * (reply.endedAt - reply.startedAt);
+    if (p.lone) this.callMs = 0.8 * this.callMs + 0.2 * (reply.endedAt - reply.startedAt);
     this.pending.shift();
     if (this.pending.length === 0) this.port.unref();
     taskAnswered(p.turned);
