@@ -265,7 +265,9 @@ describe('a rate limit counts every call of a batch', () => {
       JSON.stringify({
         ...faultConfig(td, faults, { s: { token: { label: 'batch' }, pin: { env: 'BATCH_PIN' } } }),
         api: { unix: { path, principal: 'local' } },
-        policy: { principals: { local: ['service'] }, rateLimits: { service: { perSecond: 0.1, burst: 3 } }, slots: { s: { service: {} } } },
+        metrics: { enabled: true, host: '127.0.0.1', port: 0 },
+        audit: { path: join(td.dir, 'limited-audit.jsonl') },
+        policy: { principals: { local: ['service'] }, rateLimits: { service: { perSecond: 0.1, burst: 3 } }, slots: { s: { service: {}, auditor: {} } } },
       }),
     );
     const d = await startDaemon(file);
@@ -275,6 +277,13 @@ describe('a rate limit counts every call of a batch', () => {
       expect(r.status).toBe(200);
       const codes = (r.json!.results as { problem?: { code: string } }[]).map((x) => x.problem?.code ?? 'ok');
       expect(codes).toEqual(['ok', 'ok', 'ok', 'RATE_LIMITED', 'RATE_LIMITED']);
+      // Each refused call is counted and audited as a refused sign on its slot, as on its own route.
+      const scrape = (await curl(`${d.url}/metrics`, [])).body;
+      const count = (route: string, code: string) => Number(new RegExp(`^pkcs11_api_requests_total\\{route="${route}",code="${code}"\\} (\\d+)`, 'm').exec(scrape)?.[1] ?? 0);
+      expect([count('sign', 'ok'), count('sign', 'RATE_LIMITED'), count('batch', 'ok'), count('batch', 'RATE_LIMITED')]).toEqual([3, 2, 1, 0]);
+      await d.sup.as({ id: 'test-harness', roles: ['auditor'] }).verifyAudit();
+      const denied = readFileSync(join(td.dir, 'limited-audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => r.result === 'RATE_LIMITED');
+      expect(denied).toEqual([0, 1].map(() => expect.objectContaining({ event: 'denied', slot: 's', principal: 'local', detail: 'sign' })));
       const again = await curl('http://localhost/v1/sign', ['--unix-socket', path], calls[0]!.request);
       expect(again.status).toBe(429);
       expect(again.headers['retry-after']).toMatch(/^\d+$/);

@@ -217,13 +217,14 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     const caller = request.caller!;
     const deadline = timeoutHeader(request.headers[TIMEOUT_HEADER]);
     const { granted, waitMs } = limiter.takeUpTo(caller.id, caller.roles, calls.length);
-    const overLimit = (): BatchAnswer => {
+    // Counted and audited as the call's own route would be: a refused sign is a refused sign.
+    const overLimit = (c: (typeof calls)[number]): BatchAnswer => {
       const problem = problemOf(new Pkcs11SupervisorError('RATE_LIMITED', `principal "${caller.id}" is over its rate limit; retry in ${waitMs} ms`));
-      settle('batch', 'RATE_LIMITED', problem.status, 0, undefined, caller, request.raw.socket);
+      settle(c.method, 'RATE_LIMITED', problem.status, 0, c.request, caller, request.raw.socket);
       return { problem };
     };
     const signal = untilHangup(request.raw.socket);
-    const results = await Promise.all(calls.map((c, i) => (i < granted ? batchCall(c.method, c.request, caller, signal, deadline, request.raw.socket) : overLimit())));
+    const results = await Promise.all(calls.map((c, i) => (i < granted ? batchCall(c.method, c.request, caller, signal, deadline, request.raw.socket) : overLimit(c))));
     return { results };
   }
 
