@@ -108,7 +108,7 @@ export const SlotSchema = z
      * How long a worker thread spins for its next call, and the main thread keeps turning for a
      * lone call's reply beyond the call's usual time, before sleeping: waking a sleeping thread
      * costs tens of µs on a VM. Only while the busy threads fit on the cores, and only for calls
-     * of up to 1 ms (not a network HSM's); a lightly loaded slot spends CPU on it with every
+     * of up to 2 ms (not a network HSM's); a lightly loaded slot spends CPU on it with every
      * call; 0 never spins.
      */
     idleSpinMs: z.number().min(0).max(100).default(1),
