@@ -1,9 +1,9 @@
 /**
  * The session thread's loop: reads calls from the main thread's channel and answers each on
  * it, in order. After a call it spins up to `spinMs` for the next one, if the busy threads
- * leave a core for it and its calls are quick (busy-board.ts), then sleeps on the shared counter. A steady caller then never pays for
- * waking the thread, a spinning thread never crowds out a signing one, and an idle slot costs
- * no CPU.
+ * leave a core for it and its calls are quick (busy-board.ts), then sleeps on the shared
+ * counter. A steady caller then never pays for waking the thread, a spinning thread never
+ * crowds out a signing one, and an idle slot costs no CPU.
  */
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';

@@ -22,7 +22,6 @@ const WORKER_FILE = fileURLToPath(new URL('../session-worker.js', import.meta.ur
 
 export class ThreadDied extends Error {}
 
-
 /**
  * A single call as it crosses to the thread: its bytes in buffers of their own (a view on a
  * pooled Buffer would take its 8 KiB slab along). Batches are packed by the thread's owner.
