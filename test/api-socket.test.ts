@@ -115,12 +115,18 @@ describe('deadlines and disconnects', () => {
       const running = client.sign(signReq); // takes the token for 300 ms
       await sleep(30);
       const aborter = new AbortController();
+      const warnings: Error[] = [];
+      const warned = (w: Error) => warnings.push(w);
+      process.on('warning', warned);
       const queued = Array.from({ length: 20 }, () => client.sign({ ...signReq, signal: aborter.signal }).catch((e: { code: string }) => e.code));
       // And curl, giving up after 100 ms.
       const gaveUp = curl(at('sign'), [...viaSocket(), '--max-time', '0.1'], signBody);
       await sleep(100);
       aborter.abort();
       expect(new Set(await Promise.all(queued))).toEqual(new Set(['ABORTED']));
+      process.off('warning', warned);
+      // One signal for twenty calls is one listener on it, not a MaxListenersExceededWarning.
+      expect(warnings.map((w) => w.name)).toEqual([]);
       expect((await gaveUp).exit).toBe(28);
       await running;
       await sleep(400);

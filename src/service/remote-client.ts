@@ -14,6 +14,7 @@ import type { Pkcs11Client } from '../client/pkcs11-client.js';
 import type { PrincipalOptions } from '../client/requests.js';
 import type { Methods, SupervisorStatus } from '../client/supervisor-client.js';
 import { Pkcs11SupervisorError } from '../model/errors.js';
+import { unwatchAbort, watchAbort } from '../abort-watch.js';
 import { isBatchable } from './batch.js';
 import { CallBatcher, type Answer } from './call-batcher.js';
 import { errorOf } from './problem.js';
@@ -75,8 +76,9 @@ function exchange(pool: Pool, options: Dispatcher.DispatchOptions, signal?: Abor
     if (signal?.aborted) return reject(aborted());
     let controller: Dispatcher.DispatchController | undefined;
     const onAbort = () => controller?.abort(aborted());
-    signal?.addEventListener('abort', onAbort, { once: true });
-    const done = () => signal?.removeEventListener('abort', onAbort);
+    // One listener per signal, however many calls share it (abort-watch.ts).
+    if (signal) watchAbort(signal, onAbort);
+    const done = () => signal && unwatchAbort(signal, onAbort);
     let status = 0;
     const chunks: Buffer[] = [];
     pool.dispatch(options, {
