@@ -227,13 +227,18 @@ export class Mailbox {
     return !this.contextLogins.needsPin(task);
   }
 
-  private dispatchBatch(worker: SlotWorker, calls: Call<unknown>[]): void {
+  /** One message to `worker`, carrying `calls` calls. */
+  private handOut(worker: SlotWorker, calls: number): void {
     worker.busy = true;
+    worker.handed.messages++;
+    worker.handed.calls += calls;
+    this.inFlight += calls;
+  }
+
+  private dispatchBatch(worker: SlotWorker, calls: Call<unknown>[]): void {
+    this.handOut(worker, calls.length);
     worker.batchesInFlight++;
     worker.callsInFlight += calls.length;
-    worker.handed.messages++;
-    worker.handed.calls += calls.length;
-    this.inFlight += calls.length;
     const startedAt = Date.now();
     const claims = new Int32Array(new SharedArrayBuffer(4 * calls.length));
     calls.forEach((c, i) => {
@@ -289,10 +294,7 @@ export class Mailbox {
   }
 
   private dispatch(worker: SlotWorker, call: Call<unknown>): void {
-    worker.busy = true;
-    worker.handed.messages++;
-    worker.handed.calls++;
-    this.inFlight++;
+    this.handOut(worker, 1);
     call.startedAt = Date.now();
     worker.perform(call.spec.task, call).then(
       (value) => (this.observe(value), this.finish(call, () => call.resolve({ value, worker: worker.index, enqueuedAt: call.enqueuedAt, startedAt: call.startedAt }))),
