@@ -126,6 +126,7 @@ export function openCells(seconds: number) {
     startSupervisor({ config: { modules: { soft: moduleConfig }, slots: { [name]: slot }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
 
   return {
+    seconds,
     dir,
     pin,
     moduleConfig,

@@ -12,6 +12,7 @@ import { Worker } from 'node:worker_threads';
 import { pino } from 'pino';
 import { startSupervisor, type Pkcs11Supervisor } from '../src/index.js';
 import type { RawConfig, Run } from './raw-loop.js';
+import type { BenchCells } from './cells.js';
 
 /** The fault module, built if it is not (the same script the tests use). */
 const FAULT_MODULE = execFileSync('bash', ['scripts/build-fault-module.sh'], { encoding: 'utf8' }).trim();
@@ -28,14 +29,6 @@ export interface NetworkHsmRow {
   p99QueueMs: number;
   /** Share of samples (every 5 ms) in which calls waited while a worker of the pool was free. */
   idleWhileWaiting: number;
-}
-
-interface Tools {
-  dir: string;
-  pin: string;
-  seconds: number;
-  /** The bench's closed loop of sign calls (sign-bench.ts). */
-  through(client: Pkcs11Supervisor, slot: string, mech: 'ec' | 'rsa', size: number, concurrency: number, ms: number): Promise<Run>;
 }
 
 /** N raw threads on the fault module, each with its own session. */
@@ -56,7 +49,7 @@ async function rawThreads(n: number, pin: string) {
 }
 
 /** A closed loop of `concurrency` callers through the bench's own loop, with queue times and idle-worker samples. */
-async function supervised(t: Tools, sup: Pkcs11Supervisor, concurrency: number, ms: number): Promise<{ rate: number; queued: number[]; idleWhileWaiting: number }> {
+async function supervised(cells: BenchCells, sup: Pkcs11Supervisor, concurrency: number, ms: number): Promise<{ rate: number; queued: number[]; idleWhileWaiting: number }> {
   const queued: number[] = [];
   const onDone = (e: { queuedMs: number }) => queued.push(e.queuedMs);
   sup.on('callCompleted', onDone);
@@ -67,14 +60,14 @@ async function supervised(t: Tools, sup: Pkcs11Supervisor, concurrency: number, 
     samples++;
     if (s.queued > 0 && s.workers.some((w) => w.state === 'logged_in' && !w.busy)) idle++;
   }, 5);
-  const run = await t.through(sup, 'net', 'ec', 32, concurrency, ms);
+  const run = await cells.through(sup, 'net', 'ec', 32, concurrency, ms);
   clearInterval(sampler);
   sup.off('callCompleted', onDone);
   return { rate: (run.ops / run.elapsed) * 1000, queued, idleWhileWaiting: samples ? idle / samples : 0 };
 }
 
-export async function networkHsmBench(t: Tools): Promise<NetworkHsmRow[]> {
-  const faults = join(t.dir, 'net-faults');
+export async function networkHsmBench(cells: BenchCells): Promise<NetworkHsmRow[]> {
+  const faults = join(cells.dir, 'net-faults');
   mkdirSync(faults, { recursive: true });
   process.env.FAULT_PKCS11_DIR = faults;
   const rows: NetworkHsmRow[] = [];
@@ -90,11 +83,11 @@ export async function networkHsmBench(t: Tools): Promise<NetworkHsmRow[]> {
         },
         logger: pino({ level: 'silent' }),
       });
-      const raw = await rawThreads(pool, t.pin);
+      const raw = await rawThreads(pool, cells.pin);
       for (const concurrency of [1, pool, 4 * pool, 1024]) {
-        const ms = t.seconds * 1000;
+        const ms = cells.seconds * 1000;
         const rawRate = await raw.rate(ms); // raw threads are closed loops of one call each: the pool's own concurrency
-        const s = await supervised(t, sup, concurrency, ms);
+        const s = await supervised(cells, sup, concurrency, ms);
         const sorted = s.queued.sort((a, b) => a - b);
         const inUse = Math.min(concurrency, pool);
         const ideal = (inUse * 1000) / delayMs;

@@ -13,19 +13,8 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { connect, type Pkcs11Client } from '../src/index.js';
 import type { Run } from './raw-loop.js';
-
-export interface ServiceBenchTools {
-  seconds: number;
-  repeats: number;
-  moduleConfig: { path: string; env: Record<string, string> };
-  slot: Record<string, unknown>;
-  inProcess: Pkcs11Client;
-  through(client: Pkcs11Client, slot: string, mech: 'ec' | 'rsa', size: number, concurrency: number, ms: number): Promise<Run>;
-  inTurns(a: (ms: number) => Promise<Run>, b: (ms: number) => Promise<Run>, sessionThread?: number, sliceMs?: number): Promise<{ raw: Run[]; cell: Run[] }>;
-  rate(runs: Run[]): number;
-  p50us(runs: Run[]): number;
-  median(xs: number[]): number;
-}
+import type { BenchCells } from './cells.js';
+import { LATENCY_SLICE_MS, median, p50us, rate } from './turns.js';
 
 /** A CA, the daemon's certificate for 127.0.0.1 and a client certificate, made by openssl. */
 function makePki(dir: string) {
@@ -67,13 +56,13 @@ async function cpuSplit(pid: number, load: () => Promise<Run>): Promise<{ main: 
   return { main: main / 1000 / r.ops, others: others / 1000 / r.ops, ops: r.ops };
 }
 
-async function startDaemon(dir: string, t: ServiceBenchTools): Promise<{ child: ChildProcess; socket: string; tlsUrl: string; pki: ReturnType<typeof makePki> }> {
+async function startDaemon(dir: string, cells: BenchCells): Promise<{ child: ChildProcess; socket: string; tlsUrl: string; pki: ReturnType<typeof makePki> }> {
   const pki = makePki(dir);
   const socket = join(dir, 'api.sock');
   const config = {
     // A process of its own: it initializes the module itself.
-    modules: { soft: { path: t.moduleConfig.path, env: t.moduleConfig.env } },
-    slots: { token: { ...t.slot, type: 'token' } },
+    modules: { soft: { path: cells.moduleConfig.path, env: cells.moduleConfig.env } },
+    slots: { token: { ...cells.slotCfg, type: 'token' } },
     api: { unix: { path: socket }, tls: { host: '127.0.0.1', port: 0, cert: pki.serverCert, key: pki.serverKey, clientCa: pki.ca }, maxConnections: 4096 },
     policy: { principals: { 'spiffe://bench/client': ['service'], local: ['service'] }, slots: { token: { service: {} } } },
     metrics: { enabled: false },
@@ -109,9 +98,10 @@ export interface RemoteCpu {
   daemonOthers: number;
 }
 
-export async function serviceBench(t: ServiceBenchTools): Promise<ServiceResult[]> {
+/** `inProcess`: a supervisor with a token slot named `token` on the bench token; `repeats`: comparisons per figure. */
+export async function serviceBench(cells: BenchCells, inProcess: Pkcs11Client, repeats: number): Promise<ServiceResult[]> {
   const dir = mkdtempSync(join(tmpdir(), 'p11sup-bench-api-'));
-  const daemon = await startDaemon(dir, t);
+  const daemon = await startDaemon(dir, cells);
   const overSocket = connect({ socket: daemon.socket, connections: 64 });
   const overSocketUnbatched = connect({ socket: daemon.socket, connections: 64, batch: false });
   const overTls = connect({ url: daemon.tlsUrl, tls: { cert: daemon.pki.clientCert, key: daemon.pki.clientKey, ca: daemon.pki.ca }, connections: 64 });
@@ -119,21 +109,21 @@ export async function serviceBench(t: ServiceBenchTools): Promise<ServiceResult[
   try {
     for (const [alg, mech] of [['ECDSA P-256', 'ec'], ['RSA-2048', 'rsa']] as const) {
       process.stderr.write(`bench: ${alg} over the socket and mutual TLS\n`);
-      const local = (c: number) => (ms: number) => t.through(t.inProcess, 'token', mech, 32, c, ms);
-      const remote = (client: Pkcs11Client, c: number) => (ms: number) => t.through(client, 'token', mech, 32, c, ms);
+      const local = (c: number) => (ms: number) => cells.through(inProcess, 'token', mech, 32, c, ms);
+      const remote = (client: Pkcs11Client, c: number) => (ms: number) => cells.through(client, 'token', mech, 32, c, ms);
       for (const client of [overSocket, overTls, overSocketUnbatched]) await remote(client, 64)(300); // connections open, code warm
       await local(64)(300);
       const runs = { socketAdded: [] as number[], tlsAdded: [] as number[], socketRatio: [] as number[], tlsRatio: [] as number[], socketUnbatchedRatio: [] as number[] };
       const cpu = { inProcess: { main: [] as number[], others: [] as number[] }, socket: cpuRuns(), socketUnbatched: cpuRuns() };
-      for (let i = 0; i < t.repeats; i++) {
+      for (let i = 0; i < repeats; i++) {
         for (const [client, added] of [[overSocket, runs.socketAdded], [overTls, runs.tlsAdded]] as const) {
-          const turns = await t.inTurns(local(1), remote(client, 1), undefined, 50);
-          added.push(t.p50us(turns.cell) - t.p50us(turns.raw));
+          const turns = await cells.inTurns(local(1), remote(client, 1), undefined, LATENCY_SLICE_MS);
+          added.push(p50us(turns.cell) - p50us(turns.raw));
         }
         const inProc = { main: 0, others: 0, ops: 0 };
         const sock = { client: 0, daemonMain: 0, daemonOthers: 0, ops: 0 };
         const unbatched = { client: 0, daemonMain: 0, daemonOthers: 0, ops: 0 };
-        const socketTurns = await t.inTurns(
+        const socketTurns = await cells.inTurns(
           async (ms) => {
             let run!: Run;
             const s = await cpuSplit(process.pid, async () => (run = await local(64)(ms)));
@@ -144,11 +134,11 @@ export async function serviceBench(t: ServiceBenchTools): Promise<ServiceResult[
           },
           remoteMeasured(daemon.child.pid!, remote(overSocket, 64), sock),
         );
-        runs.socketRatio.push(Number((t.rate(socketTurns.cell) / t.rate(socketTurns.raw)).toFixed(2)));
-        const tlsTurns = await t.inTurns(local(64), remote(overTls, 64));
-        runs.tlsRatio.push(Number((t.rate(tlsTurns.cell) / t.rate(tlsTurns.raw)).toFixed(2)));
-        const unbatchedTurns = await t.inTurns(local(64), remoteMeasured(daemon.child.pid!, remote(overSocketUnbatched, 64), unbatched));
-        runs.socketUnbatchedRatio.push(Number((t.rate(unbatchedTurns.cell) / t.rate(unbatchedTurns.raw)).toFixed(2)));
+        runs.socketRatio.push(Number((rate(socketTurns.cell) / rate(socketTurns.raw)).toFixed(2)));
+        const tlsTurns = await cells.inTurns(local(64), remote(overTls, 64));
+        runs.tlsRatio.push(Number((rate(tlsTurns.cell) / rate(tlsTurns.raw)).toFixed(2)));
+        const unbatchedTurns = await cells.inTurns(local(64), remoteMeasured(daemon.child.pid!, remote(overSocketUnbatched, 64), unbatched));
+        runs.socketUnbatchedRatio.push(Number((rate(unbatchedTurns.cell) / rate(unbatchedTurns.raw)).toFixed(2)));
         cpu.inProcess.main.push(inProc.main / inProc.ops);
         cpu.inProcess.others.push(inProc.others / inProc.ops);
         for (const [into, from] of [[cpu.socket, sock], [cpu.socketUnbatched, unbatched]] as const) {
@@ -157,12 +147,12 @@ export async function serviceBench(t: ServiceBenchTools): Promise<ServiceResult[
           into.daemonOthers.push(from.daemonOthers / from.ops);
         }
       }
-      const m = (xs: number[]) => Math.round(t.median(xs));
+      const m = (xs: number[]) => Math.round(median(xs));
       const medianCpu = (c: ReturnType<typeof cpuRuns>): RemoteCpu => ({ client: m(c.client), daemonMain: m(c.daemonMain), daemonOthers: m(c.daemonOthers) });
       results.push({
         alg,
-        addedP50us: { socket: t.median(runs.socketAdded), tls: t.median(runs.tlsAdded) },
-        ratioC64: { socket: t.median(runs.socketRatio), tls: t.median(runs.tlsRatio), socketUnbatched: t.median(runs.socketUnbatchedRatio) },
+        addedP50us: { socket: median(runs.socketAdded), tls: median(runs.tlsAdded) },
+        ratioC64: { socket: median(runs.socketRatio), tls: median(runs.tlsRatio), socketUnbatched: median(runs.socketUnbatchedRatio) },
         runs,
         cpu: {
           inProcess: { main: m(cpu.inProcess.main), others: m(cpu.inProcess.others) },

@@ -21,7 +21,7 @@
 import { parseArgs } from 'node:util';
 import { callFor, openRawSession } from './raw-loop.js';
 import { vcpuGap } from './same-cpu.js';
-import { median, p50us, rate, summarize } from './turns.js';
+import { rate, summarize } from './turns.js';
 import { openCells, OP_NAME, type RawName, type SlotInput } from './cells.js';
 import { auditModes, REPEATS, targetMedians } from './targets.js';
 import { hopFloorUs } from './hop-floor.js';
@@ -92,7 +92,6 @@ for (const mech of values.quick ? [] : (['ec', 'rsa', 'aes-gcm', 'rsa-oaep'] as 
   }
 }
 
-
 const medians: Record<string, TargetMedians> = {};
 for (const mech of ['ec', 'rsa', 'aes-gcm', 'rsa-oaep'] as const) {
   process.stderr.write(`bench: ${OP_NAME[mech]} targets, ${REPEATS} repeats\n`);
@@ -103,21 +102,10 @@ process.stderr.write('bench: durable audit against batched\n');
 const audit = { token: await auditModes(cells, { ...slotCfg, type: 'token' }), pool2: await auditModes(cells, { ...slotCfg, type: 'hsm', poolSize: 2 }) };
 
 const serviceToken = await startSlot('token', { ...slotCfg, type: 'token' });
-const service = await serviceBench({
-  seconds: SECONDS,
-  repeats: REPEATS,
-  moduleConfig: cells.moduleConfig,
-  slot: slotCfg as Record<string, unknown>,
-  inProcess: serviceToken,
-  through,
-  inTurns,
-  rate,
-  p50us,
-  median,
-});
+const service = await serviceBench(cells, serviceToken, REPEATS);
 await serviceToken.close();
 
-const network = await networkHsmBench({ dir: cells.dir, pin: cells.pin, seconds: SECONDS, through });
+const network = await networkHsmBench(cells);
 
 process.stderr.write('bench: thread hop floor\n');
 const hopFloor = await hopFloorUs();

@@ -109,14 +109,14 @@ describe('deadlines and disconnects', () => {
 
   it('calls whose client went away while they queued never reach the token', async () => {
     faults.set('delay C_Sign 300');
+    const warnings: Error[] = [];
+    const warned = (w: Error) => warnings.push(w);
     try {
       await sleep(50);
       const before = signs();
       const running = client.sign(signReq); // takes the token for 300 ms
       await sleep(30);
       const aborter = new AbortController();
-      const warnings: Error[] = [];
-      const warned = (w: Error) => warnings.push(w);
       process.on('warning', warned);
       const queued = Array.from({ length: 20 }, () => client.sign({ ...signReq, signal: aborter.signal }).catch((e: { code: string }) => e.code));
       // And curl, giving up after 100 ms.
@@ -124,7 +124,6 @@ describe('deadlines and disconnects', () => {
       await sleep(100);
       aborter.abort();
       expect(new Set(await Promise.all(queued))).toEqual(new Set(['ABORTED']));
-      process.off('warning', warned);
       // One signal for twenty calls is one listener on it, not a MaxListenersExceededWarning.
       expect(warnings.map((w) => w.name)).toEqual([]);
       expect((await gaveUp).exit).toBe(28);
@@ -132,6 +131,7 @@ describe('deadlines and disconnects', () => {
       await sleep(400);
       expect(signs() - before).toBe(1);
     } finally {
+      process.off('warning', warned);
       faults.clear();
     }
   });
