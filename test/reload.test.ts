@@ -8,6 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verify as nodeVerify } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino, type Logger } from 'pino';
 import { connect, reloadOnSignal, startDaemon, type Daemon, type Pkcs11Client } from '../dist/src/index.js';
 import { Faults, faultConfig } from './support/faults.js';
 import { createToken, tokenDir, type TokenDir } from './support/softhsm.js';
@@ -17,6 +19,9 @@ let faults: Faults;
 let daemon: Daemon;
 let client: Pkcs11Client;
 let file: string;
+/** The daemon's log lines, parsed: a reload's outcome is logged for the operator. */
+const logged: { level: number; msg: string; code?: string }[] = [];
+let log: Logger;
 const data = Buffer.from('signed across a reload');
 
 /** The config file, with the slot's keys, policy and deadlines as given. */
@@ -41,7 +46,8 @@ beforeAll(async () => {
   process.env.RELOAD_PIN = createToken(td, 'reload').pin;
   file = join(td.dir, 'config.json');
   write({});
-  daemon = await startDaemon(file);
+  log = pino({ level: 'info' }, new Writable({ write: (line: Buffer, _enc, done) => (logged.push(JSON.parse(line.toString())), done()) }));
+  daemon = await startDaemon(file, log);
   reloadOnSignal(daemon);
   client = connect({ socket: join(td.dir, 'api.sock'), connections: 32 });
 });
@@ -76,6 +82,7 @@ describe('SIGHUP', () => {
     await expect(client.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA384', data })).rejects.toMatchObject({ code: 'MECHANISM_NOT_ALLOWED' });
     expect(daemon.sup.config.slots.s!.callTimeoutMs).toBe(20_000);
     expect(daemon.sup.config.log.level).toBe('warn');
+    expect(log.level).toBe('warn');
     expect((await client.status().catch((e: { code: string }) => e)) as { code?: string }).toMatchObject({ code: 'FORBIDDEN' });
     expect(await reloads('ok')).toBeGreaterThanOrEqual(1);
   });
@@ -91,6 +98,7 @@ describe('SIGHUP', () => {
     expect(refused).toMatchObject({ ok: false, error: { code: 'CONFIG_INVALID', issues: expect.arrayContaining([{ path: 'slots.s.type', message: 'changes only with a restart' }, { path: 'slots.s.poolSize', message: 'changes only with a restart' }]) } });
     expect(await configHash()).toBe(hash);
     expect(await reloads('refused')).toBe(refusedBefore + 2);
+    expect(logged.filter((l) => l.msg === 'config reload refused; the running config stays').map((l) => [l.level, l.code])).toEqual([[50, 'CONFIG_INVALID'], [50, 'CONFIG_INVALID']]);
     expect(Object.keys(daemon.sup.config.slots.s!.keys)).toEqual(['ec', 'rsa']);
     expect(await client.sign({ slot: 's', key: 'rsa', mechanism: 'RSA-PKCS1-SHA256', data })).toBeInstanceOf(Buffer);
   });
