@@ -211,6 +211,7 @@ describe('hostile and broken clients', () => {
     ['data over maxDataBytes', [], JSON.stringify({ ...signBody, data: Buffer.alloc(4097).toString('base64') }), 400, 'BAD_INPUT'],
     ['another media type', ['-H', 'content-type: text/plain'], 'hello', 415, 'BAD_INPUT'],
     ['a bad deadline', ['-H', 'content-type: application/json', '-H', 'x-timeout-ms: soon'], JSON.stringify(signBody), 400, 'BAD_INPUT'],
+    ['headers over the limit', ['-H', 'content-type: application/json', '-H', `x-padding: ${'a'.repeat(20_000)}`], JSON.stringify(signBody), 431, 'BAD_INPUT'],
   ];
   for (const [what, headers, body, status, code] of bodies) {
     it(`${what}: ${status} ${code} as a problem document, nothing sent to the token`, async () => {
@@ -230,6 +231,19 @@ describe('hostile and broken clients', () => {
       expect(signs()).toBe(before);
     });
   }
+
+  it('bytes that are not HTTP: 400 BAD_INPUT as a problem document, then the connection is closed', async () => {
+    const answer = await new Promise<string>((resolve, reject) => {
+      const s = netConnect(sock, () => s.write('SIGN ME PLEASE\r\n\r\n'));
+      let text = '';
+      s.setEncoding('utf8').on('data', (d: string) => (text += d));
+      s.on('close', () => resolve(text)).on('error', reject);
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+    expect(answer).toMatch(/\r\ncontent-type: application\/problem\+json\r\n/i);
+    expect(JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4))).toMatchObject({ code: 'BAD_INPUT', status: 400 });
+    expect((await client.status()).slots.s!.state).toBe('logged_in');
+  });
 
   it('unknown routes and methods are 404 ROUTE_NOT_FOUND', async () => {
     for (const [route, args] of [['nope', ['-X', 'POST']], ['sign', []], ['../../metrics', ['-X', 'POST', '--path-as-is']]] as const) {

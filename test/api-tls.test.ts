@@ -223,8 +223,16 @@ describe('rotation without a restart', () => {
 });
 
 describe('metrics', () => {
+  it('headers over the limit are 431 BAD_INPUT as a problem document, and counted', async () => {
+    const r = await curl(url('sign'), [...tlsArgs(certs.invoicer!), '-H', `x-padding: ${'a'.repeat(20_000)}`], signBody());
+    expect(r.status).toBe(431);
+    expect(r.headers['content-type']).toMatch(/^application\/problem\+json/);
+    expect(r.json).toMatchObject({ code: 'BAD_INPUT', status: 431 });
+  });
+
   it('/metrics counts requests by route and code, handshakes refused among them, and their durations', async () => {
     const text = (await curl(`${daemon.url}/metrics`, [])).body;
+    expect(text).toMatch(/pkcs11_api_requests_total\{route="unknown",code="BAD_INPUT"\} [1-9]/);
     expect(text).toMatch(/pkcs11_api_requests_total\{route="sign",code="ok"\} [1-9]/);
     expect(text).toMatch(/pkcs11_api_requests_total\{route="sign",code="FORBIDDEN"\} [1-9]/);
     expect(text).toMatch(/pkcs11_api_requests_total\{route="tls-handshake",code="UNAUTHENTICATED"\} [1-9]/);

@@ -31,6 +31,7 @@ import { readTlsFiles, watchTlsFiles } from './tls-files.js';
 import { closeIdleSockets, untilHangup } from './connections.js';
 import { asSupervisorError, schemaMismatch, timeoutHeader } from './request-errors.js';
 import { listenUnix, type BoundSocket } from './unix-socket.js';
+import { answerUnparsed } from './unparsed-request.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -78,6 +79,8 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   const timeouts = { requestTimeout: api.requestTimeoutMs, headersTimeout: api.requestTimeoutMs, keepAliveTimeout: Math.min(5_000, api.requestTimeoutMs), connectionsCheckingInterval: 1_000 };
 
   const apiLog = log.child({ component: 'api' });
+  // Counted as requests for no known route: there is no principal or method to count them under.
+  const unparsed = answerUnparsed((status) => events.emit('apiRequest', { route: 'unknown', code: 'BAD_INPUT', status, seconds: 0 }));
   let handler!: (req: IncomingMessage, res: ServerResponse) => void;
   const app = Fastify({
     serverFactory: (h) => {
@@ -90,6 +93,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     // Requests are counted and audited instead; a log line each would be the daemon's hottest path.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: bodyLimit(config),
+    clientErrorHandler: unparsed,
     onConstructorPoisoning: 'error',
     onProtoPoisoning: 'error',
   });
@@ -282,6 +286,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     const tls = api.tls;
     const server = createHttpsServer({ ...timeouts, ...readTlsFiles(tls), requestCert: true, rejectUnauthorized: true, handshakeTimeout: api.requestTimeoutMs }, handler);
     server.maxConnections = api.maxConnections;
+    server.on('clientError', unparsed);
     refusals = audit ? new RefusalLog((entry) => audit.append(entry)) : null;
     // A failed handshake's socket is already closed when it is reported: note its peer on arrival.
     const peers = new WeakMap<Socket, string>();
