@@ -202,18 +202,20 @@ describe('10,000 requests over the socket with faults mixed in', () => {
 });
 
 describe('hostile and broken clients', () => {
-  const bodies: [string, string[], string, number, string][] = [
-    ['malformed JSON', [], '{"slot": "s", ', 400, 'BAD_INPUT'],
+  const bodies: [string, string[], string, number, string, RegExp?][] = [
+    ['malformed JSON', [], '{"slot": "s", ', 400, 'BAD_INPUT', /^the request body ends before its JSON does$/],
+    ['JSON with a stray character', [], '{"slot": "s",, "key": "ec"}', 400, 'BAD_INPUT', /^the request body is not valid JSON \(at character 13\)$/],
     ['wrong types', [], JSON.stringify({ slot: 5, key: [], mechanism: true, data: 'not base64!' }), 400, 'BAD_INPUT'],
     ['an unknown field', [], JSON.stringify({ ...signBody, extra: 1 }), 400, 'BAD_INPUT'],
-    ['a prototype-poisoning body', [], '{"slot":"s","__proto__":{"admin":true}}', 400, 'BAD_INPUT'],
+    ['a prototype-poisoning body', [], '{"slot":"s","__proto__":{"admin":true}}', 400, 'BAD_INPUT', /__proto__ or constructor\.prototype key/],
+    ['a constructor-poisoning body', [], '{"slot":"s","constructor":{"prototype":{"admin":true}}}', 400, 'BAD_INPUT', /__proto__ or constructor\.prototype key/],
     ['an oversized body', [], JSON.stringify({ ...signBody, data: Buffer.alloc(64 * 1024).toString('base64') }), 413, 'BAD_INPUT'],
     ['data over maxDataBytes', [], JSON.stringify({ ...signBody, data: Buffer.alloc(4097).toString('base64') }), 400, 'BAD_INPUT'],
     ['another media type', ['-H', 'content-type: text/plain'], 'hello', 415, 'BAD_INPUT'],
     ['a bad deadline', ['-H', 'content-type: application/json', '-H', 'x-timeout-ms: soon'], JSON.stringify(signBody), 400, 'BAD_INPUT'],
     ['headers over the limit', ['-H', 'content-type: application/json', '-H', `x-padding: ${'a'.repeat(20_000)}`], JSON.stringify(signBody), 431, 'BAD_INPUT'],
   ];
-  for (const [what, headers, body, status, code] of bodies) {
+  for (const [what, headers, body, status, code, detail] of bodies) {
     it(`${what}: ${status} ${code} as a problem document, nothing sent to the token`, async () => {
       const before = signs();
       const r = await curl(at('sign'), [...viaSocket(), ...(headers.length ? headers : ['-H', 'content-type: application/json']), '--data-binary', body!]);
@@ -227,6 +229,7 @@ describe('hostile and broken clients', () => {
       expect(r.status).toBe(status);
       expect(r.headers['content-type']).toMatch(/^application\/problem\+json/);
       expect(r.json).toMatchObject({ code, status });
+      if (detail) expect(r.json!.detail).toMatch(detail);
       expect(r.body).not.toMatch(/ at .*\.(js|ts):\d+/); // no stack trace
       expect(signs()).toBe(before);
     });
@@ -260,6 +263,12 @@ describe('hostile and broken clients', () => {
     const bad = await curl(at('login'), viaSocket(), { slot: 's', pin: 'x'.repeat(300) + 'secret-pin-0815' });
     expect(bad.status).toBe(400);
     expect(bad.body).not.toContain('0815');
+    // A body that breaks off in its PIN: the refusal says where, never what.
+    for (const body of ['{"slot": "s", "pin": "secret-0815', '{"slot": "s", "pin": "secret-0815"x}', '{"slot": "s", "pin": secret0815}']) {
+      const broken = await curl(at('login'), [...viaSocket(), '-H', 'content-type: application/json', '--data-binary', body]);
+      expect(broken.json).toMatchObject({ code: 'BAD_INPUT', status: 400 });
+      expect(broken.body).not.toContain('0815');
+    }
     expect((await client.status()).slots.s!.state).toBe('logged_in');
   });
 

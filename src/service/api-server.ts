@@ -15,6 +15,7 @@ import fastifySwagger from '@fastify/swagger';
 import Fastify, { LogController, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
 import { jsonSchemaTransform, validatorCompiler } from 'fastify-type-provider-zod';
 import type { Logger } from 'pino';
+import secureJson from 'secure-json-parse';
 import { z } from 'zod';
 import { AUDITED } from '../client/gate.js';
 import { gateOf, type Pkcs11Supervisor } from '../client/supervisor-client.js';
@@ -94,11 +95,11 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: bodyLimit(config),
     clientErrorHandler: unparsed,
-    onConstructorPoisoning: 'error',
-    onProtoPoisoning: 'error',
   });
   // JSON only: Fastify's default text/plain parser would hand a string to every schema.
   app.removeContentTypeParser('text/plain');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, parseJsonBody);
   app.setValidatorCompiler(validatorCompiler);
   // Results are encoded by their codec before they are sent: stringify is all that is left.
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
@@ -352,6 +353,24 @@ async function invoke(sup: Pkcs11Supervisor, name: RouteName, request: FastifyRe
 async function callMethod(sup: Pkcs11Supervisor, name: RouteName, body: Record<string, unknown>, principal: Caller, signal: AbortSignal, deadline: number | undefined): Promise<unknown> {
   const value = await (sup[name] as (req: unknown) => Promise<unknown>)({ ...body, principal, signal, timeoutMs: deadline ?? body.timeoutMs });
   return wireResult(name, value);
+}
+
+/**
+ * Fastify's own JSON parser (secure-json-parse, prototype poisoning refused) with the reason in
+ * its refusal: Fastify's says only "not valid JSON". The reason never quotes the body (V8's
+ * messages can), which may hold a PIN.
+ */
+function parseJsonBody(_request: FastifyRequest, body: string | Buffer, done: (err: Error | null, body?: unknown) => void): void {
+  if (body.length === 0) return done(null, undefined); // the empty request (see preValidation)
+  try {
+    done(null, secureJson.parse(body, { protoAction: 'error', constructorAction: 'error' }));
+  } catch (e) {
+    const message = (e as Error).message;
+    const at = Number(/at position (\d+)/.exec(message)?.[1] ?? NaN);
+    const cutShort = message.includes('end of JSON input') || at >= body.toString().trimEnd().length;
+    const why = message.includes('forbidden prototype property') ? 'has a __proto__ or constructor.prototype key' : cutShort ? 'ends before its JSON does' : `is not valid JSON${Number.isNaN(at) ? '' : ` (at character ${at})`}`;
+    done(new Pkcs11SupervisorError('BAD_INPUT', `the request body ${why}`));
+  }
 }
 
 const wireResult = (name: RouteName, value: unknown): unknown => z.encode(ROUTES[name].result as z.ZodType, value as never);
