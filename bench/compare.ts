@@ -18,6 +18,8 @@ interface Target {
 interface BenchFile {
   when: string;
   cores: number;
+  /** What waking a thread cost that machine that day; absent from files older than the field. */
+  hopFloorP50us?: number;
   results: Cell[];
   targets: Target[];
 }
@@ -29,7 +31,13 @@ export function compare(oldFile: string, newFile = 'var/bench.json'): string {
   const b = read(newFile);
   const key = (c: Cell) => `${c.alg}|${c.size}|${c.target}|${c.concurrency}`;
   const before = new Map(a.results.map((c) => [key(c), c]));
-  const lines = [`${oldFile} (${a.when}, ${a.cores} cores) → ${newFile} (${b.when}, ${b.cores} cores)`, ''];
+  const hop = (f: BenchFile) => (f.hopFloorP50us === undefined ? '' : `, hop floor ${f.hopFloorP50us} µs`);
+  const lines = [`${oldFile} (${a.when}, ${a.cores} cores${hop(a)}) → ${newFile} (${b.when}, ${b.cores} cores${hop(b)})`, ''];
+  // A VM whose idle vCPUs are slow to wake (4 µs one day, over 100 another on the same machine)
+  // moves every latency and moderate-concurrency figure with it, whatever the code did.
+  if (a.hopFloorP50us && b.hopFloorP50us && Math.max(a.hopFloorP50us, b.hopFloorP50us) > 2 * Math.min(a.hopFloorP50us, b.hopFloorP50us)) {
+    lines.splice(1, 0, `Not comparable for latency: waking a thread cost ${a.hopFloorP50us} µs in one run and ${b.hopFloorP50us} µs in the other (the hop floor); compare runs on equally quiet machines.`);
+  }
   const cells = b.results.filter((c) => before.has(key(c)));
   if (cells.length > 0) {
     lines.push('| algorithm | input | target | conc. | ops/s before | ops/s now | ratio | p50 µs before | p50 µs now |', '| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |');
