@@ -48,8 +48,9 @@ export function opensslVerifies(pubPem: string, mechanism: string, data: Uint8Ar
   return r.status === 0 && /Verified OK|Signature Verified Successfully/.test(r.stdout);
 }
 
+/** Runs openssl; its stderr (key generation's progress dots) is kept out of the test log and shown in the error if it fails. */
 export function openssl(args: string[], input?: string): Buffer {
-  return execFileSync('openssl', args, { input });
+  return execFileSync('openssl', args, { input, stdio: 'pipe' });
 }
 
 export const tmpFile = file;
