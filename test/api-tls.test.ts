@@ -223,11 +223,15 @@ describe('rotation without a restart', () => {
 });
 
 describe('metrics', () => {
-  it('headers over the limit are 431 BAD_INPUT as a problem document, and counted', async () => {
+  it('headers over the limit are 431 BAD_INPUT as a problem document, counted, and audited with the certificate\'s principal', async () => {
+    const before = signs();
     const r = await curl(url('sign'), [...tlsArgs(certs.invoicer!), '-H', `x-padding: ${'a'.repeat(20_000)}`], signBody());
     expect(r.status).toBe(431);
     expect(r.headers['content-type']).toMatch(/^application\/problem\+json/);
     expect(r.json).toMatchObject({ code: 'BAD_INPUT', status: 431 });
+    expect(signs()).toBe(before);
+    const refused = (await auditRecords()).filter((e) => e.event === 'denied' && String(e.detail).startsWith('request the HTTP parser refused'));
+    expect(refused).toEqual([expect.objectContaining({ result: 'BAD_INPUT', principal: INVOICER, peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/), detail: 'request the HTTP parser refused: 431 HPE_HEADER_OVERFLOW' })]);
   });
 
   it('/metrics counts requests by route and code, handshakes refused among them, and their durations', async () => {

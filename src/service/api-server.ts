@@ -80,8 +80,21 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   const timeouts = { requestTimeout: api.requestTimeoutMs, headersTimeout: api.requestTimeoutMs, keepAliveTimeout: Math.min(5_000, api.requestTimeoutMs), connectionsCheckingInterval: 1_000 };
 
   const apiLog = log.child({ component: 'api' });
-  // Counted as requests for no known route: there is no principal or method to count them under.
-  const unparsed = answerUnparsed((status) => events.emit('apiRequest', { route: 'unknown', code: 'BAD_INPUT', status, seconds: 0 }));
+  /** Who a connection is, from the connection alone: the socket's principal, or the client certificate's. */
+  const connectionPrincipal = (socket: Socket): string => ((socket as TLSSocket).encrypted ? certificatePrincipal(socket as TLSSocket, api.tls!.principalFrom) : api.unix!.principal);
+  // Counted as requests for no known route (there is no method to count them under), and
+  // audited per client address as refused handshakes are: a garbage flood costs a record a minute.
+  const unparsedRefusals = audit ? new RefusalLog((entry) => audit.append(entry), { result: 'BAD_INPUT', what: 'request the HTTP parser refused' }) : null;
+  const unparsed = answerUnparsed((status, reason, socket) => {
+    events.emit('apiRequest', { route: 'unknown', code: 'BAD_INPUT', status, seconds: 0 });
+    let principal: string | undefined;
+    try {
+      principal = connectionPrincipal(socket as Socket);
+    } catch {
+      // a connection that names no principal is refused at its first request anyway
+    }
+    unparsedRefusals?.refused(peerOf(socket as Socket), reason, Date.now(), principal);
+  });
   let handler!: (req: IncomingMessage, res: ServerResponse) => void;
   const app = Fastify({
     serverFactory: (h) => {
@@ -124,7 +137,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     }
     const known = callers.get(socket);
     if (known) return known;
-    const id = (socket as TLSSocket).encrypted ? certificatePrincipal(socket as TLSSocket, api.tls!.principalFrom) : api.unix!.principal;
+    const id = connectionPrincipal(socket);
     const caller = { id, roles: rolesOf(sup.config.policy, id), peer: peerOf(socket) };
     callers.set(socket, caller);
     return caller;
@@ -288,7 +301,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     const server = createHttpsServer({ ...timeouts, ...readTlsFiles(tls), requestCert: true, rejectUnauthorized: true, handshakeTimeout: api.requestTimeoutMs }, handler);
     server.maxConnections = api.maxConnections;
     server.on('clientError', unparsed);
-    refusals = audit ? new RefusalLog((entry) => audit.append(entry)) : null;
+    refusals = audit ? new RefusalLog((entry) => audit.append(entry), { result: 'UNAUTHENTICATED', what: 'TLS handshake' }) : null;
     // A failed handshake's socket is already closed when it is reported: note its peer on arrival.
     const peers = new WeakMap<Socket, string>();
     server.on('connection', (raw: Socket) => peers.set(raw, peerOf(raw)));
@@ -314,6 +327,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     accepting = false;
     tlsFiles.stop();
     refusals?.flush(); // while the audit trail is still open
+    unparsedRefusals?.flush();
     for (const s of servers) {
       s.close();
       s.closeIdleConnections();

@@ -1,10 +1,18 @@
 /**
- * Audit records of refused TLS handshakes, per client address: the first few each minute are
- * written as they come, the rest counted and written as one record when the minute is over (or
- * the next refusal comes after it). A client that retries a bad certificate in a loop, or a
- * flood meant to fill the disk, then costs one record a minute, and no refusal goes uncounted.
+ * Audit records of refusals that come before any request (a failed TLS handshake, bytes the HTTP
+ * parser cannot read), per client address: the first few each minute are written as they come,
+ * the rest counted and written as one record when the minute is over (or the next refusal comes
+ * after it). A client that retries a bad certificate in a loop, or a flood meant to fill the
+ * disk, then costs one record a minute, and no refusal goes uncounted.
  */
 import type { AuditEntry } from '../audit-record.js';
+import type { ErrorCode } from '../model/errors.js';
+
+/** What is refused: the records' `result`, and the words their detail starts with. */
+export interface RefusalKind {
+  result: ErrorCode;
+  what: string;
+}
 
 const WINDOW_MS = 60_000;
 const PER_WINDOW = 10;
@@ -21,9 +29,13 @@ interface Window {
 export class RefusalLog {
   private readonly windows = new Map<string, Window>();
 
-  constructor(private readonly write: (entry: AuditEntry) => void) {}
+  constructor(
+    private readonly write: (entry: AuditEntry) => void,
+    private readonly kind: RefusalKind,
+  ) {}
 
-  refused(peer: string, reason: string, now = Date.now()): void {
+  /** `principal`: who the connection is, where that is known before a request (the socket's, a client certificate's). */
+  refused(peer: string, reason: string, now = Date.now(), principal?: string): void {
     const address = peer.replace(/:\d+$/, '');
     let w = this.windows.get(address);
     if (w && now - w.start >= WINDOW_MS) {
@@ -38,7 +50,7 @@ export class RefusalLog {
     w.last = reason;
     if (w.written < PER_WINDOW) {
       w.written++;
-      this.write({ event: 'denied', slot: '', result: 'UNAUTHENTICATED', peer, detail: `TLS handshake: ${reason}` });
+      this.write({ event: 'denied', slot: '', result: this.kind.result, principal, peer, detail: `${this.kind.what}: ${reason}` });
     } else {
       w.suppressed++;
     }
@@ -52,6 +64,6 @@ export class RefusalLog {
   private summarize(address: string, w: Window): void {
     this.windows.delete(address);
     if (w.suppressed === 0) return;
-    this.write({ event: 'denied', slot: '', result: 'UNAUTHENTICATED', peer: address, detail: `TLS handshake: ${w.suppressed} more refused in the minute from ${new Date(w.start).toISOString()} (last: ${w.last})` });
+    this.write({ event: 'denied', slot: '', result: this.kind.result, peer: address, detail: `${this.kind.what}: ${w.suppressed} more refused in the minute from ${new Date(w.start).toISOString()} (last: ${w.last})` });
   }
 }

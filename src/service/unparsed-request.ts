@@ -17,12 +17,12 @@ const REFUSALS: Record<string, { status: number; detail: string }> = {
 };
 const MALFORMED = { status: 400, detail: 'the request is not valid HTTP/1.1' };
 
-/** A `clientError` handler for the API's HTTP servers; `counted` is told the status answered. */
-export function answerUnparsed(counted: (status: number) => void): (err: Error & { code?: string }, socket: Duplex) => void {
+/** A `clientError` handler for the API's HTTP servers; `refused` is told each refusal (to count and audit it). */
+export function answerUnparsed(refused: (status: number, reason: string, socket: Duplex) => void): (err: Error & { code?: string }, socket: Duplex) => void {
   return (err, socket) => {
     if (err.code === 'ECONNRESET' || socket.destroyed) return; // the client is gone: no one to answer
     const { status, detail } = REFUSALS[err.code ?? ''] ?? MALFORMED;
-    counted(status);
+    refused(status, `${status} ${err.code ?? err.message}`, socket);
     if (socket.writable) {
       const body = JSON.stringify({ ...problemOf(new Pkcs11SupervisorError('BAD_INPUT', detail)), status });
       socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: ${PROBLEM_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
