@@ -120,6 +120,19 @@ describe('mutual TLS', () => {
     await client.close();
   });
 
+  it('TLS 1.2 and plain HTTP are refused before any request, even with a valid certificate; no C_Sign', async () => {
+    const before = signs();
+    const tls12 = await curl(url('sign'), [...tlsArgs(certs.invoicer!), '--tls-max', '1.2'], signBody());
+    expect(tls12.status).toBe(0);
+    expect(tls12.exit).not.toBe(0);
+    const plain = await curl(url('sign').replace(/^https:/, 'http:'), [], signBody());
+    expect(plain.status).toBe(0);
+    expect(plain.exit).not.toBe(0);
+    expect(signs()).toBe(before);
+    // The same valid certificate over TLS 1.3 signs.
+    expect((await curl(url('sign'), tlsArgs(certs.invoicer!), signBody())).status).toBe(200);
+  });
+
   it('a valid certificate whose principal lacks the role gets 403 FORBIDDEN, audited with principal and peer; no C_Sign', async () => {
     const before = signs();
     const r = await curl(url('sign'), tlsArgs(certs.auditor!), signBody());
