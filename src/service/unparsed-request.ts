@@ -23,7 +23,9 @@ export function answerUnparsed(refused: (status: number, reason: string, socket:
     if (err.code === 'ECONNRESET' || socket.destroyed) return; // the client is gone: no one to answer
     const { status, detail } = REFUSALS[err.code ?? ''] ?? MALFORMED;
     refused(status, `${status} ${err.code ?? err.message}`, socket);
-    if (socket.writable) {
+    // Not into the middle of an answer already on its way (Node's own rule): the client would read it as part of that one.
+    const answering = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
+    if (socket.writable && !answering) {
       const body = JSON.stringify({ ...problemOf(new Pkcs11SupervisorError('BAD_INPUT', detail)), status });
       socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: ${PROBLEM_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
     }
