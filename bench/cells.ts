@@ -122,8 +122,9 @@ export function openCells(seconds: number) {
   const sessionThreadOf = (sup: Pkcs11Supervisor, slot: string, mech: BenchOp) => busiestThread(() => through(sup, slot, mech, 32, 1, 300));
 
   const slotCfg: SlotInput = { module: 'soft', token: { label: 'bench' }, pin: { env: 'BENCH_PIN' }, keys: { ec: { label: 'ec' }, rsa: { label: 'rsa' }, aes: { label: 'aes' }, rsaEnc: { label: 'rsa-enc' } }, queueLimit: 100_000, probeIntervalMs: 0 };
-  const startSlot = (name: string, slot: SlotInput) =>
-    startSupervisor({ config: { modules: { soft: moduleConfig }, slots: { [name]: slot }, metrics: { enabled: false } }, logger: pino({ level: 'silent' }) });
+  /** A supervisor with one slot on the bench token; `more`: the rest of its config (an audit trail, say). */
+  const startSlot = (name: string, slot: SlotInput, more: Partial<ConfigInput> = {}) =>
+    startSupervisor({ config: { modules: { soft: moduleConfig }, slots: { [name]: slot }, metrics: { enabled: false }, ...more }, logger: pino({ level: 'silent' }) });
 
   return {
     seconds,

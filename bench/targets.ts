@@ -7,8 +7,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pino } from 'pino';
-import { startSupervisor, type Pkcs11Supervisor } from '../src/index.js';
+import type { Pkcs11Supervisor } from '../src/index.js';
 import type { BenchOp, Run } from './raw-loop.js';
 import { LATENCY_SLICE_MS, median, p50us, rate } from './turns.js';
 import type { AuditComparison, TargetMedians } from './report.js';
@@ -120,11 +119,7 @@ export async function targetMedians(b: BenchCells, mech: BenchOp): Promise<Targe
  */
 export async function auditModes(b: BenchCells, slot: SlotInput): Promise<AuditComparison> {
   const dir = mkdtempSync(join(tmpdir(), 'p11sup-bench-audit-'));
-  const start = (mode: 'batched' | 'durable') =>
-    startSupervisor({
-      config: { modules: { soft: b.moduleConfig }, slots: { [mode]: slot }, metrics: { enabled: false }, audit: { path: join(dir, `${mode}.jsonl`), mode } },
-      logger: pino({ level: 'silent' }),
-    });
+  const start = (mode: 'batched' | 'durable') => b.startSlot(mode, slot, { audit: { path: join(dir, `${mode}.jsonl`), mode } });
   const batched = await start('batched');
   const durable = await start('durable');
   await b.through(batched, 'batched', 'ec', 32, 16);
