@@ -248,11 +248,34 @@ describe('hostile and broken clients', () => {
     expect((await client.status()).slots.s!.state).toBe('logged_in');
   });
 
-  it('unknown routes and methods are 404 ROUTE_NOT_FOUND', async () => {
-    for (const [route, args] of [['nope', ['-X', 'POST']], ['sign', []], ['../../metrics', ['-X', 'POST', '--path-as-is']]] as const) {
+  it('unknown routes are 404 ROUTE_NOT_FOUND; a route asked with another method is 405 with Allow', async () => {
+    for (const [route, args] of [['nope', ['-X', 'POST']], ['nope', []], ['../../metrics', ['-X', 'POST', '--path-as-is']]] as const) {
       const r = await curl(at(route), [...viaSocket(), ...args]);
       expect(r.status).toBe(404);
-      expect(r.json).toMatchObject({ code: 'ROUTE_NOT_FOUND' });
+      expect(r.headers['content-type']).toMatch(/^application\/problem\+json/);
+      expect(r.json).toMatchObject({ code: 'ROUTE_NOT_FOUND', status: 404 });
+    }
+    const before = signs();
+    for (const [route, method, allow] of [['sign', 'GET', 'POST'], ['batch', 'PUT', 'POST'], ['status', 'DELETE', 'POST'], ['openapi.json', 'POST', 'GET, HEAD']] as const) {
+      const r = await curl(at(route), [...viaSocket(), '-X', method]);
+      expect(r.status).toBe(405);
+      expect(r.headers.allow).toBe(allow);
+      expect(r.json).toMatchObject({ code: 'METHOD_NOT_ALLOWED', status: 405 });
+      expect(r.json!.detail).toBe(`/v1/${route} takes ${allow.split(',')[0]}, not ${method}`);
+    }
+    expect(signs()).toBe(before);
+    await expect(client.status()).resolves.toBeTruthy();
+  });
+
+  it('a body that is not JSON, or a bad deadline, is refused in words the caller can act on', async () => {
+    const text = await curl(at('sign'), [...viaSocket(), '-H', 'content-type: text/plain', '--data-binary', 'sign this']);
+    expect(text.status).toBe(415);
+    expect(text.json).toMatchObject({ code: 'BAD_INPUT', detail: 'the request body must be JSON, sent as content-type: application/json' });
+    for (const deadline of ['-5', '1e3', 'soon', '0', '99999999999']) {
+      const r = await curl(at('sign'), [...viaSocket(), '-H', `x-timeout-ms: ${deadline}`], signBody);
+      expect(r.status).toBe(400);
+      expect(r.json).toMatchObject({ code: 'BAD_INPUT' });
+      expect(r.json!.detail).toMatch(/x-timeout-ms.*must be a positive whole number of milliseconds/);
     }
   });
 

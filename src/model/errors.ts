@@ -31,10 +31,11 @@ export const ERROR_CODES = [
   'DECRYPTION_FAILED',
   'CLOSED',
   'AUDIT_UNAVAILABLE',
-  // The service API's own: a request without a valid identity, over its rate, or to no route.
+  // The service API's own: a request without a valid identity, over its rate, to no route, or with another method than its route's.
   'UNAUTHENTICATED',
   'RATE_LIMITED',
   'ROUTE_NOT_FOUND',
+  'METHOD_NOT_ALLOWED',
   /** A fault of the daemon itself, not of the request or the token; logged with its stack, never sent. */
   'INTERNAL',
 ] as const;

@@ -63,6 +63,15 @@ function bodyLimit(config: Config): number {
   return Math.ceil((largest * 4) / 3) + 64 * 1024;
 }
 
+const OPENAPI_PATH = '/v1/openapi.json';
+/** Each path the API serves and the methods it answers there, for a 405's Allow header. */
+const ALLOWED_METHODS = new Map<string, string>([...ROUTE_NAMES.map((n) => [`/v1/${n}`, 'POST'] as const), [BATCH_PATH, 'POST'], [OPENAPI_PATH, 'GET, HEAD']]);
+
+/** The x-timeout-ms header, refused with the words timeoutHeader() uses. */
+function deadlineHeader(description: string) {
+  return z.object({ [TIMEOUT_HEADER]: z.string().regex(/^\d+$/, 'must be a positive whole number of milliseconds').optional().describe(description) });
+}
+
 /** The wire side of a codec (what the OpenAPI document shows a response as). */
 function wireSide(schema: z.ZodType): z.ZodType {
   return schema instanceof z.ZodPipe ? (schema.in as z.ZodType) : schema;
@@ -184,9 +193,16 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   });
 
   app.setNotFoundHandler((request, reply) => {
-    request.outcome = 'ROUTE_NOT_FOUND';
-    const problem = problemOf(new Pkcs11SupervisorError('ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}: the API is POST /v1/<method> (${ROUTE_NAMES.join(', ')}), POST ${BATCH_PATH} and GET /v1/openapi.json`));
-    return reply.code(404).type(PROBLEM_TYPE).send(problem);
+    const path = request.url.split('?')[0]!;
+    const allowed = ALLOWED_METHODS.get(path);
+    // A route asked with another method is there, just not that way (RFC 9110: 405 names the method in Allow).
+    const e = allowed
+      ? new Pkcs11SupervisorError('METHOD_NOT_ALLOWED', `${path} takes ${allowed.split(',')[0]}, not ${request.method}`)
+      : new Pkcs11SupervisorError('ROUTE_NOT_FOUND', `no route ${request.method} ${path}: the API is POST /v1/<method> (${ROUTE_NAMES.join(', ')}), POST ${BATCH_PATH} and GET ${OPENAPI_PATH}`);
+    if (allowed) reply.header('allow', allowed);
+    request.outcome = e.code;
+    const problem = problemOf(e);
+    return reply.code(problem.status).type(PROBLEM_TYPE).send(problem);
   });
 
   /** What an answered call leaves: its count and duration in the metrics and, unless the gate has recorded it, an audit record. */
@@ -263,7 +279,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
       schema: {
         operationId: name,
         summary: route.summary,
-        headers: z.object({ [TIMEOUT_HEADER]: z.string().regex(/^\d+$/).optional().describe('the call deadline in milliseconds') }),
+        headers: deadlineHeader('the call deadline in milliseconds'),
         body: route.request,
         response: { 200: wireSide(route.result), '4XX': problemResponse, '5XX': problemResponse },
       },
@@ -276,13 +292,13 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     schema: {
       operationId: 'batch',
       summary: 'Several calls of the data-plane methods in one request, each answered as its own route would answer it',
-      headers: z.object({ [TIMEOUT_HEADER]: z.string().regex(/^\d+$/).optional().describe("each call's deadline in milliseconds") }),
+      headers: deadlineHeader("each call's deadline in milliseconds"),
       body: BatchRequestWire,
       response: { 200: BatchResultWire, '4XX': problemResponse, '5XX': problemResponse },
     },
     handler: invokeBatch,
   });
-  app.get('/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  app.get(OPENAPI_PATH, { schema: { hide: true } }, async () => app.swagger());
   await app.ready();
 
   const servers: (Server | HttpsServer)[] = [];

@@ -18,6 +18,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   SLOT_NOT_FOUND: 404,
   KEY_NOT_FOUND: 404,
   ROUTE_NOT_FOUND: 404,
+  METHOD_NOT_ALLOWED: 405,
   KEY_AMBIGUOUS: 409,
   KEY_IN_USE: 409,
   SO_SESSION_ACTIVE: 409,
@@ -71,6 +72,6 @@ export function errorOf(status: number, body: unknown): Pkcs11SupervisorError {
     const p = parsed.data;
     return new Pkcs11SupervisorError(p.code, p.detail, { ckr: p.ckr, slot: p.slot, issues: p.issues });
   }
-  const code: ErrorCode = status === 401 ? 'UNAUTHENTICATED' : status === 403 ? 'FORBIDDEN' : status === 404 ? 'ROUTE_NOT_FOUND' : status === 429 ? 'RATE_LIMITED' : status === 504 ? 'TIMEOUT' : status >= 500 ? 'INTERNAL' : 'BAD_INPUT';
+  const code: ErrorCode = status === 401 ? 'UNAUTHENTICATED' : status === 403 ? 'FORBIDDEN' : status === 404 ? 'ROUTE_NOT_FOUND' : status === 405 ? 'METHOD_NOT_ALLOWED' : status === 429 ? 'RATE_LIMITED' : status === 504 ? 'TIMEOUT' : status >= 500 ? 'INTERNAL' : 'BAD_INPUT';
   return new Pkcs11SupervisorError(code, `the service answered HTTP ${status} without a problem document`);
 }

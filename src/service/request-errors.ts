@@ -27,8 +27,9 @@ export function asSupervisorError(err: unknown, log: Logger): Pkcs11SupervisorEr
     log.error({ err: e.message }, 'a result does not match its wire schema');
     return new Pkcs11SupervisorError('INTERNAL', 'the daemon could not encode its answer');
   }
+  if (e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return new Pkcs11SupervisorError('BAD_INPUT', 'the request body must be JSON, sent as content-type: application/json');
   if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
-    // Fastify's own refusals: malformed JSON, an oversized body, another media type.
+    // Fastify's own refusals: an oversized body, a body not whole in time.
     return new Pkcs11SupervisorError('BAD_INPUT', e.message);
   }
   log.error({ err: e }, 'service API: unexpected error');
