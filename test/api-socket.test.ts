@@ -267,6 +267,19 @@ describe('hostile and broken clients', () => {
     await expect(client.status()).resolves.toBeTruthy();
   });
 
+  it('a request with thousands of unknown fields gets a short answer, not its own fields back', async () => {
+    const body = { ...signBody, ...Object.fromEntries(Array.from({ length: 3000 }, (_, i) => [`field${i}`, i])) };
+    const r = await curl(at('sign'), viaSocket(), body);
+    expect(r.status).toBe(400);
+    expect(r.json).toMatchObject({ code: 'BAD_INPUT' });
+    expect(r.body.length).toBeLessThan(4096);
+    expect((r.json!.issues as unknown[]).length).toBeLessThanOrEqual(10);
+    expect(r.json!.detail).toMatch(/Unrecognized keys: "field0", "field1",.*…/);
+    const batch = await curl(at('batch'), viaSocket(), { calls: Array.from({ length: 200 }, () => ({ method: 'sign', request: { ...signBody, slot: 7, key: [], mechanism: {}, data: 1 } })) });
+    expect(batch.status).toBe(200);
+    expect(batch.body.length).toBeLessThan(200 * 2048);
+  });
+
   it('a body that is not JSON, or a bad deadline, is refused in words the caller can act on', async () => {
     const text = await curl(at('sign'), [...viaSocket(), '-H', 'content-type: text/plain', '--data-binary', 'sign this']);
     expect(text.status).toBe(415);

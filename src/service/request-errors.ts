@@ -13,9 +13,15 @@ export function timeoutHeader(value: string | string[] | undefined): number | un
   return n;
 }
 
+/** How much of a refused request its answer repeats: zod names every unknown key, and a request can bring 200,000. */
+const MAX_ISSUES = 10;
+const MAX_ISSUE_CHARS = 200;
+const clip = (text: string) => (text.length > MAX_ISSUE_CHARS ? `${text.slice(0, MAX_ISSUE_CHARS)}…` : text);
+
 export function schemaMismatch(issues: { path: string; message: string }[]): Pkcs11SupervisorError {
-  const named = issues.map((i) => ({ path: i.path || '(body)', message: i.message }));
-  return new Pkcs11SupervisorError('BAD_INPUT', `the request does not match the method's schema: ${named.map((i) => `${i.path}: ${i.message}`).join('; ')}`, { issues: named });
+  const named = issues.slice(0, MAX_ISSUES).map((i) => ({ path: clip(i.path || '(body)'), message: clip(i.message) }));
+  const more = issues.length > MAX_ISSUES ? `; and ${issues.length - MAX_ISSUES} more` : '';
+  return new Pkcs11SupervisorError('BAD_INPUT', `the request does not match the method's schema: ${named.map((i) => `${i.path}: ${i.message}`).join('; ')}${more}`, { issues: named });
 }
 
 /** Any error as the typed error it is, or stands for; a fault of ours is logged with its stack and sent as INTERNAL. */
