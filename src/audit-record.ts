@@ -1,6 +1,6 @@
 /** An audit record, its hash, and the check of a trail's chain (the `audit verify` command). */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 
 export interface AuditEntry {
   event: string;
@@ -45,12 +45,55 @@ export type AuditVerdict =
   | { ok: false; kind: 'torn'; records: number; head: string; file: string; line: number; bytes: number; reason: string }
   | { ok: false; kind: 'broken'; file: string; line: number; seq: number | null; reason: string };
 
-/** Splits a trail into its complete lines and the unfinished bytes after the last newline. */
-export function splitTrail(text: string): { lines: string[]; tail: string } {
-  const end = text.lastIndexOf('\n') + 1;
-  const lines = text.slice(0, end).split('\n');
-  lines.pop();
-  return { lines, tail: text.slice(end) };
+/** Records are a few hundred bytes: a longer line is not one, and is never held in memory whole. */
+export const MAX_RECORD_BYTES = 1 << 20;
+const CHUNK_BYTES = 1 << 20;
+
+/**
+ * A trail's complete lines, read a chunk at a time (a trail has no size limit; a string of it
+ * would, at 512 MiB), each as text, or null for a line over MAX_RECORD_BYTES; and last, the
+ * number of bytes after the last newline (an unfinished record).
+ */
+function* trailLines(path: string): Generator<string | null | { tailBytes: number }> {
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(CHUNK_BYTES);
+    let parts: Buffer[] = [];
+    let partBytes = 0;
+    for (let n = readSync(fd, buf); n > 0; n = readSync(fd, buf)) {
+      const chunk = buf.subarray(0, n);
+      let start = 0;
+      for (let nl = chunk.indexOf(10); nl !== -1; nl = chunk.indexOf(10, start)) {
+        const end = chunk.subarray(start, nl);
+        if (partBytes + end.length > MAX_RECORD_BYTES) yield null;
+        else yield (partBytes === 0 ? end : Buffer.concat([...parts, end])).toString('utf8');
+        parts = [];
+        partBytes = 0;
+        start = nl + 1;
+      }
+      const rest = chunk.subarray(start);
+      // The buffer is read into again: keep a copy of what the next chunk continues.
+      if (partBytes + rest.length <= MAX_RECORD_BYTES) parts.push(Buffer.from(rest));
+      else parts = [];
+      partBytes += rest.length;
+    }
+    yield { tailBytes: partBytes };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Whether a record with sequence number `seq` comes among the lines still to be read. */
+function comesLater(lines: Iterable<string | null | { tailBytes: number }>, seq: number): boolean {
+  for (const text of lines) {
+    if (typeof text !== 'string') continue;
+    try {
+      if ((JSON.parse(text) as AuditRecord).seq === seq) return true;
+    } catch {
+      // not a record: not the one looked for
+    }
+  }
+  return false;
 }
 
 export function verifyAuditFile(path: string): AuditVerdict {
@@ -67,12 +110,22 @@ export function verifyAuditFiles(paths: string[]): AuditVerdict {
   let records = 0;
   let continues: string | undefined;
   for (const [f, path] of paths.entries()) {
-    const { lines, tail } = splitTrail(readFileSync(path, 'utf8'));
-    for (let i = 0; i < lines.length; i++) {
-      const broken = (reason: string, at: number | null) => ({ ok: false as const, kind: 'broken' as const, file: path, line: i + 1, seq: at, reason });
+    const lines = trailLines(path);
+    let line = 0;
+    for (const text of lines) {
+      line++;
+      if (typeof text === 'object' && text !== null) {
+        if (text.tailBytes === 0) break;
+        const bytes = text.tailBytes;
+        const last = f === paths.length - 1;
+        const reason = `torn tail: the last ${bytes} bytes are an unfinished record (a write cut short), not a changed one; every record before them is intact${last ? '. The daemon removes it at its next start and records that it did' : ''}`;
+        return { ok: false, kind: 'torn', records, head: prev ?? GENESIS, file: path, line, bytes, reason };
+      }
+      const broken = (reason: string, at: number | null) => ({ ok: false as const, kind: 'broken' as const, file: path, line, seq: at, reason });
       let r: AuditRecord;
       try {
-        r = JSON.parse(lines[i]!) as AuditRecord;
+        if (text === null) throw new Error('too long');
+        r = JSON.parse(text) as AuditRecord;
       } catch {
         return broken('not a JSON record', null);
       }
@@ -82,26 +135,14 @@ export function verifyAuditFiles(paths: string[]): AuditVerdict {
         // The trail's first file here starts inside the chain: it was rotated from an earlier one.
         continues = r.prev;
       } else if (r.prev !== (prev ?? GENESIS)) {
-        const later = lines.slice(i + 1).some((l) => {
-          try {
-            return (JSON.parse(l) as AuditRecord).seq === seq + 1;
-          } catch {
-            return false;
-          }
-        });
-        return broken(r.seq <= seq || later ? `records are out of order (expected seq ${seq + 1} here)` : r.seq > seq + 1 ? `record(s) before it were removed (expected seq ${seq + 1})` : 'the chain is broken before this record', r.seq);
+        const later = r.seq <= seq || comesLater(lines, seq + 1);
+        return broken(later ? `records are out of order (expected seq ${seq + 1} here)` : r.seq > seq + 1 ? `record(s) before it were removed (expected seq ${seq + 1})` : 'the chain is broken before this record', r.seq);
       } else if (r.seq !== seq + 1) {
         return broken(`sequence jumps from ${seq} to ${r.seq}`, r.seq);
       }
       prev = hash;
       seq = r.seq;
       records++;
-    }
-    if (tail.length > 0) {
-      const bytes = Buffer.byteLength(tail);
-      const last = f === paths.length - 1;
-      const reason = `torn tail: the last ${bytes} bytes are an unfinished record (a write cut short), not a changed one; every record before them is intact${last ? '. The daemon removes it at its next start and records that it did' : ''}`;
-      return { ok: false, kind: 'torn', records, head: prev ?? GENESIS, file: path, line: lines.length + 1, bytes, reason };
     }
   }
   return { ok: true, records, head: prev ?? GENESIS, ...(continues ? { continues } : {}) };

@@ -14,11 +14,11 @@
  * What a hash chain cannot show by itself: records cut off the end. Ship the `hash` of the
  * last record somewhere else (the daemon logs it at every flush) to catch truncation.
  */
-import { closeSync, constants, fdatasync, fstatSync, ftruncateSync, openSync, readdirSync, readFileSync, renameSync, write } from 'node:fs';
+import { closeSync, constants, fdatasync, fstatSync, ftruncateSync, openSync, readdirSync, readSync, renameSync, write } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
-import { GENESIS, recordHash, splitTrail, type AuditEntry, type AuditRecord } from './audit-record.js';
+import { GENESIS, MAX_RECORD_BYTES, recordHash, type AuditEntry, type AuditRecord } from './audit-record.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 
 export type { AuditEntry, AuditRecord, AuditVerdict } from './audit-record.js';
@@ -104,14 +104,21 @@ export class AuditLog {
     this.log.info({ audit: this.path, rotated, seq: this.seq, head: this.prev }, 'audit trail rotated; the chain continues in the new file');
   }
 
-  /** Takes the chain up where the file ends; an unfinished last record is cut off (returns its bytes). */
+  /**
+   * Takes the chain up where the file ends; an unfinished last record is cut off (returns its
+   * bytes). Reads the end of the file only: a trail can be larger than any string.
+   */
   private continueChain(): number {
-    const { lines, tail } = splitTrail(readFileSync(this.fd, 'utf8'));
-    const last = lines.at(-1);
-    if (last) {
+    const size = fstatSync(this.fd).size;
+    const lastNewline = newlineBefore(this.fd, size);
+    if (lastNewline >= 0) {
+      const start = newlineBefore(this.fd, lastNewline) + 1;
       let r: AuditRecord;
       try {
-        r = JSON.parse(last) as AuditRecord;
+        if (lastNewline - start > MAX_RECORD_BYTES) throw new Error(`a line of ${lastNewline - start} bytes`);
+        const last = Buffer.alloc(lastNewline - start);
+        readSync(this.fd, last, 0, last.length, start);
+        r = JSON.parse(last.toString('utf8')) as AuditRecord;
       } catch (e) {
         closeSync(this.fd);
         const message = `the last complete record of ${this.path} is not JSON (${(e as Error).message}): the trail was changed; check it with "audit verify" and move it aside`;
@@ -120,10 +127,9 @@ export class AuditLog {
       this.seq = r.seq;
       this.prev = r.hash;
     }
-    if (tail.length === 0) return 0;
-    const bytes = Buffer.byteLength(tail);
-    ftruncateSync(this.fd, fstatSync(this.fd).size - bytes);
-    return bytes;
+    const torn = size - (lastNewline + 1);
+    if (torn > 0) ftruncateSync(this.fd, lastNewline + 1);
+    return torn;
   }
 
   get health(): AuditHealth {
@@ -247,4 +253,17 @@ export class AuditLog {
     closeSync(this.fd);
     this.fd = -1;
   }
+}
+
+/** Where the last newline before byte `end` of the file is (-1: none), read backwards a chunk at a time. */
+function newlineBefore(fd: number, end: number): number {
+  const buf = Buffer.allocUnsafe(64 * 1024);
+  for (let to = end; to > 0; ) {
+    const from = Math.max(0, to - buf.length);
+    const n = readSync(fd, buf, 0, to - from, from);
+    const at = buf.subarray(0, n).lastIndexOf(10);
+    if (at !== -1) return from + at;
+    to = from;
+  }
+  return -1;
 }

@@ -6,7 +6,7 @@
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, closeSync, ftruncateSync, openSync, readdirSync, readFileSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { createMetrics, readiness, startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
@@ -148,6 +148,41 @@ describe('a torn tail', () => {
     const tampered = readFileSync(path, 'utf8').replace('"result":"ok"', '"result":"KEY_NOT_FOUND"');
     writeFileSync(path, tampered);
     expect(verifyCli(path)).toMatchObject({ status: 1, stdout: expect.stringMatching(/^broken at line/) });
+  });
+});
+
+describe('a trail larger than any string', () => {
+  it('is taken up at the next start from its end, and checked a chunk at a time, by the CLI and by verifyAudit', async () => {
+    const small = join(td.dir, 'small.jsonl');
+    sup = await startSupervisor({ config: configWith({ path: small }) });
+    await signOne(sup);
+    await sup.close();
+    sup = undefined;
+    // 600 MiB of zeros (a sparse file, no disk) before a newline and the records: longer than V8's
+    // longest string (512 MiB), so a trail read whole could not even be held, let alone checked.
+    const path = join(td.dir, 'large.jsonl');
+    const hole = 600 * 2 ** 20;
+    const fd = openSync(path, 'w');
+    ftruncateSync(fd, hole);
+    const tail = Buffer.concat([Buffer.from('\n'), readFileSync(small)]);
+    writeSync(fd, tail, 0, tail.length, hole);
+    closeSync(fd);
+    const before = records(small).at(-1) as unknown as { seq: number; hash: string };
+
+    expect(verifyCli(path)).toMatchObject({ status: 1, stdout: 'broken at line 1: not a JSON record\n' });
+    sup = await startSupervisor({ config: configWith({ path }) });
+    const { data } = await signOne(sup);
+    await expect(sup.verifyAudit()).resolves.toMatchObject({ ok: false, kind: 'broken', line: 1, reason: 'not a JSON record' });
+    await sup.close();
+    sup = undefined;
+    // The new records follow the last one on file.
+    const end = Buffer.alloc(statSync(path).size - hole - tail.length);
+    const rfd = openSync(path, 'r');
+    readSync(rfd, end, 0, end.length, hole + tail.length);
+    closeSync(rfd);
+    const added = end.toString('utf8').trim().split('\n').map((l) => JSON.parse(l) as { seq: number; prev: string; dataSha256?: string });
+    expect(added[0]).toMatchObject({ seq: before.seq + 1, prev: before.hash });
+    expect(added.some((r) => r.dataSha256 === sha(data))).toBe(true);
   });
 });
 

@@ -3,7 +3,8 @@
  * its operation file through the gate. Applications sign and verify through it without
  * touching a session, a PIN prompt or a retry loop.
  */
-import { verifyAuditFile, type AuditHealth, type AuditLog, type AuditVerdict } from '../audit.js';
+import type { AuditHealth, AuditLog, AuditVerdict } from '../audit.js';
+import { verifyAuditInThread } from '../audit-verify-thread.js';
 import type { Config } from '../config-schema.js';
 import type { SupervisorEvents } from '../events.js';
 import type { Slot } from '../slot.js';
@@ -90,7 +91,7 @@ export class Pkcs11Supervisor implements Pkcs11Client {
     if (!path) throw check.badInput('no audit trail is configured');
     this.gate.authorizeSomeSlot(options as Record<string, unknown>, 'verifyAudit');
     await this.gate.audit?.flush().catch(() => undefined); // an unwritable trail: verify what is on disk
-    return verifyAuditFile(path);
+    return verifyAuditInThread([path]);
   }
 
   /** Operator action: bring a failed slot back and give it a fresh restart budget. */
