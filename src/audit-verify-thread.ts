@@ -14,7 +14,7 @@ interface Job {
 if (!isMainThread && (workerData as Job | null)?.auditTrail) parentPort!.postMessage(verifyAuditFiles((workerData as Job).auditTrail));
 
 /** verifyAuditFiles, in a thread of its own; a file that cannot be read is AUDIT_UNAVAILABLE. */
-export function verifyAuditInThread(paths: string[]): Promise<AuditVerdict> {
+function verifyAuditInThread(paths: string[]): Promise<AuditVerdict> {
   return new Promise((resolve, reject) => {
     const job: Job = { auditTrail: paths };
     const thread = new Worker(fileURLToPath(import.meta.url), { workerData: job });
@@ -23,4 +23,27 @@ export function verifyAuditInThread(paths: string[]): Promise<AuditVerdict> {
     thread.once('error', (e) => cannotRead(e.message));
     thread.once('exit', (code) => cannotRead(`its checking thread exited (${code})`));
   });
+}
+
+/** Per trail: the check running (settled once done), and the one callers wait for after it. */
+const running = new Map<string, Promise<unknown>>();
+const waiting = new Map<string, Promise<AuditVerdict>>();
+
+/**
+ * A trail's checks one at a time: callers who ask while one runs share the next, which starts
+ * when it ends (after their records are on disk). A monitor asking every few seconds about a
+ * trail that takes longer to check would otherwise pile up threads that each read all of it.
+ */
+export function checkTrail(path: string): Promise<AuditVerdict> {
+  let next = waiting.get(path);
+  if (!next) {
+    next = (running.get(path) ?? Promise.resolve()).then(() => {
+      waiting.delete(path);
+      const check = verifyAuditInThread([path]);
+      running.set(path, check.catch(() => undefined));
+      return check;
+    });
+    waiting.set(path, next);
+  }
+  return next;
 }

@@ -173,6 +173,16 @@ describe('a trail larger than any string', () => {
     sup = await startSupervisor({ config: configWith({ path }) });
     const { data } = await signOne(sup);
     await expect(sup.verifyAudit()).resolves.toMatchObject({ ok: false, kind: 'broken', line: 1, reason: 'not a JSON record' });
+    // Ten at once share checks (one running, one after it) instead of ten threads each reading 600 MiB.
+    const threads = () => readdirSync('/proc/self/task').length;
+    const baseline = threads();
+    let most = baseline;
+    const sampler = setInterval(() => (most = Math.max(most, threads())), 5);
+    const verdicts = await Promise.all(Array.from({ length: 10 }, () => sup!.verifyAudit()));
+    clearInterval(sampler);
+    for (const v of verdicts) expect(v).toMatchObject({ ok: false, kind: 'broken', line: 1 });
+    expect(most - baseline).toBeGreaterThanOrEqual(1);
+    expect(most - baseline).toBeLessThanOrEqual(4);
     await sup.close();
     sup = undefined;
     // The new records follow the last one on file.

@@ -4,7 +4,7 @@
  * touching a session, a PIN prompt or a retry loop.
  */
 import type { AuditHealth, AuditLog, AuditVerdict } from '../audit.js';
-import { verifyAuditInThread } from '../audit-verify-thread.js';
+import { checkTrail } from '../audit-verify-thread.js';
 import type { Config } from '../config-schema.js';
 import type { SupervisorEvents } from '../events.js';
 import type { Slot } from '../slot.js';
@@ -91,7 +91,7 @@ export class Pkcs11Supervisor implements Pkcs11Client {
     if (!path) throw check.badInput('no audit trail is configured');
     this.gate.authorizeSomeSlot(options as Record<string, unknown>, 'verifyAudit');
     await this.gate.audit?.flush().catch(() => undefined); // an unwritable trail: verify what is on disk
-    return verifyAuditInThread([path]);
+    return checkTrail(path);
   }
 
   /** Operator action: bring a failed slot back and give it a fresh restart budget. */
