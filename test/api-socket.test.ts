@@ -202,17 +202,18 @@ describe('10,000 requests over the socket with faults mixed in', () => {
 });
 
 describe('hostile and broken clients', () => {
-  const bodies: [string, string[], string, number, string, RegExp?][] = [
+  type Row = [what: string, headers: string[], body: string, status: number, code: string, detail?: RegExp];
+  const bodies: Row[] = [
     ['malformed JSON', [], '{"slot": "s", ', 400, 'BAD_INPUT', /^the request body ends before its JSON does$/],
     ['JSON with a stray character', [], '{"slot": "s",, "key": "ec"}', 400, 'BAD_INPUT', /^the request body is not valid JSON \(at character 13\)$/],
     ['wrong types', [], JSON.stringify({ slot: 5, key: [], mechanism: true, data: 'not base64!' }), 400, 'BAD_INPUT'],
     ['an unknown field', [], JSON.stringify({ ...signBody, extra: 1 }), 400, 'BAD_INPUT'],
     ['a prototype-poisoning body', [], '{"slot":"s","__proto__":{"admin":true}}', 400, 'BAD_INPUT', /__proto__ or constructor\.prototype key/],
     ['a constructor-poisoning body', [], '{"slot":"s","constructor":{"prototype":{"admin":true}}}', 400, 'BAD_INPUT', /__proto__ or constructor\.prototype key/],
-    ['an oversized body', [], JSON.stringify({ ...signBody, data: Buffer.alloc(64 * 1024).toString('base64') }), 413, 'BAD_INPUT'],
+    ['an oversized body', [], JSON.stringify({ ...signBody, data: Buffer.alloc(64 * 1024).toString('base64') }), 413, 'BAD_INPUT', /^the request body is over \d+ bytes, the most this daemon takes \(its largest maxDataBytes, in base64\): hash large documents and sign the digest with prehashed: true$/],
     ['data over maxDataBytes', [], JSON.stringify({ ...signBody, data: Buffer.alloc(4097).toString('base64') }), 400, 'BAD_INPUT'],
-    ['another media type', ['-H', 'content-type: text/plain'], 'hello', 415, 'BAD_INPUT'],
-    ['a bad deadline', ['-H', 'content-type: application/json', '-H', 'x-timeout-ms: soon'], JSON.stringify(signBody), 400, 'BAD_INPUT'],
+    ['another media type', ['-H', 'content-type: text/plain'], 'hello', 415, 'BAD_INPUT', /^the request body must be JSON, sent as content-type: application\/json$/],
+    ...['soon', '-5', '1e3', '0', '99999999999'].map((deadline): Row => [`a deadline of ${deadline}`, ['-H', 'content-type: application/json', '-H', `x-timeout-ms: ${deadline}`], JSON.stringify(signBody), 400, 'BAD_INPUT', /x-timeout-ms:? must be a positive whole number of milliseconds$/]),
     ['headers over the limit', ['-H', 'content-type: application/json', '-H', `x-padding: ${'a'.repeat(20_000)}`], JSON.stringify(signBody), 431, 'BAD_INPUT'],
   ];
   for (const [what, headers, body, status, code, detail] of bodies) {
@@ -278,18 +279,6 @@ describe('hostile and broken clients', () => {
     const batch = await curl(at('batch'), viaSocket(), { calls: Array.from({ length: 200 }, () => ({ method: 'sign', request: { ...signBody, slot: 7, key: [], mechanism: {}, data: 1 } })) });
     expect(batch.status).toBe(200);
     expect(batch.body.length).toBeLessThan(200 * 2048);
-  });
-
-  it('a body that is not JSON, or a bad deadline, is refused in words the caller can act on', async () => {
-    const text = await curl(at('sign'), [...viaSocket(), '-H', 'content-type: text/plain', '--data-binary', 'sign this']);
-    expect(text.status).toBe(415);
-    expect(text.json).toMatchObject({ code: 'BAD_INPUT', detail: 'the request body must be JSON, sent as content-type: application/json' });
-    for (const deadline of ['-5', '1e3', 'soon', '0', '99999999999']) {
-      const r = await curl(at('sign'), [...viaSocket(), '-H', `x-timeout-ms: ${deadline}`], signBody);
-      expect(r.status).toBe(400);
-      expect(r.json).toMatchObject({ code: 'BAD_INPUT' });
-      expect(r.json!.detail).toMatch(/x-timeout-ms.*must be a positive whole number of milliseconds/);
-    }
   });
 
   it('a PIN in a request never comes back in any answer', async () => {

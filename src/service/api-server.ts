@@ -30,7 +30,7 @@ import { RefusalLog } from './refusal-log.js';
 import { ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
 import { readTlsFiles, watchTlsFiles } from './tls-files.js';
 import { closeIdleSockets, untilHangup } from './connections.js';
-import { asSupervisorError, schemaMismatch, timeoutHeader } from './request-errors.js';
+import { asSupervisorError, schemaMismatch, timeoutHeader, tooLarge } from './request-errors.js';
 import { listenUnix, type BoundSocket } from './unix-socket.js';
 import { answerUnparsed } from './unparsed-request.js';
 
@@ -105,6 +105,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     unparsedRefusals?.refused(peerOf(socket as Socket), reason, Date.now(), principal);
   });
   let handler!: (req: IncomingMessage, res: ServerResponse) => void;
+  const largestBody = bodyLimit(config);
   const app = Fastify({
     serverFactory: (h) => {
       handler = h;
@@ -115,7 +116,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     childLoggerFactory: (logger) => logger,
     // Requests are counted and audited instead; a log line each would be the daemon's hottest path.
     logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: bodyLimit(config),
+    bodyLimit: largestBody,
     clientErrorHandler: unparsed,
   });
   // JSON only: Fastify's default text/plain parser would hand a string to every schema.
@@ -183,7 +184,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   });
 
   app.setErrorHandler((err: FastifyError | Pkcs11SupervisorError, request, reply) => {
-    const e = asSupervisorError(err, log);
+    const e = (err as FastifyError).code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? tooLarge(largestBody) : asSupervisorError(err, log);
     const problem = problemOf(e);
     // The status of the body-size and media-type refusals says more than BAD_INPUT's 400.
     if (e.code === 'BAD_INPUT' && (err as FastifyError).statusCode && (err as FastifyError).statusCode! >= 400 && (err as FastifyError).statusCode! < 500) problem.status = (err as FastifyError).statusCode!;

@@ -24,6 +24,11 @@ export function schemaMismatch(issues: { path: string; message: string }[]): Pkc
   return new Pkcs11SupervisorError('BAD_INPUT', `the request does not match the method's schema: ${named.map((i) => `${i.path}: ${i.message}`).join('; ')}${more}`, { issues: named });
 }
 
+/** A body over the limit: what the limit is and what to do instead (Fastify says only "Request body is too large"). */
+export function tooLarge(bodyBytes: number): Pkcs11SupervisorError {
+  return new Pkcs11SupervisorError('BAD_INPUT', `the request body is over ${bodyBytes} bytes, the most this daemon takes (its largest maxDataBytes, in base64): hash large documents and sign the digest with prehashed: true`);
+}
+
 /** Any error as the typed error it is, or stands for; a fault of ours is logged with its stack and sent as INTERNAL. */
 export function asSupervisorError(err: unknown, log: Logger): Pkcs11SupervisorError {
   if (err instanceof Pkcs11SupervisorError) return err;
