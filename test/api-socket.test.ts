@@ -268,6 +268,16 @@ describe('hostile and broken clients', () => {
     await expect(client.status()).resolves.toBeTruthy();
   });
 
+  it('data too large for one JSON string is refused by the remote client as BAD_INPUT, in words', async () => {
+    const before = signs();
+    await expect(client.sign({ ...signReq, data: Buffer.alloc(600 * 2 ** 20) })).rejects.toMatchObject({
+      code: 'BAD_INPUT',
+      message: expect.stringMatching(/^the request cannot be sent as JSON \(.+\): hash large documents and sign the digest with prehashed: true$/),
+    });
+    expect(signs()).toBe(before);
+    expect(await client.verify({ ...signReq, signature: await client.sign(signReq) })).toBe(true);
+  });
+
   it('a request with thousands of unknown fields gets a short answer, not its own fields back', async () => {
     const body = { ...signBody, ...Object.fromEntries(Array.from({ length: 3000 }, (_, i) => [`field${i}`, i])) };
     const r = await curl(at('sign'), viaSocket(), body);

@@ -145,7 +145,9 @@ export class RemoteClient implements Pkcs11Client {
     try {
       body = JSON.stringify(z.encode(ROUTES[name].request as z.ZodType, fields as never));
     } catch (e) {
-      const issues = (e as z.ZodError).issues?.map((i) => ({ path: i.path.join('.') || '(request)', message: i.message })) ?? [];
+      // Bytes too many for one string (V8's 512 MiB) fail here too, with a RangeError.
+      if (!Array.isArray((e as z.ZodError).issues)) throw badInput(`the request cannot be sent as JSON (${(e as Error).message}): hash large documents and sign the digest with prehashed: true`);
+      const issues = (e as z.ZodError).issues.map((i) => ({ path: i.path.join('.') || '(request)', message: i.message }));
       throw badInput(`the request does not match ${name}'s schema: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
     }
     // A call with its own signal goes alone: aborting it closes its request, and only its request.
