@@ -49,12 +49,14 @@ export type AuditVerdict =
 export const MAX_RECORD_BYTES = 1 << 20;
 const CHUNK_BYTES = 1 << 20;
 
+type TrailLine = string | null | { tailBytes: number };
+
 /**
  * A trail's complete lines, read a chunk at a time (a trail has no size limit; a string of it
  * would, at 512 MiB), each as text, or null for a line over MAX_RECORD_BYTES; and last, the
  * number of bytes after the last newline (an unfinished record).
  */
-function* trailLines(path: string): Generator<string | null | { tailBytes: number }> {
+function* trailLines(path: string): Generator<TrailLine> {
   const fd = openSync(path, 'r');
   try {
     const buf = Buffer.allocUnsafe(CHUNK_BYTES);
@@ -83,16 +85,19 @@ function* trailLines(path: string): Generator<string | null | { tailBytes: numbe
   }
 }
 
-/** Whether a record with sequence number `seq` comes among the lines still to be read. */
-function comesLater(lines: Iterable<string | null | { tailBytes: number }>, seq: number): boolean {
-  for (const text of lines) {
-    if (typeof text !== 'string') continue;
-    try {
-      if ((JSON.parse(text) as AuditRecord).seq === seq) return true;
-    } catch {
-      // not a record: not the one looked for
-    }
+/** A line as a record; null if it is not JSON (or was too long to read). */
+function parseRecord(text: string | null): AuditRecord | null {
+  if (text === null) return null;
+  try {
+    return JSON.parse(text) as AuditRecord;
+  } catch {
+    return null;
   }
+}
+
+/** Whether a record with sequence number `seq` comes among the lines still to be read. */
+function comesLater(lines: Iterable<TrailLine>, seq: number): boolean {
+  for (const text of lines) if (typeof text !== 'object' && parseRecord(text)?.seq === seq) return true;
   return false;
 }
 
@@ -122,13 +127,8 @@ export function verifyAuditFiles(paths: string[]): AuditVerdict {
         return { ok: false, kind: 'torn', records, head: prev ?? GENESIS, file: path, line, bytes, reason };
       }
       const broken = (reason: string, at: number | null) => ({ ok: false as const, kind: 'broken' as const, file: path, line, seq: at, reason });
-      let r: AuditRecord;
-      try {
-        if (text === null) throw new Error('too long');
-        r = JSON.parse(text) as AuditRecord;
-      } catch {
-        return broken('not a JSON record', null);
-      }
+      const r = parseRecord(text);
+      if (!r) return broken('not a JSON record', null);
       const { hash, ...body } = r;
       if (recordHash(body) !== hash) return broken('record was changed (its hash does not match its content)', r.seq);
       if (prev === null && r.prev !== GENESIS) {

@@ -21,7 +21,7 @@ function verifyAuditInThread(paths: string[]): Promise<AuditVerdict> {
     const cannotRead = (why: string) => reject(new Pkcs11SupervisorError('AUDIT_UNAVAILABLE', `cannot read the audit trail ${paths.join(', ')}: ${why}`));
     thread.once('message', resolve);
     thread.once('error', (e) => cannotRead(e.message));
-    thread.once('exit', (code) => cannotRead(`its checking thread exited (${code})`));
+    thread.once('exit', (code) => cannotRead(`its checking thread exited (${code})`)); // after an answer: settled already
   });
 }
 

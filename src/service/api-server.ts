@@ -15,7 +15,6 @@ import fastifySwagger from '@fastify/swagger';
 import Fastify, { LogController, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
 import { jsonSchemaTransform, validatorCompiler } from 'fastify-type-provider-zod';
 import type { Logger } from 'pino';
-import secureJson from 'secure-json-parse';
 import { z } from 'zod';
 import { AUDITED } from '../client/gate.js';
 import { gateOf, type Pkcs11Supervisor } from '../client/supervisor-client.js';
@@ -27,12 +26,13 @@ import { PROBLEM_TYPE, ProblemSchema, problemOf } from './problem.js';
 import { BATCH_PATH, BatchRequestWire, BatchResultWire, type BatchAnswer, type BatchableName } from './batch.js';
 import { RateLimiter } from './rate-limit.js';
 import { RefusalLog } from './refusal-log.js';
-import { ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
+import { deadlineHeader, OPENAPI_PATH, ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
 import { readTlsFiles, watchTlsFiles } from './tls-files.js';
 import { closeIdleSockets, untilHangup } from './connections.js';
-import { asSupervisorError, schemaMismatch, timeoutHeader, tooLarge } from './request-errors.js';
+import { asSupervisorError, routeMiss, schemaMismatch, timeoutHeader } from './request-errors.js';
 import { listenUnix, type BoundSocket } from './unix-socket.js';
 import { answerUnparsed } from './unparsed-request.js';
+import { parseJsonBody } from './json-body.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -61,15 +61,6 @@ export interface ApiServer {
 function bodyLimit(config: Config): number {
   const largest = Math.max(...Object.values(config.slots).map((s) => s.maxDataBytes));
   return Math.ceil((largest * 4) / 3) + 64 * 1024;
-}
-
-const OPENAPI_PATH = '/v1/openapi.json';
-/** Each path the API serves and the methods it answers there, for a 405's Allow header. */
-const ALLOWED_METHODS = new Map<string, string>([...ROUTE_NAMES.map((n) => [`/v1/${n}`, 'POST'] as const), [BATCH_PATH, 'POST'], [OPENAPI_PATH, 'GET, HEAD']]);
-
-/** The x-timeout-ms header, refused with the words timeoutHeader() uses. */
-function deadlineHeader(description: string) {
-  return z.object({ [TIMEOUT_HEADER]: z.string().regex(/^\d+$/, 'must be a positive whole number of milliseconds').optional().describe(description) });
 }
 
 /** The wire side of a codec (what the OpenAPI document shows a response as). */
@@ -105,7 +96,6 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     unparsedRefusals?.refused(peerOf(socket as Socket), reason, Date.now(), principal);
   });
   let handler!: (req: IncomingMessage, res: ServerResponse) => void;
-  const largestBody = bodyLimit(config);
   const app = Fastify({
     serverFactory: (h) => {
       handler = h;
@@ -116,7 +106,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     childLoggerFactory: (logger) => logger,
     // Requests are counted and audited instead; a log line each would be the daemon's hottest path.
     logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: largestBody,
+    bodyLimit: bodyLimit(config),
     clientErrorHandler: unparsed,
   });
   // JSON only: Fastify's default text/plain parser would hand a string to every schema.
@@ -184,7 +174,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   });
 
   app.setErrorHandler((err: FastifyError | Pkcs11SupervisorError, request, reply) => {
-    const e = (err as FastifyError).code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? tooLarge(largestBody) : asSupervisorError(err, log);
+    const e = asSupervisorError(err, log, request.routeOptions.bodyLimit);
     const problem = problemOf(e);
     // The status of the body-size and media-type refusals says more than BAD_INPUT's 400.
     if (e.code === 'BAD_INPUT' && (err as FastifyError).statusCode && (err as FastifyError).statusCode! >= 400 && (err as FastifyError).statusCode! < 500) problem.status = (err as FastifyError).statusCode!;
@@ -194,15 +184,11 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   });
 
   app.setNotFoundHandler((request, reply) => {
-    const path = request.url.split('?')[0]!;
-    const allowed = ALLOWED_METHODS.get(path);
-    // A route asked with another method is there, just not that way (RFC 9110: 405 names the method in Allow).
-    const e = allowed
-      ? new Pkcs11SupervisorError('METHOD_NOT_ALLOWED', `${path} takes ${allowed.split(',')[0]}, not ${request.method}`)
-      : new Pkcs11SupervisorError('ROUTE_NOT_FOUND', `no route ${request.method} ${path}: the API is POST /v1/<method> (${ROUTE_NAMES.join(', ')}), POST ${BATCH_PATH} and GET ${OPENAPI_PATH}`);
-    if (allowed) reply.header('allow', allowed);
-    request.outcome = e.code;
-    const problem = problemOf(e);
+    const { error, allow } = routeMiss(request.method, request.url);
+    // A route asked with another method is there, just not that way (RFC 9110: 405 names the methods in Allow).
+    if (allow) reply.header('allow', allow);
+    request.outcome = error.code;
+    const problem = problemOf(error);
     return reply.code(problem.status).type(PROBLEM_TYPE).send(problem);
   });
 
@@ -384,24 +370,6 @@ async function invoke(sup: Pkcs11Supervisor, name: RouteName, request: FastifyRe
 async function callMethod(sup: Pkcs11Supervisor, name: RouteName, body: Record<string, unknown>, principal: Caller, signal: AbortSignal, deadline: number | undefined): Promise<unknown> {
   const value = await (sup[name] as (req: unknown) => Promise<unknown>)({ ...body, principal, signal, timeoutMs: deadline ?? body.timeoutMs });
   return wireResult(name, value);
-}
-
-/**
- * Fastify's own JSON parser (secure-json-parse, prototype poisoning refused) with the reason in
- * its refusal: Fastify's says only "not valid JSON". The reason never quotes the body (V8's
- * messages can), which may hold a PIN.
- */
-function parseJsonBody(_request: FastifyRequest, body: string, done: (err: Error | null, body?: unknown) => void): void {
-  if (body.length === 0) return done(null, undefined); // the empty request (see preValidation)
-  try {
-    done(null, secureJson.parse(body, { protoAction: 'error', constructorAction: 'error' }));
-  } catch (e) {
-    const message = (e as Error).message;
-    const at = Number(/at position (\d+)/.exec(message)?.[1] ?? NaN);
-    const cutShort = message.includes('end of JSON input') || at >= body.trimEnd().length;
-    const why = message.includes('forbidden prototype property') ? 'has a __proto__ or constructor.prototype key' : cutShort ? 'ends before its JSON does' : `is not valid JSON${Number.isNaN(at) ? '' : ` (at character ${at})`}`;
-    done(new Pkcs11SupervisorError('BAD_INPUT', `the request body ${why}`));
-  }
 }
 
 const wireResult = (name: RouteName, value: unknown): unknown => z.encode(ROUTES[name].result as z.ZodType, value as never);

@@ -263,3 +263,9 @@ export const ROUTE_NAMES = Object.keys(ROUTES) as RouteName[];
 
 /** The deadline header: the call's timeoutMs, in milliseconds. */
 export const TIMEOUT_HEADER = 'x-timeout-ms';
+export const OPENAPI_PATH = '/v1/openapi.json';
+
+/** The x-timeout-ms header's schema, refused in the words timeoutHeader() uses. */
+export function deadlineHeader(description: string) {
+  return z.object({ [TIMEOUT_HEADER]: z.string().regex(/^\d+$/, 'must be a positive whole number of milliseconds').optional().describe(description) });
+}
