@@ -12,7 +12,11 @@ interface Bucket {
   burst: number;
 }
 
-/** Buckets kept before full, idle ones are dropped: authenticated identities are few, but JWT subjects need not be. */
+/**
+ * Buckets kept: authenticated identities are few, but JWT subjects need not be. Past this, full
+ * buckets go first (forgetting one changes nothing), then the least recently used down to
+ * three quarters, so an issuer minting a subject per request cannot grow the map without bound.
+ */
 const MAX_BUCKETS = 10_000;
 
 export class RateLimiter {
@@ -23,6 +27,11 @@ export class RateLimiter {
 
   forget(): void {
     this.buckets.clear();
+  }
+
+  /** Buckets held now (at most MAX_BUCKETS). */
+  get size(): number {
+    return this.buckets.size;
   }
 
   /** 0 if the request may go ahead, else the milliseconds until the principal's next token. */
@@ -36,7 +45,11 @@ export class RateLimiter {
    */
   takeUpTo(principal: string, roles: readonly Role[], wanted: number, now = performance.now()): { granted: number; waitMs: number } {
     let bucket = this.buckets.get(principal);
-    if (!bucket) {
+    if (bucket) {
+      // Map order is use order: the least recently used bucket is the first a sweep meets.
+      this.buckets.delete(principal);
+      this.buckets.set(principal, bucket);
+    } else {
       const limit = this.limitFor(roles);
       if (!limit) return { granted: wanted, waitMs: 0 };
       if (this.buckets.size >= MAX_BUCKETS) this.sweep(now);
@@ -63,5 +76,10 @@ export class RateLimiter {
 
   private sweep(now: number): void {
     for (const [k, b] of this.buckets) if (b.tokens + ((now - b.at) / 1000) * b.perSecond >= b.burst) this.buckets.delete(k);
+    if (this.buckets.size < MAX_BUCKETS) return;
+    for (const k of this.buckets.keys()) {
+      if (this.buckets.size <= (MAX_BUCKETS * 3) / 4) break;
+      this.buckets.delete(k);
+    }
   }
 }
