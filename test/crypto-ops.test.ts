@@ -125,7 +125,10 @@ describe('AES-GCM and AES-CBC-PAD', () => {
     await expect(sup.encrypt({ slot: 's', key: 'rsaEnc', mechanism: 'AES-GCM', data })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
     await expect(sup.encrypt({ slot: 's', key: 'aes', mechanism: 'HMAC-SHA256', data })).rejects.toMatchObject({ code: 'MECHANISM_INVALID', message: expect.stringMatching(/not for encrypt/) });
     await expect(sup.encrypt({ slot: 's', key: 'aes', mechanism: 'AES-XTS' as never, data })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
-    await expect(sup.mac({ slot: 's', key: 'aes', mechanism: 'HMAC-SHA256', data })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
+    await expect(sup.mac({ slot: 's', key: 'aes', mechanism: 'HMAC-SHA256', data })).rejects.toMatchObject({ code: 'MECHANISM_INVALID', message: expect.stringContaining('needs a key of type GENERIC_SECRET; this key is AES') });
+    // A secret key named for a signature: no private key by that name, and the answer says what there is.
+    await expect(sup.sign({ slot: 's', key: 'aes', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'KEY_NOT_FOUND', message: expect.stringContaining('the token has a secret key label "aes" id 10, which this operation cannot use') });
+    await expect(sup.sign({ slot: 's', key: { label: 'no-such-key' }, mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'KEY_NOT_FOUND', message: expect.not.stringContaining('the token has') });
     await expect(sup.encrypt({ slot: 's', key: 'aes', mechanism: 'AES-GCM', data, oaepLabel: Buffer.from('l') })).rejects.toMatchObject({ code: 'BAD_INPUT' });
   });
 

@@ -85,7 +85,7 @@ function keyClass(name: CryptoMechanismName, op: CryptoOp): number {
 function keyFor(s: CryptoSession, sel: KeySelector, name: CryptoMechanismName, op: CryptoOp): CachedKey {
   const key = s.key(sel, keyClass(name, op));
   const needs = CRYPTO_MECHANISMS[name].keyType;
-  if (key.keyType !== needs) throw new WorkerFailure('MECHANISM_INVALID', `${name} needs an ${needs} key; this key is ${key.keyType}`);
+  if (key.keyType !== needs) throw new WorkerFailure('MECHANISM_INVALID', `${name} needs a key of type ${needs}; this key is ${key.keyType}`);
   return key;
 }
 

@@ -41,6 +41,15 @@ export function keyName(sel: KeySelector, cls: number = pkcs11js.CKO_PRIVATE_KEY
   return `${CLASS_OF.get(cls) === 'secretKey' ? 'secret' : cls === pkcs11js.CKO_PRIVATE_KEY ? 'private' : 'public'} key${sel.label !== undefined ? ` label "${sel.label}"` : ''}${sel.id !== undefined ? ` id ${sel.id}` : ''}`;
 }
 
+/** A miss that another class of key would have matched (a secret key named for a signature) says so. */
+function otherClassHint(s: SessionAccess, sel: KeySelector, cls: number): string {
+  for (const [other, name] of CLASS_OF) {
+    if (other === cls || findHandles(s, { class: name, label: sel.label, id: sel.id }, 1).length === 0) continue;
+    return `; the token has a ${keyName(sel, other)}, which this operation cannot use`;
+  }
+  return '';
+}
+
 export class KeyFinder {
   private readonly keys = new Map<string, CachedKey>();
 
@@ -81,7 +90,7 @@ export class KeyFinder {
       this.last = null;
       throw new WorkerFailure('KEY_NOT_FOUND', `the ${what} this session used is gone from token "${s.tokenIdentity.label}"`, 'CKR_OBJECT_HANDLE_INVALID');
     }
-    if (found.length === 0) throw new WorkerFailure('KEY_NOT_FOUND', `no ${what} on token "${s.tokenIdentity.label}" visible to this session`);
+    if (found.length === 0) throw new WorkerFailure('KEY_NOT_FOUND', `no ${what} on token "${s.tokenIdentity.label}" visible to this session${otherClassHint(s, sel, cls)}`);
     if (found.length > 1) throw new WorkerFailure('KEY_AMBIGUOUS', `several objects match ${what}; name the key by id too`);
     const handle = found[0]!;
     const attrs = s.p11('C_GetAttributeValue').C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_KEY_TYPE }]);

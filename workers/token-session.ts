@@ -276,7 +276,7 @@ export class TokenSession implements CryptoSession {
 
   private mechanism(name: MechanismName, prehashed: boolean, key: CachedKey): PreparedMechanism {
     const spec = MECHANISMS[name];
-    if (spec.keyType !== key.keyType) throw new WorkerFailure('MECHANISM_INVALID', `${name} needs an ${spec.keyType} key; this key is ${key.keyType}`);
+    if (spec.keyType !== key.keyType) throw new WorkerFailure('MECHANISM_INVALID', `${name} needs a key of type ${spec.keyType}; this key is ${key.keyType}`);
     const p = this.prepared.get(preparedKey(name, prehashed));
     if (!p) {
       const has = MECHANISM_NAMES.filter((n) => this.prepared.has(preparedKey(n, prehashed)));

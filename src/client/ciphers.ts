@@ -53,7 +53,7 @@ function mechanismFor(gate: Gate, slot: Slot, name: unknown, op: CryptoOp, key: 
     throw new Pkcs11SupervisorError('MECHANISM_INVALID', `the token of slot "${slot.name}" cannot do ${name} (not in its C_GetMechanismList)`, { slot: slot.name });
   }
   const keyType = typeof key === 'string' ? keyTypes.get(key) : undefined;
-  if (keyType && keyType !== spec.keyType) throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${name} needs an ${spec.keyType} key; key "${key}" is ${keyType}`, { slot: slot.name });
+  if (keyType && keyType !== spec.keyType) throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${name} needs a key of type ${spec.keyType}; key "${key}" is ${keyType}`, { slot: slot.name });
   return name;
 }
 
@@ -114,7 +114,7 @@ async function encryptHere(gate: Gate, slot: Slot, mechanism: CryptoMechanismNam
   gate.auditWritable('encrypt', slot);
   const input = cipherInput(slot, mechanism, 'encrypt', req, null);
   const info = await gate.publicKeys.get(slot.name, key, slot.config.keyCheckMs, () => getPublicKey(gate, { ...req, slot: slot.name, signal: undefined } as PublicKeyRequest));
-  if (info.keyType !== 'RSA') throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${mechanism} needs an RSA key; this key is ${info.keyType}`, { slot: slot.name });
+  if (info.keyType !== 'RSA') throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${mechanism} needs a key of type RSA; this key is ${info.keyType}`, { slot: slot.name });
   const startedAt = performance.timeOrigin + performance.now();
   let ciphertext: Buffer;
   try {
