@@ -28,11 +28,31 @@ export async function signJws(gate: Gate, request: SignJwsRequest): Promise<stri
   if (body === undefined) throw check.badInput('payload must be a string, bytes or an object', slot.name);
   const extra = req.header as Record<string, unknown> | undefined;
   const header: Record<string, unknown> = { ...extra, alg, kid: extra?.kid ?? info.id };
+  checkCritical(header, slot.name);
   const unencoded = unencodedPayload(header, body, slot.name);
   if (req.x5c === true) header.x5c = (await getCertificate(gate, { ...req, slot: slot.name, key } as PublicKeyRequest)).chain.map((c) => c.der.toString('base64'));
   const signingInput = `${b64url(JSON.stringify(header))}.${unencoded ?? b64url(body)}`;
   const sig = await sign(gate, { ...req, slot: slot.name, key, mechanism: JWS_ALGS[alg], data: Buffer.from(signingInput), signatureFormat: 'raw' } as SignRequest);
   return `${signingInput}.${b64url(sig)}`;
+}
+
+/** Header parameters RFC 7515 defines: `crit` may not name them (section 4.1.11). */
+const REGISTERED = new Set(['alg', 'jku', 'jwk', 'kid', 'x5u', 'x5c', 'x5t', 'x5t#S256', 'typ', 'cty', 'crit']);
+
+/**
+ * RFC 7515 section 4.1.11: `crit` is a non-empty list of extensions the header carries, none
+ * defined by the JWS spec itself. A token that breaks it is one every verifier must reject, so it
+ * is not signed.
+ */
+function checkCritical(header: Record<string, unknown>, slot: string): void {
+  const crit = header.crit;
+  if (crit === undefined) return;
+  if (!Array.isArray(crit) || crit.length === 0 || !crit.every((n) => typeof n === 'string')) throw check.badInput('header.crit must be a non-empty array of header parameter names (RFC 7515 section 4.1.11)', slot);
+  for (const [i, name] of (crit as string[]).entries()) {
+    if (REGISTERED.has(name)) throw check.badInput(`header.crit cannot name "${name}", which RFC 7515 defines`, slot);
+    if (!(name in header)) throw check.badInput(`header.crit names "${name}", which the header does not carry`, slot);
+    if (crit.indexOf(name) !== i) throw check.badInput(`header.crit names "${name}" twice`, slot);
+  }
 }
 
 /**

@@ -356,6 +356,16 @@ export function operationSuite(transport: Transport): void {
       await expect(sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload, header: { b64: false } })).rejects.toMatchObject({ code: 'BAD_INPUT' });
     });
 
+    it('a crit list (RFC 7515 4.1.11) verifiers must reject is BAD_INPUT; one naming a carried extension verifies; the header cannot change alg', async () => {
+      const pem = readFileSync(exportPublicKey(td, 'ops', '02'), 'utf8');
+      const jws = await sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload: 'x', header: { alg: 'none', 'urn:example:policy': 'p1', crit: ['urn:example:policy'] } });
+      const verified = await jose.compactVerify(jws, await jose.importSPKI(pem, 'ES256'), { crit: { 'urn:example:policy': true } });
+      expect(verified.protectedHeader).toMatchObject({ alg: 'ES256', crit: ['urn:example:policy'] });
+      for (const crit of [[], ['exp'], ['kid'], ['b64', 'b64'], 'b64', [1]]) {
+        await expect(sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload: 'x', header: { b64: true, crit } })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('crit') });
+      }
+    });
+
     it('refuses an ES* algorithm on the wrong curve', async () => {
       await expect(sup.signJws({ slot: 's', key: 'ec', alg: 'ES384', payload: 'x' })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
     });
