@@ -6,7 +6,7 @@
  * the token by OpenSC's pkcs11-tool, or unwrapped onto it from bytes only the test holds.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCipheriv, createDecipheriv, createECDH, createHmac, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createECDH, createHmac, publicDecrypt, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
@@ -273,7 +273,7 @@ describe('secret keys and wrapping', () => {
     const plain = await sup.wrapKey({ slot: 's', key: 'aes', mechanism: 'AES-KEY-WRAP', target: { label: 'exportable' } });
     const d2 = createDecipheriv('id-aes256-wrap', aesKey, Buffer.from('A6A6A6A6A6A6A6A6', 'hex'));
     expect(Buffer.concat([d2.update(plain), d2.final()]).equals(raw)).toBe(true);
-    await expect(sup.wrapKey({ slot: 's', key: 'aes', mechanism: 'AES-KEY-WRAP-PAD', target: { label: 'gen-aes' } })).rejects.toMatchObject({ code: 'PKCS11_ERROR', ckr: 'CKR_KEY_UNEXTRACTABLE' });
+    await expect(sup.wrapKey({ slot: 's', key: 'aes', mechanism: 'AES-KEY-WRAP-PAD', target: { label: 'gen-aes' } })).rejects.toMatchObject({ code: 'MECHANISM_INVALID', ckr: 'CKR_KEY_UNEXTRACTABLE' });
   });
 
   it('unwraps a key Node wrapped (AES key wrap with padding, and RSA-OAEP) onto the token, sensitive; it then encrypts as that key', async () => {
@@ -288,6 +288,39 @@ describe('secret keys and wrapping', () => {
     await sup.unwrapKey({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA1', wrapped, algorithm: 'AES-256', label: 'unwrapped-rsa' });
     const b = await sup.encrypt({ slot: 's', key: { label: 'unwrapped-rsa' }, mechanism: 'AES-GCM', data: Buffer.from('oaep') });
     expect(gcmOpen(other, b.iv!, b.ciphertext).toString()).toBe('oaep');
+  });
+});
+
+describe('input a token answers with CKR_GENERAL_ERROR', () => {
+  // SoftHSM2 says CKR_GENERAL_ERROR to each of these, which is also how a broken module speaks: a
+  // caller who could send them would reset the module (every session of it) at will.
+  it('wrapped bytes that do not unwrap, a peer key on another curve or off it, PKCS#1 input too long: typed errors, no module reset, the slot keeps working', async () => {
+    const code = (p: Promise<unknown>) => p.then(() => 'succeeded', (e: { code: string; ckr?: string; message: string }) => `${e.code} ${e.ckr ?? ''} ${e.message}`);
+    const before = resets.length;
+    for (const mechanism of ['AES-KEY-WRAP', 'AES-KEY-WRAP-PAD'] as const) {
+      expect(await code(sup.unwrapKey({ slot: 's', key: 'aes', mechanism, wrapped: randomBytes(40), algorithm: 'AES-256', label: 'never' }))).toMatch(/^DECRYPTION_FAILED  .*does not unwrap/);
+    }
+    expect(await code(sup.unwrapKey({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA1', wrapped: randomBytes(256), algorithm: 'AES-256', label: 'never' }))).toMatch(/^DECRYPTION_FAILED /);
+    expect((await sup.findObjects({ slot: 's', template: { label: 'never' } }))).toEqual([]);
+
+    const p384 = createECDH('secp384r1');
+    p384.generateKeys();
+    const k1 = createECDH('secp256k1'); // the same length of point as P-256, on another curve
+    k1.generateKeys();
+    const offCurve = Buffer.concat([Buffer.from([4]), randomBytes(64)]);
+    for (const publicKey of [p384.getPublicKey(), k1.getPublicKey(), offCurve]) {
+      expect(await code(sup.deriveKey({ slot: 's', key: 'ecdh', mechanism: 'ECDH', publicKey, then: { op: 'encrypt', mechanism: 'AES-GCM', data: Buffer.from('x') } }))).toMatch(/^BAD_INPUT  publicKey is not a point on P-256/);
+    }
+
+    const digestInfoTooLong = randomBytes(256 - 10);
+    expect(await code(sup.sign({ slot: 's', key: 'signer', mechanism: 'RSA-PKCS1', data: digestInfoTooLong }))).toMatch(/^BAD_INPUT  RSA PKCS#1 v1.5 signs at most 245 bytes with this 2048-bit key; got 246/);
+    const longest = randomBytes(245);
+    const signature = await sup.sign({ slot: 's', key: 'signer', mechanism: 'RSA-PKCS1', data: longest });
+    expect(publicDecrypt(readFileSync(exportPublicKey(td, 'crypto', '01'), 'utf8'), signature).equals(longest)).toBe(true);
+
+    await new Promise((r) => setTimeout(r, 100)); // a reset is asynchronous
+    expect(resets.slice(before)).toEqual([]);
+    expect(sup.status().slots.s!.state).toBe('logged_in');
   });
 });
 

@@ -4,7 +4,7 @@
  * for only if the token listed it, every object made for the call (an ECDH session key, a
  * secret read out) destroyed before the call ends.
  */
-import { randomBytes } from 'node:crypto';
+import { createPublicKey, randomBytes } from 'node:crypto';
 import type * as P11 from 'pkcs11js';
 import { asBuffer, pkcs11js } from './pkcs11js.js';
 import { WorkerFailure } from './failure.js';
@@ -96,6 +96,27 @@ function keyFor(s: CryptoSession, sel: KeySelector, name: CryptoMechanismName, o
  * module at every bad ciphertext a client sends, so it is reported without its CKR.
  */
 const NOT_DECRYPTED = new Set(['CKR_ENCRYPTED_DATA_INVALID', 'CKR_ENCRYPTED_DATA_LEN_RANGE', 'CKR_GENERAL_ERROR', 'CKR_DATA_INVALID', 'CKR_DATA_LEN_RANGE', 'CKR_FUNCTION_FAILED']);
+
+/** Answers for wrapped bytes that do not unwrap (SoftHSM2: CKR_GENERAL_ERROR for a failed key-wrap integrity check). */
+const NOT_UNWRAPPED = new Set([...NOT_DECRYPTED, 'CKR_WRAPPED_KEY_INVALID', 'CKR_WRAPPED_KEY_LEN_RANGE']);
+
+/**
+ * The peer's point must be on this key's curve. A token given a point on another curve, or none,
+ * may answer CKR_GENERAL_ERROR (SoftHSM2 does), which reads as a broken module.
+ */
+function checkPeerPoint(point: Uint8Array, key: CachedKey): void {
+  const curve = key.curve;
+  if (!curve) return;
+  const n = curve.fieldBytes;
+  const fail = (why: string) => new WorkerFailure('BAD_INPUT', `publicKey is not a point on ${curve.name}, this key's curve: ${why}`);
+  if (point.length !== 1 + 2 * n || point[0] !== 0x04) throw fail(`an uncompressed ${curve.name} point is ${1 + 2 * n} bytes starting 04, this one is ${point.length} bytes`);
+  const b = Buffer.from(point.buffer, point.byteOffset, point.byteLength);
+  try {
+    createPublicKey({ key: { kty: 'EC', crv: curve.name, x: b.subarray(1, 1 + n).toString('base64url'), y: b.subarray(1 + n).toString('base64url') }, format: 'jwk' });
+  } catch {
+    throw fail('the coordinates are not on the curve');
+  }
+}
 
 /**
  * An operation's C_*Init. A token that lists a mechanism may still refuse some of its
@@ -194,7 +215,14 @@ function secretKeyTemplate(spec: SecretKeySpec, withLength: boolean): P11.Templa
 export function unwrapKey(s: CryptoSession, task: Extract<WorkerTask, { op: 'unwrapKey' }>): ObjectDescriptor {
   const unwrapping = keyFor(s, task.key, task.mechanism, 'unwrapKey');
   const mech = mechanismFor(s, task.mechanism, task);
-  const handle = s.p11('C_UnwrapKey').C_UnwrapKey(s.sessionHandle, mech, unwrapping.handle, Buffer.from(task.wrapped), secretKeyTemplate(task.spec, false));
+  let handle: P11.Handle;
+  try {
+    handle = s.p11('C_UnwrapKey').C_UnwrapKey(s.sessionHandle, mech, unwrapping.handle, Buffer.from(task.wrapped), secretKeyTemplate(task.spec, false));
+  } catch (e) {
+    const ckr = (e as Error).message;
+    if (!NOT_UNWRAPPED.has(ckr)) throw e;
+    throw new WorkerFailure('DECRYPTION_FAILED', `${task.mechanism}: the wrapped key does not unwrap under this key (a wrong key, or changed or cut bytes); the token said ${ckr}`, ckr === 'CKR_GENERAL_ERROR' ? undefined : ckr);
+  }
   return describe(s, handle);
 }
 
@@ -214,6 +242,7 @@ export function generateSecretKey(s: CryptoSession, spec: SecretKeySpec): Object
  */
 export function deriveKey(s: CryptoSession, task: Extract<WorkerTask, { op: 'deriveKey' }>): Uint8Array {
   const key = keyFor(s, task.key, task.mechanism, 'deriveKey');
+  checkPeerPoint(task.publicPoint, key);
   const secret = task.mechanism === 'ECDH-SECRET';
   const mech: P11.Mechanism = { mechanism: ckmOf(task.mechanism), parameter: { type: pkcs11js.CK_PARAMS_EC_DH, kdf: pkcs11js.CKD_NULL, publicData: Buffer.from(task.publicPoint) } as P11.ECDH1 };
   if (!s.supports(mech.mechanism)) throw new WorkerFailure('MECHANISM_INVALID', `the token cannot do ${task.mechanism} (no CKM_ECDH1_DERIVE in its C_GetMechanismList)`);

@@ -6,7 +6,7 @@
 import type * as P11 from 'pkcs11js';
 import { pkcs11js, readUlong } from './pkcs11js.js';
 import { WorkerFailure } from './failure.js';
-import { curveByParams } from '../src/model/curves.js';
+import { curveByParams, type Curve } from '../src/model/curves.js';
 import type { KeyType } from '../src/model/mechanisms.js';
 import { selectorKey, type KeySelector } from '../src/model/protocol.js';
 import { findHandles, flagOf, type SessionAccess } from './object-ops.js';
@@ -17,6 +17,10 @@ export interface CachedKey {
   keyType: KeyType;
   /** Bytes of one ECDSA signature half (r or s); 0 for non-EC keys. */
   fieldBytes: number;
+  /** An EC key's curve. */
+  curve: Curve | undefined;
+  /** Bytes of an RSA key's modulus (0 for other keys, or a token that does not show it). */
+  modulusBytes: number;
   /** When a find on the token last returned this handle (performance.now()). */
   foundAt: number;
   /** CKA_ALWAYS_AUTHENTICATE: each signature needs a C_Login(CKU_CONTEXT_SPECIFIC) of its own. */
@@ -39,6 +43,19 @@ const CLASS_OF = new Map<number, 'privateKey' | 'publicKey' | 'secretKey'>([
 
 export function keyName(sel: KeySelector, cls: number = pkcs11js.CKO_PRIVATE_KEY): string {
   return `${CLASS_OF.get(cls) === 'secretKey' ? 'secret' : cls === pkcs11js.CKO_PRIVATE_KEY ? 'private' : 'public'} key${sel.label !== undefined ? ` label "${sel.label}"` : ''}${sel.id !== undefined ? ` id ${sel.id}` : ''}`;
+}
+
+/** CKA_MODULUS's length, which the spec requires on RSA private and public keys; 0 where a token withholds it. */
+function modulusLength(s: SessionAccess, handle: P11.Handle): number {
+  try {
+    const [m] = s.p11('C_GetAttributeValue').C_GetAttributeValue(s.sessionHandle, handle, [{ type: pkcs11js.CKA_MODULUS }]);
+    const bytes = m!.value as Buffer;
+    let i = 0;
+    while (i < bytes.length && bytes[i] === 0) i++;
+    return bytes.length - i;
+  } catch {
+    return 0;
+  }
 }
 
 /** A miss that another class of key would have matched (a secret key named for a signature) says so. */
@@ -96,16 +113,17 @@ export class KeyFinder {
     const attrs = s.p11('C_GetAttributeValue').C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_KEY_TYPE }]);
     const keyType = keyTypeOf(readUlong(attrs[0]!.value as Buffer));
     if (!keyType) throw new WorkerFailure('MECHANISM_INVALID', `${what} has a key type this service does not sign with`);
-    let fieldBytes = 0;
+    let curve: Curve | undefined;
     if (keyType === 'EC') {
       const [p] = s.p11('C_GetAttributeValue').C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_EC_PARAMS }]);
-      fieldBytes = curveByParams((p!.value as Buffer).toString('hex'))?.fieldBytes ?? 0;
-      if (!fieldBytes) throw new WorkerFailure('MECHANISM_INVALID', `${what} is on a curve this service does not support (P-256, P-384, P-521)`);
+      curve = curveByParams((p!.value as Buffer).toString('hex'));
+      if (!curve?.fieldBytes) throw new WorkerFailure('MECHANISM_INVALID', `${what} is on a curve this service does not support (P-256, P-384, P-521, secp256k1)`);
     }
+    const modulusBytes = keyType === 'RSA' ? modulusLength(s, handle) : 0;
     // Learnt from C_Sign (a module that enforces it without the attribute) holds for the same object.
     const learnt = hit?.alwaysAuthenticate === true && hit.handle.equals(handle);
     const alwaysAuthenticate = cls === pkcs11js.CKO_PRIVATE_KEY && (learnt || flagOf(s, handle, pkcs11js.CKA_ALWAYS_AUTHENTICATE) === true);
-    const entry = { handle, keyType, fieldBytes, foundAt: now, alwaysAuthenticate };
+    const entry = { handle, keyType, fieldBytes: curve?.fieldBytes ?? 0, curve, modulusBytes, foundAt: now, alwaysAuthenticate };
     this.keys.set(cacheKey, entry);
     return this.remember(sel, cls, entry);
   }

@@ -109,3 +109,13 @@ export function keyGenSizes(p11: (fn: string) => P11.PKCS11, slot: P11.Handle, s
   }
   return out;
 }
+
+/**
+ * CKM_RSA_PKCS pads its input to the modulus with at least 11 bytes (RFC 8017, 9.2): a longer
+ * input is the caller's error, refused here. SoftHSM2 answers it with CKR_GENERAL_ERROR, which
+ * would read as a broken module.
+ */
+export function checkPkcs1Room(p: PreparedMechanism, inputBytes: number, modulusBytes: number): void {
+  if (p.mechanism.mechanism !== pkcs11js.CKM_RSA_PKCS || modulusBytes === 0 || inputBytes <= modulusBytes - 11) return;
+  throw new WorkerFailure('BAD_INPUT', `RSA PKCS#1 v1.5 signs at most ${modulusBytes - 11} bytes with this ${modulusBytes * 8}-bit key; got ${inputBytes}`);
+}

@@ -9,7 +9,7 @@ import { tokenMatches, trimPadded } from '../src/model/token-match.js';
 import type * as P11 from 'pkcs11js';
 import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/model/mechanisms.js';
 import { writeDer, derToRaw, maxDerBytes } from '../src/model/ecdsa-signature.js';
-import { prepareMechanisms, preparedKey, keyGenSizes, type PreparedMechanism } from './mechanism-params.js';
+import { checkPkcs1Room, prepareMechanisms, preparedKey, keyGenSizes, type PreparedMechanism } from './mechanism-params.js';
 import { ContextLoginNeeded, ContextLoginUnsupported, WorkerFailure } from './failure.js';
 import { deviceInfo, pinLengthOf, sessionLimit } from './token-info.js';
 import { SESSION_STATES, USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from '../src/model/protocol.js';
@@ -293,6 +293,7 @@ export class TokenSession implements CryptoSession {
     if (contextLogin && task.contextPin === undefined) throw new ContextLoginNeeded(keyName(task.key));
     const p = this.mechanism(task.mechanism, task.prehashed, key);
     const input = p.input(asBuffer(task.data));
+    checkPkcs1Room(p, input.length, key.modulusBytes);
     const session = this.live;
     this.count('C_SignInit').C_SignInit(session, p.mechanism, key.handle);
     if (contextLogin) this.contextLogin(task.contextPin!, input);
