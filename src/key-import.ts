@@ -9,6 +9,7 @@ import forge from 'node-forge';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import type { ImportedObject, JsonWebKeyLike, PrivateKeyUse } from './model/protocol.js';
 import { octetString } from './model/der.js';
+import { curveByName } from './model/curves.js';
 
 export interface ImportMaterial {
   privateKey: KeyObject;
@@ -73,7 +74,26 @@ export function defaultKeyId(jwk: JsonWebKeyLike): string {
   return createHash('sha1').update(value).digest('hex');
 }
 
+/** The kinds of key a token here holds and the service uses: anything else is refused before the token sees it. */
+function checkImportable(key: KeyObject): void {
+  const type = key.asymmetricKeyType;
+  if (type === 'rsa' || type === 'ed25519') return;
+  if (type === 'ec' && curveByName(jwkCurve(key)) !== undefined) return;
+  const what = type === 'ec' ? `EC keys on ${key.asymmetricKeyDetails?.namedCurve ?? 'an unnamed curve'}` : type === 'rsa-pss' ? 'RSA keys restricted to PSS (id-RSASSA-PSS)' : `${(type ?? 'such').toUpperCase()} keys`;
+  throw bad(`${what} cannot be imported: this service imports RSA, EC (P-256, P-384, P-521, secp256k1) and Ed25519 keys`);
+}
+
+/** The JWK name of an EC key's curve; '' for a curve JWK has no name for (brainpool and others). */
+function jwkCurve(key: KeyObject): string {
+  try {
+    return (key.export({ format: 'jwk' }) as JsonWebKeyLike).crv ?? '';
+  } catch {
+    return '';
+  }
+}
+
 export function importObjectsFor(material: ImportMaterial, label: string, id: string | undefined, use: PrivateKeyUse): ImportedObject[] {
+  checkImportable(material.privateKey);
   const jwk = material.privateKey.export({ format: 'jwk' }) as JsonWebKeyLike;
   const pub = createPublicKey(material.privateKey).export({ format: 'jwk' }) as JsonWebKeyLike;
   const keyId = id ?? defaultKeyId(pub);

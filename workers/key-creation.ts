@@ -14,7 +14,7 @@ import type { ImportedObject, JsonWebKeyLike, KeyGenSpec, KeyUsage, ObjectDescri
 import { attrs, attrsOf, describe, findHandles, type SessionAccess } from './object-ops.js';
 
 function b64u(s: string | undefined, what: string): Buffer {
-  if (!s) throw new Error(`the key has no ${what}`);
+  if (!s) throw new WorkerFailure('BAD_INPUT', `the key has no ${what}`);
   return Buffer.from(s, 'base64url');
 }
 
@@ -139,7 +139,7 @@ function keyTemplate(jwk: JsonWebKeyLike, priv: boolean): P11.Template {
     return t;
   }
   const oid = curveByName(jwk.crv ?? '')?.params;
-  if (!oid) throw new Error(`unsupported key: ${jwk.kty} ${jwk.crv ?? ''}`);
+  if (!oid) throw new WorkerFailure('BAD_INPUT', `${jwk.kty} keys on ${jwk.crv ?? 'an unnamed curve'} cannot be imported`);
   const edwards = jwk.kty === 'OKP';
   const t: P11.Template = [
     { type: pkcs11js.CKA_KEY_TYPE, value: edwards ? CKK_EC_EDWARDS : pkcs11js.CKK_EC },

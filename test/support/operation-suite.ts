@@ -4,7 +4,7 @@
  * so the same tests run in the process, over the local socket and over mutual TLS.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCipheriv, createDecipheriv, createECDH, createHash, createHmac, createPublicKey, randomBytes, verify as nodeVerify, X509Certificate } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createECDH, createHash, createHmac, createPublicKey, generateKeyPairSync, randomBytes, verify as nodeVerify, X509Certificate, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as jose from 'jose';
 import type { Pkcs11Client } from '../../dist/src/index.js';
@@ -292,6 +292,21 @@ export function operationSuite(transport: Transport): void {
       const { p12 } = makeP12(['ec', '-pkeyopt', 'ec_paramgen_curve:P-256'], false);
       await expect(sup.importKeyPair({ slot: 's', label: 'wrong-pw', pkcs12: p12, password: 'nope' })).rejects.toMatchObject({ code: 'BAD_INPUT' });
       expect(await sup.findObjects({ slot: 's', template: { label: 'wrong-pw' } })).toEqual([]);
+    });
+
+    it('a key of a kind the service does not use (DSA, RSA-PSS-only, X25519, Ed448, brainpool) is BAD_INPUT naming it; nothing is stored', async () => {
+      const kinds: [KeyObject, RegExp][] = [
+        [generateKeyPairSync('dsa', { modulusLength: 1024, divisorLength: 160 }).privateKey, /^DSA keys cannot be imported/],
+        [generateKeyPairSync('rsa-pss', { modulusLength: 1024 }).privateKey, /^RSA keys restricted to PSS/],
+        [generateKeyPairSync('x25519').privateKey, /^X25519 keys/],
+        [generateKeyPairSync('ed448').privateKey, /^ED448 keys/],
+        [generateKeyPairSync('ec', { namedCurve: 'brainpoolP256r1' }).privateKey, /^EC keys on brainpoolP256r1/],
+      ];
+      for (const [key, named] of kinds) {
+        const privateKeyPem = key.export({ type: 'pkcs8', format: 'pem' }) as string;
+        await expect(sup.importKeyPair({ slot: 's', label: 'odd-kind', privateKeyPem })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringMatching(named) });
+      }
+      expect(await sup.findObjects({ slot: 's', template: { label: 'odd-kind' } })).toEqual([]);
     });
 
     it('a PEM key with its certificate imports; importCertificate adds a certificate for a key', async () => {
