@@ -56,6 +56,10 @@ const cases: [string, () => Promise<unknown>, string][] = [
   ['importKeyPair with neither PKCS#12 nor PEM', () => sup.importKeyPair({ slot: 't', label: 'x' }), 'BAD_INPUT'],
   ['importKeyPair with a garbage PKCS#12', () => sup.importKeyPair({ slot: 't', label: 'x', pkcs12: Buffer.from('garbage'), password: 'p' }), 'BAD_INPUT'],
   ['signJws with alg none', () => sup.signJws({ slot: 't', key: 'ec', alg: 'none', payload: 'x' } as never), 'MECHANISM_INVALID'],
+  ['signJws with a payload JSON cannot carry (a BigInt)', () => sup.signJws({ slot: 't', key: 'ec', alg: 'ES256', payload: { n: 1n } }), 'BAD_INPUT'],
+  ['signJws with a payload that refers to itself', () => sup.signJws({ slot: 't', key: 'ec', alg: 'ES256', payload: (() => { const o: Record<string, unknown> = {}; o.self = o; return o; })() }), 'BAD_INPUT'],
+  ['signJws with a header that is an array', () => sup.signJws({ slot: 't', key: 'ec', alg: 'ES256', payload: 'x', header: ['b64'] } as never), 'BAD_INPUT'],
+  ['signJws with a header that is a string', () => sup.signJws({ slot: 't', key: 'ec', alg: 'ES256', payload: 'x', header: 'kid' } as never), 'BAD_INPUT'],
 ];
 
 describe('hostile and careless input through the client API', () => {

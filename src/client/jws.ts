@@ -24,16 +24,26 @@ export async function signJws(gate: Gate, request: SignJwsRequest): Promise<stri
     throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${alg} needs a ${curve} key; key is ${info.jwk.crv ?? info.keyType}`, { slot: slot.name });
   }
   const payload = req.payload;
-  const body = typeof payload === 'string' ? payload : payload instanceof Uint8Array ? payload : payload && typeof payload === 'object' ? JSON.stringify(payload) : undefined;
+  const body = typeof payload === 'string' || payload instanceof Uint8Array ? payload : payload && typeof payload === 'object' ? asJson(payload, 'payload', slot.name) : undefined;
   if (body === undefined) throw check.badInput('payload must be a string, bytes or an object', slot.name);
-  const extra = req.header as Record<string, unknown> | undefined;
-  const header: Record<string, unknown> = { ...extra, alg, kid: extra?.kid ?? info.id };
+  const extra = req.header;
+  if (extra !== undefined && (extra === null || typeof extra !== 'object' || Array.isArray(extra))) throw check.badInput('header must be an object of header parameters', slot.name);
+  const header: Record<string, unknown> = { ...(extra as Record<string, unknown> | undefined), alg, kid: (extra as { kid?: unknown } | undefined)?.kid ?? info.id };
   checkCritical(header, slot.name);
   const unencoded = unencodedPayload(header, body, slot.name);
   if (req.x5c === true) header.x5c = (await getCertificate(gate, { ...req, slot: slot.name, key } as PublicKeyRequest)).chain.map((c) => c.der.toString('base64'));
-  const signingInput = `${b64url(JSON.stringify(header))}.${unencoded ?? b64url(body)}`;
+  const signingInput = `${b64url(asJson(header, 'header', slot.name))}.${unencoded ?? b64url(body)}`;
   const sig = await sign(gate, { ...req, slot: slot.name, key, mechanism: JWS_ALGS[alg], data: Buffer.from(signingInput), signatureFormat: 'raw' } as SignRequest);
   return `${signingInput}.${b64url(sig)}`;
+}
+
+/** JSON text of a caller's object; one JSON cannot carry (a BigInt, a cycle) is BAD_INPUT. */
+function asJson(value: object, what: string, slot: string): string {
+  try {
+    return JSON.stringify(value);
+  } catch (e) {
+    throw check.badInput(`${what} cannot be written as JSON: ${(e as Error).message.split('\n')[0]}`, slot);
+  }
 }
 
 /** Header parameters RFC 7515 defines: `crit` may not name them (section 4.1.11). */
