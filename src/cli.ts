@@ -172,14 +172,26 @@ async function promptHidden(question: string): Promise<string | null> {
 
 const pinPrompt: PinCallback = ({ slot, tokenLabel }) => promptHidden(`PIN for slot "${slot}" (token "${tokenLabel ?? '?'}"): `);
 
+/** The command the words name: `sign`, or two words for the families (`keys list`). */
+function commandOf(positionals: string[]): string | undefined {
+  const [cmd, sub] = positionals;
+  return cmd === 'keys' || cmd === 'audit' || cmd === 'config' ? `${cmd} ${sub ?? ''}`.trim() : cmd;
+}
+
+/** A usage error's help: the command's own lines when the words name one, else everything. */
+function usageFor(argv: string[]): string {
+  const { positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: false });
+  const command = commandOf(positionals);
+  return (command && commandUsage(command)) ?? USAGE;
+}
+
 async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true });
   if (values.version) {
     process.stdout.write(`${packageVersion()}\n`);
     return 0;
   }
-  const [cmd, sub] = positionals;
-  const command = cmd === 'keys' || cmd === 'audit' || cmd === 'config' ? `${cmd} ${sub ?? ''}`.trim() : cmd;
+  const command = commandOf(positionals);
   if (values.help || positionals.length === 0) {
     process.stdout.write(`${(command && commandUsage(command)) ?? USAGE}\n`);
     return values.help ? 0 : 2;
@@ -194,7 +206,14 @@ async function run(argv: string[]): Promise<number> {
     if (files.length === 0) throw new Usage('audit verify FILE [FILE...]');
     const missing = files.find((f) => !existsSync(f));
     if (missing) throw new FileError(`cannot read the audit trail ${missing}: ENOENT`);
-    const v = verifyAuditFiles(files);
+    let v: ReturnType<typeof verifyAuditFiles>;
+    try {
+      v = verifyAuditFiles(files);
+    } catch (e) {
+      const errno = (e as NodeJS.ErrnoException).code;
+      if (!errno?.startsWith('E')) throw e;
+      throw new FileError(`cannot read the audit trail ${files.join(', ')}: ${errno}`);
+    }
     const continues = v.ok && v.continues ? ` (its first record follows ${v.continues}, in an earlier file: verify the files together, oldest first)` : '';
     if (v.ok) process.stdout.write(`ok: ${v.records} records, chain intact, head ${v.head}${continues}\n`);
     else if (v.kind === 'torn') process.stdout.write(`torn at line ${v.line}: ${v.reason}; ${v.records} records before it, chain intact, head ${v.head}\n`);
@@ -204,6 +223,7 @@ async function run(argv: string[]): Promise<number> {
   const known = ['status', 'keys list', 'keys generate', 'keys generate-secret', 'keys import', 'keys delete', 'sign', 'verify', 'pubkey'];
   if (!command || !known.includes(command)) throw new Usage(`unknown command "${positionals.join(' ')}"`);
 
+  if (command === 'pubkey' && values.format !== undefined && !['pem', 'jwk', 'der'].includes(values.format)) throw new Usage('--format is pem, jwk or der');
   const client = await open(values);
   try {
     return await dispatch(client, command, values);
@@ -324,8 +344,7 @@ async function dispatch(sup: Pkcs11Client, command: string, values: Values): Pro
     case 'pubkey': {
       const pk = await sup.getPublicKey({ slot: need(values, 'slot'), key: keyRef(need(values, 'key')) });
       const format = values.format ?? 'pem';
-      const body = format === 'pem' ? pk.pem : format === 'jwk' ? JSON.stringify({ ...pk.jwk, kid: pk.id }) : format === 'der' ? pk.spki : null;
-      if (body === null) throw new Usage('--format is pem, jwk or der');
+      const body = format === 'pem' ? pk.pem : format === 'jwk' ? JSON.stringify({ ...pk.jwk, kid: pk.id }) : pk.spki;
       if (values.out) writeOutput(values.out, body);
       else if (typeof body === 'string') print(body.trimEnd());
       else process.stdout.write(body);
@@ -340,7 +359,7 @@ export async function main(argv = process.argv.slice(2)): Promise<number> {
     return await run(argv);
   } catch (e) {
     if (e instanceof Usage || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`pkcs11-supervisor: ${(e as Error).message}\n\n${USAGE}\n`);
+      process.stderr.write(`pkcs11-supervisor: ${(e as Error).message}\n\n${usageFor(argv)}\n`);
       return 2;
     }
     if (e instanceof Pkcs11SupervisorError) {

@@ -65,7 +65,15 @@ describe('pkcs11-supervisor CLI', () => {
 
   it('usage errors exit 2; typed errors exit 3 with their code', () => {
     expect(cli(['frobnicate']).code).toBe(2);
-    expect(cli(['sign', '--slot', 's']).code).toBe(2);
+    const incomplete = cli(['sign', '--slot', 's']);
+    expect(incomplete.code).toBe(2);
+    // The command's own usage, not every command's.
+    expect(incomplete.err).toMatch(/^pkcs11-supervisor: --key is required\n\nusage: pkcs11-supervisor \[--config FILE\] sign --slot S/);
+    expect(incomplete.err).not.toMatch(/keys generate/);
+    const format = cli(['pubkey', '--slot', 's', '--key', 'ec', '--format', 'pkcs1']);
+    expect([format.code, format.err.split('\n')[0]]).toEqual([2, 'pkcs11-supervisor: --format is pem, jwk or der']);
+    const directory = cli(['audit', 'verify', td.dir]);
+    expect([directory.code, directory.err]).toEqual([5, `pkcs11-supervisor: cannot read the audit trail ${td.dir}: EISDIR\n`]);
     const r = cli(['sign', '--slot', 'nope', '--key', 'ec', '--mechanism', 'ECDSA-SHA256', '--in', tmpFile('d', 'x')]);
     expect(r.code).toBe(3);
     expect(r.err).toMatch(/\[SLOT_NOT_FOUND\]/);

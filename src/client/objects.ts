@@ -84,7 +84,7 @@ export async function destroyObject(gate: Gate, request: DestroyObjectRequest): 
   // Err towards refusing: sharing a label or an id with a configured key is enough.
   const configured = Object.entries(slot.config.keys).find(([, k]) => (sel.label !== undefined && k.label === sel.label) || (sel.id !== undefined && k.id?.toLowerCase() === sel.id));
   if (configured && req.force !== true) {
-    throw new Pkcs11SupervisorError('KEY_IN_USE', `key "${configured[0]}" is configured for slot "${slot.name}"; pass force: true to destroy it`, { slot: slot.name });
+    throw new Pkcs11SupervisorError('KEY_IN_USE', `key "${configured[0]}" is configured for slot "${slot.name}"; destroying it takes force: true (--force in the CLI)`, { slot: slot.name });
   }
   const query = { ...check.objectQuery({ class: req.class }, slot.name), label: sel.label, id: sel.id };
   gate.publicKeys.forget(slot.name);
