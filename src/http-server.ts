@@ -32,11 +32,12 @@ const DEFAULT_LIMITS: ListenerLimits = { maxConnections: 64, idleTimeoutMs: 10_0
 export async function startHttpServer(sup: Pkcs11Supervisor, register: Registry, host: string, port: number, limits: ListenerLimits = DEFAULT_LIMITS): Promise<Server> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
-    const json = (code: number, body: unknown) => {
-      res.writeHead(code, { 'content-type': 'application/json' });
+    const json = (code: number, body: unknown, headers: Record<string, string> = {}) => {
+      res.writeHead(code, { 'content-type': 'application/json', ...headers });
       res.end(JSON.stringify(body));
     };
-    if (req.method !== 'GET') return json(405, { error: 'GET only' });
+    // HEAD is GET without the body (Node leaves it out): uptime checkers and load balancers use it.
+    if (req.method !== 'GET' && req.method !== 'HEAD') return json(405, { error: 'GET or HEAD only' }, { allow: 'GET, HEAD' });
     if (path === '/healthz') return json(200, { status: 'ok' });
     if (path === '/readyz') {
       const r = readiness(sup);

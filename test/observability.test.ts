@@ -8,6 +8,7 @@ import { createRequire } from 'node:module';
 import { pino } from 'pino';
 import { startDaemon, startSupervisor, type Daemon } from '../dist/src/index.js';
 import { REDACT_PATHS } from '../dist/src/logger.js';
+import { curl } from './support/curl.js';
 import { configFor, createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 import { injectWorkerFault } from '../dist/src/testing.js';
 import { Faults, faultConfig } from './support/faults.js';
@@ -121,6 +122,13 @@ describe('metrics over HTTP', () => {
       '127.0.0.1:0',
     );
     expect((await fetch(`${daemon.url}/healthz`)).status).toBe(200);
+    // HEAD is answered as GET is, without a body (curl -I, as uptime checkers ask); other methods are 405 with Allow.
+    for (const path of ['/healthz', '/readyz', '/metrics']) {
+      const head = await curl(`${daemon.url}${path}`, ['-I']);
+      expect([head.status, head.body], path).toEqual([200, '']);
+    }
+    const post = await curl(`${daemon.url}/metrics`, ['-X', 'POST']);
+    expect([post.status, post.headers.allow]).toEqual([405, 'GET, HEAD']);
     let ready = await fetch(`${daemon.url}/readyz`);
     expect(ready.status).toBe(200);
     expect(await ready.json()).toEqual({ ready: true, slots: { s: 'logged_in' } });
