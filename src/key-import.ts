@@ -32,8 +32,12 @@ export function fromPkcs12(p12: Uint8Array, password: string): ImportMaterial {
   const der = (node: forge.asn1.Asn1) => Buffer.from(forge.asn1.toDer(node).getBytes(), 'binary');
   const keyBag = keyBags[0]!;
   const keyDer = der(keyBag.asn1 ? (keyBag.asn1 as forge.asn1.Asn1) : forge.pki.wrapRsaPrivateKey(forge.pki.privateKeyToAsn1(keyBag.key!)));
-  const certificates = bagsOf(forge.pki.oids.certBag!).map((b) => der(b.asn1 ? (b.asn1 as forge.asn1.Asn1) : forge.pki.certificateToAsn1(b.cert!)));
-  return { privateKey: createPrivateKey({ key: keyDer, format: 'der', type: 'pkcs8' }), certificates };
+  const certificates = bagsOf(forge.pki.oids.certBag!).map((b) => certificateDer(der(b.asn1 ? (b.asn1 as forge.asn1.Asn1) : forge.pki.certificateToAsn1(b.cert!))));
+  try {
+    return { privateKey: createPrivateKey({ key: keyDer, format: 'der', type: 'pkcs8' }), certificates };
+  } catch (e) {
+    throw bad(`cannot read the PKCS#12 file's private key: ${(e as Error).message}`);
+  }
 }
 
 export function fromPem(keyPem: string | Uint8Array, certificates: (string | Uint8Array)[] = []): ImportMaterial {

@@ -231,9 +231,13 @@ export class SlotWorker {
     }
   }
 
-  /** A call that got CKR_GENERAL_ERROR found the module itself broken: the supervisor resets it, rate-limited. */
+  /**
+   * A call that got CKR_GENERAL_ERROR from a module that then could not say what its token is
+   * found the module itself broken: the supervisor resets it, rate-limited. One that still
+   * answered was refused for its input, and a caller must not be able to reset a module at will.
+   */
   private noteModuleHealth(reply: WorkerReply<unknown>): void {
-    if (!reply.ok && reply.error.ckr === 'CKR_GENERAL_ERROR') this.opts.moduleBroken(reply.error.ckr);
+    if (!reply.ok && reply.error.ckr === 'CKR_GENERAL_ERROR' && !reply.error.moduleAnswers) this.opts.moduleBroken(reply.error.ckr);
   }
 
   /**

@@ -253,6 +253,27 @@ describe('resilience against a misbehaving module', () => {
     expect(delta(before, 'C_Initialize')).toBe(2);
     await until(() => sup!.status().slots.p!.workers.every((w) => w.state === 'logged_in'));
   });
+  it('CKR_GENERAL_ERROR from a module that still answers C_GetTokenInfo fails the call only; from one that cannot, the module is reset', async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
+    await sign(sup);
+    const resets: unknown[] = [];
+    sup.on('moduleReset', (e) => resets.push(e));
+    let before = faults.counts();
+    faults.set('fail C_Sign 1 CKR_GENERAL_ERROR');
+    await expect(sign(sup)).rejects.toMatchObject({ code: 'PKCS11_ERROR', ckr: 'CKR_GENERAL_ERROR' });
+    expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
+    await new Promise((r) => setTimeout(r, 100));
+    expect([resets, delta(before, 'C_Finalize')]).toEqual([[], 0]);
+
+    before = faults.counts();
+    faults.set('fail C_Sign 1 CKR_GENERAL_ERROR', 'fail C_GetTokenInfo 1 CKR_GENERAL_ERROR');
+    await expect(sign(sup)).rejects.toMatchObject({ ckr: 'CKR_GENERAL_ERROR' });
+    await until(() => resets.length === 1);
+    expect(resets).toEqual([expect.objectContaining({ ckr: 'CKR_GENERAL_ERROR', ok: true })]);
+    expect(delta(before, 'C_Finalize')).toBe(1);
+    await until(async () => (await sign(sup!).then((s) => verifiesOnNode(sup!, 't', 'ec', data, s), () => false)) === true);
+  });
+
   // Last: its thread sleeps inside the module for 3 s, and while it does the module is (rightly) never reset or finalized.
   it('a hung C_Sign: the caller gets TIMEOUT, the wedged worker is replaced, the next calls succeed', async () => {
     sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot({ hungCallGraceMs: 200 }) }) });

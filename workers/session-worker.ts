@@ -108,7 +108,9 @@ function timed<T>(call: (task: T) => unknown, task: T, startedAt = now()): Worke
   try {
     return { ok: true, value: call(task), startedAt, endedAt: now() };
   } catch (e) {
-    return { ok: false, error: toFailure(e), startedAt, endedAt: now() };
+    const error = toFailure(e);
+    if (error.ckr === 'CKR_GENERAL_ERROR' && session.tokenAnswers()) error.moduleAnswers = true;
+    return { ok: false, error, startedAt, endedAt: now() };
   }
 }
 

@@ -267,6 +267,21 @@ export class TokenSession implements CryptoSession {
     return this.report();
   }
 
+  /**
+   * The module still answers for its token. SoftHSM2 with its token deleted or its descriptors
+   * gone answers C_GetTokenInfo with CKR_GENERAL_ERROR, as it does some calls' bad input: this
+   * tells the two apart.
+   */
+  tokenAnswers(): boolean {
+    if (!this.mod || this.slot === null) return false;
+    try {
+      this.count('C_GetTokenInfo').C_GetTokenInfo(this.slot);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /** Closes the session. C_Finalize is never called here: the main thread's module registry owns it. */
   close(): null {
     this.dropSession();

@@ -125,6 +125,11 @@ export interface WorkerError {
    * attribute without enforcing it); sent again without one, the thread signs as for any key.
    */
   contextLogin?: 'needed' | 'unsupported';
+  /**
+   * With CKR_GENERAL_ERROR: the module still answered C_GetTokenInfo right after, so it is not
+   * broken (a module that lost its token or its files cannot) and the token refused this call's input.
+   */
+  moduleAnswers?: true;
 }
 
 /** Epoch milliseconds (sub-ms precision), comparable across threads. */
