@@ -60,7 +60,7 @@ function checkCritical(header: Record<string, unknown>, slot: string): void {
   if (!Array.isArray(crit) || crit.length === 0 || !crit.every((n) => typeof n === 'string')) throw check.badInput('header.crit must be a non-empty array of header parameter names (RFC 7515 section 4.1.11)', slot);
   for (const [i, name] of (crit as string[]).entries()) {
     if (REGISTERED.has(name)) throw check.badInput(`header.crit cannot name "${name}", which RFC 7515 defines`, slot);
-    if (!(name in header)) throw check.badInput(`header.crit names "${name}", which the header does not carry`, slot);
+    if (!Object.hasOwn(header, name)) throw check.badInput(`header.crit names "${name}", which the header does not carry`, slot);
     if (crit.indexOf(name) !== i) throw check.badInput(`header.crit names "${name}" twice`, slot);
   }
 }
