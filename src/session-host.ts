@@ -130,7 +130,7 @@ export class SessionHost {
     let wedged = false;
     const timer = setTimeout(() => {
       wedged = true;
-      this.died(thread, `a ${task.op} call ran ${this.config.hungCallGraceMs} ms past its deadline; the worker is wedged and is replaced`);
+      this.died(thread, `a call (${task.op}) ran ${this.config.hungCallGraceMs} ms past its deadline; the worker is wedged and is replaced`);
     }, Math.max(0, deadline + this.config.hungCallGraceMs - Date.now()));
     try {
       return this.seen(await thread.run<T>(task));

@@ -212,7 +212,7 @@ function peerPoint(value: unknown, slot: Slot): Uint8Array {
   try {
     const key = createPublicKey(value instanceof Uint8Array ? { key: Buffer.from(value), format: 'der', type: 'spki' } : { key: String(value), format: 'pem' });
     const jwk = key.export({ format: 'jwk' });
-    if (jwk.kty !== 'EC' || !jwk.x || !jwk.y) throw new Error(`a ${jwk.kty} key, not an EC key`);
+    if (jwk.kty !== 'EC' || !jwk.x || !jwk.y) throw new Error(`it is a key of type ${jwk.kty}, not EC`);
     return Buffer.concat([Buffer.from([0x04]), Buffer.from(jwk.x, 'base64url'), Buffer.from(jwk.y, 'base64url')]);
   } catch (e) {
     throw check.badInput(`publicKey must be the peer's EC public key (SPKI PEM or DER, or an uncompressed point): ${(e as Error).message}`, slot.name);
