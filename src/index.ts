@@ -2,7 +2,7 @@ export { startSupervisor, createSupervisor } from './client/start.js';
 export { Pkcs11Supervisor } from './client/supervisor-client.js';
 export type { Pkcs11Client } from './client/pkcs11-client.js';
 export { connect } from './service/remote-client.js';
-export type { ConnectOptions, PemSource } from './service/remote-client.js';
+export type { ConnectOptions, PemSource } from './service/connect-options.js';
 export { startApiServer } from './service/api-server.js';
 export type { ApiServer } from './service/api-server.js';
 export { ROUTES, ROUTE_NAMES } from './service/routes.js';

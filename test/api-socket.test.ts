@@ -268,6 +268,27 @@ describe('hostile and broken clients', () => {
     await expect(client.status()).resolves.toBeTruthy();
   });
 
+  it('connect() refuses options it cannot use when it is called, with BAD_INPUT naming each', () => {
+    const refused = (options: unknown) => {
+      try {
+        connect(options as never);
+        return null;
+      } catch (e) {
+        return { code: (e as { code: string }).code, paths: ((e as { issues?: { path: string }[] }).issues ?? []).map((i) => i.path) };
+      }
+    };
+    const pemFile = join(td.dir, 'no-such.pem');
+    expect(refused({ url: 'http://127.0.0.1:9443', tls: { cert: 'a', key: 'b', ca: 'c' } })).toEqual({ code: 'BAD_INPUT', paths: ['url'] });
+    expect(refused({ url: 'https://127.0.0.1:9443' })).toEqual({ code: 'BAD_INPUT', paths: ['tls'] });
+    expect(refused({ url: 'not a url', tls: { cert: 1, key: 'b', ca: 'c' } })).toEqual({ code: 'BAD_INPUT', paths: ['url', 'tls.cert'] });
+    expect(refused({ url: 'https://127.0.0.1:9443', tls: { cert: pemFile, key: pemFile, ca: pemFile } })).toEqual({ code: 'BAD_INPUT', paths: ['tls.cert'] });
+    expect(refused({ socket: sock, connections: 0 })).toEqual({ code: 'BAD_INPUT', paths: ['connections'] });
+    expect(refused({ socket: sock, batch: 'yes' })).toEqual({ code: 'BAD_INPUT', paths: ['batch'] });
+    expect(refused({ socket: sock, sokcet: sock })).toEqual({ code: 'BAD_INPUT', paths: ['(options)'] });
+    expect(refused({ socket: sock, url: 'https://x' })).toEqual({ code: 'BAD_INPUT', paths: [] });
+    expect(refused({ socket: sock, connections: 4, batch: false })).toBeNull();
+  });
+
   it('data too large for one JSON string is refused by the remote client as BAD_INPUT, in words', async () => {
     const before = signs();
     await expect(client.sign({ ...signReq, data: Buffer.alloc(600 * 2 ** 20) })).rejects.toMatchObject({

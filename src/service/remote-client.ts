@@ -6,7 +6,6 @@
  * call's deadline travels in x-timeout-ms; aborting its signal closes the request, and the
  * daemon then drops the call if it has not reached the token.
  */
-import { readFileSync } from 'node:fs';
 import { Pool, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import type { AuditVerdict } from '../audit-record.js';
@@ -19,33 +18,7 @@ import { isBatchable } from './batch.js';
 import { CallBatcher, type Answer } from './call-batcher.js';
 import { errorOf } from './problem.js';
 import { ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
-
-/** PEM text or bytes, or the path of a file that holds them. */
-export type PemSource = string | Uint8Array;
-
-export type ConnectOptions = (
-  | { socket: string }
-  | {
-      /** `https://host:port` of the daemon's mutual-TLS listener. */
-      url: string;
-      tls: { cert: PemSource; key: PemSource; ca: PemSource; servername?: string };
-    }
-) & {
-  /** A JWT sent as `Authorization: Bearer`, or a function that returns a fresh one. */
-  bearer?: string | (() => string | Promise<string>);
-  /** Connections kept to the daemon (default 16). */
-  connections?: number;
-  /**
-   * Send the data-plane calls made in the same turn of the event loop as one `POST /v1/batch`
-   * (default true): each call keeps its own answer or error. A call with a `signal` always goes alone.
-   */
-  batch?: boolean;
-};
-
-function pem(source: PemSource): Buffer {
-  if (typeof source !== 'string') return Buffer.from(source);
-  return source.includes('-----BEGIN') ? Buffer.from(source) : readFileSync(source);
-}
+import { checkConnectOptions, pem, type ConnectOptions } from './connect-options.js';
 
 function badInput(message: string, issues?: { path: string; message: string }[]): Pkcs11SupervisorError {
   return new Pkcs11SupervisorError('BAD_INPUT', message, { issues });
@@ -126,7 +99,7 @@ export class RemoteClient implements Pkcs11Client {
         connections,
         headersTimeout: 0,
         bodyTimeout: 0,
-        connect: { cert: pem(cert), key: pem(key), ca: pem(ca), minVersion: 'TLSv1.3', ...(servername ? { servername } : {}) },
+        connect: { cert: pem(cert, 'tls.cert'), key: pem(key, 'tls.key'), ca: pem(ca, 'tls.ca'), minVersion: 'TLSv1.3', ...(servername ? { servername } : {}) },
       });
     }
     this.batches = options.batch === false ? null : new CallBatcher((path, body, deadline) => this.post(path, body, deadline));
@@ -217,6 +190,5 @@ for (const name of ROUTE_NAMES) {
 
 /** A client of a running daemon, over its local socket or its mutual-TLS port. */
 export function connect(options: ConnectOptions): Pkcs11Client {
-  if (!options || typeof options !== 'object' || ('socket' in options) === ('url' in options)) throw badInput('connect needs { socket } or { url, tls }');
-  return new RemoteClient(options);
+  return new RemoteClient(checkConnectOptions(options));
 }

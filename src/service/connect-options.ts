@@ -1,0 +1,74 @@
+/**
+ * What `connect()` takes, checked at the edge like every other input: a socket path, or an
+ * https URL with the client's certificate, key and the CA that signed the daemon's. A wrong
+ * option is BAD_INPUT naming it, when `connect()` is called, not a TypeError at the first call.
+ */
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { Pkcs11SupervisorError } from '../model/errors.js';
+
+/** PEM text or bytes, or the path of a file that holds them. */
+export type PemSource = string | Uint8Array;
+
+export type ConnectOptions = (
+  | { socket: string }
+  | {
+      /** `https://host:port` of the daemon's mutual-TLS listener. */
+      url: string;
+      tls: { cert: PemSource; key: PemSource; ca: PemSource; servername?: string };
+    }
+) & {
+  /** A JWT sent as `Authorization: Bearer`, or a function that returns a fresh one. */
+  bearer?: string | (() => string | Promise<string>);
+  /** Connections kept to the daemon (default 16). */
+  connections?: number;
+  /**
+   * Send the data-plane calls made in the same turn of the event loop as one `POST /v1/batch`
+   * (default true): each call keeps its own answer or error. A call with a `signal` always goes alone.
+   */
+  batch?: boolean;
+};
+
+const pemSource = z.union([z.string().min(1), z.custom<Uint8Array>((v) => v instanceof Uint8Array)], { error: 'must be PEM text, bytes or a file path' });
+
+const common = {
+  bearer: z.union([z.string().min(1), z.custom<() => string>((v) => typeof v === 'function', { message: 'must be a token or a function that returns one' })]).optional(),
+  connections: z.number().int().min(1).max(1024).optional(),
+  batch: z.boolean().optional(),
+};
+
+const httpsUrl = z.url({ protocol: /^https$/, error: 'must be an https:// URL: the daemon\'s network port is mutual TLS only' });
+
+const OPTIONS = z.union([
+  z.strictObject({ socket: z.string().min(1), ...common }),
+  z.strictObject({
+    url: httpsUrl,
+    tls: z.strictObject({ cert: pemSource, key: pemSource, ca: pemSource, servername: z.string().min(1).optional() }, { error: 'must be { cert, key, ca }: the client certificate, its key and the CA of the daemon\'s certificate' }),
+    ...common,
+  }),
+]);
+
+function badInput(message: string, issues?: { path: string; message: string }[]): Pkcs11SupervisorError {
+  return new Pkcs11SupervisorError('BAD_INPUT', message, { issues });
+}
+
+/** The options, checked; the union's branch is chosen by `socket` or `url` so the issues named are that branch's. */
+export function checkConnectOptions(options: unknown): ConnectOptions {
+  if (!options || typeof options !== 'object' || 'socket' in options === 'url' in options) throw badInput('connect needs { socket } or { url, tls }');
+  const branch = OPTIONS.options['socket' in options ? 0 : 1];
+  const parsed = branch.safeParse(options);
+  if (parsed.success) return parsed.data as ConnectOptions;
+  const issues = parsed.error.issues.map((i) => ({ path: i.path.join('.') || '(options)', message: i.message }));
+  throw badInput(`connect options: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+}
+
+/** PEM bytes from text, bytes or a file; a file that cannot be read is BAD_INPUT naming the option. */
+export function pem(source: PemSource, field: string): Buffer {
+  if (typeof source !== 'string') return Buffer.from(source);
+  if (source.includes('-----BEGIN')) return Buffer.from(source);
+  try {
+    return readFileSync(source);
+  } catch (e) {
+    throw badInput(`connect options: ${field}: cannot read ${source}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, [{ path: field, message: `cannot read ${source}` }]);
+  }
+}
