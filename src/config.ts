@@ -33,6 +33,8 @@ export function parseConfig(input: unknown, source = 'config'): Config {
 }
 
 export function loadConfigFile(file: string): Config {
+  // A number would be read as a file descriptor.
+  if (typeof file !== 'string' || file === '') throw new Pkcs11SupervisorError('CONFIG_INVALID', 'the config file must be given as a path', { issues: [{ path: '(file)', message: 'must be a path' }] });
   let text: string;
   try {
     text = readFileSync(file, 'utf8');

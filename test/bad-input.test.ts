@@ -90,6 +90,18 @@ describe('bad config and modules', () => {
     await expect(start((c) => (c.slots.t.colour = 'red'))).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [expect.objectContaining({ path: 'slots.t' })] });
     await expect(start((c) => (c.slots.t.poolSize = 'two'))).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [expect.objectContaining({ path: 'slots.t.poolSize' })] });
   });
+  it("startSupervisor's own options: a logger, PIN callback or config path it cannot use → CONFIG_INVALID naming it, before anything opens", async () => {
+    const config = configFor(td, { t: { token: { label: 'bad' }, pin: { env: 'BAD_PIN' } } });
+    const refused = async (options: Record<string, unknown>) => startSupervisor(options as never).then((s) => (void s.close(), null), (e: { code: string; issues?: { path: string }[] }) => [e.code, (e.issues ?? []).map((i) => i.path)]);
+    // A logger without the methods the supervisor calls crashed the process from inside a state change.
+    expect(await refused({ config, logger: {} })).toEqual(['CONFIG_INVALID', ['logger']]);
+    expect(await refused({ config, pinCallback: '1234' })).toEqual(['CONFIG_INVALID', ['pinCallback']]);
+    expect(await refused({ config, restartPolicy: { maxRestarts: 1 } })).toEqual(['CONFIG_INVALID', ['restartPolicy']]);
+    // A number would have been read as a file descriptor.
+    expect(await refused({ configFile: 0 })).toEqual(['CONFIG_INVALID', ['configFile']]);
+    expect(await refused({ config, colour: 'red' })).toEqual(['CONFIG_INVALID', ['(options)']]);
+    expect(await sup.sign({ ...ok } as never)).toBeInstanceOf(Buffer);
+  });
   it('a module that is not a PKCS#11 library, and one that is missing → MODULE_LOAD_FAILED naming the field', async () => {
     await expect(start((c) => (c.modules.soft.path = '/bin/ls'))).rejects.toMatchObject({ code: 'MODULE_LOAD_FAILED', issues: [expect.objectContaining({ path: 'modules.soft.path' })] });
     await expect(start((c) => (c.modules.soft.path = '/usr/lib/nope/libnothing.so'))).rejects.toMatchObject({ code: 'MODULE_LOAD_FAILED', issues: [expect.objectContaining({ path: 'modules.soft.path' })] });

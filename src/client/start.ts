@@ -1,3 +1,4 @@
+import { z } from 'zod';
 import { AuditLog } from '../audit.js';
 import { loadConfigFile, parseConfig } from '../config.js';
 import { checkPaths } from '../config-paths.js';
@@ -7,6 +8,28 @@ import { Supervisor } from '../supervisor.js';
 import type { StartOptions } from './requests.js';
 import { Pkcs11Supervisor } from './supervisor-client.js';
 
+const fn = (what: string) => z.custom<(...args: never[]) => unknown>((v) => typeof v === 'function', { message: `must be ${what}` });
+/** The logger's methods the supervisor calls (a pino logger has them all). */
+const LOGGER_METHODS = ['error', 'warn', 'info', 'debug', 'child'] as const;
+
+const START_OPTIONS = z.strictObject({
+  config: z.unknown().optional(),
+  configFile: z.string().min(1, 'must be the path of a JSON file').optional(),
+  pinCallback: fn('a function that returns a PIN (or null)').optional(),
+  logger: z
+    .custom<object>((v) => typeof v === 'object' && v !== null && LOGGER_METHODS.every((m) => typeof (v as Record<string, unknown>)[m] === 'function'), { message: `must be a pino logger (${LOGGER_METHODS.join(', ')})` })
+    .optional(),
+  restartPolicy: fn('a function that makes a RestartPolicy from a slot\'s restart options').optional(),
+});
+
+/** The options around the config, checked before anything is loaded: a logger without `warn` fails now, not from inside a state change. */
+function checkStartOptions(options: StartOptions): void {
+  const parsed = START_OPTIONS.safeParse(options);
+  if (parsed.success) return;
+  const issues = parsed.error.issues.map((i) => ({ path: i.path.join('.') || '(options)', message: i.message }));
+  throw new Pkcs11SupervisorError('CONFIG_INVALID', `startSupervisor options: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, { issues });
+}
+
 /**
  * Validates the config and loads the modules, but opens nothing yet: subscribe to events
  * (metrics, audit) first, then `start()`.
@@ -15,6 +38,7 @@ export function createSupervisor(options: StartOptions): Pkcs11Supervisor {
   if (!options || (options.config === undefined) === (options.configFile === undefined)) {
     throw new Pkcs11SupervisorError('CONFIG_INVALID', 'startSupervisor needs exactly one of { config } or { configFile }');
   }
+  checkStartOptions(options);
   const config = options.configFile !== undefined ? loadConfigFile(options.configFile) : parseConfig(options.config);
   checkPaths(config);
   const logger = options.logger ?? createLogger(logLevel(config.log.level, 'warn'));
