@@ -6,6 +6,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import { verify as nodeVerify } from 'node:crypto';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
@@ -68,5 +69,38 @@ describe('a failed call', () => {
     const line = lines.find((l) => l.msg === 'call failed');
     expect(line).toMatchObject({ slot: 's', worker: 0, op: 'sign', key: '{"label":"absent"}', code: 'KEY_NOT_FOUND', err: expect.stringContaining('absent') });
     expect(typeof line!.durationMs).toBe('number');
+  });
+});
+
+describe("an application's event listener that throws", () => {
+  it('is logged; every call still gets its own answer, the slot its state changes, and off() and once() work', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({ write: (chunk, _e, done) => (lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>), done()) });
+    const sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'logs' }, pin: { env: 'LOGS_PIN' } } }), logger: pino({ level: 'warn' }, sink) });
+    const seen: string[] = [];
+    const broken = (e: { op?: string }) => {
+      seen.push(`broken ${e.op ?? ''}`);
+      throw new Error('a telemetry bug');
+    };
+    try {
+      for (const event of ['callCompleted', 'stateChange', 'login', 'logout'] as const) sup.on(event, broken as never);
+      sup.once('callCompleted', () => seen.push('once'));
+      const data = Buffer.from('signed whatever the listeners do');
+      const sigs = await Promise.all(Array.from({ length: 4 }, () => sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })));
+      const { keyObject } = await sup.getPublicKey({ slot: 's', key: 'ec' });
+      for (const sig of sigs) expect(nodeVerify('sha256', data, keyObject, sig)).toBe(true);
+      await sup.logout({ slot: 's' });
+      expect((await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })).length).toBeGreaterThan(0);
+      expect(sup.status().slots.s!.state).toBe('logged_in');
+      expect(seen.filter((s) => s === 'once')).toHaveLength(1);
+      expect(seen.filter((s) => s === 'broken sign').length).toBeGreaterThanOrEqual(5);
+      sup.off('callCompleted', broken as never);
+      const before = seen.length;
+      await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+      expect(seen.slice(before).filter((s) => s === 'broken sign')).toEqual([]);
+    } finally {
+      await sup.close();
+    }
+    expect(lines.filter((l) => l.msg === 'an event listener threw; the supervisor goes on').map((l) => l.event)).toEqual(expect.arrayContaining(['callCompleted', 'stateChange', 'login', 'logout']));
   });
 });

@@ -19,6 +19,7 @@ import type * as R from './requests.js';
 import * as session from './session.js';
 import * as signing from './signing.js';
 import * as ciphers from './ciphers.js';
+import { addListener, removeListener } from './listeners.js';
 
 /**
  * Every operation, from the operation files: each exports its operations, and each becomes a
@@ -99,18 +100,19 @@ export class Pkcs11Supervisor implements Pkcs11Client {
     this.sup.reset(this.gate.slotFor({ ...options, slot: slotName }, 'reset'));
   }
 
+  /** A listener that throws is logged and does not change a call's outcome or a slot's state. */
   on<E extends keyof SupervisorEvents>(event: E, listener: (...args: SupervisorEvents[E]) => void): this {
-    this.sup.events.on(event, listener as never);
+    addListener(this.sup.events, this.sup.log, event, listener, false);
     return this;
   }
 
   once<E extends keyof SupervisorEvents>(event: E, listener: (...args: SupervisorEvents[E]) => void): this {
-    this.sup.events.once(event, listener as never);
+    addListener(this.sup.events, this.sup.log, event, listener, true);
     return this;
   }
 
   off<E extends keyof SupervisorEvents>(event: E, listener: (...args: SupervisorEvents[E]) => void): this {
-    this.sup.events.off(event, listener as never);
+    removeListener(this.sup.events, event, listener);
     return this;
   }
 
