@@ -4,13 +4,22 @@
  * so the same tests run in the process, over the local socket and over mutual TLS.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCipheriv, createDecipheriv, createECDH, createHash, createHmac, createPublicKey, generateKeyPairSync, randomBytes, verify as nodeVerify, X509Certificate, type KeyObject } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createECDH, createHash, createHmac, createPublicKey, randomBytes, verify as nodeVerify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import * as jose from 'jose';
 import type { Pkcs11Client } from '../../dist/src/index.js';
 import { configFor, createToken, pkcs11Tool, tokenDir, type TestToken, type TokenDir } from './softhsm.js';
-import { exportPublicKey, openssl, opensslVerifies, tmpFile } from './openssl.js';
+import { exportPublicKey, opensslVerifies, tmpFile } from './openssl.js';
 import { open, type Opened, type Transport } from './transports.js';
+import { importTests } from './operation-suite-import.js';
+import { jwsTests } from './operation-suite-jws.js';
+
+/** What the operation suite's parts share: its client and token, made in its beforeAll (read them lazily). */
+export interface SuiteContext {
+  readonly sup: Pkcs11Client;
+  readonly td: TokenDir;
+  readonly keys: Record<string, { label: string; id: string }>;
+  readonly data: Buffer;
+}
 
 export function operationSuite(transport: Transport): void {
   describe(`operations, ${transport}`, () => {
@@ -53,6 +62,17 @@ export function operationSuite(transport: Transport): void {
   });
 
   afterAll(() => opened?.close());
+
+  const ctx: SuiteContext = {
+    get sup() {
+      return sup;
+    },
+    get td() {
+      return td;
+    },
+    keys: KEYS,
+    data,
+  };
 
   const KEK = randomBytes(32);
   const flip = (b: Buffer) => {
@@ -210,181 +230,11 @@ export function operationSuite(transport: Transport): void {
     });
   });
 
-  describe('import', () => {
-    function makeP12(keyAlg: string[], legacy: boolean): { p12: Buffer; cert: Buffer } {
-      const key = tmpFile('k.pem');
-      const crt = tmpFile('c.pem');
-      openssl(['req', '-x509', '-newkey', ...keyAlg, '-nodes', '-keyout', key, '-out', crt, '-subj', '/CN=imported', '-days', '2']);
-      const out = tmpFile('x.p12');
-      openssl(['pkcs12', '-export', ...(legacy ? ['-legacy'] : []), '-inkey', key, '-in', crt, '-out', out, '-passout', 'pass:correct horse']);
-      return { p12: readFileSync(out), cert: readFileSync(crt) };
-    }
 
-    for (const [name, alg, legacy, mech] of [
-      ['EC P-256, OpenSSL 3 default (PBES2/AES)', ['ec', '-pkeyopt', 'ec_paramgen_curve:P-256'], false, 'ECDSA-SHA256'],
-      ['RSA 2048, legacy (3DES/RC2)', ['rsa:2048'], true, 'RSA-PKCS1-SHA256'],
-    ] as const) {
-      it(`a PKCS#12 from openssl pkcs12 -export imports and signs: ${name}`, async () => {
-        const { p12, cert } = makeP12([...alg], legacy);
-        const label = `p12-${legacy ? 'legacy' : 'default'}`;
-        const created = await sup.importKeyPair({ slot: 's', label, pkcs12: p12, password: 'correct horse' });
-        expect(created.map((d) => d.class)).toEqual(['privateKey', 'publicKey', 'certificate']);
-        expect(created[0]).toMatchObject({ sensitive: true, extractable: false, sign: true });
-        expect(new Set(created.map((d) => d.id)).size).toBe(1);
-        const x509 = new X509Certificate(cert);
-        const sig = await sup.sign({ slot: 's', key: { label }, mechanism: mech, data });
-        expect(nodeVerify('sha256', data, x509.publicKey, sig)).toBe(true);
-        const onToken = await sup.getCertificate({ slot: 's', key: { label } });
-        expect(onToken.der.equals(x509.raw)).toBe(true);
-        expect(pkcs11Tool(td, 'ops', null, ['--list-objects', '--type', 'cert'])).toContain(`label:      ${label}`);
-      });
-    }
 
-    it('the same PKCS#12 again is KEY_IN_USE and stores nothing; with replace: true the new objects take the old ones\' place', async () => {
-      const { p12, cert } = makeP12(['ec', '-pkeyopt', 'ec_paramgen_curve:P-256'], false);
-      const first = await sup.importKeyPair({ slot: 's', label: 'twice', pkcs12: p12, password: 'correct horse' });
-      await expect(sup.importKeyPair({ slot: 's', label: 'twice', pkcs12: p12, password: 'correct horse' })).rejects.toMatchObject({ code: 'KEY_IN_USE' });
-      expect(await sup.findObjects({ slot: 's', template: { label: 'twice' } })).toHaveLength(3);
-      const again = await sup.importKeyPair({ slot: 's', label: 'twice', pkcs12: p12, password: 'correct horse', replace: true });
-      expect(again.map((d) => d.id)).toEqual(first.map((d) => d.id));
-      expect(await sup.findObjects({ slot: 's', template: { label: 'twice' } })).toHaveLength(3);
-      // One key under that label, not two: the lookup is not ambiguous, and it signs with the certificate's key.
-      const sig = await sup.sign({ slot: 's', key: { label: 'twice' }, mechanism: 'ECDSA-SHA256', data });
-      expect(nodeVerify('sha256', data, new X509Certificate(cert).publicKey, sig)).toBe(true);
-      // A second certificate under that id conflicts with the first (not with the key): refused, or replaced.
-      await expect(sup.importCertificate({ slot: 's', certificate: cert, label: 'twice, renewed', id: first[0]!.id })).rejects.toMatchObject({ code: 'KEY_IN_USE' });
-      expect(await sup.importCertificate({ slot: 's', certificate: cert, label: 'twice, renewed', id: first[0]!.id, replace: true })).toMatchObject({ class: 'certificate', label: 'twice, renewed' });
-      expect((await sup.findObjects({ slot: 's', template: { class: 'certificate', id: first[0]!.id } })).map((d) => d.label)).toEqual(['twice, renewed']);
-    });
+  importTests(ctx);
 
-    it('getCertificate returns the chain the token holds, leaf first; signJws x5c carries it; a second key from the same CA shares its chain certificates', async () => {
-      const cnf = tmpFile('min.cnf', '[req]\ndistinguished_name = dn\n[dn]\n');
-      const make = (name: string, ca: { key: string; crt: string } | null, isCa: boolean) => {
-        const key = tmpFile(`${name}.key`);
-        const crt = tmpFile(`${name}.crt`);
-        const ext = isCa ? ['-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign'] : ['-addext', 'basicConstraints=critical,CA:FALSE'];
-        const signer = ca ? ['-CA', ca.crt, '-CAkey', ca.key] : [];
-        openssl(['req', '-x509', '-config', cnf, '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', `/CN=${name}`, '-days', '2', ...signer, ...ext, '-keyout', key, '-out', crt]);
-        return { key, crt };
-      };
-      const root = make('chain-root', null, true);
-      const inter = make('chain-inter', root, true);
-      const leaves = [make('chain-leaf-1', inter, false), make('chain-leaf-2', inter, false)];
-      const cas = tmpFile('cas.pem', Buffer.concat([readFileSync(inter.crt), readFileSync(root.crt)]));
-      for (const [i, leaf] of leaves.entries()) {
-        const p12 = tmpFile(`leaf-${i}.p12`);
-        openssl(['pkcs12', '-export', '-inkey', leaf.key, '-in', leaf.crt, '-certfile', cas, '-out', p12, '-passout', 'pass:chain']);
-        await sup.importKeyPair({ slot: 's', label: `chained-${i}`, pkcs12: readFileSync(p12), password: 'chain' });
-      }
-      const info = await sup.getCertificate({ slot: 's', key: { label: 'chained-1' } });
-      expect(info.chain.map((c) => c.x509.subject)).toEqual(['CN=chain-leaf-2', 'CN=chain-inter', 'CN=chain-root']);
-      expect(info.chain[0]!.der.equals(info.der)).toBe(true);
-      // Each chain certificate is stored once, though both imports carried it.
-      expect((await sup.findObjects({ slot: 's', template: { class: 'certificate' } })).filter((d) => d.label.endsWith(' chain'))).toHaveLength(2);
-      const jws = await sup.signJws({ slot: 's', key: { label: 'chained-0' }, alg: 'ES256', payload: 'chained', x5c: true });
-      const header = JSON.parse(Buffer.from(jws.split('.')[0]!, 'base64url').toString()) as { x5c: string[] };
-      expect(header.x5c.map((c) => new X509Certificate(Buffer.from(c, 'base64')).subject)).toEqual(['CN=chain-leaf-1', 'CN=chain-inter', 'CN=chain-root']);
-      const verified = await jose.compactVerify(jws, new X509Certificate(Buffer.from(header.x5c[0]!, 'base64')).publicKey);
-      expect(Buffer.from(verified.payload).toString()).toBe('chained');
-    });
-
-    it('a wrong PKCS#12 password is BAD_INPUT and nothing is stored', async () => {
-      const { p12 } = makeP12(['ec', '-pkeyopt', 'ec_paramgen_curve:P-256'], false);
-      await expect(sup.importKeyPair({ slot: 's', label: 'wrong-pw', pkcs12: p12, password: 'nope' })).rejects.toMatchObject({ code: 'BAD_INPUT' });
-      expect(await sup.findObjects({ slot: 's', template: { label: 'wrong-pw' } })).toEqual([]);
-    });
-
-    it('a key of a kind the service does not use (DSA, RSA-PSS-only, X25519, Ed448, brainpool) is BAD_INPUT naming it; nothing is stored', async () => {
-      const kinds: [KeyObject, RegExp][] = [
-        [generateKeyPairSync('dsa', { modulusLength: 1024, divisorLength: 160 }).privateKey, /^DSA keys cannot be imported/],
-        [generateKeyPairSync('rsa-pss', { modulusLength: 1024 }).privateKey, /^RSA keys restricted to PSS/],
-        [generateKeyPairSync('x25519').privateKey, /^X25519 keys/],
-        [generateKeyPairSync('ed448').privateKey, /^ED448 keys/],
-        [generateKeyPairSync('ec', { namedCurve: 'brainpoolP256r1' }).privateKey, /^EC keys on brainpoolP256r1/],
-      ];
-      for (const [key, named] of kinds) {
-        const privateKeyPem = key.export({ type: 'pkcs8', format: 'pem' }) as string;
-        await expect(sup.importKeyPair({ slot: 's', label: 'odd-kind', privateKeyPem })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringMatching(named) });
-      }
-      expect(await sup.findObjects({ slot: 's', template: { label: 'odd-kind' } })).toEqual([]);
-    });
-
-    it('a PEM key with its certificate imports; importCertificate adds a certificate for a key', async () => {
-      const key = tmpFile('k.pem');
-      const crt = tmpFile('c.pem');
-      openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-384', '-nodes', '-keyout', key, '-out', crt, '-subj', '/CN=pem', '-days', '2']);
-      const created = await sup.importKeyPair({ slot: 's', label: 'pem-key', id: 'a1', privateKeyPem: readFileSync(key, 'utf8'), certificates: [readFileSync(crt, 'utf8')] });
-      expect(created.map((d) => `${d.class}:${d.id}`)).toEqual(['privateKey:a1', 'publicKey:a1', 'certificate:a1']);
-      const sig = await sup.sign({ slot: 's', key: { id: 'a1' }, mechanism: 'ECDSA-SHA384', data });
-      expect(nodeVerify('sha384', data, new X509Certificate(readFileSync(crt)).publicKey, sig)).toBe(true);
-
-      const other = tmpFile('c2.pem');
-      openssl(['req', '-x509', '-key', key, '-out', other, '-subj', '/CN=renewed', '-days', '3']);
-      const d = await sup.importCertificate({ slot: 's', certificate: readFileSync(other), label: 'pem-key renewed', id: 'a2' });
-      expect(d).toMatchObject({ class: 'certificate', id: 'a2' });
-      expect((await sup.getCertificate({ slot: 's', key: { id: 'a2' } })).x509.subject).toBe('CN=renewed');
-    });
-  });
-
-  describe('JWS', () => {
-    for (const [alg, key] of [
-      ['RS256', 'rsa'],
-      ['RS384', 'rsa'],
-      ['RS512', 'rsa'],
-      ['PS256', 'rsa'],
-      ['PS384', 'rsa'],
-      ['PS512', 'rsa'],
-      ['ES256', 'ec'],
-      ['ES384', 'ec384'],
-      ['ES512', 'ec521'],
-      ['EdDSA', 'ed'],
-    ] as const) {
-      it(`${alg} verifies with jose, kid = CKA_ID`, async () => {
-        const jws = await sup.signJws({ slot: 's', key, alg, payload: { sub: 'alice', n: 1 }, header: { typ: 'JWT' } });
-        const pem = readFileSync(exportPublicKey(td, 'ops', KEYS[key].id), 'utf8');
-        const { payload, protectedHeader } = await jose.compactVerify(jws, await jose.importSPKI(pem, alg));
-        expect(JSON.parse(Buffer.from(payload).toString())).toEqual({ sub: 'alice', n: 1 });
-        expect(protectedHeader).toEqual({ alg, kid: KEYS[key].id, typ: 'JWT' });
-      });
-    }
-
-    it('ES256K (secp256k1, RFC 8812) verifies with OpenSSL\'s public key in Node (jose\'s WebCrypto has no secp256k1); ES256 on it is refused', async () => {
-      const jws = await sup.signJws({ slot: 's', key: 'k1', alg: 'ES256K', payload: { sub: 'alice' } });
-      const [h, p, sig] = jws.split('.');
-      expect(JSON.parse(Buffer.from(h!, 'base64url').toString())).toEqual({ alg: 'ES256K', kid: '06' });
-      const pem = readFileSync(exportPublicKey(td, 'ops', '06'), 'utf8');
-      expect(nodeVerify('sha256', Buffer.from(`${h}.${p}`), { key: pem, dsaEncoding: 'ieee-p1363' }, Buffer.from(sig!, 'base64url'))).toBe(true);
-      expect((await sup.getPublicKey({ slot: 's', key: 'k1' })).jwk).toMatchObject({ kty: 'EC', crv: 'secp256k1', kid: '06' });
-      await expect(sup.signJws({ slot: 's', key: 'k1', alg: 'ES256', payload: 'x' })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
-    });
-
-    it('an unencoded payload (RFC 7797, b64: false) verifies with jose; one it cannot carry is BAD_INPUT', async () => {
-      const payload = '{"amount":"42 EUR"}';
-      const jws = await sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload, header: { b64: false, crit: ['b64'] } });
-      const [, carried] = jws.split('.');
-      expect(carried).toBe(payload);
-      const pem = readFileSync(exportPublicKey(td, 'ops', '02'), 'utf8');
-      const verified = await jose.compactVerify(jws, await jose.importSPKI(pem, 'ES256'));
-      expect(Buffer.from(verified.payload).toString()).toBe(payload);
-      expect(verified.protectedHeader).toMatchObject({ b64: false, crit: ['b64'] });
-      await expect(sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload: 'a.b', header: { b64: false, crit: ['b64'] } })).rejects.toMatchObject({ code: 'BAD_INPUT' });
-      await expect(sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload, header: { b64: false } })).rejects.toMatchObject({ code: 'BAD_INPUT' });
-    });
-
-    it('a crit list (RFC 7515 4.1.11) verifiers must reject is BAD_INPUT; one naming a carried extension verifies; the header cannot change alg', async () => {
-      const pem = readFileSync(exportPublicKey(td, 'ops', '02'), 'utf8');
-      const jws = await sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload: 'x', header: { alg: 'none', 'urn:example:policy': 'p1', crit: ['urn:example:policy'] } });
-      const verified = await jose.compactVerify(jws, await jose.importSPKI(pem, 'ES256'), { crit: { 'urn:example:policy': true } });
-      expect(verified.protectedHeader).toMatchObject({ alg: 'ES256', crit: ['urn:example:policy'] });
-      for (const crit of [[], ['exp'], ['kid'], ['toString'], ['b64', 'b64'], 'b64', [1]]) {
-        await expect(sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload: 'x', header: { b64: true, crit } })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('crit') });
-      }
-    });
-
-    it('refuses an ES* algorithm on the wrong curve', async () => {
-      await expect(sup.signJws({ slot: 's', key: 'ec', alg: 'ES384', payload: 'x' })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
-    });
-  });
+  jwsTests(ctx);
 
   describe('misuse gets typed errors', () => {
     it('unknown slot, key ref, mechanism; ambiguous label; bad data', async () => {
