@@ -182,6 +182,32 @@ describe('JWT bearer tokens', () => {
   });
 });
 
+describe('JWKS rotation', () => {
+  it('a JWKS replaced on disk (a new file renamed over it) is read again: the new key is trusted, the removed one no longer', async () => {
+    const next = await jose.generateKeyPair('ES256');
+    const signed = (key: CryptoKey, kid: string) =>
+      new jose.SignJWT({ roles: ['service'] }).setProtectedHeader({ alg: 'ES256', kid }).setIssuer('https://id.test.example').setAudience('pkcs11-supervisor').setSubject('jwt-rotated').setExpirationTime('5m').sign(key);
+    const withBearer = async (b: string) => (await curl(url('sign'), [...tlsArgs(certs.auditor!), '-H', `authorization: Bearer ${b}`], signBody())).status;
+    const oldToken = await signed(jwk.privateKey, 'k1');
+    const newToken = await signed(next.privateKey as CryptoKey, 'k2');
+    expect([await withBearer(oldToken), await withBearer(newToken)]).toEqual([200, 401]);
+    const original = readFileSync(jwk.jwks);
+    try {
+      const tmp = `${jwk.jwks}.new`;
+      writeFileSync(tmp, JSON.stringify({ keys: [{ ...(await jose.exportJWK(next.publicKey)), kid: 'k2', alg: 'ES256' }] }));
+      renameSync(tmp, jwk.jwks);
+      const until = Date.now() + 5_000;
+      while ((await withBearer(newToken)) !== 200 && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
+      expect([await withBearer(newToken), await withBearer(oldToken)]).toEqual([200, 401]);
+    } finally {
+      writeFileSync(`${jwk.jwks}.back`, original);
+      renameSync(`${jwk.jwks}.back`, jwk.jwks);
+    }
+    await new Promise((r) => setTimeout(r, 1_100)); // the next look at the file (at most once a second) takes the first key back
+    expect(await withBearer(oldToken)).toBe(200);
+  });
+});
+
 describe('rate limits', () => {
   it('a principal over its bucket gets 429 RATE_LIMITED with Retry-After; others are unaffected', async () => {
     const statuses: number[] = [];

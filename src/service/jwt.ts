@@ -4,21 +4,22 @@
  * roles claim its roles. No network fetch of keys: the daemon trusts what its operator put on
  * disk.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createLocalJWKSet, jwtVerify, type JSONWebKeySet } from 'jose';
 import type { ApiConfig, Role } from '../config-schema.js';
 import { Pkcs11SupervisorError } from '../model/errors.js';
 import { rolesFromClaim } from './caller.js';
+import { fileStamp } from './file-stamp.js';
 
 type JwtConfig = NonNullable<ApiConfig['jwt']>;
 
 export class JwtVerifier {
   private keys: ReturnType<typeof createLocalJWKSet>;
-  private stamp: number;
+  private stamp: string;
   private checkedAt = 0;
 
   constructor(private readonly config: JwtConfig) {
-    this.stamp = statSync(config.jwks).mtimeMs;
+    this.stamp = fileStamp([config.jwks]);
     this.keys = this.load();
   }
 
@@ -35,11 +36,11 @@ export class JwtVerifier {
     const now = Date.now();
     if (now - this.checkedAt < 1000) return;
     this.checkedAt = now;
+    const stamp = fileStamp([this.config.jwks]);
+    if (stamp === this.stamp) return;
     try {
-      const mtime = statSync(this.config.jwks).mtimeMs;
-      if (mtime === this.stamp) return;
       this.keys = this.load();
-      this.stamp = mtime;
+      this.stamp = stamp;
     } catch {
       // a JWKS being replaced: keep the keys we have
     }

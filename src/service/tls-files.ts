@@ -4,11 +4,12 @@
  * symlink), so a rotation needs no restart. A half-written rotation that does not load keeps
  * the previous context until the files are whole.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import type { ApiConfig } from '../config-schema.js';
 import { Pkcs11SupervisorError } from '../model/errors.js';
+import { fileStamp } from './file-stamp.js';
 
 type TlsConfig = NonNullable<ApiConfig['tls']>;
 
@@ -28,29 +29,15 @@ export function readTlsFiles(tls: TlsConfig): SecureContextOptions {
   return options;
 }
 
-/** What identifies a file's current contents without reading it: a rotation changes one of these. */
-function stamp(paths: string[]): string {
-  return paths
-    .map((p) => {
-      try {
-        const s = statSync(p);
-        return `${s.ino}:${s.size}:${s.mtimeMs}`;
-      } catch {
-        return 'missing';
-      }
-    })
-    .join('|');
-}
-
 /**
  * Calls `apply` with freshly read options whenever the files change (checked every
  * reloadIntervalMs, and at once on `check()`, which SIGHUP calls); `stop` ends the watching.
  */
 export function watchTlsFiles(tls: TlsConfig, log: Logger, apply: (options: SecureContextOptions) => void): { check(): void; stop(): void } {
   const paths = [tls.cert, tls.key, tls.clientCa];
-  let seen = stamp(paths);
+  let seen = fileStamp(paths);
   const check = () => {
-    const now = stamp(paths);
+    const now = fileStamp(paths);
     if (now === seen) return;
     try {
       apply(readTlsFiles(tls));
