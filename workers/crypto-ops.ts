@@ -184,7 +184,13 @@ export function wrapKey(s: CryptoSession, task: Extract<WorkerTask, { op: 'wrapK
   const target = s.key(task.target, task.targetClass === 'privateKey' ? pkcs11js.CKO_PRIVATE_KEY : pkcs11js.CKO_SECRET_KEY);
   const mech = mechanismFor(s, task.mechanism, task);
   let wrapped: Uint8Array = Buffer.alloc(0);
-  init(task.mechanism, () => (wrapped = s.p11('C_WrapKey').C_WrapKey(s.sessionHandle, mech, wrapping.handle, target.handle, Buffer.alloc(16 * 1024))));
+  try {
+    init(task.mechanism, () => (wrapped = s.p11('C_WrapKey').C_WrapKey(s.sessionHandle, mech, wrapping.handle, target.handle, Buffer.alloc(16 * 1024))));
+  } catch (e) {
+    const ckr = (e as Error).message;
+    if (ckr !== 'CKR_KEY_UNEXTRACTABLE' && ckr !== 'CKR_KEY_NOT_WRAPPABLE') throw e;
+    throw new WorkerFailure('MECHANISM_INVALID', `the key to wrap cannot leave the token (${ckr}): only a key made with CKA_EXTRACTABLE can be wrapped`, ckr);
+  }
   return wrapped;
 }
 
