@@ -262,6 +262,12 @@ describe('resilience against a misbehaving module', () => {
     faults.set('fail C_Sign 1 CKR_GENERAL_ERROR');
     await expect(sign(sup)).rejects.toMatchObject({ code: 'PKCS11_ERROR', ckr: 'CKR_GENERAL_ERROR' });
     expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
+    // Many at once go to the session thread in packed batches: each failure still carries the module's answer.
+    faults.set('fail C_Sign every CKR_GENERAL_ERROR');
+    const failed = await Promise.allSettled(Array.from({ length: 24 }, () => sign(sup!)));
+    expect(failed.map((r) => (r.status === 'rejected' ? (r.reason as { ckr?: string }).ckr : 'signed'))).toEqual(Array(24).fill('CKR_GENERAL_ERROR'));
+    faults.clear();
+    expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
     await new Promise((r) => setTimeout(r, 100));
     expect([resets, delta(before, 'C_Finalize')]).toEqual([[], 0]);
 
