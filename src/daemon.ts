@@ -122,7 +122,8 @@ const DAEMON_USAGE = `usage: node dist/src/daemon.js [--config FILE] [--listen H
   --version           the package's version
 
 Exit codes: 0 stopped by SIGTERM or SIGINT after an orderly shutdown, 1 the shutdown took longer
-than 30 s or failed, 2 usage, 78 the config or a module was refused at start ([CODE] message).`;
+than 30 s or failed, or the daemon could not start for a reason outside its config (a port in
+use), 2 usage, 78 the config or a module was refused at start ([CODE] message).`;
 
 async function main(): Promise<void> {
   let values: { config?: string; listen?: string; help?: boolean; version?: boolean };
