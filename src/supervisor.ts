@@ -17,6 +17,9 @@ import { HealthProbe } from './health-probe.js';
 import { SlotEventWatcher } from './slot-event-watcher.js';
 import type { SlotWorker } from './slot-worker.js';
 
+/** An operator's resets of one module run at most this often; more asked for in between become one at the end. */
+const OPERATOR_RESET_GAP_MS = 1_000;
+
 export class Supervisor {
   readonly slots = new Map<string, Slot>();
   readonly events = new SupervisorEmitter();
@@ -24,6 +27,9 @@ export class Supervisor {
   /** Module load path → its slot-event thread (modules with slotEvents on). */
   private readonly watchers = new Map<string, SlotEventWatcher>();
   private readonly lastModuleReset = new Map<string, number>();
+  private readonly lastOperatorReset = new Map<string, number>();
+  /** Operator resets asked for within OPERATOR_RESET_GAP_MS of the last: the slots of the one that runs then. */
+  private readonly pendingResets = new Map<string, { slots: Set<Slot>; timer: NodeJS.Timeout }>();
   /** Module name → the path its library is loaded by (a pinned descriptor when sha256 is set). */
   private readonly loadPaths = new Map<string, string>();
   private closing: Promise<void> | null = null;
@@ -162,10 +168,31 @@ export class Supervisor {
    * its tokens once per initialization, or that lost its objects when descriptors ran out.
    */
   reset(slot: Slot): void {
-    slot.restart.reset();
-    const ckr = slot.workers.map((w) => w.context.lastError?.ckr).find((c) => c !== undefined && MODULE_BROKEN_CKRS.has(c));
-    this.resetModule(slot, ckr ?? 'operator reset', true);
-    for (const w of slot.workers) w.reset();
+    const path = this.loadPaths.get(slot.config.module)!;
+    const pending = this.pendingResets.get(path);
+    if (pending) {
+      pending.slots.add(slot);
+      return;
+    }
+    // Each reset finalizes the module and re-opens every session on it: resets asked for in a
+    // burst (a script in a loop) become one more at the end of the gap, or they starve every slot there.
+    const wait = (this.lastOperatorReset.get(path) ?? -Infinity) + OPERATOR_RESET_GAP_MS - Date.now();
+    if (wait <= 0) return this.resetNow(path, [slot]);
+    const slots = new Set([slot]);
+    const timer = setTimeout(() => {
+      this.pendingResets.delete(path);
+      if (!this.closing) this.resetNow(path, [...slots]);
+    }, wait);
+    timer.unref();
+    this.pendingResets.set(path, { slots, timer });
+  }
+
+  private resetNow(path: string, slots: Slot[]): void {
+    this.lastOperatorReset.set(path, Date.now());
+    for (const s of slots) s.restart.reset();
+    const ckr = slots.flatMap((s) => s.workers.map((w) => w.context.lastError?.ckr)).find((c) => c !== undefined && MODULE_BROKEN_CKRS.has(c));
+    this.resetModule(slots[0]!, ckr ?? 'operator reset', true);
+    for (const s of slots) for (const w of s.workers) w.reset();
   }
 
   close(): Promise<void> {
@@ -175,6 +202,7 @@ export class Supervisor {
 
   private async shutdown(): Promise<void> {
     for (const p of this.probes.values()) p.stop();
+    for (const p of this.pendingResets.values()) clearTimeout(p.timer);
     // Before the modules are finalized: C_Finalize is what ends a slot-event thread's wait.
     for (const w of this.watchers.values()) w.close();
     const slots = [...this.slots.values()];

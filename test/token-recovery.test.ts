@@ -67,6 +67,33 @@ describe('a token deleted and created again', () => {
     expect(opensslVerifies(exportPublicKey(td, 'rec-b', '02'), 'ECDSA-SHA256', data, await sign(sup, 'b'))).toBe(true);
   });
 
+  it('reset() asked for in a loop resets the module at most once a second, and every slot on it keeps signing', async () => {
+    sup = await startSupervisor({ config: slots() });
+    const resets: unknown[] = [];
+    sup.on('moduleReset', (e) => resets.push(e));
+    const signed = { a: 0, b: 0 };
+    const until = Date.now() + 3_000;
+    const signing = (slot: 'a' | 'b') =>
+      (async () => {
+        while (Date.now() < until) {
+          const sig = await sign(sup!, slot).catch(() => null);
+          if (sig && opensslVerifies(exportPublicKey(td, `rec-${slot}`, '02'), 'ECDSA-SHA256', data, sig)) signed[slot]++;
+        }
+      })();
+    const spam = (async () => {
+      // An operator's script (or a caller over the socket with the role) resetting in a loop.
+      while (Date.now() < until) {
+        sup!.reset('a');
+        await new Promise((r) => setImmediate(r));
+      }
+    })();
+    await Promise.all([signing('a'), signing('b'), spam]);
+    expect(resets.length).toBeGreaterThanOrEqual(1);
+    expect(resets.length).toBeLessThanOrEqual(4);
+    expect(signed.a).toBeGreaterThan(10);
+    expect(signed.b).toBeGreaterThan(10);
+  });
+
   it('a slot that failed meanwhile is brought back by reset()', async () => {
     sup = await startSupervisor({ config: slots({ maxRestarts: 0 }) });
     await sign(sup, 'a');
