@@ -120,6 +120,16 @@ describe('AES-GCM and AES-CBC-PAD', () => {
     expect(new Set(ivs).size).toBe(40);
   });
 
+  it('a call that fails gives its IV back (nothing under it left the daemon): the caller may retry with it, once', async () => {
+    const iv = randomBytes(12);
+    const aborted = AbortSignal.abort();
+    await expect(sup.encrypt({ slot: 's', key: 'aes', mechanism: 'AES-GCM', data: Buffer.from('retry'), iv, signal: aborted })).rejects.toMatchObject({ code: 'ABORTED' });
+    await expect(sup.encrypt({ slot: 's', key: { label: 'no-such-aes' }, mechanism: 'AES-GCM', data: Buffer.from('retry'), iv })).rejects.toMatchObject({ code: 'KEY_NOT_FOUND' });
+    const { ciphertext } = await sup.encrypt({ slot: 's', key: 'aes', mechanism: 'AES-GCM', data: Buffer.from('retry'), iv });
+    expect(gcmOpen(aesKey, iv, ciphertext).toString()).toBe('retry');
+    await expect(sup.encrypt({ slot: 's', key: 'aes', mechanism: 'AES-GCM', data: Buffer.from('again'), iv })).rejects.toMatchObject({ code: 'BAD_INPUT' });
+  });
+
   it('a key of the wrong type, a mechanism for another operation, an unknown one: typed errors before the token', async () => {
     const data = Buffer.from('x');
     await expect(sup.encrypt({ slot: 's', key: 'rsaEnc', mechanism: 'AES-GCM', data })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });

@@ -104,8 +104,15 @@ export async function encrypt(gate: Gate, request: CipherRequest): Promise<Encry
   const mechanism = mechanismFor(gate, slot, req.mechanism, 'encrypt', req.key);
   const key = check.keySelector(slot, req.key);
   if (CRYPTO_MECHANISMS[mechanism].scheme === 'rsa-oaep') return encryptHere(gate, slot, mechanism, key, req);
-  const input = cipherInput(slot, mechanism, 'encrypt', req, selectorKey(key));
-  const ciphertext = await gate.call<Uint8Array>(slot, 'encrypt', { op: 'encrypt', key, mechanism, ...input }, req, { mechanism, needsLogin: true });
+  const ivKey = selectorKey(key);
+  const input = cipherInput(slot, mechanism, 'encrypt', req, ivKey);
+  let ciphertext: Uint8Array;
+  try {
+    ciphertext = await gate.call<Uint8Array>(slot, 'encrypt', { op: 'encrypt', key, mechanism, ...input }, req, { mechanism, needsLogin: true });
+  } catch (e) {
+    if (CRYPTO_MECHANISMS[mechanism].scheme === 'aes-gcm') slot.gcmIvs.release(ivKey, input.iv!);
+    throw e;
+  }
   return { ciphertext: asBuffer(ciphertext), iv: asBuffer(input.iv!) };
 }
 

@@ -1,0 +1,28 @@
+import { describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { IvRegistry } from '../dist/src/iv-registry.js';
+
+describe('the AES-GCM IV record', () => {
+  it('is bounded for the slot, however many keys are named; past the bound only the daemon\'s own IVs are taken', () => {
+    const ivs = new IvRegistry();
+    for (let i = 0; i < 1_000_000; i++) expect(ivs.claim(`key-${i % 5_000}`, randomBytes(12), i % 2 === 0)).toBe(true);
+    expect(ivs.size).toBe(1_000_000);
+    expect(ivs.claim('key-1', randomBytes(12), true)).toBe(false);
+    expect(ivs.claim('another key', randomBytes(12), false)).toBe(true);
+    expect(ivs.size).toBe(1_000_000);
+  });
+
+  it('a released IV may be claimed again; a release of one never claimed changes nothing', () => {
+    const ivs = new IvRegistry();
+    const iv = randomBytes(12);
+    expect(ivs.claim('k', iv, true)).toBe(true);
+    expect(ivs.claim('k', iv, true)).toBe(false);
+    ivs.release('k', iv);
+    ivs.release('k', iv);
+    ivs.release('other', iv);
+    expect(ivs.size).toBe(0);
+    expect(ivs.claim('k', iv, true)).toBe(true);
+    expect(ivs.claim('other', iv, true)).toBe(true);
+    expect(ivs.size).toBe(2);
+  });
+});
