@@ -73,3 +73,12 @@ export class Pkcs11SupervisorError extends Error {
 export function isSupervisorError(e: unknown, code?: ErrorCode): e is Pkcs11SupervisorError {
   return e instanceof Pkcs11SupervisorError && (code === undefined || e.code === code);
 }
+
+/**
+ * Options that fail their schema (a zod error's issues, read structurally so the model needs no
+ * zod): one error naming every option, each path dotted, `(options)` for the whole.
+ */
+export function optionsRefused(code: ErrorCode, what: string, schemaIssues: readonly { path: readonly PropertyKey[]; message: string }[]): Pkcs11SupervisorError {
+  const issues = schemaIssues.map((i) => ({ path: i.path.map(String).join('.') || '(options)', message: i.message }));
+  return new Pkcs11SupervisorError(code, `${what}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, { issues });
+}

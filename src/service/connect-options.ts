@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { Pkcs11SupervisorError } from '../model/errors.js';
+import { optionsRefused, Pkcs11SupervisorError } from '../model/errors.js';
 
 /** PEM text or bytes, or the path of a file that holds them. */
 export type PemSource = string | Uint8Array;
@@ -58,8 +58,7 @@ export function checkConnectOptions(options: unknown): ConnectOptions {
   const branch = OPTIONS.options['socket' in options ? 0 : 1];
   const parsed = branch.safeParse(options);
   if (parsed.success) return parsed.data as ConnectOptions;
-  const issues = parsed.error.issues.map((i) => ({ path: i.path.join('.') || '(options)', message: i.message }));
-  throw badInput(`connect options: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+  throw optionsRefused('BAD_INPUT', 'connect options', parsed.error.issues);
 }
 
 /** PEM bytes from text, bytes or a file; a file that cannot be read is BAD_INPUT naming the option. */
