@@ -117,7 +117,7 @@ describe('metrics over HTTP', () => {
 
   it('/healthz answers; /readyz is 503 while a slot is failed and 200 again once the probe brings it back', async () => {
     daemon = await startDaemon(
-      writeConfig({ s: { token: { label: 'obs' }, pin: { env: 'OBS_PIN' }, probeIntervalMs: 200, restart: { maxRestarts: 0, windowMs: 60000, backoffInitialMs: 0, backoffMaxMs: 0 } } }),
+      writeConfig({ s: { token: { label: 'obs' }, pin: { env: 'OBS_PIN' }, probeIntervalMs: 1000, restart: { maxRestarts: 0, windowMs: 60000, backoffInitialMs: 0, backoffMaxMs: 0 } } }),
       silent,
       '127.0.0.1:0',
     );
@@ -138,7 +138,10 @@ describe('metrics over HTTP', () => {
     await failed;
     ready = await fetch(`${daemon.url}/readyz`);
     expect(ready.status).toBe(503);
-    expect(await ready.json()).toEqual({ ready: false, slots: { s: 'failed' } });
+    // A probe may already be bringing it back (on a loaded machine the fetch can span one): not ready either way.
+    const body = (await ready.json()) as { ready: boolean; slots: { s: string } };
+    expect(body.ready).toBe(false);
+    expect(['failed', 'restarting']).toContain(body.slots.s);
     expect((await fetch(`${daemon.url}/healthz`)).status).toBe(200);
 
     // The token is still there, so the next probe restarts the slot.
