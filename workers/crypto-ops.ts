@@ -255,7 +255,7 @@ export function deriveKey(s: CryptoSession, task: Extract<WorkerTask, { op: 'der
   const template: P11.Template = [
     { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
     { type: pkcs11js.CKA_KEY_TYPE, value: secret ? pkcs11js.CKK_GENERIC_SECRET : pkcs11js.CKK_AES },
-    { type: pkcs11js.CKA_VALUE_LEN, value: secret ? key.fieldBytes : ECDH_SESSION_KEY_BYTES },
+    { type: pkcs11js.CKA_VALUE_LEN, value: secret ? (key.curve?.fieldBytes ?? 0) : ECDH_SESSION_KEY_BYTES },
     { type: pkcs11js.CKA_TOKEN, value: false },
     { type: pkcs11js.CKA_SENSITIVE, value: !secret },
     { type: pkcs11js.CKA_EXTRACTABLE, value: secret },

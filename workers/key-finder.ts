@@ -15,9 +15,7 @@ import { keyTypeOf } from './token-info.js';
 export interface CachedKey {
   handle: P11.Handle;
   keyType: KeyType;
-  /** Bytes of one ECDSA signature half (r or s); 0 for non-EC keys. */
-  fieldBytes: number;
-  /** An EC key's curve. */
+  /** An EC key's curve (its fieldBytes: one ECDSA signature half, r or s). */
   curve: Curve | undefined;
   /** Bytes of an RSA key's modulus (0 for other keys, or a token that does not show it). */
   modulusBytes: number;
@@ -123,7 +121,7 @@ export class KeyFinder {
     // Learnt from C_Sign (a module that enforces it without the attribute) holds for the same object.
     const learnt = hit?.alwaysAuthenticate === true && hit.handle.equals(handle);
     const alwaysAuthenticate = cls === pkcs11js.CKO_PRIVATE_KEY && (learnt || flagOf(s, handle, pkcs11js.CKA_ALWAYS_AUTHENTICATE) === true);
-    const entry = { handle, keyType, fieldBytes: curve?.fieldBytes ?? 0, curve, modulusBytes, foundAt: now, alwaysAuthenticate };
+    const entry = { handle, keyType, curve, modulusBytes, foundAt: now, alwaysAuthenticate };
     this.keys.set(cacheKey, entry);
     return this.remember(sel, cls, entry);
   }

@@ -352,7 +352,7 @@ export class TokenSession implements CryptoSession {
     const p = this.mechanism(task.mechanism, task.prehashed, key);
     const input = p.input(asBuffer(task.data));
     let signature: Buffer | null = asBuffer(task.signature);
-    if (MECHANISMS[task.mechanism].scheme === 'ecdsa' && task.format === 'der') signature = derToRaw(signature, key.fieldBytes);
+    if (MECHANISMS[task.mechanism].scheme === 'ecdsa' && task.format === 'der') signature = derToRaw(signature, key.curve?.fieldBytes ?? 0);
     if (!signature) return false;
     const session = this.live;
     this.count('C_VerifyInit').C_VerifyInit(session, p.mechanism, key.handle);
@@ -368,7 +368,7 @@ export class TokenSession implements CryptoSession {
   /** Read from the object a find returns now: this is how the main thread confirms a public key it keeps. */
   publicKey(sel: KeySelector): PublicKeyReport {
     const key = this.key(sel, pkcs11js.CKO_PUBLIC_KEY, true);
-    return publicKeyReport(this, key.handle, key.keyType, key.fieldBytes);
+    return publicKeyReport(this, key.handle, key.keyType, key.curve?.fieldBytes ?? 0);
   }
 
   /** Finds a key by label/id (key-finder.ts). */

@@ -8,47 +8,25 @@ import type { Logger } from 'pino';
 import type { SupervisorEmitter, SupervisorEvents } from '../events.js';
 
 type Event = keyof SupervisorEvents;
-type Listener<E extends Event = Event> = (...args: SupervisorEvents[E]) => void;
+type Listener<E extends Event> = (...args: SupervisorEvents[E]) => void;
 
-/** Per emitter: each event's listeners and the guarded wrappers registered for them (in order, for `off`). */
-const registered = new WeakMap<SupervisorEmitter, Map<Event, Map<Listener, Listener[]>>>();
-
-function wrappersOf(events: SupervisorEmitter, event: Event): Map<Listener, Listener[]> {
-  let byEvent = registered.get(events);
-  if (!byEvent) registered.set(events, (byEvent = new Map()));
-  let byListener = byEvent.get(event);
-  if (!byListener) byEvent.set(event, (byListener = new Map()));
-  return byListener;
-}
-
-function forget(events: SupervisorEmitter, event: Event, listener: Listener, wrapper: Listener): void {
-  const wrappers = wrappersOf(events, event);
-  const list = wrappers.get(listener) ?? [];
-  const at = list.lastIndexOf(wrapper);
-  if (at >= 0) list.splice(at, 1);
-  if (list.length === 0) wrappers.delete(listener);
-}
-
+/**
+ * Registers `listener` behind a guard. The guard carries the listener as `.listener`, the
+ * property EventEmitter's own `once` wrappers use: `off(event, listener)` finds it there, so
+ * nothing here keeps a table of who wraps whom.
+ */
 export function addListener<E extends Event>(events: SupervisorEmitter, log: Logger, event: E, listener: Listener<E>, once: boolean): void {
   if (typeof listener !== 'function') throw new TypeError(`the listener of "${event}" must be a function`);
-  const wrapper: Listener<E> = (...args) => {
-    if (once) forget(events, event, listener as Listener, wrapper as Listener);
-    try {
-      listener(...args);
-    } catch (e) {
-      log.error({ event, err: e }, 'an event listener threw; the supervisor goes on');
-    }
-  };
-  const wrappers = wrappersOf(events, event);
-  wrappers.set(listener as Listener, [...(wrappers.get(listener as Listener) ?? []), wrapper as Listener]);
-  if (once) events.once(event, wrapper as never);
-  else events.on(event, wrapper as never);
-}
-
-/** Removes the listener's most recent registration, as EventEmitter's `off` does. */
-export function removeListener<E extends Event>(events: SupervisorEmitter, event: E, listener: Listener<E>): void {
-  const wrapper = wrappersOf(events, event).get(listener as Listener)?.at(-1);
-  if (!wrapper) return;
-  forget(events, event, listener as Listener, wrapper);
-  events.off(event, wrapper as never);
+  const guard = Object.assign(
+    (...args: SupervisorEvents[E]) => {
+      if (once) events.off(event, guard as never);
+      try {
+        listener(...args);
+      } catch (e) {
+        log.error({ event, err: e }, 'an event listener threw; the supervisor goes on');
+      }
+    },
+    { listener },
+  );
+  events.on(event, guard as never);
 }

@@ -3,7 +3,7 @@ import { AuditLog } from '../audit.js';
 import { loadConfigFile, parseConfig } from '../config.js';
 import { checkPaths } from '../config-paths.js';
 import { createLogger, logLevel } from '../logger.js';
-import { optionsRefused, Pkcs11SupervisorError } from '../model/errors.js';
+import { Pkcs11SupervisorError, schemaRefused } from '../model/errors.js';
 import { Supervisor } from '../supervisor.js';
 import type { StartOptions } from './requests.js';
 import { Pkcs11Supervisor } from './supervisor-client.js';
@@ -25,7 +25,7 @@ const START_OPTIONS = z.strictObject({
 /** The options around the config, checked before anything is loaded: a logger without `warn` fails now, not from inside a state change. */
 function checkStartOptions(options: StartOptions): void {
   const parsed = START_OPTIONS.safeParse(options);
-  if (!parsed.success) throw optionsRefused('CONFIG_INVALID', 'startSupervisor options', parsed.error.issues);
+  if (!parsed.success) throw schemaRefused('CONFIG_INVALID', 'startSupervisor options', parsed.error.issues);
 }
 
 /**

@@ -19,7 +19,7 @@ import type * as R from './requests.js';
 import * as session from './session.js';
 import * as signing from './signing.js';
 import * as ciphers from './ciphers.js';
-import { addListener, removeListener } from './listeners.js';
+import { addListener } from './listeners.js';
 
 /**
  * Every operation, from the operation files: each exports its operations, and each becomes a
@@ -112,7 +112,7 @@ export class Pkcs11Supervisor implements Pkcs11Client {
   }
 
   off<E extends keyof SupervisorEvents>(event: E, listener: (...args: SupervisorEvents[E]) => void): this {
-    removeListener(this.sup.events, event, listener);
+    this.sup.events.off(event, listener as never);
     return this;
   }
 

@@ -75,10 +75,10 @@ export function isSupervisorError(e: unknown, code?: ErrorCode): e is Pkcs11Supe
 }
 
 /**
- * Options that fail their schema (a zod error's issues, read structurally so the model needs no
- * zod): one error naming every option, each path dotted, `(options)` for the whole.
+ * Input that fails its schema (a zod error's issues, read structurally so the model needs no
+ * zod): one error naming every field, each path dotted, `whole` for the input itself.
  */
-export function optionsRefused(code: ErrorCode, what: string, schemaIssues: readonly { path: readonly PropertyKey[]; message: string }[]): Pkcs11SupervisorError {
-  const issues = schemaIssues.map((i) => ({ path: i.path.map(String).join('.') || '(options)', message: i.message }));
+export function schemaRefused(code: ErrorCode, what: string, schemaIssues: readonly { path: readonly PropertyKey[]; message: string }[], whole = '(options)'): Pkcs11SupervisorError {
+  const issues = schemaIssues.map((i) => ({ path: i.path.map(String).join('.') || whole, message: i.message }));
   return new Pkcs11SupervisorError(code, `${what}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, { issues });
 }

@@ -5,7 +5,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { optionsRefused, Pkcs11SupervisorError } from '../model/errors.js';
+import { schemaRefused } from '../model/errors.js';
+import { badInput } from '../validate.js';
 
 /** PEM text or bytes, or the path of a file that holds them. */
 export type PemSource = string | Uint8Array;
@@ -48,17 +49,13 @@ const OPTIONS = z.union([
   }),
 ]);
 
-function badInput(message: string, issues?: { path: string; message: string }[]): Pkcs11SupervisorError {
-  return new Pkcs11SupervisorError('BAD_INPUT', message, { issues });
-}
-
 /** The options, checked; the union's branch is chosen by `socket` or `url` so the issues named are that branch's. */
 export function checkConnectOptions(options: unknown): ConnectOptions {
   if (!options || typeof options !== 'object' || 'socket' in options === 'url' in options) throw badInput('connect needs { socket } or { url, tls }');
   const branch = OPTIONS.options['socket' in options ? 0 : 1];
   const parsed = branch.safeParse(options);
   if (parsed.success) return parsed.data as ConnectOptions;
-  throw optionsRefused('BAD_INPUT', 'connect options', parsed.error.issues);
+  throw schemaRefused('BAD_INPUT', 'connect options', parsed.error.issues);
 }
 
 /** PEM bytes from text, bytes or a file; a file that cannot be read is BAD_INPUT naming the option. */
@@ -68,6 +65,6 @@ export function pem(source: PemSource, field: string): Buffer {
   try {
     return readFileSync(source);
   } catch (e) {
-    throw badInput(`connect options: ${field}: cannot read ${source}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, [{ path: field, message: `cannot read ${source}` }]);
+    throw schemaRefused('BAD_INPUT', 'connect options', [{ path: field.split('.'), message: `cannot read ${source}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` }]);
   }
 }

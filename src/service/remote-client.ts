@@ -12,7 +12,8 @@ import type { AuditVerdict } from '../audit-record.js';
 import type { Pkcs11Client } from '../client/pkcs11-client.js';
 import type { PrincipalOptions } from '../client/requests.js';
 import type { Methods, SupervisorStatus } from '../client/supervisor-client.js';
-import { Pkcs11SupervisorError } from '../model/errors.js';
+import { Pkcs11SupervisorError, schemaRefused } from '../model/errors.js';
+import { badInput } from '../validate.js';
 import { unwatchAbort, watchAbort } from '../abort-watch.js';
 import { isBatchable } from './batch.js';
 import { CallBatcher, type Answer } from './call-batcher.js';
@@ -20,9 +21,6 @@ import { errorOf } from './problem.js';
 import { ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
 import { checkConnectOptions, pem, type ConnectOptions } from './connect-options.js';
 
-function badInput(message: string, issues?: { path: string; message: string }[]): Pkcs11SupervisorError {
-  return new Pkcs11SupervisorError('BAD_INPUT', message, { issues });
-}
 
 /** A transport failure as the typed error a caller can act on. */
 function transportError(e: unknown, where: string): Pkcs11SupervisorError {
@@ -120,8 +118,7 @@ export class RemoteClient implements Pkcs11Client {
     } catch (e) {
       // Bytes too many for one string (V8's 512 MiB) fail here too, with a RangeError.
       if (!Array.isArray((e as z.ZodError).issues)) throw badInput(`the request cannot be sent as JSON (${(e as Error).message}): hash large documents and sign the digest with prehashed: true`);
-      const issues = (e as z.ZodError).issues.map((i) => ({ path: i.path.join('.') || '(request)', message: i.message }));
-      throw badInput(`the request does not match ${name}'s schema: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+      throw schemaRefused('BAD_INPUT', `the request does not match ${name}'s schema`, (e as z.ZodError).issues, '(request)');
     }
     // A call with its own signal goes alone: aborting it closes its request, and only its request.
     if (signal === undefined && this.batches && isBatchable(name)) return this.answer(name, await this.batches.add(name, fields.slot, body, deadline));
