@@ -3,6 +3,7 @@
  * the type the rest of the code uses. `npm run schema` writes config/schema.json from it.
  */
 import { isWellFormed } from './model/token-match.js';
+import type { DeviceMatch } from './model/device-match.js';
 import { isPkcs11Uri, keyOfUri, parsePkcs11Uri, tokenOfUri, type Pkcs11Uri } from './model/pkcs11-uri.js';
 import { z } from 'zod';
 import { MECHANISM_NAMES } from './model/mechanisms.js';
@@ -69,9 +70,12 @@ const KeyRefObjectSchema = z
   .refine((k) => k.label !== undefined || k.id !== undefined, { message: 'a key names its label, its id, or both' })
   .refine((k) => k.certLabel === undefined || k.certId === undefined, { message: 'name the certificate by certLabel or certId, not both', path: ['certId'] });
 
-/** A key ref: `{ label?, id?, … }`, or the key's PKCS#11 URI (`object` is the label, `id` the CKA_ID). */
+/**
+ * A key ref: `{ label?, id?, … }`, or the key's PKCS#11 URI (`object` is the label, `id` the
+ * CKA_ID, `on` what else it names: the slot's token, slot and library must match it).
+ */
 export const KeyRefSchema = z.union([
-  uriIn((uri): z.output<typeof KeyRefObjectSchema> => ({ ...keyOfUri(uri), certLabel: undefined, certId: undefined, allowedMechanisms: undefined })),
+  uriIn((uri): z.output<typeof KeyRefObjectSchema> & { on?: DeviceMatch | undefined } => ({ ...keyOfUri(uri), certLabel: undefined, certId: undefined, allowedMechanisms: undefined })),
   KeyRefObjectSchema,
 ]);
 

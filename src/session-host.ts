@@ -6,6 +6,7 @@
  * logs the token out, and the replacement would need a C_Login for nothing.
  */
 import type { SlotConfig } from './config-schema.js';
+import { refSelector } from './validate.js';
 import { closeOrphanSession, moduleGate, threadAbandoned } from './module-registry.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import type { OpenReport, WorkerError, WorkerReply, WorkerTask } from './model/protocol.js';
@@ -62,7 +63,7 @@ export class SessionHost {
     }
     await moduleGate(this.modulePath);
     const { config } = this;
-    const keys = Object.fromEntries(Object.entries(config.keys).map(([ref, k]) => [ref, { label: k.label, id: k.id?.toLowerCase() }]));
+    const keys = Object.fromEntries(Object.entries(config.keys).map(([ref, k]) => [ref, refSelector(k)]));
     const report = unwrap(this.seen(await this.thread.run<OpenReport>({ op: 'open', modulePath: this.modulePath, token: config.token, readWrite: !config.readOnly, keys })), this.slot);
     this.sessionHandle = report.handle;
     this.closeOrphans();

@@ -5,6 +5,7 @@ import { Pkcs11SupervisorError } from './model/errors.js';
 import { isMechanismName, KEY_TYPES, MECHANISM_NAMES, type KeyType, type MechanismName } from './model/mechanisms.js';
 import { Secret } from './model/secret.js';
 import type { Slot } from './slot.js';
+import type { KeyRefConfig } from './config-schema.js';
 import { KEY_USAGES, OBJECT_CLASSES, type KeySelector, type KeyUsage, type ObjectQuery, type SignatureFormat } from './model/protocol.js';
 
 export function badInput(message: string, slot?: string): Pkcs11SupervisorError {
@@ -19,7 +20,7 @@ export function keySelector(slot: Slot, key: unknown): KeySelector {
       const known = Object.keys(slot.config.keys);
       throw new Pkcs11SupervisorError('KEY_NOT_FOUND', `slot "${slot.name}" has no key ref "${key}" (configured: ${known.join(', ') || 'none'})`, { slot: slot.name });
     }
-    return { label: ref.label, id: ref.id?.toLowerCase() };
+    return refSelector(ref);
   }
   if (key && typeof key === 'object') {
     const { label, id } = key as { label?: unknown; id?: unknown };
@@ -29,6 +30,13 @@ export function keySelector(slot: Slot, key: unknown): KeySelector {
     return { label: label as string | undefined, id: (id as string | undefined)?.toLowerCase() };
   }
   throw badInput('key must be a key ref (string) or { label, id }', slot.name);
+}
+
+/** A configured key ref as the token is asked for it. */
+export function refSelector(ref: KeyRefConfig): KeySelector {
+  const sel: KeySelector = { label: ref.label, id: ref.id?.toLowerCase() };
+  if ('on' in ref && ref.on) sel.on = ref.on;
+  return sel;
 }
 
 export function mechanism(name: unknown, slot: string): MechanismName {
@@ -112,32 +120,19 @@ export function objectQuery(value: unknown, slot: string): ObjectQuery {
   };
 }
 
-/** Token attributes a key's URI may name, against what the slot's token reported. */
-const TOKEN_ATTRS = { token: 'label', serial: 'serial', manufacturer: 'manufacturer', model: 'model' } as const;
-
 /**
- * A key named by its PKCS#11 URI (pkcs11-uri.ts says what it may name); its token attributes
- * must be the slot's token: a URI for another token is KEY_NOT_FOUND here, never a key of this one.
+ * A key named by its PKCS#11 URI (pkcs11-uri.ts says what it may name). What it names of the
+ * token, slot and library is checked by the session that looks the key up, against the token it
+ * is on at that moment: a URI for another token is KEY_NOT_FOUND, never a key of this one, also
+ * before the slot has first opened and after its token was swapped.
  */
 function uriSelector(slot: Slot, uri: string): KeySelector {
-  let key;
-  let path;
   try {
-    const parsed = parsePkcs11Uri(uri);
-    key = keyOfUri(parsed);
-    path = parsed.path;
+    const { label, id, on } = keyOfUri(parsePkcs11Uri(uri));
+    return on ? { label, id, on } : { label, id };
   } catch (e) {
     throw badInput(`key is not a usable PKCS#11 URI: ${(e as Error).message}`, slot.name);
   }
-  const device = slot.token?.device.token;
-  for (const [attr, field] of Object.entries(TOKEN_ATTRS)) {
-    const wanted = path[attr];
-    if (wanted === undefined || !device) continue;
-    if (wanted !== device[field]) {
-      throw new Pkcs11SupervisorError('KEY_NOT_FOUND', `the URI names ${attr} "${wanted}"; slot "${slot.name}" holds ${attr} "${device[field]}"`, { slot: slot.name });
-    }
-  }
-  return key;
 }
 
 /** What a key pair is for (default: signing), within what its type can do. */

@@ -4,7 +4,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../dist/src/index.js';
-import { formatPkcs11Uri, parsePkcs11Uri } from '../dist/src/model/pkcs11-uri.js';
+import { formatPkcs11Uri, keyOfUri, parsePkcs11Uri } from '../dist/src/model/pkcs11-uri.js';
+import { deviceMismatch, moduleNameOf } from '../dist/src/model/device-match.js';
 
 describe('the RFC 7512 section 3.3 examples', () => {
   const examples: [string, Record<string, string>, Record<string, string>][] = [
@@ -46,7 +47,7 @@ describe('URIs in the config', () => {
   it('names a token by URI (serial first, else label) and keys by URI', () => {
     const c = parseConfig({ ...base, slots: { s: { module: 'soft', token: 'pkcs11:token=dev-token', pin: { env: 'P' }, keys: { ec: 'pkcs11:object=demo-ec;id=%02;type=private' } }, t: { module: 'soft', token: 'pkcs11:token=x;serial=abc', pin: { env: 'P' } } } });
     expect(c.slots.s!.token).toEqual({ label: 'dev-token' });
-    expect(c.slots.t!.token).toEqual({ serial: 'abc' });
+    expect(c.slots.t!.token).toEqual({ serial: 'abc', on: { token: 'x' } });
     expect(c.slots.s!.keys.ec).toMatchObject({ label: 'demo-ec', id: '02' });
   });
 
@@ -55,5 +56,47 @@ describe('URIs in the config', () => {
     expect(attempt('pkcs11:token=dev-token?pin-value=1234')).toThrow(/PIN never goes in the config/);
     expect(attempt('pkcs11:model=x')).toThrow(/neither token/);
     expect(attempt('pkcs11:token=t', { k: 'pkcs11:type=private' })).toThrow(/names its object/);
+  });
+});
+
+describe('what a URI names besides the object', () => {
+  const key = (uri: string) => keyOfUri(parsePkcs11Uri(uri));
+  const here = {
+    token: 'dev-token', manufacturer: 'SoftHSM project', serial: '4db95fc29a3e64ee', model: 'SoftHSM v2',
+    'slot-description': 'SoftHSM slot ID 0x1a3e64ee', 'slot-manufacturer': 'SoftHSM project', 'slot-id': '440296686',
+    'library-manufacturer': 'SoftHSM', 'library-description': 'Implementation of PKCS11', 'library-version': '2.6',
+    'module-name': 'softhsm2', 'module-path': '/usr/lib/softhsm/libsofthsm2.so',
+  };
+
+  it('keeps every token, slot, library and module attribute, in one order, the version as major.minor', () => {
+    expect(key('pkcs11:object=k;library-version=2;token=t?module-name=m').on).toEqual({ token: 't', 'library-version': '2.0', 'module-name': 'm' });
+    expect(Object.keys(key('pkcs11:slot-id=7;serial=s;object=k;manufacturer=m').on!)).toEqual(['manufacturer', 'serial', 'slot-id']);
+    expect(key('pkcs11:object=k;type=private;vendor-x=1').on).toBeUndefined();
+    expect(key('pkcs11:object=k;serial=').on).toBeUndefined();
+  });
+
+  it('refuses a slot-id or library-version that cannot match anything', () => {
+    for (const bad of ['pkcs11:object=k;slot-id=0x1a', 'pkcs11:object=k;slot-id=-1', 'pkcs11:object=k;library-version=two', 'pkcs11:object=k;library-version=1.2.3']) expect(() => key(bad), bad).toThrow();
+  });
+
+  it('matches only where every named attribute matches, trailing blanks aside', () => {
+    expect(deviceMismatch(undefined, here)).toBeNull();
+    expect(deviceMismatch(key('pkcs11:object=k;token=dev-token;manufacturer=SoftHSM%20project%20%20;library-version=2.6?module-name=softhsm2').on, here)).toBeNull();
+    expect(deviceMismatch(key('pkcs11:object=k;token=dev-token;slot-id=440296687').on, here)).toMatch(/slot-id "440296687"; this slot's is "440296686"/);
+    expect(deviceMismatch(key('pkcs11:object=k;library-version=2').on, here)).toMatch(/library-version "2.0"/);
+    expect(deviceMismatch(key('pkcs11:object=k?module-path=/usr/lib/other.so').on, here)).toMatch(/module-path/);
+  });
+
+  it('names a module as RFC 7512 does: no directory, no "lib", no extension', () => {
+    expect(moduleNameOf('/usr/lib/softhsm/libsofthsm2.so')).toBe('softhsm2');
+    expect(moduleNameOf('/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so')).toBe('opensc-pkcs11');
+    expect(moduleNameOf('/mnt/libmypkcs11.so.1')).toBe('mypkcs11');
+    expect(moduleNameOf('/usr/lib/pkcs11/libtpm2_pkcs11.so.0.0.0')).toBe('tpm2_pkcs11');
+  });
+
+  it('a config token URI selects by serial or label and keeps the rest to match', () => {
+    const c = parseConfig({ modules: { soft: { path: '/usr/lib/softhsm/libsofthsm2.so' } }, slots: { s: { module: 'soft', token: 'pkcs11:token=dev-token;model=SoftHSM%20v2', pin: { env: 'P' }, keys: { ec: 'pkcs11:token=dev-token;object=demo-ec' } } } });
+    expect(c.slots.s!.token).toEqual({ label: 'dev-token', on: { model: 'SoftHSM v2' } });
+    expect(c.slots.s!.keys.ec).toMatchObject({ label: 'demo-ec', on: { token: 'dev-token' } });
   });
 });

@@ -88,6 +88,7 @@ export class KeyFinder {
     const last = this.last;
     if (last && last.sel === sel && last.cls === cls && !fresh && now - last.key.foundAt < KEY_RECHECK_MS) return last.key;
     const s = this.s;
+    s.checkWhere(sel.on, keyName(sel, cls));
     const cacheKey = `${cls}\0${selectorKey(sel)}`;
     const hit = this.keys.get(cacheKey);
     if (hit && !fresh && now - hit.foundAt < KEY_RECHECK_MS) return this.remember(sel, cls, hit);

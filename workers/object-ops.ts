@@ -11,7 +11,8 @@ import { formatPkcs11Uri } from '../src/model/pkcs11-uri.js';
 import { unwrapOctetString } from '../src/model/der.js';
 import { KEY_TYPE_VALUE, keyTypeOf } from './token-info.js';
 import type { KeyType } from '../src/model/mechanisms.js';
-import type { FoundPage, ObjectClass, ObjectDescriptor, ObjectQuery, PublicKeyReport } from '../src/model/protocol.js';
+import type { FoundPage, KeySelector, ObjectClass, ObjectDescriptor, ObjectQuery, PublicKeyReport } from '../src/model/protocol.js';
+import type { DeviceMatch } from '../src/model/device-match.js';
 
 export interface SessionAccess {
   p11(fn: string): P11.PKCS11;
@@ -20,6 +21,8 @@ export interface SessionAccess {
   forgetKeys(): void;
   /** The token's label and serial, for the objects' PKCS#11 URIs. */
   readonly tokenIdentity: { label: string; serial: string };
+  /** Throws KEY_NOT_FOUND when `on` (a key URI's token, slot, library) is not where this session is. */
+  checkWhere(on: DeviceMatch | undefined, what: string): void;
 }
 
 
@@ -203,7 +206,8 @@ export function findObjectsPage(s: SessionAccess, q: ObjectQuery, offset: number
   return { objects: handles.slice(0, pageSize).map((h) => describe(s, h)), more: handles.length > pageSize };
 }
 
-export function destroyObjects(s: SessionAccess, q: ObjectQuery): number {
+export function destroyObjects(s: SessionAccess, q: ObjectQuery, on: DeviceMatch | undefined): number {
+  s.checkWhere(on, 'object');
   const handles = findHandles(s, q, 10_000);
   for (const h of handles) s.p11('C_DestroyObject').C_DestroyObject(s.sessionHandle, h);
   s.forgetKeys();
@@ -215,8 +219,9 @@ export function certificates(s: SessionAccess, limit: number): Uint8Array[] {
   return findHandles(s, { class: 'certificate' }, limit).map((h) => attrsOf(s, h, [pkcs11js.CKA_VALUE])[0]!);
 }
 
-export function certificate(s: SessionAccess, q: ObjectQuery): Uint8Array | null {
-  const [h] = findHandles(s, { ...q, class: 'certificate' }, 1);
+export function certificate(s: SessionAccess, sel: KeySelector): Uint8Array | null {
+  s.checkWhere(sel.on, 'certificate');
+  const [h] = findHandles(s, { label: sel.label, id: sel.id, class: 'certificate' }, 1);
   return h ? attrs(s, h, [pkcs11js.CKA_VALUE])[0]! : null;
 }
 

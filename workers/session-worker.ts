@@ -90,7 +90,7 @@ function dispatch(task: WorkerTask): unknown {
     case 'importObjects':
       return keys.importObjects(session, task.objects, task.replace === true);
     case 'destroyObjects':
-      return objects.destroyObjects(session, task.query);
+      return objects.destroyObjects(session, task.query, task.on);
     case 'close':
       return session.close();
     case 'fault':

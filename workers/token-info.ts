@@ -5,6 +5,7 @@ import { trimPadded } from '../src/model/token-match.js';
 import { CKK_EC_EDWARDS } from './pkcs11-constants.js';
 import type { KeyType } from '../src/model/mechanisms.js';
 import type { DeviceInfo, PinLength } from '../src/model/protocol.js';
+import { moduleNameOf, type DeviceFacts } from '../src/model/device-match.js';
 
 /** Null when the token states no usable range (0/0, or a max below the min). */
 export function pinLengthOf(min: number, max: number): PinLength | null {
@@ -79,5 +80,23 @@ export function deviceInfo(slot: P11.SlotInfo, token: P11.TokenInfo): DeviceInfo
       firmware: version(token.firmwareVersion),
       flags: flagNames(token.flags, TOKEN_FLAGS),
     },
+  };
+}
+
+/** What RFC 7512's attributes name (device-match.ts), as a session on this token, slot and library finds them. */
+export function deviceFacts(modulePath: string, slotId: number, library: P11.ModuleInfo, slot: P11.SlotInfo, token: P11.TokenInfo): DeviceFacts {
+  return {
+    token: trimPadded(token.label),
+    manufacturer: trimPadded(token.manufacturerID),
+    serial: trimPadded(token.serialNumber),
+    model: trimPadded(token.model),
+    'slot-description': trimPadded(slot.slotDescription),
+    'slot-manufacturer': trimPadded(slot.manufacturerID),
+    'slot-id': String(slotId),
+    'library-manufacturer': trimPadded(library.manufacturerID),
+    'library-description': trimPadded(library.libraryDescription),
+    'library-version': version(library.libraryVersion),
+    'module-name': moduleNameOf(modulePath),
+    'module-path': modulePath,
   };
 }

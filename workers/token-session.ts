@@ -5,14 +5,16 @@
  * single-operation rule (CKR_OPERATION_ACTIVE) is kept.
  */
 import { asBuffer, pkcs11js } from './pkcs11js.js';
-import { tokenMatches, trimPadded } from '../src/model/token-match.js';
+import { trimPadded } from '../src/model/token-match.js';
 import type * as P11 from 'pkcs11js';
 import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/model/mechanisms.js';
 import { writeDer, derToRaw, maxDerBytes } from '../src/model/ecdsa-signature.js';
 import { checkPkcs1Room, prepareMechanisms, preparedKey, keyGenSizes, type PreparedMechanism } from './mechanism-params.js';
 import { ContextLoginNeeded, ContextLoginUnsupported, WorkerFailure } from './failure.js';
 import { deviceInfo, pinLengthOf, sessionLimit } from './token-info.js';
-import { SESSION_STATES, USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type TokenSelector, type WorkerTask } from '../src/model/protocol.js';
+import { chooseSlot, factsOf } from './slot-choice.js';
+import { deviceMismatch, type DeviceFacts, type DeviceMatch } from '../src/model/device-match.js';
+import { SESSION_STATES, USER_SESSION_STATES, type SessionState, type KeySelector, type OpenReport, type PinLength, type UserPinState, type PublicKeyReport, type SessionInfo, type SessionReport, type WorkerTask } from '../src/model/protocol.js';
 import { publicKeyReport } from './object-ops.js';
 import { KeyFinder, keyName, type CachedKey } from './key-finder.js';
 import { CRYPTO_MECHANISM_NAMES } from '../src/model/crypto-mechanisms.js';
@@ -28,6 +30,9 @@ export class TokenSession implements CryptoSession {
   private tokenSerial = '';
   /** C_GetTokenInfo of the token this session is on, as read when the slot was chosen. */
   private tokenInfo: P11.TokenInfo | null = null;
+  private modulePath = '';
+  /** Where this session is, as a PKCS#11 URI names it: a key URI naming elsewhere finds nothing here. */
+  private facts: DeviceFacts | null = null;
   /** ulMaxSessionCount / ulMaxRwSessionCount of the token, as read with its label. */
   private sessionLimits: { maxSessions: number | null; maxRwSessions: number | null } = { maxSessions: null, maxRwSessions: null };
   /** ulMinPinLen / ulMaxPinLen: a PIN outside them is refused here, before it costs a retry on the token. */
@@ -82,10 +87,13 @@ export class TokenSession implements CryptoSession {
   open(task: Extract<WorkerTask, { op: 'open' }>): OpenReport {
     if (!this.mod) this.loadModule(task.modulePath);
     this.dropSession();
-    const slot = this.findSlot(task.token);
+    const { slot, token } = chooseSlot((fn) => this.count(fn), this.modulePath, task.token);
+    this.useTokenInfo(token);
     const flags = pkcs11js.CKF_SERIAL_SESSION | (task.readWrite ? pkcs11js.CKF_RW_SESSION : 0);
     this.session = this.count('C_OpenSession').C_OpenSession(slot, flags);
     this.slot = slot;
+    const slotInfo = this.count('C_GetSlotInfo').C_GetSlotInfo(slot);
+    this.facts = factsOf((fn) => this.count(fn), this.modulePath, slot, token, slotInfo);
     const supported = new Set(this.count('C_GetMechanismList').C_GetMechanismList(slot));
     this.supported = supported;
     this.prepared = prepareMechanisms(supported);
@@ -98,7 +106,7 @@ export class TokenSession implements CryptoSession {
       pinLength: this.pinLength,
       keyTypes: this.keyTypesOf(task.keys),
       // The token's report is the one the slot was chosen by, a moment ago.
-      device: deviceInfo(this.count('C_GetSlotInfo').C_GetSlotInfo(slot), this.tokenInfo!),
+      device: deviceInfo(slotInfo, this.tokenInfo!),
     };
   }
 
@@ -123,6 +131,7 @@ export class TokenSession implements CryptoSession {
       throw new WorkerFailure('MODULE_LOAD_FAILED', `cannot load PKCS#11 module ${path}: ${(e as Error).message}`);
     }
     this.mod = mod;
+    this.modulePath = path;
     try {
       this.count('C_Initialize').C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
     } catch (e) {
@@ -134,36 +143,14 @@ export class TokenSession implements CryptoSession {
     }
   }
 
-  private findSlot(sel: TokenSelector): P11.Handle {
-    const slots = this.count('C_GetSlotList').C_GetSlotList(true);
-    if ('slotIndex' in sel) {
-      const slot = slots[sel.slotIndex];
-      if (!slot) throw new WorkerFailure('TOKEN_NOT_FOUND', `no token at slot index ${sel.slotIndex} (${slots.length} slots with a token)`);
-      this.readTokenInfo(slot);
-      return slot;
-    }
-    // One slot whose token cannot be read (deleted under the module, broken) must not hide the others.
-    let unreadable: unknown = null;
-    const matches = slots.filter((s) => {
-      try {
-        this.readTokenInfo(s);
-      } catch (e) {
-        unreadable ??= e;
-        return false;
-      }
-      return tokenMatches(sel, { label: this.tokenLabel, serialNumber: this.tokenSerial });
-    });
-    const what = 'label' in sel ? `label "${sel.label}"` : `serial "${sel.serial}"`;
-    // Not found, and a slot could not say what it holds: that slot's error is the one to act on.
-    if (matches.length === 0 && unreadable) throw unreadable;
-    if (matches.length === 0) throw new WorkerFailure('TOKEN_NOT_FOUND', `no token with ${what} is present`);
-    if (matches.length > 1) throw new WorkerFailure('TOKEN_NOT_FOUND', `${matches.length} tokens have ${what}; select the token by serial`);
-    this.readTokenInfo(matches[0]!);
-    return matches[0]!;
+  /** A key whose URI names another token, slot or library is not on this session's token, whatever its label. */
+  checkWhere(on: DeviceMatch | undefined, what: string): void {
+    if (!on || !this.facts) return;
+    const why = deviceMismatch(on, this.facts);
+    if (why) throw new WorkerFailure('KEY_NOT_FOUND', `no ${what} here: ${why}`);
   }
 
-  private readTokenInfo(slot: P11.Handle): void {
-    const info = this.count('C_GetTokenInfo').C_GetTokenInfo(slot);
+  private useTokenInfo(info: P11.TokenInfo): void {
     this.tokenInfo = info;
     this.tokenLabel = trimPadded(info.label);
     this.tokenSerial = trimPadded(info.serialNumber);

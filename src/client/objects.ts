@@ -88,7 +88,7 @@ export async function destroyObject(gate: Gate, request: DestroyObjectRequest): 
   }
   const query = { ...check.objectQuery({ class: req.class }, slot.name), label: sel.label, id: sel.id };
   gate.publicKeys.forget(slot.name);
-  return gate.call<number>(slot, 'destroyObject', { op: 'destroyObjects', query }, req, { needsLogin: true });
+  return gate.call<number>(slot, 'destroyObject', { op: 'destroyObjects', query, on: sel.on }, req, { needsLogin: true });
 }
 
 export async function generateRandom(gate: Gate, request: GenerateRandomRequest): Promise<Buffer> {

@@ -8,7 +8,7 @@
  * changes the slot's keys.
  */
 import type { SupervisorEmitter } from '../events.js';
-import type { KeySelector } from '../model/protocol.js';
+import { selectorKey, type KeySelector } from '../model/protocol.js';
 import type { PublicKeyInfo } from './requests.js';
 
 interface Entry {
@@ -31,7 +31,8 @@ export class PublicKeyCache {
 
   /** The key as the token confirmed it within `maxAgeMs`, or after this call arrived. */
   get(slot: string, sel: KeySelector, maxAgeMs: number, read: () => Promise<PublicKeyInfo>): Promise<PublicKeyInfo> {
-    const key = `${slot}\0${sel.label ?? ''}\0${sel.id ?? ''}`;
+    // With what a URI names of the token (sel.on): a key confirmed here is not one a URI for elsewhere names.
+    const key = `${slot}\0${selectorKey(sel)}`;
     let e = this.entries.get(key);
     if (!e) {
       e = { info: null, confirmedAt: 0, inFlight: null, next: null };

@@ -2,10 +2,13 @@
  * PKCS#11 URIs (RFC 7512), as OpenSSL, p11-kit, GnuTLS and systemd name tokens and keys:
  * `pkcs11:token=dev-token;object=demo-ec;id=%02;type=private`. Path attributes are
  * `;`-separated, query attributes `&`-separated after `?`, values percent-decoded (an `id` is
- * bytes, everything else UTF-8 text). Unknown (vendor) attributes are kept; a PIN in the URI
+ * bytes, everything else UTF-8 text). What it names of the token, slot, library and module must
+ * all match (device-match.ts). Unknown (vendor) attributes are kept; a PIN in the URI
  * (`pin-value`) is refused wherever the supervisor reads one, and `pin-source` too: a slot's PIN
  * comes from its configured source.
  */
+import { DEVICE_ATTRIBUTES, normalizeVersion, type DeviceMatch } from './device-match.js';
+
 export interface Pkcs11Uri {
   /** Path attributes, decoded; `id` as hex. */
   path: Record<string, string>;
@@ -74,21 +77,42 @@ function refusePin({ query }: Pkcs11Uri): void {
   if ('pin-value' in query || 'pin-source' in query) throw new UriError("a PIN never goes in the config or in a call's URI (pin-value, pin-source): the slot's PIN source provides it");
 }
 
-/** The key a URI names: `object` is its label, `id` its CKA_ID. The operation decides the class; `type` must be one. */
-export function keyOfUri(uri: Pkcs11Uri): { label: string | undefined; id: string | undefined } {
+/** The key a URI names: `object` is its label, `id` its CKA_ID, `on` the token, slot and library it is on. The operation decides the class; `type` must be one. */
+export function keyOfUri(uri: Pkcs11Uri): { label: string | undefined; id: string | undefined; on: DeviceMatch | undefined } {
   refusePin(uri);
   const { path } = uri;
   if (path.type !== undefined && !Object.hasOwn(URI_TYPES, path.type)) throw new UriError(`type=${path.type} is not a PKCS#11 object type (${Object.keys(URI_TYPES).join(', ')})`);
   if (path.object === undefined && !path.id) throw new UriError('a key URI names its object (label), its id, or both');
-  return { label: path.object, id: path.id || undefined };
+  return { label: path.object, id: path.id || undefined, on: deviceOfUri(uri) };
 }
 
-/** The token a URI names, as a selector: by serial where it has one (it is unique), else by label. */
-export function tokenOfUri(uri: Pkcs11Uri): { serial: string } | { label: string } {
+/**
+ * The token a URI names, as a selector: by serial where it has one (it is unique), else by label;
+ * whatever else it names of the token, slot or library must match too.
+ */
+export function tokenOfUri(uri: Pkcs11Uri): { serial: string; on?: DeviceMatch } | { label: string; on?: DeviceMatch } {
   refusePin(uri);
-  if (uri.path.serial) return { serial: uri.path.serial };
-  if (uri.path.token) return { label: uri.path.token };
-  throw new UriError('the token URI names neither token (label) nor serial');
+  const { serial, token } = uri.path;
+  const primary = serial ? { serial } : token ? { label: token } : null;
+  if (!primary) throw new UriError('the token URI names neither token (label) nor serial');
+  const on = deviceOfUri(uri) ?? {};
+  delete on[serial ? 'serial' : 'token']; // the selector itself
+  return Object.keys(on).length > 0 ? { ...primary, on } : primary;
+}
+
+/** What the URI names of the token, slot, library and module (device-match.ts), checked for form; undefined when nothing. */
+function deviceOfUri({ path, query }: Pkcs11Uri): DeviceMatch | undefined {
+  const on: DeviceMatch = {};
+  for (const a of DEVICE_ATTRIBUTES) {
+    const value = a.startsWith('module-') ? query[a] : path[a];
+    if (value) on[a] = value; // an empty value names nothing (as an empty id)
+  }
+  if (on['slot-id'] !== undefined && !/^\d{1,20}$/.test(on['slot-id'])) throw new UriError(`slot-id=${on['slot-id']} is not a decimal slot number`);
+  if (on['library-version'] !== undefined) {
+    if (!/^\d{1,3}(\.\d{1,3})?$/.test(on['library-version'])) throw new UriError(`library-version=${on['library-version']} is not major[.minor]`);
+    on['library-version'] = normalizeVersion(on['library-version']);
+  }
+  return Object.keys(on).length > 0 ? on : undefined;
 }
 
 const encode = (text: string) => [...Buffer.from(text, 'utf8')].map((b) => (/[A-Za-z0-9\-._~]/.test(String.fromCharCode(b)) ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`)).join('');

@@ -4,19 +4,25 @@
  */
 import type { ErrorCode } from './errors.js';
 import type { MechanismName, KeyType } from './mechanisms.js';
+import { matchKey, type DeviceMatch } from './device-match.js';
 import type { AnyMechanismName, CryptoMechanismName, SecretKeyAlgorithm } from './crypto-mechanisms.js';
 
-export type TokenSelector = { label: string } | { serial: string } | { slotIndex: number };
+/** `on`: what the token's PKCS#11 URI named besides its label or serial, all of which the token must match. */
+export type TokenSelector = { label: string; on?: DeviceMatch } | { serial: string; on?: DeviceMatch } | { slotIndex: number };
 
-/** A key as the token knows it: CKA_LABEL and/or CKA_ID (hex). */
+/**
+ * A key as the token knows it: CKA_LABEL and/or CKA_ID (hex). `on`: where its PKCS#11 URI says
+ * it lives (token, slot, library); a session elsewhere does not find it.
+ */
 export interface KeySelector {
   label?: string | undefined;
   id?: string | undefined;
+  on?: DeviceMatch | undefined;
 }
 
 /** One string per selector, for maps and sets of keys on both sides of the thread boundary. */
 export function selectorKey(sel: KeySelector): string {
-  return `${sel.label ?? ''}\0${sel.id ?? ''}`;
+  return `${sel.label ?? ''}\0${sel.id ?? ''}${sel.on ? `\0${matchKey(sel.on)}` : ''}`;
 }
 
 export type SignatureFormat = 'der' | 'raw';
@@ -88,7 +94,8 @@ export type WorkerTask =
   | { op: 'importObjects'; objects: ImportedObject[]; replace?: boolean }
   /** The DER of up to `limit` certificates on the token, for building chains. */
   | { op: 'certificates'; limit: number }
-  | { op: 'destroyObjects'; query: ObjectQuery }
+  /** `on`: where the key URI that named the objects points (KeySelector.on). */
+  | { op: 'destroyObjects'; query: ObjectQuery; on?: DeviceMatch | undefined }
   | { op: 'close' }
   | { op: 'fault'; fault: WorkerFault }
   /**
