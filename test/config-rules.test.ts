@@ -169,6 +169,25 @@ describe('allow-lists', () => {
       await sup.close();
     }
   });
+
+  it("a key's list holds however the key is named: by label, by id or by URI; a key no ref can name is held to none", async () => {
+    const sup = await startSupervisor({ config: base({ keys: { ec: { label: 'ec', id: '02', allowedMechanisms: ['ECDSA-SHA256'] } } }) });
+    try {
+      const before = (await sup.probe({ slot: 's' })).calls.C_SignInit;
+      for (const key of [{ label: 'ec' }, { id: '02' }, { label: 'ec', id: '02' }, 'pkcs11:object=ec', 'pkcs11:id=%02;type=private']) {
+        await expect(sup.sign({ slot: 's', key, mechanism: 'ECDSA-SHA384', data }), JSON.stringify(key)).rejects.toMatchObject({
+          code: 'MECHANISM_NOT_ALLOWED',
+          message: expect.stringContaining('slots.s.keys.ec.allowedMechanisms (ECDSA-SHA256); a key named otherwise than by its ref'),
+        });
+      }
+      expect((await sup.probe({ slot: 's' })).calls.C_SignInit).toBe(before);
+      expect(await sup.sign({ slot: 's', key: { label: 'ec' }, mechanism: 'ECDSA-SHA256', data })).toBeInstanceOf(Buffer);
+      // The RSA key shares neither label nor id with the ref: its own mechanisms are not held to the EC key's list.
+      expect(await sup.sign({ slot: 's', key: { label: 'rsa', id: '01' }, mechanism: 'RSA-PSS-SHA256', data })).toBeInstanceOf(Buffer);
+    } finally {
+      await sup.close();
+    }
+  });
 });
 
 describe('keys with certificates', () => {

@@ -1,29 +1,58 @@
 /** The config's allow-lists (global, slot, key ref), checked before a call is queued. */
 import type { AnyMechanismName } from '../model/crypto-mechanisms.js';
 import { Pkcs11SupervisorError } from '../model/errors.js';
+import type { KeySelector } from '../model/protocol.js';
+import * as check from '../validate.js';
 import type { Slot } from '../slot.js';
 import type { Gate } from './gate.js';
+
+type KeyList = { ref: string; list: readonly AnyMechanismName[] };
 
 /**
  * Refuses a mechanism outside any allow-list that applies to the call. An `explicit` mechanism
  * (RSA PKCS#1 v1.5 decryption, a raw ECDH secret) is refused unless one of them names it.
  */
 export function checkAllowed(gate: Gate, slot: Slot, key: unknown, mechanism: AnyMechanismName, explicit = false): void {
-  // On the sign path: no lists built per call, a message only when refusing.
-  const keyRef = typeof key === 'string' && Object.hasOwn(slot.config.keys, key) ? slot.config.keys[key] : undefined;
-  const refuse = (where: string, list: readonly AnyMechanismName[]) =>
-    new Pkcs11SupervisorError('MECHANISM_NOT_ALLOWED', `${mechanism} is not in ${where} (${list.join(', ')})`, { slot: slot.name });
+  const refuse = (where: string, list: readonly AnyMechanismName[], why = '') =>
+    new Pkcs11SupervisorError('MECHANISM_NOT_ALLOWED', `${mechanism} is not in ${where} (${list.join(', ')})${why}`, { slot: slot.name });
   const global = gate.sup.config.allowedMechanisms;
   if (global && !global.includes(mechanism)) throw refuse('allowedMechanisms', global);
   const perSlot = slot.config.allowedMechanisms;
   if (perSlot && !perSlot.includes(mechanism)) throw refuse(`slots.${slot.name}.allowedMechanisms`, perSlot);
-  const perKey = keyRef?.allowedMechanisms;
-  if (perKey && !perKey.includes(mechanism)) throw refuse(`slots.${slot.name}.keys.${String(key)}.allowedMechanisms`, perKey);
-  if (explicit && !global?.includes(mechanism) && !perSlot?.includes(mechanism) && !perKey?.includes(mechanism)) {
+  const perKey = keyLists(slot, key);
+  for (const { ref, list } of perKey) {
+    if (list.includes(mechanism)) continue;
+    const why = typeof key === 'string' && key === ref ? '' : '; a key named otherwise than by its ref is held to the list of every ref that could name it';
+    throw refuse(`slots.${slot.name}.keys.${ref}.allowedMechanisms`, list, why);
+  }
+  if (explicit && !global?.includes(mechanism) && !perSlot?.includes(mechanism) && perKey.length === 0) {
     throw new Pkcs11SupervisorError(
       'MECHANISM_NOT_ALLOWED',
       `${mechanism} is allowed only where an allowedMechanisms list names it (global, slots.${slot.name} or the key ref): see docs/api.md, "Encryption, MACs, key agreement"`,
       { slot: slot.name },
     );
   }
+}
+
+/**
+ * The key refs' lists that apply: the ref's own, or, for a key named by label, id or URI, those
+ * of every ref that could name the same object (no label or id of theirs differs), so naming a
+ * key another way does not escape its list. The token alone knows which object a name finds.
+ */
+function keyLists(slot: Slot, key: unknown): KeyList[] {
+  const refs = slot.config.keys;
+  if (typeof key === 'string' && Object.hasOwn(refs, key)) {
+    // On the sign path: no lists built per call.
+    const list = refs[key]!.allowedMechanisms;
+    return list ? [{ ref: key, list }] : [];
+  }
+  const guarded = Object.entries(refs).filter(([, r]) => r.allowedMechanisms);
+  if (guarded.length === 0) return [];
+  const sel = check.keySelector(slot, key);
+  return guarded.filter(([, r]) => couldBeSame(sel, check.refSelector(r))).map(([ref, r]) => ({ ref, list: r.allowedMechanisms! }));
+}
+
+function couldBeSame(a: KeySelector, b: KeySelector): boolean {
+  const differ = (x: string | undefined, y: string | undefined) => x !== undefined && y !== undefined && x !== y;
+  return !differ(a.label, b.label) && !differ(a.id, b.id);
 }
