@@ -1,7 +1,10 @@
+import { verify as nodeVerify } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startSupervisor, type MechanismName, type Pkcs11Supervisor } from '../dist/src/index.js';
 import { configFor, createToken, DEMO_KEYS, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 import { Faults, faultConfig } from './support/faults.js';
+import { exportPublicKey, opensslVerifies } from './support/openssl.js';
 
 let td: TokenDir;
 let tokens: Record<string, TestToken>;
@@ -107,6 +110,48 @@ describe('verify in software', () => {
     const sig = await sup.sign({ slot: 'hw', key: 'ec', mechanism: 'ECDSA-SHA256', data: digest, prehashed: true });
     expect(await sup.verify({ slot: 'sw', key: 'ec', mechanism: 'ECDSA-SHA256', data: digest, prehashed: true, signature: sig })).toBe(true);
     expect((await sup.probe({ slot: 'sw' })).calls.C_VerifyInit).toBe(swBefore + 1);
+  });
+});
+
+/** Re-encodings of a DER ECDSA signature that are not DER: the same r and s, other bytes. */
+function reEncodings(der: Buffer): Record<string, Buffer> {
+  const ints: Buffer[] = [];
+  for (let i = 2; ints.length < 2; i += 2 + der[i + 1]!) ints.push(der.subarray(i + 2, i + 2 + der[i + 1]!));
+  const int = (v: Buffer) => Buffer.concat([Buffer.from([0x02, v.length]), v]);
+  const seq = (body: Buffer, longForm = false) => Buffer.concat([Buffer.from(longForm ? [0x30, 0x81, body.length] : [0x30, body.length]), body]);
+  const [r, s] = ints as [Buffer, Buffer];
+  const out: Record<string, Buffer> = {
+    'r with an extra zero byte': seq(Buffer.concat([int(Buffer.concat([Buffer.from([0]), r])), int(s)])),
+    'a long-form length under 128': seq(Buffer.concat([int(r), int(s)]), true),
+    'a byte after the SEQUENCE': Buffer.concat([der, Buffer.from([0])]),
+    'an INTEGER length in long form': seq(Buffer.concat([Buffer.from([0x02, 0x81, r.length]), r, int(s)])),
+  };
+  // r with its sign pad dropped reads as negative.
+  if (r[0] === 0 && r.length > 1) out['r negative'] = seq(Buffer.concat([int(r.subarray(1)), int(s)]));
+  return out;
+}
+
+describe('DER signatures in verify', () => {
+  it('a re-encoding of a valid ECDSA signature that OpenSSL refuses is refused by the token path and the software path alike', async () => {
+    const keys = { ec: { label: 'ec', id: '02' } };
+    sup = await startSupervisor({ config: configFor(td, { sw: slot('verify', { type: 'hsm', keys }), hw: slot('verify', { type: 'hsm', keys, softwareVerify: false }) }) });
+    const pub = exportPublicKey(td, 'verify', '02');
+    let negatives = 0;
+    for (let i = 0; i < 8; i++) {
+      const message = Buffer.from(`message ${i}`);
+      const signature = await sup.sign({ slot: 'hw', key: 'ec', mechanism: 'ECDSA-SHA256', data: message });
+      expect(opensslVerifies(pub, 'ECDSA-SHA256', message, signature)).toBe(true);
+      for (const [what, bytes] of Object.entries(reEncodings(signature))) {
+        if (what === 'r negative') negatives++;
+        // OpenSSL's library, through Node: `openssl dgst -verify` reads only as many signature
+        // bytes as the key's largest signature has, so it would not see a byte after the SEQUENCE.
+        expect(nodeVerify('sha256', message, readFileSync(pub), bytes), what).toBe(false);
+        expect(await sup.verify({ slot: 'hw', key: 'ec', mechanism: 'ECDSA-SHA256', data: message, signature: bytes }), `token: ${what}`).toBe(false);
+        expect(await sup.verify({ slot: 'sw', key: 'ec', mechanism: 'ECDSA-SHA256', data: message, signature: bytes }), `software: ${what}`).toBe(false);
+      }
+      expect(await sup.verify({ slot: 'hw', key: 'ec', mechanism: 'ECDSA-SHA256', data: message, signature })).toBe(true);
+    }
+    expect(negatives).toBeGreaterThan(0); // half of all r have their top bit set
   });
 });
 

@@ -49,12 +49,18 @@ function writeInt(raw: Uint8Array, start: number, end: number, out: Uint8Array, 
   return p;
 }
 
-/** Returns null for anything that is not a well-formed signature for this field size. */
+/**
+ * r‖s from a DER signature; null for anything that is not one in DER for this field size. Strict,
+ * as OpenSSL and the software verify are: minimal lengths, no extra leading zero and no negative
+ * INTEGER, nothing after the SEQUENCE. A lax reading made the token say valid to re-encodings of
+ * a signature that OpenSSL refuses, and one byte string answered differently by the two paths.
+ */
 export function derToRaw(der: Uint8Array, fieldBytes: number): Buffer | null {
   let p = 0;
   const readLen = (): number | null => {
     const len = readDerLength(der, p);
-    if (!len) return null;
+    // Long form only for 128 and up, one length byte (a P-521 signature is at most 139 bytes).
+    if (!len || (len.start - p === 2 ? der[p] !== 0x81 || len.length < 0x80 : len.start - p !== 1)) return null;
     p = len.start;
     return len.length;
   };
@@ -68,7 +74,11 @@ export function derToRaw(der: Uint8Array, fieldBytes: number): Buffer | null {
     if (len === null || len === 0 || p + len > der.length) return null;
     let int = der.subarray(p, p + len);
     p += len;
-    while (int.length > 1 && int[0] === 0) int = int.subarray(1);
+    if (int[0]! & 0x80) return null; // negative
+    if (int.length > 1 && int[0] === 0) {
+      if (!(int[1]! & 0x80)) return null; // a zero byte that is not the sign pad
+      int = int.subarray(1);
+    }
     if (int.length > fieldBytes) return null;
     out.set(int, k * fieldBytes + fieldBytes - int.length);
   }
