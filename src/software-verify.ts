@@ -15,6 +15,9 @@ export function verifiableInSoftware(mechanism: MechanismName, prehashed: boolea
 export function verifyInSoftware(mechanism: MechanismName, key: KeyObject, data: Uint8Array, signature: Uint8Array, format: SignatureFormat): boolean {
   const spec = MECHANISMS[mechanism];
   if (spec.scheme === 'rsa-raw') throw new Error(`${mechanism} is not verified in software`);
+  // RFC 8017 8.1.2, 8.2.2: an RSA signature is exactly k bytes. OpenSSL's PSS verify also takes one
+  // whose leading zero byte was dropped, which the token refuses (CKR_SIGNATURE_LEN_RANGE).
+  if ((spec.scheme === 'pkcs1' || spec.scheme === 'pss') && signature.length !== modulusBytes(key)) return false;
   try {
     switch (spec.scheme) {
       case 'pkcs1':
@@ -30,4 +33,8 @@ export function verifyInSoftware(mechanism: MechanismName, key: KeyObject, data:
     // A malformed signature is an invalid one, as the token answers CKR_SIGNATURE_INVALID/LEN_RANGE.
     return false;
   }
+}
+
+function modulusBytes(key: KeyObject): number {
+  return Math.ceil((key.asymmetricKeyDetails?.modulusLength ?? 0) / 8);
 }

@@ -1,4 +1,4 @@
-import { verify as nodeVerify } from 'node:crypto';
+import { constants, generateKeyPairSync, sign as nodeSign, verify as nodeVerify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startSupervisor, type MechanismName, type Pkcs11Supervisor } from '../dist/src/index.js';
@@ -131,7 +131,7 @@ function reEncodings(der: Buffer): Record<string, Buffer> {
   return out;
 }
 
-describe('DER signatures in verify', () => {
+describe('signature encodings in verify', () => {
   it('a re-encoding of a valid ECDSA signature that OpenSSL refuses is refused by the token path and the software path alike', async () => {
     const keys = { ec: { label: 'ec', id: '02' } };
     sup = await startSupervisor({ config: configFor(td, { sw: slot('verify', { type: 'hsm', keys }), hw: slot('verify', { type: 'hsm', keys, softwareVerify: false }) }) });
@@ -152,6 +152,29 @@ describe('DER signatures in verify', () => {
       expect(await sup.verify({ slot: 'hw', key: 'ec', mechanism: 'ECDSA-SHA256', data: message, signature })).toBe(true);
     }
     expect(negatives).toBeGreaterThan(0); // half of all r have their top bit set
+  });
+
+  it('an RSA signature one byte short (its leading zero dropped) is invalid on both paths, as RFC 8017 says', async () => {
+    const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    sup = await startSupervisor({ config: configFor(td, { sw: slot('verify', { type: 'hsm' }), hw: slot('verify', { type: 'hsm', softwareVerify: false }) }) });
+    await sup.importKeyPair({ slot: 'sw', label: 'short-sig', id: '5e', privateKeyPem: privateKey.export({ format: 'pem', type: 'pkcs8' }) as string });
+    for (const [mechanism, padding] of [['RSA-PSS-SHA256', constants.RSA_PKCS1_PSS_PADDING], ['RSA-PKCS1-SHA256', constants.RSA_PKCS1_PADDING]] as const) {
+      // One signature in 256 starts with a zero byte; Node finds one quickly.
+      let message: Buffer;
+      let signature: Buffer;
+      let i = 0;
+      do {
+        message = Buffer.from(`${mechanism} ${i++}`);
+        signature = nodeSign('sha256', message, { key: privateKey, padding, saltLength: 32 });
+      } while (signature[0] !== 0);
+      const key = { label: 'short-sig' };
+      expect(await sup.verify({ slot: 'hw', key, mechanism, data: message, signature })).toBe(true);
+      expect(await sup.verify({ slot: 'sw', key, mechanism, data: message, signature })).toBe(true);
+      for (const bytes of [signature.subarray(1), Buffer.concat([Buffer.from([0]), signature])]) {
+        expect(await sup.verify({ slot: 'hw', key, mechanism, data: message, signature: bytes }), `token, ${bytes.length} bytes`).toBe(false);
+        expect(await sup.verify({ slot: 'sw', key, mechanism, data: message, signature: bytes }), `software, ${bytes.length} bytes`).toBe(false);
+      }
+    }
   });
 });
 
