@@ -236,6 +236,18 @@ describe('hostile and broken clients', () => {
     });
   }
 
+  it('a PEM-or-base64 field that is neither is 400 BAD_INPUT naming the field, not bytes decoded around its stray characters', async () => {
+    for (const [route, body, field] of [
+      ['deriveKey', { slot: 's', key: 'ec', mechanism: 'ECDH', publicKey: 'BP3x!Y2Vz' }, 'publicKey'],
+      ['importCertificate', { slot: 's', certificate: 'MIIB#not-der', label: 'c' }, 'certificate'],
+    ] as const) {
+      const r = await curl(at(route), [...viaSocket(), '-H', 'content-type: application/json', '--data-binary', JSON.stringify(body)]);
+      expect(r.status, route).toBe(400);
+      expect(r.json).toMatchObject({ code: 'BAD_INPUT' });
+      expect(r.json!.detail).toMatch(new RegExp(`${field}: must be PEM text, or base64`));
+    }
+  });
+
   it('bytes that are not HTTP: 400 BAD_INPUT as a problem document, then the connection is closed', async () => {
     const answer = await new Promise<string>((resolve, reject) => {
       const s = netConnect(sock, () => s.write('SIGN ME PLEASE\r\n\r\n'));

@@ -22,6 +22,7 @@ import {
   member,
   ObjectDescriptorWire,
   ObjectQueryWire,
+  pemOrBase64,
   privateKeyPem,
   PublicKeyInfoWire,
 } from './wire.js';
@@ -89,7 +90,7 @@ const DeriveKeyWire = z.codec(
     slot,
     key: KeyRefWire,
     mechanism: z.enum(['ECDH', 'ECDH-SECRET']),
-    publicKey: z.string().min(1).max(8192).describe("the peer's EC public key: SPKI PEM, or SPKI DER or an uncompressed point in base64"),
+    publicKey: pemOrBase64("the peer's EC public key: SPKI PEM, or SPKI DER or an uncompressed point in base64", 8192),
     then: z
       .strictObject({
         op: z.enum(['encrypt', 'decrypt']),
@@ -103,7 +104,7 @@ const DeriveKeyWire = z.codec(
   }),
   z.custom<Record<string, unknown>>(),
   {
-    decode: ({ publicKey, ...rest }) => ({ ...rest, publicKey: publicKey.includes('-----BEGIN') ? publicKey : Buffer.from(publicKey, 'base64') }),
+    decode: ({ publicKey, ...rest }) => ({ ...rest, publicKey: publicKey.trimStart().startsWith('-----BEGIN') ? publicKey : Buffer.from(publicKey, 'base64') }),
     encode: (req) => {
       const { publicKey, ...rest } = req as { publicKey: string | Uint8Array };
       return { ...rest, publicKey: typeof publicKey === 'string' ? publicKey : Buffer.from(publicKey).toString('base64') } as never;

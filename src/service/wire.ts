@@ -27,12 +27,28 @@ const pemText = (description: string) =>
     encode: (v) => (typeof v === 'string' ? v : Buffer.from(v).toString('utf8')),
   });
 
+const BASE64 = z.base64();
+const isPem = (s: string) => s.trimStart().startsWith('-----BEGIN');
+
+/**
+ * PEM text, or bytes in base64, told apart by the PEM header. The base64 is checked as strictly as
+ * every other binary field: Buffer.from skips what is not base64, so a stray character would
+ * shift the bits after it into other bytes rather than be refused.
+ */
+export const pemOrBase64 = (description: string, max: number) =>
+  z
+    .string()
+    .min(1)
+    .max(max)
+    .refine((s) => isPem(s) || BASE64.safeParse(s).success, { message: 'must be PEM text, or base64' })
+    .describe(description);
+
 /** A certificate: PEM text, or DER as base64. */
 export const certificate = z.codec(
-  z.string().min(1).max(1 << 20).describe('a certificate: PEM text, or DER in base64'),
+  pemOrBase64('a certificate: PEM text, or DER in base64', 1 << 20),
   z.union([z.string(), z.custom<Uint8Array>(isBytes)]),
   {
-    decode: (s) => (s.trimStart().startsWith('-----BEGIN') ? s : Buffer.from(s, 'base64')),
+    decode: (s) => (isPem(s) ? s : Buffer.from(s, 'base64')),
     encode: (v) => (typeof v === 'string' ? v : toBase64(v)),
   },
 );
