@@ -219,10 +219,10 @@ export function certificates(s: SessionAccess, limit: number): Uint8Array[] {
   return findHandles(s, { class: 'certificate' }, limit).map((h) => attrsOf(s, h, [pkcs11js.CKA_VALUE])[0]!);
 }
 
-export function certificate(s: SessionAccess, sel: KeySelector): Uint8Array | null {
+/** The DER of every certificate with the selector's label/id (up to 16: enough for a key's renewals). */
+export function certificatesNamed(s: SessionAccess, sel: KeySelector): Uint8Array[] {
   s.checkWhere(sel.on, 'certificate');
-  const [h] = findHandles(s, { label: sel.label, id: sel.id, class: 'certificate' }, 1);
-  return h ? attrs(s, h, [pkcs11js.CKA_VALUE])[0]! : null;
+  return findHandles(s, { label: sel.label, id: sel.id, class: 'certificate' }, 16).map((h) => attrs(s, h, [pkcs11js.CKA_VALUE])[0]!);
 }
 
 export function generateRandom(s: SessionAccess, length: number): Uint8Array {

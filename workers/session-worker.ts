@@ -9,7 +9,7 @@ import * as objects from './object-ops.js';
 import * as keys from './key-creation.js';
 import * as crypto from './crypto-ops.js';
 import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
-import { CLAIM_STARTED, type WorkerFault, type WorkerReply, type WorkerTask } from '../src/model/protocol.js';
+import { CLAIM_STARTED, type CertificateCandidates, type KeySelector, type WorkerFault, type WorkerReply, type WorkerTask } from '../src/model/protocol.js';
 import { serveLoop, type ServeStart } from './handover/serve-loop.js';
 import { ReplyPacker, unpackBatch, type PackableTask, type PackedBatch, type PackedReplies } from './handover/batch-codec.js';
 
@@ -36,6 +36,16 @@ function inject(fault: WorkerFault): null {
       // Blocks the thread the way a hung native call does.
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, fault.ms);
       return null;
+  }
+}
+
+/** The key's public key, or null where the token keeps none by that name (a CA certificate stored alone, a card with no public key objects). */
+function publicKeyOf(key: KeySelector): Uint8Array | null {
+  try {
+    return session.publicKey(key).spkiDer;
+  } catch (e) {
+    if (e instanceof WorkerFailure && e.code === 'KEY_NOT_FOUND') return null;
+    throw e;
   }
 }
 
@@ -72,11 +82,8 @@ function dispatch(task: WorkerTask): unknown {
       return crypto.generateSecretKey(session, task.spec);
     case 'publicKey':
       return session.publicKey(task.key);
-    case 'certificate': {
-      const der = objects.certificate(session, task.key);
-      if (!der) throw new WorkerFailure('KEY_NOT_FOUND', `no certificate with ${JSON.stringify(task.key)} on the token`);
-      return der;
-    }
+    case 'certificate':
+      return { ders: objects.certificatesNamed(session, task.cert ?? task.key), spki: publicKeyOf(task.key) } satisfies CertificateCandidates;
     case 'certificates':
       return objects.certificates(session, task.limit);
     case 'findObjects':

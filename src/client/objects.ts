@@ -1,7 +1,7 @@
 /** Token objects as plain data: find (whole or paged), certificates, destroy, random bytes. */
 import { createHash, X509Certificate } from 'node:crypto';
 import { Pkcs11SupervisorError } from '../model/errors.js';
-import type { FoundPage, ObjectDescriptor } from '../model/protocol.js';
+import type { CertificateCandidates, FoundPage, KeySelector, ObjectDescriptor } from '../model/protocol.js';
 import * as check from '../validate.js';
 import type { Gate } from './gate.js';
 import type { CertificateInfo, DestroyObjectRequest, FindObjectsPageRequest, FindObjectsRequest, GenerateRandomRequest, ObjectsPage, PublicKeyRequest } from './requests.js';
@@ -46,16 +46,44 @@ function readCursor(cursor: unknown, scope: string, slot: string): number {
   return parsed.o;
 }
 
-/** The key's certificate: the one its ref names by certLabel/certId, else the one stored under the key's own label/id. */
+/**
+ * The key's certificate: among those its ref names by certLabel/certId, else those stored under
+ * the key's own label/id, the one whose public key is the key's (valid now before expired, then
+ * the newest), so a certificate left from a replaced key, or another key's under the same name,
+ * is never handed out as this key's (nor put in a JWS x5c header). A name with no public key on
+ * the token (a CA certificate stored alone) gives its one certificate.
+ */
 export async function getCertificate(gate: Gate, request: PublicKeyRequest): Promise<CertificateInfo> {
   const req = gate.request(request);
   const slot = gate.slotFor(req, 'getCertificate', req.key);
   const ref = typeof req.key === 'string' && Object.hasOwn(slot.config.keys, req.key) ? slot.config.keys[req.key] : undefined;
-  const sel = ref?.certLabel !== undefined ? { label: ref.certLabel } : ref?.certId !== undefined ? { id: ref.certId.toLowerCase() } : check.keySelector(slot, req.key);
-  const der = Buffer.from(await gate.call<Uint8Array>(slot, 'getCertificate', { op: 'certificate', key: sel }, req, { needsLogin: false }));
-  const x509 = new X509Certificate(der);
+  const key = check.keySelector(slot, req.key);
+  const cert = ref?.certLabel !== undefined ? { label: ref.certLabel } : ref?.certId !== undefined ? { id: ref.certId.toLowerCase() } : undefined;
+  const found = await gate.call<CertificateCandidates>(slot, 'getCertificate', { op: 'certificate', key, cert }, req, { needsLogin: false });
+  const x509 = pickCertificate(found, describeName(cert ?? key), slot.name);
   const onToken = await gate.call<Uint8Array[]>(slot, 'getCertificate', { op: 'certificates', limit: 256 }, req, { needsLogin: false });
-  return { der, pem: x509.toString(), x509, chain: chainFrom(x509, onToken) };
+  return { der: Buffer.from(x509.raw), pem: x509.toString(), x509, chain: chainFrom(x509, onToken) };
+}
+
+function describeName(sel: KeySelector): string {
+  return [sel.label !== undefined ? `label "${sel.label}"` : '', sel.id !== undefined ? `id ${sel.id}` : ''].filter(Boolean).join(' and ');
+}
+
+function pickCertificate({ ders, spki }: CertificateCandidates, name: string, slot: string): X509Certificate {
+  const certs = ders.map((d) => new X509Certificate(Buffer.from(d)));
+  if (certs.length === 0) throw new Pkcs11SupervisorError('KEY_NOT_FOUND', `no certificate with ${name} on the token`, { slot });
+  if (!spki) {
+    if (certs.length > 1) throw new Pkcs11SupervisorError('KEY_AMBIGUOUS', `${certs.length} certificates have ${name} and no public key has it to choose by; name the certificate by id too`, { slot });
+    return certs[0]!;
+  }
+  const key = Buffer.from(spki);
+  const own = certs.filter((c) => c.publicKey.export({ type: 'spki', format: 'der' }).equals(key));
+  if (own.length === 0) {
+    throw new Pkcs11SupervisorError('KEY_NOT_FOUND', `the certificate${certs.length > 1 ? 's' : ''} with ${name} ${certs.length > 1 ? 'are' : 'is'} for another key: none has this key's public key`, { slot });
+  }
+  const now = Date.now();
+  const validNow = (c: X509Certificate) => Date.parse(c.validFrom) <= now && now <= Date.parse(c.validTo);
+  return own.sort((a, b) => Number(validNow(b)) - Number(validNow(a)) || Date.parse(b.validFrom) - Date.parse(a.validFrom))[0]!;
 }
 
 /** Longest chains have a handful of links; a loop of cross-signed certificates must still end. */

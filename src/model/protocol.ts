@@ -85,7 +85,8 @@ export type WorkerTask =
   | { op: 'deriveKey'; key: KeySelector; mechanism: 'ECDH' | 'ECDH-SECRET'; publicPoint: Uint8Array; then?: ({ op: 'encrypt' | 'decrypt'; mechanism: CryptoMechanismName } & CipherInput) | undefined }
   | { op: 'generateSecretKey'; spec: SecretKeySpec }
   | { op: 'publicKey'; key: KeySelector }
-  | { op: 'certificate'; key: KeySelector }
+  /** The certificates `cert` names (default: the key's label/id) and the key's public key, to pick the key's own among them. */
+  | { op: 'certificate'; key: KeySelector; cert?: KeySelector | undefined }
   | { op: 'findObjects'; query: ObjectQuery; limit: number }
   | { op: 'findObjectsPage'; query: ObjectQuery; offset: number; pageSize: number }
   | { op: 'generateKeyPair'; spec: KeyGenSpec }
@@ -206,6 +207,12 @@ export interface OpenReport extends SessionReport {
 export interface DeviceInfo {
   slot: { description: string; manufacturer: string; hardware: string; firmware: string; flags: string[] };
   token: { label: string; manufacturer: string; model: string; serial: string; hardware: string; firmware: string; flags: string[] };
+}
+
+/** What a certificate lookup found: the candidates' DER, and the key's SPKI (null: the token has no public key object by that name). */
+export interface CertificateCandidates {
+  ders: Uint8Array[];
+  spki: Uint8Array | null;
 }
 
 export interface PublicKeyReport {

@@ -90,6 +90,36 @@ export function importTests(ctx: SuiteContext): void {
       expect(Buffer.from(verified.payload).toString()).toBe('chained');
     });
 
+    it("getCertificate gives the key's own certificate: a certificate left from a replaced key under the same label is passed over, and alone it is KEY_NOT_FOUND", async () => {
+      const pair = (cn: string) => {
+        const key = tmpFile(`${cn}.key`);
+        const crt = tmpFile(`${cn}.crt`);
+        openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', crt, '-subj', `/CN=${cn}`, '-days', '2']);
+        return { privateKeyPem: readFileSync(key, 'utf8'), cert: readFileSync(crt, 'utf8') };
+      };
+      const old = pair('rotated-old');
+      await ctx.sup.importKeyPair({ slot: 's', label: 'rotated', id: 'e1', privateKeyPem: old.privateKeyPem, certificates: [old.cert] });
+      expect((await ctx.sup.getCertificate({ slot: 's', key: { label: 'rotated' } })).x509.subject).toBe('CN=rotated-old');
+      // The key is destroyed; its certificate stays behind under the same label.
+      for (const cls of ['privateKey', 'publicKey'] as const) expect(await ctx.sup.destroyObject({ slot: 's', key: { id: 'e1' }, class: cls })).toBe(1);
+      // The new key and its certificate come from another application, under the same label.
+      const next = pair('rotated-new');
+      await ctx.sup.importKeyPair({ slot: 's', label: 'rotated', id: 'e2', privateKeyPem: next.privateKeyPem });
+      const der = tmpFile('rotated-new.der', new X509Certificate(next.cert).raw);
+      pkcs11Tool(ctx.td, 'ops', ctx.pin, ['--write-object', der, '--type', 'cert', '--label', 'rotated', '--id', 'e2']);
+      expect(await ctx.sup.findObjects({ slot: 's', template: { class: 'certificate', label: 'rotated' } })).toHaveLength(2);
+      const info = await ctx.sup.getCertificate({ slot: 's', key: { label: 'rotated' } });
+      expect(info.der.equals(new X509Certificate(next.cert).raw)).toBe(true);
+      const jws = await ctx.sup.signJws({ slot: 's', key: { label: 'rotated' }, alg: 'ES256', payload: 'rotated', x5c: true });
+      const { x5c } = jose.decodeProtectedHeader(jws) as { x5c: string[] };
+      expect(new X509Certificate(Buffer.from(x5c[0]!, 'base64')).subject).toBe('CN=rotated-new');
+      await jose.compactVerify(jws, new X509Certificate(Buffer.from(x5c[0]!, 'base64')).publicKey);
+      // Without the new key's certificate, the old one is not handed out as the new key's.
+      expect(await ctx.sup.destroyObject({ slot: 's', key: { id: 'e2' }, class: 'certificate' })).toBe(1);
+      await expect(ctx.sup.getCertificate({ slot: 's', key: { label: 'rotated' } })).rejects.toMatchObject({ code: 'KEY_NOT_FOUND', message: expect.stringContaining('is for another key') });
+      await expect(ctx.sup.signJws({ slot: 's', key: { label: 'rotated' }, alg: 'ES256', payload: 'rotated', x5c: true })).rejects.toMatchObject({ code: 'KEY_NOT_FOUND' });
+    });
+
     it('a wrong PKCS#12 password is BAD_INPUT and nothing is stored', async () => {
       const { p12 } = makeP12(['ec', '-pkeyopt', 'ec_paramgen_curve:P-256'], false);
       await expect(ctx.sup.importKeyPair({ slot: 's', label: 'wrong-pw', pkcs12: p12, password: 'nope' })).rejects.toMatchObject({ code: 'BAD_INPUT' });

@@ -17,6 +17,8 @@ import { jwsTests } from './operation-suite-jws.js';
 export interface SuiteContext {
   readonly sup: Pkcs11Client;
   readonly td: TokenDir;
+  /** The token's user PIN, for pkcs11-tool doing what another application would. */
+  readonly pin: string;
   readonly keys: Record<string, { label: string; id: string }>;
   readonly data: Buffer;
 }
@@ -69,6 +71,9 @@ export function operationSuite(transport: Transport): void {
     },
     get td() {
       return td;
+    },
+    get pin() {
+      return tok.pin;
     },
     keys: KEYS,
     data,
