@@ -56,6 +56,9 @@ beforeAll(async () => {
   certs.noisy = issue(pki.ca, { cn: 'noisy', uri: NOISY });
   certs.dnsOnly = issue(pki.ca, { cn: 'ignored-cn', dns: ['billing.internal'] });
   certs.cnOnly = issue(pki.ca, { cn: 'legacy-billing' });
+  certs.twoUris = issue(pki.ca, { cn: 'two-ids', uri: [NOISY, INVOICER] });
+  // A CN chosen to look like the invoicer's SPIFFE ID, with no URI SAN.
+  certs.cnSpiffe = issue(pki.ca, { cn: INVOICER, file: 'cn-spiffe' });
   certs.stranger = issue(pki.stranger, { cn: 'invoicer', uri: INVOICER, file: 'stranger-invoicer' });
   certs.expired = issue(pki.ca, { cn: 'expired', uri: INVOICER, notBefore: '20250101000000Z', notAfter: '20260101000000Z', file: 'expired' });
   certs.notYet = issue(pki.ca, { cn: 'not-yet', uri: INVOICER, notBefore: '20300101000000Z', notAfter: '20310101000000Z', file: 'not-yet' });
@@ -100,6 +103,20 @@ describe('mutual TLS', () => {
     for (const who of [certs.dnsOnly!, certs.cnOnly!]) expect((await curl(url('sign'), tlsArgs(who), signBody())).status).toBe(200);
     const principals = (await auditRecords()).filter((r) => r.event === 'sign').map((r) => r.principal);
     expect(principals).toEqual(expect.arrayContaining([INVOICER, 'billing.internal', 'legacy-billing']));
+  });
+
+  it('a certificate with two URI SANs, or a DNS name or CN in the form of a URI, names no principal: 401, audited, no C_Sign', async () => {
+    const before = signs();
+    for (const [who, detail] of [
+      [certs.twoUris!, /has 2 URI SANs/],
+      [certs.cnSpiffe!, /subject CN "spiffe:\/\/[^"]+" has the form of a URI/],
+    ] as const) {
+      const r = await curl(url('sign'), tlsArgs(who), signBody());
+      expect(r.status).toBe(401);
+      expect(r.json).toMatchObject({ code: 'UNAUTHENTICATED' });
+      expect(r.json!.detail).toMatch(detail);
+    }
+    expect(signs()).toBe(before);
   });
 
   it('refuses another CA, an expired, a not-yet-valid and a missing certificate in the handshake; audited; no C_Sign', async () => {

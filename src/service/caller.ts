@@ -31,19 +31,29 @@ export function altNames(san: string | undefined): { type: string; value: string
   return out;
 }
 
+/** A value in the form of a URI (`spiffe://…`, `https://…`): only a URI SAN may give one. */
+const URI_FORM = /^[a-z][a-z0-9+.-]*:\/\//i;
+
 /**
  * The principal a verified client certificate names: its URI SAN (a SPIFFE ID), else its DNS
- * SAN, else its subject CN, starting from `from`.
+ * SAN, else its subject CN, starting from `from`. A certificate with two URI SANs names no one
+ * (an X.509-SVID has exactly one), and a DNS name or CN in the form of a URI is refused: a CA that
+ * lets requesters choose their CN would otherwise issue `CN=spiffe://…/admin` as that identity.
  */
 export function certificatePrincipal(socket: TLSSocket, from: PrincipalFrom): string {
   const cert = socket.getPeerCertificate();
   if (!socket.authorized || !cert || Object.keys(cert).length === 0) throw unauthenticated('a verified client certificate is required');
   const names = altNames(cert.subjectaltname);
   const order: PrincipalFrom[] = from === 'uri-san' ? ['uri-san', 'dns-san', 'cn'] : from === 'dns-san' ? ['dns-san', 'cn'] : ['cn'];
+  const uris = names.filter((n) => n.type === 'URI');
+  if (from === 'uri-san' && uris.length > 1) throw unauthenticated(`the client certificate has ${uris.length} URI SANs; a SPIFFE ID certificate has exactly one`);
   for (const source of order) {
-    const found =
-      source === 'uri-san' ? names.find((n) => n.type === 'URI')?.value : source === 'dns-san' ? names.find((n) => n.type === 'DNS')?.value : [cert.subject?.CN].flat()[0];
-    if (found && found.length <= 256) return found;
+    const found = source === 'uri-san' ? uris[0]?.value : source === 'dns-san' ? names.find((n) => n.type === 'DNS')?.value : [cert.subject?.CN].flat()[0];
+    if (!found || found.length > 256) continue;
+    if (source !== 'uri-san' && URI_FORM.test(found)) {
+      throw unauthenticated(`the client certificate's ${source === 'cn' ? 'subject CN' : 'DNS SAN'} "${found}" has the form of a URI; a URI principal comes from a URI SAN only`);
+    }
+    return found;
   }
   throw unauthenticated(`the client certificate names no principal (${order.join(', then ')})`);
 }

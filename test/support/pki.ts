@@ -41,7 +41,7 @@ export function makeCa(root: string, name: string): Ca {
 
 export interface IssueOptions {
   cn: string;
-  uri?: string;
+  uri?: string | string[];
   dns?: string[];
   ip?: string[];
   server?: boolean;
@@ -58,9 +58,9 @@ export function issue(ca: Ca, o: IssueOptions): Issued {
   const csr = `${base}.csr`;
   const cert = `${base}.crt`;
   const ext = `${base}.ext`;
-  const san = [...(o.uri ? [`URI:${o.uri}`] : []), ...(o.dns ?? []).map((d) => `DNS:${d}`), ...(o.ip ?? []).map((i) => `IP:${i}`)];
+  const san = [...[o.uri ?? []].flat().map((u) => `URI:${u}`), ...(o.dns ?? []).map((d) => `DNS:${d}`), ...(o.ip ?? []).map((i) => `IP:${i}`)];
   writeFileSync(ext, `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=${o.server ? 'serverAuth' : 'clientAuth'}\n${san.length ? `subjectAltName=${san.join(',')}\n` : ''}`);
-  ossl(['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${o.cn}`]);
+  ossl(['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${o.cn.replace(/\//g, '\\/')}`]);
   const dates = o.notBefore || o.notAfter ? ['-startdate', o.notBefore ?? '20250101000000Z', '-enddate', o.notAfter ?? '20350101000000Z'] : ['-days', '30'];
   ossl(['ca', '-batch', '-config', join(ca.dir, 'ca.cnf'), '-cert', ca.cert, '-keyfile', ca.key, '-in', csr, '-out', cert, '-extfile', ext, '-notext', ...dates]);
   return { cert, key };
