@@ -4,8 +4,6 @@
  * matches only objects for which every attribute it names matches (RFC 7512, 2.3), so a key URI
  * naming another token, slot or library names no key of this slot's, whatever its label.
  */
-import { trimPadded } from './token-match.js';
-
 export const DEVICE_ATTRIBUTES = [
   'token',
   'manufacturer',
@@ -45,7 +43,7 @@ export function deviceMismatch(want: DeviceMatch | undefined, facts: DeviceFacts
   if (!want) return null;
   for (const a of DEVICE_ATTRIBUTES) {
     const wanted = want[a];
-    if (wanted !== undefined && trimPadded(wanted) !== facts[a]) return `the URI names ${a} "${wanted}"; this slot's is "${facts[a]}"`;
+    if (wanted !== undefined && wanted !== facts[a]) return `the URI names ${a} "${wanted}"; this slot's is "${facts[a]}"`;
   }
   return null;
 }

@@ -8,6 +8,7 @@
  * comes from its configured source.
  */
 import { DEVICE_ATTRIBUTES, normalizeVersion, type DeviceMatch } from './device-match.js';
+import { trimPadded } from './token-match.js';
 
 export interface Pkcs11Uri {
   /** Path attributes, decoded; `id` as hex. */
@@ -105,7 +106,9 @@ function deviceOfUri({ path, query }: Pkcs11Uri): DeviceMatch | undefined {
   const on: DeviceMatch = {};
   for (const a of DEVICE_ATTRIBUTES) {
     const value = a.startsWith('module-') ? query[a] : path[a];
-    if (value) on[a] = value; // an empty value names nothing (as an empty id)
+    // Blank-padded as the token keeps it: one meaning, one value (and one cache entry for it).
+    const text = value === undefined ? '' : trimPadded(value);
+    if (text) on[a] = text; // an empty value names nothing (as an empty id)
   }
   if (on['slot-id'] !== undefined && !/^\d{1,20}$/.test(on['slot-id'])) throw new UriError(`slot-id=${on['slot-id']} is not a decimal slot number`);
   if (on['library-version'] !== undefined) {
