@@ -2,7 +2,7 @@
  * New keys on the token: key pairs generated for their uses only, and objects imported from
  * key material the main thread parsed, all or nothing, replacing same-named ones only when asked.
  */
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import type * as P11 from 'pkcs11js';
 import { WorkerFailure } from './failure.js';
 import { pkcs11js } from './pkcs11js.js';
@@ -11,7 +11,7 @@ import { octetString } from '../src/model/der.js';
 import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN } from './pkcs11-constants.js';
 import type { KeyType } from '../src/model/mechanisms.js';
 import type { ImportedObject, JsonWebKeyLike, KeyGenSpec, KeyUsage, ObjectDescriptor, ObjectQuery, PrivateKeyUse } from '../src/model/protocol.js';
-import { attrs, attrsOf, describe, findHandles, type SessionAccess } from './object-ops.js';
+import { attrs, attrsOf, describe, findHandles, spkiOf, type SessionAccess } from './object-ops.js';
 
 function b64u(s: string | undefined, what: string): Buffer {
   if (!s) throw new WorkerFailure('BAD_INPUT', `the key has no ${what}`);
@@ -173,6 +173,20 @@ function storedAlready(s: SessionAccess, o: Extract<ImportedObject, { kind: 'cer
 }
 
 /**
+ * A certificate stored under a key's id is taken for that key's (getCertificate, x5c): it must
+ * hold the public key the token keeps under that id, unless this import brings that key itself
+ * (then key-import.ts matched them). No public key with the id: a certificate of its own (a CA's).
+ */
+function checkCertifies(s: SessionAccess, cert: Extract<ImportedObject, { kind: 'certificate' }>, objects: ImportedObject[]): void {
+  if (objects.some((o) => o.kind === 'publicKey' && o.id === cert.id)) return;
+  const [h] = findHandles(s, { class: 'publicKey', id: cert.id }, 1);
+  const spki = h ? spkiOf(s, h) : null;
+  if (!spki) return;
+  const certified = new X509Certificate(Buffer.from(cert.der)).publicKey.export({ type: 'spki', format: 'der' });
+  if (!certified.equals(spki)) throw new WorkerFailure('BAD_INPUT', `the certificate is not for the key with id ${cert.id}: the public key the token keeps under that id is another`);
+}
+
+/**
  * Stores the objects all or nothing. Objects already named by one of their labels or ids are
  * refused (KEY_IN_USE): a second copy would make every later lookup ambiguous. With `replace`,
  * the new objects are created first and the old ones destroyed only then, so a failed import
@@ -181,6 +195,7 @@ function storedAlready(s: SessionAccess, o: Extract<ImportedObject, { kind: 'cer
 export function importObjects(s: SessionAccess, all: ImportedObject[], replace = false): ObjectDescriptor[] {
   // A chain certificate already on the token, byte for byte (two keys from one CA), is shared, not a conflict.
   const objects = all.filter((o) => !(o.kind === 'certificate' && o.shared === true && storedAlready(s, o)));
+  for (const o of objects) if (o.kind === 'certificate' && !o.shared) checkCertifies(s, o, objects);
   const existing = sameNamed(s, objects);
   if (existing.length > 0 && !replace) {
     const names = [...new Set(objects.map((o) => `label "${o.label}"`).concat(objects.map((o) => `id ${o.id}`)))].join(', ');

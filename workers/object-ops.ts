@@ -175,6 +175,15 @@ export function publicKeyReport(s: SessionAccess, h: P11.Handle, keyType: KeyTyp
   return { keyType, spkiDer, label, id, uri: formatPkcs11Uri({ token: s.tokenIdentity.label, serial: s.tokenIdentity.serial, object: label, id, class: 'publicKey' }) };
 }
 
+/** The SPKI of a public key object, its type and curve read from it; null for a kind the service does not use. */
+export function spkiOf(s: SessionAccess, h: P11.Handle): Buffer | null {
+  const keyType = keyTypeOf(readUlong(attrs(s, h, [pkcs11js.CKA_KEY_TYPE])[0]!));
+  if (!keyType) return null;
+  const fieldBytes = keyType === 'EC' ? (curveByParams(attrs(s, h, [pkcs11js.CKA_EC_PARAMS])[0]!.toString('hex'))?.fieldBytes ?? 0) : 0;
+  if (keyType === 'EC' && !fieldBytes) return null;
+  return Buffer.from(publicKeyReport(s, h, keyType, fieldBytes).spkiDer);
+}
+
 export function findObjects(s: SessionAccess, q: ObjectQuery, limit: number): ObjectDescriptor[] {
   return findHandles(s, q, limit).map((h) => describe(s, h));
 }

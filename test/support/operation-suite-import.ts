@@ -155,6 +155,19 @@ export function importTests(ctx: SuiteContext): void {
       const d = await ctx.sup.importCertificate({ slot: 's', certificate: readFileSync(other), label: 'pem-key renewed', id: 'a2' });
       expect(d).toMatchObject({ class: 'certificate', id: 'a2' });
       expect((await ctx.sup.getCertificate({ slot: 's', key: { id: 'a2' } })).x509.subject).toBe('CN=renewed');
+
+      // Under the key's id, a certificate for another key is refused: nothing is stored.
+      const stranger = tmpFile('c3.pem');
+      openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-384', '-nodes', '-keyout', tmpFile('k3.pem'), '-out', stranger, '-subj', '/CN=stranger', '-days', '2']);
+      await expect(ctx.sup.importCertificate({ slot: 's', certificate: readFileSync(stranger), label: 'pem-key stranger', id: 'a1', replace: true })).rejects.toMatchObject({
+        code: 'BAD_INPUT',
+        message: expect.stringContaining('not for the key with id a1'),
+      });
+      expect((await ctx.sup.findObjects({ slot: 's', template: { class: 'certificate', id: 'a1' } })).map((o) => o.label)).toEqual(['pem-key']);
+      // Its own certificate again, renewed, under its id: taken.
+      const renewed = tmpFile('c4.pem');
+      openssl(['req', '-x509', '-key', key, '-out', renewed, '-subj', '/CN=pem renewed', '-days', '4']);
+      expect(await ctx.sup.importCertificate({ slot: 's', certificate: readFileSync(renewed), label: 'pem-key', id: 'a1', replace: true })).toMatchObject({ class: 'certificate', id: 'a1' });
     });
   });
 }
