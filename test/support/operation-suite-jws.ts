@@ -1,6 +1,6 @@
 /** The operation suite's JWS tests (see operation-suite.ts): every alg verified by jose or OpenSSL, RFC 7797, crit. */
 import { describe, expect, it } from 'vitest';
-import { verify as nodeVerify } from 'node:crypto';
+import { generateKeyPairSync, verify as nodeVerify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as jose from 'jose';
 import type { SuiteContext } from './operation-suite.js';
@@ -62,8 +62,13 @@ export function jwsTests(ctx: SuiteContext): void {
       }
     });
 
-    it('refuses an ES* algorithm on the wrong curve', async () => {
+    it('refuses an ES* algorithm on the wrong curve, and RS*/PS* with an RSA key under 2048 bits (which jose would refuse to verify)', async () => {
       await expect(ctx.sup.signJws({ slot: 's', key: 'ec', alg: 'ES384', payload: 'x' })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
+      const small = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+      await ctx.sup.importKeyPair({ slot: 's', label: 'rsa-1024', id: 'b4', privateKeyPem: small });
+      for (const alg of ['RS256', 'PS256'] as const) {
+        await expect(ctx.sup.signJws({ slot: 's', key: { label: 'rsa-1024' }, alg, payload: 'x' })).rejects.toMatchObject({ code: 'MECHANISM_INVALID', message: expect.stringContaining('2048 bits or more') });
+      }
     });
   });
 }
