@@ -6,7 +6,7 @@
  * the token by OpenSC's pkcs11-tool, or unwrapped onto it from bytes only the test holds.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCipheriv, createDecipheriv, createECDH, createHmac, publicDecrypt, randomBytes } from 'node:crypto';
+import { constants, createCipheriv, createDecipheriv, createECDH, createHmac, publicDecrypt, publicEncrypt, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
@@ -167,9 +167,17 @@ describe('RSA-OAEP and PKCS#1 v1.5', () => {
     expect((await sup.decrypt({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA1', data: ciphertext })).equals(secret)).toBe(true);
   });
 
-  it("a hash the token's OAEP does not take is MECHANISM_INVALID (SoftHSM2 2.6: SHA-1 only); a key without CKA_DECRYPT is refused; the slot stays healthy", async () => {
-    const { ciphertext } = await sup.encrypt({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA256', data: Buffer.from('k') });
-    await expect(sup.decrypt({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA256', data: ciphertext })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
+  it("a hash or a label the token's OAEP does not take is MECHANISM_INVALID both ways (SoftHSM2 2.6: SHA-1 only, labels ignored); a key without CKA_DECRYPT is refused; the slot stays healthy", async () => {
+    // Nothing is encrypted for parameters the key's token cannot decrypt: that ciphertext would be lost.
+    await expect(sup.encrypt({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA256', data: Buffer.from('k') })).rejects.toMatchObject({ code: 'MECHANISM_INVALID', message: expect.stringContaining('cannot decrypt RSA-OAEP-SHA256') });
+    await expect(sup.encrypt({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA1', data: Buffer.from('k'), oaepLabel: Buffer.from('invoices') })).rejects.toMatchObject({ code: 'MECHANISM_INVALID', message: expect.stringContaining('with a label') });
+    const { keyObject } = await sup.getPublicKey({ slot: 's', key: 'rsaEnc' });
+    const madeElsewhere = (oaepHash: string, oaepLabel?: Buffer) => publicEncrypt({ key: keyObject, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash, ...(oaepLabel ? { oaepLabel } : {}) }, Buffer.from('k'));
+    await expect(sup.decrypt({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA256', data: madeElsewhere('sha256') })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
+    // SoftHSM2 2.6 ignores the label when it decrypts: a ciphertext made without one would come
+    // back under any label. Refused instead of answered wrongly.
+    await expect(sup.decrypt({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA1', data: madeElsewhere('sha1'), oaepLabel: Buffer.from('invoices') })).rejects.toMatchObject({ code: 'MECHANISM_INVALID', message: expect.stringContaining('with a label') });
+    expect((await sup.decrypt({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA1', data: madeElsewhere('sha1') })).toString()).toBe('k');
     // A key generated for signing (the default usage) has CKA_DECRYPT false: the token refuses.
     const signer = await sup.generateKeyPair({ slot: 's', algorithm: 'RSA-2048', label: 'sign-only', id: '30' });
     expect(signer).toMatchObject({ sign: true, decrypt: false, unwrap: false });

@@ -4,14 +4,14 @@
  * for only if the token listed it, every object made for the call (an ECDH session key, a
  * secret read out) destroyed before the call ends.
  */
-import { createPublicKey, randomBytes } from 'node:crypto';
+import { constants, createPublicKey, publicEncrypt, randomBytes } from 'node:crypto';
 import type * as P11 from 'pkcs11js';
 import { asBuffer, pkcs11js } from './pkcs11js.js';
 import { WorkerFailure } from './failure.js';
-import { describe, type SessionAccess } from './object-ops.js';
+import { describe, spkiOf, type SessionAccess } from './object-ops.js';
 import type { CachedKey } from './key-finder.js';
 import { KEY_TYPE_VALUE } from './token-info.js';
-import { CRYPTO_MECHANISMS, ECDH_SESSION_KEY_BYTES, GCM_IV_BYTES, GCM_TAG_BYTES, SECRET_KEY_ALGORITHMS, type CryptoMechanismName, type CryptoOp, type OaepHash } from '../src/model/crypto-mechanisms.js';
+import { CRYPTO_MECHANISMS, ECDH_SESSION_KEY_BYTES, GCM_IV_BYTES, GCM_TAG_BYTES, SECRET_KEY_ALGORITHMS, type CryptoMechanismName, type CryptoMechanismSpec, type CryptoOp, type OaepHash } from '../src/model/crypto-mechanisms.js';
 import type { CipherInput, KeySelector, ObjectDescriptor, SecretKeySpec, WorkerTask } from '../src/model/protocol.js';
 
 export interface CryptoSession extends SessionAccess {
@@ -158,7 +158,53 @@ export function encrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'encry
 }
 
 export function decrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'decrypt' }>): Uint8Array {
-  return cipher(s, 'decrypt', task.mechanism, keyFor(s, task.key, task.mechanism, 'decrypt').handle, task);
+  const key = keyFor(s, task.key, task.mechanism, 'decrypt');
+  // A token that ignores the label would decrypt a ciphertext made for another label (SoftHSM2 2.6 does).
+  if (task.oaepLabel?.length && CRYPTO_MECHANISMS[task.mechanism].scheme === 'rsa-oaep' && oaepProbe(s, key, task.key, task.mechanism, true) === false) {
+    throw new WorkerFailure('MECHANISM_INVALID', `the token does not decrypt ${task.mechanism} with a label correctly (a ciphertext made with one does not come back), so it cannot check one`);
+  }
+  return cipher(s, 'decrypt', task.mechanism, key.handle, task);
+}
+
+/**
+ * Whether the token decrypts RSA-OAEP with these parameters and this key: a ciphertext made here
+ * with the key's public half (random bytes, the mechanism's hash, a random label or none) must
+ * come back from the token as it went in. A token may list CKM_RSA_PKCS_OAEP yet refuse a hash
+ * (SoftHSM2 2.6 takes SHA-1 only) or ignore the label (SoftHSM2 2.6 again), and a ciphertext
+ * made for parameters it cannot decrypt is lost. null: it cannot tell (no private or public half
+ * here, or a key not for decryption, whose unwrap is the caller's to try). Kept with the found
+ * key, so asked again at most when the key is looked up again.
+ */
+export function oaepDecryptable(s: CryptoSession, task: Extract<WorkerTask, { op: 'oaepDecryptable' }>): boolean | null {
+  let key: CachedKey;
+  try {
+    key = keyFor(s, task.key, task.mechanism, 'decrypt');
+  } catch (e) {
+    if (e instanceof WorkerFailure && e.code === 'KEY_NOT_FOUND') return null;
+    throw e;
+  }
+  return oaepProbe(s, key, task.key, task.mechanism, task.labelled);
+}
+
+function oaepProbe(s: CryptoSession, key: CachedKey, sel: KeySelector, name: CryptoMechanismName, labelled: boolean): boolean | null {
+  const memo = `${name}\0${labelled}`;
+  key.oaep ??= new Map();
+  if (key.oaep.has(memo)) return key.oaep.get(memo)!;
+  let answer: boolean | null;
+  try {
+    const spki = spkiOf(s, s.key(sel, pkcs11js.CKO_PUBLIC_KEY).handle);
+    const secret = randomBytes(16);
+    const oaepLabel = labelled ? randomBytes(8) : undefined;
+    const data = publicEncrypt({ key: createPublicKey({ key: spki!, format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: (CRYPTO_MECHANISMS[name] as CryptoMechanismSpec).hash!, ...(oaepLabel ? { oaepLabel } : {}) }, secret);
+    answer = Buffer.from(cipher(s, 'decrypt', name, key.handle, { data, oaepLabel })).equals(secret);
+  } catch (e) {
+    const code = e instanceof WorkerFailure ? e.code : null;
+    if (code === 'MECHANISM_INVALID' || code === 'DECRYPTION_FAILED') answer = false;
+    else if (code === 'KEY_NOT_FOUND' || ['CKR_KEY_FUNCTION_NOT_PERMITTED', 'CKR_KEY_TYPE_INCONSISTENT'].includes((e as Error).message)) answer = null;
+    else throw e;
+  }
+  key.oaep.set(memo, answer);
+  return answer;
 }
 
 export function mac(s: CryptoSession, task: Extract<WorkerTask, { op: 'mac' }>): Uint8Array {

@@ -23,6 +23,8 @@ export interface CachedKey {
   foundAt: number;
   /** CKA_ALWAYS_AUTHENTICATE: each signature needs a C_Login(CKU_CONTEXT_SPECIFIC) of its own. */
   alwaysAuthenticate: boolean;
+  /** What an RSA-OAEP decryption probe found, by mechanism and label (crypto-ops.ts): asked again when the key is found again. */
+  oaep?: Map<string, boolean | null>;
 }
 
 /**

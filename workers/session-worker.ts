@@ -70,6 +70,8 @@ function dispatch(task: WorkerTask): unknown {
       return new Uint8Array(packedCall(task)); // a copy: the answer is a view on the session's own buffer
     case 'verify':
       return session.verify(task);
+    case 'oaepDecryptable':
+      return crypto.oaepDecryptable(session, task);
     case 'verifyMac':
       return crypto.verifyMac(session, task);
     case 'wrapKey':

@@ -122,6 +122,11 @@ async function encryptHere(gate: Gate, slot: Slot, mechanism: CryptoMechanismNam
   const input = cipherInput(slot, mechanism, 'encrypt', req, null);
   const info = await gate.publicKeys.get(slot.name, key, slot.config.keyCheckMs, () => getPublicKey(gate, { ...req, slot: slot.name, signal: undefined } as PublicKeyRequest));
   if (info.keyType !== 'RSA') throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${mechanism} needs a key of type RSA; this key is ${info.keyType}`, { slot: slot.name });
+  // A ciphertext the key's token cannot decrypt is data lost: the token proves it can first (crypto-ops.ts).
+  const labelled = (input.oaepLabel?.length ?? 0) > 0;
+  if ((await gate.call<boolean | null>(slot, 'encrypt', { op: 'oaepDecryptable', key, mechanism, labelled }, req, { mechanism, needsLogin: true })) === false) {
+    throw new Pkcs11SupervisorError('MECHANISM_INVALID', `the token of slot "${slot.name}" cannot decrypt ${mechanism}${labelled ? ' with a label' : ''} with this key, so nothing encrypted that way could be decrypted again`, { slot: slot.name });
+  }
   const startedAt = performance.timeOrigin + performance.now();
   let ciphertext: Buffer;
   try {

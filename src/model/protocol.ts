@@ -77,6 +77,8 @@ export type WorkerTask =
     }
   | ({ op: 'encrypt'; key: KeySelector; mechanism: CryptoMechanismName } & CipherInput)
   | ({ op: 'decrypt'; key: KeySelector; mechanism: CryptoMechanismName } & CipherInput)
+  /** Whether the token decrypts this RSA-OAEP (with a label or without) with the key: true, false, or null when it cannot tell. */
+  | { op: 'oaepDecryptable'; key: KeySelector; mechanism: CryptoMechanismName; labelled: boolean }
   | { op: 'mac'; key: KeySelector; mechanism: CryptoMechanismName; data: Uint8Array }
   | { op: 'verifyMac'; key: KeySelector; mechanism: CryptoMechanismName; data: Uint8Array; mac: Uint8Array }
   | { op: 'wrapKey'; key: KeySelector; mechanism: CryptoMechanismName; target: KeySelector; targetClass: 'secretKey' | 'privateKey'; oaepLabel?: Uint8Array | undefined }

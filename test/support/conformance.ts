@@ -345,8 +345,9 @@ export function conformanceSuite(vendor: Vendor): void {
       const refused: string[] = [];
       for (const mechanism of ['RSA-OAEP-SHA1', 'RSA-OAEP-SHA256'] as const) {
         const secret = randomBytes(32);
-        const { ciphertext } = await sup.encrypt({ slot: 'v', key: { label: 'conf-oaep' }, mechanism, data: secret });
-        const out = await sup.decrypt({ slot: 'v', key: { label: 'conf-oaep' }, mechanism, data: ciphertext }).catch((e: unknown) => e);
+        // Refused already when the token cannot decrypt it (the supervisor asks the token first).
+        const encrypted = await sup.encrypt({ slot: 'v', key: { label: 'conf-oaep' }, mechanism, data: secret }).catch((e: unknown) => e);
+        const out = 'ciphertext' in (encrypted as object) ? await sup.decrypt({ slot: 'v', key: { label: 'conf-oaep' }, mechanism, data: (encrypted as { ciphertext: Buffer }).ciphertext }).catch((e: unknown) => e) : encrypted;
         if (out instanceof Uint8Array) {
           expect(Buffer.from(out).equals(secret)).toBe(true);
           works.push(mechanism.slice(9));
