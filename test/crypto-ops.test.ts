@@ -306,6 +306,15 @@ describe('secret keys and wrapping', () => {
     await sup.unwrapKey({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA1', wrapped, algorithm: 'AES-256', label: 'unwrapped-rsa' });
     const b = await sup.encrypt({ slot: 's', key: { label: 'unwrapped-rsa' }, mechanism: 'AES-GCM', data: Buffer.from('oaep') });
     expect(gcmOpen(other, b.iv!, b.ciphertext).toString()).toBe('oaep');
+
+    // With a label SoftHSM2 2.6 ignores: refused for unwrapping and wrapping alike, nothing made.
+    const { keyObject } = await sup.getPublicKey({ slot: 's', key: 'rsaEnc' });
+    const oaepLabel = Buffer.from('wrapping');
+    const labelled = publicEncrypt({ key: keyObject, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1', oaepLabel }, randomBytes(32));
+    await expect(sup.unwrapKey({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA1', wrapped: labelled, oaepLabel, algorithm: 'AES-256', label: 'never-labelled' })).rejects.toMatchObject({ code: 'MECHANISM_INVALID', message: expect.stringContaining('with a label') });
+    await sup.generateSecretKey({ slot: 's', algorithm: 'AES-256', label: 'to-wrap-labelled', extractable: true });
+    await expect(sup.wrapKey({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA1', target: { label: 'to-wrap-labelled' }, oaepLabel })).rejects.toMatchObject({ code: 'MECHANISM_INVALID', message: expect.stringContaining('with a label') });
+    expect(await sup.findObjects({ slot: 's', template: { label: 'never-labelled' } })).toEqual([]);
   });
 });
 

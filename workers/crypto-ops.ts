@@ -158,12 +158,18 @@ export function encrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'encry
 }
 
 export function decrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'decrypt' }>): Uint8Array {
-  const key = keyFor(s, task.key, task.mechanism, 'decrypt');
-  // A token that ignores the label would decrypt a ciphertext made for another label (SoftHSM2 2.6 does).
-  if (task.oaepLabel?.length && CRYPTO_MECHANISMS[task.mechanism].scheme === 'rsa-oaep' && oaepProbe(s, key, task.key, task.mechanism, true) === false) {
-    throw new WorkerFailure('MECHANISM_INVALID', `the token does not decrypt ${task.mechanism} with a label correctly (a ciphertext made with one does not come back), so it cannot check one`);
-  }
-  return cipher(s, 'decrypt', task.mechanism, key.handle, task);
+  checkLabelHonoured(s, task);
+  return cipher(s, 'decrypt', task.mechanism, keyFor(s, task.key, task.mechanism, 'decrypt').handle, task);
+}
+
+/**
+ * An RSA-OAEP label is refused where the token does not decrypt with one correctly: SoftHSM2 2.6
+ * ignores it, so it would decrypt (or unwrap) what was made for another label, and wrap without it.
+ */
+function checkLabelHonoured(s: CryptoSession, task: { key: KeySelector; mechanism: CryptoMechanismName; oaepLabel?: Uint8Array | undefined }): void {
+  if (!task.oaepLabel?.length || CRYPTO_MECHANISMS[task.mechanism].scheme !== 'rsa-oaep') return;
+  if (oaepDecryptable(s, { op: 'oaepDecryptable', key: task.key, mechanism: task.mechanism, labelled: true }) !== false) return;
+  throw new WorkerFailure('MECHANISM_INVALID', `the token does not decrypt ${task.mechanism} with a label correctly (a ciphertext made with one does not come back), so it cannot take one`);
 }
 
 /**
@@ -226,6 +232,7 @@ export function verifyMac(s: CryptoSession, task: Extract<WorkerTask, { op: 'ver
 }
 
 export function wrapKey(s: CryptoSession, task: Extract<WorkerTask, { op: 'wrapKey' }>): Uint8Array {
+  checkLabelHonoured(s, task);
   const wrapping = keyFor(s, task.key, task.mechanism, 'wrapKey');
   const target = s.key(task.target, task.targetClass === 'privateKey' ? pkcs11js.CKO_PRIVATE_KEY : pkcs11js.CKO_SECRET_KEY);
   const mech = mechanismFor(s, task.mechanism, task);
@@ -265,6 +272,7 @@ function secretKeyTemplate(spec: SecretKeySpec, withLength: boolean): P11.Templa
 }
 
 export function unwrapKey(s: CryptoSession, task: Extract<WorkerTask, { op: 'unwrapKey' }>): ObjectDescriptor {
+  checkLabelHonoured(s, task);
   const unwrapping = keyFor(s, task.key, task.mechanism, 'unwrapKey');
   const mech = mechanismFor(s, task.mechanism, task);
   let handle: P11.Handle;
