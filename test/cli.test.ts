@@ -45,6 +45,11 @@ describe('pkcs11-supervisor CLI', () => {
 
     const b64 = cli(['sign', '--slot', 's', '--key', 'rsa', '--mechanism', 'RSA-PSS-SHA256', '--in', data]);
     expect(opensslVerifies(exportPublicKey(td, 'cli', '01'), 'RSA-PSS-SHA256', Buffer.from('sign me'), Buffer.from(b64.out.trim(), 'base64'))).toBe(true);
+    // What sign printed, saved as it was printed, verifies; changed by one character, it does not.
+    const printed = tmpFile('sig.b64', b64.out);
+    expect(cli(['verify', '--slot', 's', '--key', 'rsa', '--mechanism', 'RSA-PSS-SHA256', '--in', data, '--signature', printed])).toMatchObject({ code: 0, out: 'valid\n' });
+    const changed = tmpFile('sig2.b64', `${b64.out[0] === 'A' ? 'B' : 'A'}${b64.out.slice(1)}`);
+    expect(cli(['verify', '--slot', 's', '--key', 'rsa', '--mechanism', 'RSA-PSS-SHA256', '--in', data, '--signature', changed])).toMatchObject({ code: 1, out: 'invalid\n' });
 
     const pem = cli(['pubkey', '--slot', 's', '--key', 'label:from-cli']).out;
     expect(pem.trim()).toBe(readFileSync(exportPublicKey(td, 'cli', 'c1'), 'utf8').trim());
