@@ -82,6 +82,14 @@ describe('keys with CKA_ALWAYS_AUTHENTICATE', () => {
     expect(imported.find((o) => o.class === 'privateKey')!.alwaysAuthenticate).toBe(true);
     const sig = await sup.sign({ slot: 's', key: { id: 'a2' }, mechanism: 'ECDSA-SHA256', data });
     expect(opensslVerifies(exportPublicKey(td, 'always', 'a2'), 'ECDSA-SHA256', data, sig)).toBe(true);
+
+    // RSA-OAEP to a decryption key that asks for the PIN on every use: the token cannot be asked
+    // to show it decrypts those parameters without that PIN, so it is not asked, and Node encrypts.
+    const rsa = await import('node:crypto').then((c) => c.generateKeyPairSync('rsa', { modulusLength: 2048 }));
+    await sup.importKeyPair({ slot: 's', label: 'aa-decrypt', id: 'a3', privateKeyPem: rsa.privateKey.export({ type: 'pkcs8', format: 'pem' }), usage: ['decrypt'], alwaysAuthenticate: true });
+    const { ciphertext } = await sup.encrypt({ slot: 's', key: { id: 'a3' }, mechanism: 'RSA-OAEP-SHA1', data });
+    const { privateDecrypt, constants } = await import('node:crypto');
+    expect(privateDecrypt({ key: rsa.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' }, ciphertext).equals(data)).toBe(true);
   });
 
   it('a PIN the token refuses in a context login is PIN_INCORRECT, is never sent again, and leaves the slot serving', async () => {

@@ -8,6 +8,7 @@ import { constants, createPublicKey, publicEncrypt, randomBytes } from 'node:cry
 import type * as P11 from 'pkcs11js';
 import { asBuffer, pkcs11js } from './pkcs11js.js';
 import { WorkerFailure } from './failure.js';
+import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
 import { describe, spkiOf, type SessionAccess } from './object-ops.js';
 import type { CachedKey } from './key-finder.js';
 import { KEY_TYPE_VALUE } from './token-info.js';
@@ -205,9 +206,13 @@ function oaepProbe(s: CryptoSession, key: CachedKey, sel: KeySelector, name: Cry
     answer = Buffer.from(cipher(s, 'decrypt', name, key.handle, { data, oaepLabel })).equals(secret);
   } catch (e) {
     const code = e instanceof WorkerFailure ? e.code : null;
+    const ckr = e instanceof WorkerFailure ? e.ckr : (e as Error).message;
+    // Refused parameters, or a ciphertext that did not come back: it cannot. A lost session is the
+    // caller's to retry. Anything else (a key not for decryption, one that wants a context login,
+    // no public half here) says nothing about the parameters.
     if (code === 'MECHANISM_INVALID' || code === 'DECRYPTION_FAILED') answer = false;
-    else if (code === 'KEY_NOT_FOUND' || ['CKR_KEY_FUNCTION_NOT_PERMITTED', 'CKR_KEY_TYPE_INCONSISTENT'].includes((e as Error).message)) answer = null;
-    else throw e;
+    else if (ckr && SESSION_LOST_CKRS.has(ckr) && !(key.alwaysAuthenticate && ckr === 'CKR_USER_NOT_LOGGED_IN')) throw e;
+    else answer = null;
   }
   key.oaep.set(memo, answer);
   return answer;
