@@ -14,12 +14,12 @@ import type { CallSpec, Delivered } from './slot-call.js';
 import { SlotWorker } from './slot-worker.js';
 import type { RestartPolicy } from './restart-policy.js';
 import { TokenDomain, tokenDomain } from './token-domain.js';
+import type { IvRegistry } from './iv-registry.js';
 import type { KeyType } from './model/mechanisms.js';
 import type { AnyMechanismName } from './model/crypto-mechanisms.js';
 import type { OpenReport } from './model/protocol.js';
 import type { TokenEvents } from './model/slot-events.js';
 import type { SlotEventWatcher } from './slot-event-watcher.js';
-import { IvRegistry } from './iv-registry.js';
 import { ContextLogins } from './context-logins.js';
 
 export interface CrashHandler {
@@ -36,7 +36,6 @@ export class Slot {
   /** The token's own abilities and limits as reported at the last open; null before one. */
   token: Pick<OpenReport, 'mechanisms' | 'keyGen' | 'maxSessions' | 'maxRwSessions' | 'pinLength' | 'device'> | null = null;
   /** AES-GCM IVs used with each key through this slot (iv-registry.ts). */
-  readonly gcmIvs = new IvRegistry();
   /** Keys found to ask for the PIN on every use (CKA_ALWAYS_AUTHENTICATE). */
   private readonly contextLogins = new ContextLogins();
   /** The module's slot-event thread, when its module has one. */
@@ -92,6 +91,11 @@ export class Slot {
         }),
     );
     this.mailbox = new Mailbox(name, this.workers, () => config.queueLimit, () => this.failure(), this.contextLogins);
+  }
+
+  /** The AES-GCM IVs used with the keys of this slot's token, through any slot on it. */
+  get gcmIvs(): IvRegistry {
+    return this.domain.gcmIvs;
   }
 
   /** The token is logged in as its Security Officer, through this slot or another on the same token (one user type at a time). */

@@ -56,7 +56,8 @@ beforeAll(async () => {
     ecdhOpen: { label: 'ecdh', id: '21', allowedMechanisms: ['ECDH-SECRET'] },
     signer: { label: 'rsa', id: '01' },
   };
-  sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'crypto' }, pin: { env: 'CRYPTO_PIN' }, keys } }) });
+  // s2: a second slot on the same token (the IVs used with a key are the token's, not a slot's).
+  sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'crypto' }, pin: { env: 'CRYPTO_PIN' }, keys }, s2: { token: { label: 'crypto' }, pin: { env: 'CRYPTO_PIN' }, keys, type: 'hsm' } }) });
   sup.on('moduleReset', (e) => resets.push(e));
   // The HMAC key: bytes only this test knows, unwrapped onto the token under the AES key.
   await sup.unwrapKey({ slot: 's', key: 'aes', mechanism: 'AES-KEY-WRAP-PAD', wrapped: kwpWrap(aesKey, hmacKey), algorithm: 'HMAC-512', label: 'hmac' });
@@ -118,6 +119,14 @@ describe('AES-GCM and AES-CBC-PAD', () => {
     await expect(sup.encrypt({ slot: 's', key: 'aes', mechanism: 'AES-GCM', data: Buffer.from('second'), iv })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringMatching(/used with this key before/) });
     const ivs = await Promise.all(Array.from({ length: 40 }, () => sup.encrypt({ slot: 's', key: 'aes', mechanism: 'AES-GCM', data: Buffer.from('x') }).then((r) => r.iv!.toString('hex'))));
     expect(new Set(ivs).size).toBe(40);
+    // However the key is named, and through another slot on its token: the same key, the same refusal.
+    const { label, id } = { label: 'aes', id: '10' };
+    for (const [slot, key] of [['s', { label }], ['s', { id }], ['s', `pkcs11:object=${label}`], ['s2', 'aes'], ['s2', { label, id }]] as const) {
+      await expect(sup.encrypt({ slot, key, mechanism: 'AES-GCM', data: Buffer.from('second'), iv }), `${slot} ${JSON.stringify(key)}`).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringMatching(/used with this key before/) });
+    }
+    // Another key may use it.
+    await sup.generateSecretKey({ slot: 's', algorithm: 'AES-256', label: 'other-aes', id: 'e7' });
+    expect((await sup.encrypt({ slot: 's', key: { label: 'other-aes', id: 'e7' }, mechanism: 'AES-GCM', data: Buffer.from('x'), iv })).iv!.equals(iv)).toBe(true);
   });
 
   it('a call that fails gives its IV back (nothing under it left the daemon): the caller may retry with it, once', async () => {

@@ -1,7 +1,7 @@
 /** The config's allow-lists (global, slot, key ref), checked before a call is queued. */
 import type { AnyMechanismName } from '../model/crypto-mechanisms.js';
 import { Pkcs11SupervisorError } from '../model/errors.js';
-import type { KeySelector } from '../model/protocol.js';
+import { mayNameSameObject } from '../model/protocol.js';
 import * as check from '../validate.js';
 import type { Slot } from '../slot.js';
 import type { Gate } from './gate.js';
@@ -36,8 +36,8 @@ export function checkAllowed(gate: Gate, slot: Slot, key: unknown, mechanism: An
 
 /**
  * The key refs' lists that apply: the ref's own, or, for a key named by label, id or URI, those
- * of every ref that could name the same object (no label or id of theirs differs), so naming a
- * key another way does not escape its list. The token alone knows which object a name finds.
+ * of every ref that could name the same object (mayNameSameObject), so naming a key another way
+ * does not escape its list.
  */
 function keyLists(slot: Slot, key: unknown): KeyList[] {
   const refs = slot.config.keys;
@@ -49,10 +49,5 @@ function keyLists(slot: Slot, key: unknown): KeyList[] {
   const guarded = Object.entries(refs).filter(([, r]) => r.allowedMechanisms);
   if (guarded.length === 0) return [];
   const sel = check.keySelector(slot, key);
-  return guarded.filter(([, r]) => couldBeSame(sel, check.refSelector(r))).map(([ref, r]) => ({ ref, list: r.allowedMechanisms! }));
-}
-
-function couldBeSame(a: KeySelector, b: KeySelector): boolean {
-  const differ = (x: string | undefined, y: string | undefined) => x !== undefined && y !== undefined && x !== y;
-  return !differ(a.label, b.label) && !differ(a.id, b.id);
+  return guarded.filter(([, r]) => mayNameSameObject(sel, check.refSelector(r))).map(([ref, r]) => ({ ref, list: r.allowedMechanisms! }));
 }

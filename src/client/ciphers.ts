@@ -18,7 +18,7 @@ import {
   type SecretKeyAlgorithm,
 } from '../model/crypto-mechanisms.js';
 import { Pkcs11SupervisorError } from '../model/errors.js';
-import { selectorKey, type CipherInput, type KeySelector, type ObjectDescriptor, type SecretKeySpec } from '../model/protocol.js';
+import type { CipherInput, KeySelector, ObjectDescriptor, SecretKeySpec } from '../model/protocol.js';
 import type { Slot } from '../slot.js';
 import * as check from '../validate.js';
 import { checkAllowed } from './allow-lists.js';
@@ -68,7 +68,7 @@ function optionalBytes(value: unknown, what: string, slot: Slot): Uint8Array | u
  * The IV, AAD and label a call gives, checked against its mechanism. For encryption an IV left
  * out is made here (random); a GCM IV is refused if this process used it with the key before.
  */
-function cipherInput(slot: Slot, name: CryptoMechanismName, op: 'encrypt' | 'decrypt', req: Req, gcmKey: string | null): CipherInput {
+function cipherInput(slot: Slot, name: CryptoMechanismName, op: 'encrypt' | 'decrypt', req: Req, gcmKey: KeySelector | null): CipherInput {
   const { scheme } = CRYPTO_MECHANISMS[name];
   const data = check.bytes(req.data, op === 'encrypt' ? 'data' : 'the ciphertext (data)', slot);
   let iv = optionalBytes(req.iv, 'iv', slot);
@@ -104,13 +104,12 @@ export async function encrypt(gate: Gate, request: CipherRequest): Promise<Encry
   const mechanism = mechanismFor(gate, slot, req.mechanism, 'encrypt', req.key);
   const key = check.keySelector(slot, req.key);
   if (CRYPTO_MECHANISMS[mechanism].scheme === 'rsa-oaep') return encryptHere(gate, slot, mechanism, key, req);
-  const ivKey = selectorKey(key);
-  const input = cipherInput(slot, mechanism, 'encrypt', req, ivKey);
+  const input = cipherInput(slot, mechanism, 'encrypt', req, key);
   let ciphertext: Uint8Array;
   try {
     ciphertext = await gate.call<Uint8Array>(slot, 'encrypt', { op: 'encrypt', key, mechanism, ...input }, req, { mechanism, needsLogin: true });
   } catch (e) {
-    if (CRYPTO_MECHANISMS[mechanism].scheme === 'aes-gcm') slot.gcmIvs.release(ivKey, input.iv!);
+    if (CRYPTO_MECHANISMS[mechanism].scheme === 'aes-gcm') slot.gcmIvs.release(key, input.iv!);
     throw e;
   }
   return { ciphertext: asBuffer(ciphertext), iv: asBuffer(input.iv!) };

@@ -20,6 +20,16 @@ export interface KeySelector {
   on?: DeviceMatch | undefined;
 }
 
+/**
+ * Whether two selectors could find the same object: none of the label or id they both give
+ * differs. Only the token knows which object a name finds, so what holds for a key (its
+ * allow-list, the IVs used with it) holds for every name that could be its.
+ */
+export function mayNameSameObject(a: Pick<KeySelector, 'label' | 'id'>, b: Pick<KeySelector, 'label' | 'id'>): boolean {
+  const differ = (x: string | undefined, y: string | undefined) => x !== undefined && y !== undefined && x !== y;
+  return !differ(a.label, b.label) && !differ(a.id, b.id);
+}
+
 /** One string per selector, for maps and sets of keys on both sides of the thread boundary. */
 export function selectorKey(sel: KeySelector): string {
   return `${sel.label ?? ''}\0${sel.id ?? ''}${sel.on ? `\0${matchKey(sel.on)}` : ''}`;
