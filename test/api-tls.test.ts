@@ -62,6 +62,8 @@ beforeAll(async () => {
   certs.stranger = issue(pki.stranger, { cn: 'invoicer', uri: INVOICER, file: 'stranger-invoicer' });
   certs.expired = issue(pki.ca, { cn: 'expired', uri: INVOICER, notBefore: '20250101000000Z', notAfter: '20260101000000Z', file: 'expired' });
   certs.notYet = issue(pki.ca, { cn: 'not-yet', uri: INVOICER, notBefore: '20300101000000Z', notAfter: '20310101000000Z', file: 'not-yet' });
+  // From the clients' CA, with the invoicer's SPIFFE ID, but for servers only (extendedKeyUsage=serverAuth).
+  certs.serverOnly = issue(pki.ca, { cn: 'server-only', uri: INVOICER, server: true, file: 'server-only' });
 
   const { privateKey, publicKey } = await jose.generateKeyPair('ES256');
   const jwks = join(td.dir, 'jwks.json');
@@ -119,16 +121,16 @@ describe('mutual TLS', () => {
     expect(signs()).toBe(before);
   });
 
-  it('refuses another CA, an expired, a not-yet-valid and a missing certificate in the handshake; audited; no C_Sign', async () => {
+  it('refuses another CA, an expired, a not-yet-valid, a server-only and a missing certificate in the handshake; audited; no C_Sign', async () => {
     const before = signs();
-    for (const who of [certs.stranger!, certs.expired!, certs.notYet!, null]) {
+    for (const who of [certs.stranger!, certs.expired!, certs.notYet!, certs.serverOnly!, null]) {
       const r = await curl(url('sign'), tlsArgs(who), signBody());
       expect(r.status, `${who?.cert ?? 'no certificate'} got an HTTP answer`).toBe(0);
       expect(r.exit).not.toBe(0);
     }
     expect(signs()).toBe(before);
     const refused = (await auditRecords()).filter((r) => r.event === 'denied' && String(r.detail).startsWith('TLS handshake'));
-    expect(refused.length).toBeGreaterThanOrEqual(4);
+    expect(refused.length).toBeGreaterThanOrEqual(5);
     expect(refused.map((r) => [r.result, r.peer])).toEqual(refused.map(() => ['UNAUTHENTICATED', expect.stringMatching(/^127\.0\.0\.1:\d+$/)]));
     // The remote client reports the refusal as a typed error: the alert if it read it, else the closed connection.
     const client = connect({ url: daemon.api!.tlsUrl!, tls: { cert: certs.expired!.cert, key: certs.expired!.key, ca: pki.ca.cert } });
