@@ -173,6 +173,7 @@ describe('mutual TLS', () => {
 });
 
 describe('JWT bearer tokens', () => {
+  const b64url = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url');
   const token = (claims: Record<string, unknown>, exp = '5m') =>
     new jose.SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('https://id.test.example').setAudience('pkcs11-supervisor').setSubject('jwt-invoicer').setIssuedAt().setExpirationTime(exp).sign(jwk.privateKey);
 
@@ -183,7 +184,7 @@ describe('JWT bearer tokens', () => {
     expect((await auditRecords()).some((x) => x.event === 'sign' && x.principal === 'jwt-invoicer')).toBe(true);
   });
 
-  it('an expired, wrongly signed or wrong-audience token is 401 UNAUTHENTICATED; no C_Sign', async () => {
+  it('an expired, not yet valid, wrongly signed, unsigned (alg none), HMAC-confused or wrong-audience token is 401 UNAUTHENTICATED; no C_Sign', async () => {
     const before = signs();
     const other = await jose.generateKeyPair('ES256');
     const bad = [
@@ -191,6 +192,17 @@ describe('JWT bearer tokens', () => {
       await new jose.SignJWT({ roles: ['service'] }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('https://id.test.example').setAudience('pkcs11-supervisor').setSubject('x').setExpirationTime('5m').sign(other.privateKey),
       await new jose.SignJWT({ roles: ['service'] }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('https://id.test.example').setAudience('another-service').setSubject('x').setExpirationTime('5m').sign(jwk.privateKey),
       'not-a-jwt',
+      // Unsigned (alg none), and HMAC keyed with the JWKS's public key: the classic confusions.
+      `${b64url({ alg: 'none', kid: 'k1' })}.${b64url({ iss: 'https://id.test.example', aud: 'pkcs11-supervisor', sub: 'x', exp: Math.floor(Date.now() / 1000) + 300, roles: ['administrator'] })}.`,
+      await new jose.SignJWT({ roles: ['administrator'] })
+        .setProtectedHeader({ alg: 'HS256', kid: 'k1' })
+        .setIssuer('https://id.test.example')
+        .setAudience('pkcs11-supervisor')
+        .setSubject('x')
+        .setExpirationTime('5m')
+        .sign(Buffer.from(readFileSync(jwk.jwks, 'utf8'))),
+      // Not yet valid.
+      await new jose.SignJWT({ roles: ['service'] }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('https://id.test.example').setAudience('pkcs11-supervisor').setSubject('x').setNotBefore('10m').setExpirationTime('20m').sign(jwk.privateKey),
     ];
     for (const b of bad) {
       const r = await curl(url('sign'), [...tlsArgs(certs.invoicer!), '-H', `authorization: Bearer ${b}`], signBody());
