@@ -108,13 +108,16 @@ describe('deadlines and disconnects', () => {
   });
 
   it('calls whose client went away while they queued never reach the token', async () => {
-    faults.set('delay C_Sign 300');
+    // The running call holds the token long enough that a loaded CI machine, whose event loop may
+    // stall for a few hundred ms, still reads the other requests while it runs: a request read
+    // when the token is idle starts at once, even if its client gave up meanwhile.
+    faults.set('delay C_Sign 1500');
     const warnings: Error[] = [];
     const warned = (w: Error) => warnings.push(w);
     try {
       await sleep(50);
       const before = signs();
-      const running = client.sign(signReq); // takes the token for 300 ms
+      const running = client.sign(signReq); // takes the token for 1.5 s
       await sleep(30);
       const aborter = new AbortController();
       process.on('warning', warned);
