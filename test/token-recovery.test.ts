@@ -71,13 +71,15 @@ describe('a token deleted and created again', () => {
     sup = await startSupervisor({ config: slots() });
     const resets: unknown[] = [];
     sup.on('moduleReset', (e) => resets.push(e));
-    const signed = { a: 0, b: 0 };
+    // Signatures are checked after the loop: OpenSSL and pkcs11-tool in it cost a loaded machine
+    // more time than the signatures, and the loop is about the supervisor.
+    const sigs: Record<'a' | 'b', Buffer[]> = { a: [], b: [] };
     const until = Date.now() + 3_000;
     const signing = (slot: 'a' | 'b') =>
       (async () => {
         while (Date.now() < until) {
           const sig = await sign(sup!, slot).catch(() => null);
-          if (sig && opensslVerifies(exportPublicKey(td, `rec-${slot}`, '02'), 'ECDSA-SHA256', data, sig)) signed[slot]++;
+          if (sig) sigs[slot].push(sig);
         }
       })();
     const spam = (async () => {
@@ -90,8 +92,12 @@ describe('a token deleted and created again', () => {
     await Promise.all([signing('a'), signing('b'), spam]);
     expect(resets.length).toBeGreaterThanOrEqual(1);
     expect(resets.length).toBeLessThanOrEqual(4);
-    expect(signed.a).toBeGreaterThan(10);
-    expect(signed.b).toBeGreaterThan(10);
+    for (const slot of ['a', 'b'] as const) {
+      expect(sigs[slot].length, slot).toBeGreaterThan(10);
+      const pub = exportPublicKey(td, `rec-${slot}`, '02');
+      // A sample of 20 across the run, each through OpenSSL, verifies with the key the token holds.
+      for (const sig of sigs[slot].filter((_, i) => i % Math.ceil(sigs[slot].length / 20) === 0)) expect(opensslVerifies(pub, 'ECDSA-SHA256', data, sig)).toBe(true);
+    }
   });
 
   it('a slot that failed meanwhile is brought back by reset()', async () => {
