@@ -9,7 +9,7 @@
  * ciphertext under it left the daemon, and names of keys that do not exist leave nothing behind.
  * A restart forgets: callers who bring their own IVs must never repeat one.
  */
-import type { KeySelector } from './model/protocol.js';
+import { mayNameSameObject, type KeySelector } from './model/protocol.js';
 
 const MAX_IVS = 1_000_000;
 
@@ -26,12 +26,14 @@ const remove = <K, V>(m: Map<K, Set<V>>, k: K, v: V) => {
   if (set?.delete(v) && set.size === 0) m.delete(k);
 };
 
-/** Whether an entry of `set` whose `field` does not differ from the key's has `iv`. */
-function usedIn(set: Set<Entry> | undefined, key: KeySelector, field: 'label' | 'id', iv: string): boolean {
+/** Whether an entry of `set` that could name the key's object has `iv`. */
+function usedIn(set: Set<Entry> | undefined, key: KeySelector, iv: string): boolean {
   if (!set) return false;
-  for (const e of set) if ((e[field] === undefined || key[field] === undefined || e[field] === key[field]) && e.ivs.has(iv)) return true;
+  for (const e of set) if (mayNameSameObject(e, key) && e.ivs.has(iv)) return true;
   return false;
 }
+
+const nameOf = (key: KeySelector) => `${key.label ?? ''}\0${key.id ?? ''}`;
 
 export class IvRegistry {
   /** By key name (label and id), each name indexed by its label and by its id. */
@@ -49,7 +51,7 @@ export class IvRegistry {
     const id = Buffer.from(iv).toString('base64');
     if (this.usedBefore(key, id)) return false;
     if (this.count >= MAX_IVS) return !chosenByCaller;
-    const name = `${key.label ?? ''}\0${key.id ?? ''}`;
+    const name = nameOf(key);
     let entry = this.entries.get(name);
     if (!entry) {
       entry = { label: key.label, id: key.id, ivs: new Set() };
@@ -64,17 +66,18 @@ export class IvRegistry {
 
   /** Whether `iv` was used under a name that could be the key's (mayNameSameObject), found through the indexes. */
   private usedBefore(key: KeySelector, iv: string): boolean {
-    if (key.label !== undefined) return usedIn(this.byLabel.get(key.label), key, 'id', iv) || usedIn(this.byLabel.get(undefined), key, 'id', iv);
-    return usedIn(this.byId.get(key.id), key, 'label', iv) || usedIn(this.byId.get(undefined), key, 'label', iv);
+    if (key.label !== undefined) return usedIn(this.byLabel.get(key.label), key, iv) || usedIn(this.byLabel.get(undefined), key, iv);
+    return usedIn(this.byId.get(key.id), key, iv) || usedIn(this.byId.get(undefined), key, iv);
   }
 
   /** The call that claimed `iv` failed: nothing was encrypted under it that anyone holds. */
   release(key: KeySelector, iv: Uint8Array): void {
-    const entry = this.entries.get(`${key.label ?? ''}\0${key.id ?? ''}`);
+    const name = nameOf(key);
+    const entry = this.entries.get(name);
     if (!entry?.ivs.delete(Buffer.from(iv).toString('base64'))) return;
     this.count--;
     if (entry.ivs.size > 0) return;
-    this.entries.delete(`${key.label ?? ''}\0${key.id ?? ''}`);
+    this.entries.delete(name);
     remove(this.byLabel, entry.label, entry);
     remove(this.byId, entry.id, entry);
   }

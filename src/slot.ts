@@ -35,7 +35,6 @@ export class Slot {
   readonly capabilities = { mechanisms: new Set<AnyMechanismName>(), keyTypes: new Map<string, KeyType>() };
   /** The token's own abilities and limits as reported at the last open; null before one. */
   token: Pick<OpenReport, 'mechanisms' | 'keyGen' | 'maxSessions' | 'maxRwSessions' | 'pinLength' | 'device'> | null = null;
-  /** AES-GCM IVs used with each key through this slot (iv-registry.ts). */
   /** Keys found to ask for the PIN on every use (CKA_ALWAYS_AUTHENTICATE). */
   private readonly contextLogins = new ContextLogins();
   /** The module's slot-event thread, when its module has one. */

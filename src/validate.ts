@@ -128,8 +128,7 @@ export function objectQuery(value: unknown, slot: string): ObjectQuery {
  */
 function uriSelector(slot: Slot, uri: string): KeySelector {
   try {
-    const { label, id, on } = keyOfUri(parsePkcs11Uri(uri));
-    return on ? { label, id, on } : { label, id };
+    return keyOfUri(parsePkcs11Uri(uri));
   } catch (e) {
     throw badInput(`key is not a usable PKCS#11 URI: ${(e as Error).message}`, slot.name);
   }

@@ -9,7 +9,7 @@ import type * as P11 from 'pkcs11js';
 import { asBuffer, pkcs11js } from './pkcs11js.js';
 import { WorkerFailure } from './failure.js';
 import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
-import { describe, spkiOf, type SessionAccess } from './object-ops.js';
+import { describe, publicKeyReport, type SessionAccess } from './object-ops.js';
 import type { CachedKey } from './key-finder.js';
 import { KEY_TYPE_VALUE } from './token-info.js';
 import { CRYPTO_MECHANISMS, ECDH_SESSION_KEY_BYTES, GCM_IV_BYTES, GCM_TAG_BYTES, SECRET_KEY_ALGORITHMS, type CryptoMechanismName, type CryptoMechanismSpec, type CryptoOp, type OaepHash } from '../src/model/crypto-mechanisms.js';
@@ -169,7 +169,7 @@ export function decrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'decry
  */
 function checkLabelHonoured(s: CryptoSession, task: { key: KeySelector; mechanism: CryptoMechanismName; oaepLabel?: Uint8Array | undefined }): void {
   if (!task.oaepLabel?.length || CRYPTO_MECHANISMS[task.mechanism].scheme !== 'rsa-oaep') return;
-  if (oaepDecryptable(s, { op: 'oaepDecryptable', key: task.key, mechanism: task.mechanism, labelled: true }) !== false) return;
+  if (oaepDecryptable(s, task.key, task.mechanism, true) !== false) return;
   throw new WorkerFailure('MECHANISM_INVALID', `the token does not decrypt ${task.mechanism} with a label correctly (a ciphertext made with one does not come back), so it cannot take one`);
 }
 
@@ -182,27 +182,24 @@ function checkLabelHonoured(s: CryptoSession, task: { key: KeySelector; mechanis
  * here, or a key not for decryption, whose unwrap is the caller's to try). Kept with the found
  * key, so asked again at most when the key is looked up again.
  */
-export function oaepDecryptable(s: CryptoSession, task: Extract<WorkerTask, { op: 'oaepDecryptable' }>): boolean | null {
+export function oaepDecryptable(s: CryptoSession, sel: KeySelector, name: CryptoMechanismName, labelled: boolean): boolean | null {
   let key: CachedKey;
   try {
-    key = keyFor(s, task.key, task.mechanism, 'decrypt');
+    key = keyFor(s, sel, name, 'decrypt');
   } catch (e) {
     if (e instanceof WorkerFailure && e.code === 'KEY_NOT_FOUND') return null;
     throw e;
   }
-  return oaepProbe(s, key, task.key, task.mechanism, task.labelled);
-}
-
-function oaepProbe(s: CryptoSession, key: CachedKey, sel: KeySelector, name: CryptoMechanismName, labelled: boolean): boolean | null {
   const memo = `${name}\0${labelled}`;
   key.oaep ??= new Map();
   if (key.oaep.has(memo)) return key.oaep.get(memo)!;
   let answer: boolean | null;
   try {
-    const spki = spkiOf(s, s.key(sel, pkcs11js.CKO_PUBLIC_KEY).handle);
+    const pub = s.key(sel, pkcs11js.CKO_PUBLIC_KEY);
+    const spki = publicKeyReport(s, pub.handle, pub.keyType, pub.curve?.fieldBytes ?? 0).spkiDer;
     const secret = randomBytes(16);
     const oaepLabel = labelled ? randomBytes(8) : undefined;
-    const data = publicEncrypt({ key: createPublicKey({ key: spki!, format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: (CRYPTO_MECHANISMS[name] as CryptoMechanismSpec).hash!, ...(oaepLabel ? { oaepLabel } : {}) }, secret);
+    const data = publicEncrypt({ key: createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: (CRYPTO_MECHANISMS[name] as CryptoMechanismSpec).hash!, ...(oaepLabel ? { oaepLabel } : {}) }, secret);
     answer = Buffer.from(cipher(s, 'decrypt', name, key.handle, { data, oaepLabel })).equals(secret);
   } catch (e) {
     const code = e instanceof WorkerFailure ? e.code : null;

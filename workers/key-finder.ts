@@ -4,13 +4,12 @@
  * token lists now. Flushed with the session, at logout and after objects are destroyed.
  */
 import type * as P11 from 'pkcs11js';
-import { pkcs11js, readUlong } from './pkcs11js.js';
+import { pkcs11js } from './pkcs11js.js';
 import { WorkerFailure } from './failure.js';
-import { curveByParams, type Curve } from '../src/model/curves.js';
+import type { Curve } from '../src/model/curves.js';
 import type { KeyType } from '../src/model/mechanisms.js';
 import { selectorKey, type KeySelector } from '../src/model/protocol.js';
-import { findHandles, flagOf, type SessionAccess } from './object-ops.js';
-import { keyTypeOf } from './token-info.js';
+import { findHandles, flagOf, keyShape, type SessionAccess } from './object-ops.js';
 
 export interface CachedKey {
   handle: P11.Handle;
@@ -90,11 +89,10 @@ export class KeyFinder {
     const last = this.last;
     if (last && last.sel === sel && last.cls === cls && !fresh && now - last.key.foundAt < KEY_RECHECK_MS) return last.key;
     const s = this.s;
-    s.checkWhere(sel.on, keyName(sel, cls));
+    if (sel.on) s.checkWhere(sel.on, keyName(sel, cls)); // the name is built only for a URI's key
     const cacheKey = `${cls}\0${selectorKey(sel)}`;
     const hit = this.keys.get(cacheKey);
     if (hit && !fresh && now - hit.foundAt < KEY_RECHECK_MS) return this.remember(sel, cls, hit);
-    const session = s.sessionHandle;
     const found = findHandles(s, { class: CLASS_OF.get(cls)!, label: sel.label, id: sel.id }, 2);
     const what = keyName(sel, cls);
     if (found.length === 0 && cls !== pkcs11js.CKO_PUBLIC_KEY && !this.loggedIn()) {
@@ -111,15 +109,9 @@ export class KeyFinder {
     if (found.length === 0) throw new WorkerFailure('KEY_NOT_FOUND', `no ${what} on token "${s.tokenIdentity.label}" visible to this session${otherClassHint(s, sel, cls)}`);
     if (found.length > 1) throw new WorkerFailure('KEY_AMBIGUOUS', `several objects match ${what}; name the key by id too`);
     const handle = found[0]!;
-    const attrs = s.p11('C_GetAttributeValue').C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_KEY_TYPE }]);
-    const keyType = keyTypeOf(readUlong(attrs[0]!.value as Buffer));
+    const { keyType, curve } = keyShape(s, handle);
     if (!keyType) throw new WorkerFailure('MECHANISM_INVALID', `${what} has a key type this service does not sign with`);
-    let curve: Curve | undefined;
-    if (keyType === 'EC') {
-      const [p] = s.p11('C_GetAttributeValue').C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_EC_PARAMS }]);
-      curve = curveByParams((p!.value as Buffer).toString('hex'));
-      if (!curve?.fieldBytes) throw new WorkerFailure('MECHANISM_INVALID', `${what} is on a curve this service does not support (P-256, P-384, P-521, secp256k1)`);
-    }
+    if (keyType === 'EC' && !curve?.fieldBytes) throw new WorkerFailure('MECHANISM_INVALID', `${what} is on a curve this service does not support (P-256, P-384, P-521, secp256k1)`);
     const modulusBytes = keyType === 'RSA' ? modulusLength(s, handle) : 0;
     // Learnt from C_Sign (a module that enforces it without the attribute) holds for the same object.
     const learnt = hit?.alwaysAuthenticate === true && hit.handle.equals(handle);

@@ -6,7 +6,7 @@
 import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import type * as P11 from 'pkcs11js';
 import { pkcs11js, readUlong } from './pkcs11js.js';
-import { curveByParams } from '../src/model/curves.js';
+import { curveByParams, type Curve } from '../src/model/curves.js';
 import { formatPkcs11Uri } from '../src/model/pkcs11-uri.js';
 import { unwrapOctetString } from '../src/model/der.js';
 import { KEY_TYPE_VALUE, keyTypeOf } from './token-info.js';
@@ -175,13 +175,18 @@ export function publicKeyReport(s: SessionAccess, h: P11.Handle, keyType: KeyTyp
   return { keyType, spkiDer, label, id, uri: formatPkcs11Uri({ token: s.tokenIdentity.label, serial: s.tokenIdentity.serial, object: label, id, class: 'publicKey' }) };
 }
 
-/** The SPKI of a public key object, its type and curve read from it; null for a kind the service does not use. */
+/** A key object's type, undefined for a kind the service does not use, and an EC key's curve (undefined if unknown). */
+export function keyShape(s: SessionAccess, h: P11.Handle): { keyType: KeyType | undefined; curve: Curve | undefined } {
+  const keyType = keyTypeOf(readUlong(attrs(s, h, [pkcs11js.CKA_KEY_TYPE])[0]!)) ?? undefined;
+  const curve = keyType === 'EC' ? curveByParams(attrs(s, h, [pkcs11js.CKA_EC_PARAMS])[0]!.toString('hex')) : undefined;
+  return { keyType, curve };
+}
+
+/** The SPKI of a public key object; null for a kind the service does not use. */
 export function spkiOf(s: SessionAccess, h: P11.Handle): Buffer | null {
-  const keyType = keyTypeOf(readUlong(attrs(s, h, [pkcs11js.CKA_KEY_TYPE])[0]!));
-  if (!keyType) return null;
-  const fieldBytes = keyType === 'EC' ? (curveByParams(attrs(s, h, [pkcs11js.CKA_EC_PARAMS])[0]!.toString('hex'))?.fieldBytes ?? 0) : 0;
-  if (keyType === 'EC' && !fieldBytes) return null;
-  return Buffer.from(publicKeyReport(s, h, keyType, fieldBytes).spkiDer);
+  const { keyType, curve } = keyShape(s, h);
+  if (!keyType || (keyType === 'EC' && !curve?.fieldBytes)) return null;
+  return Buffer.from(publicKeyReport(s, h, keyType, curve?.fieldBytes ?? 0).spkiDer);
 }
 
 export function findObjects(s: SessionAccess, q: ObjectQuery, limit: number): ObjectDescriptor[] {

@@ -5,7 +5,6 @@
  * single-operation rule (CKR_OPERATION_ACTIVE) is kept.
  */
 import { asBuffer, pkcs11js } from './pkcs11js.js';
-import { trimPadded } from '../src/model/token-match.js';
 import type * as P11 from 'pkcs11js';
 import { MECHANISMS, MECHANISM_NAMES, type KeyType, type MechanismName } from '../src/model/mechanisms.js';
 import { writeDer, derToRaw, maxDerBytes } from '../src/model/ecdsa-signature.js';
@@ -26,13 +25,14 @@ export class TokenSession implements CryptoSession {
   private mod: P11.PKCS11 | null = null;
   private slot: P11.Handle | null = null;
   private session: P11.Handle | null = null;
-  private tokenLabel = '';
-  private tokenSerial = '';
-  /** C_GetTokenInfo of the token this session is on, as read when the slot was chosen. */
-  private tokenInfo: P11.TokenInfo | null = null;
   private modulePath = '';
-  /** Where this session is, as a PKCS#11 URI names it: a key URI naming elsewhere finds nothing here. */
+  /**
+   * Where this session is, as a PKCS#11 URI names it (its token's label and serial among them): a
+   * key URI naming elsewhere finds nothing here.
+   */
   private facts: DeviceFacts | null = null;
+  /** The module's functions, each call counted (for the helpers that take them so). */
+  private readonly counted = (fn: string): P11.PKCS11 => this.count(fn);
   /** ulMaxSessionCount / ulMaxRwSessionCount of the token, as read with its label. */
   private sessionLimits: { maxSessions: number | null; maxRwSessions: number | null } = { maxSessions: null, maxRwSessions: null };
   /** ulMinPinLen / ulMaxPinLen: a PIN outside them is refused here, before it costs a retry on the token. */
@@ -65,7 +65,7 @@ export class TokenSession implements CryptoSession {
     return this.count(fn);
   }
   get tokenIdentity(): { label: string; serial: string } {
-    return { label: this.tokenLabel, serial: this.tokenSerial };
+    return { label: this.facts?.token ?? '', serial: this.facts?.serial ?? '' };
   }
 
   scratch(bytes: number): Buffer {
@@ -87,13 +87,13 @@ export class TokenSession implements CryptoSession {
   open(task: Extract<WorkerTask, { op: 'open' }>): OpenReport {
     if (!this.mod) this.loadModule(task.modulePath);
     this.dropSession();
-    const { slot, token } = chooseSlot((fn) => this.count(fn), this.modulePath, task.token);
+    const { slot, token } = chooseSlot(this.counted, this.modulePath, task.token);
     this.useTokenInfo(token);
     const flags = pkcs11js.CKF_SERIAL_SESSION | (task.readWrite ? pkcs11js.CKF_RW_SESSION : 0);
     this.session = this.count('C_OpenSession').C_OpenSession(slot, flags);
     this.slot = slot;
     const slotInfo = this.count('C_GetSlotInfo').C_GetSlotInfo(slot);
-    this.facts = factsOf((fn) => this.count(fn), this.modulePath, slot, token, slotInfo);
+    this.facts = factsOf(this.counted, this.modulePath, slot, token, slotInfo);
     const supported = new Set(this.count('C_GetMechanismList').C_GetMechanismList(slot));
     this.supported = supported;
     this.prepared = prepareMechanisms(supported);
@@ -101,12 +101,12 @@ export class TokenSession implements CryptoSession {
     return {
       ...this.report(),
       mechanisms,
-      keyGen: keyGenSizes((fn) => this.count(fn), slot, supported),
+      keyGen: keyGenSizes(this.counted, slot, supported),
       ...this.sessionLimits,
       pinLength: this.pinLength,
       keyTypes: this.keyTypesOf(task.keys),
       // The token's report is the one the slot was chosen by, a moment ago.
-      device: deviceInfo(slotInfo, this.tokenInfo!),
+      device: deviceInfo(slotInfo, token),
     };
   }
 
@@ -151,9 +151,6 @@ export class TokenSession implements CryptoSession {
   }
 
   private useTokenInfo(info: P11.TokenInfo): void {
-    this.tokenInfo = info;
-    this.tokenLabel = trimPadded(info.label);
-    this.tokenSerial = trimPadded(info.serialNumber);
     this.sessionLimits = { maxSessions: sessionLimit(info.maxSessionCount), maxRwSessions: sessionLimit(info.maxRwSessionCount) };
     this.pinLength = pinLengthOf(info.minPinLen, info.maxPinLen);
   }
@@ -183,8 +180,8 @@ export class TokenSession implements CryptoSession {
     return {
       handle: this.live.toString('hex'),
       state: this.sessionState(),
-      tokenLabel: this.tokenLabel,
-      tokenSerial: this.tokenSerial,
+      tokenLabel: this.facts?.token ?? '',
+      tokenSerial: this.facts?.serial ?? '',
       slotId: this.slot ? this.slot.toString('hex') : '',
       calls: { ...this.calls },
     };

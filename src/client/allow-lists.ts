@@ -6,8 +6,6 @@ import * as check from '../validate.js';
 import type { Slot } from '../slot.js';
 import type { Gate } from './gate.js';
 
-type KeyList = { ref: string; list: readonly AnyMechanismName[] };
-
 /**
  * Refuses a mechanism outside any allow-list that applies to the call. An `explicit` mechanism
  * (RSA PKCS#1 v1.5 decryption, a raw ECDH secret) is refused unless one of them names it.
@@ -19,13 +17,20 @@ export function checkAllowed(gate: Gate, slot: Slot, key: unknown, mechanism: An
   if (global && !global.includes(mechanism)) throw refuse('allowedMechanisms', global);
   const perSlot = slot.config.allowedMechanisms;
   if (perSlot && !perSlot.includes(mechanism)) throw refuse(`slots.${slot.name}.allowedMechanisms`, perSlot);
-  const perKey = keyLists(slot, key);
-  for (const { ref, list } of perKey) {
-    if (list.includes(mechanism)) continue;
-    const why = typeof key === 'string' && key === ref ? '' : '; a key named otherwise than by its ref is held to the list of every ref that could name it';
-    throw refuse(`slots.${slot.name}.keys.${ref}.allowedMechanisms`, list, why);
+  const refs = slot.config.keys;
+  let keyListed = false;
+  if (typeof key === 'string' && Object.hasOwn(refs, key)) {
+    // On the sign path: no lists built per call, a message only when refusing.
+    const list = refs[key]!.allowedMechanisms;
+    if (list && !list.includes(mechanism)) throw refuse(`slots.${slot.name}.keys.${key}.allowedMechanisms`, list);
+    keyListed = list !== undefined;
+  } else {
+    for (const [ref, list] of listsOfRefsThatCouldBe(slot, key)) {
+      if (!list.includes(mechanism)) throw refuse(`slots.${slot.name}.keys.${ref}.allowedMechanisms`, list, '; a key named otherwise than by its ref is held to the list of every ref that could name it');
+      keyListed = true;
+    }
   }
-  if (explicit && !global?.includes(mechanism) && !perSlot?.includes(mechanism) && perKey.length === 0) {
+  if (explicit && !global?.includes(mechanism) && !perSlot?.includes(mechanism) && !keyListed) {
     throw new Pkcs11SupervisorError(
       'MECHANISM_NOT_ALLOWED',
       `${mechanism} is allowed only where an allowedMechanisms list names it (global, slots.${slot.name} or the key ref): see docs/api.md, "Encryption, MACs, key agreement"`,
@@ -35,19 +40,12 @@ export function checkAllowed(gate: Gate, slot: Slot, key: unknown, mechanism: An
 }
 
 /**
- * The key refs' lists that apply: the ref's own, or, for a key named by label, id or URI, those
- * of every ref that could name the same object (mayNameSameObject), so naming a key another way
- * does not escape its list.
+ * For a key named by label, id or URI: the allow-lists of every ref that could name the same
+ * object (mayNameSameObject), so naming a key another way does not escape its list.
  */
-function keyLists(slot: Slot, key: unknown): KeyList[] {
-  const refs = slot.config.keys;
-  if (typeof key === 'string' && Object.hasOwn(refs, key)) {
-    // On the sign path: no lists built per call.
-    const list = refs[key]!.allowedMechanisms;
-    return list ? [{ ref: key, list }] : [];
-  }
-  const guarded = Object.entries(refs).filter(([, r]) => r.allowedMechanisms);
+function listsOfRefsThatCouldBe(slot: Slot, key: unknown): [string, readonly AnyMechanismName[]][] {
+  const guarded = Object.entries(slot.config.keys).filter(([, r]) => r.allowedMechanisms);
   if (guarded.length === 0) return [];
   const sel = check.keySelector(slot, key);
-  return guarded.filter(([, r]) => mayNameSameObject(sel, check.refSelector(r))).map(([ref, r]) => ({ ref, list: r.allowedMechanisms! }));
+  return guarded.filter(([, r]) => mayNameSameObject(sel, check.refSelector(r))).map(([ref, r]) => [ref, r.allowedMechanisms!]);
 }

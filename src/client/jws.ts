@@ -24,7 +24,7 @@ export async function signJws(gate: Gate, request: SignJwsRequest): Promise<stri
     throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${alg} needs a ${curve} key; key is ${info.jwk.crv ?? info.keyType}`, { slot: slot.name });
   }
   // RFC 7518 3.3, 3.5: RS* and PS* keys are 2048 bits or more, and verifiers (jose among them) refuse smaller ones.
-  const bits = info.keyType === 'RSA' ? (info.keyObject.asymmetricKeyDetails?.modulusLength ?? 0) : 0;
+  const bits = info.keyObject.asymmetricKeyDetails?.modulusLength ?? 0;
   if (info.keyType === 'RSA' && bits < 2048) throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${alg} needs an RSA key of 2048 bits or more (RFC 7518); key is ${bits} bits`, { slot: slot.name });
   const payload = req.payload;
   const body = typeof payload === 'string' || payload instanceof Uint8Array ? payload : payload && typeof payload === 'object' ? asJson(payload, 'payload', slot.name) : undefined;

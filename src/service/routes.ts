@@ -22,7 +22,7 @@ import {
   member,
   ObjectDescriptorWire,
   ObjectQueryWire,
-  pemOrBase64,
+  pemOrBytes,
   privateKeyPem,
   PublicKeyInfoWire,
 } from './wire.js';
@@ -85,32 +85,22 @@ const SecretKeyFields = {
   extractable: z.boolean().optional(),
 };
 
-const DeriveKeyWire = z.codec(
-  z.strictObject({
-    slot,
-    key: KeyRefWire,
-    mechanism: z.enum(['ECDH', 'ECDH-SECRET']),
-    publicKey: pemOrBase64("the peer's EC public key: SPKI PEM, or SPKI DER or an uncompressed point in base64", 8192),
-    then: z
-      .strictObject({
-        op: z.enum(['encrypt', 'decrypt']),
-        mechanism: z.enum(['AES-GCM', 'AES-CBC-PAD']),
-        data: bytes('the data for the session key'),
-        iv: bytes('the IV (decrypt)').optional(),
-        aad: bytes('AES-GCM: additional authenticated data').optional(),
-      })
-      .optional(),
-    ...callFields,
-  }),
-  z.custom<Record<string, unknown>>(),
-  {
-    decode: ({ publicKey, ...rest }) => ({ ...rest, publicKey: publicKey.trimStart().startsWith('-----BEGIN') ? publicKey : Buffer.from(publicKey, 'base64') }),
-    encode: (req) => {
-      const { publicKey, ...rest } = req as { publicKey: string | Uint8Array };
-      return { ...rest, publicKey: typeof publicKey === 'string' ? publicKey : Buffer.from(publicKey).toString('base64') } as never;
-    },
-  },
-);
+const DeriveKeyWire = z.strictObject({
+  slot,
+  key: KeyRefWire,
+  mechanism: z.enum(['ECDH', 'ECDH-SECRET']),
+  publicKey: pemOrBytes("the peer's EC public key: SPKI PEM, or SPKI DER or an uncompressed point in base64", 8192),
+  then: z
+    .strictObject({
+      op: z.enum(['encrypt', 'decrypt']),
+      mechanism: z.enum(['AES-GCM', 'AES-CBC-PAD']),
+      data: bytes('the data for the session key'),
+      iv: bytes('the IV (decrypt)').optional(),
+      aad: bytes('AES-GCM: additional authenticated data').optional(),
+    })
+    .optional(),
+  ...callFields,
+});
 
 const DeriveResultWire = z.object({
   secret: bytes('ECDH-SECRET: the shared secret').optional(),

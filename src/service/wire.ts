@@ -31,27 +31,27 @@ const BASE64 = z.base64();
 const isPem = (s: string) => s.trimStart().startsWith('-----BEGIN');
 
 /**
- * PEM text, or bytes in base64, told apart by the PEM header. The base64 is checked as strictly as
- * every other binary field: Buffer.from skips what is not base64, so a stray character would
- * shift the bits after it into other bytes rather than be refused.
+ * PEM text, or bytes in base64, told apart by the PEM header; text or bytes in the process. The
+ * base64 is checked as strictly as every other binary field: Buffer.from skips what is not
+ * base64, so a stray character would shift the bits after it into other bytes rather than be refused.
  */
-export const pemOrBase64 = (description: string, max: number) =>
-  z
-    .string()
-    .min(1)
-    .max(max)
-    .refine((s) => isPem(s) || BASE64.safeParse(s).success, { message: 'must be PEM text, or base64' })
-    .describe(description);
+export const pemOrBytes = (description: string, max: number) =>
+  z.codec(
+    z
+      .string()
+      .min(1)
+      .max(max)
+      .refine((s) => isPem(s) || BASE64.safeParse(s).success, { message: 'must be PEM text, or base64' })
+      .describe(description),
+    z.union([z.string(), z.custom<Uint8Array>(isBytes)]),
+    {
+      decode: (s) => (isPem(s) ? s : Buffer.from(s, 'base64')),
+      encode: (v) => (typeof v === 'string' ? v : toBase64(v)),
+    },
+  );
 
 /** A certificate: PEM text, or DER as base64. */
-export const certificate = z.codec(
-  pemOrBase64('a certificate: PEM text, or DER in base64', 1 << 20),
-  z.union([z.string(), z.custom<Uint8Array>(isBytes)]),
-  {
-    decode: (s) => (isPem(s) ? s : Buffer.from(s, 'base64')),
-    encode: (v) => (typeof v === 'string' ? v : toBase64(v)),
-  },
-);
+export const certificate = pemOrBytes('a certificate: PEM text, or DER in base64', 1 << 20);
 
 export const privateKeyPem = pemText('a private key, PEM (PKCS#8 or traditional)');
 
