@@ -18,6 +18,14 @@ describe('batch codec', () => {
     expect(unpackBatch(structuredClone(packed)).map(text)).toEqual(tasks.map(text));
   });
 
+  it("a call naming its key by URI keeps what the URI says of the token: it shares no shape with a plain call on the same label", () => {
+    const viaUri = { ...sign('ec', 'uri'), key: { label: 'ec', id: undefined, on: { token: 'far' } } } as PackableTask;
+    const tasks = [sign('ec', 'plain'), viaUri, sign('ec', 'plain again')];
+    const packed = pack(tasks);
+    expect(packed.shapes).toHaveLength(2);
+    expect(unpackBatch(structuredClone(packed)).map((t) => (t as PackableTask).key)).toEqual(tasks.map((t) => t.key));
+  });
+
   it('a batch is packed up to exactly what its offsets address, and refused past it', () => {
     expect(MAX_PACKED_BYTES).toBe(2 ** 31 - 1);
     const tasks = [sign('ec', 'abcd'), sign('ec', 'efgh')];

@@ -109,6 +109,28 @@ describe('a key URI names where the key is', () => {
     expect(opensslVerifies(exportPublicKey(td, 'far', '02'), 'ECDSA-SHA256', data, await sup.sign({ slot: 'f', key: 'ec', mechanism: 'ECDSA-SHA256', data }))).toBe(true);
   });
 
+  it('signatures asked for together share a batch to the session thread: each URI for another token is refused there, each plain call signs', async () => {
+    sup = await startSupervisor({ config: configFor(td, { n: slot(near) }) });
+    await sup.sign({ slot: 'n', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    const before = (await sup.probe({ slot: 'n' })).calls.C_Sign ?? 0;
+    // Sixty at once on one worker: the first runs alone, the rest wait and go in batches.
+    const outcomes = await Promise.all(
+      Array.from({ length: 60 }, (_, i) =>
+        sup!.sign({ slot: 'n', key: i % 3 === 2 ? 'pkcs11:token=far;object=ec' : { label: 'ec' }, mechanism: 'ECDSA-SHA256', data }).then(
+          (sig) => ({ i, sig }),
+          (e: { code: string }) => ({ i, code: e.code }),
+        ),
+      ),
+    );
+    expect(sup.status().slots.n!.workers[0]!.handed.messages).toBeLessThan(50); // batched, not one by one
+    const pub = exportPublicKey(td, 'near', '02');
+    for (const o of outcomes) {
+      if (o.i % 3 === 2) expect(o, `call ${o.i}`).toMatchObject({ code: 'KEY_NOT_FOUND' });
+      else expect('sig' in o && opensslVerifies(pub, 'ECDSA-SHA256', data, o.sig), `call ${o.i}`).toBe(true);
+    }
+    expect(((await sup.probe({ slot: 'n' })).calls.C_Sign ?? 0) - before).toBe(40);
+  });
+
   it('in the config: a key ref URI for another token finds nothing; a token URI whose other attributes do not match opens no token', async () => {
     sup = await startSupervisor({
       config: configFor(td, {

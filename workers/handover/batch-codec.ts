@@ -83,9 +83,14 @@ const OVERFLOW = 3;
 /** What the 32-bit offsets of a packed batch address. */
 export const MAX_PACKED_BYTES = 2 ** 31 - 1;
 
-/** Whether call `t` has shape `s`: compared field by field, no key string built per call. */
+/**
+ * Whether call `t` has shape `s`: compared field by field, no key string built per call. The key's
+ * `on` (what its URI names of the token) by identity: a config ref's is one object, and calls
+ * naming a key by URI each keep their own, so a URI for another token never borrows the shape of
+ * a plain call on the same label, nor lends it its check.
+ */
 function sameShape(s: Shape, t: PackableTask): boolean {
-  if (s.op !== t.op || s.mechanism !== t.mechanism || s.key.label !== t.key.label || s.key.id !== t.key.id) return false;
+  if (s.op !== t.op || s.mechanism !== t.mechanism || s.key.label !== t.key.label || s.key.id !== t.key.id || s.key.on !== t.key.on) return false;
   if (t.op !== 'sign') return true;
   const sign = s as Omit<Extract<PackableTask, { op: 'sign' }>, 'data'>;
   return sign.prehashed === t.prehashed && sign.format === t.format;
