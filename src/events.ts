@@ -47,7 +47,7 @@ export interface LoginEvent {
   worker: number;
   origin: PinOrigin;
   outcome: 'ok' | string;
-  /** `context`: a C_Login(CKU_CONTEXT_SPECIFIC) for one signature with a key that asks for the PIN on every use. */
+  /** `context`: a C_Login(CKU_CONTEXT_SPECIFIC) for one signature or decryption with a key that asks for the PIN on every use. */
   userType: 'user' | 'so' | 'context';
 }
 

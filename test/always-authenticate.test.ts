@@ -1,13 +1,15 @@
 /**
  * Keys that ask for the PIN on every use (CKA_ALWAYS_AUTHENTICATE): each signature logs in for
- * itself with C_Login(CKU_CONTEXT_SPECIFIC) between C_SignInit and C_Sign, on the session the
- * slot already has. Signatures are checked by OpenSSL with the key pkcs11-tool reads off the token.
+ * itself with C_Login(CKU_CONTEXT_SPECIFIC) between C_SignInit and C_Sign (each decryption between
+ * C_DecryptInit and C_Decrypt), on the session the slot already has. Signatures are checked by
+ * OpenSSL with the key pkcs11-tool reads off the token; ciphertexts are made by OpenSSL.
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startSupervisor, type LoginEvent, type Pkcs11Supervisor } from '../dist/src/index.js';
 import { configFor, createToken, pkcs11Tool, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 import { Faults, faultConfig } from './support/faults.js';
-import { exportPublicKey, opensslVerifies } from './support/openssl.js';
+import { exportPublicKey, openssl, opensslVerifies, tmpFile } from './support/openssl.js';
+import { readFileSync } from 'node:fs';
 
 let td: TokenDir;
 let tok: TestToken;
@@ -20,6 +22,7 @@ beforeAll(() => {
   tok = createToken(td, 'always');
   // Made by OpenSC, as an operator would provision a PIV-like key.
   pkcs11Tool(td, 'always', tok.pin, ['--keypairgen', '--key-type', 'EC:prime256v1', '--label', 'piv-sign', '--id', '9c', '--usage-sign', '--always-auth']);
+  pkcs11Tool(td, 'always', tok.pin, ['--keypairgen', '--key-type', 'rsa:2048', '--label', 'piv-decrypt', '--id', '9d', '--usage-decrypt', '--always-auth']);
   faults = new Faults(td);
   process.env.AA_PIN = tok.pin;
 });
@@ -38,6 +41,14 @@ function start(extra: Record<string, unknown> = {}) {
 
 async function calls(s: Pkcs11Supervisor): Promise<Record<string, number>> {
   return (await s.probe({ slot: 's' })).calls;
+}
+
+/** A ciphertext OpenSSL makes with the public key pkcs11-tool exports (RSA-OAEP, SHA-1: all SoftHSM2 2.6 decrypts). */
+function opensslEncrypts(id: string, plain: Buffer): Buffer {
+  const input = tmpFile('plain', plain);
+  const out = tmpFile('ct');
+  openssl(['pkeyutl', '-encrypt', '-pubin', '-inkey', exportPublicKey(td, 'always', id), '-pkeyopt', 'rsa_padding_mode:oaep', '-pkeyopt', 'rsa_oaep_md:sha1', '-in', input, '-out', out]);
+  return readFileSync(out);
 }
 
 describe('keys with CKA_ALWAYS_AUTHENTICATE', () => {
@@ -121,6 +132,34 @@ describe('keys with CKA_ALWAYS_AUTHENTICATE', () => {
     }
   });
 
+  it('decrypts with a context-specific login per decryption, each its own (never batched), and a refused PIN leaves the slot serving', async () => {
+    sup = await start({ poolSize: 1 });
+    const logins: LoginEvent[] = [];
+    sup.on('login', (e: LoginEvent) => logins.push(e));
+    const plains = Array.from({ length: 6 }, (_, i) => Buffer.from(`secret ${i}`));
+    const cts = plains.map((p) => opensslEncrypts('9d', p));
+    const before = await calls(sup);
+    const got = await Promise.all(cts.map((data) => sup!.decrypt({ slot: 's', key: { label: 'piv-decrypt' }, mechanism: 'RSA-OAEP-SHA1', data })));
+    got.forEach((g, i) => expect(Buffer.from(g).equals(plains[i]!)).toBe(true));
+    const after = await calls(sup);
+    expect(after.C_Login! - (before.C_Login ?? 0)).toBe(6);
+    expect(after.C_OpenSession).toBe(before.C_OpenSession);
+    expect(logins.map((e) => `${e.userType}:${e.outcome}`)).toEqual(Array(6).fill('context:ok'));
+
+    // A ciphertext for another key is still DECRYPTION_FAILED after the login, not a PIN error.
+    const other = Buffer.from(opensslEncrypts('9d', Buffer.from('x')));
+    other[10] ^= 1;
+    await expect(sup.decrypt({ slot: 's', key: { id: '9d' }, mechanism: 'RSA-OAEP-SHA1', data: other })).rejects.toMatchObject({ code: 'DECRYPTION_FAILED' });
+
+    await expect(sup.decrypt({ slot: 's', key: { id: '9d' }, mechanism: 'RSA-OAEP-SHA1', data: cts[0]!, pin: 'not-the-pin' })).rejects.toMatchObject({ code: 'PIN_INCORRECT' });
+    // The refused login left no operation open: the next decrypt and sign on the session work.
+    expect(Buffer.from(await sup.decrypt({ slot: 's', key: { id: '9d' }, mechanism: 'RSA-OAEP-SHA1', data: cts[1]! })).equals(plains[1]!)).toBe(true);
+    const sig = await sup.sign({ slot: 's', key: 'piv', mechanism: 'ECDSA-SHA256', data });
+    expect(opensslVerifies(exportPublicKey(td, 'always', '9c'), 'ECDSA-SHA256', data, sig)).toBe(true);
+    expect((await calls(sup)).C_OpenSession).toBe(before.C_OpenSession);
+    expect(sup.status().slots.s!.state).toBe('logged_in');
+  });
+
   it('a module that enforces it without showing the attribute: C_Sign says CKR_USER_NOT_LOGGED_IN on a logged-in session, which is not a lost session', async () => {
     faults.set('hidealwaysauth');
     const cfg = faultConfig(td, faults, { s: { token: { label: 'always' }, pin: { env: 'AA_PIN' }, keys: { piv: { label: 'piv-sign', id: '9c' } } } });
@@ -137,5 +176,16 @@ describe('keys with CKA_ALWAYS_AUTHENTICATE', () => {
     expect(after.C_Login).toBe(before.C_Login);
     // Learnt once: later signatures go with the PIN at once (one C_Sign each, not two).
     expect(after.C_Sign! - before.C_Sign!).toBe(4);
+
+    // The same for a decryption key: C_Decrypt's CKR_USER_NOT_LOGGED_IN is learnt, and each decrypt logs in.
+    const plain = Buffer.from('hidden attribute');
+    for (let i = 0; i < 2; i++) {
+      const got = await sup.decrypt({ slot: 's', key: { label: 'piv-decrypt' }, mechanism: 'RSA-OAEP-SHA1', data: opensslEncrypts('9d', plain) });
+      expect(Buffer.from(got).equals(plain)).toBe(true);
+    }
+    const end = faults.counts();
+    expect(end.C_LoginContextSpecific! - after.C_LoginContextSpecific!).toBe(2);
+    expect(end.C_OpenSession).toBe(before.C_OpenSession);
+    expect(end.C_Login).toBe(before.C_Login);
   });
 });

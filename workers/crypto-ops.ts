@@ -21,6 +21,25 @@ export interface CryptoSession extends SessionAccess {
   supports(ckm: number): boolean;
   /** A buffer of at least `bytes` the session reuses: an answer written there is valid until the session's next call. */
   scratch(bytes: number): Buffer;
+  /**
+   * The PIN of the C_Login(CKU_CONTEXT_SPECIFIC) a use of `key` needs after its C_*Init, or
+   * undefined for a key that needs none. Asked before the init, so no operation is left open
+   * for want of a PIN: a key with CKA_ALWAYS_AUTHENTICATE and no PIN throws ContextLoginNeeded.
+   */
+  contextPinFor(key: CachedKey, sel: KeySelector, contextPin: string | undefined): string | undefined;
+  /**
+   * C_Login(CKU_CONTEXT_SPECIFIC) for the operation just begun. A refused PIN leaves that
+   * operation active: `end` ends it (the token refuses it; its answer is thrown away) so the
+   * session can take the next call.
+   */
+  contextLogin(pin: string, end: () => void): void;
+  /**
+   * Rethrows a failed use of `key`, unless it was CKR_USER_NOT_LOGGED_IN on a logged-in session:
+   * a key that asks for the PIN on every use without saying so in CKA_ALWAYS_AUTHENTICATE (or
+   * before C_GetAttributeValue can read it). That is learnt and the use sent back for a PIN, not
+   * taken for a lost session.
+   */
+  usedWithoutPin(e: unknown, key: CachedKey, sel: KeySelector): never;
 }
 
 const OAEP: Record<OaepHash, { hashAlg: number; mgf: number }> = {
@@ -134,7 +153,14 @@ function init(name: CryptoMechanismName, call: () => void): void {
   }
 }
 
-function cipher(s: CryptoSession, op: 'encrypt' | 'decrypt', name: CryptoMechanismName, key: P11.Handle, input: CipherInput): Uint8Array {
+/** A found key's use: a decrypt with a key that asks for the PIN on every use logs in with `pin` after C_DecryptInit. */
+interface KeyUse {
+  key: CachedKey;
+  sel: KeySelector;
+  pin?: string | undefined;
+}
+
+function cipher(s: CryptoSession, op: 'encrypt' | 'decrypt', name: CryptoMechanismName, key: P11.Handle, input: CipherInput, use?: KeyUse): Uint8Array {
   const mech = mechanismFor(s, name, input);
   const data = asBuffer(input.data);
   // Room for a GCM tag or a padding block; RSA output is never longer than its input here.
@@ -144,11 +170,12 @@ function cipher(s: CryptoSession, op: 'encrypt' | 'decrypt', name: CryptoMechani
     return s.p11('C_Encrypt').C_Encrypt(s.sessionHandle, data, out);
   }
   init(name, () => s.p11('C_DecryptInit').C_DecryptInit(s.sessionHandle, mech, key));
+  if (use?.pin !== undefined) s.contextLogin(use.pin, () => s.p11('C_Decrypt').C_Decrypt(s.sessionHandle, data, out));
   try {
     return s.p11('C_Decrypt').C_Decrypt(s.sessionHandle, data, out);
   } catch (e) {
     const ckr = (e as Error).message;
-    if (!NOT_DECRYPTED.has(ckr)) throw e;
+    if (!NOT_DECRYPTED.has(ckr)) throw use ? s.usedWithoutPin(e, use.key, use.sel) : e;
     const why = CRYPTO_MECHANISMS[name].scheme === 'aes-gcm' ? 'the tag does not match: a wrong key, IV or AAD, or a changed ciphertext' : 'the ciphertext does not decrypt under this key (padding or length)';
     throw new WorkerFailure('DECRYPTION_FAILED', `${name}: ${why}; the token said ${ckr}`, ckr === 'CKR_GENERAL_ERROR' ? undefined : ckr);
   }
@@ -160,7 +187,8 @@ export function encrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'encry
 
 export function decrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'decrypt' }>): Uint8Array {
   checkLabelHonoured(s, task);
-  return cipher(s, 'decrypt', task.mechanism, keyFor(s, task.key, task.mechanism, 'decrypt').handle, task);
+  const key = keyFor(s, task.key, task.mechanism, 'decrypt');
+  return cipher(s, 'decrypt', task.mechanism, key.handle, task, { key, sel: task.key, pin: s.contextPinFor(key, task.key, task.contextPin) });
 }
 
 /**
@@ -200,7 +228,7 @@ export function oaepDecryptable(s: CryptoSession, sel: KeySelector, name: Crypto
     const secret = randomBytes(16);
     const oaepLabel = labelled ? randomBytes(8) : undefined;
     const data = publicEncrypt({ key: createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: (CRYPTO_MECHANISMS[name] as CryptoMechanismSpec).hash!, ...(oaepLabel ? { oaepLabel } : {}) }, secret);
-    answer = Buffer.from(cipher(s, 'decrypt', name, key.handle, { data, oaepLabel })).equals(secret);
+    answer = Buffer.from(cipher(s, 'decrypt', name, key.handle, { data, oaepLabel }, { key, sel })).equals(secret);
   } catch (e) {
     const code = e instanceof WorkerFailure ? e.code : null;
     const ckr = e instanceof WorkerFailure ? e.ckr : (e as Error).message;

@@ -287,41 +287,36 @@ export class TokenSession implements CryptoSession {
   /** The signature as a view on this session's own buffers: valid until its next call, so a caller keeping it copies it. */
   sign(task: Extract<WorkerTask, { op: 'sign' }>): Uint8Array {
     const key = this.key(task.key, pkcs11js.CKO_PRIVATE_KEY);
-    const contextLogin = key.alwaysAuthenticate && !this.noContextLogin;
-    // Asked before C_SignInit: no operation is left open for want of a PIN.
-    if (contextLogin && task.contextPin === undefined) throw new ContextLoginNeeded(keyName(task.key));
+    const pin = this.contextPinFor(key, task.key, task.contextPin);
     const p = this.mechanism(task.mechanism, task.prehashed, key);
     const input = p.input(asBuffer(task.data));
     checkPkcs1Room(p, input.length, key.modulusBytes);
     const session = this.live;
     this.count('C_SignInit').C_SignInit(session, p.mechanism, key.handle);
-    if (contextLogin) this.contextLogin(task.contextPin!, input);
+    if (pin !== undefined) this.contextLogin(pin, () => this.count('C_Sign').C_Sign(session, input, this.out));
     let sig: Buffer;
     try {
       sig = this.count('C_Sign').C_Sign(session, input, this.out);
     } catch (e) {
-      // A key that asks for the PIN on every use without saying so in CKA_ALWAYS_AUTHENTICATE
-      // (or before C_GetAttributeValue can read it): the session is logged in, not lost.
-      if ((e as Error).message !== 'CKR_USER_NOT_LOGGED_IN' || key.alwaysAuthenticate || !this.loggedIn()) throw e;
-      key.alwaysAuthenticate = true;
-      throw new ContextLoginNeeded(keyName(task.key));
+      this.usedWithoutPin(e, key, task.key);
     }
     if (MECHANISMS[task.mechanism].scheme === 'ecdsa' && task.format === 'der') return this.der.subarray(0, writeDer(sig, this.der));
     return sig;
   }
 
-  /**
-   * C_Login(CKU_CONTEXT_SPECIFIC) for the operation C_SignInit just began. A refused PIN leaves
-   * that operation active: C_Sign ends it (the token refuses it; an answer is thrown away) so
-   * the session can take the next call.
-   */
-  private contextLogin(pin: string, input: Buffer): void {
+  contextPinFor(key: CachedKey, sel: KeySelector, contextPin: string | undefined): string | undefined {
+    if (!key.alwaysAuthenticate || this.noContextLogin) return undefined;
+    if (contextPin === undefined) throw new ContextLoginNeeded(keyName(sel));
+    return contextPin;
+  }
+
+  contextLogin(pin: string, end: () => void): void {
     try {
       this.checkPinLength(pin, 'PIN_INCORRECT', 'the PIN');
       this.count('C_Login').C_Login(this.live, pkcs11js.CKU_CONTEXT_SPECIFIC, pin);
     } catch (e) {
       try {
-        this.count('C_Sign').C_Sign(this.live, input, this.out);
+        end();
       } catch {
         // CKR_USER_NOT_LOGGED_IN: the operation is over, as wanted.
       }
@@ -329,6 +324,12 @@ export class TokenSession implements CryptoSession {
       this.noContextLogin = true;
       throw new ContextLoginUnsupported();
     }
+  }
+
+  usedWithoutPin(e: unknown, key: CachedKey, sel: KeySelector): never {
+    if ((e as Error).message !== 'CKR_USER_NOT_LOGGED_IN' || key.alwaysAuthenticate || !this.loggedIn()) throw e;
+    key.alwaysAuthenticate = true;
+    throw new ContextLoginNeeded(keyName(sel));
   }
 
   verify(task: Extract<WorkerTask, { op: 'verify' }>): boolean {

@@ -72,7 +72,8 @@ export type WorkerTask =
       format: SignatureFormat;
       /**
        * For a key with CKA_ALWAYS_AUTHENTICATE: the PIN of the C_Login(CKU_CONTEXT_SPECIFIC)
-       * between C_SignInit and C_Sign. Only the slot worker sets it, after the thread asked.
+       * between C_SignInit and C_Sign (C_DecryptInit and C_Decrypt). Only the slot worker sets
+       * it, after the thread asked.
        */
       contextPin?: string;
     }
@@ -86,7 +87,7 @@ export type WorkerTask =
       format: SignatureFormat;
     }
   | ({ op: 'encrypt'; key: KeySelector; mechanism: CryptoMechanismName } & CipherInput)
-  | ({ op: 'decrypt'; key: KeySelector; mechanism: CryptoMechanismName } & CipherInput)
+  | ({ op: 'decrypt'; key: KeySelector; mechanism: CryptoMechanismName; /** As sign's. */ contextPin?: string } & CipherInput)
   /** Whether the token decrypts this RSA-OAEP (with a label or without) with the key: true, false, or null when it cannot tell. */
   | { op: 'oaepDecryptable'; key: KeySelector; mechanism: CryptoMechanismName; labelled: boolean }
   | { op: 'mac'; key: KeySelector; mechanism: CryptoMechanismName; data: Uint8Array }
