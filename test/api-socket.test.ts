@@ -216,6 +216,8 @@ describe('hostile and broken clients', () => {
     ['an oversized body', [], JSON.stringify({ ...signBody, data: Buffer.alloc(64 * 1024).toString('base64') }), 413, 'BAD_INPUT', /^the request body is over \d+ bytes, the most this daemon takes \(its largest maxDataBytes, in base64\): hash large documents and sign the digest with prehashed: true$/],
     ['data over maxDataBytes', [], JSON.stringify({ ...signBody, data: Buffer.alloc(4097).toString('base64') }), 400, 'BAD_INPUT'],
     ['another media type', ['-H', 'content-type: text/plain'], 'hello', 415, 'BAD_INPUT', /^the request body must be JSON, sent as content-type: application\/json$/],
+    // Labelled compressed but plain: read as it stands it would be signed.
+    ['a content-encoding', ['-H', 'content-type: application/json', '-H', 'content-encoding: gzip'], JSON.stringify(signBody), 415, 'BAD_INPUT', /^the request body is sent with content-encoding "gzip"; the daemon takes plain JSON only$/],
     ...['soon', '-5', '1e3', '0', '99999999999'].map((deadline): Row => [`a deadline of ${deadline}`, ['-H', 'content-type: application/json', '-H', `x-timeout-ms: ${deadline}`], JSON.stringify(signBody), 400, 'BAD_INPUT', /x-timeout-ms:? must be a positive whole number of milliseconds$/]),
     ['headers over the limit', ['-H', 'content-type: application/json', '-H', `x-padding: ${'a'.repeat(20_000)}`], JSON.stringify(signBody), 431, 'BAD_INPUT'],
   ];

@@ -179,6 +179,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     // The status of the body-size and media-type refusals says more than BAD_INPUT's 400.
     if (e.code === 'BAD_INPUT' && (err as FastifyError).statusCode && (err as FastifyError).statusCode! >= 400 && (err as FastifyError).statusCode! < 500) problem.status = (err as FastifyError).statusCode!;
     if (e.code === 'QUEUE_FULL') reply.header('retry-after', '1');
+    if (problem.status === 415) reply.header('accept-encoding', 'identity');
     request.outcome = e.code;
     return reply.code(problem.status).type(PROBLEM_TYPE).send(problem);
   });

@@ -8,7 +8,13 @@ import { Pkcs11SupervisorError } from '../model/errors.js';
  * its refusal: Fastify's says only "not valid JSON". The reason never quotes the body (V8's
  * messages can), which may hold a PIN.
  */
-export function parseJsonBody(_request: FastifyRequest, body: string, done: (err: Error | null, body?: unknown) => void): void {
+export function parseJsonBody(request: FastifyRequest, body: string, done: (err: Error | null, body?: unknown) => void): void {
+  const coding = request.headers['content-encoding'];
+  if (coding !== undefined && coding.trim().toLowerCase() !== 'identity') {
+    // Read as it stands, a body sent compressed would be refused as "not valid JSON", or a body
+    // labelled compressed but sent plain would be signed: neither is what the caller meant (RFC 9110 15.5.16).
+    return done(Object.assign(new Pkcs11SupervisorError('BAD_INPUT', `the request body is sent with content-encoding ${JSON.stringify(coding.slice(0, 40))}; the daemon takes plain JSON only`), { statusCode: 415 }));
+  }
   if (body.length === 0) return done(null, undefined); // the empty request (see preValidation)
   try {
     done(null, secureJson.parse(body, { protoAction: 'error', constructorAction: 'error' }));
