@@ -1,12 +1,12 @@
 /** Checks on what a caller passes, made before a call is queued. Each failure is a typed error. */
 import { isWellFormed } from './model/token-match.js';
-import { isPkcs11Uri, keyOfUri, parsePkcs11Uri } from './model/pkcs11-uri.js';
+import { isPkcs11Uri, keyOfUri, parsePkcs11Uri, URI_TYPES } from './model/pkcs11-uri.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { isMechanismName, KEY_TYPES, MECHANISM_NAMES, type KeyType, type MechanismName } from './model/mechanisms.js';
 import { Secret } from './model/secret.js';
 import type { Slot } from './slot.js';
 import type { KeyRefConfig } from './config-schema.js';
-import { KEY_USAGES, OBJECT_CLASSES, type KeySelector, type KeyUsage, type ObjectQuery, type SignatureFormat } from './model/protocol.js';
+import { KEY_USAGES, OBJECT_CLASSES, type KeySelector, type KeyUsage, type ObjectClass, type ObjectQuery, type SignatureFormat } from './model/protocol.js';
 
 export function badInput(message: string, slot?: string): Pkcs11SupervisorError {
   return new Pkcs11SupervisorError('BAD_INPUT', message, { slot });
@@ -132,6 +132,17 @@ function uriSelector(slot: Slot, uri: string): KeySelector {
   } catch (e) {
     throw badInput(`key is not a usable PKCS#11 URI: ${(e as Error).message}`, slot.name);
   }
+}
+
+/**
+ * The object class a key URI's `type` names (`type=public`: the public key), or undefined. An
+ * operation on a key decides the class it uses; one on objects of any class (destroying) takes
+ * it, so a URI copied from one object names that object alone.
+ */
+export function uriObjectClass(key: unknown): ObjectClass | undefined {
+  if (!isPkcs11Uri(key)) return undefined;
+  const type = parsePkcs11Uri(key).path.type;
+  return type !== undefined && Object.hasOwn(URI_TYPES, type) ? URI_TYPES[type as keyof typeof URI_TYPES] : undefined;
 }
 
 /** What a key pair is for (default: signing), within what its type can do. */

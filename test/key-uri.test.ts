@@ -145,4 +145,24 @@ describe('a key URI names where the key is', () => {
     await expect(sup.sign({ slot: 'x', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'SLOT_FAILED', message: expect.stringContaining('no token with label "near" is present where its URI points (the URI names manufacturer "Nobody"') });
     expect(sup.status().slots.x!.workers[0]!.lastError).toMatchObject({ code: 'TOKEN_NOT_FOUND' });
   });
+
+  it("a URI's type names one object for destroyObject: the public key's URI destroys the public key alone, and the private key still signs", async () => {
+    pkcs11Tool(td, 'near', near.pin, ['--keypairgen', '--key-type', 'EC:prime256v1', '--label', 'typed', '--id', '7e', '--usage-sign']);
+    sup = await startSupervisor({ config: configFor(td, { n: slot(near) }) });
+    // The kinds of object pkcs11-tool lists under id 7e.
+    const listed = () => pkcs11Tool(td, 'near', near.pin, ['--list-objects']).split(/\n(?=\S)/).filter((b) => /ID:\s+7e\s*$/m.test(b)).map((b) => b.split(';')[0]).sort().join(', ');
+    const { uri } = await sup.getPublicKey({ slot: 'n', key: { id: '7e' } });
+    expect(uri).toMatch(/;type=public$/);
+    expect(listed()).toBe('Private Key Object, Public Key Object');
+    await expect(sup.destroyObject({ slot: 'n', key: uri, class: 'privateKey' })).rejects.toMatchObject({ code: 'BAD_INPUT' });
+    expect(await sup.destroyObject({ slot: 'n', key: uri })).toBe(1);
+    expect(listed()).toBe('Private Key Object');
+    const sig = await sup.sign({ slot: 'n', key: { id: '7e' }, mechanism: 'ECDSA-SHA256', data, format: 'der' });
+    expect(sig.length).toBeGreaterThan(64);
+    // The private key's URI, as findObjects gives it, destroys that key.
+    const [priv] = await sup.findObjects({ slot: 'n', template: { id: '7e' } });
+    expect(priv).toMatchObject({ class: 'privateKey' });
+    expect(await sup.destroyObject({ slot: 'n', key: priv!.uri! })).toBe(1);
+    expect(listed()).toBe('');
+  });
 });

@@ -114,7 +114,9 @@ export async function destroyObject(gate: Gate, request: DestroyObjectRequest): 
   if (configured && req.force !== true) {
     throw new Pkcs11SupervisorError('KEY_IN_USE', `key "${configured[0]}" is configured for slot "${slot.name}"; destroying it takes force: true (--force in the CLI)`, { slot: slot.name });
   }
-  const query = { ...check.objectQuery({ class: req.class }, slot.name), label: sel.label, id: sel.id };
+  const named = check.uriObjectClass(req.key);
+  if (named && req.class !== undefined && req.class !== named) throw check.badInput(`class "${String(req.class)}" is not the ${named} the key URI's type names`, slot.name);
+  const query = { ...check.objectQuery({ class: req.class ?? named }, slot.name), label: sel.label, id: sel.id };
   gate.publicKeys.forget(slot.name);
   return gate.call<number>(slot, 'destroyObject', { op: 'destroyObjects', query, on: sel.on }, req, { needsLogin: true });
 }
