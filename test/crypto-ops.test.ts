@@ -315,6 +315,10 @@ describe('secret keys and wrapping', () => {
     await sup.unwrapKey({ slot: 's', key: 'rsaEnc', mechanism: 'RSA-OAEP-SHA1', wrapped, algorithm: 'AES-256', label: 'unwrapped-rsa' });
     const b = await sup.encrypt({ slot: 's', key: { label: 'unwrapped-rsa' }, mechanism: 'AES-GCM', data: Buffer.from('oaep') });
     expect(gcmOpen(other, b.iv!, b.ciphertext).toString()).toBe('oaep');
+    // Unwrapped again under the same label: refused, or every later lookup of that label would be ambiguous.
+    await expect(sup.unwrapKey({ slot: 's', key: 'aes', mechanism: 'AES-KEY-WRAP-PAD', wrapped: kwpWrap(aesKey, randomBytes(32)), algorithm: 'AES-256', label: 'unwrapped-rsa' })).rejects.toMatchObject({ code: 'KEY_IN_USE' });
+    const c = await sup.encrypt({ slot: 's', key: { label: 'unwrapped-rsa' }, mechanism: 'AES-GCM', data: Buffer.from('still one') });
+    expect(gcmOpen(other, c.iv!, c.ciphertext).toString()).toBe('still one');
 
     // With a label SoftHSM2 2.6 ignores: refused for unwrapping and wrapping alike, nothing made.
     const { keyObject } = await sup.getPublicKey({ slot: 's', key: 'rsaEnc' });

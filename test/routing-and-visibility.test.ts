@@ -17,6 +17,7 @@ beforeAll(() => {
     paging: createToken(td, 'paging'),
     verify: createToken(td, 'verify', [...DEMO_KEYS, { kind: 'EC:edwards25519', label: 'ed', id: '03' }]),
     limits: createToken(td, 'limits'),
+    naming: createToken(td, 'naming'),
   };
   for (const [label, t] of Object.entries(tokens)) process.env[`RV_PIN_${label}`] = t.pin;
 });
@@ -201,5 +202,26 @@ describe('what the token reports decides', () => {
     });
     expect((await sup.probe({ slot: 'k' })).calls.C_GenerateKeyPair ?? 0).toBe(before.C_GenerateKeyPair ?? 0);
     expect((await sup.generateKeyPair({ slot: 'k', algorithm: 'EC-P256', label: 'fits', id: 'f1' })).keyType).toBe('EC');
+  });
+});
+
+describe('creating named objects on a pool', () => {
+  it('concurrent generations and imports of one name on four sessions make exactly one key each way, the rest KEY_IN_USE, while signatures go on', async () => {
+    sup = await startSupervisor({ config: configFor(td, { n: slot('naming', { type: 'hsm', poolSize: 4 }) }) });
+    const s = sup;
+    const pem = () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    const signing = Promise.all(Array.from({ length: 40 }, () => s.sign({ slot: 'n', key: 'ec', mechanism: 'ECDSA-SHA256', data })));
+    const outcomes = await Promise.all([
+      ...Array.from({ length: 6 }, () => s.generateKeyPair({ slot: 'n', algorithm: 'EC-P256', label: 'one-name' })),
+      ...Array.from({ length: 6 }, () => s.importKeyPair({ slot: 'n', label: 'one-import', privateKeyPem: pem() })),
+      ...Array.from({ length: 6 }, () => s.generateSecretKey({ slot: 'n', algorithm: 'AES-256', label: 'one-secret' })),
+    ].map((p) => p.then(() => 'ok', (e: { code: string }) => e.code)));
+    for (let i = 0; i < 3; i++) expect(outcomes.slice(6 * i, 6 * i + 6).sort()).toEqual(['KEY_IN_USE', 'KEY_IN_USE', 'KEY_IN_USE', 'KEY_IN_USE', 'KEY_IN_USE', 'ok']);
+    const pub = exportPublicKey(td, 'naming', '02');
+    for (const sig of await signing) expect(opensslVerifies(pub, 'ECDSA-SHA256', data, sig)).toBe(true);
+    // Each name is one key: it is found, not KEY_AMBIGUOUS.
+    expect(await s.sign({ slot: 'n', key: { label: 'one-name' }, mechanism: 'ECDSA-SHA256', data })).toBeInstanceOf(Buffer);
+    expect(await s.sign({ slot: 'n', key: { label: 'one-import' }, mechanism: 'ECDSA-SHA256', data })).toBeInstanceOf(Buffer);
+    expect((await s.encrypt({ slot: 'n', key: { label: 'one-secret' }, mechanism: 'AES-GCM', data })).ciphertext.length).toBeGreaterThan(0);
   });
 });

@@ -10,6 +10,7 @@ import { asBuffer, pkcs11js } from './pkcs11js.js';
 import { WorkerFailure } from './failure.js';
 import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
 import { describe, publicKeyReport, type SessionAccess } from './object-ops.js';
+import { refuseTakenName } from './key-creation.js';
 import type { CachedKey } from './key-finder.js';
 import { KEY_TYPE_VALUE } from './token-info.js';
 import { CRYPTO_MECHANISMS, ECDH_SESSION_KEY_BYTES, GCM_IV_BYTES, GCM_TAG_BYTES, SECRET_KEY_ALGORITHMS, type CryptoMechanismName, type CryptoMechanismSpec, type CryptoOp, type OaepHash } from '../src/model/crypto-mechanisms.js';
@@ -305,6 +306,7 @@ export function unwrapKey(s: CryptoSession, task: Extract<WorkerTask, { op: 'unw
   checkLabelHonoured(s, task);
   const unwrapping = keyFor(s, task.key, task.mechanism, 'unwrapKey');
   const mech = mechanismFor(s, task.mechanism, task);
+  refuseTakenName(s, ['secretKey'], task.spec.label, task.spec.id);
   let handle: P11.Handle;
   try {
     handle = s.p11('C_UnwrapKey').C_UnwrapKey(s.sessionHandle, mech, unwrapping.handle, Buffer.from(task.wrapped), secretKeyTemplate(task.spec, false));
@@ -320,6 +322,7 @@ export function generateSecretKey(s: CryptoSession, spec: SecretKeySpec): Object
   const aes = SECRET_KEY_ALGORITHMS[spec.algorithm].keyType === 'AES';
   const mechanism = aes ? pkcs11js.CKM_AES_KEY_GEN : pkcs11js.CKM_GENERIC_SECRET_KEY_GEN;
   if (!s.supports(mechanism)) throw new WorkerFailure('MECHANISM_INVALID', `the token cannot generate ${spec.algorithm} keys (no ${aes ? 'CKM_AES_KEY_GEN' : 'CKM_GENERIC_SECRET_KEY_GEN'} in its C_GetMechanismList)`);
+  refuseTakenName(s, ['secretKey'], spec.label, spec.id);
   const handle = s.p11('C_GenerateKey').C_GenerateKey(s.sessionHandle, { mechanism }, secretKeyTemplate(spec, true));
   return describe(s, handle);
 }

@@ -74,6 +74,7 @@ function defaultId(publicValue: Buffer): Buffer {
 }
 
 export function generateKeyPair(s: SessionAccess, spec: KeyGenSpec): ObjectDescriptor {
+  refuseTakenName(s, ['privateKey', 'publicKey'], spec.label, spec.id);
   const [family, size] = spec.algorithm.split('-') as [string, string | undefined];
   const common = (id: Buffer | null): P11.Template => [
     { type: pkcs11js.CKA_TOKEN, value: true },
@@ -157,6 +158,21 @@ function keyTemplate(jwk: JsonWebKeyLike, priv: boolean): P11.Template {
  * Objects of the same class already on the token under one of the new objects' labels or ids:
  * a certificate for an existing key shares its id, and that is no conflict.
  */
+const KIND_NAMES: Record<'privateKey' | 'publicKey' | 'secretKey', string> = { privateKey: 'private key', publicKey: 'public key', secretKey: 'secret key' };
+
+/**
+ * A generated key takes a label and an id no key of its kind has: a second key under one name
+ * would make every later lookup by it KEY_AMBIGUOUS (and a key ref naming it by label alone
+ * stop working), which only destroying a key undoes. Import has `replace` for a planned swap.
+ */
+export function refuseTakenName(s: SessionAccess, kinds: readonly ('privateKey' | 'publicKey' | 'secretKey')[], label: string, id: string | undefined): void {
+  for (const kind of kinds) {
+    for (const [q, name] of [[{ class: kind, label }, `label "${label}"`], ...(id === undefined ? [] : [[{ class: kind, id }, `id ${id}`] as const])] as const) {
+      if (findHandles(s, q, 1).length > 0) throw new WorkerFailure('KEY_IN_USE', `the token already holds a ${KIND_NAMES[kind]} with ${name}; choose another, or destroy that key first (destroyObject)`);
+    }
+  }
+}
+
 function sameNamed(s: SessionAccess, objects: ImportedObject[]): P11.Handle[] {
   const seen = new Map<string, P11.Handle>();
   for (const o of objects) {

@@ -180,7 +180,7 @@ export async function generateSecretKey(gate: Gate, request: GenerateSecretKeyRe
   const slot = gate.slotFor(req, 'generateSecretKey');
   gate.writable(slot, 'key generation');
   const spec = secretKeySpec(slot, req);
-  return gate.call<ObjectDescriptor>(slot, 'generateSecretKey', { op: 'generateSecretKey', spec }, req, { needsLogin: true });
+  return gate.call<ObjectDescriptor>(slot, 'generateSecretKey', { op: 'generateSecretKey', spec }, req, { needsLogin: true, namesObjects: true });
 }
 
 export async function wrapKey(gate: Gate, request: WrapKeyRequest): Promise<Buffer> {
@@ -214,7 +214,7 @@ export async function unwrapKey(gate: Gate, request: UnwrapKeyRequest): Promise<
     spec: secretKeySpec(slot, req),
     oaepLabel: optionalBytes(req.oaepLabel, 'oaepLabel', slot),
   };
-  return gate.call<ObjectDescriptor>(slot, 'unwrapKey', task, req, { mechanism, needsLogin: true });
+  return gate.call<ObjectDescriptor>(slot, 'unwrapKey', task, req, { mechanism, needsLogin: true, namesObjects: true });
 }
 
 /** The peer's EC public key as the uncompressed point CKM_ECDH1_DERIVE takes. */

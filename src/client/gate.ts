@@ -30,6 +30,12 @@ export interface CallShape {
   needsLogin: boolean;
   /** Runs alone on the slot (Security Officer work). */
   exclusive?: boolean;
+  /**
+   * Creates objects under a label and id it checks are free (generation, import, unwrap): such
+   * calls take turns on the slot, so two cannot both find a name free on two sessions and make
+   * it ambiguous. Other calls run beside them.
+   */
+  namesObjects?: boolean;
 }
 
 /**
@@ -46,6 +52,8 @@ export class Gate {
   readonly publicKeys: PublicKeyCache;
   /** Set on a scoped gate (see `scoped`): the principal of every call made through it. */
   private scope: Principal | undefined;
+  /** Per slot, the last call that names objects (CallShape.namesObjects): the next one waits for it. Shared by scoped gates. */
+  private readonly naming = new Map<string, Promise<void>>();
 
   constructor(
     readonly sup: Supervisor,
@@ -135,6 +143,25 @@ export class Gate {
    * as a Pkcs11SupervisorError. Every outcome is logged if failed, audited and reported once.
    */
   async call<T>(slot: Slot, op: Operation, task: SlotTask, req: Req, shape: CallShape): Promise<T> {
+    if (!shape.namesObjects) return this.callNow<T>(slot, op, task, req, shape);
+    // The call's deadline includes its wait for the turn.
+    const budget = check.timeoutMs(req.timeoutMs, slot);
+    const from = Date.now();
+    const previous = this.naming.get(slot.name) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((r) => (release = r));
+    const turn = previous.then(() => mine);
+    this.naming.set(slot.name, turn);
+    await previous;
+    try {
+      return await this.callNow<T>(slot, op, task, { ...req, timeoutMs: Math.max(1, budget - (Date.now() - from)) }, shape);
+    } finally {
+      release();
+      if (this.naming.get(slot.name) === turn) this.naming.delete(slot.name);
+    }
+  }
+
+  private async callNow<T>(slot: Slot, op: Operation, task: SlotTask, req: Req, shape: CallShape): Promise<T> {
     const mechanism = shape.mechanism ?? null;
     const spec = {
       task,

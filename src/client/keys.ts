@@ -58,7 +58,7 @@ export async function generateKeyPair(gate: Gate, request: GenerateKeyPairReques
     usage: check.keyUsage(req.usage, KEYGEN_SIZES[req.algorithm as KeyAlgorithm][0], slot.name),
   };
   gate.publicKeys.forget(slot.name);
-  return gate.call<ObjectDescriptor>(slot, 'generateKeyPair', { op: 'generateKeyPair', spec }, req, { needsLogin: true });
+  return gate.call<ObjectDescriptor>(slot, 'generateKeyPair', { op: 'generateKeyPair', spec }, req, { needsLogin: true, namesObjects: true });
 }
 
 /** Refuses, before queueing, a key type or size the token said (C_GetMechanismInfo) it cannot generate. */
@@ -98,7 +98,7 @@ export async function importKeyPair(gate: Gate, request: ImportKeyPairRequest): 
   });
   gate.publicKeys.forget(slot.name);
   const replace = check.flag(req.replace, 'replace', slot.name);
-  return gate.call<ObjectDescriptor[]>(slot, 'importKeyPair', { op: 'importObjects', objects, replace }, req, { needsLogin: true });
+  return gate.call<ObjectDescriptor[]>(slot, 'importKeyPair', { op: 'importObjects', objects, replace }, req, { needsLogin: true, namesObjects: true });
 }
 
 export async function importCertificate(gate: Gate, request: ImportCertificateRequest): Promise<ObjectDescriptor> {
@@ -110,6 +110,6 @@ export async function importCertificate(gate: Gate, request: ImportCertificateRe
   if (id === undefined) throw check.badInput('importCertificate needs the id of the key it certifies', slot.name);
   const objects = [{ kind: 'certificate' as const, der, ...certificateFields(der), label: check.label(req.label, slot.name), id }];
   const replace = check.flag(req.replace, 'replace', slot.name);
-  const [d] = await gate.call<ObjectDescriptor[]>(slot, 'importCertificate', { op: 'importObjects', objects, replace }, req, { needsLogin: true });
+  const [d] = await gate.call<ObjectDescriptor[]>(slot, 'importCertificate', { op: 'importObjects', objects, replace }, req, { needsLogin: true, namesObjects: true });
   return d!;
 }

@@ -217,6 +217,23 @@ export function operationSuite(transport: Transport): void {
       });
     }
 
+    it('generation refuses a label or id a key of its kind already has (KEY_IN_USE), creating nothing, so no name becomes ambiguous', async () => {
+      const objects = async () => (await sup.findObjects({ slot: 's' })).length;
+      const before = await objects();
+      // The configured 'ec' is label ec, id 02: a second key under either would break the ref.
+      await expect(sup.generateKeyPair({ slot: 's', algorithm: 'EC-P256', label: 'ec' })).rejects.toMatchObject({ code: 'KEY_IN_USE', message: expect.stringContaining('label "ec"') });
+      await expect(sup.generateKeyPair({ slot: 's', algorithm: 'EC-P256', label: 'fresh-name', id: '02' })).rejects.toMatchObject({ code: 'KEY_IN_USE', message: expect.stringContaining('id 02') });
+      await sup.generateSecretKey({ slot: 's', algorithm: 'AES-256', label: 'taken-secret', id: 'c1' });
+      await expect(sup.generateSecretKey({ slot: 's', algorithm: 'AES-256', label: 'taken-secret' })).rejects.toMatchObject({ code: 'KEY_IN_USE' });
+      await expect(sup.generateSecretKey({ slot: 's', algorithm: 'AES-128', label: 'other-secret', id: 'c1' })).rejects.toMatchObject({ code: 'KEY_IN_USE' });
+      expect(await objects()).toBe(before + 1);
+      const sig = await sup.sign({ slot: 's', key: { label: 'ec' }, mechanism: 'ECDSA-SHA256', data });
+      expect(opensslVerifies(exportPublicKey(td, 'ops', '02'), 'ECDSA-SHA256', data, sig)).toBe(true);
+      // Another kind may share the name: lookups are by kind.
+      expect(await sup.generateKeyPair({ slot: 's', algorithm: 'EC-P256', label: 'taken-secret', id: 'c2' })).toMatchObject({ class: 'privateKey' });
+      expect(await sup.destroyObject({ slot: 's', key: { label: 'taken-secret' } })).toBe(3);
+    });
+
     it('generateRandom returns fresh bytes of the asked length', async () => {
       const a = await sup.generateRandom({ slot: 's', length: 32 });
       const b = await sup.generateRandom({ slot: 's', length: 32 });
