@@ -32,7 +32,7 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<command> 
 
   init                                     in this directory: a SoftHSM2 dev token under var/ and config/default.json (kept if present)
   status                                   slot states as JSON
-  keys list [--slot S] [--class C]         objects on each token (class: privateKey, publicKey, certificate)
+  keys list [--slot S] [--class C]         objects on each token (C: privateKey, publicKey, certificate, secretKey, data)
   keys generate --slot S --algorithm A --label L [--id HEX] [--usage U,...] [--always-authenticate]
                                            A: RSA-2048 RSA-3072 RSA-4096 EC-P256 EC-P384 EC-P521 Ed25519
                                            U: sign (default), decrypt (RSA), derive (EC)
@@ -40,7 +40,7 @@ const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<command> 
                                            A: AES-128 AES-192 AES-256 HMAC-256 HMAC-384 HMAC-512
   keys import --slot S --label L [--id HEX] (--p12 FILE [--password-env VAR] | --private-key PEM [--cert PEM]...) [--replace]
               [--always-authenticate]      an existing key under that label or id is refused unless --replace;
-                                           --always-authenticate: the key asks for the PIN on every signature
+                                           --always-authenticate: the key asks for the PIN on every use
   keys delete --slot S --key K [--class C] [--force]
                                            destroys the objects K names (--force for a key the config names)
   sign --slot S --key K --mechanism M --in FILE [--out FILE] [--format der|raw] [--prehashed]

@@ -146,6 +146,14 @@ describe('keys with CKA_ALWAYS_AUTHENTICATE', () => {
     expect(after.C_OpenSession).toBe(before.C_OpenSession);
     expect(logins.map((e) => `${e.userType}:${e.outcome}`)).toEqual(Array(6).fill('context:ok'));
 
+    // SoftHSM2 2.6 ignores an OAEP label: asked with one, the token is shown a labelled
+    // ciphertext first (with the PIN), and the call is refused instead of decrypting what was made
+    // without that label.
+    const labelled = { slot: 's', key: { id: '9d' }, mechanism: 'RSA-OAEP-SHA1', data: cts[2]!, oaepLabel: Buffer.from('other context') } as const;
+    await expect(sup.decrypt({ ...labelled, pin: 'not-the-pin' })).rejects.toMatchObject({ code: 'PIN_INCORRECT' });
+    await expect(sup.decrypt(labelled)).rejects.toMatchObject({ code: 'MECHANISM_INVALID', message: expect.stringContaining('with a label') });
+    await expect(sup.encrypt({ slot: 's', key: { id: '9d' }, mechanism: 'RSA-OAEP-SHA1', data, oaepLabel: Buffer.from('x') })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
+
     // A ciphertext for another key is still DECRYPTION_FAILED after the login, not a PIN error.
     const other = Buffer.from(opensslEncrypts('9d', Buffer.from('x')));
     other[10] ^= 1;

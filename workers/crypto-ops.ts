@@ -7,7 +7,7 @@
 import { constants, createPublicKey, publicEncrypt, randomBytes } from 'node:crypto';
 import type * as P11 from 'pkcs11js';
 import { asBuffer, pkcs11js } from './pkcs11js.js';
-import { WorkerFailure } from './failure.js';
+import { ContextLoginNeeded, WorkerFailure } from './failure.js';
 import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
 import { describe, publicKeyReport, type SessionAccess } from './object-ops.js';
 import { refuseTakenName } from './key-creation.js';
@@ -187,18 +187,19 @@ export function encrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'encry
 }
 
 export function decrypt(s: CryptoSession, task: Extract<WorkerTask, { op: 'decrypt' }>): Uint8Array {
-  checkLabelHonoured(s, task);
   const key = keyFor(s, task.key, task.mechanism, 'decrypt');
-  return cipher(s, 'decrypt', task.mechanism, key.handle, task, { key, sel: task.key, pin: s.contextPinFor(key, task.key, task.contextPin) });
+  const pin = s.contextPinFor(key, task.key, task.contextPin);
+  checkLabelHonoured(s, task, pin);
+  return cipher(s, 'decrypt', task.mechanism, key.handle, task, { key, sel: task.key, pin });
 }
 
 /**
  * An RSA-OAEP label is refused where the token does not decrypt with one correctly: SoftHSM2 2.6
  * ignores it, so it would decrypt (or unwrap) what was made for another label, and wrap without it.
  */
-function checkLabelHonoured(s: CryptoSession, task: { key: KeySelector; mechanism: CryptoMechanismName; oaepLabel?: Uint8Array | undefined }): void {
+function checkLabelHonoured(s: CryptoSession, task: { key: KeySelector; mechanism: CryptoMechanismName; oaepLabel?: Uint8Array | undefined }, contextPin?: string): void {
   if (!task.oaepLabel?.length || CRYPTO_MECHANISMS[task.mechanism].scheme !== 'rsa-oaep') return;
-  if (oaepDecryptable(s, task.key, task.mechanism, true) !== false) return;
+  if (oaepDecryptable(s, task.key, task.mechanism, true, contextPin) !== false) return;
   throw new WorkerFailure('MECHANISM_INVALID', `the token does not decrypt ${task.mechanism} with a label correctly (a ciphertext made with one does not come back), so it cannot take one`);
 }
 
@@ -208,10 +209,12 @@ function checkLabelHonoured(s: CryptoSession, task: { key: KeySelector; mechanis
  * come back from the token as it went in. A token may list CKM_RSA_PKCS_OAEP yet refuse a hash
  * (SoftHSM2 2.6 takes SHA-1 only) or ignore the label (SoftHSM2 2.6 again), and a ciphertext
  * made for parameters it cannot decrypt is lost. null: it cannot tell (no private or public half
- * here, or a key not for decryption, whose unwrap is the caller's to try). Kept with the found
- * key, so asked again at most when the key is looked up again.
+ * here, a key not for decryption, whose unwrap is the caller's to try, or one that asks for the
+ * PIN on every use when no `contextPin` came: its decryption shows only whether the token takes
+ * the hash). Kept with the found key, so asked again at most when the key is looked up again;
+ * an answer without the PIN such a key needs is asked again with it.
  */
-export function oaepDecryptable(s: CryptoSession, sel: KeySelector, name: CryptoMechanismName, labelled: boolean): boolean | null {
+export function oaepDecryptable(s: CryptoSession, sel: KeySelector, name: CryptoMechanismName, labelled: boolean, contextPin?: string): boolean | null {
   let key: CachedKey;
   try {
     key = keyFor(s, sel, name, 'decrypt');
@@ -219,9 +222,18 @@ export function oaepDecryptable(s: CryptoSession, sel: KeySelector, name: Crypto
     if (e instanceof WorkerFailure && e.code === 'KEY_NOT_FOUND') return null;
     throw e;
   }
+  let pin: string | undefined;
+  let unpinned = false;
+  try {
+    pin = s.contextPinFor(key, sel, contextPin);
+  } catch (e) {
+    if (!(e instanceof ContextLoginNeeded)) throw e;
+    unpinned = true;
+  }
   const memo = `${name}\0${labelled}`;
   key.oaep ??= new Map();
-  if (key.oaep.has(memo)) return key.oaep.get(memo)!;
+  const known = key.oaep.get(memo) ?? (unpinned ? key.oaep.get(`${memo}\0unpinned`) : undefined);
+  if (known !== undefined) return known;
   let answer: boolean | null;
   try {
     const pub = s.key(sel, pkcs11js.CKO_PUBLIC_KEY);
@@ -229,18 +241,23 @@ export function oaepDecryptable(s: CryptoSession, sel: KeySelector, name: Crypto
     const secret = randomBytes(16);
     const oaepLabel = labelled ? randomBytes(8) : undefined;
     const data = publicEncrypt({ key: createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: (CRYPTO_MECHANISMS[name] as CryptoMechanismSpec).hash!, ...(oaepLabel ? { oaepLabel } : {}) }, secret);
-    answer = Buffer.from(cipher(s, 'decrypt', name, key.handle, { data, oaepLabel }, { key, sel })).equals(secret);
+    answer = Buffer.from(cipher(s, 'decrypt', name, key.handle, { data, oaepLabel }, { key, sel, pin })).equals(secret);
   } catch (e) {
     const code = e instanceof WorkerFailure ? e.code : null;
     const ckr = e instanceof WorkerFailure ? e.ckr : (e as Error).message;
     // Refused parameters, or a ciphertext that did not come back: it cannot. A lost session is the
-    // caller's to retry. Anything else (a key not for decryption, one that wants a context login,
-    // no public half here) says nothing about the parameters.
-    if (code === 'MECHANISM_INVALID' || code === 'DECRYPTION_FAILED') answer = false;
+    // caller's to retry, as is a PIN the context login refused. Anything else (a key not for
+    // decryption, one that wants a context login, no public half here) says nothing about the parameters.
+    if (e instanceof ContextLoginNeeded) {
+      // Learnt just now from the token: the key asks for the PIN on every use.
+      unpinned = true;
+      answer = null;
+    } else if (code === 'MECHANISM_INVALID' || code === 'DECRYPTION_FAILED') answer = false;
     else if (ckr && SESSION_LOST_CKRS.has(ckr) && !(key.alwaysAuthenticate && ckr === 'CKR_USER_NOT_LOGGED_IN')) throw e;
+    else if (pin !== undefined && (code === 'PIN_INCORRECT' || ckr?.startsWith('CKR_PIN_'))) throw e;
     else answer = null;
   }
-  key.oaep.set(memo, answer);
+  key.oaep.set(answer === null && unpinned ? `${memo}\0unpinned` : memo, answer);
   return answer;
 }
 
