@@ -128,3 +128,30 @@ describe('hostile input through the CLI', () => {
     expect(cli(['--bogus'])).toMatchObject({ status: 2 });
   });
 });
+
+describe('the fields each method takes', () => {
+  it('the in-process table and the service schemas name the same fields, so a field is refused the same way both ways in', async () => {
+    const { REQUEST_FIELDS } = await import('../dist/src/client/request-fields.js');
+    const { ROUTES } = await import('../dist/src/service/routes.js');
+    type Shaped = { shape?: Record<string, unknown>; in?: { shape: Record<string, unknown> } };
+    // Over the wire only: the deadline and PIN are call options, a JWS payload may come as base64.
+    const wireOnly = new Set(['timeoutMs', 'pin', 'payloadBase64']);
+    const methods = Object.keys(ROUTES).filter((m) => !['status', 'reset', 'verifyAudit'].includes(m));
+    expect(Object.keys(REQUEST_FIELDS).sort()).toEqual(methods.sort());
+    for (const m of methods) {
+      const schema = ROUTES[m as keyof typeof ROUTES].request as Shaped;
+      const wire = Object.keys(schema.in?.shape ?? schema.shape!).filter((f) => !wireOnly.has(f));
+      expect([m, ...wire.sort()]).toEqual([m, ...[...(REQUEST_FIELDS as Record<string, readonly string[]>)[m]!].sort()]);
+    }
+  });
+
+  it('an unknown field in a request, a key or a then object is BAD_INPUT naming it; undefined ones are ignored', async () => {
+    await expect(sup.sign({ ...ok, prehash: true } as never)).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('sign takes no field "prehash"') });
+    await expect(sup.verify({ ...ok, signature: data, signatureformat: 'raw' } as never)).rejects.toMatchObject({ code: 'BAD_INPUT' });
+    await expect(sup.sign({ ...ok, key: { label: 'ec', uri: 'x' } } as never)).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('key has no field "uri"') });
+    await expect(sup.deriveKey({ slot: 't', key: 'ec', mechanism: 'ECDH', publicKey: Buffer.alloc(65, 4), then: { op: 'encrypt', mechanism: 'AES-GCM', data, nonce: data } } as never)).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('then has no field "nonce"') });
+    await expect(sup.generateKeyPair({ slot: 't', algorithm: 'EC-P256', label: 'typo', exportable: true } as never)).rejects.toMatchObject({ code: 'BAD_INPUT' });
+    expect((await sup.findObjects({ slot: 't', template: { label: 'typo' } })).length).toBe(0);
+    expect(await sup.sign({ ...ok, prehashed: undefined, signatureFormat: undefined, signal: undefined })).toBeInstanceOf(Buffer);
+  });
+});

@@ -20,6 +20,7 @@ import * as session from './session.js';
 import * as signing from './signing.js';
 import * as ciphers from './ciphers.js';
 import { addListener } from './listeners.js';
+import { checkRequestFields } from './request-fields.js';
 
 /**
  * Every operation, from the operation files: each exports its operations, and each becomes a
@@ -126,6 +127,11 @@ export class Pkcs11Supervisor implements Pkcs11Client {
 for (const [name, operation] of Object.entries(OPERATION_FILES) as [string, (gate: Gate, ...args: unknown[]) => unknown][]) {
   Object.defineProperty(Pkcs11Supervisor.prototype, name, {
     value(this: Pkcs11Supervisor, ...args: unknown[]) {
+      try {
+        checkRequestFields(name, args[0]);
+      } catch (e) {
+        return Promise.reject(e); // every operation is async: its refusals reject
+      }
       return operation(gateOf(this), ...args);
     },
     writable: true,

@@ -271,6 +271,16 @@ export function operationSuite(transport: Transport): void {
       await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data: Buffer.alloc((1 << 20) + 1) })).rejects.toMatchObject({ code: 'BAD_INPUT' });
     });
 
+    it('a field the method does not take is BAD_INPUT naming it, before the token: a misspelt prehashed would sign a digest as data', async () => {
+      const before = (await sup.probe({ slot: 's' })).calls.C_Sign ?? 0;
+      const digest = createHash('sha256').update(data).digest();
+      await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data: digest, prehash: true } as never)).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('"prehash"') });
+      await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data, format: 'raw' } as never)).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('"format"') });
+      await expect(sup.sign({ slot: 's', key: { lable: 'ec' } as never, mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('"lable"') });
+      await expect(sup.decrypt({ slot: 's', key: 'ec', mechanism: 'AES-GCM', data, nonce: Buffer.alloc(12) } as never)).rejects.toMatchObject({ code: 'BAD_INPUT' });
+      expect((await sup.probe({ slot: 's' })).calls.C_Sign ?? 0).toBe(before);
+    });
+
     it('a mechanism for another key type is refused before it reaches the token', async () => {
       const before = (await sup.probe({ slot: 's' })).calls;
       await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'RSA-PSS-SHA256', data })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
