@@ -6,7 +6,7 @@
  * the token by OpenSC's pkcs11-tool, or unwrapped onto it from bytes only the test holds.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { constants, createCipheriv, createDecipheriv, createECDH, createHmac, publicDecrypt, publicEncrypt, randomBytes } from 'node:crypto';
+import { constants, createCipheriv, createDecipheriv, createECDH, createHmac, createPrivateKey, createPublicKey, publicDecrypt, publicEncrypt, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
@@ -301,6 +301,21 @@ describe('secret keys and wrapping', () => {
     const d2 = createDecipheriv('id-aes256-wrap', aesKey, Buffer.from('A6A6A6A6A6A6A6A6', 'hex'));
     expect(Buffer.concat([d2.update(plain), d2.final()]).equals(raw)).toBe(true);
     await expect(sup.wrapKey({ slot: 's', key: 'aes', mechanism: 'AES-KEY-WRAP-PAD', target: { label: 'gen-aes' } })).rejects.toMatchObject({ code: 'MECHANISM_INVALID', ckr: 'CKR_KEY_UNEXTRACTABLE', message: expect.stringContaining('cannot leave the token') });
+
+    // A private key under the same label: a target URI's type says which of the two is wrapped.
+    await sup.generateKeyPair({ slot: 's', algorithm: 'EC-P256', label: 'exportable', id: 'b1', extractable: true });
+    const unwrap = (w: Buffer) => {
+      const dk = createDecipheriv('id-aes256-wrap-pad', aesKey, KWP_IV);
+      return Buffer.concat([dk.update(w), dk.final()]);
+    };
+    const asSecret = await sup.wrapKey({ slot: 's', key: 'aes', mechanism: 'AES-KEY-WRAP-PAD', target: 'pkcs11:object=exportable;type=secret-key' });
+    expect(unwrap(asSecret).equals(raw)).toBe(true);
+    const asPrivate = await sup.wrapKey({ slot: 's', key: 'aes', mechanism: 'AES-KEY-WRAP-PAD', target: 'pkcs11:object=exportable;type=private' });
+    const pkcs8 = createPrivateKey({ key: unwrap(asPrivate), format: 'der', type: 'pkcs8' });
+    const { keyObject } = await sup.getPublicKey({ slot: 's', key: { id: 'b1' } });
+    expect(createPublicKey(pkcs8).export({ type: 'spki', format: 'der' }).equals(keyObject.export({ type: 'spki', format: 'der' }))).toBe(true);
+    await expect(sup.wrapKey({ slot: 's', key: 'aes', mechanism: 'AES-KEY-WRAP-PAD', target: 'pkcs11:object=exportable;type=private', targetClass: 'secretKey' })).rejects.toMatchObject({ code: 'BAD_INPUT' });
+    await expect(sup.wrapKey({ slot: 's', key: 'aes', mechanism: 'AES-KEY-WRAP-PAD', target: 'pkcs11:object=exportable;type=public' })).rejects.toMatchObject({ code: 'BAD_INPUT' });
   });
 
   it('unwraps a key Node wrapped (AES key wrap with padding, and RSA-OAEP) onto the token, sensitive; it then encrypts as that key', async () => {

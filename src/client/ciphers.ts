@@ -187,9 +187,12 @@ export async function wrapKey(gate: Gate, request: WrapKeyRequest): Promise<Buff
   const req = gate.request(request);
   const slot = gate.slotFor(req, 'wrapKey', req.key);
   const mechanism = mechanismFor(gate, slot, req.mechanism, 'wrapKey', req.key);
-  const targetClass = req.targetClass ?? 'secretKey';
-  if (targetClass !== 'secretKey' && targetClass !== 'privateKey') throw check.badInput('targetClass must be "secretKey" or "privateKey"', slot.name);
   const target = check.keySelector(slot, req.target);
+  // A target URI's type names the class to wrap, as targetClass does: they must agree.
+  const named = check.uriObjectClass(req.target);
+  const targetClass = req.targetClass ?? (named === 'privateKey' ? named : 'secretKey');
+  if (targetClass !== 'secretKey' && targetClass !== 'privateKey') throw check.badInput('targetClass must be "secretKey" or "privateKey"', slot.name);
+  if (named && named !== targetClass) throw check.badInput(`the target URI names a ${named} (its type); wrapKey wraps the ${targetClass} of that name`, slot.name);
   const task = {
     op: 'wrapKey' as const,
     key: check.keySelector(slot, req.key),
