@@ -168,7 +168,7 @@ const KIND_NAMES: Record<'privateKey' | 'publicKey' | 'secretKey', string> = { p
 export function refuseTakenName(s: SessionAccess, kinds: readonly ('privateKey' | 'publicKey' | 'secretKey')[], label: string, id: string | undefined): void {
   for (const kind of kinds) {
     for (const [q, name] of [[{ class: kind, label }, `label "${label}"`], ...(id === undefined ? [] : [[{ class: kind, id }, `id ${id}`] as const])] as const) {
-      if (findHandles(s, q, 1).length > 0) throw new WorkerFailure('KEY_IN_USE', `the token already holds a ${KIND_NAMES[kind]} with ${name}; choose another, or destroy that key first (destroyObject)`);
+      if (findHandles(s, q, 1).length > 0) throw new WorkerFailure('KEY_IN_USE', `the token already holds a ${KIND_NAMES[kind]} with ${name}; choose another, or destroy that key first (destroyObject; keys delete in the CLI)`);
     }
   }
 }
