@@ -224,4 +224,28 @@ describe('creating named objects on a pool', () => {
     expect(await s.sign({ slot: 'n', key: { label: 'one-import' }, mechanism: 'ECDSA-SHA256', data })).toBeInstanceOf(Buffer);
     expect((await s.encrypt({ slot: 'n', key: { label: 'one-secret' }, mechanism: 'AES-GCM', data })).ciphertext.length).toBeGreaterThan(0);
   });
+
+  it('a creation waiting for its turn keeps its deadline and its signal: TIMEOUT or ABORTED at once, and it never reaches the token', async () => {
+    const faults = new Faults(td);
+    sup = await startSupervisor({ config: faultConfig(td, faults, { n: slot('naming', { type: 'hsm', poolSize: 2, keyGenTimeoutMs: 10_000 }) }) });
+    const s = sup;
+    faults.set('delay C_GenerateKeyPair 1500');
+    const slow = s.generateKeyPair({ slot: 'n', algorithm: 'EC-P256', label: 'slow-turn' });
+    const t0 = Date.now();
+    await expect(s.generateKeyPair({ slot: 'n', algorithm: 'EC-P256', label: 'late-turn', timeoutMs: 100 })).rejects.toMatchObject({ code: 'TIMEOUT' });
+    const controller = new AbortController();
+    const aborted = s.generateSecretKey({ slot: 'n', algorithm: 'AES-256', label: 'aborted-turn', signal: controller.signal });
+    setTimeout(() => controller.abort(), 50);
+    await expect(aborted).rejects.toMatchObject({ code: 'ABORTED' });
+    expect(Date.now() - t0).toBeLessThan(2_000);
+    // Signatures were never held up by the creation.
+    expect(await s.sign({ slot: 'n', key: 'ec', mechanism: 'ECDSA-SHA256', data })).toBeInstanceOf(Buffer);
+    await slow;
+    faults.clear();
+    const names = (await s.findObjects({ slot: 'n' })).map((o) => o.label);
+    expect(names).toContain('slow-turn');
+    expect(names).not.toContain('late-turn');
+    expect(names).not.toContain('aborted-turn');
+  });
 });
+

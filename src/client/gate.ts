@@ -143,25 +143,6 @@ export class Gate {
    * as a Pkcs11SupervisorError. Every outcome is logged if failed, audited and reported once.
    */
   async call<T>(slot: Slot, op: Operation, task: SlotTask, req: Req, shape: CallShape): Promise<T> {
-    if (!shape.namesObjects) return this.callNow<T>(slot, op, task, req, shape);
-    // The call's deadline includes its wait for the turn.
-    const budget = check.timeoutMs(req.timeoutMs, slot);
-    const from = Date.now();
-    const previous = this.naming.get(slot.name) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((r) => (release = r));
-    const turn = previous.then(() => mine);
-    this.naming.set(slot.name, turn);
-    await previous;
-    try {
-      return await this.callNow<T>(slot, op, task, { ...req, timeoutMs: Math.max(1, budget - (Date.now() - from)) }, shape);
-    } finally {
-      release();
-      if (this.naming.get(slot.name) === turn) this.naming.delete(slot.name);
-    }
-  }
-
-  private async callNow<T>(slot: Slot, op: Operation, task: SlotTask, req: Req, shape: CallShape): Promise<T> {
     const mechanism = shape.mechanism ?? null;
     const spec = {
       task,
@@ -180,10 +161,14 @@ export class Gate {
     // or the token answered with an error.
     let delivered: Delivered<unknown> | null = null;
     let failure: Pkcs11SupervisorError | null = null;
+    const release = shape.namesObjects ? this.namingTurn(slot.name) : null;
     try {
+      if (release) spec.timeoutMs = Math.max(1, spec.timeoutMs - (await release.waited(spec.timeoutMs, spec.signal)));
       delivered = await slot.call<unknown>(spec);
     } catch (raw) {
       failure = raw instanceof Pkcs11SupervisorError ? raw : new Pkcs11SupervisorError('WORKER_CRASHED', `slot "${slot.name}": ${(raw as Error).message}`, { slot: slot.name, cause: raw });
+    } finally {
+      release?.done();
     }
     const reply = delivered && isReply(delivered.value) ? delivered.value : null;
     if (reply && !reply.ok) failure = new Pkcs11SupervisorError(reply.error.code, reply.error.message, { slot: slot.name, ckr: reply.error.ckr });
@@ -217,6 +202,24 @@ export class Gate {
     return (reply?.ok ? reply.value : delivered!.value) as T;
   }
 
+  /**
+   * The slot's turn for a call that names objects: `waited` resolves when the calls before it
+   * are done (with the milliseconds that took), or rejects at the call's deadline or signal.
+   */
+  private namingTurn(slot: string): { waited(timeoutMs: number, signal: AbortSignal | undefined): Promise<number>; done(): void } {
+    const previous = this.naming.get(slot) ?? Promise.resolve();
+    let done!: () => void;
+    const mine = new Promise<void>((r) => (done = r));
+    const turn = previous.then(() => mine);
+    this.naming.set(slot, turn);
+    // Forgotten once every call before it and it itself are done: a call that gave up waiting
+    // is done at once, but the ones after it still wait for those before it.
+    void turn.then(() => {
+      if (this.naming.get(slot) === turn) this.naming.delete(slot);
+    });
+    return { waited: (timeoutMs, signal) => waitTurn(previous, timeoutMs, signal, slot), done };
+  }
+
   private record(op: Operation, slot: Slot, mechanism: AnyMechanismName | null, req: Req, principal: Principal | undefined, result: string): Promise<void> | undefined {
     const data = req.data instanceof Uint8Array ? req.data : undefined;
     return this.audit!.commit({
@@ -239,4 +242,25 @@ function keyName(key: unknown): string | undefined {
 /** A worker's reply (with its timing), as opposed to what a login change returns. */
 function isReply(value: unknown): value is WorkerReply {
   return typeof value === 'object' && value !== null && 'ok' in value && 'startedAt' in value;
+}
+
+/** Waits for `previous`; the milliseconds it took, or TIMEOUT / ABORTED when the call's deadline or signal comes first. */
+function waitTurn(previous: Promise<void>, timeoutMs: number, signal: AbortSignal | undefined, slot: string): Promise<number> {
+  const from = Date.now();
+  return new Promise<number>((resolve, reject) => {
+    const stop = (e: Pkcs11SupervisorError) => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', aborted);
+      reject(e);
+    };
+    const aborted = () => stop(new Pkcs11SupervisorError('ABORTED', 'the call was aborted while it waited for the slot\'s key creation before it', { slot }));
+    const timer = setTimeout(() => stop(new Pkcs11SupervisorError('TIMEOUT', `the call waited ${timeoutMs} ms for the slot's key creation before it, and never reached the token`, { slot })), timeoutMs);
+    if (signal?.aborted) return aborted();
+    signal?.addEventListener('abort', aborted, { once: true });
+    void previous.then(() => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', aborted);
+      resolve(Date.now() - from);
+    });
+  });
 }
