@@ -98,6 +98,26 @@ describe('a key replaced behind the daemon', () => {
   });
 });
 
+describe('the public-key cache and the daemon changing keys', () => {
+  it('a read that began while a key was replaced through the daemon is not kept after the replacement ends', async () => {
+    const { PublicKeyCache } = await import('../dist/src/client/public-key-cache.js');
+    const { EventEmitter } = await import('node:events');
+    const cache = new PublicKeyCache(new EventEmitter() as never);
+    const sel = { label: 'ec', id: '02' };
+    let finishRead!: (v: unknown) => void;
+    let replaced!: () => void;
+    const replacement = cache.changing('s', () => new Promise<void>((r) => (replaced = r)));
+    // A verify arrives mid-replacement: its read of the key starts while the old key is still there.
+    const raced = cache.get('s', sel, 60_000, () => new Promise((r) => (finishRead = r)) as never);
+    replaced();
+    await replacement;
+    finishRead({ keyType: 'EC', label: 'old' });
+    expect(await raced).toMatchObject({ label: 'old' });
+    // The next verify, after the replacement returned, reads the key again.
+    expect(await cache.get('s', sel, 60_000, async () => ({ keyType: 'EC', label: 'new' }) as never)).toMatchObject({ label: 'new' });
+  });
+});
+
 describe('a token re-initialized in place', () => {
   it('with the same key label and id made again: signatures and public keys follow the new key', async () => {
     const s = await start();

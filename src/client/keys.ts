@@ -57,8 +57,7 @@ export async function generateKeyPair(gate: Gate, request: GenerateKeyPairReques
     alwaysAuthenticate: check.flag(req.alwaysAuthenticate, 'alwaysAuthenticate', slot.name),
     usage: check.keyUsage(req.usage, KEYGEN_SIZES[req.algorithm as KeyAlgorithm][0], slot.name),
   };
-  gate.publicKeys.forget(slot.name);
-  return gate.call<ObjectDescriptor>(slot, 'generateKeyPair', { op: 'generateKeyPair', spec }, req, { needsLogin: true, namesObjects: true });
+  return gate.publicKeys.changing(slot.name, () => gate.call<ObjectDescriptor>(slot, 'generateKeyPair', { op: 'generateKeyPair', spec }, req, { needsLogin: true, namesObjects: true }));
 }
 
 /** Refuses, before queueing, a key type or size the token said (C_GetMechanismInfo) it cannot generate. */
@@ -96,9 +95,8 @@ export async function importKeyPair(gate: Gate, request: ImportKeyPairRequest): 
     alwaysAuthenticate: check.flag(req.alwaysAuthenticate, 'alwaysAuthenticate', slot.name),
     usage: check.keyUsage(req.usage, KEY_TYPE_OF_ASYMMETRIC[material.privateKey.asymmetricKeyType ?? ''] ?? 'RSA', slot.name),
   });
-  gate.publicKeys.forget(slot.name);
   const replace = check.flag(req.replace, 'replace', slot.name);
-  return gate.call<ObjectDescriptor[]>(slot, 'importKeyPair', { op: 'importObjects', objects, replace }, req, { needsLogin: true, namesObjects: true });
+  return gate.publicKeys.changing(slot.name, () => gate.call<ObjectDescriptor[]>(slot, 'importKeyPair', { op: 'importObjects', objects, replace }, req, { needsLogin: true, namesObjects: true }));
 }
 
 export async function importCertificate(gate: Gate, request: ImportCertificateRequest): Promise<ObjectDescriptor> {

@@ -117,8 +117,7 @@ export async function destroyObject(gate: Gate, request: DestroyObjectRequest): 
   const named = check.uriObjectClass(req.key);
   if (named && req.class !== undefined && req.class !== named) throw check.badInput(`class "${String(req.class)}" is not the ${named} the key URI's type names`, slot.name);
   const query = { ...check.objectQuery({ class: req.class ?? named }, slot.name), label: sel.label, id: sel.id };
-  gate.publicKeys.forget(slot.name);
-  return gate.call<number>(slot, 'destroyObject', { op: 'destroyObjects', query, on: sel.on }, req, { needsLogin: true });
+  return gate.publicKeys.changing(slot.name, () => gate.call<number>(slot, 'destroyObject', { op: 'destroyObjects', query, on: sel.on }, req, { needsLogin: true }));
 }
 
 export async function generateRandom(gate: Gate, request: GenerateRandomRequest): Promise<Buffer> {

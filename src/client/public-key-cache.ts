@@ -65,6 +65,19 @@ export class PublicKeyCache {
     return reading;
   }
 
+  /**
+   * A call that changes the slot's keys (generation, import, destruction): what was confirmed
+   * before it is forgotten as it starts and again as it ends, so a read that raced it is not kept.
+   */
+  async changing<T>(slot: string, call: () => Promise<T>): Promise<T> {
+    this.forget(slot);
+    try {
+      return await call();
+    } finally {
+      this.forget(slot);
+    }
+  }
+
   forget(slot: string): void {
     for (const k of this.entries.keys()) if (k.startsWith(`${slot}\0`)) this.entries.delete(k);
   }
