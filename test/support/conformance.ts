@@ -240,7 +240,7 @@ export function conformanceSuite(vendor: Vendor): void {
       record('certificate chain (getCertificate, signJws x5c)', 'yes');
     });
 
-    it('keys that ask for the PIN on every use (CKA_ALWAYS_AUTHENTICATE): one context-specific login per signature where the token has them', async () => {
+    it('keys that ask for the PIN on every use (CKA_ALWAYS_AUTHENTICATE): one context-specific login per signature (and decryption) where the token has them', async () => {
       const contexts: string[] = [];
       const onLogin = (e: { userType: string; outcome: string }) => e.userType === 'context' && contexts.push(e.outcome);
       sup.on('login', onLogin);
@@ -254,7 +254,17 @@ export function conformanceSuite(vendor: Vendor): void {
         const enforced = contexts.length > 0;
         if (enforced) expect(contexts).toEqual(['ok', 'ok', 'ok']);
         const stored = made.alwaysAuthenticate === true;
-        record('CKA_ALWAYS_AUTHENTICATE keys', enforced ? 'yes: C_Login(CKU_CONTEXT_SPECIFIC) per signature' : stored ? 'attribute kept, not enforced: no context-specific login, signs without one' : 'attribute not kept');
+        // Decryption with such a key: a ciphertext Node makes with its public half comes back.
+        let decrypts = '';
+        const dec = await sup.generateKeyPair({ slot: 'v', algorithm: 'RSA-2048', label: 'conf-always-dec', usage: ['decrypt'], alwaysAuthenticate: true, timeoutMs: 120_000 }).catch(() => null);
+        const secret = Buffer.from('decrypted after a login of its own');
+        const sealed = dec && (await sup.encrypt({ slot: 'v', key: { label: 'conf-always-dec' }, mechanism: 'RSA-OAEP-SHA1', data: secret }).catch(() => null));
+        if (sealed) {
+          const before = contexts.length;
+          expect(Buffer.from(await sup.decrypt({ slot: 'v', key: { label: 'conf-always-dec' }, mechanism: 'RSA-OAEP-SHA1', data: sealed.ciphertext })).equals(secret)).toBe(true);
+          if (contexts.length > before) decrypts = ' or decryption';
+        }
+        record('CKA_ALWAYS_AUTHENTICATE keys', enforced ? `yes: C_Login(CKU_CONTEXT_SPECIFIC) per signature${decrypts}` : stored ? 'attribute kept, not enforced: no context-specific login, signs without one' : 'attribute not kept');
       } finally {
         sup.off('login', onLogin as never);
       }
