@@ -10,9 +10,14 @@ import type { PinChain, PinOrigin } from './pin-chain.js';
 import { selectorKey, type UserPinState, type WorkerReply, type WorkerTask } from './model/protocol.js';
 import type { CallNeeds } from './slot-call.js';
 
-/** The uses that log in for themselves (C_UnwrapKey has no init to log in after). */
-type PinnedTask = Extract<WorkerTask, { op: 'sign' | 'decrypt' }>;
-const PINNED: ReadonlySet<string> = new Set(['sign', 'decrypt']);
+/**
+ * The uses that log in for themselves (C_UnwrapKey has no init to log in after), and an RSA-OAEP
+ * label's check before an encryption, which decrypts with the key. Only signs and decryptions
+ * teach that a key needs the PIN: the check asks for it only while it has no answer.
+ */
+type PinnedTask = Extract<WorkerTask, { op: 'sign' | 'decrypt' | 'oaepDecryptable' }>;
+const PINNED: ReadonlySet<string> = new Set(['sign', 'decrypt', 'oaepDecryptable']);
+const REMEMBERED: ReadonlySet<string> = new Set(['sign', 'decrypt']);
 
 /** What a slot worker lends a context-specific sign. */
 export interface ContextLoginWorker {
@@ -30,7 +35,7 @@ export class ContextLogins {
 
   /** A use of a key known to ask for the PIN: it runs alone, with that PIN. */
   needsPin(task: { op: string; key?: unknown }): boolean {
-    return this.keys.size > 0 && PINNED.has(task.op) && this.keys.has(selectorKey((task as PinnedTask).key));
+    return this.keys.size > 0 && REMEMBERED.has(task.op) && this.keys.has(selectorKey((task as PinnedTask).key));
   }
 
   /** One run of a call's task; a use of a key that asks for the PIN on every use runs with that PIN. */
@@ -38,7 +43,7 @@ export class ContextLogins {
     if (!this.needsPin(task)) {
       const reply = await w.runTask<T>(task, call.deadline);
       if (reply.ok || reply.error.contextLogin !== 'needed' || !PINNED.has(task.op)) return reply;
-      this.keys.add(selectorKey((task as PinnedTask).key));
+      if (REMEMBERED.has(task.op)) this.keys.add(selectorKey((task as PinnedTask).key));
     }
     const use = task as PinnedTask;
     const reply = await this.runWithPin<T>(use, call, w);

@@ -154,6 +154,14 @@ describe('keys with CKA_ALWAYS_AUTHENTICATE', () => {
     await expect(sup.decrypt(labelled)).rejects.toMatchObject({ code: 'MECHANISM_INVALID', message: expect.stringContaining('with a label') });
     await expect(sup.encrypt({ slot: 's', key: { id: '9d' }, mechanism: 'RSA-OAEP-SHA1', data, oaepLabel: Buffer.from('x') })).rejects.toMatchObject({ code: 'MECHANISM_INVALID' });
 
+    // A fresh key asked to encrypt with a label first: the check needs the PIN too, and gets it.
+    await sup.generateKeyPair({ slot: 's', algorithm: 'RSA-2048', label: 'aa-fresh', id: 'af', usage: ['decrypt'], alwaysAuthenticate: true });
+    const loginsBefore = (await calls(sup)).C_Login!;
+    await expect(sup.encrypt({ slot: 's', key: { id: 'af' }, mechanism: 'RSA-OAEP-SHA1', data, oaepLabel: Buffer.from('x') })).rejects.toMatchObject({ code: 'MECHANISM_INVALID', message: expect.stringContaining('with a label') });
+    expect((await calls(sup)).C_Login! - loginsBefore).toBe(1);
+    const sealed = await sup.encrypt({ slot: 's', key: { id: 'af' }, mechanism: 'RSA-OAEP-SHA1', data });
+    expect(Buffer.from(await sup.decrypt({ slot: 's', key: { id: 'af' }, mechanism: 'RSA-OAEP-SHA1', data: sealed.ciphertext })).equals(data)).toBe(true);
+
     // A ciphertext for another key is still DECRYPTION_FAILED after the login, not a PIN error.
     const other = Buffer.from(opensslEncrypts('9d', Buffer.from('x')));
     other[10] ^= 1;

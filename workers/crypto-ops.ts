@@ -11,7 +11,7 @@ import { ContextLoginNeeded, WorkerFailure } from './failure.js';
 import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
 import { describe, publicKeyReport, type SessionAccess } from './object-ops.js';
 import { refuseTakenName } from './key-creation.js';
-import type { CachedKey } from './key-finder.js';
+import { keyName, type CachedKey } from './key-finder.js';
 import { KEY_TYPE_VALUE } from './token-info.js';
 import { CRYPTO_MECHANISMS, ECDH_SESSION_KEY_BYTES, GCM_IV_BYTES, GCM_TAG_BYTES, SECRET_KEY_ALGORITHMS, type CryptoMechanismName, type CryptoMechanismSpec, type CryptoOp, type OaepHash } from '../src/model/crypto-mechanisms.js';
 import type { CipherInput, KeySelector, ObjectDescriptor, SecretKeySpec, WorkerTask } from '../src/model/protocol.js';
@@ -212,9 +212,10 @@ function checkLabelHonoured(s: CryptoSession, task: { key: KeySelector; mechanis
  * here, a key not for decryption, whose unwrap is the caller's to try, or one that asks for the
  * PIN on every use when no `contextPin` came: its decryption shows only whether the token takes
  * the hash). Kept with the found key, so asked again at most when the key is looked up again;
- * an answer without the PIN such a key needs is asked again with it.
+ * an answer without the PIN such a key needs is asked again with it. `askPin`: a label's check
+ * that needs that PIN sends the call back for it (ContextLoginNeeded) instead of answering null.
  */
-export function oaepDecryptable(s: CryptoSession, sel: KeySelector, name: CryptoMechanismName, labelled: boolean, contextPin?: string): boolean | null {
+export function oaepDecryptable(s: CryptoSession, sel: KeySelector, name: CryptoMechanismName, labelled: boolean, contextPin?: string, askPin = false): boolean | null {
   let key: CachedKey;
   try {
     key = keyFor(s, sel, name, 'decrypt');
@@ -257,6 +258,7 @@ export function oaepDecryptable(s: CryptoSession, sel: KeySelector, name: Crypto
     else if (pin !== undefined && (code === 'PIN_INCORRECT' || ckr?.startsWith('CKR_PIN_'))) throw e;
     else answer = null;
   }
+  if (answer === null && unpinned && labelled && askPin) throw new ContextLoginNeeded(keyName(sel));
   key.oaep.set(answer === null && unpinned ? `${memo}\0unpinned` : memo, answer);
   return answer;
 }

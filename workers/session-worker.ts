@@ -71,7 +71,7 @@ function dispatch(task: WorkerTask): unknown {
     case 'verify':
       return session.verify(task);
     case 'oaepDecryptable':
-      return crypto.oaepDecryptable(session, task.key, task.mechanism, task.labelled);
+      return crypto.oaepDecryptable(session, task.key, task.mechanism, task.labelled, task.contextPin, true);
     case 'verifyMac':
       return crypto.verifyMac(session, task);
     case 'wrapKey':

@@ -89,7 +89,7 @@ export type WorkerTask =
   | ({ op: 'encrypt'; key: KeySelector; mechanism: CryptoMechanismName } & CipherInput)
   | ({ op: 'decrypt'; key: KeySelector; mechanism: CryptoMechanismName; /** As sign's. */ contextPin?: string } & CipherInput)
   /** Whether the token decrypts this RSA-OAEP (with a label or without) with the key: true, false, or null when it cannot tell. */
-  | { op: 'oaepDecryptable'; key: KeySelector; mechanism: CryptoMechanismName; labelled: boolean }
+  | { op: 'oaepDecryptable'; key: KeySelector; mechanism: CryptoMechanismName; labelled: boolean; /** As sign's: a label's check with a key that asks for the PIN on every use. */ contextPin?: string }
   | { op: 'mac'; key: KeySelector; mechanism: CryptoMechanismName; data: Uint8Array }
   | { op: 'verifyMac'; key: KeySelector; mechanism: CryptoMechanismName; data: Uint8Array; mac: Uint8Array }
   | { op: 'wrapKey'; key: KeySelector; mechanism: CryptoMechanismName; target: KeySelector; targetClass: 'secretKey' | 'privateKey'; oaepLabel?: Uint8Array | undefined }
