@@ -8,6 +8,7 @@ import { toFailure, WorkerFailure } from './failure.js';
 import * as objects from './object-ops.js';
 import * as keys from './key-creation.js';
 import * as crypto from './crypto-ops.js';
+import { oaepDecryptable } from './oaep-check.js';
 import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
 import { CLAIM_STARTED, type CertificateCandidates, type KeySelector, type WorkerFault, type WorkerReply, type WorkerTask } from '../src/model/protocol.js';
 import { serveLoop, type ServeStart } from './handover/serve-loop.js';
@@ -71,7 +72,7 @@ function dispatch(task: WorkerTask): unknown {
     case 'verify':
       return session.verify(task);
     case 'oaepDecryptable':
-      return crypto.oaepDecryptable(session, task.key, task.mechanism, task.labelled, task.contextPin, true);
+      return oaepDecryptable(session, task.key, task.mechanism, task.labelled, task.contextPin, true);
     case 'verifyMac':
       return crypto.verifyMac(session, task);
     case 'wrapKey':

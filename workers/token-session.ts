@@ -17,7 +17,7 @@ import { SESSION_STATES, USER_SESSION_STATES, type SessionState, type KeySelecto
 import { publicKeyReport } from './object-ops.js';
 import { KeyFinder, keyName, type CachedKey } from './key-finder.js';
 import { CRYPTO_MECHANISM_NAMES } from '../src/model/crypto-mechanisms.js';
-import { ckmOf, type CryptoSession } from './crypto-ops.js';
+import { ckmOf, type CryptoSession } from './cipher-core.js';
 
 const MAX_SIGNATURE_BYTES = 2048; // RSA-16384
 
