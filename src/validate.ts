@@ -8,6 +8,18 @@ import type { Slot } from './slot.js';
 import type { KeyRefConfig } from './config-schema.js';
 import { KEY_USAGES, OBJECT_CLASSES, type KeySelector, type KeyUsage, type ObjectClass, type ObjectQuery, type SignatureFormat } from './model/protocol.js';
 
+/** A caller's value as a message shows it: JSON where it can be, cut at `max`, and never a throw (a BigInt, a cycle, a hostile toJSON). */
+export function shown(value: unknown, max = 100): string {
+  if (typeof value === 'bigint') return `${value}n`;
+  if (value === undefined || typeof value === 'symbol' || typeof value === 'function') return typeof value;
+  try {
+    const text = JSON.stringify(value) ?? typeof value;
+    return text.length > max ? `${text.slice(0, max)}…` : text;
+  } catch {
+    return Object.prototype.toString.call(value);
+  }
+}
+
 export function badInput(message: string, slot?: string): Pkcs11SupervisorError {
   return new Pkcs11SupervisorError('BAD_INPUT', message, { slot });
 }
@@ -41,7 +53,7 @@ export function refSelector(ref: KeyRefConfig): KeySelector {
 
 export function mechanism(name: unknown, slot: string): MechanismName {
   if (isMechanismName(name)) return name;
-  throw new Pkcs11SupervisorError('MECHANISM_INVALID', `unknown mechanism ${JSON.stringify(name)}; known: ${MECHANISM_NAMES.join(', ')}`, { slot });
+  throw new Pkcs11SupervisorError('MECHANISM_INVALID', `unknown mechanism ${shown(name)}; known: ${MECHANISM_NAMES.join(', ')}`, { slot });
 }
 
 export function bytes(value: unknown, what: string, slot: Slot): Uint8Array {
@@ -78,7 +90,7 @@ export function pin(value: unknown, slot: string, field = 'pin'): Secret | undef
 export function signatureFormat(value: unknown, slot: string): SignatureFormat {
   if (value === undefined || value === 'der') return 'der';
   if (value === 'raw') return 'raw';
-  throw badInput(`signatureFormat must be "der" or "raw", got ${JSON.stringify(value)}`, slot);
+  throw badInput(`signatureFormat must be "der" or "raw", got ${shown(value)}`, slot);
 }
 
 export function flag(value: unknown, what: string, slot: string): boolean {

@@ -22,9 +22,16 @@ beforeAll(async () => {
 afterAll(() => sup?.close());
 
 const ok = { slot: 't', key: 'ec', mechanism: 'ECDSA-SHA256', data };
+const cyclic: Record<string, unknown> = {};
+cyclic.self = cyclic;
 const cases: [string, () => Promise<unknown>, string][] = [
   ['unknown slot', () => sup.sign({ ...ok, slot: 'nope' } as never), 'SLOT_NOT_FOUND'],
   ['slot as a number', () => sup.sign({ ...ok, slot: 7 } as never), 'SLOT_NOT_FOUND'],
+  // Values JSON cannot write: the message names them without throwing a TypeError of its own.
+  ['slot as a BigInt', () => sup.sign({ ...ok, slot: 10n } as never), 'SLOT_NOT_FOUND'],
+  ['mechanism as a BigInt', () => sup.sign({ ...ok, mechanism: 10n } as never), 'MECHANISM_INVALID'],
+  ['cipher mechanism as a BigInt', () => sup.decrypt({ slot: 't', key: 'ec', mechanism: 10n, data } as never), 'MECHANISM_INVALID'],
+  ['signatureFormat as a cycle', () => sup.sign({ ...ok, signatureFormat: cyclic } as never), 'BAD_INPUT'],
   ['unknown key ref', () => sup.sign({ ...ok, key: 'nope' } as never), 'KEY_NOT_FOUND'],
   ['key as a number', () => sup.sign({ ...ok, key: 3 } as never), 'BAD_INPUT'],
   ['key with a bad id', () => sup.sign({ ...ok, key: { id: 'zz' } } as never), 'BAD_INPUT'],

@@ -41,7 +41,7 @@ import type {
 function mechanismFor(gate: Gate, slot: Slot, name: unknown, op: CryptoOp, key: unknown): CryptoMechanismName {
   if (!isCryptoMechanismName(name)) {
     const known = CRYPTO_MECHANISM_NAMES.filter((n) => (CRYPTO_MECHANISMS[n].ops as readonly CryptoOp[]).includes(op));
-    throw new Pkcs11SupervisorError('MECHANISM_INVALID', `unknown mechanism ${JSON.stringify(name)} for ${op}; known: ${known.join(', ')}`, { slot: slot.name });
+    throw new Pkcs11SupervisorError('MECHANISM_INVALID', `unknown mechanism ${check.shown(name)} for ${op}; known: ${known.join(', ')}`, { slot: slot.name });
   }
   const spec = CRYPTO_MECHANISMS[name];
   if (!(spec.ops as readonly CryptoOp[]).includes(op)) throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${name} is not for ${op}; it is for ${spec.ops.join(', ')}`, { slot: slot.name });

@@ -83,7 +83,7 @@ export class Gate {
   slot(name: unknown): Slot {
     if (this.sup.closed) throw new Pkcs11SupervisorError('CLOSED', 'the supervisor is closed');
     const slot = typeof name === 'string' ? this.sup.slots.get(name) : undefined;
-    if (!slot) throw new Pkcs11SupervisorError('SLOT_NOT_FOUND', `no slot named ${JSON.stringify(name)} (configured: ${[...this.sup.slots.keys()].join(', ')})`);
+    if (!slot) throw new Pkcs11SupervisorError('SLOT_NOT_FOUND', `no slot named ${check.shown(name)} (configured: ${[...this.sup.slots.keys()].join(', ')})`);
     return slot;
   }
 
@@ -236,7 +236,7 @@ export class Gate {
 }
 
 function keyName(key: unknown): string | undefined {
-  return key === undefined ? undefined : typeof key === 'string' ? key : JSON.stringify(key);
+  return key === undefined ? undefined : typeof key === 'string' ? key : check.shown(key, Infinity);
 }
 
 /** A worker's reply (with its timing), as opposed to what a login change returns. */
