@@ -4,7 +4,7 @@
  * Without a policy block every caller may do everything, as for one trusted application.
  */
 import { ROLES, type Policy, type Role } from './config-schema.js';
-import { badInput } from './validate.js';
+import { badInput, shown } from './validate.js';
 
 /**
  * Every operation of the client API by its one name: the method, the policy operation, the
@@ -101,7 +101,7 @@ export class AccessPolicy {
       if (!KEY_SCOPED.has(op) || !grant.keys || (typeof key === 'string' && grant.keys.includes(key))) return null;
     }
     const roles = principal.roles.length > 0 ? principal.roles.join(', ') : 'no role';
-    const keyPart = KEY_SCOPED.has(op) && key !== undefined ? ` with key ${JSON.stringify(key)}` : '';
+    const keyPart = KEY_SCOPED.has(op) && key !== undefined ? ` with key ${shown(key)}` : '';
     return `principal "${principal.id}" (${roles}) may not ${op} on slot "${slot}"${keyPart}`;
   }
 

@@ -101,6 +101,8 @@ describe('callers and roles', () => {
     expect(await verifiesOnNode(sup.as({ id: 'x', roles: ['service'] }), 'r', 'ec', data, sig)).toBe(true);
     await expect(service.sign({ slot: 'r', key: 'rsa', mechanism: 'RSA-PSS-SHA256', data })).rejects.toMatchObject({ code: 'FORBIDDEN', message: expect.stringContaining('billing-app') });
     await expect(service.sign({ slot: 'r', key: { label: 'ec' }, mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'FORBIDDEN' });
+    // A key JSON cannot write is named in the denial, not thrown as a TypeError.
+    await expect(service.getPublicKey({ slot: 'r', key: 10n as never })).rejects.toMatchObject({ code: 'FORBIDDEN', message: expect.stringContaining('with key 10n') });
     await expect(service.generateKeyPair({ slot: 'r', algorithm: 'EC-P256', label: 'nope' })).rejects.toMatchObject({ code: 'FORBIDDEN' });
     await expect(sup.sign({ slot: 'r', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'FORBIDDEN', message: expect.stringContaining('needs a caller principal') });
     await expect(sup.sign({ slot: 'r', key: 'ec', mechanism: 'ECDSA-SHA256', data, principal: { id: 'p', roles: ['service'] } })).resolves.toBeInstanceOf(Buffer);
