@@ -15,6 +15,7 @@ import type { Slot } from '../slot.js';
 import type { Delivered, SlotTask } from '../slot-call.js';
 import type { Supervisor } from '../supervisor.js';
 import * as check from '../validate.js';
+import { NamingTurns } from './naming-turns.js';
 import { PublicKeyCache } from './public-key-cache.js';
 import type { PrincipalInput } from './requests.js';
 
@@ -52,8 +53,8 @@ export class Gate {
   readonly publicKeys: PublicKeyCache;
   /** Set on a scoped gate (see `scoped`): the principal of every call made through it. */
   private scope: Principal | undefined;
-  /** Per slot, the last call that names objects (CallShape.namesObjects): the next one waits for it. Shared by scoped gates. */
-  private readonly naming = new Map<string, Promise<void>>();
+  /** Calls that name objects (CallShape.namesObjects) take turns per slot; shared by scoped gates. */
+  private readonly namingTurns = new NamingTurns();
 
   constructor(
     readonly sup: Supervisor,
@@ -161,7 +162,7 @@ export class Gate {
     // or the token answered with an error.
     let delivered: Delivered<unknown> | null = null;
     let failure: Pkcs11SupervisorError | null = null;
-    const release = shape.namesObjects ? this.namingTurn(slot.name) : null;
+    const release = shape.namesObjects ? this.namingTurns.take(slot.name) : null;
     try {
       if (release) spec.timeoutMs = Math.max(1, spec.timeoutMs - (await release.waited(spec.timeoutMs, spec.signal)));
       delivered = await slot.call<unknown>(spec);
@@ -202,24 +203,6 @@ export class Gate {
     return (reply?.ok ? reply.value : delivered!.value) as T;
   }
 
-  /**
-   * The slot's turn for a call that names objects: `waited` resolves when the calls before it
-   * are done (with the milliseconds that took), or rejects at the call's deadline or signal.
-   */
-  private namingTurn(slot: string): { waited(timeoutMs: number, signal: AbortSignal | undefined): Promise<number>; done(): void } {
-    const previous = this.naming.get(slot) ?? Promise.resolve();
-    let done!: () => void;
-    const mine = new Promise<void>((r) => (done = r));
-    const turn = previous.then(() => mine);
-    this.naming.set(slot, turn);
-    // Forgotten once every call before it and it itself are done: a call that gave up waiting
-    // is done at once, but the ones after it still wait for those before it.
-    void turn.then(() => {
-      if (this.naming.get(slot) === turn) this.naming.delete(slot);
-    });
-    return { waited: (timeoutMs, signal) => waitTurn(previous, timeoutMs, signal, slot), done };
-  }
-
   private record(op: Operation, slot: Slot, mechanism: AnyMechanismName | null, req: Req, principal: Principal | undefined, result: string): Promise<void> | undefined {
     const data = req.data instanceof Uint8Array ? req.data : undefined;
     return this.audit!.commit({
@@ -244,23 +227,3 @@ function isReply(value: unknown): value is WorkerReply {
   return typeof value === 'object' && value !== null && 'ok' in value && 'startedAt' in value;
 }
 
-/** Waits for `previous`; the milliseconds it took, or TIMEOUT / ABORTED when the call's deadline or signal comes first. */
-function waitTurn(previous: Promise<void>, timeoutMs: number, signal: AbortSignal | undefined, slot: string): Promise<number> {
-  const from = Date.now();
-  return new Promise<number>((resolve, reject) => {
-    const stop = (e: Pkcs11SupervisorError) => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', aborted);
-      reject(e);
-    };
-    const aborted = () => stop(new Pkcs11SupervisorError('ABORTED', 'the call was aborted while it waited for the slot\'s key creation before it', { slot }));
-    const timer = setTimeout(() => stop(new Pkcs11SupervisorError('TIMEOUT', `the call waited ${timeoutMs} ms for the slot's key creation before it, and never reached the token`, { slot })), timeoutMs);
-    if (signal?.aborted) return aborted();
-    signal?.addEventListener('abort', aborted, { once: true });
-    void previous.then(() => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', aborted);
-      resolve(Date.now() - from);
-    });
-  });
-}
