@@ -69,7 +69,7 @@ export function timeoutMs(value: unknown, slot: Slot): number {
   if (value === undefined) return slot.config.callTimeoutMs;
   // Under a millisecond no call can finish: that is a mistake, not a deadline.
   if (typeof value !== 'number' || !Number.isFinite(value) || value < 1 || value > 2 ** 31 - 1) {
-    throw badInput(`timeoutMs must be a number of milliseconds from 1 to 2147483647, got ${String(value)}`, slot.name);
+    throw badInput(`timeoutMs must be a number of milliseconds from 1 to 2147483647, got ${shown(value)}`, slot.name);
   }
   return value;
 }

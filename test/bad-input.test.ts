@@ -32,6 +32,8 @@ const cases: [string, () => Promise<unknown>, string][] = [
   ['mechanism as a BigInt', () => sup.sign({ ...ok, mechanism: 10n } as never), 'MECHANISM_INVALID'],
   ['cipher mechanism as a BigInt', () => sup.decrypt({ slot: 't', key: 'ec', mechanism: 10n, data } as never), 'MECHANISM_INVALID'],
   ['signatureFormat as a cycle', () => sup.sign({ ...ok, signatureFormat: cyclic } as never), 'BAD_INPUT'],
+  ['timeoutMs with no primitive value', () => sup.sign({ ...ok, timeoutMs: Object.create(null) } as never), 'BAD_INPUT'],
+  ['timeoutMs whose toString throws', () => sup.sign({ ...ok, timeoutMs: { toString: () => { throw new Error('no'); } } } as never), 'BAD_INPUT'],
   ['unknown key ref', () => sup.sign({ ...ok, key: 'nope' } as never), 'KEY_NOT_FOUND'],
   ['key as a number', () => sup.sign({ ...ok, key: 3 } as never), 'BAD_INPUT'],
   ['key with a bad id', () => sup.sign({ ...ok, key: { id: 'zz' } } as never), 'BAD_INPUT'],

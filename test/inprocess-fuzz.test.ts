@@ -2,9 +2,9 @@
  * Property-based fuzzing of the in-process client, which has no zod in front of it: every
  * method gets requests whose fields are values a caller could pass by mistake or on purpose
  * (wrong types, BigInts, cycles, symbols, functions, huge strings, hostile toJSON and toString,
- * aborted signals, random principals under a policy). Each call must end in a result or a
- * Pkcs11SupervisorError with a documented code, never a TypeError or an internal failure, and
- * afterwards the slot still signs with a signature Node verifies.
+ * odd call options, aborted signals, random principals under a policy). Each call must end in
+ * a result or a Pkcs11SupervisorError with a documented code, never a TypeError or an internal
+ * failure, and afterwards the slot still signs with a signature Node verifies.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verify as nodeVerify } from 'node:crypto';
@@ -53,12 +53,17 @@ describe('the in-process client under arbitrary requests', () => {
       principal,
       aborted: fc.integer({ min: 0, max: 9 }),
       slot: fc.integer({ min: 0, max: 9 }),
+      options: fc.record({ timeoutMs: odd, signal: odd, pin: odd, which: fc.integer({ min: 0, max: 9 }) }),
     });
     const untyped: string[] = [];
     const outcomes: Record<string, number> = {};
     await fc.assert(
-      fc.asyncProperty(request, async ({ method, values, present, principal: who, aborted, slot }) => {
+      fc.asyncProperty(request, async ({ method, values, present, principal: who, aborted, slot, options }) => {
         const req: Record<string, unknown> = { timeoutMs: 10_000, principal: who };
+        // One call in ten brings an odd call option too.
+        if (options.which === 1) req.timeoutMs = options.timeoutMs;
+        if (options.which === 2) req.signal = options.signal;
+        if (options.which === 3) req.pin = options.pin;
         REQUEST_FIELDS[method].forEach((field, i) => present[i % 12] && (req[field] = values[i % 12]));
         // One call in ten names another slot (or none), one in ten comes already aborted.
         if (slot > 0) req.slot = 's';

@@ -115,7 +115,7 @@ export async function destroyObject(gate: Gate, request: DestroyObjectRequest): 
     throw new Pkcs11SupervisorError('KEY_IN_USE', `key "${configured[0]}" is configured for slot "${slot.name}"; destroying it takes force: true (--force in the CLI)`, { slot: slot.name });
   }
   const named = check.uriObjectClass(req.key);
-  if (named && req.class !== undefined && req.class !== named) throw check.badInput(`class "${String(req.class)}" is not the ${named} the key URI's type names`, slot.name);
+  if (named && req.class !== undefined && req.class !== named) throw check.badInput(`class ${check.shown(req.class)} is not the ${named} the key URI's type names`, slot.name);
   const query = { ...check.objectQuery({ class: req.class ?? named }, slot.name), label: sel.label, id: sel.id };
   return gate.publicKeys.changing(slot.name, () => gate.call<number>(slot, 'destroyObject', { op: 'destroyObjects', query, on: sel.on }, req, { needsLogin: true }));
 }

@@ -57,7 +57,7 @@ async function verifyHere(gate: Gate, slot: Slot, mechanism: MechanismName, req:
   const info = await gate.publicKeys.get(slot.name, check.keySelector(slot, req.key), slot.config.keyCheckMs, () => getPublicKey(gate, { ...req, slot: slot.name, signal: undefined } as PublicKeyRequest));
   const needs = MECHANISMS[mechanism].keyType;
   if (info.keyType !== needs) {
-    throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${mechanism} needs a key of type ${needs}; key "${String(req.key)}" is ${info.keyType}`, { slot: slot.name });
+    throw new Pkcs11SupervisorError('MECHANISM_INVALID', `${mechanism} needs a key of type ${needs}; key ${check.shown(req.key)} is ${info.keyType}`, { slot: slot.name });
   }
   const startedAt = performance.timeOrigin + performance.now();
   const valid = verifyInSoftware(mechanism, info.keyObject, data, signature, format);
