@@ -224,8 +224,10 @@ describe('resilience against a misbehaving module', () => {
     const asleep = await cpuMs('b');
     const t = await cpuMs('t');
     // Turning the main loop through each 4 ms call and spinning the worker 5 ms after it cost
-    // about 9 ms of CPU a call, 540 ms over these 60; asleep, a call costs a few hundred µs.
-    expect(t).toBeLessThan(asleep * 1.5 + 60);
+    // about 9 ms of CPU a call, 540 ms over these 60; asleep, a call costs a few hundred µs. The
+    // bound leaves a loaded CI machine room (one run measured 298 ms against 125 asleep) and
+    // still fails by hundreds of ms if the threads spin or turn.
+    expect(t).toBeLessThan(asleep * 1.5 + 200);
   });
 
   it('a restart storm spends the budget: that slot fails fast, a slot on another module keeps working', async () => {
