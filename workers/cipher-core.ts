@@ -112,7 +112,7 @@ export function keyFor(s: CryptoSession, sel: KeySelector, name: CryptoMechanism
  * CKR_GENERAL_ERROR for a GCM tag mismatch; taken as a broken module it would reset the
  * module at every bad ciphertext a client sends, so it is reported without its CKR.
  */
-export const NOT_DECRYPTED = new Set(['CKR_ENCRYPTED_DATA_INVALID', 'CKR_ENCRYPTED_DATA_LEN_RANGE', 'CKR_GENERAL_ERROR', 'CKR_DATA_INVALID', 'CKR_DATA_LEN_RANGE', 'CKR_FUNCTION_FAILED']);
+const NOT_DECRYPTED = new Set(['CKR_ENCRYPTED_DATA_INVALID', 'CKR_ENCRYPTED_DATA_LEN_RANGE', 'CKR_GENERAL_ERROR', 'CKR_DATA_INVALID', 'CKR_DATA_LEN_RANGE', 'CKR_FUNCTION_FAILED']);
 
 /** Answers for wrapped bytes that do not unwrap (SoftHSM2: CKR_GENERAL_ERROR for a failed key-wrap integrity check). */
 export const NOT_UNWRAPPED = new Set([...NOT_DECRYPTED, 'CKR_WRAPPED_KEY_INVALID', 'CKR_WRAPPED_KEY_LEN_RANGE']);
@@ -133,7 +133,7 @@ export function init(name: CryptoMechanismName, call: () => void): void {
 }
 
 /** A found key's use: a decrypt with a key that asks for the PIN on every use logs in with `pin` after C_DecryptInit. */
-export interface KeyUse {
+interface KeyUse {
   key: CachedKey;
   sel: KeySelector;
   pin?: string | undefined;

@@ -154,29 +154,37 @@ function keyTemplate(jwk: JsonWebKeyLike, priv: boolean): P11.Template {
   return t;
 }
 
-/**
- * Objects of the same class already on the token under one of the new objects' labels or ids:
- * a certificate for an existing key shares its id, and that is no conflict.
- */
-const KIND_NAMES: Record<'privateKey' | 'publicKey' | 'secretKey', string> = { privateKey: 'private key', publicKey: 'public key', secretKey: 'secret key' };
+type KeyKind = 'privateKey' | 'publicKey' | 'secretKey';
+const KIND_NAMES: Record<KeyKind, string> = { privateKey: 'private key', publicKey: 'public key', secretKey: 'secret key' };
+
+/** The finds that name an object of `kind` as `label` or as `id`: a second object under either would share its name. */
+function namedAs(kind: ObjectQuery['class'], label: string, id: string | undefined): ObjectQuery[] {
+  return id === undefined ? [{ class: kind, label }] : [{ class: kind, label }, { class: kind, id }];
+}
 
 /**
  * A generated key takes a label and an id no key of its kind has: a second key under one name
  * would make every later lookup by it KEY_AMBIGUOUS (and a key ref naming it by label alone
  * stop working), which only destroying a key undoes. Import has `replace` for a planned swap.
  */
-export function refuseTakenName(s: SessionAccess, kinds: readonly ('privateKey' | 'publicKey' | 'secretKey')[], label: string, id: string | undefined): void {
+export function refuseTakenName(s: SessionAccess, kinds: readonly KeyKind[], label: string, id: string | undefined): void {
   for (const kind of kinds) {
-    for (const [q, name] of [[{ class: kind, label }, `label "${label}"`], ...(id === undefined ? [] : [[{ class: kind, id }, `id ${id}`] as const])] as const) {
-      if (findHandles(s, q, 1).length > 0) throw new WorkerFailure('KEY_IN_USE', `the token already holds a ${KIND_NAMES[kind]} with ${name}; choose another, or destroy that key first (destroyObject; keys delete in the CLI)`);
+    for (const q of namedAs(kind, label, id)) {
+      if (findHandles(s, q, 1).length === 0) continue;
+      const name = q.label !== undefined ? `label "${label}"` : `id ${id}`;
+      throw new WorkerFailure('KEY_IN_USE', `the token already holds a ${KIND_NAMES[kind]} with ${name}; choose another, or destroy that key first (destroyObject; keys delete in the CLI)`);
     }
   }
 }
 
+/**
+ * Objects of the same class already on the token under one of the new objects' labels or ids:
+ * a certificate for an existing key shares its id, and that is no conflict.
+ */
 function sameNamed(s: SessionAccess, objects: ImportedObject[]): P11.Handle[] {
   const seen = new Map<string, P11.Handle>();
   for (const o of objects) {
-    for (const q of [{ class: o.kind, label: o.label }, { class: o.kind, id: o.id }] satisfies ObjectQuery[]) {
+    for (const q of namedAs(o.kind, o.label, o.id)) {
       for (const h of findHandles(s, q, 10_000)) seen.set(Buffer.from(h).toString('hex'), h);
     }
   }

@@ -226,4 +226,3 @@ function keyName(key: unknown): string | undefined {
 function isReply(value: unknown): value is WorkerReply {
   return typeof value === 'object' && value !== null && 'ok' in value && 'startedAt' in value;
 }
-

@@ -1,6 +1,6 @@
 /**
  * The fields each client method's request takes. Anything else is BAD_INPUT, in the process as
- * over the wire (the service's strict schemas, which test/request-fields.test.ts holds to this
+ * over the wire (the service's strict schemas, which test/bad-input.test.ts holds to this
  * table): ignored, a misspelt field changes the answer without a word, and `prehash: true`
  * signs a digest as if it were the data.
  */
@@ -39,12 +39,10 @@ export const REQUEST_FIELDS = {
   probe: ['slot'],
 } as const satisfies Record<string, readonly string[]>;
 
-/** The call options every method takes besides its own fields. */
-export const CALL_OPTIONS: readonly string[] = CALL;
-
 const TAKEN = new Map<string, ReadonlySet<string>>(Object.entries(REQUEST_FIELDS).map(([method, fields]) => [method, new Set([...fields, ...CALL])]));
 const KEY_FIELDS: ReadonlySet<string> = new Set(['label', 'id']);
 const THEN_FIELDS: ReadonlySet<string> = new Set(['op', 'mechanism', 'data', 'iv', 'aad']);
+const KEY_NAMED = ['key', 'target'] as const;
 
 /** Refuses a request object with a field `method` does not take (and a key or `then` object with one it does not have). */
 export function checkRequestFields(method: string, request: unknown): void {
@@ -53,7 +51,7 @@ export function checkRequestFields(method: string, request: unknown): void {
   const req = request as Record<string, unknown>;
   const slot = typeof req.slot === 'string' ? req.slot : undefined;
   for (const field in req) if (!taken.has(field) && req[field] !== undefined) throw badInput(`${method} takes no field "${field}" (it takes ${[...taken].join(', ')})`, slot);
-  for (const name of ['key', 'target'] as const) checkObject(req[name], KEY_FIELDS, `${name}`, slot);
+  for (const name of KEY_NAMED) checkObject(req[name], KEY_FIELDS, name, slot);
   checkObject(req.then, THEN_FIELDS, 'then', slot);
 }
 
