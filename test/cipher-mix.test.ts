@@ -4,17 +4,22 @@
  * decryption (AES-GCM with and without AAD, AES-CBC-PAD, RSA-OAEP), HMACs, MAC checks and
  * signatures over two AES keys of different sizes, to a token slot and a pool on one token at
  * once. Node's crypto, holding the same key bytes, checks every answer; a ciphertext sealed
- * under other AAD must fail with DECRYPTION_FAILED and return nothing.
+ * under other AAD must fail with DECRYPTION_FAILED and return nothing. In the process, over the
+ * socket and over mutual TLS, where the remote client packs concurrent calls into one batch
+ * request of its own.
  */
 import { constants, createCipheriv, createDecipheriv, createHmac, publicEncrypt, randomBytes, verify as nodeVerify, type KeyObject } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
-import { configFor, createToken, pkcs11Tool, tokenDir } from './support/softhsm.js';
+import { startSupervisor, type Pkcs11Client } from '../dist/src/index.js';
+import { configFor, createToken, pkcs11Tool, tokenDir, type TokenDir } from './support/softhsm.js';
+import { open, TRANSPORTS } from './support/transports.js';
 
-let sup: Pkcs11Supervisor;
+let td: TokenDir;
+let config: ReturnType<typeof configFor>;
+let sup: Pkcs11Client;
 let rsaPublic: KeyObject;
 let ecPublic: KeyObject;
 const AES = { aes256: randomBytes(32), aes128: randomBytes(16) } as const;
@@ -28,7 +33,7 @@ const gcm = (key: Buffer) => `aes-${key.length * 8}-gcm` as 'aes-256-gcm';
 const cbc = (key: Buffer) => `aes-${key.length * 8}-cbc`;
 
 beforeAll(async () => {
-  const td = tokenDir();
+  td = tokenDir();
   const tok = createToken(td, 'cmix');
   const file = join(td.dir, 'kek.bin');
   writeFileSync(file, AES.aes256);
@@ -36,17 +41,15 @@ beforeAll(async () => {
   pkcs11Tool(td, 'cmix', tok.pin, ['--keypairgen', '--key-type', 'rsa:2048', '--label', 'oaep', '--id', '20', '--usage-decrypt']);
   process.env.CMIX_PIN = tok.pin;
   const keys = { aes256: { label: 'aes256' }, aes128: { label: 'aes128' }, hmac: { label: 'hmac' }, oaep: { label: 'oaep' }, ec: { label: 'ec' } };
-  sup = await startSupervisor({
-    config: configFor(td, { s: { token: { label: 'cmix' }, pin: { env: 'CMIX_PIN' }, keys }, p: { token: { label: 'cmix' }, pin: { env: 'CMIX_PIN' }, keys, type: 'hsm', poolSize: 3 } }),
-  });
+  config = configFor(td, { s: { token: { label: 'cmix' }, pin: { env: 'CMIX_PIN' }, keys }, p: { token: { label: 'cmix' }, pin: { env: 'CMIX_PIN' }, keys, type: 'hsm', poolSize: 3 } });
+  const setup = await startSupervisor({ config });
   // The other keys: bytes only this test holds, unwrapped onto the token under the first.
-  await sup.unwrapKey({ slot: 's', key: 'aes256', mechanism: 'AES-KEY-WRAP-PAD', wrapped: kwp(AES.aes256, AES.aes128), algorithm: 'AES-128', label: 'aes128' });
-  await sup.unwrapKey({ slot: 's', key: 'aes256', mechanism: 'AES-KEY-WRAP-PAD', wrapped: kwp(AES.aes256, hmacKey), algorithm: 'HMAC-512', label: 'hmac' });
-  rsaPublic = (await sup.getPublicKey({ slot: 's', key: 'oaep' })).keyObject;
-  ecPublic = (await sup.getPublicKey({ slot: 's', key: 'ec' })).keyObject;
+  await setup.unwrapKey({ slot: 's', key: 'aes256', mechanism: 'AES-KEY-WRAP-PAD', wrapped: kwp(AES.aes256, AES.aes128), algorithm: 'AES-128', label: 'aes128' });
+  await setup.unwrapKey({ slot: 's', key: 'aes256', mechanism: 'AES-KEY-WRAP-PAD', wrapped: kwp(AES.aes256, hmacKey), algorithm: 'HMAC-512', label: 'hmac' });
+  rsaPublic = (await setup.getPublicKey({ slot: 's', key: 'oaep' })).keyObject;
+  ecPublic = (await setup.getPublicKey({ slot: 's', key: 'ec' })).keyObject;
+  await setup.close();
 }, 60_000);
-
-afterAll(() => sup?.close());
 
 type Op = 'gcm-seal' | 'gcm-open' | 'gcm-wrong-aad' | 'cbc-seal' | 'cbc-open' | 'oaep-open' | 'mac' | 'mac-check' | 'sign';
 const OPS: Op[] = ['gcm-seal', 'gcm-open', 'gcm-wrong-aad', 'cbc-seal', 'cbc-open', 'oaep-open', 'mac', 'mac-check', 'sign'];
@@ -123,7 +126,13 @@ async function runAndCheck(c: { op: Op; slot: string; key: AesKey; data: Uint8Ar
   }
 }
 
-describe('bursts mixing encryption, decryption, MACs and signatures', () => {
+describe.each(TRANSPORTS)('bursts mixing encryption, decryption, MACs and signatures (%s)', (transport) => {
+  beforeAll(async () => {
+    const opened = await open(transport, config, td.dir);
+    sup = opened.client;
+    return () => opened.close();
+  }, 60_000);
+
   it("every answer is the one Node computes for that call's own key, data, IV and AAD; a wrong AAD returns nothing", async () => {
     let calls = 0;
     await fc.assert(
@@ -134,8 +143,9 @@ describe('bursts mixing encryption, decryption, MACs and signatures', () => {
       { numRuns: 50 },
     );
     expect(calls).toBeGreaterThan(200);
-    const { handed } = sup.status().slots.s!.workers[0]!;
+    const status = await sup.status();
+    const { handed } = status.slots.s!.workers[0]!;
     expect(handed.messages).toBeLessThan(handed.calls * 0.8);
-    for (const slot of ['s', 'p']) expect(sup.status().slots[slot]!.state).toBe('logged_in');
+    for (const slot of ['s', 'p']) expect(status.slots[slot]!.state).toBe('logged_in');
   }, 300_000);
 });

@@ -6,16 +6,19 @@
  * pool on one token at once. Each signature is checked by Node's OpenSSL with the mechanism's
  * exact parameters (PSS salt = hash length) against the caller's own message, and each is then
  * verified back through `verify` in software and on the token, together with a copy over other
- * data that both must call false.
+ * data that both must call false. In the process, over the socket and over mutual TLS, where the
+ * remote client packs concurrent calls into one batch request of its own.
  */
 import { createHash, constants, verify as nodeVerify, type KeyObject } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
+import { startSupervisor, type Pkcs11Client } from '../dist/src/index.js';
 import { MECHANISMS, type MechanismName } from '../dist/src/model/mechanisms.js';
-import { configFor, createToken, tokenDir } from './support/softhsm.js';
+import { configFor, createToken, tokenDir, type TokenDir } from './support/softhsm.js';
+import { open, TRANSPORTS, type Opened } from './support/transports.js';
 
-let sup: Pkcs11Supervisor;
+let td: TokenDir;
+let config: ReturnType<typeof configFor>;
 const publicKeys = new Map<string, KeyObject>();
 const KEYS = { rsa: 'RSA', ec: 'EC', ec384: 'EC', ed: 'EC_EDWARDS' } as const;
 type Key = keyof typeof KEYS;
@@ -24,21 +27,20 @@ const MECHS_FOR = (key: Key) => (Object.keys(MECHANISMS) as MechanismName[]).fil
 const SHA256_DIGEST_INFO = Buffer.from('3031300d060960864801650304020105000420', 'hex');
 
 beforeAll(async () => {
-  const td = tokenDir();
+  td = tokenDir();
   process.env.MIX_PIN = createToken(td, 'mix').pin;
   const keys = { rsa: { label: 'rsa' }, ec: { label: 'ec' }, ec384: { label: 'ec384' }, ed: { label: 'ed' } };
-  const slots = configFor(td, {
+  config = configFor(td, {
     t: { token: { label: 'mix' }, pin: { env: 'MIX_PIN' }, keys },
     p: { token: { label: 'mix' }, pin: { env: 'MIX_PIN' }, keys, type: 'hsm', poolSize: 3 },
     onToken: { token: { label: 'mix' }, pin: { env: 'MIX_PIN' }, keys, type: 'hsm', poolSize: 2, softwareVerify: false },
   });
-  sup = await startSupervisor({ config: slots });
+  const sup = await startSupervisor({ config });
   await sup.generateKeyPair({ slot: 't', algorithm: 'EC-P384', label: 'ec384', id: '03' });
   await sup.generateKeyPair({ slot: 't', algorithm: 'Ed25519', label: 'ed', id: '04' });
   for (const key of Object.keys(KEYS)) publicKeys.set(key, (await sup.getPublicKey({ slot: 't', key })).keyObject);
+  await sup.close();
 }, 60_000);
-
-afterAll(() => sup?.close());
 
 const call = fc
   .record({
@@ -77,7 +79,15 @@ function opensslAccepts(c: { key: Key; mechanism: MechanismName; message: Buffer
   return nodeVerify(hash, c.message, { key, dsaEncoding: c.raw ? 'ieee-p1363' : 'der' }, signature);
 }
 
-describe('bursts mixing keys, mechanisms, digests and sizes', () => {
+describe.each(TRANSPORTS)('bursts mixing keys, mechanisms, digests and sizes (%s)', (transport) => {
+  let opened: Opened;
+  let sup: Pkcs11Client;
+  beforeAll(async () => {
+    opened = await open(transport, config, td.dir);
+    sup = opened.client;
+  }, 60_000);
+  afterAll(() => opened?.close());
+
   it('every signature is by the key named, with the mechanism named, over that caller\'s data; verify agrees in software and on the token', async () => {
     let signed = 0;
     await fc.assert(
@@ -103,8 +113,9 @@ describe('bursts mixing keys, mechanisms, digests and sizes', () => {
     );
     expect(signed).toBeGreaterThan(200);
     // The token slot's mixes really shared batches (the pool, with a worker free for most calls, sends fewer).
-    const { handed } = sup.status().slots.t!.workers[0]!;
+    const status = await sup.status();
+    const { handed } = status.slots.t!.workers[0]!;
     expect(handed.messages).toBeLessThan(handed.calls * 0.8);
-    for (const slot of ['t', 'p', 'onToken']) expect(sup.status().slots[slot]!.state).toBe('logged_in');
+    for (const slot of ['t', 'p', 'onToken']) expect(status.slots[slot]!.state).toBe('logged_in');
   }, 300_000);
 });
