@@ -303,7 +303,9 @@ describe('hostile and broken clients', () => {
     expect(refused({ socket: sock, batch: 'yes' })).toEqual({ code: 'BAD_INPUT', paths: ['batch'] });
     expect(refused({ socket: sock, sokcet: sock })).toEqual({ code: 'BAD_INPUT', paths: ['(options)'] });
     expect(refused({ socket: sock, url: 'https://x' })).toEqual({ code: 'BAD_INPUT', paths: [] });
-    expect(refused({ socket: sock, connections: 4, batch: false })).toBeNull();
+    expect(refused({ socket: sock, timeoutMs: 0 })).toEqual({ code: 'BAD_INPUT', paths: ['timeoutMs'] });
+    expect(refused({ socket: sock, timeoutMs: 1.5 })).toEqual({ code: 'BAD_INPUT', paths: ['timeoutMs'] });
+    expect(refused({ socket: sock, connections: 4, batch: false, timeoutMs: 5_000 })).toBeNull();
   });
 
   it('data too large for one JSON string is refused by the remote client as BAD_INPUT, in words', async () => {

@@ -28,6 +28,12 @@ export type ConnectOptions = (
    * (default true): each call keeps its own answer or error. A call with a `signal` always goes alone.
    */
   batch?: boolean;
+  /**
+   * The deadline of every call that gives no `timeoutMs` of its own, as if it gave this one.
+   * Without it such a call has the slot's `callTimeoutMs`, which the daemon keeps: a client waits
+   * for a daemon that has stopped answering only up to a deadline it knows.
+   */
+  timeoutMs?: number;
 };
 
 const pemSource = z.union([z.string().min(1), z.custom<Uint8Array>((v) => v instanceof Uint8Array)], { error: 'must be PEM text, bytes or a file path' });
@@ -36,6 +42,7 @@ const common = {
   bearer: z.union([z.string().min(1), z.custom<() => string>((v) => typeof v === 'function', { message: 'must be a token or a function that returns one' })]).optional(),
   connections: z.number().int().min(1).max(1024).optional(),
   batch: z.boolean().optional(),
+  timeoutMs: z.number().int().min(1).max(2 ** 31 - 1).optional(),
 };
 
 const httpsUrl = z.url({ protocol: /^https$/, error: 'must be an https:// URL: the daemon\'s network port is mutual TLS only' });

@@ -3,8 +3,9 @@
  * the interface the in-process client has (Pkcs11Client). Each method encodes its request with
  * the route's codec, POSTs it through a pooled undici connection and decodes the result, or
  * turns the problem document into the same Pkcs11SupervisorError the daemon raised. The
- * call's deadline travels in x-timeout-ms; aborting its signal closes the request, and the
- * daemon then drops the call if it has not reached the token.
+ * call's deadline travels in x-timeout-ms and is kept here too, against a daemon that stops
+ * answering; aborting its signal closes the request, and the daemon then drops the call if it
+ * has not reached the token.
  */
 import { Pool, type Dispatcher } from 'undici';
 import { z } from 'zod';
@@ -26,6 +27,9 @@ import { checkConnectOptions, pem, type ConnectOptions } from './connect-options
 function transportError(e: unknown, where: string): Pkcs11SupervisorError {
   const err = e as Error & { code?: string };
   if (err.name === 'AbortError' || err.code === 'UND_ERR_ABORTED') return new Pkcs11SupervisorError('ABORTED', 'the call was aborted by its signal', { cause: e });
+  if (err instanceof NoAnswer) {
+    return new Pkcs11SupervisorError('TIMEOUT', `no answer from ${where} by the call's deadline and ${ANSWER_GRACE_MS} ms more: the daemon is stopped, overloaded or cut off; whether the call ran is unknown`);
+  }
   if (err.code === 'UND_ERR_HEADERS_TIMEOUT') return new Pkcs11SupervisorError('TIMEOUT', `no answer from ${where} in time`, { cause: e });
   if (err.code?.startsWith('ERR_SSL') || err.code?.startsWith('ERR_TLS') || /certificate|alert/i.test(err.message)) {
     return new Pkcs11SupervisorError('UNAUTHENTICATED', `the TLS handshake with ${where} failed: ${err.message}`, { cause: e });
@@ -36,26 +40,50 @@ function transportError(e: unknown, where: string): Pkcs11SupervisorError {
 }
 
 /**
+ * How long past a call's deadline the client still waits for the daemon's answer before it
+ * gives up on its own: the daemon answers by the deadline, or by its `hungCallGraceMs` (default
+ * 1 s) later for a call already on the token, and the answer has a trip to make.
+ */
+export const ANSWER_GRACE_MS = 2_000;
+
+/** The client gave up on a daemon that did not answer by the deadline and its grace (frozen, overloaded or cut off). */
+class NoAnswer extends Error {}
+
+/**
  * One request through undici's dispatcher, its answer read into one buffer: `request()` wraps
  * each answer in a stream read back through promises, ~8 µs of the client's CPU a request here.
- * Aborting the signal aborts the request, queued or on the wire (undici then closes its
- * connection, which is how the daemon learns that the caller went away).
+ * Aborting the signal, or `giveUpMs` passing with no answer, settles the call at once and aborts
+ * the request, queued or on the wire (undici then closes its connection, which is how the daemon
+ * learns that the caller went away). Neither waits for the daemon: one that has stopped
+ * answering never holds a caller past its deadline.
  */
-function exchange(pool: Pool, options: Dispatcher.DispatchOptions, signal?: AbortSignal): Promise<{ status: number; body: Buffer }> {
+function exchange(pool: Pool, options: Dispatcher.DispatchOptions, signal: AbortSignal | undefined, giveUpMs: number | undefined): Promise<{ status: number; body: Buffer }> {
   return new Promise((resolve, reject) => {
     const aborted = () => new DOMException('the call was aborted by its signal', 'AbortError');
     if (signal?.aborted) return reject(aborted());
     let controller: Dispatcher.DispatchController | undefined;
-    const onAbort = () => controller?.abort(aborted());
+    let stopped: Error | undefined;
+    const stop = (reason: Error) => {
+      if (stopped) return;
+      stopped = reason;
+      done();
+      reject(reason);
+      controller?.abort(reason);
+    };
+    const onAbort = () => stop(aborted());
     // One listener per signal, however many calls share it (abort-watch.ts).
     if (signal) watchAbort(signal, onAbort);
-    const done = () => signal && unwatchAbort(signal, onAbort);
+    const timer = giveUpMs === undefined ? undefined : setTimeout(() => stop(new NoAnswer()), giveUpMs);
+    const done = () => {
+      if (signal) unwatchAbort(signal, onAbort);
+      clearTimeout(timer);
+    };
     let status = 0;
     const chunks: Buffer[] = [];
     pool.dispatch(options, {
       onRequestStart(c) {
         controller = c;
-        if (signal?.aborted) c.abort(aborted());
+        if (stopped) c.abort(stopped);
       },
       onResponseStart(_c, statusCode) {
         status = statusCode;
@@ -64,10 +92,12 @@ function exchange(pool: Pool, options: Dispatcher.DispatchOptions, signal?: Abor
         chunks.push(chunk);
       },
       onResponseEnd() {
+        if (stopped) return;
         done();
         resolve({ status, body: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks) });
       },
       onResponseError(_c, e) {
+        if (stopped) return;
         done();
         reject(e);
       },
@@ -81,12 +111,15 @@ export class RemoteClient implements Pkcs11Client {
   private readonly pool: Pool;
   private readonly where: string;
   private readonly bearer: ConnectOptions['bearer'];
+  /** The deadline of calls that give none (connect's `timeoutMs`); undefined: the daemon's, the slot's `callTimeoutMs`. */
+  private readonly timeoutMs: number | undefined;
   /** Null with `batch: false`. */
   private readonly batches: CallBatcher | null;
 
   constructor(options: ConnectOptions) {
     const connections = options.connections ?? 16;
     this.bearer = options.bearer;
+    this.timeoutMs = options.timeoutMs;
     if ('socket' in options) {
       this.where = options.socket;
       this.pool = new Pool('http://localhost', { socketPath: options.socket, connections, headersTimeout: 0, bodyTimeout: 0 });
@@ -106,7 +139,7 @@ export class RemoteClient implements Pkcs11Client {
   /** One call of the route: sent alone, or with the other calls of this turn as a batch; its decoded result, or the daemon's error as a Pkcs11SupervisorError. */
   async call(name: RouteName, request: Record<string, unknown>): Promise<unknown> {
     if (!request || typeof request !== 'object') throw badInput('a request object is required');
-    const { signal, timeoutMs, principal, ...fields } = request;
+    const { signal, timeoutMs = this.timeoutMs, principal, ...fields } = request;
     if (principal !== undefined) throw badInput('a remote client acts as the identity it authenticated with (its certificate, token or socket); principal cannot be set per call');
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw badInput('signal must be an AbortSignal');
     const sendable = typeof timeoutMs === 'number' && Number.isFinite(timeoutMs) && timeoutMs >= 1 && timeoutMs <= 2 ** 31 - 1;
@@ -130,7 +163,8 @@ export class RemoteClient implements Pkcs11Client {
     const headers: Record<string, string> = { 'content-type': 'application/json' };
     if (deadline !== undefined) headers[TIMEOUT_HEADER] = deadline;
     if (this.bearer !== undefined) headers.authorization = `Bearer ${typeof this.bearer === 'string' ? this.bearer : await this.bearer()}`;
-    const bytes = await exchange(this.pool, { method: 'POST', path, headers, body }, signal).catch((e: unknown) => {
+    const giveUpMs = deadline === undefined ? undefined : Number(deadline) + ANSWER_GRACE_MS;
+    const bytes = await exchange(this.pool, { method: 'POST', path, headers, body }, signal, giveUpMs).catch((e: unknown) => {
       throw transportError(e, this.where);
     });
     try {
