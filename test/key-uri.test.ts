@@ -101,6 +101,11 @@ describe('a key URI names where the key is', () => {
       await expect(sup.sign({ slot: 'n', key: `pkcs11:object=ec?${q}`, mechanism: 'ECDSA-SHA256', data }), q).rejects.toMatchObject({ code: 'KEY_NOT_FOUND' });
     }
     await expect(sup.sign({ slot: 'n', key: 'pkcs11:object=ec;slot-id=0x1', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'BAD_INPUT' });
+    // An attribute it does not know narrows nothing it could check (RFC 7512 2.5: no match): refused, not signed with what the rest names.
+    for (const uri of ['pkcs11:object=ec;x-vendor=1', 'pkcs11:id=%02;objekt=other', 'pkcs11:object=ec;pin-value=1234', 'pkcs11:object=ec?x-q=1']) {
+      await expect(sup.sign({ slot: 'n', key: uri, mechanism: 'ECDSA-SHA256', data }), uri).rejects.toMatchObject({ code: 'BAD_INPUT' });
+      await expect(sup.destroyObject({ slot: 'n', key: uri }), uri).rejects.toMatchObject({ code: 'BAD_INPUT' });
+    }
     // Destroying by a URI for the other token destroys nothing here.
     await sup.generateKeyPair({ slot: 'n', algorithm: 'EC-P256', label: 'spare', id: '77' });
     await expect(sup.destroyObject({ slot: 'n', key: 'pkcs11:token=far;object=spare' })).rejects.toMatchObject({ code: 'KEY_NOT_FOUND' });

@@ -56,6 +56,9 @@ describe('URIs in the config', () => {
     expect(attempt('pkcs11:token=dev-token?pin-value=1234')).toThrow(/PIN never goes in the config/);
     expect(attempt('pkcs11:model=x')).toThrow(/neither token/);
     expect(attempt('pkcs11:token=t', { k: 'pkcs11:type=private' })).toThrow(/names its object/);
+    expect(attempt('pkcs11:token=t', { k: 'pkcs11:object=k;pin-value=1234' })).toThrow(/PIN never goes in the config/);
+    expect(attempt('pkcs11:token=t;x-vendor=1')).toThrow(/slots\.s\.token: "x-vendor" is not an attribute this supervisor knows, and a URI with one matches nothing/);
+    expect(attempt('pkcs11:token=t', { k: 'pkcs11:objekt=k;id=%01' })).toThrow(/slots\.s\.keys\.k: "objekt" is not an attribute/);
   });
 });
 
@@ -71,8 +74,12 @@ describe('what a URI names besides the object', () => {
   it('keeps every token, slot, library and module attribute, in one order, the version as major.minor', () => {
     expect(key('pkcs11:object=k;library-version=2;token=t?module-name=m').on).toEqual({ token: 't', 'library-version': '2.0', 'module-name': 'm' });
     expect(Object.keys(key('pkcs11:slot-id=7;serial=s;object=k;manufacturer=m').on!)).toEqual(['manufacturer', 'serial', 'slot-id']);
-    expect(key('pkcs11:object=k;type=private;vendor-x=1').on).toBeUndefined();
     expect(key('pkcs11:object=k;serial=').on).toBeUndefined();
+  });
+
+  it('an attribute it does not know (a vendor one, a misspelt one) matches nothing, RFC 7512 2.5: refused, never dropped from what the URI asks', () => {
+    for (const bad of ['pkcs11:object=k;type=private;vendor-x=1', 'pkcs11:id=%02;objekt=k', 'pkcs11:object=k?x-q=1', 'pkcs11:Object=k;id=%02']) expect(() => key(bad), bad).toThrow(/is not an attribute this supervisor knows/);
+    expect(() => key('pkcs11:object=k;vendor-a=1?vendor-b=2')).toThrow(/^"vendor-a", "vendor-b" are not attributes/);
   });
 
   it('refuses a slot-id or library-version that cannot match anything', () => {

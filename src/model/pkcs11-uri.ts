@@ -3,9 +3,11 @@
  * `pkcs11:token=dev-token;object=demo-ec;id=%02;type=private`. Path attributes are
  * `;`-separated, query attributes `&`-separated after `?`, values percent-decoded (an `id` is
  * bytes, everything else UTF-8 text). What it names of the token, slot, library and module must
- * all match (device-match.ts). Unknown (vendor) attributes are kept; a PIN in the URI
- * (`pin-value`) is refused wherever the supervisor reads one, and `pin-source` too: a slot's PIN
- * comes from its configured source.
+ * all match (device-match.ts). Any attribute is parsed (the RFC's vendor examples too), but a URI
+ * naming one this supervisor does not know names nothing here (RFC 7512, 2.5: an unrecognized
+ * attribute is a matching failure), so a misspelt or vendor attribute cannot be silently dropped
+ * from what the caller asked for. A PIN in the URI (`pin-value`) is refused wherever the
+ * supervisor reads one, and `pin-source` too: a slot's PIN comes from its configured source.
  */
 import { DEVICE_ATTRIBUTES, normalizeVersion, type DeviceMatch } from './device-match.js';
 import { trimPadded } from './token-match.js';
@@ -74,13 +76,22 @@ export function parsePkcs11Uri(uri: string): Pkcs11Uri {
 /** Object classes by the URI's `type`. */
 export const URI_TYPES = { private: 'privateKey', public: 'publicKey', cert: 'certificate', 'secret-key': 'secretKey', data: 'data' } as const;
 
-function refusePin({ query }: Pkcs11Uri): void {
-  if ('pin-value' in query || 'pin-source' in query) throw new UriError("a PIN never goes in the config or in a call's URI (pin-value, pin-source): the slot's PIN source provides it");
+const PIN_ATTRIBUTES = ['pin-value', 'pin-source'];
+const KNOWN_PATH: ReadonlySet<string> = new Set(['object', 'type', 'id', ...DEVICE_ATTRIBUTES.filter((a) => !a.startsWith('module-'))]);
+const KNOWN_QUERY: ReadonlySet<string> = new Set([...PIN_ATTRIBUTES, ...DEVICE_ATTRIBUTES.filter((a) => a.startsWith('module-'))]);
+
+/** A URI the supervisor can read: no PIN in it (path or query), and no attribute it does not know. */
+function checkReadable({ path, query }: Pkcs11Uri): void {
+  if (PIN_ATTRIBUTES.some((a) => a in query || a in path)) throw new UriError("a PIN never goes in the config or in a call's URI (pin-value, pin-source): the slot's PIN source provides it");
+  const unknown = [...Object.keys(path).filter((a) => !KNOWN_PATH.has(a)), ...Object.keys(query).filter((a) => !KNOWN_QUERY.has(a))];
+  if (unknown.length > 0) {
+    throw new UriError(`${unknown.map((a) => `"${a}"`).join(', ')} ${unknown.length > 1 ? 'are not attributes' : 'is not an attribute'} this supervisor knows, and a URI with one matches nothing (RFC 7512, 2.5); known: ${[...KNOWN_PATH].join(', ')}; in the query ${[...KNOWN_QUERY].filter((a) => !PIN_ATTRIBUTES.includes(a)).join(', ')}`);
+  }
 }
 
 /** The key a URI names: `object` is its label, `id` its CKA_ID, `on` the token, slot and library it is on. The operation decides the class; `type` must be one. */
 export function keyOfUri(uri: Pkcs11Uri): { label: string | undefined; id: string | undefined; on: DeviceMatch | undefined } {
-  refusePin(uri);
+  checkReadable(uri);
   const { path } = uri;
   if (path.type !== undefined && !Object.hasOwn(URI_TYPES, path.type)) throw new UriError(`type=${path.type} is not a PKCS#11 object type (${Object.keys(URI_TYPES).join(', ')})`);
   if (path.object === undefined && !path.id) throw new UriError('a key URI names its object (label), its id, or both');
@@ -92,7 +103,7 @@ export function keyOfUri(uri: Pkcs11Uri): { label: string | undefined; id: strin
  * whatever else it names of the token, slot or library must match too.
  */
 export function tokenOfUri(uri: Pkcs11Uri): { serial: string; on?: DeviceMatch } | { label: string; on?: DeviceMatch } {
-  refusePin(uri);
+  checkReadable(uri);
   const { serial, token } = uri.path;
   const primary = serial ? { serial } : token ? { label: token } : null;
   if (!primary) throw new UriError('the token URI names neither token (label) nor serial');
