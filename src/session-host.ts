@@ -22,6 +22,9 @@ export function unwrap<T>(reply: WorkerReply<T>, slot: string): T {
   throw new Pkcs11SupervisorError(reply.error.code, reply.error.message, { slot, ckr: reply.error.ckr });
 }
 
+/** The tasks a token's quiet is for: they pass its gate. */
+const runsInQuiet = (task: WorkerTask) => task.op === 'logout' || (task.op === 'login' && task.userType === 'so');
+
 export class SessionHost {
   private thread: SessionThread | null = null;
   /** The session the current thread holds, kept here so a crash can still close it. */
@@ -38,7 +41,14 @@ export class SessionHost {
     private readonly ended: () => boolean,
     /** Every call that failed on the token (batched calls aside), for the counters that watch the module. */
     private readonly failed: (error: WorkerError) => void,
+    /** Closed while the token logs out (TokenDomain.quiet). */
+    private readonly tokenGate: () => Promise<void> | null,
   ) {}
+
+  /** What a task waits for before it enters the module: a module reset, or a logout of the token unless it is that logout. */
+  private gateFor(task: WorkerTask): Promise<void> | null {
+    return moduleGate(this.modulePath) ?? (runsInQuiet(task) ? null : this.tokenGate());
+  }
 
   /** A task is inside the thread (and so maybe inside the module). */
   get busy(): boolean {
@@ -124,8 +134,7 @@ export class SessionHost {
    * is abandoned, which fails the pending run, and this call reports Wedged.
    */
   async run<T>(task: WorkerTask, deadline: number): Promise<WorkerReply<T>> {
-    const gate = moduleGate(this.modulePath);
-    if (gate) await gate; // the module is being reset: nothing enters it until it is back
+    for (let gate = this.gateFor(task); gate; gate = this.gateFor(task)) await gate;
     if (!this.thread?.alive) throw new ThreadDied('session worker thread is gone');
     const thread = this.thread;
     let wedged = false;

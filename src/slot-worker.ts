@@ -17,6 +17,7 @@ import { SessionHost, ThreadDied, Wedged, unwrap } from './session-host.js';
 import type { ContextLoginWorker, ContextLogins } from './context-logins.js';
 import { checkHealth } from './health-probe.js';
 import type { SlotConfig } from './config-schema.js';
+import type { TokenDomain } from './token-domain.js';
 import { USER_SESSION_STATES, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type UserPinState, type WorkerError, type WorkerTask } from './model/protocol.js';
 
 export interface SlotWorkerHooks {
@@ -34,8 +35,8 @@ export interface SlotWorkerOptions {
   pins: PinChain;
   /** The token is logged in as its Security Officer through one of the slot's workers. */
   soActive: () => boolean;
-  /** Serializes logins across a slot's workers: login is token-wide. */
-  loginLock: <T>(fn: () => Promise<T>) => Promise<T>;
+  /** The slot's token domain (it changes once the slot learns its token): logins one at a time, logouts in its quiet. */
+  domain: () => TokenDomain;
   restart: RestartPolicy;
   hooks: SlotWorkerHooks;
   /** A call found the module itself broken (CKR_GENERAL_ERROR): the supervisor resets it, once for all its slots. */
@@ -84,6 +85,7 @@ export class SlotWorker {
         const handle = handleAllocationFailure(error);
         if (handle) opts.hooks.handleAllocationFailed(this, handle, error);
       },
+      () => opts.domain().gate,
     );
     const machine = slotMachine.provide({
       actors: {
@@ -91,7 +93,7 @@ export class SlotWorker {
         login: fromPromise<SessionReport, { pin: Secret }>(async ({ input }) =>
           unwrap(await this.runTask<SessionReport>({ op: 'login', pin: input.pin.reveal(), userType: 'user' }, Date.now() + opts.config.callTimeoutMs), this.slot),
         ),
-        logout: fromPromise<SessionReport, void>(async () => unwrap(await this.runTask<SessionReport>({ op: 'logout' }, Date.now() + opts.config.callTimeoutMs), this.slot)),
+        logout: fromPromise<SessionReport, void>(() => opts.domain().quiet(async () => unwrap(await this.runTask<SessionReport>({ op: 'logout' }, Date.now() + opts.config.callTimeoutMs), this.slot))),
         closeSession: fromPromise<null, void>(() => this.host.close()),
       },
       actions: { abandonThread: () => this.host.abandon() },
@@ -208,6 +210,7 @@ export class SlotWorker {
    */
   async execute<T>(task: WorkerTask, call: CallContext, firstAttempt = 0): Promise<WorkerReply<T>> {
     for (let attempt = firstAttempt; ; attempt++) {
+      const logouts = this.opts.domain().logouts; // one made meanwhile (an operator's, in a loop) does not use up the retry
       await this.ready(call);
       if (call.settled) throw new Pkcs11SupervisorError('TIMEOUT', 'the call ended before it reached the token', { slot: this.slot });
       let reply: WorkerReply<T>;
@@ -221,7 +224,7 @@ export class SlotWorker {
         throw e;
       }
       this.noteModuleHealth(reply);
-      if (!reply.ok && attempt === 0 && reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) {
+      if (!reply.ok && (attempt === 0 || (this.opts.domain().logouts !== logouts && attempt < 5)) && reply.error.ckr && SESSION_LOST_CKRS.has(reply.error.ckr)) {
         this.sessionLost();
         continue;
       }
@@ -340,7 +343,7 @@ export class SlotWorker {
       // An explicit login may find a lazy worker not opened yet, or one restarting.
       await this.liveState(deadline);
     }
-    await this.opts.loginLock(async () => {
+    await this.opts.domain().lock(async () => {
       const info = unwrap(await this.runTask<SessionInfo>({ op: 'sessionInfo' }, deadline), this.slot);
       this.userPin = info.userPin;
       if (USER_SESSION_STATES.has(info.state)) {
@@ -365,16 +368,16 @@ export class SlotWorker {
     });
   }
 
-  /** Logs the token in as its Security Officer, ending the user login first (one user type at a time). */
+  /** Logs the token in as its Security Officer, ending the user login first (a logout: in the token's quiet, inside the login lock). */
   async soLogIn(pin: Secret, deadline: number): Promise<void> {
     await this.liveState(deadline);
-    await this.opts.loginLock(async () => {
+    await this.opts.domain().lock(() => this.opts.domain().quiet(async () => {
       const reply = await this.runTask<SessionReport>({ op: 'login', pin: pin.reveal(), userType: 'so' }, deadline);
       this.opts.hooks.loginAttempted(this, 'call', reply.ok ? 'ok' : reply.error.code, 'so');
       const report = unwrap(reply, this.slot);
       if (report.state !== 'RW_SO') throw new Pkcs11SupervisorError('PKCS11_ERROR', `the token reports ${report.state} after an SO login`, { slot: this.slot });
       this.actor.send({ type: 'SO_LOGGED_IN' });
-    });
+    }));
   }
 
   async logOut(deadline: number): Promise<void> {
@@ -382,7 +385,7 @@ export class SlotWorker {
       // The token may still be logged in through a sibling's session: log it out all the same.
       const state = await this.settledState(deadline);
       if (state !== 'open' && state !== 'logged_in') return;
-      unwrap(await this.runTask({ op: 'logout' }, deadline), this.slot);
+      await this.opts.domain().quiet(async () => unwrap(await this.runTask({ op: 'logout' }, deadline), this.slot));
       return;
     }
     this.actor.send({ type: 'LOGOUT' });

@@ -54,7 +54,6 @@ export class Slot {
   ) {
     this.pins = new PinChain(name, config.pin, pinCallback, () => this.domain.refused);
     this.domain.members.add(this);
-    const loginLock = <T>(fn: () => Promise<T>): Promise<T> => this.domain.lock(fn);
     this.workers = Array.from(
       { length: config.poolSize },
       (_, index) =>
@@ -65,7 +64,7 @@ export class Slot {
           modulePath,
           pins: this.pins,
           soActive: () => this.soActive,
-          loginLock,
+          domain: () => this.domain,
           restart,
           moduleBroken: (ckr) => this.supervisor.moduleBroken(this, ckr),
           contextLogins: this.contextLogins,

@@ -1,9 +1,9 @@
 /**
  * What belongs to a token rather than to a slot. Within a process, login is the token's: every
  * slot configured on one token shares the memory of PINs the token refused, one lock for
- * logging in, the knowledge of which slot holds the Security Officer's login, and the AES-GCM IVs
- * used with its keys. Slots join
- * their token's domain when their first session tells them which token they are on.
+ * logging in, the knowledge of which slot holds the Security Officer's login, the AES-GCM IVs
+ * used with its keys, and the quiet a logout needs. Slots join their token's domain when their
+ * first session tells them which token they are on.
  */
 import type { SlotWorker } from './slot-worker.js';
 import { IvRegistry } from './iv-registry.js';
@@ -24,12 +24,37 @@ export class TokenDomain {
   /** The supervisor's own C_Login logged the token in: only then is the logout at close ours to make. */
   loggedInHere = false;
   private chain: Promise<unknown> = Promise.resolve();
+  /** Closed while a logout runs: the token's sessions take no new task until it opens (see quiet). */
+  gate: Promise<void> | null = null;
+  /** Quiet sections run so far: a call that failed across one was logged out under it. */
+  logouts = 0;
 
   /** Runs logins one at a time for the whole token. */
   lock<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.chain.then(fn, fn);
     this.chain = run.catch(() => undefined);
     return run;
+  }
+
+  /**
+   * Runs `fn` (a logout) while no session of the token is inside the module: new tasks wait at the
+   * gate and running ones finish first (up to 5 s, as a module reset waits). A C_Logout beside a
+   * running operation fails it on SoftHSM2 (CKR_GENERAL_ERROR, or a find left active), and a call
+   * that raced the logout could find its key invisible and be told it does not exist.
+   */
+  async quiet<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.gate) await this.gate;
+    let open!: () => void;
+    this.gate = new Promise<void>((r) => (open = r));
+    try {
+      const deadline = Date.now() + 5_000;
+      while ([...this.workers()].some((w) => w.threadBusy) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+      this.logouts++;
+      return await fn();
+    } finally {
+      this.gate = null;
+      open();
+    }
   }
 
   /** Every worker of every slot on the token. */
