@@ -73,5 +73,5 @@ export function errorOf(status: number, body: unknown): Pkcs11SupervisorError {
     return new Pkcs11SupervisorError(p.code, p.detail, { ckr: p.ckr, slot: p.slot, issues: p.issues });
   }
   const code: ErrorCode = status === 401 ? 'UNAUTHENTICATED' : status === 403 ? 'FORBIDDEN' : status === 404 ? 'ROUTE_NOT_FOUND' : status === 405 ? 'METHOD_NOT_ALLOWED' : status === 429 ? 'RATE_LIMITED' : status === 504 ? 'TIMEOUT' : status >= 500 ? 'INTERNAL' : 'BAD_INPUT';
-  return new Pkcs11SupervisorError(code, `the service answered HTTP ${status} without a problem document`);
+  return new Pkcs11SupervisorError(code, `the service answered HTTP ${status} without a problem document of this API (one with a code this client knows)`);
 }
