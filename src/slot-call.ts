@@ -32,7 +32,10 @@ export interface CallContext {
  * What a call needs before it can run, as plain data: an object with a getter closing over a
  * batch's calls would keep those calls alive past young-generation GCs.
  */
-export type CallNeeds = Pick<CallContext, 'deadline' | 'pin' | 'needsLogin'>;
+export type CallNeeds = Pick<CallContext, 'deadline' | 'pin' | 'needsLogin'> & {
+  /** An operator's login() call: it may offer a PIN the token refused before (pin-chain.ts). */
+  explicit?: boolean;
+};
 
 export interface CallSpec {
   task: SlotTask;

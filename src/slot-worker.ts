@@ -170,8 +170,8 @@ export class SlotWorker {
   /** Runs a call the mailbox handed to this worker. */
   async perform(task: SlotTask, call: CallContext): Promise<unknown> {
     switch (task.op) {
-      case 'userLogin':
-        return this.logIn(call.pin, call.deadline, 'login', true);
+      case 'userLogin': // through ready(): a session lost meanwhile (a module reset) is opened again
+        return this.ready({ deadline: call.deadline, pin: call.pin, needsLogin: true, explicit: true });
       case 'soLogin':
         if (!call.pin) throw new Pkcs11SupervisorError('PIN_REQUIRED', 'a Security Officer login needs the SO PIN in the call', { slot: this.slot });
         return this.soLogIn(call.pin, call.deadline);
@@ -297,7 +297,7 @@ export class SlotWorker {
       }
       if (state === 'logged_in' || ((state === 'open' || state === 'so_logged_in') && !call.needsLogin)) return;
       try {
-        await this.logIn(call.pin, call.deadline, round === 0 ? 'login' : 'relogin', false);
+        await this.logIn(call.pin, call.deadline, round === 0 ? 'login' : 'relogin', call.explicit === true);
       } catch (e) {
         // The session went (a module reset, a token pulled) while logging in: open a new one.
         if (!(e instanceof Pkcs11SupervisorError && e.ckr && SESSION_LOST_CKRS.has(e.ckr))) throw e;

@@ -137,6 +137,18 @@ describe('resilience against a misbehaving module', () => {
     expect(sup.status().slots.t!.state).toBe('logged_in');
   });
 
+  it("an operator's login that finds its session gone (a module reset under it) opens a new one and logs in, once", async () => {
+    sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot({ probeIntervalMs: 0 }) }) });
+    await sup.logout('t');
+    const before = faults.counts();
+    faults.set('fail C_GetSessionInfo 1 CKR_SESSION_HANDLE_INVALID');
+    await sup.login('t');
+    expect(sup.status().slots.t!.state).toBe('logged_in');
+    expect(delta(before, 'C_OpenSession')).toBe(1);
+    expect(delta(before, 'C_Login')).toBe(1);
+    expect(await verifiesOnNode(sup, 't', 'ec', data, await sign(sup))).toBe(true);
+  });
+
   it('a logout behind the daemon back is noticed and followed by a re-login', async () => {
     sup = await startSupervisor({ config: faultConfig(td, faults, { t: slot() }) });
     await sign(sup);
