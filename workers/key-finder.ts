@@ -93,11 +93,14 @@ export class KeyFinder {
     const cacheKey = `${cls}\0${selectorKey(sel)}`;
     const hit = this.keys.get(cacheKey);
     if (hit && !fresh && now - hit.foundAt < KEY_RECHECK_MS) return this.remember(sel, cls, hit);
-    const found = findHandles(s, { class: CLASS_OF.get(cls)!, label: sel.label, id: sel.id }, 2);
+    const template = { class: CLASS_OF.get(cls)!, label: sel.label, id: sel.id };
+    let found = findHandles(s, template, 2);
     const what = keyName(sel, cls);
-    if (found.length === 0 && cls !== pkcs11js.CKO_PUBLIC_KEY && !this.loggedIn()) {
+    if (found.length === 0 && cls !== pkcs11js.CKO_PUBLIC_KEY) {
       // Private objects are invisible before login; say so, so the caller re-logs in.
-      throw new WorkerFailure('PIN_REQUIRED', `the token is not logged in, so no ${what} is visible`, 'CKR_USER_NOT_LOGGED_IN');
+      if (!this.loggedIn()) throw new WorkerFailure('PIN_REQUIRED', `the token is not logged in, so no ${what} is visible`, 'CKR_USER_NOT_LOGGED_IN');
+      // Logged in now, maybe by another session since the find: only a find made logged in says a key is not there.
+      found = findHandles(s, template, 2);
     }
     if (found.length === 0 && hit) {
       // Found on this session a moment ago: a key deleted since, or a module that lost its
