@@ -41,8 +41,8 @@ function transportError(e: unknown, where: string): Pkcs11SupervisorError {
 
 /**
  * How long past a call's deadline the client still waits for the daemon's answer before it
- * gives up on its own: the daemon answers by the deadline, or by its `hungCallGraceMs` (default
- * 1 s) later for a call already on the token, and the answer has a trip to make.
+ * gives up on its own: the daemon answers every call by its deadline (TIMEOUT if it is still
+ * queued or running), and the answer has a trip to make through a daemon that may be busy.
  */
 export const ANSWER_GRACE_MS = 2_000;
 
