@@ -2,12 +2,13 @@
  * No signature by the wrong key, with the wrong mechanism or over the wrong data, whatever mix
  * of calls the mailboxes batch together: fast-check sends bursts of concurrent signs that mix
  * keys of four types, every signature mechanism, prehashed and whole-message data, DER and raw
- * ECDSA and sizes on both sides of the batch's inline and copy paths, to a token slot and an hsm
- * pool on one token at once. Each signature is checked by Node's OpenSSL with the mechanism's
- * exact parameters (PSS salt = hash length) against the caller's own message, and each is then
- * verified back through `verify` in software and on the token, together with a copy over other
- * data that both must call false. In the process, over the socket and over mutual TLS, where the
- * remote client packs concurrent calls into one batch request of its own.
+ * ECDSA and sizes from 1 B to 64 KiB (so some bursts overflow a batch's byte budget and split),
+ * to a token slot and an hsm pool on one token at once. Each signature is checked by Node's
+ * OpenSSL with the mechanism's exact parameters (PSS salt = hash length) against the caller's own
+ * message, and each is then verified back through `verify` in software and on the token, and
+ * over the data with a byte changed, which both must call false. In the process, over the socket
+ * and over mutual TLS, where the remote client packs concurrent calls into one batch request of
+ * its own.
  */
 import { createHash, constants, verify as nodeVerify, type KeyObject } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
