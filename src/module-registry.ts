@@ -223,6 +223,20 @@ export function moduleGate(path: string): Promise<void> | undefined {
   return gates.get(path);
 }
 
+/**
+ * Resolves once no thread of `workers` is inside a call of the module (polled every 2 ms), or
+ * after `limitMs` with one still inside (a wedged call): whether they all came out.
+ */
+export async function outOfModule(workers: () => Iterable<{ readonly threadBusy: boolean }>, limitMs = 5_000): Promise<boolean> {
+  const inside = () => {
+    for (const w of workers()) if (w.threadBusy) return true;
+    return false;
+  };
+  const deadline = Date.now() + limitMs;
+  while (inside() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+  return !inside();
+}
+
 /** Closes the gate of a module; call the returned function to open it again. */
 export function closeModuleGate(path: string): () => void {
   let open!: () => void;

@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import type { Config } from './config-schema.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { SupervisorEmitter } from './events.js';
-import { acquireModule, closeModuleGate, releaseModule, reinitializeModule } from './module-registry.js';
+import { acquireModule, closeModuleGate, outOfModule, releaseModule, reinitializeModule } from './module-registry.js';
 import { MODULE_BROKEN_CKRS } from './model/ckr.js';
 import { checkPinFiles, type PinCallback } from './pin-chain.js';
 import { defaultRestartPolicy, type RestartPolicyFactory } from './restart-policy.js';
@@ -150,9 +150,7 @@ export class Supervisor {
     const open = closeModuleGate(path);
     void (async () => {
       // Quiesce: wait until no thread of the module is inside a call, then reset it.
-      const deadline = Date.now() + 5_000;
-      while (onModule.some((s) => s.workers.some((w) => w.threadBusy)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
-      const quiet = !onModule.some((s) => s.workers.some((w) => w.threadBusy));
+      const quiet = await outOfModule(() => onModule.flatMap((s) => s.workers));
       const ok = quiet && reinitializeModule(path);
       open();
       this.log.warn({ module: path, ckr, ok, quiet }, ok ? 'module reset: finalized and initialized again; every session of it re-opens' : 'module reset skipped: a thread is still inside the module');

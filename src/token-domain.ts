@@ -7,6 +7,7 @@
  */
 import type { SlotWorker } from './slot-worker.js';
 import { IvRegistry } from './iv-registry.js';
+import { outOfModule } from './module-registry.js';
 
 export interface DomainMember {
   readonly name: string;
@@ -47,8 +48,7 @@ export class TokenDomain {
     let open!: () => void;
     this.gate = new Promise<void>((r) => (open = r));
     try {
-      const deadline = Date.now() + 5_000;
-      while ([...this.workers()].some((w) => w.threadBusy) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+      await outOfModule(() => this.workers());
       this.logouts++;
       return await fn();
     } finally {

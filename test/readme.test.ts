@@ -6,11 +6,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { openssl } from './support/openssl.js';
 import { issue, testPki } from './support/pki.js';
+import { started } from './support/daemon-process.js';
 import { parseConfig } from '../dist/src/index.js';
 
 const ROOT = resolve('.');
@@ -73,15 +73,7 @@ function makeTlsFiles(): void {
 /** Starts the daemon as a process of its own and waits for its start line (which names the TLS port). */
 async function startDaemon(configFile: string): Promise<void> {
   daemon = spawn(process.execPath, [join(ROOT, 'dist/src/daemon.js'), '--config', configFile, '--listen', '127.0.0.1:0'], { cwd: project, stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines = createInterface({ input: daemon.stdout! });
-  for await (const line of lines) {
-    const entry = JSON.parse(line) as { msg?: string; tls?: string };
-    if (entry.msg === 'pkcs11-supervisor started') {
-      tlsPort = Number(new URL(entry.tls!).port);
-      return;
-    }
-  }
-  throw new Error('the daemon exited before it started');
+  tlsPort = Number(new URL((await started(daemon)).tls!).port);
 }
 
 afterAll(() => {

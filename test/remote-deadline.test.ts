@@ -8,12 +8,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { verify } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, type Pkcs11Client } from '../dist/src/index.js';
 import { ANSWER_GRACE_MS } from '../dist/src/service/remote-client.js';
 import { configFor, createToken, tokenDir } from './support/softhsm.js';
 import { sharedPki, tlsClient, TLS_PRINCIPAL } from './support/transports.js';
+import { started } from './support/daemon-process.js';
 
 let daemon: ChildProcess;
 let socket: string;
@@ -35,14 +35,7 @@ beforeAll(async () => {
   const file = join(td.dir, 'config.json');
   writeFileSync(file, JSON.stringify(config));
   daemon = spawn(process.execPath, ['dist/src/daemon.js', '--config', file], { env: { ...process.env, FROZEN_PIN: pin }, stdio: ['ignore', 'pipe', 'inherit'] });
-  // Its log is read to the end (a reader that went away would cost it its log): the start line names the TLS port.
-  tlsUrl = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: daemon.stdout! }).on('line', (line) => {
-      const entry = JSON.parse(line) as { msg?: string; tls?: string };
-      if (entry.msg === 'pkcs11-supervisor started') resolve(entry.tls!);
-    });
-    daemon.once('exit', (code) => reject(new Error(`the daemon exited (${code}) before it started`)));
-  });
+  tlsUrl = (await started(daemon)).tls!;
 }, 60_000);
 
 afterAll(async () => {

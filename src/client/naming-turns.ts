@@ -4,6 +4,7 @@
  * make it ambiguous. A call waiting for its turn keeps its deadline and its signal.
  */
 import { Pkcs11SupervisorError } from '../model/errors.js';
+import { unwatchAbort, watchAbort } from '../abort-watch.js';
 
 export interface Turn {
   /** Resolves when the calls before this one are done, with the milliseconds that took; TIMEOUT or ABORTED if the call's deadline or signal comes first. */
@@ -34,18 +35,21 @@ export class NamingTurns {
 function waitFor(previous: Promise<void>, timeoutMs: number, signal: AbortSignal | undefined, slot: string): Promise<number> {
   const from = Date.now();
   return new Promise<number>((resolve, reject) => {
-    const stop = (e: Pkcs11SupervisorError) => {
+    const end = () => {
       clearTimeout(timer);
-      signal?.removeEventListener('abort', aborted);
+      if (signal) unwatchAbort(signal, aborted);
+    };
+    const stop = (e: Pkcs11SupervisorError) => {
+      end();
       reject(e);
     };
     const aborted = () => stop(new Pkcs11SupervisorError('ABORTED', "the call was aborted while it waited for the slot's key creation before it", { slot }));
     const timer = setTimeout(() => stop(new Pkcs11SupervisorError('TIMEOUT', `the call waited ${timeoutMs} ms for the slot's key creation before it, and never reached the token`, { slot })), timeoutMs);
     if (signal?.aborted) return aborted();
-    signal?.addEventListener('abort', aborted, { once: true });
+    // One listener per signal, however many calls share it (abort-watch.ts).
+    if (signal) watchAbort(signal, aborted);
     void previous.then(() => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', aborted);
+      end();
       resolve(Date.now() - from);
     });
   });

@@ -80,11 +80,14 @@ const PIN_ATTRIBUTES = ['pin-value', 'pin-source'];
 const KNOWN_PATH: ReadonlySet<string> = new Set(['object', 'type', 'id', ...DEVICE_ATTRIBUTES.filter((a) => !a.startsWith('module-'))]);
 const KNOWN_QUERY: ReadonlySet<string> = new Set([...PIN_ATTRIBUTES, ...DEVICE_ATTRIBUTES.filter((a) => a.startsWith('module-'))]);
 
-/** A URI the supervisor can read: no PIN in it (path or query), and no attribute it does not know. */
+/** A URI the supervisor can read: no PIN in it (path or query), and no attribute it does not know. Read on every call naming a key by URI: nothing is built unless it refuses. */
 function checkReadable({ path, query }: Pkcs11Uri): void {
-  if (PIN_ATTRIBUTES.some((a) => a in query || a in path)) throw new UriError("a PIN never goes in the config or in a call's URI (pin-value, pin-source): the slot's PIN source provides it");
-  const unknown = [...Object.keys(path).filter((a) => !KNOWN_PATH.has(a)), ...Object.keys(query).filter((a) => !KNOWN_QUERY.has(a))];
-  if (unknown.length > 0) {
+  for (const a of PIN_ATTRIBUTES) if (a in query || a in path) throw new UriError("a PIN never goes in the config or in a call's URI (pin-value, pin-source): the slot's PIN source provides it");
+  let known = true;
+  for (const a in path) known &&= KNOWN_PATH.has(a);
+  for (const a in query) known &&= KNOWN_QUERY.has(a);
+  if (!known) {
+    const unknown = [...Object.keys(path).filter((a) => !KNOWN_PATH.has(a)), ...Object.keys(query).filter((a) => !KNOWN_QUERY.has(a))];
     throw new UriError(`${unknown.map((a) => `"${a}"`).join(', ')} ${unknown.length > 1 ? 'are not attributes' : 'is not an attribute'} this supervisor knows, and a URI with one matches nothing (RFC 7512, 2.5); known: ${[...KNOWN_PATH].join(', ')}; in the query ${[...KNOWN_QUERY].filter((a) => !PIN_ATTRIBUTES.includes(a)).join(', ')}`);
   }
 }
