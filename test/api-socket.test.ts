@@ -216,6 +216,8 @@ describe('hostile and broken clients', () => {
     ['an oversized body', [], JSON.stringify({ ...signBody, data: Buffer.alloc(64 * 1024).toString('base64') }), 413, 'BAD_INPUT', /^the request body is over \d+ bytes, the most this daemon takes \(its largest maxDataBytes, in base64\): hash large documents and sign the digest with prehashed: true$/],
     ['data over maxDataBytes', [], JSON.stringify({ ...signBody, data: Buffer.alloc(4097).toString('base64') }), 400, 'BAD_INPUT'],
     ['another media type', ['-H', 'content-type: text/plain'], 'hello', 415, 'BAD_INPUT', /^the request body must be JSON, sent as content-type: application\/json$/],
+    // JSON is UTF-8 (RFC 8259 8.1): another charset, read as UTF-8, would name other labels.
+    ['a charset other than UTF-8', ['-H', 'content-type: application/json; charset=iso-8859-1'], JSON.stringify(signBody), 415, 'BAD_INPUT', /^the request body is labelled charset="iso-8859-1"; the daemon takes JSON in UTF-8 only$/],
     // Labelled compressed but plain: read as it stands it would be signed.
     ['a content-encoding', ['-H', 'content-type: application/json', '-H', 'content-encoding: gzip'], JSON.stringify(signBody), 415, 'BAD_INPUT', /^the request body is sent with content-encoding "gzip"; the daemon takes plain JSON only$/],
     ...['soon', '-5', '1e3', '0', '99999999999'].map((deadline): Row => [`a deadline of ${deadline}`, ['-H', 'content-type: application/json', '-H', `x-timeout-ms: ${deadline}`], JSON.stringify(signBody), 400, 'BAD_INPUT', /x-timeout-ms:? must be a positive whole number of milliseconds$/]),
@@ -240,6 +242,23 @@ describe('hostile and broken clients', () => {
       expect(signs()).toBe(before);
     });
   }
+
+  it('a body that is not UTF-8 is 400 BAD_INPUT, not a label read with U+FFFD in it; UTF-8 with or without a BOM signs', async () => {
+    const file = join(td.dir, 'latin1.json');
+    const before = signs();
+    writeFileSync(file, Buffer.concat([Buffer.from('{"slot":"s","key":"'), Buffer.from([0xe9]), Buffer.from(`c","mechanism":"ECDSA-SHA256","data":"${signBody.data}"}`)]));
+    const bad = await curl(at('sign'), [...viaSocket(), '-H', 'content-type: application/json', '--data-binary', `@${file}`]);
+    expect(bad.status).toBe(400);
+    expect(bad.json).toMatchObject({ code: 'BAD_INPUT', detail: 'the request body is not UTF-8' });
+    expect(signs()).toBe(before);
+    writeFileSync(file, Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(JSON.stringify(signBody))]));
+    for (const type of ['application/json; charset=UTF-8', 'application/json;charset="utf-8"']) {
+      const ok = await curl(at('sign'), [...viaSocket(), '-H', `content-type: ${type}`, '--data-binary', `@${file}`]);
+      expect(ok.status, type).toBe(200);
+      const spki = (await client.getPublicKey({ slot: 's', key: 'ec' })).spki;
+      expect(nodeVerify('sha256', data, createPublicKey({ key: spki, format: 'der', type: 'spki' }), Buffer.from(ok.json!.signature as string, 'base64'))).toBe(true);
+    }
+  });
 
   it('a PEM-or-base64 field that is neither is 400 BAD_INPUT naming the field, not bytes decoded around its stray characters', async () => {
     for (const [route, body, field] of [

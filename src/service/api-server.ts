@@ -112,7 +112,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   // JSON only: Fastify's default text/plain parser would hand a string to every schema.
   app.removeContentTypeParser('text/plain');
   app.removeContentTypeParser('application/json');
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, parseJsonBody);
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, parseJsonBody);
   app.setValidatorCompiler(validatorCompiler);
   // Results are encoded by their codec before they are sent: stringify is all that is left.
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
