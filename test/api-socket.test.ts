@@ -316,6 +316,10 @@ describe('hostile and broken clients', () => {
     const pemFile = join(td.dir, 'no-such.pem');
     expect(refused({ url: 'http://127.0.0.1:9443', tls: { cert: 'a', key: 'b', ca: 'c' } })).toEqual({ code: 'BAD_INPUT', paths: ['url'] });
     expect(refused({ url: 'https://127.0.0.1:9443' })).toEqual({ code: 'BAD_INPUT', paths: ['tls'] });
+    // Not the daemon's origin: a path would be dropped, credentials would show in every error.
+    for (const url of ['https://127.0.0.1:9443/hsm', 'https://127.0.0.1:9443?x=1', 'https://127.0.0.1:9443/#f', 'https://user:secret@127.0.0.1:9443']) {
+      expect(refused({ url, tls: { cert: 'a', key: 'b', ca: 'c' } }), url).toEqual({ code: 'BAD_INPUT', paths: ['url'] });
+    }
     expect(refused({ url: 'not a url', tls: { cert: 1, key: 'b', ca: 'c' } })).toEqual({ code: 'BAD_INPUT', paths: ['url', 'tls.cert'] });
     expect(refused({ url: 'https://127.0.0.1:9443', tls: { cert: pemFile, key: pemFile, ca: pemFile } })).toEqual({ code: 'BAD_INPUT', paths: ['tls.cert'] });
     expect(refused({ socket: sock, connections: 0 })).toEqual({ code: 'BAD_INPUT', paths: ['connections'] });

@@ -45,7 +45,15 @@ const common = {
   timeoutMs: z.number().int().min(1).max(2 ** 31 - 1).optional(),
 };
 
-const httpsUrl = z.url({ protocol: /^https$/, error: 'must be an https:// URL: the daemon\'s network port is mutual TLS only' });
+const httpsUrl = z
+  .url({ protocol: /^https$/, error: 'must be an https:// URL: the daemon\'s network port is mutual TLS only', abort: true })
+  // The routes are the daemon's own (/v1/...): a path would be dropped, and credentials in a URL are
+  // never sent (the client authenticates with its certificate or bearer) but would show in every error.
+  .refine((url) => isOrigin(new URL(url)), { error: 'must be the daemon\'s origin, https://host:port, with no credentials, path, query or fragment' });
+
+function isOrigin(url: URL): boolean {
+  return url.username === '' && url.password === '' && url.pathname === '/' && url.search === '' && url.hash === '' && !/[?#]/.test(url.href.slice(url.origin.length));
+}
 
 const OPTIONS = z.union([
   z.strictObject({ socket: z.string().min(1), ...common }),
