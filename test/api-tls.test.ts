@@ -213,6 +213,57 @@ describe('JWT bearer tokens', () => {
   });
 });
 
+describe('connect() with a bearer token', () => {
+  const req = { slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256' as const, data };
+  const asAuditor = () => ({ cert: certs.auditor!.cert, key: certs.auditor!.key, ca: pki.ca.cert }); // its certificate alone may not sign
+  const jwt = () => new jose.SignJWT({ roles: ['service'] }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('https://id.test.example').setAudience('pkcs11-supervisor').setSubject('jwt-client').setExpirationTime('5m').sign(jwk.privateKey);
+
+  it('sends a token given once, or a fresh one per request from a function; the daemon acts as its subject', async () => {
+    let minted = 0;
+    const fixed = connect({ url: daemon.api!.tlsUrl!, tls: asAuditor(), bearer: await jwt() });
+    const fresh = connect({ url: daemon.api!.tlsUrl!, tls: asAuditor(), bearer: async () => (minted++, jwt()) });
+    try {
+      for (const client of [fixed, fresh]) {
+        const sig = await client.sign(req);
+        expect(opensslVerifies(exportPublicKey(td, 'tls', '02'), 'ECDSA-SHA256', data, sig)).toBe(true);
+      }
+      expect(minted).toBe(1);
+      expect((await auditRecords()).filter((x) => x.event === 'sign' && x.principal === 'jwt-client').length).toBeGreaterThanOrEqual(2);
+    } finally {
+      await fixed.close();
+      await fresh.close();
+    }
+  });
+
+  it('a bearer function that fails or returns no token is UNAUTHENTICATED, saying so, and nothing is sent; a bad static token is BAD_INPUT at connect()', async () => {
+    const before = signs();
+    const cases: [() => unknown, RegExp][] = [
+      [() => { throw new Error('token service down'); }, /bearer function failed.*token service down/],
+      [async () => Promise.reject(new Error('no credentials')), /bearer function failed.*no credentials/],
+      [() => undefined, /returned undefined/],
+      [() => '', /not a bearer token/],
+      [() => 'eyJ0\r\nx-injected: 1', /not a bearer token/],
+    ];
+    for (const [bearer, message] of cases) {
+      const client = connect({ url: daemon.api!.tlsUrl!, tls: asAuditor(), bearer: bearer as () => string });
+      try {
+        for (const call of [() => client.sign(req), () => client.sign({ ...req, signal: new AbortController().signal }), () => client.status()]) {
+          const e = await call().then(() => null, (err: unknown) => err);
+          expect(e).toMatchObject({ name: 'Pkcs11SupervisorError', code: 'UNAUTHENTICATED' });
+          expect((e as Error).message).toMatch(message);
+          expect((e as Error).message).not.toContain('x-injected');
+        }
+      } finally {
+        await client.close();
+      }
+    }
+    expect(signs()).toBe(before);
+    for (const bearer of ['', 'two words', 'a\nb']) {
+      expect(() => connect({ url: daemon.api!.tlsUrl!, tls: asAuditor(), bearer })).toThrow(expect.objectContaining({ code: 'BAD_INPUT' }));
+    }
+  });
+});
+
 describe('JWKS rotation', () => {
   it('a JWKS replaced on disk (a new file renamed over it) is read again: the new key is trusted, the removed one no longer', async () => {
     const next = await jose.generateKeyPair('ES256');

@@ -38,8 +38,11 @@ export type ConnectOptions = (
 
 const pemSource = z.union([z.string().min(1), z.custom<Uint8Array>((v) => v instanceof Uint8Array)], { error: 'must be PEM text, bytes or a file path' });
 
+/** A bearer token as RFC 6750 (2.1) spells one (a JWT is one): nothing that could end the header. */
+export const BEARER_TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+
 const common = {
-  bearer: z.union([z.string().min(1), z.custom<() => string>((v) => typeof v === 'function', { message: 'must be a token or a function that returns one' })]).optional(),
+  bearer: z.union([z.string().regex(BEARER_TOKEN, { error: 'must be a bearer token (RFC 6750: letters, digits and -._~+/, then = padding)' }), z.custom<() => string>((v) => typeof v === 'function', { message: 'must be a token or a function that returns one' })]).optional(),
   connections: z.number().int().min(1).max(1024).optional(),
   batch: z.boolean().optional(),
   timeoutMs: z.number().int().min(1).max(2 ** 31 - 1).optional(),

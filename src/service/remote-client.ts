@@ -20,8 +20,20 @@ import { isBatchable } from './batch.js';
 import { CallBatcher, type Answer } from './call-batcher.js';
 import { errorOf } from './problem.js';
 import { ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
-import { checkConnectOptions, pem, type ConnectOptions } from './connect-options.js';
+import { BEARER_TOKEN, checkConnectOptions, pem, type ConnectOptions } from './connect-options.js';
 
+
+/** A token from connect's `bearer` function, or UNAUTHENTICATED before anything is sent (never quoting what it returned). */
+async function fresh(bearer: () => string | Promise<string>): Promise<string> {
+  let token: unknown;
+  try {
+    token = await bearer();
+  } catch (e) {
+    throw new Pkcs11SupervisorError('UNAUTHENTICATED', `connect's bearer function failed, so the call was not sent: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  }
+  if (typeof token === 'string' && BEARER_TOKEN.test(token)) return token;
+  throw new Pkcs11SupervisorError('UNAUTHENTICATED', `connect's bearer function returned ${typeof token === 'string' ? 'a string that is not a bearer token (RFC 6750)' : typeof token}, so the call was not sent`);
+}
 
 /** A transport failure as the typed error a caller can act on. */
 function transportError(e: unknown, where: string): Pkcs11SupervisorError {
@@ -162,7 +174,7 @@ export class RemoteClient implements Pkcs11Client {
   private async post(path: string, body: string, deadline: string | undefined, signal?: AbortSignal): Promise<Answer> {
     const headers: Record<string, string> = { 'content-type': 'application/json' };
     if (deadline !== undefined) headers[TIMEOUT_HEADER] = deadline;
-    if (this.bearer !== undefined) headers.authorization = `Bearer ${typeof this.bearer === 'string' ? this.bearer : await this.bearer()}`;
+    if (this.bearer !== undefined) headers.authorization = `Bearer ${typeof this.bearer === 'string' ? this.bearer : await fresh(this.bearer)}`;
     const giveUpMs = deadline === undefined ? undefined : Number(deadline) + ANSWER_GRACE_MS;
     const bytes = await exchange(this.pool, { method: 'POST', path, headers, body }, signal, giveUpMs).catch((e: unknown) => {
       throw transportError(e, this.where);
