@@ -370,6 +370,38 @@ describe('hostile and broken clients', () => {
     expect((await client.status()).slots.s!.state).toBe('logged_in');
   });
 
+  it('a connection over maxConnections is answered 429 QUEUE_FULL with Retry-After and closed, not reset; the call does not run', async () => {
+    const capped = join(td.dir, 'run', 'capped.sock');
+    const small = await startDaemon(configFile('capped', { unix: { path: capped }, maxConnections: 2, requestTimeoutMs: 5000 }));
+    const held: Socket[] = [];
+    try {
+      for (let i = 0; i < 2; i++) held.push(await new Promise<Socket>((resolve) => { const s = netConnect(capped, () => resolve(s)); }));
+      await sleep(50);
+      const before = signs();
+      const r = await curl(at('sign'), ['--unix-socket', capped, '-H', 'content-type: application/json'], signBody);
+      expect(r.status).toBe(429);
+      expect(r.headers['retry-after']).toBe('1');
+      expect(r.headers.connection).toBe('close');
+      expect(r.json).toMatchObject({ code: 'QUEUE_FULL', status: 429 });
+      expect(r.json!.detail).toMatch(/serves 2 connections at once \(api\.maxConnections\).*did not run/);
+      // A client holding more connections than the daemon serves gets typed answers, never a reset it cannot read.
+      const many = connect({ socket: capped, connections: 8, batch: false });
+      const codes = new Set<string>();
+      await Promise.all(Array.from({ length: 40 }, () => many.sign(signReq).then(() => codes.add('ok'), (e: { code: string }) => codes.add(e.code))));
+      await many.close();
+      expect([...codes].sort()).toEqual(['QUEUE_FULL']);
+      expect(signs()).toBe(before);
+      for (const s of held) s.destroy();
+      await sleep(100);
+      const again = await curl(at('sign'), ['--unix-socket', capped, '-H', 'content-type: application/json'], signBody);
+      expect(again.status).toBe(200);
+      expect(opensslVerifies(exportPublicKey(td, 'sock', '02'), 'ECDSA-SHA256', data, Buffer.from(again.json!.signature as string, 'base64'))).toBe(true);
+    } finally {
+      for (const s of held) s.destroy();
+      await small.stop();
+    }
+  });
+
   it('10,000 idle connections and a slowloris are closed; the daemon keeps serving', async () => {
     const sockets: Socket[] = [];
     let closed = 0;
@@ -396,9 +428,9 @@ describe('hostile and broken clients', () => {
     slow.on('error', () => undefined);
     const drip = setInterval(() => slow.writable && slow.write('X'), 100);
     slow.write('POST /v1/sign HTTP/1.1\r\nHost: localhost\r\nX-Slow: ');
-    // Those past maxConnections are closed as the server accepts them, well before requestTimeoutMs.
-    for (const until = Date.now() + 700; 10_000 - closed > 256 && Date.now() < until; ) await sleep(20);
-    expect(10_000 - closed).toBeLessThanOrEqual(256);
+    // Those past maxConnections and the 64 kept to be answered QUEUE_FULL are closed as the server accepts them, well before requestTimeoutMs.
+    for (const until = Date.now() + 700; 10_000 - closed > 256 + 64 && Date.now() < until; ) await sleep(20);
+    expect(10_000 - closed).toBeLessThanOrEqual(256 + 64);
     const sig = await client.sign(signReq).catch(() => null); // the pool may be among the capped: retried below
     // Past requestTimeoutMs, as the server's checks (every second) find them; one accepted late
     // from the backlog on a busy machine is found a check later.

@@ -28,6 +28,7 @@ let pki: ReturnType<typeof testPki>;
 let live: { cert: string; key: string; ca: string };
 const certs: Record<string, Issued> = {};
 let jwk: { privateKey: CryptoKey; jwks: string };
+let daemonConfig: Record<string, unknown>;
 const data = Buffer.from('an e-invoice, signed in the HSM');
 
 const signBody = (key = 'ec') => ({ slot: 's', key, mechanism: key === 'ec' ? 'ECDSA-SHA256' : 'RSA-PKCS1-SHA256', data: data.toString('base64') });
@@ -84,6 +85,7 @@ beforeAll(async () => {
       rateLimits: { operator: { perSecond: 0.5, burst: 3 } },
     },
   };
+  daemonConfig = config;
   const file = join(td.dir, 'config.json');
   writeFileSync(file, JSON.stringify(config));
   daemon = await startDaemon(file);
@@ -306,6 +308,37 @@ describe('rate limits', () => {
     const client = connect({ url: daemon.api!.tlsUrl!, tls: { cert: certs.noisy!.cert, key: certs.noisy!.key, ca: pki.ca.cert } });
     await expect(client.status()).rejects.toMatchObject({ code: 'RATE_LIMITED' });
     await client.close();
+  });
+});
+
+describe('the connection limit', () => {
+  it('a TLS connection over maxConnections gets 429 QUEUE_FULL once its handshake is done, then is closed; no C_Sign', async () => {
+    const file = join(td.dir, 'capped.json');
+    const { metrics: _metrics, ...rest } = daemonConfig;
+    writeFileSync(file, JSON.stringify({ ...rest, audit: { path: join(td.dir, 'capped-audit.jsonl') }, api: { ...(daemonConfig.api as Record<string, unknown>), maxConnections: 1 } }));
+    const capped = await startDaemon(file);
+    const addr = new URL(capped.api!.tlsUrl!);
+    const held = await new Promise<ReturnType<typeof tlsConnect>>((resolve, reject) => {
+      const s = tlsConnect({ host: addr.hostname, port: Number(addr.port), ca: readFileSync(pki.ca.cert), cert: readFileSync(certs.invoicer!.cert), key: readFileSync(certs.invoicer!.key) }, () => resolve(s));
+      s.on('error', reject);
+    });
+    try {
+      await new Promise((r) => setTimeout(r, 50));
+      const before = signs();
+      const r = await curl(`${capped.api!.tlsUrl}/v1/sign`, tlsArgs(certs.invoicer!), signBody());
+      expect(r.status).toBe(429);
+      expect(r.headers['retry-after']).toBe('1');
+      expect(r.json).toMatchObject({ code: 'QUEUE_FULL', status: 429 });
+      expect(signs()).toBe(before);
+      held.destroy();
+      await new Promise((r) => setTimeout(r, 100));
+      const ok = await curl(`${capped.api!.tlsUrl}/v1/sign`, tlsArgs(certs.invoicer!), signBody());
+      expect(ok.status).toBe(200);
+      expect(opensslVerifies(exportPublicKey(td, 'tls', '02'), 'ECDSA-SHA256', data, Buffer.from(ok.json!.signature as string, 'base64'))).toBe(true);
+    } finally {
+      held.destroy();
+      await capped.stop();
+    }
   });
 });
 

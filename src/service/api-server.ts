@@ -33,6 +33,7 @@ import { asSupervisorError, routeMiss, schemaMismatch, timeoutHeader } from './r
 import { listenUnix, type BoundSocket } from './unix-socket.js';
 import { answerUnparsed } from './unparsed-request.js';
 import { parseJsonBody } from './json-body.js';
+import { limitConnections } from './connection-limit.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -153,7 +154,14 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     return new Pkcs11SupervisorError('RATE_LIMITED', `principal "${caller.id}" is over its rate limit; retry in ${waitMs} ms`);
   };
   // Callback hooks, not async ones: a caller known from its connection (most requests) costs no promise.
+  /** Each listener's test of whether a connection is one it serves (connection-limit.ts). */
+  const served: ((socket: Socket) => boolean)[] = [];
+  const overLimit = (socket: Socket) => !served.some((isServed) => isServed(socket));
   app.addHook('onRequest', (request, reply, done) => {
+    if (overLimit(request.raw.socket)) {
+      reply.header('connection', 'close');
+      return done(new Pkcs11SupervisorError('QUEUE_FULL', `the daemon serves ${api.maxConnections} connections at once (api.maxConnections) and this connection is over that: the call did not run; retry, or hold fewer connections (connect({ connections }))`));
+    }
     let caller: Caller | Promise<Caller>;
     try {
       caller = authenticate(request);
@@ -293,7 +301,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   let unix: BoundSocket | null = null;
   if (api.unix) {
     const server = app.server;
-    server.maxConnections = api.maxConnections;
+    served.push(limitConnections(server, api.maxConnections));
     unix = await listenUnix(server, api.unix.path, api.unix.mode);
     servers.push(server);
   }
@@ -303,7 +311,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   if (api.tls) {
     const tls = api.tls;
     const server = createHttpsServer({ ...timeouts, ...readTlsFiles(tls), requestCert: true, rejectUnauthorized: true, handshakeTimeout: api.requestTimeoutMs }, handler);
-    server.maxConnections = api.maxConnections;
+    served.push(limitConnections(server, api.maxConnections));
     server.on('clientError', unparsed);
     refusals = audit ? new RefusalLog((entry) => audit.append(entry), { result: 'UNAUTHENTICATED', what: 'TLS handshake' }) : null;
     // A failed handshake's socket is already closed when it is reported: note its peer on arrival.
