@@ -20,6 +20,7 @@ import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import { GENESIS, MAX_RECORD_BYTES, recordHash, type AuditEntry, type AuditRecord } from './audit-record.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
+import { lockAuditTrail, type AuditLock } from './audit-lock.js';
 
 export type { AuditEntry, AuditRecord, AuditVerdict } from './audit-record.js';
 export { verifyAuditFile, verifyAuditFiles, recordHash } from './audit-record.js';
@@ -52,6 +53,7 @@ interface Waiter {
 
 export class AuditLog {
   private fd: number;
+  private readonly lock: AuditLock;
   private seq = 0;
   private prev = GENESIS;
   /** Bytes of the file that hold whole, fsynced records: a failed write is cut back to here. */
@@ -69,8 +71,20 @@ export class AuditLog {
     private readonly log: Logger,
     private readonly options: AuditOptions = { flushMs: 200, durable: false, failClosed: false },
   ) {
-    this.fd = openSync(path, 'a+', 0o600);
-    const repaired = this.continueChain();
+    this.lock = lockAuditTrail(path);
+    try {
+      this.fd = openSync(path, 'a+', 0o600);
+    } catch (e) {
+      this.lock.release();
+      throw e;
+    }
+    let repaired: number;
+    try {
+      repaired = this.continueChain();
+    } catch (e) {
+      this.lock.release();
+      throw e;
+    }
     if (options.durable) {
       closeSync(this.fd);
       this.fd = this.openForWriting();
@@ -252,6 +266,15 @@ export class AuditLog {
     await this.flush().catch((e: Error) => this.log.error({ audit: this.path, err: e.message, lost: this.pending.length }, 'audit trail could not be written at close'));
     closeSync(this.fd);
     this.fd = -1;
+    this.lock.release();
+  }
+
+  /** For a supervisor that could not be made: the file closed and the trail free for the next writer, nothing written. */
+  abandon(): void {
+    if (this.fd < 0) return;
+    closeSync(this.fd);
+    this.fd = -1;
+    this.lock.release();
   }
 }
 

@@ -6,7 +6,8 @@
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, closeSync, ftruncateSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { appendFileSync, closeSync, ftruncateSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { createMetrics, readiness, startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
@@ -42,6 +43,50 @@ async function signOne(s: Pkcs11Supervisor) {
 function limitFileSize(path: string, room: number): void {
   execFileSync('prlimit', ['--pid', String(process.pid), `--fsize=${statSync(path).size + room}:unlimited`]);
 }
+
+describe('one writer per trail', () => {
+  const refusal = (e: unknown) => ({ code: (e as { code: string }).code, paths: ((e as { issues?: { path: string }[] }).issues ?? []).map((i) => i.path), message: (e as Error).message });
+
+  it('a second supervisor, the same process or another, is CONFIG_INVALID naming audit.path; the trail verifies; once the first is gone the next one writes', async () => {
+    const path = join(td.dir, 'shared.jsonl');
+    sup = await startSupervisor({ config: configWith({ path, mode: 'durable' }) });
+    await signOne(sup);
+    const second = await startSupervisor({ config: configWith({ path }) }).then(() => null, refusal);
+    expect(second).toMatchObject({ code: 'CONFIG_INVALID', paths: ['audit.path'], message: expect.stringMatching(/written by this process/) });
+    await sup.close();
+    sup = undefined;
+
+    // Another process holds it: refused while it runs; after kill -9 its lock is taken over.
+    const file = join(td.dir, 'shared.json');
+    writeFileSync(file, JSON.stringify({ ...configWith({ path, mode: 'durable' }), log: { level: 'silent' } }));
+    const child = spawn(process.execPath, ['test/fixtures/audit-child.mjs', file], { env: process.env });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    await new Promise<void>((resolve) => child.stdout.on('data', () => out.includes('ready') && resolve()));
+    const meanwhile = await startSupervisor({ config: configWith({ path }) }).then(() => null, refusal);
+    expect(meanwhile).toMatchObject({ code: 'CONFIG_INVALID', paths: ['audit.path'], message: expect.stringContaining(`process ${child.pid} on this host`) });
+    child.kill('SIGKILL');
+    await new Promise((r) => child.on('exit', r));
+    sup = await startSupervisor({ config: configWith({ path }) });
+    await signOne(sup);
+    await sup.close();
+    sup = undefined;
+    expect(verifyCli(path)).toMatchObject({ status: 0, stdout: expect.stringMatching(/^ok: \d+ records, chain intact/) });
+    expect(readdirSync(td.dir).filter((f) => f.startsWith('shared.jsonl.lock'))).toEqual([]); // released at close
+  }, 30_000);
+
+  it('a lock from another host is honoured while it is refreshed, and taken over once it is a minute old', async () => {
+    const path = join(td.dir, 'elsewhere.jsonl');
+    const lock = `${path}.lock`;
+    writeFileSync(lock, JSON.stringify({ host: 'replica-0.elsewhere', pid: 1 }));
+    expect(await startSupervisor({ config: configWith({ path }) }).then(() => null, refusal)).toMatchObject({ code: 'CONFIG_INVALID', paths: ['audit.path'], message: expect.stringContaining('process 1 on host replica-0.elsewhere') });
+    const old = new Date(Date.now() - 61_000);
+    utimesSync(lock, old, old);
+    sup = await startSupervisor({ config: configWith({ path }) });
+    expect(JSON.parse(readFileSync(lock, 'utf8'))).toEqual({ host: hostname(), pid: process.pid });
+    await signOne(sup);
+  });
+});
 
 describe('durable mode', () => {
   it('after kill -9, every signature that was returned has its record, and the trail verifies once the next start repairs its tail', async () => {

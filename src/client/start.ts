@@ -41,7 +41,14 @@ export function createSupervisor(options: StartOptions): Pkcs11Supervisor {
   checkPaths(config);
   const logger = options.logger ?? createLogger(logLevel(config.log.level, 'warn'));
   const audit = config.audit ? new AuditLog(config.audit.path, logger, { flushMs: config.audit.flushMs, durable: config.audit.mode === 'durable', failClosed: config.audit.failClosed, maxBytes: config.audit.maxBytes }) : null;
-  return new Pkcs11Supervisor(new Supervisor(config, logger, options.pinCallback, options.restartPolicy), audit);
+  let supervisor: Supervisor;
+  try {
+    supervisor = new Supervisor(config, logger, options.pinCallback, options.restartPolicy);
+  } catch (e) {
+    audit?.abandon();
+    throw e;
+  }
+  return new Pkcs11Supervisor(supervisor, audit);
 }
 
 /**

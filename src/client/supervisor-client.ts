@@ -60,7 +60,12 @@ export class Pkcs11Supervisor implements Pkcs11Client {
 
   /** Opens the slots (see startSupervisor). */
   async start(): Promise<this> {
-    await this.sup.start();
+    try {
+      await this.sup.start();
+    } catch (e) {
+      await this.gate.audit?.close(); // the caller gets no supervisor to close: free the trail for the next writer
+      throw e;
+    }
     return this;
   }
 

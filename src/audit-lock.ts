@@ -1,0 +1,95 @@
+/**
+ * One writer per audit trail. Two writers on one file (replicas sharing a volume, the CLI's
+ * `--direct` next to the daemon, two supervisors in one process) would each chain from their
+ * own last record, and the trail would no longer verify. `<path>.lock` names its writer's
+ * host and pid and is refreshed while held; a lock whose writer is gone is taken over: on the
+ * same host, a pid that no longer runs (or this process's own, left by an earlier container
+ * with the same pid); from another host, one not refreshed for STALE_MS.
+ */
+import { hostname } from 'node:os';
+import { readFileSync, renameSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Pkcs11SupervisorError } from './model/errors.js';
+
+const REFRESH_MS = 10_000;
+const STALE_MS = 60_000;
+/** The trails this process writes: a second writer here is refused without looking at the file. */
+const held = new Set<string>();
+
+export interface AuditLock {
+  release(): void;
+}
+
+export function lockAuditTrail(path: string): AuditLock {
+  const lockPath = `${resolve(path)}.lock`;
+  if (held.has(lockPath)) throw inUse(path, 'this process (another supervisor in it)');
+  const me = { host: hostname(), pid: process.pid };
+  const mine = JSON.stringify(me);
+  try {
+    writeFileSync(lockPath, mine, { flag: 'wx', mode: 0o600 });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw unwritable(path, e as Error);
+    const holder = holderOf(lockPath);
+    if (holder) throw inUse(path, holder);
+    // Gone: take it over with a rename, so no reader ever sees half a lock.
+    const tmp = `${lockPath}.${process.pid}`;
+    writeFileSync(tmp, mine, { mode: 0o600 });
+    renameSync(tmp, lockPath);
+  }
+  held.add(lockPath);
+  const refresh = setInterval(() => {
+    try {
+      const now = new Date();
+      utimesSync(lockPath, now, now);
+    } catch {
+      // the directory is unwritable for a moment: the audit trail itself reports that
+    }
+  }, REFRESH_MS);
+  refresh.unref();
+  return {
+    release() {
+      if (!held.delete(lockPath)) return;
+      clearInterval(refresh);
+      try {
+        if (readFileSync(lockPath, 'utf8') === mine) unlinkSync(lockPath);
+      } catch {
+        // already gone
+      }
+    },
+  };
+}
+
+/** Who holds the lock, in words; null when its writer is gone. */
+function holderOf(lockPath: string): string | null {
+  let holder: { host?: unknown; pid?: unknown };
+  let age: number;
+  try {
+    holder = JSON.parse(readFileSync(lockPath, 'utf8')) as typeof holder;
+    age = Date.now() - statSync(lockPath).mtimeMs;
+  } catch {
+    return null; // unreadable or half-written by a writer that died while making it
+  }
+  const { host, pid } = holder;
+  if (typeof host !== 'string' || typeof pid !== 'number') return null;
+  if (host === hostname()) return pid !== process.pid && running(pid) ? `process ${pid} on this host` : null;
+  return age < STALE_MS ? `process ${pid} on host ${host} (its lock was refreshed ${Math.round(age / 1000)} s ago)` : null;
+}
+
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function inUse(path: string, holder: string): Pkcs11SupervisorError {
+  const message = `${path} is written by ${holder}: two writers would each chain their own records and the trail would not verify; give each daemon a trail of its own`;
+  return new Pkcs11SupervisorError('CONFIG_INVALID', `audit.path: ${message}`, { issues: [{ path: 'audit.path', message }] });
+}
+
+function unwritable(path: string, e: Error): Pkcs11SupervisorError {
+  const message = `cannot create ${path}.lock: ${(e as NodeJS.ErrnoException).code ?? e.message}`;
+  return new Pkcs11SupervisorError('CONFIG_INVALID', `audit.path: ${message}`, { issues: [{ path: 'audit.path', message }] });
+}
