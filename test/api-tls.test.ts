@@ -314,8 +314,7 @@ describe('rate limits', () => {
 describe('the connection limit', () => {
   it('a TLS connection over maxConnections gets 429 QUEUE_FULL once its handshake is done, then is closed; no C_Sign', async () => {
     const file = join(td.dir, 'capped.json');
-    const { metrics: _metrics, ...rest } = daemonConfig;
-    writeFileSync(file, JSON.stringify({ ...rest, audit: { path: join(td.dir, 'capped-audit.jsonl') }, api: { ...(daemonConfig.api as Record<string, unknown>), maxConnections: 1 } }));
+    writeFileSync(file, JSON.stringify({ ...daemonConfig, metrics: { enabled: false }, audit: { path: join(td.dir, 'capped-audit.jsonl') }, api: { ...(daemonConfig.api as Record<string, unknown>), maxConnections: 1 } }));
     const capped = await startDaemon(file);
     const addr = new URL(capped.api!.tlsUrl!);
     const held = await new Promise<ReturnType<typeof tlsConnect>>((resolve, reject) => {
