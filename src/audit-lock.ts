@@ -7,8 +7,8 @@
  * with the same pid); from another host, one not refreshed for STALE_MS.
  */
 import { hostname } from 'node:os';
-import { readFileSync, renameSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { readFileSync, realpathSync, renameSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { Pkcs11SupervisorError } from './model/errors.js';
 
 const REFRESH_MS = 10_000;
@@ -21,7 +21,12 @@ export interface AuditLock {
 }
 
 export function lockAuditTrail(path: string): AuditLock {
-  const lockPath = `${resolve(path)}.lock`;
+  let lockPath: string;
+  try {
+    lockPath = `${realPath(path)}.lock`;
+  } catch (e) {
+    throw unwritable(path, e as Error);
+  }
   if (held.has(lockPath)) throw inUse(path, 'this process (another supervisor in it)');
   const me = { host: hostname(), pid: process.pid };
   const mine = JSON.stringify(me);
@@ -57,6 +62,15 @@ export function lockAuditTrail(path: string): AuditLock {
       }
     },
   };
+}
+
+/** The file a path names, through any symlinks (to it or to its directory): two names for one trail share one lock. */
+function realPath(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return join(realpathSync(dirname(path)), basename(path)); // not made yet
+  }
 }
 
 /** Who holds the lock, in words; null when its writer is gone. */

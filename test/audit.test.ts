@@ -6,7 +6,7 @@
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, closeSync, ftruncateSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { appendFileSync, closeSync, ftruncateSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync, symlinkSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
@@ -53,6 +53,10 @@ describe('one writer per trail', () => {
     await signOne(sup);
     const second = await startSupervisor({ config: configWith({ path }) }).then(() => null, refusal);
     expect(second).toMatchObject({ code: 'CONFIG_INVALID', paths: ['audit.path'], message: expect.stringMatching(/written by this process/) });
+    // The same trail under another name: a symlink to its directory.
+    symlinkSync(td.dir, join(td.dir, 'alias'));
+    const aliased = await startSupervisor({ config: configWith({ path: join(td.dir, 'alias', 'shared.jsonl') }) }).then(() => null, refusal);
+    expect(aliased).toMatchObject({ code: 'CONFIG_INVALID', paths: ['audit.path'] });
     await sup.close();
     sup = undefined;
 
