@@ -137,6 +137,11 @@ async function main(): Promise<void> {
   }
   if (values.help) return void process.stdout.write(`${DAEMON_USAGE}\n`);
   if (values.version) return void process.stdout.write(`${packageVersion()}\n`);
+  // A SIGHUP while the slots open (a config written just after a restart) would end the process
+  // by its default action: it is kept, and the file read again once the daemon runs.
+  let reloadAsked = false;
+  const early = () => (reloadAsked = true);
+  process.on('SIGHUP', early);
   let daemon: Daemon;
   try {
     daemon = await startDaemon(values.config!, undefined, values.listen);
@@ -148,6 +153,8 @@ async function main(): Promise<void> {
   }
   stopOnSignal(daemon);
   reloadOnSignal(daemon);
+  process.off('SIGHUP', early);
+  if (reloadAsked) void daemon.reload();
 }
 
 /** SIGHUP: the config file is read again and what can change without a restart is applied (Daemon.reload). */

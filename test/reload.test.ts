@@ -9,6 +9,8 @@ import { verify as nodeVerify } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { pino, type Logger } from 'pino';
 import { connect, reloadOnSignal, startDaemon, type Daemon, type Pkcs11Client } from '../dist/src/index.js';
 import { Faults, faultConfig } from './support/faults.js';
@@ -102,4 +104,44 @@ describe('SIGHUP', () => {
     expect(Object.keys(daemon.sup.config.slots.s!.keys)).toEqual(['ec', 'rsa']);
     expect(await client.sign({ slot: 's', key: 'rsa', mechanism: 'RSA-PKCS1-SHA256', data })).toBeInstanceOf(Buffer);
   });
+});
+
+describe('SIGHUP while the daemon starts', () => {
+  it('does not end the process: the file is read again once the slots are open', async () => {
+    const early = join(td.dir, 'early');
+    const config = join(td.dir, 'early.json');
+    const withTimeout = (callTimeoutMs: number) =>
+      writeFileSync(config, JSON.stringify({ ...faultConfig(td, faults, { s: { token: { label: 'reload' }, pin: { env: 'RELOAD_PIN' }, keys: { ec: { label: 'ec', id: '02' } }, callTimeoutMs } }), metrics: { host: '127.0.0.1', port: 0 }, api: { unix: { path: `${early}.sock` } }, log: { level: 'info' } }));
+    withTimeout(30_000);
+    faults.set('delay C_Login 1500'); // the slot's first login: the daemon is still starting
+    const child = spawn(process.execPath, ['dist/src/daemon.js', '--config', config], { env: process.env, stdio: ['ignore', 'pipe', 'inherit'] });
+    const exited = new Promise((r) => child.once('exit', r));
+    try {
+      const lines: { msg?: string; to?: string }[] = [];
+      const loggingIn = new Promise<void>((resolve) =>
+        createInterface({ input: child.stdout! }).on('line', (l) => {
+          lines.push(JSON.parse(l) as { msg?: string; to?: string });
+          if (lines.at(-1)!.to === 'logging_in') resolve();
+        }),
+      );
+      await Promise.race([loggingIn, exited]);
+      expect(lines.some((l) => l.msg === 'pkcs11-supervisor started')).toBe(false);
+      withTimeout(20_000);
+      child.kill('SIGHUP');
+      for (const until = Date.now() + 15_000; !lines.some((l) => l.msg === 'config reloaded') && child.exitCode === null && child.signalCode === null && Date.now() < until; ) await new Promise((r) => setTimeout(r, 50));
+      expect([child.exitCode, child.signalCode]).toEqual([null, null]);
+      expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(['pkcs11-supervisor started', 'config reloaded']));
+      faults.clear();
+      const remote = connect({ socket: `${early}.sock` });
+      const sig = await remote.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+      expect(nodeVerify('sha256', data, (await remote.getPublicKey({ slot: 's', key: 'ec' })).keyObject, sig)).toBe(true);
+      await remote.close();
+    } finally {
+      faults.clear();
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        await exited;
+      }
+    }
+  }, 30_000);
 });
