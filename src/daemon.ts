@@ -142,6 +142,9 @@ async function main(): Promise<void> {
   let reloadAsked = false;
   const early = () => (reloadAsked = true);
   process.on('SIGHUP', early);
+  // Node opens its inspector on 127.0.0.1:9229 at SIGUSR1, where any local user could then run
+  // code in a process that holds token logins. A listener of its own keeps it closed.
+  process.on('SIGUSR1', () => process.stderr.write('pkcs11-supervisor: SIGUSR1 ignored (the daemon opens no inspector)\n'));
   let daemon: Daemon;
   try {
     daemon = await startDaemon(values.config!, undefined, values.listen);

@@ -4,6 +4,8 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 import { Faults, faultConfig } from './support/faults.js';
+import { started } from './support/daemon-process.js';
+import { connect } from '../dist/src/index.js';
 
 let td: TokenDir;
 let tok: TestToken;
@@ -59,5 +61,31 @@ describe('a log reader that stops reading and goes away', () => {
     expect(err).toContain('alive');
     expect(code).toBe(0);
     expect(Date.now() - t0).toBeLessThan(5000);
+  });
+});
+
+describe('SIGUSR1', () => {
+  it('opens no inspector in the daemon (Node would listen on 9229 for any local user): the daemon says so and signs on', async () => {
+    const config = join(td.dir, 'usr1.json');
+    const sock = join(td.dir, 'usr1.sock');
+    writeFileSync(config, JSON.stringify({ ...faultConfig(td, faults, { t: { token: { label: 'shut' }, pin: { env: 'SHUT_PIN' }, lazy: false } }), metrics: { host: '127.0.0.1', port: 0 }, api: { unix: { path: sock } }, log: { level: 'info' } }));
+    const child = spawn(process.execPath, ['dist/src/daemon.js', '--config', config], { env: { ...process.env, SHUT_PIN: tok.pin }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    try {
+      await started(child);
+      child.kill('SIGUSR1');
+      for (const until = Date.now() + 5_000; !err.includes('SIGUSR1') && Date.now() < until; ) await new Promise((r) => setTimeout(r, 20));
+      await new Promise((r) => setTimeout(r, 300));
+      expect(err).toContain('SIGUSR1 ignored');
+      expect(err).not.toMatch(/Debugger listening/);
+      expect(child.exitCode).toBeNull();
+      const client = connect({ socket: sock });
+      await expect(client.sign({ slot: 't', key: 'ec', mechanism: 'ECDSA-SHA256', data: Buffer.from('after USR1') })).resolves.toBeInstanceOf(Buffer);
+      await client.close();
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    }
   });
 });
