@@ -51,7 +51,7 @@ export function checkApiPaths(config: Config): void {
   const issues: Issue[] = [];
   const api = config.api;
   if (api?.unix) writable(api.unix.path, 'api.unix.path', issues, true);
-  if (api?.tls) for (const f of ['cert', 'key', 'clientCa'] as const) readable(api.tls[f], `api.tls.${f}`, issues);
+  if (api?.tls) for (const f of ['cert', 'key', 'clientCa', 'crl'] as const) if (api.tls[f] !== undefined) readable(api.tls[f], `api.tls.${f}`, issues);
   if (api?.jwt) readable(api.jwt.jwks, 'api.jwt.jwks', issues);
   refuse(issues);
 }

@@ -216,6 +216,13 @@ export const ApiSchema = z.strictObject({
       key: filePath,
       /** The CA(s) whose client certificates are accepted. */
       clientCa: filePath,
+      /**
+       * PEM CRLs of the client CAs: a revoked client certificate is refused in the handshake. Once
+       * given, every CA of a client's chain needs a current CRL in the file (OpenSSL checks them
+       * all), and one past its nextUpdate refuses every client: replace it before then (it is
+       * re-read like the other files).
+       */
+      crl: filePath.optional(),
       /** Which part of the client certificate names the principal; each falls back to the next: uri-san (SPIFFE ID), dns-san, cn. */
       principalFrom: z.enum(['uri-san', 'dns-san', 'cn']).default('uri-san'),
       /** How often the certificate, key and CA files are checked for a change (cert-manager rotates them). */

@@ -14,7 +14,7 @@ import { connect, startDaemon, type Daemon } from '../dist/src/index.js';
 import { curl } from './support/curl.js';
 import { Faults, faultConfig } from './support/faults.js';
 import { exportPublicKey, opensslVerifies } from './support/openssl.js';
-import { issue, testPki, type Issued } from './support/pki.js';
+import { issue, makeCrl, revoke, testPki, type Issued } from './support/pki.js';
 import { createToken, tokenDir, type TokenDir } from './support/softhsm.js';
 
 const INVOICER = 'spiffe://test.example/ns/billing/sa/invoicer';
@@ -133,6 +133,10 @@ describe('mutual TLS', () => {
     expect(signs()).toBe(before);
     const refused = (await auditRecords()).filter((r) => r.event === 'denied' && String(r.detail).startsWith('TLS handshake'));
     expect(refused.length).toBeGreaterThanOrEqual(5);
+    // Each says why, as OpenSSL does, not that the connection closed.
+    expect(refused.slice(-5).map((r) => r.detail)).toEqual(
+      ['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'INVALID_PURPOSE', 'NO_CLIENT_CERTIFICATE'].map((why) => `TLS handshake: ${why}`),
+    );
     expect(refused.map((r) => [r.result, r.peer])).toEqual(refused.map(() => ['UNAUTHENTICATED', expect.stringMatching(/^127\.0\.0\.1:\d+$/)]));
     // The remote client reports the refusal as a typed error: the alert if it read it, else the closed connection.
     const client = connect({ url: daemon.api!.tlsUrl!, tls: { cert: certs.expired!.cert, key: certs.expired!.key, ca: pki.ca.cert } });
@@ -338,6 +342,65 @@ describe('the connection limit', () => {
       held.destroy();
       await capped.stop();
     }
+  });
+});
+
+describe('revoked client certificates (api.tls.crl)', () => {
+  it('a revoked certificate is refused in the handshake and audited, no C_Sign; one revoked later is refused once its CRL is read again', async () => {
+    const revoked = issue(pki.ca, { cn: 'revoked', uri: INVOICER, file: 'revoked' });
+    const later = issue(pki.ca, { cn: 'revoked-later', uri: INVOICER, file: 'revoked-later' });
+    revoke(pki.ca, revoked);
+    const crl = makeCrl(pki.ca, join(td.dir, 'clients.crl'));
+    const auditPath = join(td.dir, 'crl-audit.jsonl');
+    const file = join(td.dir, 'crl.json');
+    const api = daemonConfig.api as { tls: Record<string, unknown> };
+    writeFileSync(file, JSON.stringify({ ...daemonConfig, metrics: { enabled: false }, audit: { path: auditPath }, api: { ...api, tls: { ...api.tls, crl } } }));
+    const withCrl = await startDaemon(file);
+    const at = `${withCrl.api!.tlsUrl}/v1/sign`;
+    try {
+      const before = signs();
+      const refused = await curl(at, tlsArgs(revoked), signBody());
+      expect(refused.status).toBe(0); // no HTTP answer: the handshake failed
+      expect(signs()).toBe(before);
+      for (const ok of [certs.invoicer!, later]) {
+        const r = await curl(at, tlsArgs(ok), signBody());
+        expect(r.status).toBe(200);
+        expect(opensslVerifies(exportPublicKey(td, 'tls', '02'), 'ECDSA-SHA256', data, Buffer.from(r.json!.signature as string, 'base64'))).toBe(true);
+      }
+      await withCrl.sup.as({ id: 'test-harness', roles: ['auditor'] }).verifyAudit();
+      const denied = readFileSync(auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; result: string; detail?: string });
+      expect(denied.some((r) => r.event === 'denied' && r.result === 'UNAUTHENTICATED' && /revoked/i.test(r.detail ?? ''))).toBe(true);
+
+      revoke(pki.ca, later);
+      makeCrl(pki.ca, `${crl}.new`);
+      renameSync(`${crl}.new`, crl);
+      expect(await withCrl.reload()).toMatchObject({ ok: true }); // SIGHUP reads the TLS files at once
+      expect((await curl(at, tlsArgs(later), signBody())).status).toBe(0);
+      expect((await curl(at, tlsArgs(certs.invoicer!), signBody())).status).toBe(200);
+      expect(signs()).toBe(before + 3);
+
+      // A CRL past its nextUpdate refuses every client (as the docs warn), and says so.
+      makeCrl(pki.ca, `${crl}.new`, true);
+      renameSync(`${crl}.new`, crl);
+      await withCrl.reload();
+      expect((await curl(at, tlsArgs(certs.invoicer!), signBody())).status).toBe(0);
+      await withCrl.sup.as({ id: 'test-harness', roles: ['auditor'] }).verifyAudit();
+      expect(readFileSync(auditPath, 'utf8')).toContain('TLS handshake: CRL_HAS_EXPIRED');
+      expect(signs()).toBe(before + 3);
+    } finally {
+      await withCrl.stop();
+    }
+  });
+
+  it('a CRL that is not one is CONFIG_INVALID naming api.tls at start', async () => {
+    const file = join(td.dir, 'bad-crl.json');
+    const notCrl = join(td.dir, 'not.crl');
+    writeFileSync(notCrl, '-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n');
+    const api = daemonConfig.api as { tls: Record<string, unknown> };
+    writeFileSync(file, JSON.stringify({ ...daemonConfig, metrics: { enabled: false }, audit: { path: join(td.dir, 'bad-crl-audit.jsonl') }, api: { ...api, tls: { ...api.tls, crl: notCrl } } }));
+    await expect(startDaemon(file)).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [expect.objectContaining({ path: 'api.tls' })] });
+    writeFileSync(file, JSON.stringify({ ...daemonConfig, metrics: { enabled: false }, audit: { path: join(td.dir, 'bad-crl-audit.jsonl') }, api: { ...api, tls: { ...api.tls, crl: join(td.dir, 'missing.crl') } } }));
+    await expect(startDaemon(file)).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [expect.objectContaining({ path: 'api.tls.crl' })] });
   });
 });
 

@@ -310,10 +310,23 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   let refusals: RefusalLog | null = null;
   if (api.tls) {
     const tls = api.tls;
-    const server = createHttpsServer({ ...timeouts, ...readTlsFiles(tls), requestCert: true, rejectUnauthorized: true, handshakeTimeout: api.requestTimeoutMs }, handler);
+    // The client certificate is checked below, not by Node's rejectUnauthorized: Node checks it
+    // after the handshake too, but closes the connection without a word, and the refusal reached
+    // the audit trail as ECONNRESET instead of why (revoked, expired, another CA, none).
+    const server = createHttpsServer({ ...timeouts, ...readTlsFiles(tls), requestCert: true, rejectUnauthorized: false, handshakeTimeout: api.requestTimeoutMs }, handler);
+    refusals = audit ? new RefusalLog((entry) => audit.append(entry), { result: 'UNAUTHENTICATED', what: 'TLS handshake' }) : null;
+    // First of the listeners, so an unverified connection is closed before HTTP is attached to it
+    // (and a request on one would still be refused: the caller needs an authorized socket).
+    server.prependListener('secureConnection', (socket: TLSSocket) => {
+      if (socket.authorized) return;
+      events.emit('apiRequest', { route: 'tls-handshake', code: 'UNAUTHENTICATED', status: 0, seconds: 0 });
+      // Node names a missing certificate UNABLE_TO_GET_ISSUER_CERT, as if it were one from an unknown CA.
+      const none = Object.keys(socket.getPeerCertificate()).length === 0;
+      refusals?.refused(peerOf(socket), none ? 'NO_CLIENT_CERTIFICATE' : String(socket.authorizationError ?? 'UNVERIFIED'));
+      socket.destroy();
+    });
     served.push(limitConnections(server, api.maxConnections));
     server.on('clientError', unparsed);
-    refusals = audit ? new RefusalLog((entry) => audit.append(entry), { result: 'UNAUTHENTICATED', what: 'TLS handshake' }) : null;
     // A failed handshake's socket is already closed when it is reported: note its peer on arrival.
     const peers = new WeakMap<Socket, string>();
     server.on('connection', (raw: Socket) => peers.set(raw, peerOf(raw)));

@@ -21,7 +21,7 @@ export function limitConnections(server: Server | HttpsServer, max: number): (so
   let open = 0;
   // A TLS connection counts once its handshake is done: the socket a request arrives on is that one.
   server.on(server instanceof TlsServer ? 'secureConnection' : 'connection', (socket: Socket) => {
-    if (open >= max) return;
+    if (open >= max || socket.destroyed) return; // destroyed: a client certificate refused
     open++;
     served.add(socket);
     socket.once('close', () => open--);

@@ -66,6 +66,18 @@ export function issue(ca: Ca, o: IssueOptions): Issued {
   return { cert, key };
 }
 
+/** Marks a certificate of `ca` revoked in its database (a CRL made after this lists it). */
+export function revoke(ca: Ca, issued: Issued): void {
+  ossl(['ca', '-config', join(ca.dir, 'ca.cnf'), '-cert', ca.cert, '-keyfile', ca.key, '-revoke', issued.cert]);
+}
+
+/** A PEM CRL of `ca` listing what it has revoked, valid for 30 days, or one long past its nextUpdate. */
+export function makeCrl(ca: Ca, out: string, expired = false): string {
+  const dates = expired ? ['-crl_lastupdate', '20250101000000Z', '-crl_nextupdate', '20250201000000Z'] : ['-crldays', '30'];
+  ossl(['ca', '-config', join(ca.dir, 'ca.cnf'), '-cert', ca.cert, '-keyfile', ca.key, '-gencrl', '-out', out, ...dates]);
+  return out;
+}
+
 /** The usual set: a CA for clients and server, a stranger CA, and the server's certificate for localhost. */
 export function testPki(root = pkiDir()) {
   const ca = makeCa(root, 'clients-ca');
