@@ -8,7 +8,7 @@
  * Every answer is counted and audited; every error is a problem document.
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { Server as HttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import fastifySwagger from '@fastify/swagger';
@@ -27,7 +27,7 @@ import { BATCH_PATH, BatchRequestWire, BatchResultWire, type BatchAnswer, type B
 import { RateLimiter } from './rate-limit.js';
 import { RefusalLog } from './refusal-log.js';
 import { deadlineHeader, OPENAPI_PATH, ROUTES, ROUTE_NAMES, TIMEOUT_HEADER, type RouteName } from './routes.js';
-import { readTlsFiles, watchTlsFiles } from './tls-files.js';
+import { listenTls, type TlsListener } from './tls-listener.js';
 import { closeIdleSockets, untilHangup } from './connections.js';
 import { asSupervisorError, routeMiss, schemaMismatch, timeoutHeader } from './request-errors.js';
 import { listenUnix, type BoundSocket } from './unix-socket.js';
@@ -305,44 +305,21 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     unix = await listenUnix(server, api.unix.path, api.unix.mode);
     servers.push(server);
   }
-  let tlsUrl: string | null = null;
-  let tlsFiles = { check: () => {}, stop: () => {} };
-  let refusals: RefusalLog | null = null;
+  let tlsListener: TlsListener | null = null;
   if (api.tls) {
-    const tls = api.tls;
-    // The client certificate is checked below, not by Node's rejectUnauthorized: Node checks it
-    // after the handshake too, but closes the connection without a word, and the refusal reached
-    // the audit trail as ECONNRESET instead of why (revoked, expired, another CA, none).
-    const server = createHttpsServer({ ...timeouts, ...readTlsFiles(tls), requestCert: true, rejectUnauthorized: false, handshakeTimeout: api.requestTimeoutMs }, handler);
-    refusals = audit ? new RefusalLog((entry) => audit.append(entry), { result: 'UNAUTHENTICATED', what: 'TLS handshake' }) : null;
-    // First of the listeners, so an unverified connection is closed before HTTP is attached to it
-    // (and a request on one would still be refused: the caller needs an authorized socket).
-    server.prependListener('secureConnection', (socket: TLSSocket) => {
-      if (socket.authorized) return;
-      events.emit('apiRequest', { route: 'tls-handshake', code: 'UNAUTHENTICATED', status: 0, seconds: 0 });
-      // Node names a missing certificate UNABLE_TO_GET_ISSUER_CERT, as if it were one from an unknown CA.
-      const none = Object.keys(socket.getPeerCertificate()).length === 0;
-      refusals?.refused(peerOf(socket), none ? 'NO_CLIENT_CERTIFICATE' : String(socket.authorizationError ?? 'UNVERIFIED'));
-      socket.destroy();
+    tlsListener = await listenTls({
+      tls: api.tls,
+      timeouts,
+      handshakeTimeoutMs: api.requestTimeoutMs,
+      maxConnections: api.maxConnections,
+      handler,
+      unparsed,
+      refused: () => events.emit('apiRequest', { route: 'tls-handshake', code: 'UNAUTHENTICATED', status: 0, seconds: 0 }),
+      audit: audit ? (entry) => audit.append(entry) : null,
+      log,
     });
-    served.push(limitConnections(server, api.maxConnections));
-    server.on('clientError', unparsed);
-    // A failed handshake's socket is already closed when it is reported: note its peer on arrival.
-    const peers = new WeakMap<Socket, string>();
-    server.on('connection', (raw: Socket) => peers.set(raw, peerOf(raw)));
-    server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket & { _parent?: Socket }) => {
-      events.emit('apiRequest', { route: 'tls-handshake', code: 'UNAUTHENTICATED', status: 0, seconds: 0 });
-      const peer = peers.get(socket._parent ?? socket) ?? peers.get(socket) ?? 'unknown';
-      refusals?.refused(peer, err.code ?? err.message);
-    });
-    tlsFiles = watchTlsFiles(tls, log, (options) => server.setSecureContext(options));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(tls.port, tls.host, () => (server.off('error', reject), resolve()));
-    });
-    const address = server.address() as { address: string; port: number; family: string };
-    tlsUrl = `https://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
-    servers.push(server);
+    served.push(tlsListener.served);
+    servers.push(tlsListener.server);
   }
 
   for (const server of servers) closeIdleSockets(server, api.requestTimeoutMs);
@@ -350,9 +327,8 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   const stopAccepting = () => {
     if (!accepting) return;
     accepting = false;
-    tlsFiles.stop();
-    refusals?.flush(); // while the audit trail is still open
-    unparsedRefusals?.flush();
+    tlsListener?.stop();
+    unparsedRefusals?.flush(); // while the audit trail is still open
     for (const s of servers) {
       s.close();
       s.closeIdleConnections();
@@ -360,13 +336,13 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   };
   return {
     socketPath: api.unix?.path ?? null,
-    tlsUrl,
+    tlsUrl: tlsListener?.url ?? null,
     stopAccepting,
     setLogLevel(level) {
       apiLog.level = level;
     },
     reloadTls() {
-      tlsFiles.check();
+      tlsListener?.check();
     },
     async close() {
       stopAccepting();
