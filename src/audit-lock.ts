@@ -99,7 +99,7 @@ function running(pid: number): boolean {
 }
 
 function inUse(path: string, holder: string): Pkcs11SupervisorError {
-  const message = `${path} is written by ${holder}: two writers would each chain their own records and the trail would not verify; give each daemon a trail of its own (if that writer is gone, remove ${path}.lock)`;
+  const message = `${path} is written by ${holder}: two writers would each chain their own records and the trail would not verify; give each daemon a trail of its own${holder.startsWith('this process') ? '' : ` (if that writer is gone, remove ${path}.lock)`}`;
   return new Pkcs11SupervisorError('CONFIG_INVALID', `audit.path: ${message}`, { issues: [{ path: 'audit.path', message }] });
 }
 
