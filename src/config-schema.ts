@@ -7,6 +7,7 @@ import type { DeviceMatch } from './model/device-match.js';
 import { isPkcs11Uri, keyOfUri, parsePkcs11Uri, tokenOfUri, type Pkcs11Uri } from './model/pkcs11-uri.js';
 import { z } from 'zod';
 import { MECHANISM_NAMES } from './model/mechanisms.js';
+import { fitsSocketPath, SOCKET_PATH_MESSAGE } from './model/socket-path.js';
 import { CRYPTO_MECHANISM_NAMES, type AnyMechanismName } from './model/crypto-mechanisms.js';
 
 const hex = z.string().regex(/^([0-9a-fA-F]{2})+$/, 'must be hex bytes, e.g. "01" or "a1b2"');
@@ -202,7 +203,7 @@ export const ApiSchema = z.strictObject({
   /** The local socket: callers act as `principal`; the file mode (octal) says who may connect. */
   unix: z
     .strictObject({
-      path: filePath,
+      path: filePath.refine(fitsSocketPath, SOCKET_PATH_MESSAGE),
       mode: z.string().regex(/^0?[0-7]{3}$/, 'must be an octal file mode, e.g. "0660"').default('0660'),
       principal: z.string().min(1).max(256).default('local'),
     })

@@ -323,6 +323,7 @@ describe('hostile and broken clients', () => {
     expect(refused({ url: 'not a url', tls: { cert: 1, key: 'b', ca: 'c' } })).toEqual({ code: 'BAD_INPUT', paths: ['url', 'tls.cert'] });
     expect(refused({ url: 'https://127.0.0.1:9443', tls: { cert: pemFile, key: pemFile, ca: pemFile } })).toEqual({ code: 'BAD_INPUT', paths: ['tls.cert'] });
     expect(refused({ socket: sock, connections: 0 })).toEqual({ code: 'BAD_INPUT', paths: ['connections'] });
+    expect(refused({ socket: `${sock}${'/x'.repeat(60)}` })).toEqual({ code: 'BAD_INPUT', paths: ['socket'] }); // past sun_path: Node would reach a path cut short
     expect(refused({ socket: sock, batch: 'yes' })).toEqual({ code: 'BAD_INPUT', paths: ['batch'] });
     expect(refused({ socket: sock, sokcet: sock })).toEqual({ code: 'BAD_INPUT', paths: ['(options)'] });
     expect(refused({ socket: sock, url: 'https://x' })).toEqual({ code: 'BAD_INPUT', paths: [] });

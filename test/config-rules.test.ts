@@ -1,7 +1,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { appendFileSync, chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as jose from 'jose';
 import { parseConfig, startDaemon, startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
@@ -240,7 +240,7 @@ describe('defaults and config print', () => {
 });
 
 describe('the files a config names are checked at start', () => {
-  it('an audit trail in a missing or read-only directory, a missing PIN file, TLS files and a socket directory that cannot be made: CONFIG_INVALID naming each field', async () => {
+  it('an audit trail in a missing or read-only directory, a missing PIN file, TLS files, a socket directory that cannot be made and a socket path too long for the system: CONFIG_INVALID naming each field', async () => {
     const readOnly = join(td.dir, 'read-only');
     mkdirSync(readOnly);
     // Root ignores permission bits: a read-only bind of the directory is what a read-only root filesystem gives.
@@ -267,6 +267,11 @@ describe('the files a config names are checked at start', () => {
       code: 'CONFIG_INVALID',
       issues: [{ path: 'api.unix.path' }, { path: 'api.tls.cert' }, { path: 'api.tls.key' }, { path: 'api.tls.clientCa' }],
     });
+    // Longer than a socket's path may be: Node would cut it short and listen on another file.
+    const long = join(td.dir, `${'s'.repeat(110)}.sock`);
+    writeFileSync(file, JSON.stringify({ ...config, slots: { a: config.slots.a }, audit: undefined, api: { unix: { path: long } } }));
+    await expect(startDaemon(file)).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [{ path: 'api.unix.path', message: expect.stringMatching(/at most 107 bytes/) }] });
+    expect(readdirSync(td.dir).filter((f) => f.startsWith('sss'))).toEqual([]);
   });
 });
 

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { schemaRefused } from '../model/errors.js';
 import { badInput } from '../validate.js';
+import { fitsSocketPath, SOCKET_PATH_MESSAGE } from '../model/socket-path.js';
 
 /** PEM text or bytes, or the path of a file that holds them. */
 export type PemSource = string | Uint8Array;
@@ -59,7 +60,7 @@ function isOrigin(url: URL): boolean {
 }
 
 const OPTIONS = z.union([
-  z.strictObject({ socket: z.string().min(1), ...common }),
+  z.strictObject({ socket: z.string().min(1).refine(fitsSocketPath, SOCKET_PATH_MESSAGE), ...common }),
   z.strictObject({
     url: httpsUrl,
     tls: z.strictObject({ cert: pemSource, key: pemSource, ca: pemSource, servername: z.string().min(1).optional() }, { error: 'must be { cert, key, ca }: the client certificate, its key and the CA of the daemon\'s certificate' }),
