@@ -7,7 +7,7 @@
  * with the same pid); from another host, one not refreshed for STALE_MS.
  */
 import { hostname } from 'node:os';
-import { readFileSync, realpathSync, renameSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { readFileSync, realpathSync, renameSync, rmSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { Pkcs11SupervisorError } from './model/errors.js';
 
@@ -20,7 +20,11 @@ export interface AuditLock {
   release(): void;
 }
 
-export function lockAuditTrail(path: string): AuditLock {
+/** No room for the lock file: a full disk (or a file size limit) must not keep the daemon from starting. */
+const NO_ROOM = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
+
+/** `warn` is told when the lock cannot be written for want of room: it is taken once there is some. */
+export function lockAuditTrail(path: string, warn: (message: string) => void): AuditLock {
   let lockPath: string;
   try {
     lockPath = `${realPath(path)}.lock`;
@@ -28,26 +32,22 @@ export function lockAuditTrail(path: string): AuditLock {
     throw unwritable(path, e as Error);
   }
   if (held.has(lockPath)) throw inUse(path, 'this process (another supervisor in it)');
-  const me = { host: hostname(), pid: process.pid };
-  const mine = JSON.stringify(me);
-  try {
-    writeFileSync(lockPath, mine, { flag: 'wx', mode: 0o600 });
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw unwritable(path, e as Error);
-    const holder = holderOf(lockPath);
-    if (holder) throw inUse(path, holder);
-    // Gone: take it over with a rename, so no reader ever sees half a lock.
-    const tmp = `${lockPath}.${process.pid}`;
-    writeFileSync(tmp, mine, { mode: 0o600 });
-    renameSync(tmp, lockPath);
-  }
+  const mine = JSON.stringify({ host: hostname(), pid: process.pid });
+  let taken = take(path, lockPath, mine);
+  if (!taken) warn(`audit trail: no room for ${lockPath}; another writer of the trail goes unnoticed until there is`);
   held.add(lockPath);
   const refresh = setInterval(() => {
     try {
-      const now = new Date();
-      utimesSync(lockPath, now, now);
-    } catch {
-      // the directory is unwritable for a moment: the audit trail itself reports that
+      if (taken) {
+        const now = new Date();
+        utimesSync(lockPath, now, now);
+      } else if ((taken = take(path, lockPath, mine))) {
+        warn(`audit trail: ${lockPath} written now that there is room`);
+      }
+    } catch (e) {
+      // The directory unwritable for a moment (the trail reports that itself), or, taken late,
+      // another writer that started meanwhile: say so, as the trail will not verify.
+      if (e instanceof Pkcs11SupervisorError) warn(e.message);
     }
   }, REFRESH_MS);
   refresh.unref();
@@ -62,6 +62,31 @@ export function lockAuditTrail(path: string): AuditLock {
       }
     },
   };
+}
+
+/** Makes the lock, or takes over one whose writer is gone; false when there is no room for it. */
+function take(path: string, lockPath: string, mine: string): boolean {
+  try {
+    writeFileSync(lockPath, mine, { flag: 'wx', mode: 0o600 });
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? '';
+    if (NO_ROOM.has(code)) return false;
+    if (code !== 'EEXIST') throw unwritable(path, e as Error);
+  }
+  const holder = holderOf(lockPath);
+  if (holder) throw inUse(path, holder);
+  // Gone: take it over with a rename, so no reader ever sees half a lock.
+  const tmp = `${lockPath}.${process.pid}`;
+  try {
+    writeFileSync(tmp, mine, { mode: 0o600 });
+    renameSync(tmp, lockPath);
+    return true;
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    if (NO_ROOM.has((e as NodeJS.ErrnoException).code ?? '')) return false;
+    throw unwritable(path, e as Error);
+  }
 }
 
 /** The file a path names, through any symlinks (to it or to its directory): two names for one trail share one lock. */

@@ -71,7 +71,7 @@ export class AuditLog {
     private readonly log: Logger,
     private readonly options: AuditOptions = { flushMs: 200, durable: false, failClosed: false },
   ) {
-    this.lock = lockAuditTrail(path);
+    this.lock = lockAuditTrail(path, (message) => this.log.warn({ audit: path }, message));
     try {
       this.fd = openSync(path, 'a+', 0o600);
     } catch (e) {

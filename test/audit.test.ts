@@ -4,7 +4,7 @@
  * metric and not-ready, never a process exit, and nothing is lost once writes succeed again;
  * a torn tail is told apart from tampering and repaired at the next start.
  */
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, closeSync, ftruncateSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, statSync, symlinkSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
@@ -89,6 +89,33 @@ describe('one writer per trail', () => {
     sup = await startSupervisor({ config: configWith({ path }) });
     expect(JSON.parse(readFileSync(lock, 'utf8'))).toEqual({ host: hostname(), pid: process.pid });
     await signOne(sup);
+  });
+
+  it('a disk with no room for the lock does not stop the start: the lock says so, still refuses a second writer here, and is written once there is room', async () => {
+    // The lock alone: under a file size limit SoftHSM2 could not keep its own token files either.
+    const { lockAuditTrail } = await import('../dist/src/audit-lock.js');
+    const path = join(td.dir, 'no-room.jsonl');
+    writeFileSync(path, '');
+    const warned: string[] = [];
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+    let lock: { release(): void } | undefined;
+    try {
+      execFileSync('prlimit', ['--pid', String(process.pid), '--fsize=10:unlimited']); // no file may grow past 10 bytes: a full disk, to the lock
+      try {
+        lock = lockAuditTrail(path, (m: string) => warned.push(m));
+      } finally {
+        execFileSync('prlimit', ['--pid', String(process.pid), '--fsize=unlimited:unlimited']);
+      }
+      expect(warned).toEqual([expect.stringMatching(/^audit trail: no room for .*no-room\.jsonl\.lock/)]);
+      expect(() => lockAuditTrail(path, () => undefined)).toThrow(expect.objectContaining({ code: 'CONFIG_INVALID' }));
+      vi.advanceTimersByTime(10_000);
+      expect(warned[1]).toMatch(/written now that there is room/);
+      expect(JSON.parse(readFileSync(`${path}.lock`, 'utf8'))).toEqual({ host: hostname(), pid: process.pid });
+    } finally {
+      lock?.release();
+      vi.useRealTimers();
+    }
+    expect(readdirSync(td.dir).filter((f) => f.startsWith('no-room.jsonl.lock'))).toEqual([]);
   });
 });
 
