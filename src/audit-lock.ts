@@ -9,7 +9,7 @@
 import { hostname } from 'node:os';
 import { readFileSync, realpathSync, renameSync, rmSync, statSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { Pkcs11SupervisorError } from './model/errors.js';
+import { fieldRefused, Pkcs11SupervisorError } from './model/errors.js';
 
 const REFRESH_MS = 10_000;
 const STALE_MS = 60_000;
@@ -124,11 +124,10 @@ function running(pid: number): boolean {
 }
 
 function inUse(path: string, holder: string): Pkcs11SupervisorError {
-  const message = `${path} is written by ${holder}: two writers would each chain their own records and the trail would not verify; give each daemon a trail of its own${holder.startsWith('this process') ? '' : ` (if that writer is gone, remove ${path}.lock)`}`;
-  return new Pkcs11SupervisorError('CONFIG_INVALID', `audit.path: ${message}`, { issues: [{ path: 'audit.path', message }] });
+  const hint = holder.startsWith('this process') ? '' : ` (if that writer is gone, remove ${path}.lock)`;
+  return fieldRefused('audit.path', `${path} is written by ${holder}: two writers would each chain their own records and the trail would not verify; give each daemon a trail of its own${hint}`);
 }
 
 function unwritable(path: string, e: Error): Pkcs11SupervisorError {
-  const message = `cannot create ${path}.lock: ${(e as NodeJS.ErrnoException).code ?? e.message}`;
-  return new Pkcs11SupervisorError('CONFIG_INVALID', `audit.path: ${message}`, { issues: [{ path: 'audit.path', message }] });
+  return fieldRefused('audit.path', `cannot create ${path}.lock: ${(e as NodeJS.ErrnoException).code ?? e.message}`);
 }

@@ -19,7 +19,7 @@ import { basename, dirname } from 'node:path';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import { GENESIS, MAX_RECORD_BYTES, recordHash, type AuditEntry, type AuditRecord } from './audit-record.js';
-import { Pkcs11SupervisorError } from './model/errors.js';
+import { fieldRefused, Pkcs11SupervisorError } from './model/errors.js';
 import { lockAuditTrail, type AuditLock } from './audit-lock.js';
 
 export type { AuditEntry, AuditRecord, AuditVerdict } from './audit-record.js';
@@ -72,15 +72,10 @@ export class AuditLog {
     private readonly options: AuditOptions = { flushMs: 200, durable: false, failClosed: false },
   ) {
     this.lock = lockAuditTrail(path, (message) => this.log.warn({ audit: path }, message));
-    try {
-      this.fd = openSync(path, 'a+', 0o600);
-    } catch (e) {
-      this.lock.release();
-      throw e;
-    }
     let repaired: number;
     try {
-      repaired = this.continueChain();
+      this.fd = openSync(path, 'a+', 0o600);
+      repaired = this.continueChain(); // closes the file if it refuses it
     } catch (e) {
       this.lock.release();
       throw e;
@@ -135,8 +130,7 @@ export class AuditLog {
         r = JSON.parse(last.toString('utf8')) as AuditRecord;
       } catch (e) {
         closeSync(this.fd);
-        const message = `the last complete record of ${this.path} is not JSON (${(e as Error).message}): the trail was changed; check it with "audit verify" and move it aside`;
-        throw new Pkcs11SupervisorError('CONFIG_INVALID', `audit.path: ${message}`, { issues: [{ path: 'audit.path', message }] });
+        throw fieldRefused('audit.path', `the last complete record of ${this.path} is not JSON (${(e as Error).message}): the trail was changed; check it with "audit verify" and move it aside`);
       }
       this.seq = r.seq;
       this.prev = r.hash;
@@ -264,12 +258,10 @@ export class AuditLog {
   async close(): Promise<void> {
     if (this.fd < 0) return;
     await this.flush().catch((e: Error) => this.log.error({ audit: this.path, err: e.message, lost: this.pending.length }, 'audit trail could not be written at close'));
-    closeSync(this.fd);
-    this.fd = -1;
-    this.lock.release();
+    this.abandon();
   }
 
-  /** For a supervisor that could not be made: the file closed and the trail free for the next writer, nothing written. */
+  /** Closes the file and frees the trail for the next writer, writing nothing more (close() writes first; a supervisor that could not be made has nothing). */
   abandon(): void {
     if (this.fd < 0) return;
     closeSync(this.fd);

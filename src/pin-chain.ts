@@ -10,7 +10,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { PinSource } from './config-schema.js';
-import { Pkcs11SupervisorError } from './model/errors.js';
+import { fieldRefused, Pkcs11SupervisorError } from './model/errors.js';
 import { Secret } from './model/secret.js';
 import type { UserPinState } from './model/protocol.js';
 
@@ -148,7 +148,7 @@ function refuseLoosePinFile(path: string, stat: { mode: number; gid: number }, f
   if ((stat.mode & 0o007) === 0 && ((stat.mode & 0o070) === 0 || ownGroup)) return;
   const octal = (stat.mode & 0o777).toString(8).padStart(4, '0');
   const message = `PIN file ${path} is accessible by ${stat.mode & 0o007 ? 'others' : 'its group'} (mode ${octal}); make it readable by the daemon's user only (chmod 600)`;
-  throw new Pkcs11SupervisorError('CONFIG_INVALID', `${field}: ${message}`, { issues: [{ path: field, message }] });
+  throw fieldRefused(field, message);
 }
 
 /** At start: every configured PIN file that exists must be private to the daemon's user. */

@@ -8,7 +8,7 @@
 import type { SlotConfig } from './config-schema.js';
 import { refSelector } from './validate.js';
 import { closeOrphanSession, moduleGate, threadAbandoned } from './module-registry.js';
-import { Pkcs11SupervisorError } from './model/errors.js';
+import { fieldRefused, Pkcs11SupervisorError } from './model/errors.js';
 import type { OpenReport, WorkerError, WorkerReply, WorkerTask } from './model/protocol.js';
 import { SessionThread, ThreadDied } from '../workers/handover/session-thread.js';
 
@@ -89,7 +89,7 @@ export class SessionHost {
     if (poolSize <= limit) return;
     const path = `slots.${this.slot}.poolSize`;
     const message = `${poolSize} workers need ${poolSize} ${readOnly ? '' : 'R/W '}sessions, but token "${report.tokenLabel}" allows at most ${limit}`;
-    throw new Pkcs11SupervisorError('CONFIG_INVALID', `${path}: ${message}`, { slot: this.slot, issues: [{ path, message }] });
+    throw fieldRefused(path, message, this.slot);
   }
 
   async close(): Promise<null> {

@@ -5,7 +5,7 @@
  */
 import type { Logger } from 'pino';
 import type { Config } from './config-schema.js';
-import { Pkcs11SupervisorError } from './model/errors.js';
+import { fieldRefused, Pkcs11SupervisorError } from './model/errors.js';
 import { SupervisorEmitter } from './events.js';
 import { acquireModule, closeModuleGate, outOfModule, releaseModule, reinitializeModule } from './module-registry.js';
 import { MODULE_BROKEN_CKRS } from './model/ckr.js';
@@ -234,5 +234,5 @@ function refuseSharedThreads(config: Config, module: string, path: string): void
   if (threads <= 1) return;
   const field = `modules.${module}`;
   const message = `${path} was initialized by other code in this process before the supervisor, maybe without CKF_OS_LOCKING_OK; ${threads} session threads would call it at once, which corrupts a module without locks. Use one slot with a pool of 1, let the supervisor initialize the module first, or set ${field}.applicationInitializesWithOsLocking if the application initializes it with CKF_OS_LOCKING_OK`;
-  throw new Pkcs11SupervisorError('CONFIG_INVALID', `${field}: ${message}`, { issues: [{ path: field, message }] });
+  throw fieldRefused(field, message);
 }

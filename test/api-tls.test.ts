@@ -36,6 +36,14 @@ const tlsArgs = (who: Issued | null) => ['--cacert', pki.ca.cert, ...(who ? ['--
 const url = (route: string) => `${daemon.api!.tlsUrl}/v1/${route}`;
 const signs = () => faults.counts().C_Sign ?? 0;
 
+/** A config file for a second daemon beside the main one: its own trail, no metrics port, its API changed by `api` and `tls`. */
+function variant(name: string, api: Record<string, unknown>, tls: Record<string, unknown> = {}): string {
+  const base = daemonConfig.api as { tls: Record<string, unknown> };
+  const file = join(td.dir, `${name}.json`);
+  writeFileSync(file, JSON.stringify({ ...daemonConfig, metrics: { enabled: false }, audit: { path: join(td.dir, `${name}-audit.jsonl`) }, api: { ...base, ...api, tls: { ...base.tls, ...tls } } }));
+  return file;
+}
+
 async function auditRecords(): Promise<Record<string, unknown>[]> {
   await daemon.sup.as({ id: 'test-harness', roles: ['auditor'] }).verifyAudit(); // writes what is queued first
   return readFileSync(join(td.dir, 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
@@ -317,9 +325,7 @@ describe('rate limits', () => {
 
 describe('the connection limit', () => {
   it('a TLS connection over maxConnections gets 429 QUEUE_FULL once its handshake is done, then is closed; no C_Sign', async () => {
-    const file = join(td.dir, 'capped.json');
-    writeFileSync(file, JSON.stringify({ ...daemonConfig, metrics: { enabled: false }, audit: { path: join(td.dir, 'capped-audit.jsonl') }, api: { ...(daemonConfig.api as Record<string, unknown>), maxConnections: 1 } }));
-    const capped = await startDaemon(file);
+    const capped = await startDaemon(variant('capped', { maxConnections: 1 }));
     const addr = new URL(capped.api!.tlsUrl!);
     const held = await new Promise<ReturnType<typeof tlsConnect>>((resolve, reject) => {
       const s = tlsConnect({ host: addr.hostname, port: Number(addr.port), ca: readFileSync(pki.ca.cert), cert: readFileSync(certs.invoicer!.cert), key: readFileSync(certs.invoicer!.key) }, () => resolve(s));
@@ -351,11 +357,8 @@ describe('revoked client certificates (api.tls.crl)', () => {
     const later = issue(pki.ca, { cn: 'revoked-later', uri: INVOICER, file: 'revoked-later' });
     revoke(pki.ca, revoked);
     const crl = makeCrl(pki.ca, join(td.dir, 'clients.crl'));
+    const withCrl = await startDaemon(variant('crl', {}, { crl }));
     const auditPath = join(td.dir, 'crl-audit.jsonl');
-    const file = join(td.dir, 'crl.json');
-    const api = daemonConfig.api as { tls: Record<string, unknown> };
-    writeFileSync(file, JSON.stringify({ ...daemonConfig, metrics: { enabled: false }, audit: { path: auditPath }, api: { ...api, tls: { ...api.tls, crl } } }));
-    const withCrl = await startDaemon(file);
     const at = `${withCrl.api!.tlsUrl}/v1/sign`;
     try {
       const before = signs();
@@ -393,14 +396,10 @@ describe('revoked client certificates (api.tls.crl)', () => {
   });
 
   it('a CRL that is not one is CONFIG_INVALID naming api.tls at start', async () => {
-    const file = join(td.dir, 'bad-crl.json');
     const notCrl = join(td.dir, 'not.crl');
     writeFileSync(notCrl, '-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n');
-    const api = daemonConfig.api as { tls: Record<string, unknown> };
-    writeFileSync(file, JSON.stringify({ ...daemonConfig, metrics: { enabled: false }, audit: { path: join(td.dir, 'bad-crl-audit.jsonl') }, api: { ...api, tls: { ...api.tls, crl: notCrl } } }));
-    await expect(startDaemon(file)).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [expect.objectContaining({ path: 'api.tls' })] });
-    writeFileSync(file, JSON.stringify({ ...daemonConfig, metrics: { enabled: false }, audit: { path: join(td.dir, 'bad-crl-audit.jsonl') }, api: { ...api, tls: { ...api.tls, crl: join(td.dir, 'missing.crl') } } }));
-    await expect(startDaemon(file)).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [expect.objectContaining({ path: 'api.tls.crl' })] });
+    await expect(startDaemon(variant('bad-crl', {}, { crl: notCrl }))).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [expect.objectContaining({ path: 'api.tls' })] });
+    await expect(startDaemon(variant('bad-crl', {}, { crl: join(td.dir, 'missing.crl') }))).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [expect.objectContaining({ path: 'api.tls.crl' })] });
   });
 });
 

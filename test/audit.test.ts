@@ -39,6 +39,21 @@ async function signOne(s: Pkcs11Supervisor) {
   return { data, sig };
 }
 
+/** The signing child (fixtures/audit-child.mjs) on a durable trail at `path`, once it has started: its pid, what it printed, and kill -9. */
+async function signingChild(name: string, path: string) {
+  const file = join(td.dir, `${name}.json`);
+  writeFileSync(file, JSON.stringify({ ...configWith({ path, mode: 'durable' }), log: { level: 'silent' } }));
+  const child = spawn(process.execPath, ['test/fixtures/audit-child.mjs', file], { env: process.env });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  await new Promise<void>((resolve) => child.stdout.on('data', () => out.includes('ready') && resolve()));
+  return {
+    pid: child.pid!,
+    output: () => out,
+    kill: () => new Promise((r) => (child.on('exit', r), child.kill('SIGKILL'))),
+  };
+}
+
 /** Files this process writes stop growing past the trail's size now plus `room` bytes (EFBIG). */
 function limitFileSize(path: string, room: number): void {
   execFileSync('prlimit', ['--pid', String(process.pid), `--fsize=${statSync(path).size + room}:unlimited`]);
@@ -61,16 +76,10 @@ describe('one writer per trail', () => {
     sup = undefined;
 
     // Another process holds it: refused while it runs; after kill -9 its lock is taken over.
-    const file = join(td.dir, 'shared.json');
-    writeFileSync(file, JSON.stringify({ ...configWith({ path, mode: 'durable' }), log: { level: 'silent' } }));
-    const child = spawn(process.execPath, ['test/fixtures/audit-child.mjs', file], { env: process.env });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    await new Promise<void>((resolve) => child.stdout.on('data', () => out.includes('ready') && resolve()));
+    const child = await signingChild('shared', path);
     const meanwhile = await startSupervisor({ config: configWith({ path }) }).then(() => null, refusal);
     expect(meanwhile).toMatchObject({ code: 'CONFIG_INVALID', paths: ['audit.path'], message: expect.stringContaining(`process ${child.pid} on this host`) });
-    child.kill('SIGKILL');
-    await new Promise((r) => child.on('exit', r));
+    await child.kill();
     sup = await startSupervisor({ config: configWith({ path }) });
     await signOne(sup);
     await sup.close();
@@ -122,16 +131,10 @@ describe('one writer per trail', () => {
 describe('durable mode', () => {
   it('after kill -9, every signature that was returned has its record, and the trail verifies once the next start repairs its tail', async () => {
     const path = join(td.dir, 'killed.jsonl');
-    const file = join(td.dir, 'killed.json');
-    writeFileSync(file, JSON.stringify({ ...configWith({ path, mode: 'durable' }), log: { level: 'silent' } }));
-    const child = spawn(process.execPath, ['test/fixtures/audit-child.mjs', file], { env: process.env });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    await new Promise<void>((resolve) => child.stdout.on('data', () => out.includes('ready') && resolve()));
+    const child = await signingChild('killed', path);
     await new Promise((r) => setTimeout(r, 1500));
-    child.kill('SIGKILL');
-    await new Promise((r) => child.on('exit', r));
-    const returned = out.split('\n').filter((l) => /^[0-9a-f]{64}$/.test(l));
+    await child.kill();
+    const returned = child.output().split('\n').filter((l) => /^[0-9a-f]{64}$/.test(l));
     expect(returned.length).toBeGreaterThan(200);
     const onDisk = new Set(readFileSync(path, 'utf8').split('\n').flatMap((l) => /"dataSha256":"([0-9a-f]{64})"/.exec(l)?.[1] ?? []));
     expect(returned.filter((h) => !onDisk.has(h))).toEqual([]);

@@ -74,6 +74,11 @@ export function isSupervisorError(e: unknown, code?: ErrorCode): e is Pkcs11Supe
   return e instanceof Pkcs11SupervisorError && (code === undefined || e.code === code);
 }
 
+/** A config field that cannot be used: CONFIG_INVALID naming it, its message prefixed with the field. */
+export function fieldRefused(field: string, message: string, slot?: string): Pkcs11SupervisorError {
+  return new Pkcs11SupervisorError('CONFIG_INVALID', `${field}: ${message}`, { slot, issues: [{ path: field, message }] });
+}
+
 /**
  * Input that fails its schema (a zod error's issues, read structurally so the model needs no
  * zod): one error naming every field, each path dotted, `whole` for the input itself.

@@ -154,11 +154,10 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     return new Pkcs11SupervisorError('RATE_LIMITED', `principal "${caller.id}" is over its rate limit; retry in ${waitMs} ms`);
   };
   // Callback hooks, not async ones: a caller known from its connection (most requests) costs no promise.
-  /** Each listener's test of whether a connection is one it serves (connection-limit.ts). */
-  const served: ((socket: Socket) => boolean)[] = [];
-  const overLimit = (socket: Socket) => !served.some((isServed) => isServed(socket));
+  /** The connections the listeners serve; one past api.maxConnections is answered QUEUE_FULL (connection-limit.ts). */
+  const served = new WeakSet<Socket>();
   app.addHook('onRequest', (request, reply, done) => {
-    if (overLimit(request.raw.socket)) {
+    if (!served.has(request.raw.socket)) {
       reply.header('connection', 'close');
       return done(new Pkcs11SupervisorError('QUEUE_FULL', `the daemon serves ${api.maxConnections} connections at once (api.maxConnections) and this connection is over that: the call did not run; retry, or hold fewer connections (connect({ connections }))`));
     }
@@ -301,7 +300,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   let unix: BoundSocket | null = null;
   if (api.unix) {
     const server = app.server;
-    served.push(limitConnections(server, api.maxConnections));
+    limitConnections(server, api.maxConnections, served);
     unix = await listenUnix(server, api.unix.path, api.unix.mode);
     servers.push(server);
   }
@@ -312,13 +311,13 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
       timeouts,
       handshakeTimeoutMs: api.requestTimeoutMs,
       maxConnections: api.maxConnections,
+      served,
       handler,
       unparsed,
       refused: () => events.emit('apiRequest', { route: 'tls-handshake', code: 'UNAUTHENTICATED', status: 0, seconds: 0 }),
       audit: audit ? (entry) => audit.append(entry) : null,
       log,
     });
-    served.push(tlsListener.served);
     servers.push(tlsListener.server);
   }
 

@@ -14,10 +14,9 @@ import { Server as TlsServer } from 'node:tls';
 /** Connections past the limit that are answered before they are closed: a few clients' worth. */
 const REFUSABLE = 64;
 
-/** Installs the limit on `server`; the function says whether a request's connection is one of those served. */
-export function limitConnections(server: Server | HttpsServer, max: number): (socket: Socket) => boolean {
+/** Installs the limit on `server`: the connections it serves go into `served`, which the listeners share. */
+export function limitConnections(server: Server | HttpsServer, max: number, served: WeakSet<Socket>): void {
   server.maxConnections = max + REFUSABLE;
-  const served = new WeakSet<Socket>();
   let open = 0;
   // A TLS connection counts once its handshake is done: the socket a request arrives on is that one.
   server.on(server instanceof TlsServer ? 'secureConnection' : 'connection', (socket: Socket) => {
@@ -26,5 +25,4 @@ export function limitConnections(server: Server | HttpsServer, max: number): (so
     served.add(socket);
     socket.once('close', () => open--);
   });
-  return (socket) => served.has(socket);
 }

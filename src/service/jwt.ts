@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { createLocalJWKSet, jwtVerify, type JSONWebKeySet } from 'jose';
 import type { ApiConfig, Role } from '../config-schema.js';
-import { Pkcs11SupervisorError } from '../model/errors.js';
+import { fieldRefused, Pkcs11SupervisorError } from '../model/errors.js';
 import { rolesFromClaim } from './caller.js';
 import { fileStamp } from './file-stamp.js';
 
@@ -27,7 +27,7 @@ export class JwtVerifier {
     try {
       return createLocalJWKSet(JSON.parse(readFileSync(this.config.jwks, 'utf8')) as JSONWebKeySet);
     } catch (e) {
-      throw new Pkcs11SupervisorError('CONFIG_INVALID', `api.jwt.jwks: ${(e as Error).message}`, { issues: [{ path: 'api.jwt.jwks', message: (e as Error).message }] });
+      throw fieldRefused('api.jwt.jwks', (e as Error).message);
     }
   }
 

@@ -22,6 +22,8 @@ export interface TlsListenerOptions {
   timeouts: ServerOptions;
   handshakeTimeoutMs: number;
   maxConnections: number;
+  /** The connections the listeners serve (connection-limit.ts). */
+  served: WeakSet<Socket>;
   handler: (req: IncomingMessage, res: ServerResponse) => void;
   /** For requests Node's HTTP parser refuses (unparsed-request.ts). */
   unparsed: (err: Error & { code?: string }, socket: Duplex) => void;
@@ -35,8 +37,6 @@ export interface TlsListener {
   server: HttpsServer;
   /** `https://host:port`, as bound. */
   url: string;
-  /** Whether a connection is one the connection limit serves. */
-  served: (socket: Socket) => boolean;
   /** Reads the TLS files now if they changed (SIGHUP). */
   check(): void;
   /** Stops watching the files and writes the pending refusal summaries. */
@@ -60,7 +60,7 @@ export async function listenTls(o: TlsListenerOptions): Promise<TlsListener> {
     refusals?.refused(peerOf(socket), none ? 'NO_CLIENT_CERTIFICATE' : String(socket.authorizationError ?? 'UNVERIFIED'));
     socket.destroy();
   });
-  const served = limitConnections(server, o.maxConnections);
+  limitConnections(server, o.maxConnections, o.served);
   server.on('clientError', o.unparsed);
   // A failed handshake's socket is already closed when it is reported: note its peer on arrival.
   const peers = new WeakMap<Socket, string>();
@@ -79,7 +79,6 @@ export async function listenTls(o: TlsListenerOptions): Promise<TlsListener> {
   return {
     server,
     url: `https://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`,
-    served,
     check: files.check,
     stop() {
       files.stop();
