@@ -193,7 +193,7 @@ export interface SignJwsRequest extends CallOptions {
   alg: JwsAlg;
   /** A string, bytes, or an object (serialized as JSON). */
   payload: string | Uint8Array | Record<string, unknown>;
-  /** Extra protected header fields; `alg` is set from the request, `kid` defaults to the key's CKA_ID. */
+  /** Extra protected header fields, checked against the call (another `alg`, another key's `jwk` or `x5c` is BAD_INPUT); `kid` defaults to the key's CKA_ID. */
   header?: Record<string, unknown>;
   /** Put the key's certificate in the header (x5c). */
   x5c?: boolean;

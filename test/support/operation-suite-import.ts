@@ -3,7 +3,7 @@
  * OpenSSL, certificates and their chains, replace, and keys of kinds the service does not use.
  */
 import { describe, expect, it } from 'vitest';
-import { generateKeyPairSync, verify as nodeVerify, X509Certificate, type KeyObject } from 'node:crypto';
+import { createHash, generateKeyPairSync, verify as nodeVerify, X509Certificate, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as jose from 'jose';
 import type { SuiteContext } from './operation-suite.js';
@@ -88,6 +88,15 @@ export function importTests(ctx: SuiteContext): void {
       expect(header.x5c.map((c) => new X509Certificate(Buffer.from(c, 'base64')).subject)).toEqual(['CN=chain-leaf-1', 'CN=chain-inter', 'CN=chain-root']);
       const verified = await jose.compactVerify(jws, new X509Certificate(Buffer.from(header.x5c[0]!, 'base64')).publicKey);
       expect(Buffer.from(verified.payload).toString()).toBe('chained');
+      // A chain the caller gives must start with the signing key's certificate, and its thumbprints must be that certificate's.
+      const x5c = header.x5c;
+      const thumb = createHash('sha256').update(Buffer.from(x5c[0]!, 'base64')).digest('base64url');
+      const own = await ctx.sup.signJws({ slot: 's', key: { label: 'chained-0' }, alg: 'ES256', payload: 'given', header: { x5c, 'x5t#S256': thumb } });
+      await jose.compactVerify(own, new X509Certificate(Buffer.from(x5c[0]!, 'base64')).publicKey);
+      for (const [key, given] of [['chained-1', { x5c }], ['chained-0', { x5c, 'x5t#S256': thumb.slice(1) + 'A' }], ['chained-0', { x5c: [] }], ['chained-0', { x5c: ['not base64!'] }]] as const) {
+        await expect(ctx.sup.signJws({ slot: 's', key: { label: key }, alg: 'ES256', payload: 'given', header: given })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('header.x5') });
+      }
+      await expect(ctx.sup.signJws({ slot: 's', key: { label: 'chained-0' }, alg: 'ES256', payload: 'given', header: { x5c }, x5c: true })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('not both') });
     });
 
     it("getCertificate gives the key's own certificate: a certificate left from a replaced key under the same label is passed over, and alone it is KEY_NOT_FOUND", async () => {

@@ -52,14 +52,25 @@ export function jwsTests(ctx: SuiteContext): void {
       await expect(ctx.sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload, header: { b64: false } })).rejects.toMatchObject({ code: 'BAD_INPUT' });
     });
 
-    it('a crit list (RFC 7515 4.1.11) verifiers must reject is BAD_INPUT; one naming a carried extension verifies; the header cannot change alg', async () => {
+    it('a crit list (RFC 7515 4.1.11) verifiers must reject is BAD_INPUT; one naming a carried extension verifies', async () => {
       const pem = readFileSync(exportPublicKey(ctx.td, 'ops', '02'), 'utf8');
-      const jws = await ctx.sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload: 'x', header: { alg: 'none', 'urn:example:policy': 'p1', crit: ['urn:example:policy'] } });
+      const jws = await ctx.sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload: 'x', header: { 'urn:example:policy': 'p1', crit: ['urn:example:policy'] } });
       const verified = await jose.compactVerify(jws, await jose.importSPKI(pem, 'ES256'), { crit: { 'urn:example:policy': true } });
       expect(verified.protectedHeader).toMatchObject({ alg: 'ES256', crit: ['urn:example:policy'] });
       for (const crit of [[], ['exp'], ['kid'], ['toString'], ['b64', 'b64'], 'b64', [1]]) {
         await expect(ctx.sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload: 'x', header: { b64: true, crit } })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('crit') });
       }
+    });
+
+    it("a header naming another alg, another key's jwk or a JWE's enc, or with a kid or typ that is not text, is BAD_INPUT, not rewritten; the same alg and the key's own jwk verify", async () => {
+      const pem = readFileSync(exportPublicKey(ctx.td, 'ops', '02'), 'utf8');
+      for (const header of [{ alg: 'none' }, { alg: 'RS256' }, { alg: ['ES256'] }, { enc: 'A128GCM' }, { jwk: (await ctx.sup.getPublicKey({ slot: 's', key: 'rsa' })).jwk }, { jwk: { kty: 'EC' } }, { jwk: 'key' }, { kid: 7 }, { typ: null }]) {
+        await expect(ctx.sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload: 'x', header })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringMatching(/^header\.(alg|enc|jwk|kid|typ) /) });
+      }
+      const { kid: _kid, ...jwk } = (await ctx.sup.getPublicKey({ slot: 's', key: 'ec' })).jwk as Record<string, unknown>;
+      const jws = await ctx.sup.signJws({ slot: 's', key: 'ec', alg: 'ES256', payload: 'x', header: { alg: 'ES256', jwk } });
+      const verified = await jose.compactVerify(jws, await jose.importSPKI(pem, 'ES256'));
+      expect(verified.protectedHeader).toMatchObject({ alg: 'ES256', jwk });
     });
 
     it('refuses an ES* algorithm on the wrong curve, and RS*/PS* with an RSA key under 2048 bits (which jose would refuse to verify)', async () => {
