@@ -9,11 +9,12 @@
  *     │                 │ RESTART(backoff)
  *     └──RESET──▶ restarting ──after backoff──▶ opening
  *
- *   open, logged_in ──SO_LOGGED_IN──▶ so_logged_in ──LOGOUT──▶ logging_out ──▶ open
+ *   open, logged_in ──SO_LOGGED_IN──▶ so_logged_in ──LOGOUT/SO idle──▶ logging_out ──▶ open
  *   (the Security Officer: one user type at a time per token, so the user login ends first)
  *
  * Any state ──CLOSE──▶ closing ──▶ closed. logged_in logs out by itself after idleTimeoutMs
- * without a call. The restart policy decides RESTART or GIVE_UP; the machine only says it
+ * without a call, so_logged_in after soIdleTimeoutMs (user calls are refused meanwhile, so a
+ * forgotten SO login would stop the slot for good). The restart policy decides RESTART or GIVE_UP; the machine only says it
  * crashed. Side effects (threads, PKCS#11 calls) are actors provided by the slot worker;
  * this file is the diagram, with its real guards and delays.
  */
@@ -21,7 +22,7 @@ import { assign, fromPromise, setup } from 'xstate';
 import type { Secret } from '../src/model/secret.js';
 import { USER_SESSION_STATES, type OpenReport, type SessionReport } from '../src/model/protocol.js';
 import type { ErrorCode } from '../src/model/errors.js';
-import type { SlotError, SlotState } from '../src/model/slot-state.js';
+import type { LogoutCause, SlotError, SlotState } from '../src/model/slot-state.js';
 
 export type { SlotError, SlotState };
 import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
@@ -32,19 +33,31 @@ import { SESSION_LOST_CKRS } from '../src/model/ckr.js';
  */
 export interface Activity {
   lastCallAt: number;
+  /** The Security Officer's own calls: the user calls that need no login, run meanwhile, do not hold its login open. */
+  lastSoCallAt: number;
 }
+
+/** A login's idle timeout (0: none) and the clock it counts from. */
+interface IdleRule {
+  ms: number;
+  since: keyof Activity;
+}
+const userIdle = ({ context }: { context: SlotMachineContext }): IdleRule => ({ ms: context.idleTimeoutMs, since: 'lastCallAt' });
+const soIdle = ({ context }: { context: SlotMachineContext }): IdleRule => ({ ms: context.soIdleTimeoutMs, since: 'lastSoCallAt' });
 
 export interface SlotMachineContext {
   slot: string;
   worker: number;
   idleTimeoutMs: number;
+  soIdleTimeoutMs: number;
   activity: Activity;
   session: SessionReport | null;
   lastError: SlotError | null;
   backoffMs: number;
   /** Why the last logout happened: the reauthentication policy treats an idle logout differently. */
-  loggedOutBy: 'idle' | 'request' | 'token' | null;
+  loggedOutBy: LogoutCause | null;
 }
+
 
 export type SlotMachineEvent =
   | { type: 'START' }
@@ -64,10 +77,16 @@ export interface SlotMachineInput {
   slot: string;
   worker: number;
   idleTimeoutMs: number;
+  soIdleTimeoutMs: number;
   activity: Activity;
 }
 
 const notProvided = (name: string) => () => Promise.reject(new Error(`slot machine actor "${name}" was not provided`));
+
+/** ms until the login has been quiet for its timeout; never, for 0. */
+function untilQuiet(context: SlotMachineContext, { ms, since }: IdleRule): number {
+  return ms > 0 ? Math.max(1, context.activity[since] + ms - Date.now()) : 2 ** 31 - 1;
+}
 
 function asSlotError(e: unknown): SlotError {
   const err = e as { code?: ErrorCode; message?: string; ckr?: string };
@@ -96,20 +115,24 @@ export const slotMachine = setup({
     recordCrash: assign({ lastError: ({ event }) => ({ code: 'WORKER_CRASHED' as const, message: (event as { reason: string }).reason }), session: null }),
     forgetSession: assign({ session: null }),
     noteLogout: assign({ loggedOutBy: (_, by: SlotMachineContext['loggedOutBy']) => by }),
-    /** The idle clock starts at login. */
+    /** The idle clock starts at login (a user's or the Security Officer's). */
     markActive: ({ context }) => {
       context.activity.lastCallAt = Date.now();
+    },
+    markSoActive: ({ context }) => {
+      context.activity.lastSoCallAt = Date.now();
     },
   },
   guards: {
     tokenAlreadyLoggedIn: (_, report: SessionReport) => USER_SESSION_STATES.has(report.state),
-    idleTimeoutEnabled: ({ context }) => context.idleTimeoutMs > 0,
-    /** No call for idleTimeoutMs. */
-    quietLongEnough: ({ context }) => context.idleTimeoutMs > 0 && Date.now() - context.activity.lastCallAt >= context.idleTimeoutMs,
+    timeoutEnabled: (_, rule: IdleRule) => rule.ms > 0,
+    /** No call for the rule's time (0: never). */
+    quietFor: ({ context }, { ms, since }: IdleRule) => ms > 0 && Date.now() - context.activity[since] >= ms,
   },
   delays: {
-    /** Until the session has been quiet for idleTimeoutMs. */
-    idleTimeout: ({ context }) => (context.idleTimeoutMs > 0 ? Math.max(1, context.activity.lastCallAt + context.idleTimeoutMs - Date.now()) : 2 ** 31 - 1),
+    /** Until the session has been quiet for idleTimeoutMs, or soIdleTimeoutMs. */
+    idleTimeout: (args) => untilQuiet(args.context, userIdle(args)),
+    soIdleTimeout: (args) => untilQuiet(args.context, soIdle(args)),
     backoff: ({ context }) => context.backoffMs,
   },
 }).createMachine({
@@ -142,7 +165,7 @@ export const slotMachine = setup({
       on: {
         LOGIN: 'logging_in',
         TOKEN_LOGGED_IN: { target: 'logged_in', actions: 'markActive' },
-        SO_LOGGED_IN: 'so_logged_in',
+        SO_LOGGED_IN: { target: 'so_logged_in', actions: 'markSoActive' },
         SESSION_LOST: 'opening',
         CRASHED: { target: 'crashed', actions: 'recordCrash' },
       },
@@ -162,20 +185,26 @@ export const slotMachine = setup({
     logged_in: {
       after: {
         idleTimeout: [
-          { guard: 'quietLongEnough', target: 'logging_out', actions: { type: 'noteLogout', params: 'idle' } },
+          { guard: { type: 'quietFor', params: userIdle }, target: 'logging_out', actions: { type: 'noteLogout', params: 'idle' } },
           // Calls came meanwhile: re-entering waits out the rest of the quiet time.
-          { guard: 'idleTimeoutEnabled', target: 'logged_in', reenter: true },
+          { guard: { type: 'timeoutEnabled', params: userIdle }, target: 'logged_in', reenter: true },
         ],
       },
       on: {
         LOGOUT: { target: 'logging_out', actions: { type: 'noteLogout', params: 'request' } },
         TOKEN_LOGGED_OUT: { target: 'open', actions: { type: 'noteLogout', params: 'token' } },
-        SO_LOGGED_IN: 'so_logged_in',
+        SO_LOGGED_IN: { target: 'so_logged_in', actions: 'markSoActive' },
         SESSION_LOST: 'opening',
         CRASHED: { target: 'crashed', actions: 'recordCrash' },
       },
     },
     so_logged_in: {
+      after: {
+        soIdleTimeout: [
+          { guard: { type: 'quietFor', params: soIdle }, target: 'logging_out', actions: { type: 'noteLogout', params: 'so-idle' } },
+          { guard: { type: 'timeoutEnabled', params: soIdle }, target: 'so_logged_in', reenter: true },
+        ],
+      },
       on: {
         LOGOUT: { target: 'logging_out', actions: { type: 'noteLogout', params: 'request' } },
         TOKEN_LOGGED_OUT: { target: 'open', actions: { type: 'noteLogout', params: 'token' } },

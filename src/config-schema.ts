@@ -103,6 +103,8 @@ export const SlotSchema = z
     keys: z.record(z.string().min(1), KeyRefSchema).default({}),
     /** Log out after this long without a call; 0 keeps the login. Default: the global sessionTimeoutMs. */
     idleTimeoutMs: z.number().int().min(0).optional(),
+    /** Log the Security Officer out after this long without a call (user calls are refused while it is logged in); 0 keeps the login. */
+    soIdleTimeoutMs: z.number().int().min(0).default(60_000),
     /** After an idle logout: `prompt` asks the PIN chain again; `fail` waits for an explicit login(). */
     reauthentication: z.enum(['prompt', 'fail']).default('prompt'),
     queueLimit: z.number().int().min(1).max(1_000_000).default(1000),

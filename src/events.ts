@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { SlotState, SlotError } from './model/slot-state.js';
+import type { LogoutCause, SlotState, SlotError } from './model/slot-state.js';
 import type { ErrorCode } from './model/errors.js';
 import type { HandleKind } from './model/ckr.js';
 import type { PinOrigin } from './pin-chain.js';
@@ -54,8 +54,7 @@ export interface LoginEvent {
 export interface LogoutEvent {
   slot: string;
   worker: number;
-  /** An operator's or caller's request, the idle timeout, or the token (seen logged out). */
-  by: 'request' | 'idle' | 'token';
+  by: LogoutCause;
 }
 
 export interface ModuleResetEvent {

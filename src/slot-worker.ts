@@ -67,7 +67,7 @@ export class SlotWorker {
   /** The user PIN's retry flags as the token last reported them (a login's first look, the health probe); null until one. */
   userPin: UserPinState | null = null;
   /** When the last call ended (or the login did): the machine's idle logout counts from here. */
-  private readonly activity: Activity = { lastCallAt: 0 };
+  private readonly activity: Activity = { lastCallAt: 0, lastSoCallAt: 0 };
   private readonly host: SessionHost;
   /** What a context-specific sign borrows from this worker (context-logins.ts). */
   private readonly contextWorker: ContextLoginWorker;
@@ -106,7 +106,7 @@ export class SlotWorker {
       runTask: (task, deadline) => this.runTask(task, deadline),
       attempted: (origin, outcome) => opts.hooks.loginAttempted(this, origin, outcome, 'context'),
     };
-    this.actor = createActor(machine, { input: { slot: opts.slot, worker: opts.index, idleTimeoutMs: opts.config.idleTimeoutMs, activity: this.activity } });
+    this.actor = createActor(machine, { input: { slot: opts.slot, worker: opts.index, idleTimeoutMs: opts.config.idleTimeoutMs, soIdleTimeoutMs: opts.config.soIdleTimeoutMs, activity: this.activity } });
     this.actor.subscribe((snap) => {
       const to = snap.value as SlotState;
       if (to === this.state) return;
@@ -190,7 +190,9 @@ export class SlotWorker {
     if (this.state !== 'so_logged_in') {
       throw new Pkcs11SupervisorError('SO_LOGIN_REQUIRED', `slot "${this.slot}" is not logged in as its Security Officer: login(slot, soPin, { userType: 'so' }) first`, { slot: this.slot });
     }
-    return unwrap(await this.runTask(task, deadline), this.slot);
+    const reply = await this.runTask(task, deadline);
+    this.activity.lastSoCallAt = Date.now();
+    return unwrap(reply, this.slot);
   }
 
   private async openSession(): Promise<OpenReport> {
@@ -252,21 +254,18 @@ export class SlotWorker {
     // A plain object, no closure over `calls`: see CallNeeds.
     const ctx: CallNeeds = { deadline: Math.max(...calls.map((c) => c.deadline)), pin: undefined, needsLogin: calls.some((c) => c.needsLogin) };
     await this.ready(ctx);
-    // Every call, settled or not, keeps its slot in `claims`; settled ones were cancelled there already.
-    const live = calls.map((_c, i) => i);
+    // Every call, settled or not, keeps its place in `claims` and in the replies; settled ones were cancelled there already.
     const results: WorkerReply<T>[] = new Array(calls.length);
-    let replies: (WorkerReply<T> | null)[];
+    let replies: (WorkerReply<T> | null)[] | null = null;
     try {
       const batch = await this.runTask<(WorkerReply<T> | null)[]>({ op: 'batch', tasks, claims }, ctx.deadline);
-      replies = batch.ok ? batch.value : live.map(() => null);
+      if (batch.ok) replies = batch.value;
     } catch (e) {
       if (!(e instanceof ThreadDied)) throw e;
-      replies = live.map(() => null);
     }
     let sessionLost = false;
-    for (let k = 0; k < live.length; k++) {
-      const i = live[k]!;
-      const reply = replies[k] ?? null;
+    for (let i = 0; i < calls.length; i++) {
+      const reply = replies?.[i] ?? null;
       if (reply) this.noteModuleHealth(reply);
       const lost = reply && !reply.ok && reply.error.ckr !== undefined && SESSION_LOST_CKRS.has(reply.error.ckr);
       const transient = reply && !reply.ok && reply.error.ckr !== undefined && TRANSIENT_CKRS.has(reply.error.ckr);

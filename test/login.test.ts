@@ -2,7 +2,7 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { chmodSync, chownSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { verify } from 'node:crypto';
-import { startSupervisor, type Pkcs11Supervisor, type StateChangeEvent, type LoginEvent } from '../dist/src/index.js';
+import { startSupervisor, type Pkcs11Supervisor, type StateChangeEvent, type LoginEvent, type LogoutEvent } from '../dist/src/index.js';
 import { configFor, createToken, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 import { ExternalSession } from './support/external-session.js';
 import { verifiesOnNode } from './support/sign-check.js';
@@ -263,6 +263,35 @@ describe('one login domain per token', () => {
     await sup.logout('v');
     const sig = await sup.sign({ slot: 'u', key: 'ec', mechanism: 'ECDSA-SHA256', data });
     expect(await verifiesOnNode(sup, 'u', 'ec', data, sig)).toBe(true);
+  });
+
+  it("a Security Officer login left idle ends after soIdleTimeoutMs, counted from its own last call: refused user calls and user calls that need no login do not keep it; user calls then sign again from the PIN source", async () => {
+    process.env.TEST_PIN_SO = tokens.sotoken!.pin;
+    const slot = { token: { label: 'sotoken' }, pin: { env: 'TEST_PIN_SO' }, soIdleTimeoutMs: 500 };
+    sup = await startSupervisor({ config: configFor(td, { u: slot, v: slot }) });
+    const logouts: LogoutEvent[] = [];
+    sup.on('logout', (e: LogoutEvent) => logouts.push(e));
+    await sup.login('v', tokens.sotoken!.soPin, { userType: 'so' });
+    const loggedIn = Date.now();
+    await new Promise((r) => setTimeout(r, 300));
+    await sup.initPin({ slot: 'v', newPin: tokens.sotoken!.pin });
+    const soCall = Date.now();
+    expect((await sup.probe({ slot: 'v' })).state).toBe('RW_SO');
+    // All the while, every 50 ms: a user call (refused) and one that needs no login (run, on the SO's own session).
+    while (sup.status().slots.v!.state === 'so_logged_in' && Date.now() - soCall < 5_000) {
+      await expect(sup.sign({ slot: 'u', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'SO_SESSION_ACTIVE' });
+      expect(await sup.generateRandom({ slot: 'v', length: 8 })).toHaveLength(8);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await expect.poll(() => sup!.status().slots.v!.state, { timeout: 2_000, interval: 20 }).toBe('open');
+    expect(Date.now() - soCall).toBeGreaterThanOrEqual(450);
+    expect(Date.now() - soCall).toBeLessThan(3_000);
+    expect(Date.now() - loggedIn).toBeGreaterThanOrEqual(750);
+    expect((await sup.probe({ slot: 'v' })).state).toBe('RW_PUBLIC');
+    expect(logouts).toMatchObject([{ slot: 'v', by: 'so-idle' }]);
+    const sig = await sup.sign({ slot: 'u', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(await verifiesOnNode(sup, 'u', 'ec', data, sig)).toBe(true);
+    expect((await sup.probe({ slot: 'u' })).state).toBe('RW_USER');
   });
 
   it('logouts while both slots on the token sign: no call fails, every signature verifies, and both slots log in again by themselves', async () => {

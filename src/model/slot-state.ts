@@ -21,6 +21,9 @@ export const SLOT_STATES = [
 
 export type SlotState = (typeof SLOT_STATES)[number];
 
+/** Why a login ended: a user's or the Security Officer's idle timeout, a call, or the token (seen logged out). */
+export type LogoutCause = 'idle' | 'so-idle' | 'request' | 'token';
+
 export interface SlotError {
   code: ErrorCode;
   message: string;
