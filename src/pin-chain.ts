@@ -25,6 +25,18 @@ export type PinCallback = (request: PinRequest) => string | null | undefined | P
 
 export type PinOrigin = 'call' | 'env' | 'file' | 'callback';
 
+/** What every slot on one token knows of its user PIN (token-domain.ts holds it for them). */
+export interface TokenPinMemory {
+  /** HMAC fingerprints of PINs the token refused. */
+  readonly refused: Set<string>;
+  /**
+   * The user PIN set through this process (initPin, setPin). A configured source still holds the
+   * PIN it replaced until an operator updates it: automatic logins use this one instead, so a
+   * re-login after the change does not spend one of the token's tries on a PIN known to be gone.
+   */
+  setHere: Secret | null;
+}
+
 const fingerprintKey = randomBytes(32);
 
 function fingerprint(pin: Secret): string {
@@ -39,8 +51,8 @@ export class PinChain {
     private readonly slot: string,
     private readonly source: PinSource | undefined,
     private readonly callback: PinCallback | undefined,
-    /** The token's memory of refused PINs, shared by every slot on it (token-domain.ts). */
-    private readonly refused: () => Set<string>,
+    /** The token's memory of its PINs, shared by every slot on it. */
+    private readonly token: () => TokenPinMemory,
   ) {}
 
   get hasAutomaticSource(): boolean {
@@ -81,6 +93,11 @@ export class PinChain {
       );
     }
     const configured = await this.fromSource();
+    const setHere = this.token().setHere;
+    if (setHere) {
+      if (configured?.pin.reveal() !== setHere.reveal()) return this.check(setHere, 'call', explicit);
+      this.token().setHere = null; // the source has the new PIN now
+    }
     if (configured) return this.check(configured.pin, configured.origin, explicit);
     if (this.callback) {
       let value: string | null | undefined;
@@ -117,7 +134,7 @@ export class PinChain {
   }
 
   private check(pin: Secret, origin: PinOrigin, explicit: boolean): { pin: Secret; origin: PinOrigin } {
-    if (!explicit && this.refused().has(fingerprint(pin))) {
+    if (!explicit && this.token().refused.has(fingerprint(pin))) {
       throw new Pkcs11SupervisorError(
         'PIN_INCORRECT',
         `the token of slot "${this.slot}" already rejected this PIN (from ${origin}); it is not sent again automatically. Supply a different PIN or call login()`,
@@ -128,13 +145,21 @@ export class PinChain {
   }
 
   rejectedByToken(pin: Secret): void {
-    this.refused().add(fingerprint(pin));
+    const token = this.token();
+    token.refused.add(fingerprint(pin));
+    if (token.setHere?.reveal() === pin.reveal()) token.setHere = null; // changed again elsewhere: back to the sources
   }
 
   /** The token took this PIN (or it was just set): it may be tried again. Other refused PINs stay refused. */
   accepted(pin: Secret): void {
-    this.refused().delete(fingerprint(pin));
+    this.token().refused.delete(fingerprint(pin));
     this.explicitOnly = false;
+  }
+
+  /** The user PIN was just set to this through the slot (initPin, setPin): every slot on the token logs in with it from now on. */
+  changed(pin: Secret): void {
+    this.accepted(pin);
+    this.token().setHere = pin;
   }
 }
 

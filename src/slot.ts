@@ -52,7 +52,7 @@ export class Slot {
     private readonly supervisor: CrashHandler,
     readonly restart: RestartPolicy,
   ) {
-    this.pins = new PinChain(name, config.pin, pinCallback, () => this.domain.refused);
+    this.pins = new PinChain(name, config.pin, pinCallback, () => this.domain);
     this.domain.members.add(this);
     this.workers = Array.from(
       { length: config.poolSize },

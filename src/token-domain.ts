@@ -7,6 +7,7 @@
  */
 import type { SlotWorker } from './slot-worker.js';
 import { IvRegistry } from './iv-registry.js';
+import type { Secret } from './model/secret.js';
 import { outOfModule } from './module-registry.js';
 
 export interface DomainMember {
@@ -15,8 +16,9 @@ export interface DomainMember {
 }
 
 export class TokenDomain {
-  /** HMAC fingerprints of PINs the token refused (see pin-chain.ts). */
+  /** HMAC fingerprints of PINs the token refused, and the user PIN set through this process (see pin-chain.ts). */
   readonly refused = new Set<string>();
+  setHere: Secret | null = null;
   readonly members = new Set<DomainMember>();
   /** The slot whose session holds the Security Officer's login, if one does. */
   soHolder: DomainMember | null = null;
@@ -62,9 +64,10 @@ export class TokenDomain {
     for (const m of this.members) yield* m.workers;
   }
 
-  /** Takes what a slot learned before it knew its token: its refused PINs, the IVs it used. */
+  /** Takes what a slot learned before it knew its token: its refused PINs, a PIN set through it, the IVs it used. */
   absorb(own: TokenDomain): void {
     for (const f of own.refused) this.refused.add(f);
+    this.setHere = own.setHere ?? this.setHere;
     this.gcmIvs.absorb(own.gcmIvs);
   }
 }

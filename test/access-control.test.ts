@@ -4,6 +4,8 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { createMetrics, startSupervisor, type LoginEvent, type Pkcs11Supervisor } from '../dist/src/index.js';
 import { configFor, createToken, pkcs11Tool, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
+import { PinChain } from '../dist/src/pin-chain.js';
+import { Secret } from '../dist/src/model/secret.js';
 import { verifiesOnNode } from './support/sign-check.js';
 
 let td: TokenDir;
@@ -13,7 +15,7 @@ const data = Buffer.from('access controlled');
 
 beforeAll(() => {
   td = tokenDir();
-  tokens = Object.fromEntries(['admin', 'userpin', 'roles', 'readonly'].map((l) => [l, createToken(td, l)]));
+  tokens = Object.fromEntries(['admin', 'userpin', 'roles', 'readonly', 'stale'].map((l) => [l, createToken(td, l)]));
   for (const [label, t] of Object.entries(tokens)) process.env[`AC_PIN_${label}`] = t.pin;
 });
 
@@ -82,6 +84,51 @@ describe('Security Officer', () => {
     expect(pkcs11Tool(td, 'userpin', 'changed-9876', ['--list-objects', '--type', 'privkey'])).toContain('label:      rsa');
     expect(() => pkcs11Tool(td, 'userpin', t.pin, ['--list-objects'])).toThrow(/CKR_PIN_INCORRECT/);
     pkcs11Tool(td, 'userpin', 'changed-9876', ['--change-pin', '--new-pin', t.pin]);
+  });
+});
+
+describe('a PIN changed through the supervisor', () => {
+  it('is the one automatic logins use, on every slot of the token, while the configured source still holds the old one: no try is spent on a PIN known to be gone', async () => {
+    const t = tokens.stale!;
+    sup = await startSupervisor({ config: configFor(td, { a: slot('stale', { type: 'hsm', poolSize: 2 }), b: slot('stale') }) });
+    const signsOn = async (name: string) => verifiesOnNode(sup!, name, 'ec', data, await sup!.sign({ slot: name, key: 'ec', mechanism: 'ECDSA-SHA256', data }));
+    expect(await signsOn('a')).toBe(true);
+    const logins: LoginEvent[] = [];
+    sup.on('login', (e) => logins.push(e));
+
+    await sup.login('a', t.soPin, { userType: 'so' });
+    await sup.initPin({ slot: 'a', newPin: 'set-here-1' });
+    await sup.logout('a'); // the user logs in again, from the PIN the SO just set: the env source still has the old one
+    expect(await signsOn('a')).toBe(true);
+    expect(await signsOn('b')).toBe(true);
+    expect((await sup.probe({ slot: 'b' })).userPin).toBe('ok');
+
+    await sup.setPin({ slot: 'b', oldPin: 'set-here-1', newPin: 'set-here-2' });
+    await sup.logout('b');
+    expect(await signsOn('a')).toBe(true);
+    expect((await sup.probe({ slot: 'a' })).userPin).toBe('ok');
+    expect(logins.filter((e) => e.outcome !== 'ok')).toEqual([]);
+
+    await sup.close();
+    expect(pkcs11Tool(td, 'stale', 'set-here-2', ['--list-objects', '--type', 'privkey'])).toContain('label:      ec');
+  });
+
+  it('is given up once the token refuses it (changed again elsewhere): the configured source is asked again', async () => {
+    // SoftHSM2 keeps a PIN changed by another process unseen by this one, so the chain is driven directly here.
+    const memory = { refused: new Set<string>(), setHere: null as Secret | null };
+    process.env.AC_CHAIN_PIN = 'configured';
+    const chain = new PinChain('c', { env: 'AC_CHAIN_PIN' }, undefined, () => memory);
+    const ask = () => chain.resolve(undefined, { slot: 'c', tokenLabel: 't', reason: 'relogin' }, false, 'ok');
+    chain.changed(new Secret('set-here'));
+    expect(await ask()).toMatchObject({ origin: 'call', pin: { reveal: expect.any(Function) } });
+    expect((await ask()).pin.reveal()).toBe('set-here');
+    chain.rejectedByToken(new Secret('set-here'));
+    expect((await ask()).pin.reveal()).toBe('configured');
+    expect((await ask()).origin).toBe('env');
+    // And once the source holds the PIN set here, the source is used again.
+    chain.changed(new Secret('configured'));
+    expect(await ask()).toMatchObject({ origin: 'env' });
+    expect(memory.setHere).toBeNull();
   });
 });
 

@@ -53,7 +53,7 @@ export async function initPin(gate: Gate, request: InitPinRequest): Promise<void
   const newPin = check.pin(req.newPin, slot.name, 'newPin');
   if (!newPin) throw check.badInput('initPin needs newPin', slot.name);
   await gate.call(slot, 'initPin', asSecurityOfficer({ op: 'initPin', pin: newPin.reveal() }), req, { needsLogin: false, exclusive: true });
-  slot.pins.accepted(newPin); // a PIN refused before may be the one just set
+  slot.pins.changed(newPin);
 }
 
 /**
@@ -73,7 +73,7 @@ export async function setPin(gate: Gate, request: SetPinRequest): Promise<void> 
     return;
   }
   await gate.call(slot, 'setPin', task, req, { needsLogin: true });
-  slot.pins.accepted(newPin);
+  slot.pins.changed(newPin);
 }
 
 /**
