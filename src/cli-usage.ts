@@ -20,12 +20,18 @@ export const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<co
   verify --slot S --key K --mechanism M --in FILE --signature FILE [--format der|raw] [--prehashed]
                                            the signature file: its bytes, or base64 as sign prints it
   pubkey --slot S --key K [--format pem|jwk|der] [--out FILE]
+  login --slot S [--pin-env VAR]           log the token in with the user PIN (after an idle logout under reauthentication "fail")
+  logout --slot S                          log the token out (a Security Officer left logged in, too)
+  pin init --slot S [--so-pin-env VAR] [--new-pin-env VAR]
+                                           the Security Officer sets the user PIN (C_InitPIN), e.g. after a lockout, and logs out
+  pin change --slot S [--so] [--pin-env VAR | --so-pin-env VAR] [--new-pin-env VAR]
+                                           changes the user's PIN (--so: the Security Officer's); then update the slot's PIN source
   audit verify FILE [FILE...]              check the audit trail's hash chain (rotated files oldest first); says where it breaks (exit 1),
                                            or that only its tail is torn by an interrupted write (exit 4)
   config print                             the effective config, every default filled in (PIN sources by kind only)
 
   K is a key ref from the config, a PKCS#11 URI (pkcs11:object=NAME;id=%02), or label:NAME, or id:HEX.
-  A FILE of - reads stdin or writes stdout.
+  A FILE of - reads stdin or writes stdout. A PIN comes from the variable a --*pin-env option names, else a hidden prompt.
   Exit codes: 0 ok, 1 signature invalid or audit trail broken, 2 usage, 3 a typed error ([CODE] message),
   4 an audit trail whose only fault is a torn tail, 5 a file could not be read or written.
   --config defaults to config/default.json.

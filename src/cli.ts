@@ -29,6 +29,7 @@ import { loadConfigFile, printableConfig } from './config.js';
 import type { PinCallback } from './pin-chain.js';
 import { FileError, promptHidden, readInput, signatureBytes, writeOutput } from './cli-io.js';
 import { USAGE, Usage, commandUsage } from './cli-usage.js';
+import { PIN_COMMANDS, pinCommand } from './cli-pin.js';
 
 /** --usage sign,decrypt: the list, or undefined for the default. */
 function usageOf(value: string | undefined): never {
@@ -55,6 +56,10 @@ const options = {
   class: { type: 'string' },
   p12: { type: 'string' },
   'password-env': { type: 'string' },
+  'pin-env': { type: 'string' },
+  'so-pin-env': { type: 'string' },
+  'new-pin-env': { type: 'string' },
+  so: { type: 'boolean', default: false },
   'private-key': { type: 'string' },
   cert: { type: 'string', multiple: true },
   verbose: { type: 'boolean', default: false },
@@ -84,7 +89,7 @@ const pinPrompt: PinCallback = ({ slot, tokenLabel }) => promptHidden(`PIN for s
 /** The command the words name: `sign`, or two words for the families (`keys list`). */
 function commandOf(positionals: string[]): string | undefined {
   const [cmd, sub] = positionals;
-  return cmd === 'keys' || cmd === 'audit' || cmd === 'config' ? `${cmd} ${sub ?? ''}`.trim() : cmd;
+  return cmd === 'keys' || cmd === 'audit' || cmd === 'config' || cmd === 'pin' ? `${cmd} ${sub ?? ''}`.trim() : cmd;
 }
 
 /** A usage error's help: the command's own lines when the words name one, else everything. */
@@ -129,7 +134,7 @@ async function run(argv: string[]): Promise<number> {
     else process.stdout.write(`broken at line ${v.line}${v.seq === null ? '' : ` (seq ${v.seq})`}: ${v.reason}\n`);
     return v.ok ? 0 : v.kind === 'torn' ? 4 : 1;
   }
-  const known = ['status', 'keys list', 'keys generate', 'keys generate-secret', 'keys import', 'keys delete', 'sign', 'verify', 'pubkey'];
+  const known = ['status', 'keys list', 'keys generate', 'keys generate-secret', 'keys import', 'keys delete', 'sign', 'verify', 'pubkey', ...PIN_COMMANDS];
   if (!command || !known.includes(command)) throw new Usage(`unknown command "${positionals.join(' ')}"`);
 
   if (command === 'pubkey' && values.format !== undefined && !['pem', 'jwk', 'der'].includes(values.format)) throw new Usage('--format is pem, jwk or der');
@@ -260,7 +265,9 @@ async function dispatch(sup: Pkcs11Client, command: string, values: Values): Pro
       return 0;
     }
   }
-  throw new Usage(`unknown command ${command}`);
+  const said = await pinCommand(sup, command, { slot: need(values, 'slot'), so: values.so, pinEnv: values['pin-env'], soPinEnv: values['so-pin-env'], newPinEnv: values['new-pin-env'] });
+  process.stderr.write(`${said}\n`);
+  return 0;
 }
 
 export async function main(argv = process.argv.slice(2)): Promise<number> {

@@ -8,20 +8,21 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startDaemon, type Daemon } from '../dist/src/index.js';
+import { startDaemon, type Daemon, type LoginEvent } from '../dist/src/index.js';
 import { Faults, faultConfig } from './support/faults.js';
 import { exportPublicKey, opensslVerifies } from './support/openssl.js';
-import { createToken, tokenDir, type TokenDir } from './support/softhsm.js';
+import { createToken, pkcs11Tool, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
 
 let td: TokenDir;
 let faults: Faults;
 let daemon: Daemon;
 let configFile: string;
+let token: TestToken;
 const data = Buffer.from('signed from a shell, through the daemon');
 
 /** Async: the daemon answering it lives in this process. The PIN variable is removed from the CLI's environment. */
-function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const env = { ...process.env };
+function cli(args: string[], extra: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string; err: string }> {
+  const env = { ...process.env, ...extra };
   delete env.CLISOCK_PIN;
   return new Promise((resolve) => {
     execFile(process.execPath, ['dist/src/cli.js', '--config', configFile, ...args], { env, encoding: 'utf8' }, (e, out, err) => resolve({ code: e ? Number(e.code) : 0, out, err }));
@@ -31,7 +32,8 @@ function cli(args: string[]): Promise<{ code: number; out: string; err: string }
 beforeAll(async () => {
   td = tokenDir();
   faults = new Faults(td);
-  process.env.CLISOCK_PIN = createToken(td, 'clisock').pin;
+  token = createToken(td, 'clisock');
+  process.env.CLISOCK_PIN = token.pin;
   configFile = join(td.dir, 'config.json');
   writeFileSync(configFile, JSON.stringify({ ...faultConfig(td, faults, { s: { token: { label: 'clisock' }, pin: { env: 'CLISOCK_PIN' } } }), api: { unix: { path: join(td.dir, 'api.sock') } } }));
   daemon = await startDaemon(configFile);
@@ -72,5 +74,64 @@ describe('the CLI uses the daemon by default', () => {
     const r = await cli(['--socket', join(td.dir, 'nothing.sock'), 'status']);
     expect(r.code).toBe(3);
     expect(r.err).toMatch(/\[CLOSED\].*--direct/);
+  });
+});
+
+describe('PINs from the shell', () => {
+  const sign = (extra: NodeJS.ProcessEnv = {}) => cli(['sign', '--slot', 's', '--key', 'ec', '--mechanism', 'ECDSA-SHA256', '--in', join(td.dir, 'in.txt')], extra);
+  // The daemon's own count: the fault module's counts file is shared with the CLI processes of --direct.
+  const logins = async () => (await daemon.sup.probe({ slot: 's' })).calls.C_Login ?? 0;
+
+  it("pin change, pin init, logout and login act on the daemon's sessions with PINs from the variables named; the daemon signs on without its source's old PIN costing a try", async () => {
+    writeFileSync(join(td.dir, 'in.txt'), data);
+    const userLogins: LoginEvent[] = [];
+    daemon.sup.on('login', (e: LoginEvent) => {
+      if (e.userType === 'user') userLogins.push(e);
+    });
+    const changed = await cli(['pin', 'change', '--slot', 's', '--pin-env', 'OLD', '--new-pin-env', 'NEW'], { OLD: token.pin, NEW: 'cli-new-1' });
+    expect([changed.code, changed.err]).toEqual([0, `the user PIN of slot "s" is changed; put it in the slot's PIN source before the daemon restarts\n`]);
+    expect(pkcs11Tool(td, 'clisock', 'cli-new-1', ['--list-objects', '--type', 'privkey'])).toContain('label:      ec');
+
+    // The daemon's env source still holds the old PIN: the re-login after a logout uses the new one, once.
+    expect((await cli(['logout', '--slot', 's'])).code).toBe(0);
+    const before = await logins();
+    expect((await sign()).code).toBe(0);
+    expect((await logins()) - before).toBe(1);
+    expect(JSON.parse((await cli(['status'])).out).slots.s).toMatchObject({ state: 'logged_in', userPin: 'ok' });
+
+    const init = await cli(['pin', 'init', '--slot', 's', '--so-pin-env', 'SO', '--new-pin-env', 'NEW'], { SO: token.soPin, NEW: 'cli-new-2' });
+    expect([init.code, init.err]).toEqual([0, `the user PIN of slot "s" is set; put it in the slot's PIN source before the daemon restarts\n`]);
+    const signed = await sign();
+    expect(signed.code).toBe(0);
+    expect(opensslVerifies(exportPublicKey(td, 'clisock', '02'), 'ECDSA-SHA256', data, Buffer.from(signed.out.trim(), 'base64'))).toBe(true);
+    expect(JSON.parse((await cli(['status'])).out).slots.s).toMatchObject({ state: 'logged_in', userPin: 'ok' });
+
+    // A wrong SO PIN leaves no Security Officer session behind.
+    const wrong = await cli(['pin', 'init', '--slot', 's', '--so-pin-env', 'SO', '--new-pin-env', 'NEW'], { SO: 'not-the-so-pin', NEW: 'cli-new-3' });
+    expect([wrong.code, wrong.err]).toEqual([3, expect.stringMatching(/^pkcs11-supervisor: \[PIN_INCORRECT\]/)]);
+    expect((await sign()).code).toBe(0);
+
+    expect((await cli(['logout', '--slot', 's'])).code).toBe(0);
+    expect((await cli(['login', '--slot', 's', '--pin-env', 'P'], { P: 'cli-new-2' })).code).toBe(0);
+    expect(JSON.parse((await cli(['status'])).out).slots.s.state).toBe('logged_in');
+
+    // Back to the PIN the daemon's source holds, and the SO PIN changed and back, each with --so.
+    expect((await cli(['pin', 'change', '--slot', 's', '--pin-env', 'OLD', '--new-pin-env', 'NEW'], { OLD: 'cli-new-2', NEW: token.pin })).code).toBe(0);
+    expect((await cli(['pin', 'change', '--slot', 's', '--so', '--so-pin-env', 'OLD', '--new-pin-env', 'NEW'], { OLD: token.soPin, NEW: 'so-new-1' })).code).toBe(0);
+    expect(() => pkcs11Tool(td, 'clisock', null, ['--session-rw', '--login', '--login-type', 'so', '--so-pin', token.soPin, '--list-objects'])).toThrow(/CKR_PIN_INCORRECT/);
+    expect((await cli(['pin', 'change', '--slot', 's', '--so', '--so-pin-env', 'OLD', '--new-pin-env', 'NEW'], { OLD: 'so-new-1', NEW: token.soPin })).code).toBe(0);
+    expect((await sign()).code).toBe(0);
+    expect(userLogins.length).toBeGreaterThanOrEqual(3);
+    expect(userLogins.filter((e) => e.outcome !== 'ok')).toEqual([]);
+  });
+
+  it('a PIN is never an argument: a variable that is not set, or no variable and no terminal, is a usage error (2) and nothing reaches the token', async () => {
+    const before = faults.counts();
+    expect(await cli(['login', '--slot', 's', '--pin-env', 'NOT_SET_ANYWHERE'])).toMatchObject({ code: 2, err: expect.stringContaining('--pin-env NOT_SET_ANYWHERE: the variable NOT_SET_ANYWHERE is not set') });
+    expect(await cli(['login', '--slot', 's'])).toMatchObject({ code: 2, err: expect.stringContaining('comes from --pin-env VAR or a terminal prompt') });
+    expect(await cli(['pin', 'init', '--slot', 's', '--new-pin-env', 'N'], { N: 'x' })).toMatchObject({ code: 2, err: expect.stringContaining('--so-pin-env VAR') });
+    expect(await cli(['pin', 'change', '--slot', 's', '--pin', '1234'])).toMatchObject({ code: 2 });
+    const after = faults.counts();
+    for (const fn of ['C_Login', 'C_SetPIN', 'C_InitPIN']) expect(after[fn] ?? 0, fn).toBe(before[fn] ?? 0);
   });
 });
