@@ -22,10 +22,36 @@ export function createLogger(level: LevelWithSilent, options: { pretty?: boolean
   if (options.pretty) return pino({ ...base, transport: { target: 'pino-pretty', options: { colorize: true } } });
   if (options.destination) return pino(base, options.destination);
   // Asynchronous: a log line must never stall the sign path on a slow stdout.
-  const destination = pino.destination({ dest: 1, sync: false });
+  const destination = pino.destination({ dest: 1, sync: false, maxLength: LOG_BUFFER_BYTES });
   destinations.set(destination as unknown as Destination, destination.flushSync);
   destination.on('error', (e: NodeJS.ErrnoException) => stopWriting(destination as unknown as Destination, e));
-  return pino(base, destination);
+  const logger = pino(base, destination);
+  let droppedHere = 0;
+  destination.on('drop', () => {
+    droppedHere++;
+    droppedLines++;
+  });
+  // Written out: say what was lost meanwhile, where the lines would have been.
+  destination.on('drain', () => {
+    if (droppedHere === 0) return;
+    const dropped = droppedHere;
+    droppedHere = 0;
+    logger.warn({ dropped }, 'log lines dropped: stdout was not read while they came');
+  });
+  return logger;
+}
+
+/**
+ * What stdout may hold unwritten. A reader that stops reading (a stalled log shipper or container
+ * runtime) would otherwise have every line kept in memory until the daemon is killed for it;
+ * past this, lines are dropped and counted (pkcs11_log_lines_dropped_total) instead.
+ */
+const LOG_BUFFER_BYTES = 16 * 2 ** 20;
+let droppedLines = 0;
+
+/** Log lines dropped since start because stdout was not read (LOG_BUFFER_BYTES). */
+export function droppedLogLines(): number {
+  return droppedLines;
 }
 
 /**

@@ -12,6 +12,7 @@ import { SLOT_STATES } from './model/slot-state.js';
 import { USER_PIN_STATES } from './model/protocol.js';
 import { OPERATIONS } from './access-policy.js';
 import { configHash } from './config-reload.js';
+import { droppedLogLines } from './logger.js';
 
 
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -103,6 +104,18 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
     registers: [register],
     collect() {
       this.set(sup.snapshot().audit?.pending ?? 0);
+    },
+  });
+
+  let droppedSeen = 0;
+  new Counter({
+    name: 'pkcs11_log_lines_dropped_total',
+    help: 'Log lines dropped because stdout was not read and 16 MiB of them waited already.',
+    registers: [register],
+    collect() {
+      const dropped = droppedLogLines();
+      if (dropped > droppedSeen) this.inc(dropped - droppedSeen);
+      droppedSeen = dropped;
     },
   });
 

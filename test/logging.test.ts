@@ -4,7 +4,7 @@
  * call's line says which worker, key, CKR, message and how long it took.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { verify as nodeVerify } from 'node:crypto';
 import { join } from 'node:path';
@@ -102,5 +102,38 @@ describe("an application's event listener that throws", () => {
       await sup.close();
     }
     expect(lines.filter((l) => l.msg === 'an event listener threw; the supervisor goes on').map((l) => l.event)).toEqual(expect.arrayContaining(['callCompleted', 'stateChange', 'login', 'logout']));
+  });
+});
+
+describe('a stdout nobody reads', () => {
+  it('holds at most 16 MiB of lines: the rest are dropped and counted, and once the reader is back one line says how many', async () => {
+    const file = join(td.dir, 'stalled-stdout.mjs');
+    writeFileSync(
+      file,
+      `import { createLogger, droppedLogLines, exitWhenLogged } from ${JSON.stringify(join(process.cwd(), 'dist/src/logger.js'))};
+       const log = createLogger('info');
+       for (let i = 0; i < 200000; i++) log.warn({ i, pad: 'x'.repeat(300) }, 'filler');
+       globalThis.gc();
+       process.stderr.write(JSON.stringify({ heapUsed: process.memoryUsage().heapUsed, dropped: droppedLogLines() }) + '\\n');
+       process.stdin.once('data', () => exitWhenLogged(0, 20000));`,
+    );
+    const child = spawn(process.execPath, ['--expose-gc', file], { stdio: ['pipe', 'pipe', 'pipe'] });
+    child.stdout.pause();
+    const report = await new Promise<{ heapUsed: number; dropped: number }>((resolve) => child.stderr.once('data', (d: Buffer) => resolve(JSON.parse(d.toString()))));
+    // 200,000 lines of 370 bytes are 74 MB: kept, they would all be on the heap.
+    expect(report.heapUsed).toBeLessThan(45 * 2 ** 20);
+    expect(report.dropped).toBeGreaterThan(100_000);
+    const chunks: Buffer[] = [];
+    child.stdout.on('data', (d: Buffer) => chunks.push(d));
+    child.stdout.resume();
+    child.stdin.write('go\n');
+    expect(await new Promise((resolve) => child.once('exit', resolve))).toBe(0);
+    const lines = Buffer.concat(chunks).toString().trim().split('\n').map((l) => JSON.parse(l) as { msg: string; i?: number; dropped?: number });
+    const kept = lines.filter((l) => l.msg === 'filler');
+    const summary = lines.filter((l) => l.msg !== 'filler');
+    expect(summary).toMatchObject([{ level: 40, msg: 'log lines dropped: stdout was not read while they came', dropped: report.dropped }]);
+    expect(kept.length + report.dropped).toBe(200_000);
+    // Lines are dropped whole and in order: what was kept is the first ones.
+    expect(kept.map((l) => l.i)).toEqual(Array.from({ length: kept.length }, (_, i) => i));
   });
 });
