@@ -36,6 +36,8 @@ export interface AuditOptions {
   failClosed: boolean;
   /** Past this size the file is renamed to `<path>.<n>` and a new one continues the chain. */
   maxBytes?: number | undefined;
+  /** Records waiting in memory for a disk with room, past which audited calls are refused even in batched mode. */
+  maxQueuedBytes?: number;
 }
 
 export interface AuditHealth {
@@ -59,6 +61,8 @@ export class AuditLog {
   /** Bytes of the file that hold whole, fsynced records: a failed write is cut back to here. */
   private size: number;
   private pending: string[] = [];
+  /** Of the records not on disk yet: those queued and those being written. */
+  private queuedBytes = 0;
   private waiters: Waiter[] = [];
   private writing: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -144,10 +148,17 @@ export class AuditLog {
     return { path: this.path, healthy: this.failure === null, pending: this.pending.length, error: this.failure?.message ?? null };
   }
 
-  /** Refuses an audited call up front while the trail cannot be written, if the mode says so. */
+  /**
+   * Refuses an audited call up front while the trail cannot be written, if the mode says so; in
+   * batched mode too once its records would hold more memory than maxQueuedBytes: a full disk
+   * that lasts must cost calls, not the process (and with it every record still queued).
+   */
   checkWritable(slot: string): void {
-    if (!this.failure || !(this.options.durable || this.options.failClosed)) return;
-    throw new Pkcs11SupervisorError('AUDIT_UNAVAILABLE', `the audit trail ${this.path} cannot be written (${this.failure.message}); audited calls are refused until it can`, { slot });
+    if (!this.failure) return;
+    const full = this.queuedBytes >= (this.options.maxQueuedBytes ?? Infinity);
+    if (!(this.options.durable || this.options.failClosed || full)) return;
+    const waiting = full ? ` and ${this.pending.length} records wait in memory already` : '';
+    throw new Pkcs11SupervisorError('AUDIT_UNAVAILABLE', `the audit trail ${this.path} cannot be written (${this.failure.message})${waiting}; audited calls are refused until it can`, { slot });
   }
 
   /** Adds a record, to be written with the next batch (or group) of records. */
@@ -168,7 +179,9 @@ export class AuditLog {
     const body = { seq: ++this.seq, time: new Date().toISOString(), prev: this.prev, ...entry };
     const hash = recordHash(body);
     this.prev = hash;
-    this.pending.push(JSON.stringify({ ...body, hash }));
+    const line = JSON.stringify({ ...body, hash });
+    this.pending.push(line);
+    this.queuedBytes += line.length + 1;
     if (!this.options.durable) {
       this.timer ??= setTimeout(() => this.kick(), this.options.flushMs);
       return undefined;
@@ -190,7 +203,8 @@ export class AuditLog {
     this.pending = [];
     this.waiters = [];
     this.writing = this.writeOut(lines).then(
-      () => {
+      (written) => {
+        this.queuedBytes -= written;
         if (this.failure) this.log.info({ audit: this.path }, 'audit trail writable again');
         this.failure = null;
         if (this.options.maxBytes && this.size >= this.options.maxBytes) {
@@ -225,8 +239,9 @@ export class AuditLog {
   }
 
   /** Writes at the end of the whole records, through short writes, then fsyncs; a failure is cut back off. */
-  private async writeOut(lines: string[]): Promise<void> {
-    const buf = Buffer.from(`${lines.join('\n')}\n`);
+  private async writeOut(lines: string[]): Promise<number> {
+    const text = `${lines.join('\n')}\n`;
+    const buf = Buffer.from(text);
     try {
       for (let done = 0; done < buf.length; ) {
         const { bytesWritten } = await writeAt(this.fd, buf, done, buf.length - done, this.size + done);
@@ -235,6 +250,7 @@ export class AuditLog {
       }
       if (!this.options.durable) await fsyncFd(this.fd);
       this.size += buf.length;
+      return text.length;
     } catch (e) {
       try {
         ftruncateSync(this.fd, this.size);

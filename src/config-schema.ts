@@ -277,6 +277,8 @@ const ConfigObjectSchema = z
         failClosed: z.boolean().default(false),
         /** Past this size the file is renamed to `<path>.<n>` (n = 1, 2, …) and a new file continues the chain. */
         maxBytes: z.number().int().min(4096).optional(),
+        /** Records held in memory while the trail cannot be written; past this, audited calls are refused in batched mode too. */
+        maxQueuedBytes: z.number().int().min(4096).default(64 * 2 ** 20),
       })
       .optional(),
     /** The service API: the client API for other processes, on a local socket and over mutual TLS. */

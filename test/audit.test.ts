@@ -207,6 +207,38 @@ describe('batched mode', () => {
   });
 });
 
+describe('batched mode, a full disk that lasts', () => {
+  it('holds at most maxQueuedBytes of records in memory: past that, audited calls are AUDIT_UNAVAILABLE and return no signature; once there is room every returned signature has its record', async () => {
+    process.on('SIGXFSZ', () => undefined);
+    const path = join(td.dir, 'queued.jsonl');
+    sup = await startSupervisor({ config: configWith({ path, flushMs: 20, maxQueuedBytes: 8192 }) });
+    await signOne(sup);
+    await new Promise((r) => setTimeout(r, 100));
+    limitFileSize(path, 0);
+    const signed: { data: Buffer; sig: Buffer }[] = [];
+    let refused: unknown = null;
+    // A record is about 400 bytes: the first few dozen calls sign (batched), then they are refused.
+    for (let i = 0; i < 200 && !refused; i++) {
+      await signOne(sup).then((s) => signed.push(s), (e) => (refused = e));
+      if (i === 0) await new Promise((r) => setTimeout(r, 100)); // the first failed write marks the trail failing
+    }
+    expect(refused).toMatchObject({ code: 'AUDIT_UNAVAILABLE', message: expect.stringMatching(/records wait in memory already/) });
+    expect(signed.length).toBeGreaterThan(5);
+    expect(signed.length).toBeLessThan(60);
+    expect(sup.status().audit!.pending).toBeGreaterThanOrEqual(signed.length);
+    await expect(sup.verify({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data: signed[0]!.data, signature: signed[0]!.sig })).rejects.toMatchObject({ code: 'AUDIT_UNAVAILABLE' });
+
+    execFileSync('prlimit', ['--pid', String(process.pid), '--fsize=unlimited:unlimited']);
+    await expect.poll(() => sup!.status().audit, { timeout: 5_000, interval: 100 }).toMatchObject({ healthy: true, pending: 0 });
+    signed.push(await signOne(sup));
+    await sup.close();
+    sup = undefined;
+    const trail = records(path);
+    for (const { data } of signed) expect(trail.some((r) => r.dataSha256 === sha(data))).toBe(true);
+    expect(verifyCli(path).status).toBe(0);
+  });
+});
+
 describe('a torn tail', () => {
   it('audit verify tells it from tampering, and the next start cuts it off with a record saying so', async () => {
     const path = join(td.dir, 'torn.jsonl');

@@ -40,7 +40,7 @@ export function createSupervisor(options: StartOptions): Pkcs11Supervisor {
   const config = options.configFile !== undefined ? loadConfigFile(options.configFile) : parseConfig(options.config);
   checkPaths(config);
   const logger = options.logger ?? createLogger(logLevel(config.log.level, 'warn'));
-  const audit = config.audit ? new AuditLog(config.audit.path, logger, { flushMs: config.audit.flushMs, durable: config.audit.mode === 'durable', failClosed: config.audit.failClosed, maxBytes: config.audit.maxBytes }) : null;
+  const audit = config.audit ? new AuditLog(config.audit.path, logger, { flushMs: config.audit.flushMs, durable: config.audit.mode === 'durable', failClosed: config.audit.failClosed, maxBytes: config.audit.maxBytes, maxQueuedBytes: config.audit.maxQueuedBytes }) : null;
   let supervisor: Supervisor;
   try {
     supervisor = new Supervisor(config, logger, options.pinCallback, options.restartPolicy);
