@@ -206,7 +206,12 @@ export const ApiSchema = z.strictObject({
   unix: z
     .strictObject({
       path: filePath.refine(fitsSocketPath, SOCKET_PATH_MESSAGE),
-      mode: z.string().regex(/^0?[0-7]{3}$/, 'must be an octal file mode, e.g. "0660"').default('0660'),
+      mode: z
+        .string()
+        .regex(/^0?[0-7]{3}$/, 'must be an octal file mode, e.g. "0660"')
+        // Connecting takes write permission: "others" with it would be every local user, acting as the principal.
+        .refine((m) => (parseInt(m, 8) & 0o002) === 0, 'lets every local user connect and act as api.unix.principal; share the socket through its group instead (e.g. "0660")')
+        .default('0660'),
       principal: z.string().min(1).max(256).default('local'),
     })
     .optional(),

@@ -61,6 +61,14 @@ describe('the socket file', () => {
     expect(existsSync(other)).toBe(false);
   });
 
+  it('a mode that lets every local user connect (others write: 0666, 0602) is CONFIG_INVALID naming api.unix.mode, and no socket is made', async () => {
+    for (const mode of ['0666', '0602', '777']) {
+      const path = join(td.dir, `open-${mode}.sock`);
+      await expect(startDaemon(configFile(`open-${mode}`, { unix: { path, mode } }))).rejects.toMatchObject({ code: 'CONFIG_INVALID', issues: [{ path: 'api.unix.mode', message: expect.stringContaining('every local user') }] });
+      expect(existsSync(path)).toBe(false);
+    }
+  });
+
   it('replaces a stale socket, refuses a live one, and leaves a file that is not a socket alone', async () => {
     const stale = join(td.dir, 'stale.sock');
     // A crashed daemon leaves its socket file behind, with nothing answering on it.
