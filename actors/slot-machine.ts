@@ -14,7 +14,7 @@
  *
  * Any state ──CLOSE──▶ closing ──▶ closed. logged_in logs out by itself after idleTimeoutMs
  * without a call, so_logged_in after soIdleTimeoutMs (user calls are refused meanwhile, so a
- * forgotten SO login would stop the slot for good). The restart policy decides RESTART or GIVE_UP; the machine only says it
+ * forgotten SO login would stop the slot for good); TIMEOUTS_CHANGED (a reload) sets the timer again. The restart policy decides RESTART or GIVE_UP; the machine only says it
  * crashed. Side effects (threads, PKCS#11 calls) are actors provided by the slot worker;
  * this file is the diagram, with its real guards and delays.
  */
@@ -42,14 +42,19 @@ interface IdleRule {
   ms: number;
   since: keyof Activity;
 }
-const userIdle = ({ context }: { context: SlotMachineContext }): IdleRule => ({ ms: context.idleTimeoutMs, since: 'lastCallAt' });
-const soIdle = ({ context }: { context: SlotMachineContext }): IdleRule => ({ ms: context.soIdleTimeoutMs, since: 'lastSoCallAt' });
+const userIdle = ({ context }: { context: SlotMachineContext }): IdleRule => ({ ms: context.timeouts.idleTimeoutMs, since: 'lastCallAt' });
+const soIdle = ({ context }: { context: SlotMachineContext }): IdleRule => ({ ms: context.timeouts.soIdleTimeoutMs, since: 'lastSoCallAt' });
+
+/** The slot's idle timeouts, read when a timer is set: a config reload changes them in place and says so (TIMEOUTS_CHANGED). */
+export interface IdleTimeouts {
+  readonly idleTimeoutMs: number;
+  readonly soIdleTimeoutMs: number;
+}
 
 export interface SlotMachineContext {
   slot: string;
   worker: number;
-  idleTimeoutMs: number;
-  soIdleTimeoutMs: number;
+  timeouts: IdleTimeouts;
   activity: Activity;
   session: SessionReport | null;
   lastError: SlotError | null;
@@ -66,6 +71,7 @@ export type SlotMachineEvent =
   | { type: 'LOGOUT' }
   | { type: 'SO_LOGGED_IN' }
   | { type: 'TOKEN_LOGGED_OUT' }
+  | { type: 'TIMEOUTS_CHANGED' }
   | { type: 'SESSION_LOST' }
   | { type: 'CRASHED'; reason: string }
   | { type: 'RESTART'; backoffMs: number }
@@ -76,8 +82,7 @@ export type SlotMachineEvent =
 export interface SlotMachineInput {
   slot: string;
   worker: number;
-  idleTimeoutMs: number;
-  soIdleTimeoutMs: number;
+  timeouts: IdleTimeouts;
   activity: Activity;
 }
 
@@ -193,6 +198,7 @@ export const slotMachine = setup({
       on: {
         LOGOUT: { target: 'logging_out', actions: { type: 'noteLogout', params: 'request' } },
         TOKEN_LOGGED_OUT: { target: 'open', actions: { type: 'noteLogout', params: 'token' } },
+        TIMEOUTS_CHANGED: { target: 'logged_in', reenter: true },
         SO_LOGGED_IN: { target: 'so_logged_in', actions: 'markSoActive' },
         SESSION_LOST: 'opening',
         CRASHED: { target: 'crashed', actions: 'recordCrash' },
@@ -208,6 +214,7 @@ export const slotMachine = setup({
       on: {
         LOGOUT: { target: 'logging_out', actions: { type: 'noteLogout', params: 'request' } },
         TOKEN_LOGGED_OUT: { target: 'open', actions: { type: 'noteLogout', params: 'token' } },
+        TIMEOUTS_CHANGED: { target: 'so_logged_in', reenter: true },
         SESSION_LOST: 'opening',
         CRASHED: { target: 'crashed', actions: 'recordCrash' },
       },

@@ -1,6 +1,6 @@
 /**
  * A new config for a running supervisor (SIGHUP): what can change without dropping a session
- * (key refs, policy, allow-lists, call deadlines, queue limits, verify settings, log level) is applied in one synchronous step, between two turns of the event loop, so every call
+ * (key refs, policy, allow-lists, call deadlines, idle timeouts, queue limits, verify settings, log level) is applied in one synchronous step, between two turns of the event loop, so every call
  * sees either the old config or the new one, never a mix; calls already queued keep the
  * deadline they were given. Anything else (modules, slots, tokens, pools, PIN sources, input
  * limits, which size the listeners' bodies, the listeners, the audit trail) needs a restart: a config that changes it is refused whole, and
@@ -21,6 +21,8 @@ const RELOADABLE_SLOT_FIELDS = [
   'softwareVerify',
   'keyCheckMs',
   'reauthentication',
+  'idleTimeoutMs',
+  'soIdleTimeoutMs',
 ] as const satisfies readonly (keyof SlotConfig)[];
 
 /** What the whole config can take; the rest of it must stay as it is. */

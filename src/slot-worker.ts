@@ -7,43 +7,15 @@
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { slotMachine, type Activity } from '../actors/slot-machine.js';
 import { slotFailed, type SlotState } from './model/slot-state.js';
-import type { RestartPolicy } from './restart-policy.js';
-import { SESSION_LOST_CKRS, TRANSIENT_CKRS, handleAllocationFailure, type HandleKind } from './model/ckr.js';
+import { SESSION_LOST_CKRS, TRANSIENT_CKRS, handleAllocationFailure } from './model/ckr.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
-import type { PinChain, PinOrigin } from './pin-chain.js';
 import type { Secret } from './model/secret.js';
 import type { CallContext, CallNeeds, SlotTask } from './slot-call.js';
 import { SessionHost, ThreadDied, Wedged, unwrap } from './session-host.js';
-import type { ContextLoginWorker, ContextLogins } from './context-logins.js';
+import type { ContextLoginWorker } from './context-logins.js';
 import { checkHealth } from './health-probe.js';
-import type { SlotConfig } from './config-schema.js';
-import type { TokenDomain } from './token-domain.js';
-import { USER_SESSION_STATES, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type UserPinState, type WorkerError, type WorkerTask } from './model/protocol.js';
-
-export interface SlotWorkerHooks {
-  opened(worker: SlotWorker, report: OpenReport): void;
-  stateChanged(worker: SlotWorker, from: SlotState, to: SlotState): void;
-  loginAttempted(worker: SlotWorker, origin: PinOrigin, outcome: 'ok' | string, userType?: 'user' | 'so' | 'context'): void;
-  handleAllocationFailed(worker: SlotWorker, handle: HandleKind, error: WorkerError): void;
-}
-
-export interface SlotWorkerOptions {
-  slot: string;
-  index: number;
-  config: SlotConfig;
-  modulePath: string;
-  pins: PinChain;
-  /** The token is logged in as its Security Officer through one of the slot's workers. */
-  soActive: () => boolean;
-  /** The slot's token domain (it changes once the slot learns its token): logins one at a time, logouts in its quiet. */
-  domain: () => TokenDomain;
-  restart: RestartPolicy;
-  hooks: SlotWorkerHooks;
-  /** A call found the module itself broken (CKR_GENERAL_ERROR): the supervisor resets it, once for all its slots. */
-  moduleBroken(ckr: string): void;
-  /** The slot's keys that ask for the PIN on every use, and how their signs run. */
-  contextLogins: ContextLogins;
-}
+import type { SlotWorkerOptions } from './slot-worker-options.js';
+import { USER_SESSION_STATES, type OpenReport, type SessionInfo, type SessionReport, type WorkerReply, type UserPinState, type WorkerTask } from './model/protocol.js';
 
 /** Where start-up settles: open, logged in, or failed (a crash is restarted until the budget is spent). */
 const FIRST_OUTCOME: ReadonlySet<SlotState> = new Set(['open', 'logged_in', 'failed', 'closed']);
@@ -106,7 +78,7 @@ export class SlotWorker {
       runTask: (task, deadline) => this.runTask(task, deadline),
       attempted: (origin, outcome) => opts.hooks.loginAttempted(this, origin, outcome, 'context'),
     };
-    this.actor = createActor(machine, { input: { slot: opts.slot, worker: opts.index, idleTimeoutMs: opts.config.idleTimeoutMs, soIdleTimeoutMs: opts.config.soIdleTimeoutMs, activity: this.activity } });
+    this.actor = createActor(machine, { input: { slot: opts.slot, worker: opts.index, timeouts: opts.config, activity: this.activity } });
     this.actor.subscribe((snap) => {
       const to = snap.value as SlotState;
       if (to === this.state) return;
@@ -162,7 +134,11 @@ export class SlotWorker {
   sessionLost(): void {
     this.actor.send({ type: 'SESSION_LOST' });
   }
-  /** The token's login changed through another session of this process. */
+  /** A reload changed the slot's idle timeouts (in its config, in place): the idle timer is set again. */
+  timeoutsChanged(): void {
+    this.actor.send({ type: 'TIMEOUTS_CHANGED' });
+  }
+    /** The token's login changed through another session of this process. */
   followToken(loggedIn: boolean): void {
     this.actor.send({ type: loggedIn ? 'TOKEN_LOGGED_IN' : 'TOKEN_LOGGED_OUT' });
   }

@@ -77,6 +77,7 @@ export class Supervisor {
       throw new Pkcs11SupervisorError('CONFIG_INVALID', `the new config changes what needs a restart:\n${issues.map((i) => `  ${i.path}: ${i.message}`).join('\n')}`, { issues });
     }
     const rekeyed = applyConfig(this.config, next);
+    for (const slot of this.slots.values()) for (const w of slot.workers) w.timeoutsChanged();
     // Key types learnt at open describe the old refs: until the next open the token decides.
     for (const name of rekeyed) this.slots.get(name)!.capabilities.keyTypes.clear();
     const hash = configHash(this.config);

@@ -106,6 +106,30 @@ describe('SIGHUP', () => {
   });
 });
 
+describe('idle timeouts', () => {
+  it('a new sessionTimeoutMs (which the slot inherits) or a slot idleTimeoutMs applies at once, to the login already held', async () => {
+    const keys = { ec: { label: 'ec', id: '02' }, rsa: { label: 'rsa', id: '01' } };
+    const policy = { principals: { local: ['service'] }, slots: { s: { service: { keys: ['ec', 'rsa'] } } } };
+    const state = () => daemon.sup.snapshot().slots.s!.state;
+    await client.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    expect(state()).toBe('logged_in');
+    // Set while the 5-minute default runs: the login logs out 400 ms after its last call.
+    write({ keys, allowedMechanisms: ['ECDSA-SHA256', 'RSA-PKCS1-SHA256'], callTimeoutMs: 20_000 }, { policy, log: { level: 'warn' }, sessionTimeoutMs: 400 });
+    expect(await daemon.reload()).toMatchObject({ ok: true });
+    await client.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    const signed = Date.now();
+    await expect.poll(state, { timeout: 3_000, interval: 20 }).toBe('open');
+    expect(Date.now() - signed).toBeGreaterThanOrEqual(350);
+
+    // And back to a login kept for good, by the slot's own field.
+    write({ keys, allowedMechanisms: ['ECDSA-SHA256', 'RSA-PKCS1-SHA256'], callTimeoutMs: 20_000, idleTimeoutMs: 0 }, { policy, log: { level: 'warn' }, sessionTimeoutMs: 400 });
+    expect(await daemon.reload()).toMatchObject({ ok: true });
+    await client.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+    await new Promise((r) => setTimeout(r, 900));
+    expect(state()).toBe('logged_in');
+  });
+});
+
 describe('SIGHUP while the daemon starts', () => {
   it('does not end the process: the file is read again once the slots are open', async () => {
     const early = join(td.dir, 'early');
