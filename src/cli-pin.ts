@@ -55,7 +55,7 @@ export async function pinCommand(client: Pkcs11Client, command: string, o: PinCo
         await asSecurityOfficer(client, slot, oldPin, () => client.setPin({ slot, oldPin, newPin }));
         return `the Security Officer PIN of slot "${slot}" is changed`;
       }
-      await client.setPin({ slot, oldPin, newPin });
+      await client.setPin({ slot, oldPin, newPin, pin: oldPin }); // logs in with it if the slot is not (an idle logout under "fail", --direct without a source)
       return `the user PIN of slot "${slot}" is changed; put it in the slot's PIN source before the daemon restarts`;
     }
   }

@@ -68,6 +68,15 @@ describe('pkcs11-supervisor CLI', () => {
     expect(pkcs11Tool(td, 'cli', null, ['--list-objects', '--type', 'cert'])).toContain('label:      imported');
   });
 
+  it('pin change --direct logs in with the current PIN it is given when the slot has no PIN of its own, and the token then takes only the new one', () => {
+    const noSource = { CLI_PIN: '' };
+    expect(cli(['pin', 'change', '--slot', 's', '--pin-env', 'OLD', '--new-pin-env', 'NEW'], { ...noSource, OLD: tok.pin, NEW: 'direct-new-1' })).toMatchObject({ code: 0, err: expect.stringContaining('is changed') });
+    expect(pkcs11Tool(td, 'cli', 'direct-new-1', ['--list-objects', '--type', 'privkey'])).toContain('label:      ec');
+    expect(() => pkcs11Tool(td, 'cli', tok.pin, ['--list-objects'])).toThrow(/CKR_PIN_INCORRECT/);
+    expect(cli(['pin', 'change', '--slot', 's', '--pin-env', 'OLD', '--new-pin-env', 'NEW'], { ...noSource, OLD: 'direct-new-1', NEW: tok.pin }).code).toBe(0);
+    expect(cli(['status']).code).toBe(0);
+  });
+
   it('usage errors exit 2; typed errors exit 3 with their code', () => {
     expect(cli(['frobnicate']).code).toBe(2);
     const incomplete = cli(['sign', '--slot', 's']);
