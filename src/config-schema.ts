@@ -248,6 +248,8 @@ export const ApiSchema = z.strictObject({
     .optional(),
   /** Connections past this, on each listener, are closed at once. */
   maxConnections: z.number().int().min(1).max(65_536).default(1024),
+  /** Large request bodies (64 KiB and up) being read or answered at once, in bytes; past it a request is 429 QUEUE_FULL (one is always let in). */
+  maxBodyBytesInFlight: z.number().int().min(2 ** 20).default(64 * 2 ** 20),
   /** A request whose headers, or whole body, take longer than this to arrive is closed (slowloris); so is a connection idle this long. */
   requestTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
 });

@@ -31,9 +31,9 @@ const at = (route: string) => `http://localhost/v1/${route}`;
 const viaSocket = () => ['--unix-socket', sock];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function configFile(name: string, api: Record<string, unknown>): string {
+function configFile(name: string, api: Record<string, unknown>, maxDataBytes = 4096): string {
   const file = join(td.dir, `${name}.json`);
-  writeFileSync(file, JSON.stringify({ ...faultConfig(td, faults, { s: { token: { label: 'sock' }, pin: { env: 'SOCK_PIN' }, maxDataBytes: 4096 } }), api }));
+  writeFileSync(file, JSON.stringify({ ...faultConfig(td, faults, { s: { token: { label: 'sock' }, pin: { env: 'SOCK_PIN' }, maxDataBytes } }), api }));
   return file;
 }
 
@@ -210,6 +210,46 @@ describe('10,000 requests over the socket with faults mixed in', () => {
     expect(failed).toBeLessThan(500); // faults cost a few calls each, not the run
     expect(await client.verify({ ...signReq, signature: await client.sign(signReq) })).toBe(true);
   }, 120_000);
+});
+
+describe('large inputs at once', () => {
+  it('past api.maxBodyBytesInFlight a large request is 429 QUEUE_FULL before its body is read and never reaches the token; small ones and the next large one go through', async () => {
+    const path = join(td.dir, 'budget.sock');
+    const d = await startDaemon(configFile('budget', { unix: { path }, maxBodyBytesInFlight: 4 * 2 ** 20 }, 2 * 2 ** 20));
+    const c = connect({ socket: path, connections: 8 });
+    const large = Buffer.alloc(2 * 2 ** 20 - 64, 7); // 2.7 MB in base64: one fits in 4 MiB, two do not
+    faults.set('delay C_Sign 400');
+    try {
+      await sleep(50);
+      const before = signs();
+      const calls = Array.from({ length: 6 }, () => c.sign({ ...signReq, data: large }).then((sig) => sig, (e: { code?: string }) => e.code ?? 'untyped'));
+      await sleep(100);
+      const small = await c.sign(signReq); // under 64 KiB: not counted, while the large one signs
+      const outcomes = await Promise.all(calls);
+      const signed = outcomes.filter((o): o is Buffer => o instanceof Buffer);
+      expect(signed.length).toBeGreaterThanOrEqual(1);
+      expect(signed.length).toBeLessThanOrEqual(2);
+      expect(outcomes.filter((o) => !(o instanceof Buffer))).toEqual(Array(6 - signed.length).fill('QUEUE_FULL'));
+      expect(signs() - before).toBe(signed.length + 1);
+      const pem = exportPublicKey(td, 'sock', '02');
+      for (const sig of signed) expect(opensslVerifies(pem, 'ECDSA-SHA256', large, sig)).toBe(true);
+      expect(opensslVerifies(pem, 'ECDSA-SHA256', data, small)).toBe(true);
+      // Answered, their bytes are free again; curl sees the refusal as a problem document.
+      expect(opensslVerifies(pem, 'ECDSA-SHA256', large, await c.sign({ ...signReq, data: large }))).toBe(true);
+      const body = join(td.dir, 'large.json');
+      writeFileSync(body, JSON.stringify({ ...signBody, data: large.toString('base64') }));
+      const held = c.sign({ ...signReq, data: large });
+      await sleep(100);
+      const refused = await curl(at('sign'), ['--unix-socket', path, '-H', 'content-type: application/json', '--data-binary', `@${body}`]);
+      expect(refused).toMatchObject({ status: 429, headers: expect.objectContaining({ 'retry-after': '1' }) });
+      expect(JSON.parse(refused.body)).toMatchObject({ code: 'QUEUE_FULL', detail: expect.stringContaining('api.maxBodyBytesInFlight') });
+      await held;
+    } finally {
+      faults.clear();
+      await c.close();
+      await d.stop();
+    }
+  });
 });
 
 describe('hostile and broken clients', () => {

@@ -34,6 +34,7 @@ import { listenUnix, type BoundSocket } from './unix-socket.js';
 import { answerUnparsed } from './unparsed-request.js';
 import { parseJsonBody } from './json-body.js';
 import { limitConnections } from './connection-limit.js';
+import { bodyBudget } from './body-budget.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -144,12 +145,13 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     return caller;
   }
 
+  const admitBody = bodyBudget(api.maxBodyBytesInFlight, bodyLimit(config));
   const admit = (request: FastifyRequest, reply: FastifyReply, caller: Caller): Pkcs11SupervisorError | undefined => {
     request.caller = caller;
     // A batch takes a token for each of its calls, once they are known.
-    if (request.routeOptions.url === BATCH_PATH) return undefined;
+    if (request.routeOptions.url === BATCH_PATH) return admitBody(request, reply);
     const waitMs = limiter.take(caller.id, caller.roles);
-    if (waitMs === 0) return undefined;
+    if (waitMs === 0) return admitBody(request, reply);
     reply.header('retry-after', String(Math.ceil(waitMs / 1000)));
     return new Pkcs11SupervisorError('RATE_LIMITED', `principal "${caller.id}" is over its rate limit; retry in ${waitMs} ms`);
   };
