@@ -84,7 +84,7 @@ export function pin(value: unknown, slot: string, field = 'pin'): Secret | undef
   if (value === undefined) return undefined;
   if (value instanceof Secret) return value;
   if (typeof value === 'string' && value.length > 0 && value.length <= 256) return new Secret(value);
-  throw badInput(`${field} must be a non-empty string`, slot);
+  throw badInput(`${field} must be a string of 1 to 256 characters`, slot);
 }
 
 export function signatureFormat(value: unknown, slot: string): SignatureFormat {

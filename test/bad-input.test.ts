@@ -56,6 +56,7 @@ const cases: [string, () => Promise<unknown>, string][] = [
   ['prehashed as a string', () => sup.sign({ ...ok, prehashed: 'yes' } as never), 'BAD_INPUT'],
   ['pre-hashed input of the wrong length', () => sup.sign({ ...ok, prehashed: true } as never), 'BAD_INPUT'],
   ['pin that is not a string', () => sup.sign({ ...ok, pin: 1234 } as never), 'BAD_INPUT'],
+  ['a new PIN longer than 256 characters, said so', () => sup.setPin({ slot: 't', oldPin: tok.pin, newPin: 'x'.repeat(257) }).catch((e: Error) => Promise.reject(e.message.endsWith('newPin must be a string of 1 to 256 characters') ? e : new Error(e.message))), 'BAD_INPUT'],
   ['no request at all', () => sup.sign(undefined as never), 'BAD_INPUT'],
   ['null request', () => sup.verify(null as never), 'BAD_INPUT'],
   ['verify without a signature', () => sup.verify({ ...ok } as never), 'BAD_INPUT'],
