@@ -121,8 +121,9 @@ const DAEMON_USAGE = `usage: node dist/src/daemon.js [--config FILE] [--listen H
   --listen HOST:PORT  the metrics and health listener, overriding metrics.host and metrics.port
   --version           the package's version
 
-Exit codes: 0 stopped by SIGTERM or SIGINT after an orderly shutdown, 1 the shutdown took longer
-than 30 s or failed, or the daemon could not start for a reason outside its config (a port in
+Exit codes: 0 stopped by SIGTERM or SIGINT after an orderly shutdown (one sent while the daemon
+starts stops it once started), 1 the shutdown took longer than 30 s or failed, a second signal
+while starting, or the daemon could not start for a reason outside its config (a port in
 use), 2 usage, 78 the config or a module was refused at start ([CODE] message).`;
 
 async function main(): Promise<void> {
@@ -142,6 +143,19 @@ async function main(): Promise<void> {
   let reloadAsked = false;
   const early = () => (reloadAsked = true);
   process.on('SIGHUP', early);
+  // So are SIGTERM and SIGINT: in a container the daemon is PID 1, which the kernel spares every
+  // signal it has no handler for, so a stop asked while the slots opened was lost and the daemon
+  // ran on. It stops in order once started; a second signal exits at once.
+  let stopAsked: 'SIGTERM' | 'SIGINT' | null = null;
+  const earlyStop = (signal: 'SIGTERM' | 'SIGINT') => {
+    if (stopAsked) process.exit(1);
+    stopAsked = signal;
+    process.stderr.write(`pkcs11-supervisor: ${signal} while starting; stopping once started (${signal} again exits at once)\n`);
+  };
+  const onTerm = () => earlyStop('SIGTERM');
+  const onInt = () => earlyStop('SIGINT');
+  process.on('SIGTERM', onTerm);
+  process.on('SIGINT', onInt);
   // Node opens its inspector on 127.0.0.1:9229 at SIGUSR1, where any local user could then run
   // code in a process that holds token logins. A listener of its own keeps it closed.
   process.on('SIGUSR1', () => process.stderr.write('pkcs11-supervisor: SIGUSR1 ignored (the daemon opens no inspector)\n'));
@@ -154,10 +168,13 @@ async function main(): Promise<void> {
     exitWhenLogged(err instanceof Pkcs11SupervisorError ? 78 : 1);
     return;
   }
+  process.off('SIGTERM', onTerm);
+  process.off('SIGINT', onInt);
   stopOnSignal(daemon);
   reloadOnSignal(daemon);
   process.off('SIGHUP', early);
-  if (reloadAsked) void daemon.reload();
+  if (stopAsked) process.kill(process.pid, stopAsked);
+  else if (reloadAsked) void daemon.reload();
 }
 
 /** SIGHUP: the config file is read again and what can change without a restart is applied (Daemon.reload). */

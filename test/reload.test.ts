@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verify as nodeVerify } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { spawn } from 'node:child_process';
@@ -166,6 +166,38 @@ describe('SIGHUP while the daemon starts', () => {
         child.kill('SIGTERM');
         await exited;
       }
+    }
+  }, 30_000);
+});
+
+describe('SIGTERM while the daemon starts', () => {
+  it('is kept (PID 1 in a container would lose it): the daemon stops in order once started, exit 0, its socket gone', async () => {
+    const sock = join(td.dir, 'stopped-early.sock');
+    const config = join(td.dir, 'stopped-early.json');
+    writeFileSync(config, JSON.stringify({ ...faultConfig(td, faults, { s: { token: { label: 'reload' }, pin: { env: 'RELOAD_PIN' }, keys: { ec: { label: 'ec', id: '02' } } } }), metrics: { host: '127.0.0.1', port: 0 }, api: { unix: { path: sock } }, log: { level: 'info' } }));
+    faults.set('delay C_Login 1500');
+    const child = spawn(process.execPath, ['dist/src/daemon.js', '--config', config], { env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    try {
+      const msgs: string[] = [];
+      await new Promise<void>((resolve) =>
+        createInterface({ input: child.stdout! }).on('line', (l) => {
+          const line = JSON.parse(l) as { msg?: string; to?: string };
+          msgs.push(line.msg ?? '');
+          if (line.to === 'logging_in') resolve();
+        }),
+      );
+      expect(msgs).not.toContain('pkcs11-supervisor started');
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(msgs).toEqual(expect.arrayContaining(['pkcs11-supervisor started', 'pkcs11-supervisor stopped']));
+      expect(err).toContain('SIGTERM while starting; stopping once started');
+      expect(existsSync(sock)).toBe(false);
+    } finally {
+      faults.clear();
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     }
   }, 30_000);
 });
