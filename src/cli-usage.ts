@@ -42,13 +42,16 @@ export const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<co
 
 export class Usage extends Error {}
 
-/** The usage lines of one command: its own line and the lines indented under it. */
+/** The usage lines of one command (or of every command of a family: `keys`, `pin`): each one's own line and the lines indented under it. */
 export function commandUsage(command: string): string | null {
   const lines = USAGE.split('\n');
-  const at = lines.findIndex((l) => l.startsWith(`  ${command} `) || l === `  ${command}`);
-  if (at < 0) return null;
-  let end = at + 1;
-  while (end < lines.length && /^ {20,}\S/.test(lines[end]!)) end++;
-  return `usage: pkcs11-supervisor [--config FILE] ${lines.slice(at, end).map((l) => l.trim()).join('\n    ')}`;
+  const entries: string[] = [];
+  for (let at = 0; at < lines.length; at++) {
+    if (!lines[at]!.startsWith(`  ${command} `) && lines[at] !== `  ${command}`) continue;
+    let end = at + 1;
+    while (end < lines.length && /^ {20,}\S/.test(lines[end]!)) end++;
+    entries.push(`usage: pkcs11-supervisor [--config FILE] ${lines.slice(at, end).map((l) => l.trim()).join('\n    ')}`);
+  }
+  return entries.length > 0 ? entries.join('\n') : null;
 }
 

@@ -125,6 +125,9 @@ describe('pkcs11-supervisor CLI', () => {
     expect(help.out).toMatch(/^usage: pkcs11-supervisor \[--config FILE\] sign --slot S/);
     expect(help.out).not.toMatch(/keys generate/);
     expect(cli(['keys', 'import', '--help']).out).toMatch(/keys import --slot S --label L/);
+    // A family's --help: each of its commands.
+    expect(cli(['pin', '--help']).out.match(/^usage: pkcs11-supervisor \[--config FILE\] pin (init|change) /gm)).toEqual(['usage: pkcs11-supervisor [--config FILE] pin init ', 'usage: pkcs11-supervisor [--config FILE] pin change ']);
+    expect(cli(['keys', 'import', '--help']).out).not.toMatch(/keys generate/);
 
     // - : the data from stdin, the signature to stdout; OpenSSL accepts it.
     const r = spawnSync(process.execPath, ['dist/src/cli.js', '--config', configFile, 'sign', '--slot', 's', '--key', 'ec', '--mechanism', 'ECDSA-SHA256', '--in', '-', '--out', '-'], {
