@@ -13,8 +13,9 @@
  *   (the Security Officer: one user type at a time per token, so the user login ends first)
  *
  * Any state ──CLOSE──▶ closing ──▶ closed. logged_in logs out by itself after idleTimeoutMs
- * without a call, so_logged_in after soIdleTimeoutMs (user calls are refused meanwhile, so a
- * forgotten SO login would stop the slot for good); TIMEOUTS_CHANGED (a reload) sets the timer again. The restart policy decides RESTART or GIVE_UP; the machine only says it
+ * without a call, so_logged_in after soIdleTimeoutMs without an SO call (user calls are refused
+ * meanwhile, so a forgotten SO login would stop the slot for good); TIMEOUTS_CHANGED (a reload)
+ * sets the timer again. The restart policy decides RESTART or GIVE_UP; the machine only says it
  * crashed. Side effects (threads, PKCS#11 calls) are actors provided by the slot worker;
  * this file is the diagram, with its real guards and delays.
  */
@@ -62,7 +63,6 @@ export interface SlotMachineContext {
   /** Why the last logout happened: the reauthentication policy treats an idle logout differently. */
   loggedOutBy: LogoutCause | null;
 }
-
 
 export type SlotMachineEvent =
   | { type: 'START' }
@@ -120,7 +120,7 @@ export const slotMachine = setup({
     recordCrash: assign({ lastError: ({ event }) => ({ code: 'WORKER_CRASHED' as const, message: (event as { reason: string }).reason }), session: null }),
     forgetSession: assign({ session: null }),
     noteLogout: assign({ loggedOutBy: (_, by: SlotMachineContext['loggedOutBy']) => by }),
-    /** The idle clock starts at login (a user's or the Security Officer's). */
+    /** The idle clock starts at login: the user's, and the Security Officer's (markSoActive). */
     markActive: ({ context }) => {
       context.activity.lastCallAt = Date.now();
     },

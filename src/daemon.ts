@@ -138,24 +138,7 @@ async function main(): Promise<void> {
   }
   if (values.help) return void process.stdout.write(`${DAEMON_USAGE}\n`);
   if (values.version) return void process.stdout.write(`${packageVersion()}\n`);
-  // A SIGHUP while the slots open (a config written just after a restart) would end the process
-  // by its default action: it is kept, and the file read again once the daemon runs.
-  let reloadAsked = false;
-  const early = () => (reloadAsked = true);
-  process.on('SIGHUP', early);
-  // So are SIGTERM and SIGINT: in a container the daemon is PID 1, which the kernel spares every
-  // signal it has no handler for, so a stop asked while the slots opened was lost and the daemon
-  // ran on. It stops in order once started; a second signal exits at once.
-  let stopAsked: 'SIGTERM' | 'SIGINT' | null = null;
-  const earlyStop = (signal: 'SIGTERM' | 'SIGINT') => {
-    if (stopAsked) process.exit(1);
-    stopAsked = signal;
-    process.stderr.write(`pkcs11-supervisor: ${signal} while starting; stopping once started (${signal} again exits at once)\n`);
-  };
-  const onTerm = () => earlyStop('SIGTERM');
-  const onInt = () => earlyStop('SIGINT');
-  process.on('SIGTERM', onTerm);
-  process.on('SIGINT', onInt);
+  const release = keepSignalsWhileStarting();
   // Node opens its inspector on 127.0.0.1:9229 at SIGUSR1, where any local user could then run
   // code in a process that holds token logins. A listener of its own keeps it closed.
   process.on('SIGUSR1', () => process.stderr.write('pkcs11-supervisor: SIGUSR1 ignored (the daemon opens no inspector)\n'));
@@ -168,13 +151,37 @@ async function main(): Promise<void> {
     exitWhenLogged(err instanceof Pkcs11SupervisorError ? 78 : 1);
     return;
   }
-  process.off('SIGTERM', onTerm);
-  process.off('SIGINT', onInt);
   stopOnSignal(daemon);
   reloadOnSignal(daemon);
-  process.off('SIGHUP', early);
-  if (stopAsked) process.kill(process.pid, stopAsked);
-  else if (reloadAsked) void daemon.reload();
+  release();
+}
+
+const STOPS = ['SIGTERM', 'SIGINT'] as const;
+
+/**
+ * Until the daemon runs, SIGHUP, SIGTERM and SIGINT are kept, and raised again once their own
+ * handlers are there (call the function this returns then): a SIGHUP while the slots open (a
+ * config written just after a restart) would end the process by its default action, and in a
+ * container, where the daemon is PID 1 and the kernel spares it every signal it has no handler
+ * for, a stop would be lost and the daemon run on. A stop wins over a reload; a second stop
+ * while starting exits at once.
+ */
+function keepSignalsWhileStarting(): () => void {
+  const kept = new Set<NodeJS.Signals>();
+  const stopAsked = () => STOPS.find((s) => kept.has(s));
+  const keep = (signal: NodeJS.Signals) => {
+    if (signal !== 'SIGHUP') {
+      if (stopAsked()) process.exit(1);
+      process.stderr.write(`pkcs11-supervisor: ${signal} while starting; stopping once started (${signal} again exits at once)\n`);
+    }
+    kept.add(signal);
+  };
+  for (const s of ['SIGHUP', ...STOPS]) process.on(s, keep);
+  return () => {
+    for (const s of ['SIGHUP', ...STOPS]) process.off(s, keep);
+    const signal = stopAsked() ?? (kept.has('SIGHUP') ? 'SIGHUP' : undefined);
+    if (signal) process.kill(process.pid, signal);
+  };
 }
 
 /** SIGHUP: the config file is read again and what can change without a restart is applied (Daemon.reload). */

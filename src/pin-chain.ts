@@ -93,10 +93,10 @@ export class PinChain {
       );
     }
     const configured = await this.fromSource();
-    const setHere = this.token().setHere;
-    if (setHere) {
-      if (configured?.pin.reveal() !== setHere.reveal()) return this.check(setHere, 'call', explicit);
-      this.token().setHere = null; // the source has the new PIN now
+    const token = this.token();
+    if (token.setHere) {
+      if (configured?.pin.reveal() !== token.setHere.reveal()) return this.check(token.setHere, 'call', explicit);
+      token.setHere = null; // the source has the new PIN now
     }
     if (configured) return this.check(configured.pin, configured.origin, explicit);
     if (this.callback) {

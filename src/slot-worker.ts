@@ -138,7 +138,7 @@ export class SlotWorker {
   timeoutsChanged(): void {
     this.actor.send({ type: 'TIMEOUTS_CHANGED' });
   }
-    /** The token's login changed through another session of this process. */
+  /** The token's login changed through another session of this process. */
   followToken(loggedIn: boolean): void {
     this.actor.send({ type: loggedIn ? 'TOKEN_LOGGED_IN' : 'TOKEN_LOGGED_OUT' });
   }

@@ -3,7 +3,7 @@
  * contradicts the call (another alg, a jwk or x5c certificate of another key, a JWE's enc) or one
  * every verifier must reject is BAD_INPUT, never signed as given and never quietly rewritten.
  */
-import { X509Certificate, createHash, createPublicKey, type KeyObject } from 'node:crypto';
+import { X509Certificate, createHash, createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto';
 import * as check from '../validate.js';
 
 /** Header parameters RFC 7515 defines: `crit` may not name them (section 4.1.11). */
@@ -18,6 +18,11 @@ export function checkHeader(header: Record<string, unknown>, alg: string, key: K
   // RFC 7516 section 9: a header with "enc" is a JWE's; a JWS carrying one would be read as a JWE.
   if (header.enc !== undefined) throw check.badInput('header.enc makes the token a JWE (RFC 7516 section 9); a JWS cannot carry it', slot);
   if (header.jwk !== undefined && !isKey(jwkKey(header.jwk), key)) throw check.badInput("header.jwk must be the signing key's public key (RFC 7515 section 4.1.3)", slot);
+  checkCertificates(header, key, slot);
+}
+
+/** An x5c chain (the caller's or the token's) must start with the signing key's certificate, and x5t/x5t#S256 be that certificate's thumbprints. */
+export function checkCertificates(header: Record<string, unknown>, key: KeyObject, slot: string): void {
   if (header.x5c === undefined) return;
   const leaf = leafOf(header.x5c);
   if (!leaf) throw check.badInput('header.x5c must be a non-empty array of base64 DER certificates (RFC 7515 section 4.1.6)', slot);
@@ -34,7 +39,7 @@ function isKey(candidate: KeyObject | undefined, key: KeyObject): boolean {
 function jwkKey(jwk: unknown): KeyObject | undefined {
   if (jwk === null || typeof jwk !== 'object' || Array.isArray(jwk) || 'd' in jwk) return undefined;
   try {
-    return createPublicKey({ key: jwk as import('node:crypto').JsonWebKey, format: 'jwk' });
+    return createPublicKey({ key: jwk as JsonWebKey, format: 'jwk' });
   } catch {
     return undefined;
   }

@@ -3,7 +3,7 @@ import { Pkcs11SupervisorError } from '../model/errors.js';
 import * as check from '../validate.js';
 import type { Gate } from './gate.js';
 import { JWS_ALGS, JWS_CURVE, b64url, isJwsAlg } from './jws-algorithms.js';
-import { checkCritical, checkHeader, unencodedPayload } from './jws-header.js';
+import { checkCertificates, checkCritical, checkHeader, unencodedPayload } from './jws-header.js';
 import { getPublicKey } from './keys.js';
 import { getCertificate } from './objects.js';
 import type { KeyRef, PublicKeyRequest, SignJwsRequest, SignRequest } from './requests.js';
@@ -33,14 +33,16 @@ export async function signJws(gate: Gate, request: SignJwsRequest): Promise<stri
   const extra = req.header;
   if (extra !== undefined && (extra === null || typeof extra !== 'object' || Array.isArray(extra))) throw check.badInput('header must be an object of header parameters', slot.name);
   const given: Record<string, unknown> = { ...(extra as Record<string, unknown> | undefined) };
-  if (req.x5c === true) {
-    if (given.x5c !== undefined) throw check.badInput("give x5c: true (the token's certificate chain) or header.x5c, not both", slot.name);
-    given.x5c = (await getCertificate(gate, { ...req, slot: slot.name, key } as PublicKeyRequest)).chain.map((c) => c.der.toString('base64'));
-  }
+  if (req.x5c === true && given.x5c !== undefined) throw check.badInput("give x5c: true (the token's certificate chain) or header.x5c, not both", slot.name);
+  // The caller's header is checked before the token is asked for anything more.
   checkHeader(given, alg, info.keyObject, slot.name);
   const header: Record<string, unknown> = { ...given, alg, kid: given.kid ?? info.id };
   checkCritical(header, slot.name);
   const unencoded = unencodedPayload(header, body, slot.name);
+  if (req.x5c === true) {
+    header.x5c = (await getCertificate(gate, { ...req, slot: slot.name, key } as PublicKeyRequest)).chain.map((c) => c.der.toString('base64'));
+    checkCertificates(header, info.keyObject, slot.name);
+  }
   const signingInput = `${b64url(asJson(header, 'header', slot.name))}.${unencoded ?? b64url(body)}`;
   const sig = await sign(gate, { ...req, slot: slot.name, key, mechanism: JWS_ALGS[alg], data: Buffer.from(signingInput), signatureFormat: 'raw' } as SignRequest);
   return `${signingInput}.${b64url(sig)}`;
