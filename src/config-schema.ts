@@ -228,7 +228,7 @@ export const ApiSchema = z.strictObject({
        * PEM CRLs of the client CAs: a revoked client certificate is refused in the handshake. Once
        * given, every CA of a client's chain needs a current CRL in the file (OpenSSL checks them
        * all), and one past its nextUpdate refuses every client: replace it before then (it is
-       * re-read like the other files).
+       * re-read like the other files; pkcs11_api_tls_expiry_timestamp_seconds says when).
        */
       crl: filePath.optional(),
       /** Which part of the client certificate names the principal; each falls back to the next: uri-san (SPIFFE ID), dns-san, cn. */

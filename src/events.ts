@@ -3,6 +3,7 @@ import type { LogoutCause, SlotState, SlotError } from './model/slot-state.js';
 import type { ErrorCode } from './model/errors.js';
 import type { HandleKind } from './model/ckr.js';
 import type { PinOrigin } from './pin-chain.js';
+import type { TlsExpiry } from './service/tls-expiry.js';
 
 export interface StateChangeEvent {
   slot: string;
@@ -116,6 +117,8 @@ export interface ConfigReloadedEvent {
 export interface SupervisorEvents {
   configReloaded: [ConfigReloadedEvent];
   apiRequest: [ApiRequestEvent];
+  /** The TLS listener read its files (at start, after a rotation): when each stops working. */
+  tlsFilesLoaded: [TlsExpiry];
   accessDenied: [AccessDeniedEvent];
   moduleReset: [ModuleResetEvent];
   stateChange: [StateChangeEvent];

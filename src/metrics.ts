@@ -185,6 +185,16 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
     apiRequests.inc({ route: e.route, code: e.code });
     apiDuration.observe({ route: e.route }, e.seconds);
   });
+  const tlsExpiry = new Gauge({
+    name: 'pkcs11_api_tls_expiry_timestamp_seconds',
+    help: 'When a TLS file of the service API stops working, by file (api.tls field): the earliest notAfter in cert (the server certificate and its chain) and in clientCa, the earliest nextUpdate in crl; clients are refused from then on.',
+    labelNames: ['file'] as const,
+    registers: [register],
+  });
+  sup.on('tlsFilesLoaded', (e) => {
+    tlsExpiry.reset();
+    for (const file of ['cert', 'clientCa', 'crl'] as const) if (e[file]) tlsExpiry.set({ file }, e[file].getTime() / 1000);
+  });
   for (const [slot, cfg] of Object.entries(sup.config.slots)) {
     restarts.inc({ slot }, 0);
     budgetSpent.inc({ slot }, 0);

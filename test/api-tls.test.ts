@@ -6,10 +6,13 @@
  * module counts C_Sign). The HTTP client is curl; signatures are checked by OpenSSL.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
 import { copyFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import * as jose from 'jose';
+import { pino } from 'pino';
 import { connect, startDaemon, type Daemon } from '../dist/src/index.js';
 import { curl } from './support/curl.js';
 import { Faults, faultConfig } from './support/faults.js';
@@ -383,7 +386,7 @@ describe('revoked client certificates (api.tls.crl)', () => {
       expect(signs()).toBe(before + 3);
 
       // A CRL past its nextUpdate refuses every client (as the docs warn), and says so.
-      makeCrl(pki.ca, `${crl}.new`, true);
+      makeCrl(pki.ca, `${crl}.new`, 'expired');
       renameSync(`${crl}.new`, crl);
       await withCrl.reload();
       expect((await curl(at, tlsArgs(certs.invoicer!), signBody())).status).toBe(0);
@@ -456,5 +459,36 @@ describe('metrics', () => {
     expect(text).toMatch(/pkcs11_api_requests_total\{route="sign",code="FORBIDDEN"\} [1-9]/);
     expect(text).toMatch(/pkcs11_api_requests_total\{route="tls-handshake",code="UNAUTHENTICATED"\} [1-9]/);
     expect(text).toMatch(/pkcs11_api_request_duration_seconds_count\{route="sign"\} [1-9]/);
+  });
+});
+
+describe('expiry of the TLS files', () => {
+  const ossl = (args: string[]) => new Date(execFileSync('openssl', args, { encoding: 'utf8' }).trim().replace(/^\w+=/, '')).getTime() / 1000;
+  const expiry = async (d: Daemon) => {
+    const text = (await curl(`${d.url}/metrics`, [])).body;
+    return Object.fromEntries([...text.matchAll(/^pkcs11_api_tls_expiry_timestamp_seconds\{file="(\w+)"\} (\d+)$/gm)].map((m) => [m[1], Number(m[2])]));
+  };
+
+  it('/metrics says when the server certificate, the client CA and the CRL stop working, as OpenSSL reads them, after each rotation; a CRL past its nextUpdate is warned of', async () => {
+    // The main daemon: no CRL, and its certificate rotated by the test above.
+    expect(await expiry(daemon)).toEqual({ cert: ossl(['x509', '-in', live.cert, '-noout', '-enddate']), clientCa: ossl(['x509', '-in', live.ca, '-noout', '-enddate']) });
+
+    const crl = makeCrl(pki.ca, join(td.dir, 'expiry.crl'));
+    const file = variant('expiry', {}, { crl });
+    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), metrics: { enabled: true, host: '127.0.0.1', port: 0 } }));
+    const warnings: { file?: string; msg: string }[] = [];
+    const sink = new Writable({ write: (chunk, _e, done) => (warnings.push(JSON.parse(chunk.toString()) as (typeof warnings)[0]), done()) });
+    const withCrl = await startDaemon(file, pino({ level: 'warn' }, sink));
+    try {
+      expect((await expiry(withCrl)).crl).toBe(ossl(['crl', '-in', crl, '-noout', '-nextupdate']));
+      expect(warnings.filter((w) => w.file)).toEqual([]);
+      makeCrl(pki.ca, `${crl}.new`, 'expired');
+      renameSync(`${crl}.new`, crl);
+      await withCrl.reload();
+      expect((await expiry(withCrl)).crl).toBe(Date.parse('2025-02-01T00:00:00Z') / 1000);
+      expect(warnings.filter((w) => w.file)).toEqual([expect.objectContaining({ file: 'api.tls.crl', msg: expect.stringMatching(/expired at 2025-02-01T00:00:00.000Z; clients are refused/) })]);
+    } finally {
+      await withCrl.stop();
+    }
   });
 });

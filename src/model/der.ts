@@ -1,15 +1,23 @@
-/** The two DER pieces PKCS#11 objects need: a length, and an OCTET STRING around a value (CKA_EC_POINT). */
+/** The DER pieces PKCS#11 objects and the TLS files need: a length, an element, and an OCTET STRING around a value (CKA_EC_POINT). */
 
-/** Reads a definite length (short form, or long form of 1–2 bytes) at `at`: the length and where its content starts; null if malformed. */
+/** Reads a definite length (short form, or long form of 1–4 bytes) at `at`: the length and where its content starts; null if malformed. */
 export function readDerLength(der: Uint8Array, at: number): { length: number; start: number } | null {
   const first = der[at];
   if (first === undefined) return null;
   if (first < 0x80) return { length: first, start: at + 1 };
   const n = first & 0x7f;
-  if (n < 1 || n > 2 || at + n >= der.length) return null;
+  if (n < 1 || n > 4 || at + n >= der.length) return null;
   let length = 0;
-  for (let i = 1; i <= n; i++) length = (length << 8) | der[at + i]!;
+  for (let i = 1; i <= n; i++) length = length * 256 + der[at + i]!;
   return { length, start: at + 1 + n };
+}
+
+/** The element at `at` (tag, where its content starts and ends); null if malformed or past `end`. */
+export function readDerElement(der: Uint8Array, at: number, end = der.length): { tag: number; start: number; end: number } | null {
+  const tag = der[at];
+  const len = at < end && tag !== undefined ? readDerLength(der, at + 1) : null;
+  if (tag === undefined || !len || len.start + len.length > end) return null;
+  return { tag, start: len.start, end: len.start + len.length };
 }
 
 export function derLength(n: number): number[] {

@@ -317,6 +317,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
       handler,
       unparsed,
       refused: () => events.emit('apiRequest', { route: 'tls-handshake', code: 'UNAUTHENTICATED', status: 0, seconds: 0 }),
+      loaded: (expiry) => events.emit('tlsFilesLoaded', expiry),
       audit: audit ? (entry) => audit.append(entry) : null,
       log,
     });

@@ -7,13 +7,14 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer, type ServerOptions } from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
-import type { TLSSocket } from 'node:tls';
+import type { SecureContextOptions, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { AuditEntry } from '../audit-record.js';
 import type { ApiConfig } from '../config-schema.js';
 import { peerOf } from './caller.js';
 import { limitConnections } from './connection-limit.js';
 import { RefusalLog } from './refusal-log.js';
+import { tlsExpiry, warnOfExpiry, type TlsExpiry } from './tls-expiry.js';
 import { readTlsFiles, watchTlsFiles } from './tls-files.js';
 
 export interface TlsListenerOptions {
@@ -29,6 +30,8 @@ export interface TlsListenerOptions {
   unparsed: (err: Error & { code?: string }, socket: Duplex) => void;
   /** Told of every refused handshake (the metrics count them). */
   refused: () => void;
+  /** Told when the files' expiry dates are read: at start and after each rotation. */
+  loaded: (expiry: TlsExpiry) => void;
   audit: ((entry: AuditEntry) => void) | null;
   log: Logger;
 }
@@ -48,7 +51,13 @@ export async function listenTls(o: TlsListenerOptions): Promise<TlsListener> {
   // The client certificate is checked below, not by Node's rejectUnauthorized: Node checks it
   // after the handshake too, but closes the connection without a word, and the refusal reached
   // the audit trail as ECONNRESET instead of why (revoked, expired, another CA, none).
-  const server = createHttpsServer({ ...o.timeouts, ...readTlsFiles(tls), requestCert: true, rejectUnauthorized: false, handshakeTimeout: o.handshakeTimeoutMs }, o.handler);
+  const loaded = (files: SecureContextOptions) => {
+    const expiry = tlsExpiry(files);
+    warnOfExpiry(expiry, o.log);
+    o.loaded(expiry);
+    return files;
+  };
+  const server = createHttpsServer({ ...o.timeouts, ...loaded(readTlsFiles(tls)), requestCert: true, rejectUnauthorized: false, handshakeTimeout: o.handshakeTimeoutMs }, o.handler);
   const refusals = o.audit ? new RefusalLog(o.audit, { result: 'UNAUTHENTICATED', what: 'TLS handshake' }) : null;
   // First of the listeners, so an unverified connection is closed before HTTP is attached to it
   // (and a request on one would still be refused: the caller needs an authorized socket).
@@ -70,7 +79,7 @@ export async function listenTls(o: TlsListenerOptions): Promise<TlsListener> {
     const peer = peers.get(socket._parent ?? socket) ?? peers.get(socket) ?? 'unknown';
     refusals?.refused(peer, err.code ?? err.message);
   });
-  const files = watchTlsFiles(tls, o.log, (options) => server.setSecureContext(options));
+  const files = watchTlsFiles(tls, o.log, (options) => server.setSecureContext(loaded(options)));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(tls.port, tls.host, () => (server.off('error', reject), resolve()));

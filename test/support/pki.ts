@@ -71,9 +71,10 @@ export function revoke(ca: Ca, issued: Issued): void {
   ossl(['ca', '-config', join(ca.dir, 'ca.cnf'), '-cert', ca.cert, '-keyfile', ca.key, '-revoke', issued.cert]);
 }
 
-/** A PEM CRL of `ca` listing what it has revoked, valid for 30 days, or one long past its nextUpdate. */
-export function makeCrl(ca: Ca, out: string, expired = false): string {
-  const dates = expired ? ['-crl_lastupdate', '20250101000000Z', '-crl_nextupdate', '20250201000000Z'] : ['-crldays', '30'];
+/** A PEM CRL of `ca` listing what it has revoked: valid for 30 days, long past its nextUpdate, or until `nextUpdate` (YYYYMMDDHHMMSSZ). */
+export function makeCrl(ca: Ca, out: string, validity: 'current' | 'expired' | { nextUpdate: string } = 'current'): string {
+  const dates =
+    validity === 'current' ? ['-crldays', '30'] : validity === 'expired' ? ['-crl_lastupdate', '20250101000000Z', '-crl_nextupdate', '20250201000000Z'] : ['-crl_nextupdate', validity.nextUpdate];
   ossl(['ca', '-config', join(ca.dir, 'ca.cnf'), '-cert', ca.cert, '-keyfile', ca.key, '-gencrl', '-out', out, ...dates]);
   return out;
 }
