@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { withoutBom } from './file-text.js';
 import { z } from 'zod';
 import { ConfigSchema, type Config } from './config-schema.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
@@ -37,7 +38,7 @@ export function loadConfigFile(file: string): Config {
   if (typeof file !== 'string' || file === '') throw new Pkcs11SupervisorError('CONFIG_INVALID', 'the config file must be given as a path', { issues: [{ path: '(file)', message: 'must be a path' }] });
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = withoutBom(readFileSync(file, 'utf8'));
   } catch (e) {
     throw new Pkcs11SupervisorError('CONFIG_INVALID', `cannot read config file ${file}: ${(e as Error).message}`, {
       issues: [{ path: '(file)', message: (e as Error).message }],

@@ -282,7 +282,7 @@ describe('connect() with a bearer token', () => {
 });
 
 describe('JWKS rotation', () => {
-  it('a JWKS replaced on disk (a new file renamed over it) is read again: the new key is trusted, the removed one no longer', async () => {
+  it('a JWKS replaced on disk (a new file renamed over it, this one saved with a byte order mark) is read again: the new key is trusted, the removed one no longer', async () => {
     const next = await jose.generateKeyPair('ES256');
     const signed = (key: CryptoKey, kid: string) =>
       new jose.SignJWT({ roles: ['service'] }).setProtectedHeader({ alg: 'ES256', kid }).setIssuer('https://id.test.example').setAudience('pkcs11-supervisor').setSubject('jwt-rotated').setExpirationTime('5m').sign(key);
@@ -293,7 +293,7 @@ describe('JWKS rotation', () => {
     const original = readFileSync(jwk.jwks);
     try {
       const tmp = `${jwk.jwks}.new`;
-      writeFileSync(tmp, JSON.stringify({ keys: [{ ...(await jose.exportJWK(next.publicKey)), kid: 'k2', alg: 'ES256' }] }));
+      writeFileSync(tmp, `\uFEFF${JSON.stringify({ keys: [{ ...(await jose.exportJWK(next.publicKey)), kid: 'k2', alg: 'ES256' }] })}`);
       renameSync(tmp, jwk.jwks);
       const until = Date.now() + 5_000;
       while ((await withBearer(newToken)) !== 200 && Date.now() < until) await new Promise((r) => setTimeout(r, 200));

@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseConfig, loadConfigFile, configJsonSchema, startSupervisor, Pkcs11SupervisorError } from '../dist/src/index.js';
 
 const MODULE = '/usr/lib/softhsm/libsofthsm2.so';
@@ -78,6 +80,13 @@ describe('config validation', () => {
     expect(() => loadConfigFile('package-lock.json.not')).toThrow(expect.objectContaining({ code: 'CONFIG_INVALID' }));
     await expect(startSupervisor({ config: { modules: {} } as never })).rejects.toMatchObject({ code: 'CONFIG_INVALID' });
     await expect(startSupervisor({} as never)).rejects.toMatchObject({ code: 'CONFIG_INVALID' });
+  });
+
+  it('a config file saved with a UTF-8 byte order mark (Notepad, PowerShell) reads as the same file without one', () => {
+    const text = readFileSync('config/default.json', 'utf8');
+    const file = join(mkdtempSync(join(tmpdir(), 'p11sup-bom-')), 'config.json');
+    writeFileSync(file, `\uFEFF${text}`);
+    expect(loadConfigFile(file)).toEqual(loadConfigFile('config/default.json'));
   });
 
   it('config/schema.json is the schema the code validates with', () => {

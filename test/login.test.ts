@@ -210,6 +210,14 @@ describe('PIN files', () => {
     expect(await verifiesOnNode(sup, 's', 'ec', data, await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data }))).toBe(true);
   });
 
+  it('a PIN file saved on Windows (a byte order mark, CRLF) logs in with the PIN alone: no C_Login with the mark', async () => {
+    const pinFile = join(td.dir, 'windows.pin');
+    writeFileSync(pinFile, `\uFEFF${tokens.states!.pin}\r\n`, { mode: 0o600 });
+    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'states' }, pin: { file: pinFile } } }) });
+    expect(await verifiesOnNode(sup, 's', 'ec', data, await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data }))).toBe(true);
+    expect(sup.status().slots.s!.userPin).toBe('ok');
+  });
+
   it('a PIN file loosened after start is refused at the next login, and no C_Login is made with it', async () => {
     const pinFile = join(td.dir, 'idle.pin');
     writeFileSync(pinFile, tokens.idle!.pin, { mode: 0o600 });

@@ -9,6 +9,7 @@ import { createLocalJWKSet, jwtVerify, type JSONWebKeySet } from 'jose';
 import type { ApiConfig, Role } from '../config-schema.js';
 import { fieldRefused, Pkcs11SupervisorError } from '../model/errors.js';
 import { rolesFromClaim } from './caller.js';
+import { withoutBom } from '../file-text.js';
 import { fileStamp } from './file-stamp.js';
 
 type JwtConfig = NonNullable<ApiConfig['jwt']>;
@@ -25,7 +26,7 @@ export class JwtVerifier {
 
   private load(): ReturnType<typeof createLocalJWKSet> {
     try {
-      return createLocalJWKSet(JSON.parse(readFileSync(this.config.jwks, 'utf8')) as JSONWebKeySet);
+      return createLocalJWKSet(JSON.parse(withoutBom(readFileSync(this.config.jwks, 'utf8'))) as JSONWebKeySet);
     } catch (e) {
       throw fieldRefused('api.jwt.jwks', (e as Error).message);
     }
