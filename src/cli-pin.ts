@@ -7,6 +7,7 @@
 import type { Pkcs11Client } from './client/pkcs11-client.js';
 import { promptHidden } from './cli-io.js';
 import { Usage } from './cli-usage.js';
+import { pinText } from './file-text.js';
 
 export const PIN_COMMANDS = ['login', 'logout', 'pin init', 'pin change'];
 
@@ -22,7 +23,7 @@ export interface PinCommandOptions {
 /** A PIN from the variable `--option` names, else from a hidden prompt (twice for a new one). */
 async function pinFrom(envName: string | undefined, option: string, what: string, confirm = false): Promise<string> {
   if (envName !== undefined) {
-    const value = process.env[envName];
+    const value = pinText(process.env[envName] ?? '');
     if (!value) throw new Usage(`--${option} ${envName}: the variable ${envName} is not set`);
     return value;
   }

@@ -10,7 +10,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { PinSource } from './config-schema.js';
-import { withoutBom } from './file-text.js';
+import { pinText } from './file-text.js';
 import { fieldRefused, Pkcs11SupervisorError } from './model/errors.js';
 import { Secret } from './model/secret.js';
 import type { UserPinState } from './model/protocol.js';
@@ -115,7 +115,7 @@ export class PinChain {
   private async fromSource(): Promise<{ pin: Secret; origin: PinOrigin } | null> {
     if (!this.source) return null;
     if ('env' in this.source) {
-      const value = process.env[this.source.env];
+      const value = pinText(process.env[this.source.env] ?? '');
       return value ? { pin: new Secret(value), origin: 'env' } : null;
     }
     let handle;
@@ -127,7 +127,7 @@ export class PinChain {
     try {
       // Checked on the descriptor that is read: a file swapped after a check cannot slip through.
       refuseLoosePinFile(this.source.file, await handle.stat(), `slots.${this.slot}.pin.file`);
-      const value = withoutBom(await handle.readFile('utf8')).replace(/\r?\n$/, '');
+      const value = pinText(await handle.readFile('utf8'));
       return value ? { pin: new Secret(value), origin: 'file' } : null;
     } finally {
       await handle.close();

@@ -88,7 +88,8 @@ describe('PINs from the shell', () => {
     daemon.sup.on('login', (e: LoginEvent) => {
       if (e.userType === 'user') userLogins.push(e);
     });
-    const changed = await cli(['pin', 'change', '--slot', 's', '--pin-env', 'OLD', '--new-pin-env', 'NEW'], { OLD: token.pin, NEW: 'cli-new-1' });
+    // A variable read from a file keeps its final newline; the PIN set is the one without it.
+    const changed = await cli(['pin', 'change', '--slot', 's', '--pin-env', 'OLD', '--new-pin-env', 'NEW'], { OLD: token.pin, NEW: 'cli-new-1\n' });
     expect([changed.code, changed.err]).toEqual([0, `the user PIN of slot "s" is changed; put it in the slot's PIN source before the daemon restarts\n`]);
     expect(pkcs11Tool(td, 'clisock', 'cli-new-1', ['--list-objects', '--type', 'privkey'])).toContain('label:      ec');
 
@@ -112,7 +113,7 @@ describe('PINs from the shell', () => {
     expect((await sign()).code).toBe(0);
 
     expect((await cli(['logout', '--slot', 's'])).code).toBe(0);
-    expect((await cli(['login', '--slot', 's', '--pin-env', 'P'], { P: 'cli-new-2' })).code).toBe(0);
+    expect((await cli(['login', '--slot', 's', '--pin-env', 'P'], { P: 'cli-new-2\r\n' })).code).toBe(0);
     expect(JSON.parse((await cli(['status'])).out).slots.s.state).toBe('logged_in');
 
     // Back to the PIN the daemon's source holds, and the SO PIN changed and back, each with --so.

@@ -210,12 +210,17 @@ describe('PIN files', () => {
     expect(await verifiesOnNode(sup, 's', 'ec', data, await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data }))).toBe(true);
   });
 
-  it('a PIN file saved on Windows (a byte order mark, CRLF) logs in with the PIN alone: no C_Login with the mark', async () => {
+  it('a PIN file saved on Windows (a byte order mark, CRLF), or a variable with a final newline, logs in with the PIN alone', async () => {
     const pinFile = join(td.dir, 'windows.pin');
     writeFileSync(pinFile, `\uFEFF${tokens.states!.pin}\r\n`, { mode: 0o600 });
-    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'states' }, pin: { file: pinFile } } }) });
-    expect(await verifiesOnNode(sup, 's', 'ec', data, await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data }))).toBe(true);
-    expect(sup.status().slots.s!.userPin).toBe('ok');
+    process.env.TEST_PIN_NEWLINE = `${tokens.states!.pin}\n`; // as a Kubernetes Secret made from a file gives it
+    for (const pin of [{ file: pinFile }, { env: 'TEST_PIN_NEWLINE' }]) {
+      sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'states' }, pin } }) });
+      expect(await verifiesOnNode(sup, 's', 'ec', data, await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data }))).toBe(true);
+      expect(sup.status().slots.s!.userPin).toBe('ok');
+      await sup.close();
+      sup = undefined;
+    }
   });
 
   it('a PIN file loosened after start is refused at the next login, and no C_Login is made with it', async () => {
