@@ -75,7 +75,7 @@ export async function startDaemon(configFile: string, logger?: Logger, listen?: 
     api,
     async reload() {
       const inner = gateOf(sup).sup;
-      api?.reloadTls();
+      await api?.checkFiles();
       try {
         const next = loadConfigFile(configFile);
         checkPaths(next);

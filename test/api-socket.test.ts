@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPublicKey, verify as nodeVerify } from 'node:crypto';
-import { existsSync, lstatSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { connect as netConnect, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -84,6 +84,48 @@ describe('the socket file', () => {
     writeFileSync(plain, 'not a socket');
     await expect(startDaemon(configFile('plain', { unix: { path: plain } }))).rejects.toMatchObject({ code: 'CONFIG_INVALID', message: expect.stringMatching(/not a socket/) });
     expect(lstatSync(plain).isFile()).toBe(true);
+  });
+});
+
+describe('a socket file removed or replaced while the daemon runs', () => {
+  const status = async (path: string) => (await curl(at('status'), ['--unix-socket', path, '-X', 'POST'])).status;
+
+  it('a removed one is bound again with its mode, at SIGHUP at once and otherwise within seconds', async () => {
+    const path = join(td.dir, 'removed.sock');
+    const d = await startDaemon(configFile('removed', { unix: { path, mode: '0640' } }));
+    try {
+      expect(await status(path)).toBe(200);
+      unlinkSync(path); // a tmp cleaner, or an operator's rm
+      expect(await status(path)).toBe(0);
+      expect(await d.reload()).toMatchObject({ ok: true });
+      expect(statSync(path).mode & 0o777).toBe(0o640);
+      expect(await status(path)).toBe(200);
+      unlinkSync(path);
+      await expect.poll(() => status(path), { timeout: 10_000, interval: 250 }).toBe(200);
+      expect(statSync(path).mode & 0o777).toBe(0o640);
+    } finally {
+      await d.stop();
+    }
+    expect(existsSync(path)).toBe(false);
+  });
+
+  it("one replaced by another daemon's socket is left to it, at the checks and when this daemon stops", async () => {
+    const path = join(td.dir, 'taken.sock');
+    const elsewhere = join(td.dir, 'other.sock');
+    const d = await startDaemon(configFile('taken', { unix: { path } }));
+    const other = await startDaemon(configFile('other', { unix: { path: elsewhere } }));
+    try {
+      renameSync(elsewhere, path); // in one step: the path is never empty
+      const taken = lstatSync(path).ino;
+      await d.reload();
+      expect(lstatSync(path).ino).toBe(taken);
+      await d.stop();
+      expect(lstatSync(path).ino).toBe(taken);
+      expect(await status(path)).toBe(200); // the other daemon answers
+    } finally {
+      await d.stop();
+      await other.stop();
+    }
   });
 });
 

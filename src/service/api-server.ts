@@ -55,8 +55,8 @@ export interface ApiServer {
   close(): Promise<void>;
   /** The level of the API's own log lines (a config reload changes the daemon's). */
   setLogLevel(level: string): void;
-  /** Reads the TLS files now if they changed, instead of at the next check (SIGHUP). */
-  reloadTls(): void;
+  /** Now instead of at the next check (SIGHUP): reads the TLS files if they changed, binds the socket again if its file was removed. */
+  checkFiles(): Promise<void>;
 }
 
 /** Body size for a slot's largest input in base64, with room for the rest of the request. */
@@ -303,7 +303,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
   if (api.unix) {
     const server = app.server;
     limitConnections(server, api.maxConnections, served);
-    unix = await listenUnix(server, api.unix.path, api.unix.mode);
+    unix = await listenUnix(server, api.unix.path, api.unix.mode, apiLog);
     servers.push(server);
   }
   let tlsListener: TlsListener | null = null;
@@ -330,6 +330,7 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     if (!accepting) return;
     accepting = false;
     tlsListener?.stop();
+    unix?.stop();
     unparsedRefusals?.flush(); // while the audit trail is still open
     for (const s of servers) {
       s.close();
@@ -343,8 +344,9 @@ export async function startApiServer(sup: Pkcs11Supervisor, config: Config, log:
     setLogLevel(level) {
       apiLog.level = level;
     },
-    reloadTls() {
+    async checkFiles() {
       tlsListener?.check();
+      await unix?.check();
     },
     async close() {
       stopAccepting();
