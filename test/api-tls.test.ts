@@ -486,7 +486,7 @@ describe('expiry of the TLS files', () => {
       renameSync(`${crl}.new`, crl);
       await withCrl.reload();
       expect((await expiry(withCrl)).crl).toBe(Date.parse('2025-02-01T00:00:00Z') / 1000);
-      expect(warnings.filter((w) => w.file)).toEqual([expect.objectContaining({ file: 'api.tls.crl', msg: expect.stringMatching(/expired at 2025-02-01T00:00:00.000Z; clients are refused/) })]);
+      expect(warnings.filter((w) => w.file)).toEqual([expect.objectContaining({ file: 'api.tls.crl', msg: expect.stringMatching(/ended at 2025-02-01T00:00:00.000Z; the certificates of its CA are refused/) })]);
     } finally {
       await withCrl.stop();
     }

@@ -86,6 +86,7 @@ describe('the warning', () => {
       ['api.tls.cert', '2027-01-16T00:00:00.000Z'],
       ['api.tls.crl', '2027-01-09T23:59:59.000Z'],
     ]);
-    expect(lines[1]!.msg).toMatch(/expired .*clients are refused/);
+    expect(lines[0]!.msg).toBe('api.tls: the validity of the server certificate (or of its chain) ends at 2027-01-16T00:00:00.000Z');
+    expect(lines[1]!.msg).toBe('api.tls: the validity of a CRL (its nextUpdate) ended at 2027-01-09T23:59:59.000Z; the certificates of its CA are refused until a newer CRL is read');
   });
 });

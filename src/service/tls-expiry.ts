@@ -29,7 +29,12 @@ export function tlsExpiry(options: SecureContextOptions): TlsExpiry {
 const DAY_MS = 86_400_000;
 /** Warned about from this long before: a certificate renews weeks ahead (cert-manager: a third of its life), a CRL is often reissued daily. */
 export const WARN_BEFORE_MS = { cert: 7 * DAY_MS, clientCa: 7 * DAY_MS, crl: DAY_MS } as const;
-const WHAT = { cert: 'the server certificate (or its chain)', clientCa: 'a client CA', crl: 'a CRL (its nextUpdate)' } as const;
+/** What each file is, and who is refused once it has expired. */
+const WHAT = {
+  cert: ['the validity of the server certificate (or of its chain)', 'clients refuse to connect until it is replaced'],
+  clientCa: ['the validity of a client CA', 'the certificates it issued are refused until it is replaced'],
+  crl: ['the validity of a CRL (its nextUpdate)', 'the certificates of its CA are refused until a newer CRL is read'],
+} as const;
 
 /** One warning per file whose end is near or past; clients are refused from then on. */
 export function warnOfExpiry(expiry: TlsExpiry, log: Logger, now = Date.now()): void {
@@ -37,7 +42,8 @@ export function warnOfExpiry(expiry: TlsExpiry, log: Logger, now = Date.now()): 
     const at = expiry[file];
     if (!at || at.getTime() - now > WARN_BEFORE_MS[file]) continue;
     const past = at.getTime() <= now;
-    log.warn({ file: `api.tls.${file}`, expires: at.toISOString() }, `api.tls: ${WHAT[file]} ${past ? 'expired' : 'expires'} at ${at.toISOString()}${past ? '; clients are refused until it is replaced' : ''}`);
+    const [what, refused] = WHAT[file];
+    log.warn({ file: `api.tls.${file}`, expires: at.toISOString() }, `api.tls: ${what} ${past ? 'ended' : 'ends'} at ${at.toISOString()}${past ? `; ${refused}` : ''}`);
   }
 }
 
