@@ -273,8 +273,24 @@ export class AuditLog {
   /** Idempotent: a second close (or a close racing a signal handler's) finds nothing to do. */
   async close(): Promise<void> {
     if (this.fd < 0) return;
-    await this.flush().catch((e: Error) => this.log.error({ audit: this.path, err: e.message, lost: this.pending.length }, 'audit trail could not be written at close'));
+    await this.flush().catch((e: Error) => this.spill(e));
     this.abandon();
+  }
+
+  /**
+   * The records a trail that cannot be written still holds at close (a disk full as the daemon
+   * stops, as when Kubernetes evicts a pod for disk pressure) go to stderr, one line each as in
+   * the file: appended to the trail before the next start, they complete its chain.
+   */
+  private spill(e: Error): void {
+    const count = this.pending.length;
+    this.log.error({ audit: this.path, err: e.message, records: count }, `audit trail could not be written at close: its last ${count} records follow on stderr (lines starting {"seq":); append them to the trail before the daemon starts again`);
+    try {
+      process.stderr.write(this.pending.map((line) => `${line}\n`).join(''));
+    } catch {
+      // stderr is gone too: nothing is left to write them to
+    }
+    this.pending = [];
   }
 
   /** Closes the file and frees the trail for the next writer, writing nothing more (close() writes first; a supervisor that could not be made has nothing). */

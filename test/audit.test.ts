@@ -10,7 +10,8 @@ import { appendFileSync, closeSync, ftruncateSync, openSync, readdirSync, readFi
 import { hostname } from 'node:os';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { createMetrics, readiness, startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
+import { connect, createMetrics, readiness, startSupervisor, type Pkcs11Supervisor } from '../dist/src/index.js';
+import { started } from './support/daemon-process.js';
 import { configFor, createToken, tokenDir, type TokenDir } from './support/softhsm.js';
 
 let td: TokenDir;
@@ -236,6 +237,47 @@ describe('batched mode, a full disk that lasts', () => {
     const trail = records(path);
     for (const { data } of signed) expect(trail.some((r) => r.dataSha256 === sha(data))).toBe(true);
     expect(verifyCli(path).status).toBe(0);
+  });
+});
+
+describe('a daemon stopped while its disk is full', () => {
+  it('puts the records it could not write on stderr; appended to the trail once there is room, they complete its chain, every signature it returned among them', async () => {
+    const path = join(td.dir, 'stopped-full.jsonl');
+    const socket = join(td.dir, 'stopped-full.sock');
+    const file = join(td.dir, 'stopped-full.json');
+    writeFileSync(file, JSON.stringify({ ...configWith({ path, flushMs: 20 }), log: { level: 'info' }, metrics: { enabled: false }, api: { unix: { path: socket } } }));
+    const daemon = spawn(process.execPath, ['dist/src/daemon.js', '--config', file], { env: process.env });
+    let err = '';
+    daemon.stderr.on('data', (d) => (err += d));
+    const exited = new Promise<number | null>((r) => daemon.on('exit', r));
+    await started(daemon);
+    const client = connect({ socket });
+    const signed: Buffer[] = [];
+    try {
+      const sign = async () => {
+        const data = Buffer.from(`audited document ${n++}`);
+        await client.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data });
+        return data;
+      };
+      signed.push(await sign());
+      await expect.poll(() => records(path).length, { timeout: 5_000, interval: 50 }).toBeGreaterThanOrEqual(2);
+      // A full disk, to the daemon: none of its files may grow.
+      execFileSync('prlimit', ['--pid', String(daemon.pid), `--fsize=${statSync(path).size}:unlimited`]);
+      for (let i = 0; i < 10; i++) signed.push(await sign()); // batched: the signatures are returned, their records wait
+      await expect.poll(async () => (await client.status()).audit, { timeout: 5_000, interval: 50 }).toMatchObject({ healthy: false });
+    } finally {
+      await client.close();
+    }
+    daemon.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    expect(records(path).filter((r) => signed.some((d) => r.dataSha256 === sha(d)))).toHaveLength(1);
+    expect(verifyCli(path).status).toBe(0);
+
+    const spilled = err.split('\n').filter((l) => l.startsWith('{"seq":'));
+    expect(spilled.length).toBeGreaterThanOrEqual(10);
+    appendFileSync(path, spilled.map((l) => `${l}\n`).join(''));
+    expect(verifyCli(path)).toMatchObject({ status: 0 });
+    for (const d of signed) expect(records(path).filter((r) => r.dataSha256 === sha(d))).toHaveLength(1);
   });
 });
 
