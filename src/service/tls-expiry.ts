@@ -1,8 +1,9 @@
 /**
  * When the TLS files stop working: the server certificate (or an intermediate served with it)
- * expires, a client CA expires, or a CRL passes its nextUpdate, after which OpenSSL refuses
- * every client. Each is exported as a metric and warned about when it is near, so an operator
- * hears of a renewal that did not happen before the clients do.
+ * expires and clients refuse it; a client CA expires, or its CRL passes its nextUpdate, and
+ * OpenSSL refuses the certificates of that CA. Each is exported as a metric, and warned about
+ * when the files are read that close to it, so an operator hears of a renewal that did not
+ * happen before the clients do.
  */
 import { X509Certificate } from 'node:crypto';
 import type { SecureContextOptions } from 'node:tls';
@@ -36,7 +37,7 @@ const WHAT = {
   crl: ['the validity of a CRL (its nextUpdate)', 'the certificates of its CA are refused until a newer CRL is read'],
 } as const;
 
-/** One warning per file whose end is near or past; clients are refused from then on. */
+/** One warning per file whose end is near or past. */
 export function warnOfExpiry(expiry: TlsExpiry, log: Logger, now = Date.now()): void {
   for (const file of ['cert', 'clientCa', 'crl'] as const) {
     const at = expiry[file];
