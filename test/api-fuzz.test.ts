@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verify as nodeVerify } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Validator } from '@seriousme/openapi-schema-validator';
 import fc from 'fast-check';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { Client } from 'undici';
@@ -123,6 +124,13 @@ describe('fuzzing from the OpenAPI document', () => {
       expect(op.responses['200']?.content?.['application/json']?.schema, p).toBeDefined();
       expect(op.responses['4XX']?.content?.['application/problem+json']?.schema, p).toBeDefined();
     }
+  });
+
+  it('is a valid OpenAPI 3.1 document, as code generators for other languages read it (the official schema)', async () => {
+    const validator = new Validator();
+    const result = await validator.validate(doc as never);
+    expect([validator.version, result.errors ?? []]).toEqual(['3.1', []]);
+    expect(result.valid).toBe(true);
   });
 
   it('no request makes a 5xx, and every answer matches the document', async () => {
