@@ -13,6 +13,7 @@ import { USER_PIN_STATES } from './model/protocol.js';
 import { OPERATIONS } from './access-policy.js';
 import { configHash } from './config-reload.js';
 import { droppedLogLines } from './logger.js';
+import { packageVersion } from './package-version.js';
 
 
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -204,6 +205,12 @@ export function createMetrics(sup: Pkcs11Supervisor): Registry {
   }
   // A module is named by its library's path, as the reset events name it.
   for (const module of new Set(Object.values(sup.config.modules).map((m) => m.path))) moduleResets.inc({ module }, 0);
+  new Gauge({
+    name: 'pkcs11_build_info',
+    help: 'The running pkcs11-supervisor: 1, with its version (which replicas a rollout has reached).',
+    labelNames: ['version'] as const,
+    registers: [register],
+  }).set({ version: packageVersion() }, 1);
   new Gauge({
     name: 'pkcs11_config_info',
     help: 'The config in force: 1, with the hash of its content (a reload that was applied changes it; a refused one does not).',

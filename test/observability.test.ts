@@ -81,6 +81,8 @@ describe('metrics over HTTP', () => {
     expect(present('pkcs11_access_denied_total', { slot: 's', op: 'sign' })).toBe(true);
     expect(present('pkcs11_login_attempts_total', { slot: 's', source: 'env', result: 'PIN_INCORRECT' })).toBe(true);
     expect(present('pkcs11_module_resets_total', { module: '/usr/lib/softhsm/libsofthsm2.so' })).toBe(true);
+    const version = (JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version;
+    expect(before.families.find((f) => f.name === 'pkcs11_build_info')?.metrics).toEqual([expect.objectContaining({ labels: { version }, value: '1' })]);
     // promtool, Prometheus's own linter, has nothing to say about the exposition.
     const lint = await new Promise<{ code: number | null; out: string }>((resolve) => {
       const p = spawn('promtool', ['check', 'metrics']);
