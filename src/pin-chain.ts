@@ -56,8 +56,9 @@ export class PinChain {
     private readonly token: () => TokenPinMemory,
   ) {}
 
+  /** A source the supervisor may log in from by itself: a configured one, unless an idle logout under reauthentication "fail" wants an explicit PIN. */
   get hasAutomaticSource(): boolean {
-    return this.source !== undefined;
+    return this.source !== undefined && !this.explicitOnly;
   }
 
   requireExplicitPin(): void {
