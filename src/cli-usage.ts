@@ -4,6 +4,9 @@ export const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<co
 
   init                                     in this directory: a SoftHSM2 dev token under var/ and config/default.json (kept if present)
   status                                   slot states as JSON
+  probe --slot S                           asks the token through the slot's mailbox: session state, the user PIN's retry flags
+  reset --slot S                           the slot's module initialized again, its failed workers back with a fresh restart budget;
+                                           then probes the slot (exit 3 with the reason if it does not come back)
   keys list [--slot S] [--class C]         objects on each token (C: privateKey, publicKey, certificate, secretKey, data)
   keys generate --slot S --algorithm A --label L [--id HEX] [--usage U,...] [--always-authenticate]
                                            A: RSA-2048 RSA-3072 RSA-4096 EC-P256 EC-P384 EC-P521 Ed25519

@@ -30,6 +30,7 @@ import type { PinCallback } from './pin-chain.js';
 import { FileError, promptHidden, readInput, signatureBytes, writeOutput } from './cli-io.js';
 import { USAGE, Usage, commandUsage } from './cli-usage.js';
 import { PIN_COMMANDS, pinCommand } from './cli-pin.js';
+import { resetSlot } from './cli-slot.js';
 
 /** --usage sign,decrypt: the list, or undefined for the default. */
 function usageOf(value: string | undefined): never {
@@ -134,7 +135,7 @@ async function run(argv: string[]): Promise<number> {
     else process.stdout.write(`broken at line ${v.line}${v.seq === null ? '' : ` (seq ${v.seq})`}: ${v.reason}\n`);
     return v.ok ? 0 : v.kind === 'torn' ? 4 : 1;
   }
-  const known = ['status', 'keys list', 'keys generate', 'keys generate-secret', 'keys import', 'keys delete', 'sign', 'verify', 'pubkey', ...PIN_COMMANDS];
+  const known = ['status', 'probe', 'reset', 'keys list', 'keys generate', 'keys generate-secret', 'keys import', 'keys delete', 'sign', 'verify', 'pubkey', ...PIN_COMMANDS];
   if (!command || !known.includes(command)) throw new Usage(`unknown command "${positionals.join(' ')}"`);
 
   if (command === 'pubkey' && values.format !== undefined && !['pem', 'jwk', 'der'].includes(values.format)) throw new Usage('--format is pem, jwk or der');
@@ -208,6 +209,12 @@ async function dispatch(sup: Pkcs11Client, command: string, values: Values): Pro
   switch (command) {
     case 'status':
       print(await sup.status());
+      return 0;
+    case 'probe':
+      print(await sup.probe({ slot: need(values, 'slot') }));
+      return 0;
+    case 'reset':
+      print(await resetSlot(sup, need(values, 'slot')));
       return 0;
     case 'keys list': {
       const slots = values.slot ? [values.slot] : Object.keys((await sup.status()).slots);

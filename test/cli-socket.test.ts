@@ -5,10 +5,11 @@
  * and needs the PIN.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDaemon, type Daemon, type LoginEvent } from '../dist/src/index.js';
+import { started } from './support/daemon-process.js';
 import { Faults, faultConfig } from './support/faults.js';
 import { exportPublicKey, opensslVerifies } from './support/openssl.js';
 import { createToken, pkcs11Tool, tokenDir, type TestToken, type TokenDir } from './support/softhsm.js';
@@ -134,5 +135,42 @@ describe('PINs from the shell', () => {
     expect(await cli(['pin', 'change', '--slot', 's', '--pin', '1234'])).toMatchObject({ code: 2 });
     const after = faults.counts();
     for (const fn of ['C_Login', 'C_SetPIN', 'C_InitPIN']) expect(after[fn] ?? 0, fn).toBe(before[fn] ?? 0);
+  });
+});
+
+describe('a failed slot, from the shell', () => {
+  it('reset brings it back and probes it: exit 3 with the reason while the token is still away, then 0, logged in, and it signs; OpenSSL verifies', async () => {
+    const socket = join(td.dir, 'failing.sock');
+    const file = join(td.dir, 'failing.json');
+    const restart = { maxRestarts: 1, windowMs: 60_000, backoffInitialMs: 10, backoffMaxMs: 20 };
+    writeFileSync(file, JSON.stringify({ ...faultConfig(td, faults, { s: { token: { label: 'clisock' }, pin: { env: 'CLISOCK_PIN' }, restart } }), log: { level: 'info' }, api: { unix: { path: socket } } }));
+    // A process of its own, as a daemon is: a module reset finalizes the module for its whole process.
+    const failing = spawn(process.execPath, ['dist/src/daemon.js', '--config', file], { env: process.env, stdio: ['ignore', 'pipe', 'ignore'] });
+    await started(failing);
+    const at = (args: string[]) => cli(['--socket', socket, ...args]);
+    const input = join(td.dir, 'failing.txt');
+    writeFileSync(input, data);
+    try {
+      faults.set('fail C_OpenSession every CKR_TOKEN_NOT_PRESENT', 'fail C_Sign every CKR_SESSION_HANDLE_INVALID');
+      await at(['sign', '--slot', 's', '--key', 'ec', '--mechanism', 'ECDSA-SHA256', '--in', input]);
+      await expect.poll(async () => JSON.parse((await at(['status'])).out).slots.s.state, { timeout: 10_000, interval: 200 }).toBe('failed');
+      expect(await at(['sign', '--slot', 's', '--key', 'ec', '--mechanism', 'ECDSA-SHA256', '--in', input])).toMatchObject({ code: 3, err: expect.stringContaining('[SLOT_FAILED]') });
+
+      const still = await at(['reset', '--slot', 's']);
+      expect([still.code, still.err]).toEqual([3, expect.stringMatching(/^pkcs11-supervisor: \[(TOKEN_NOT_FOUND|SLOT_FAILED)\]/)]);
+
+      faults.clear();
+      const back = await at(['reset', '--slot', 's']);
+      expect([back.code, back.err]).toEqual([0, '']);
+      expect(JSON.parse(back.out)).toMatchObject({ state: 'RW_USER', tokenLabel: 'clisock', userPin: 'ok' });
+      const signed = await at(['sign', '--slot', 's', '--key', 'ec', '--mechanism', 'ECDSA-SHA256', '--in', input]);
+      expect(signed.code).toBe(0);
+      expect(opensslVerifies(exportPublicKey(td, 'clisock', '02'), 'ECDSA-SHA256', data, Buffer.from(signed.out.trim(), 'base64'))).toBe(true);
+      expect(JSON.parse((await at(['probe', '--slot', 's'])).out)).toMatchObject({ tokenLabel: 'clisock', userPin: 'ok' });
+    } finally {
+      faults.clear();
+      failing.kill('SIGTERM');
+      await new Promise((r) => failing.once('exit', r));
+    }
   });
 });
