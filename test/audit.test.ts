@@ -24,9 +24,10 @@ beforeAll(() => {
 });
 
 afterEach(async () => {
+  // Room first: a trail closed while it cannot be written puts its records on stderr.
+  execFileSync('prlimit', ['--pid', String(process.pid), '--fsize=unlimited:unlimited']);
   await sup?.close();
   sup = undefined;
-  execFileSync('prlimit', ['--pid', String(process.pid), '--fsize=unlimited:unlimited']);
 });
 
 const configWith = (audit: Record<string, unknown>) => ({ ...configFor(td, { s: { token: { label: 'audited' }, pin: { env: 'AUDIT_PIN' } } }), audit });
