@@ -2,13 +2,13 @@
  * When the service API's TLS files stop working, read as OpenSSL reads them: the certificates'
  * notAfter and the CRLs' nextUpdate, which the daemon exports as a metric and warns about.
  */
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { tlsExpiry, warnOfExpiry } from '../dist/src/service/tls-expiry.js';
+import { ExpiryWatch, tlsExpiry, warnOfExpiry } from '../dist/src/service/tls-expiry.js';
 import { derLength } from '../dist/src/model/der.js';
 import { issue, makeCa, makeCrl, pkiDir } from './support/pki.js';
 
@@ -88,5 +88,30 @@ describe('the warning', () => {
     ]);
     expect(lines[0]!.msg).toBe('api.tls: the validity of the server certificate (or of its chain) ends at 2027-01-16T00:00:00.000Z');
     expect(lines[1]!.msg).toBe('api.tls: the validity of a CRL (its nextUpdate) ended at 2027-01-09T23:59:59.000Z; the certificates of its CA are refused until a newer CRL is read');
+  });
+
+  it('comes again every few hours while the files stay as they are: a renewal that failed changes nothing on disk', () => {
+    const lines: { file: string; msg: string }[] = [];
+    const sink = new Writable({ write: (chunk, _e, done) => (lines.push(JSON.parse(chunk.toString()) as (typeof lines)[0]), done()) });
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'Date'] });
+    try {
+      const day = 86_400_000;
+      const watch = new ExpiryWatch(pino({ level: 'warn' }, sink), 6 * 3_600_000);
+      watch.loaded({ cert: new Date(Date.now() + 8 * day + 3_600_000), clientCa: null, crl: null });
+      expect(lines).toEqual([]);
+      vi.advanceTimersByTime(day); // 7 days and an hour left: no word yet
+      expect(lines).toEqual([]);
+      vi.advanceTimersByTime(day); // 6 days and an hour left: said at each look since it was 7
+      expect(lines.length).toBeGreaterThan(0);
+      expect(lines.every((l) => l.file === 'api.tls.cert')).toBe(true);
+      vi.advanceTimersByTime(6 * day + 6 * 3_600_000); // past it
+      expect(lines.at(-1)!.msg).toMatch(/ended at .*clients refuse to connect/);
+      const seen = lines.length;
+      watch.stop();
+      vi.advanceTimersByTime(day);
+      expect(lines.length).toBe(seen);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

@@ -37,6 +37,32 @@ const WHAT = {
   crl: ['the validity of a CRL (its nextUpdate)', 'the certificates of its CA are refused until a newer CRL is read'],
 } as const;
 
+/**
+ * Warns when files are read and every few hours after: a renewal that failed leaves the files
+ * as they are, and the daemon would otherwise only have warned when it last read them.
+ */
+export class ExpiryWatch {
+  private expiry: TlsExpiry | null = null;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly log: Logger,
+    everyMs = 6 * 3_600_000,
+  ) {
+    this.timer = setInterval(() => this.expiry && warnOfExpiry(this.expiry, this.log), everyMs);
+    this.timer.unref();
+  }
+
+  loaded(expiry: TlsExpiry): void {
+    this.expiry = expiry;
+    warnOfExpiry(expiry, this.log);
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+}
+
 /** One warning per file whose end is near or past. */
 export function warnOfExpiry(expiry: TlsExpiry, log: Logger, now = Date.now()): void {
   for (const file of ['cert', 'clientCa', 'crl'] as const) {

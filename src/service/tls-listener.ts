@@ -14,7 +14,7 @@ import type { ApiConfig } from '../config-schema.js';
 import { peerOf } from './caller.js';
 import { limitConnections } from './connection-limit.js';
 import { RefusalLog } from './refusal-log.js';
-import { tlsExpiry, warnOfExpiry, type TlsExpiry } from './tls-expiry.js';
+import { ExpiryWatch, tlsExpiry, type TlsExpiry } from './tls-expiry.js';
 import { readTlsFiles, watchTlsFiles } from './tls-files.js';
 
 export interface TlsListenerOptions {
@@ -51,9 +51,10 @@ export async function listenTls(o: TlsListenerOptions): Promise<TlsListener> {
   // The client certificate is checked below, not by Node's rejectUnauthorized: Node checks it
   // after the handshake too, but closes the connection without a word, and the refusal reached
   // the audit trail as ECONNRESET instead of why (revoked, expired, another CA, none).
+  const expiryWatch = new ExpiryWatch(o.log);
   const loaded = (files: SecureContextOptions) => {
     const expiry = tlsExpiry(files);
-    warnOfExpiry(expiry, o.log);
+    expiryWatch.loaded(expiry);
     o.loaded(expiry);
     return files;
   };
@@ -91,6 +92,7 @@ export async function listenTls(o: TlsListenerOptions): Promise<TlsListener> {
     check: files.check,
     stop() {
       files.stop();
+      expiryWatch.stop();
       refusals?.flush(); // while the audit trail is still open
     },
   };
