@@ -10,7 +10,7 @@ import { BATCH_PATH } from './batch.js';
 export function timeoutHeader(value: string | string[] | undefined): number | undefined {
   if (value === undefined) return undefined;
   const n = typeof value === 'string' && /^\d{1,10}$/.test(value) ? Number(value) : NaN;
-  if (!(n > 0 && n <= 2 ** 31 - 1)) throw new Pkcs11SupervisorError('BAD_INPUT', `${TIMEOUT_HEADER} must be a positive whole number of milliseconds`);
+  if (!(n > 0 && n <= 2 ** 31 - 1)) throw new Pkcs11SupervisorError('BAD_INPUT', `${TIMEOUT_HEADER} must be a whole number of milliseconds from 1 to 2147483647`);
   return n;
 }
 

@@ -258,5 +258,5 @@ export const OPENAPI_PATH = '/v1/openapi.json';
 
 /** The x-timeout-ms header's schema, refused in the words timeoutHeader() uses. */
 export function deadlineHeader(description: string) {
-  return z.object({ [TIMEOUT_HEADER]: z.string().regex(/^\d+$/, 'must be a positive whole number of milliseconds').optional().describe(description) });
+  return z.object({ [TIMEOUT_HEADER]: z.string().regex(/^\d+$/, 'must be a whole number of milliseconds from 1 to 2147483647').optional().describe(description) });
 }
