@@ -230,6 +230,19 @@ describe('JWT bearer tokens', () => {
   });
 });
 
+describe('JWT clocks', () => {
+  const at = (nbf: number, exp: number) =>
+    new jose.SignJWT({ roles: ['service'] }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('https://id.test.example').setAudience('pkcs11-supervisor').setSubject('jwt-clock').setNotBefore(nbf).setExpirationTime(exp).sign(jwk.privateKey);
+  const status = async (bearer: string) => (await curl(url('sign'), [...tlsArgs(certs.auditor!), '-H', `authorization: Bearer ${bearer}`], signBody())).status;
+
+  it("a token whose issuer's clock runs seconds ahead is taken; one not valid for a minute yet, or expired a second ago, is not", async () => {
+    const now = Math.floor(Date.now() / 1000);
+    expect(await status(await at(now + 3, now + 300))).toBe(200);
+    expect(await status(await at(now + 60, now + 300))).toBe(401);
+    expect(await status(await at(now - 300, now - 1))).toBe(401);
+  });
+});
+
 describe('connect() with a bearer token', () => {
   const req = { slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256' as const, data };
   const asAuditor = () => ({ cert: certs.auditor!.cert, key: certs.auditor!.key, ca: pki.ca.cert }); // its certificate alone may not sign

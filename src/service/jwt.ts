@@ -14,6 +14,13 @@ import { fileStamp } from './file-stamp.js';
 
 type JwtConfig = NonNullable<ApiConfig['jwt']>;
 
+/**
+ * Seconds a token's nbf may lie ahead of this clock: an issuer whose clock runs a little ahead
+ * (a Kubernetes service account token is used the moment it is minted, nbf at that second)
+ * would otherwise see its fresh tokens refused.
+ */
+const NOT_BEFORE_LEEWAY_S = 5;
+
 export class JwtVerifier {
   private keys: ReturnType<typeof createLocalJWKSet>;
   private stamp: string;
@@ -50,7 +57,9 @@ export class JwtVerifier {
   async verify(token: string): Promise<{ id: string; roles: Role[] }> {
     this.refresh();
     try {
-      const { payload } = await jwtVerify(token, this.keys, { issuer: this.config.issuer, audience: this.config.audience, requiredClaims: ['sub', 'exp'] });
+      const { payload } = await jwtVerify(token, this.keys, { issuer: this.config.issuer, audience: this.config.audience, requiredClaims: ['sub', 'exp'], clockTolerance: NOT_BEFORE_LEEWAY_S });
+      // The leeway is for a token just issued by a clock a little ahead; an expired one gets none.
+      if (payload.exp! <= Math.floor(Date.now() / 1000)) throw new Error('"exp" claim timestamp check failed');
       return { id: payload.sub!, roles: rolesFromClaim(payload[this.config.rolesClaim]) };
     } catch (e) {
       throw new Pkcs11SupervisorError('UNAUTHENTICATED', `the bearer token is not valid: ${(e as Error).message}`);
