@@ -10,6 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { connect as netConnect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import * as jose from 'jose';
 import { pino } from 'pino';
@@ -363,6 +364,31 @@ describe('the connection limit', () => {
     } finally {
       held.destroy();
       await capped.stop();
+    }
+  });
+});
+
+describe('a client that never finishes its handshake', () => {
+  it('is closed after requestTimeoutMs, silent or halfway through its ClientHello; the listener serves others meanwhile', async () => {
+    const slow = await startDaemon(variant('slow-handshake', { requestTimeoutMs: 500 }));
+    const { hostname, port } = new URL(slow.api!.tlsUrl!);
+    const closedAfter = (first: Buffer | null) =>
+      new Promise<number>((resolve, reject) => {
+        const t0 = Date.now();
+        const s = netConnect({ host: hostname, port: Number(port) }, () => first && s.write(first));
+        s.on('close', () => resolve(Date.now() - t0));
+        s.on('error', () => undefined);
+        setTimeout(() => (s.destroy(), reject(new Error('still open after 5 s'))), 5_000);
+      });
+    try {
+      // A TLS record header announcing a 512-byte handshake message, then nothing more.
+      const half = Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
+      const pending = [closedAfter(null), closedAfter(half)];
+      const meanwhile = await curl(`${slow.api!.tlsUrl}/v1/sign`, tlsArgs(certs.invoicer!), signBody());
+      expect(meanwhile.status).toBe(200);
+      for (const ms of await Promise.all(pending)) expect(ms).toBeLessThan(3_000);
+    } finally {
+      await slow.stop();
     }
   });
 });
