@@ -37,7 +37,7 @@ export const USAGE = `usage: pkcs11-supervisor [--config FILE] <command>    (<co
   A FILE of - reads stdin or writes stdout. A PIN comes from the variable a --*pin-env option names, else a hidden prompt.
   Exit codes: 0 ok, 1 signature invalid or audit trail broken, 2 usage, 3 a typed error ([CODE] message),
   4 an audit trail whose only fault is a torn tail, 5 a file could not be read or written.
-  --config defaults to config/default.json.
+  --config defaults to $PKCS11_SUPERVISOR_CONFIG (the container sets it), else config/default.json.
   --socket PATH        the daemon's socket (default: api.unix.path from the config, if it has one)
   --direct             open the tokens in this process instead of asking the daemon (no daemon running)
   --as ID:ROLE[,ROLE]  with --direct, the caller principal where the config has a policy (e.g. --as alice:operator);

@@ -25,7 +25,7 @@ import type { KeyRef, SignRequest } from './client/requests.js';
 import { Pkcs11SupervisorError } from './model/errors.js';
 import { createLogger } from './logger.js';
 import { verifyAuditFiles } from './audit.js';
-import { loadConfigFile, printableConfig } from './config.js';
+import { defaultConfigFile, loadConfigFile, printableConfig } from './config.js';
 import type { PinCallback } from './pin-chain.js';
 import { FileError, promptHidden, readInput, signatureBytes, writeOutput } from './cli-io.js';
 import { USAGE, Usage, commandUsage } from './cli-usage.js';
@@ -38,7 +38,7 @@ function usageOf(value: string | undefined): never {
 }
 
 const options = {
-  config: { type: 'string', default: 'config/default.json' },
+  config: { type: 'string', default: defaultConfigFile() },
   slot: { type: 'string' },
   key: { type: 'string' },
   mechanism: { type: 'string' },

@@ -33,6 +33,14 @@ export function parseConfig(input: unknown, source = 'config'): Config {
   throw new Pkcs11SupervisorError('CONFIG_INVALID', `${source} is invalid:\n${lines}`, { issues });
 }
 
+/**
+ * The config file when none is named: PKCS11_SUPERVISOR_CONFIG (the container's entry runs the
+ * daemon with it, so a CLI run in the container beside it finds the same file), else the dev config.
+ */
+export function defaultConfigFile(): string {
+  return process.env.PKCS11_SUPERVISOR_CONFIG || 'config/default.json';
+}
+
 export function loadConfigFile(file: string): Config {
   // A number would be read as a file descriptor.
   if (typeof file !== 'string' || file === '') throw new Pkcs11SupervisorError('CONFIG_INVALID', 'the config file must be given as a path', { issues: [{ path: '(file)', message: 'must be a path' }] });

@@ -16,7 +16,7 @@ import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import { createSupervisor } from './client/start.js';
 import type { Pkcs11Supervisor } from './client/supervisor-client.js';
-import { loadConfigFile } from './config.js';
+import { defaultConfigFile, loadConfigFile } from './config.js';
 import { checkApiPaths, checkPaths } from './config-paths.js';
 import { configHash } from './config-reload.js';
 import { gateOf } from './client/supervisor-client.js';
@@ -117,7 +117,7 @@ function parseListen(listen: string): { host: string; port: number } {
 
 const DAEMON_USAGE = `usage: node dist/src/daemon.js [--config FILE] [--listen HOST:PORT]
 
-  --config FILE       the config (default config/default.json)
+  --config FILE       the config (default $PKCS11_SUPERVISOR_CONFIG, else config/default.json)
   --listen HOST:PORT  the metrics and health listener, overriding metrics.host and metrics.port
   --version           the package's version
 
@@ -130,7 +130,7 @@ async function main(): Promise<void> {
   let values: { config?: string; listen?: string; help?: boolean; version?: boolean };
   try {
     ({ values } = parseArgs({
-      options: { config: { type: 'string', short: 'c', default: 'config/default.json' }, listen: { type: 'string' }, help: { type: 'boolean', short: 'h' }, version: { type: 'boolean', short: 'V' } },
+      options: { config: { type: 'string', short: 'c', default: defaultConfigFile() }, listen: { type: 'string' }, help: { type: 'boolean', short: 'h' }, version: { type: 'boolean', short: 'V' } },
     }));
   } catch (e) {
     process.stderr.write(`pkcs11-supervisor: ${(e as Error).message}\n\n${DAEMON_USAGE}\n`);

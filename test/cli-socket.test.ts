@@ -71,6 +71,19 @@ describe('the CLI uses the daemon by default', () => {
     expect(r.err).toMatch(/--as needs --direct/);
   });
 
+  it('without --config it reads PKCS11_SUPERVISOR_CONFIG, as the container entry runs the daemon with; --config still wins', async () => {
+    const run = (args: string[], env: NodeJS.ProcessEnv) =>
+      new Promise<{ code: number; out: string; err: string }>((resolve) => {
+        // Run where there is no config/default.json: only the variable can name the config.
+        execFile(process.execPath, [join(process.cwd(), 'dist/src/cli.js'), ...args], { env: { ...process.env, ...env }, cwd: td.dir, encoding: 'utf8' }, (e, out, err) => resolve({ code: e ? Number(e.code) : 0, out, err }));
+      });
+    const viaEnv = await run(['status'], { PKCS11_SUPERVISOR_CONFIG: configFile });
+    expect([viaEnv.code, viaEnv.err]).toEqual([0, '']);
+    expect(JSON.parse(viaEnv.out).slots.s.state).toBe('logged_in');
+    expect((await run(['--config', configFile, 'status'], { PKCS11_SUPERVISOR_CONFIG: join(td.dir, 'absent.json') })).code).toBe(0);
+    expect(await run(['status'], { PKCS11_SUPERVISOR_CONFIG: join(td.dir, 'absent.json') })).toMatchObject({ code: 3, err: expect.stringContaining('absent.json') });
+  });
+
   it('a socket with no daemon behind it is a typed error that names --direct', async () => {
     const r = await cli(['--socket', join(td.dir, 'nothing.sock'), 'status']);
     expect(r.code).toBe(3);
