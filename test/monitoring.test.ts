@@ -33,7 +33,7 @@ const metricsIn = (text: string) => [...new Set([...text.matchAll(/\b(pkcs11_[a-
 describe('alert rules', () => {
   it('pass promtool check rules and promtool test rules', async () => {
     const check = await run('promtool', ['check', 'rules', 'config/monitoring/alerts.yaml']);
-    expect(check.stdout).toMatch(/SUCCESS: 9 rules found/);
+    expect(check.stdout).toMatch(/SUCCESS: 11 rules found/);
     const test = await run('promtool', ['test', 'rules', 'alerts.test.yaml'], { cwd: 'config/monitoring' });
     expect(test.stdout).toMatch(/SUCCESS/);
   });
