@@ -43,6 +43,13 @@ describe('Kubernetes manifests', () => {
     readdirSync('config/kubernetes').flatMap((f) => parseAllDocuments(readFileSync(join('config/kubernetes', f), 'utf8'), K8S_YAML).map((d) => d.toJS() as { kind: string })).map((d) => [d.kind, d as Record<string, any>]),
   );
 
+  it('a PrometheusRule carries the alert rules of config/monitoring/alerts.yaml, as they are (promtool tests those)', () => {
+    const alerts = parseAllDocuments(readFileSync('config/monitoring/alerts.yaml', 'utf8'))[0]!.toJS() as { groups: unknown[] };
+    expect(alerts.groups.length).toBeGreaterThan(0);
+    expect(docs.PrometheusRule!.spec.groups).toEqual(alerts.groups);
+    expect(docs.PrometheusRule!.metadata.labels).toEqual(docs.ServiceMonitor!.metadata.labels);
+  });
+
   it('a Deployment probes /readyz and /healthz on the metrics port, a Service and a ServiceMonitor scrape /metrics', () => {
     const { Deployment: dep, Service: svc, ServiceMonitor: mon } = docs;
     const container = dep!.spec.template.spec.containers[0];
