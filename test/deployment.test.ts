@@ -64,6 +64,9 @@ describe('Kubernetes manifests', () => {
     expect(svc!.spec.selector).toEqual(labels);
     expect(svc!.spec.ports.find((p: { name: string }) => p.name === 'metrics')).toMatchObject({ targetPort: 'metrics' });
     expect(mon!.spec.selector.matchLabels).toEqual(svc!.metadata.labels);
+    // Replicas spread over nodes, and drained one at a time.
+    expect(dep!.spec.template.spec.topologySpreadConstraints[0]).toMatchObject({ topologyKey: 'kubernetes.io/hostname', labelSelector: { matchLabels: labels } });
+    expect(docs.PodDisruptionBudget!.spec).toEqual({ maxUnavailable: 1, selector: { matchLabels: labels } });
     expect(mon!.spec.endpoints[0]).toMatchObject({ port: 'metrics', path: '/metrics' });
     // The config it runs is one of the examples, listening where the probes look.
     const configEnv = container.env.find((e: { name: string }) => e.name === 'PKCS11_SUPERVISOR_CONFIG').value as string;
