@@ -41,8 +41,6 @@ export class Slot {
   eventWatcher: SlotEventWatcher | null = null;
   /** The slot's token's domain (token-domain.ts): a private one until a session names the token. */
   private domain = new TokenDomain();
-  /** Its start-up login done: from then on a session open again logs in by itself. */
-  private started = false;
 
   constructor(
     readonly name: string,
@@ -133,17 +131,16 @@ export class Slot {
     for (const w of this.workers) w.start();
     await Promise.all(this.workers.map((w) => w.firstOutcome()));
     await this.userLogin();
-    this.started = true;
   }
 
-  /** Logs in through the configured PIN source: at start, after the Security Officer is done, and once a session is open again after a restart. */
+  /** Logs in through the configured PIN source, at start and after the Security Officer is done. */
   async userLogin(): Promise<void> {
     const first = this.workers.find((w) => w.state === 'open');
     if (!first || !this.pins.hasAutomaticSource) return;
     try {
       await first.logIn(undefined, Date.now() + this.config.callTimeoutMs, 'login', false);
     } catch (e) {
-      this.log.warn({ slot: this.name, code: (e as Pkcs11SupervisorError).code }, 'login from the PIN source failed; calls will ask the PIN chain again');
+      this.log.warn({ slot: this.name, code: (e as Pkcs11SupervisorError).code }, 'start-up login failed; calls will ask the PIN chain again');
     }
   }
 
@@ -178,13 +175,8 @@ export class Slot {
       this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');
     }
     if (from === 'so_logged_in' && this.domain.soHolder === this && !this.workers.some((w) => w.state === 'so_logged_in')) this.domain.soHolder = null;
-    if (from === 'opening' && to === 'open') {
-      // Opened while a sibling logged the token in: its session report predates the login.
-      if ([...this.domain.workers()].some((w) => w !== worker && w.state === 'logged_in')) worker.followToken(true);
-      // Open again after a restart, a module reset or a lost session: logged in as at start,
-      // so the slot is back as it was (and says so) before a call has to wait for the login.
-      else if (this.started) setImmediate(() => void this.userLogin());
-    }
+    // Opened while a sibling logged the token in: its session report predates the login.
+    if (from === 'opening' && to === 'open' && [...this.domain.workers()].some((w) => w !== worker && w.state === 'logged_in')) worker.followToken(true);
     if (from === 'logging_out' && to === 'open') {
       this.events.emit('logout', { slot: this.name, worker: worker.index, by: worker.context.loggedOutBy ?? 'request' });
       this.tellSiblings(worker, 'logged_in', 'TOKEN_LOGGED_OUT');

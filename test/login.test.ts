@@ -190,36 +190,6 @@ describe('recovery', () => {
   });
 });
 
-describe('after a restart', () => {
-  it('a slot logs in again by itself from its PIN source, before any call: the token reports the user session', async () => {
-    process.env.TEST_PIN_STATES = tokens.states!.pin;
-    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'states' }, pin: { env: 'TEST_PIN_STATES' } } }) });
-    const logins: LoginEvent[] = [];
-    sup.on('login', (e) => logins.push(e));
-    // An operator's reset finalizes the module: the token forgets the login, and the slot opens a new session.
-    sup.reset('s');
-    await expect.poll(() => logins.map((e) => [e.origin, e.outcome]), { timeout: 10_000 }).toEqual([['env', 'ok']]);
-    await expect.poll(() => sup!.status().slots.s!.state, { timeout: 10_000 }).toBe('logged_in');
-    // probe needs no login: it asks the token what state the new session is in.
-    expect((await sup.probe({ slot: 's' })).state).toBe('RW_USER');
-    expect(await verifiesOnNode(sup, 's', 'ec', data, await sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data }))).toBe(true);
-  });
-
-  it('but not where an idle logout under reauthentication "fail" wants an explicit PIN', async () => {
-    process.env.TEST_PIN_IDLE = tokens.idle!.pin;
-    sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'idle' }, pin: { env: 'TEST_PIN_IDLE' }, idleTimeoutMs: 300, reauthentication: 'fail' } }) });
-    await expect.poll(() => sup!.status().slots.s!.state, { timeout: 3_000 }).toBe('open'); // the idle logout
-    const logins: LoginEvent[] = [];
-    sup.on('login', (e) => logins.push(e));
-    sup.reset('s');
-    await new Promise((r) => setTimeout(r, 1_000));
-    expect(sup.status().slots.s!.state).toBe('open');
-    expect(logins).toEqual([]);
-    expect((await sup.probe({ slot: 's' })).state).toBe('RW_PUBLIC');
-    await expect(sup.sign({ slot: 's', key: 'ec', mechanism: 'ECDSA-SHA256', data })).rejects.toMatchObject({ code: 'PIN_REQUIRED' });
-  });
-});
-
 describe('PIN files', () => {
   it('a PIN file others or a foreign group may read is refused at start, naming the field; one private to the daemon logs in', async () => {
     const pinFile = join(td.dir, 'states.pin');
