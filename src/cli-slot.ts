@@ -1,13 +1,14 @@
 /** The CLI's reset: an operator's reset, followed by a look at what came back. */
 import type { Pkcs11Client } from './client/pkcs11-client.js';
 import type { SessionInfo } from './model/protocol.js';
+import { OPERATOR_RESET_GAP_MS } from './supervisor.js';
 
 const AT_REST = new Set(['logged_in', 'so_logged_in', 'open', 'failed']);
 /**
- * Resets of one module are at least a second apart (supervisor.ts): one asked for sooner runs
- * at the end of that second, and a slot seen logged in before it would be reset again.
+ * A reset asked for within OPERATOR_RESET_GAP_MS of the module's last runs at the end of it: a
+ * slot seen at rest before then is the one from before the reset.
  */
-const RESET_GAP_MS = 1_500;
+const RESET_GAP_MS = OPERATOR_RESET_GAP_MS + 500;
 const WAIT_MS = 30_000;
 
 /**

@@ -18,7 +18,7 @@ import { SlotEventWatcher } from './slot-event-watcher.js';
 import type { SlotWorker } from './slot-worker.js';
 
 /** An operator's resets of one module run at most this often; more asked for in between become one at the end. */
-const OPERATOR_RESET_GAP_MS = 1_000;
+export const OPERATOR_RESET_GAP_MS = 1_000;
 
 export class Supervisor {
   readonly slots = new Map<string, Slot>();

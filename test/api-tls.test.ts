@@ -6,18 +6,16 @@
  * module counts C_Sign). The HTTP client is curl; signatures are checked by OpenSSL.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
 import { copyFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { connect as netConnect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import * as jose from 'jose';
-import { pino } from 'pino';
 import { connect, startDaemon, type Daemon } from '../dist/src/index.js';
 import { curl } from './support/curl.js';
 import { Faults, faultConfig } from './support/faults.js';
-import { exportPublicKey, opensslVerifies } from './support/openssl.js';
+import { logLines } from './support/log-lines.js';
+import { exportPublicKey, opensslDate, opensslVerifies } from './support/openssl.js';
 import { issue, makeCrl, revoke, testPki, type Issued } from './support/pki.js';
 import { createToken, tokenDir, type TokenDir } from './support/softhsm.js';
 
@@ -502,7 +500,7 @@ describe('metrics', () => {
 });
 
 describe('expiry of the TLS files', () => {
-  const ossl = (args: string[]) => new Date(execFileSync('openssl', args, { encoding: 'utf8' }).trim().replace(/^\w+=/, '')).getTime() / 1000;
+  const seconds = (kind: 'notAfter' | 'nextUpdate', file: string) => opensslDate(kind, file).getTime() / 1000;
   const expiry = async (d: Daemon) => {
     const text = (await curl(`${d.url}/metrics`, [])).body;
     return Object.fromEntries([...text.matchAll(/^pkcs11_api_tls_expiry_timestamp_seconds\{file="(\w+)"\} (\d+)$/gm)].map((m) => [m[1], Number(m[2])]));
@@ -510,16 +508,15 @@ describe('expiry of the TLS files', () => {
 
   it('/metrics says when the server certificate, the client CA and the CRL stop working, as OpenSSL reads them, after each rotation; a CRL past its nextUpdate is warned of', async () => {
     // The main daemon: no CRL, and its certificate rotated by the test above.
-    expect(await expiry(daemon)).toEqual({ cert: ossl(['x509', '-in', live.cert, '-noout', '-enddate']), clientCa: ossl(['x509', '-in', live.ca, '-noout', '-enddate']) });
+    expect(await expiry(daemon)).toEqual({ cert: seconds('notAfter', live.cert), clientCa: seconds('notAfter', live.ca) });
 
     const crl = makeCrl(pki.ca, join(td.dir, 'expiry.crl'));
     const file = variant('expiry', {}, { crl });
     writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), metrics: { enabled: true, host: '127.0.0.1', port: 0 } }));
-    const warnings: { file?: string; msg: string }[] = [];
-    const sink = new Writable({ write: (chunk, _e, done) => (warnings.push(JSON.parse(chunk.toString()) as (typeof warnings)[0]), done()) });
-    const withCrl = await startDaemon(file, pino({ level: 'warn' }, sink));
+    const { logger, lines: warnings } = logLines<{ file?: string; msg: string }>('warn');
+    const withCrl = await startDaemon(file, logger);
     try {
-      expect((await expiry(withCrl)).crl).toBe(ossl(['crl', '-in', crl, '-noout', '-nextupdate']));
+      expect((await expiry(withCrl)).crl).toBe(seconds('nextUpdate', crl));
       expect(warnings.filter((w) => w.file)).toEqual([]);
       makeCrl(pki.ca, `${crl}.new`, 'expired');
       renameSync(`${crl}.new`, crl);

@@ -21,12 +21,16 @@ let configFile: string;
 let token: TestToken;
 const data = Buffer.from('signed from a shell, through the daemon');
 
-/** Async: the daemon answering it lives in this process. The PIN variable is removed from the CLI's environment. */
-function cli(args: string[], extra: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string; err: string }> {
+/**
+ * Async: the daemon answering it lives in this process. The PIN variable is removed from the
+ * CLI's environment. `where.cwd` without `--config`: only PKCS11_SUPERVISOR_CONFIG names one.
+ */
+function cli(args: string[], extra: NodeJS.ProcessEnv = {}, where: { cwd?: string } = {}): Promise<{ code: number; out: string; err: string }> {
   const env = { ...process.env, ...extra };
   delete env.CLISOCK_PIN;
+  const config = where.cwd === undefined ? ['--config', configFile] : [];
   return new Promise((resolve) => {
-    execFile(process.execPath, ['dist/src/cli.js', '--config', configFile, ...args], { env, encoding: 'utf8' }, (e, out, err) => resolve({ code: e ? Number(e.code) : 0, out, err }));
+    execFile(process.execPath, [join(process.cwd(), 'dist/src/cli.js'), ...config, ...args], { env, cwd: where.cwd, encoding: 'utf8' }, (e, out, err) => resolve({ code: e ? Number(e.code) : 0, out, err }));
   });
 }
 
@@ -72,11 +76,8 @@ describe('the CLI uses the daemon by default', () => {
   });
 
   it('without --config it reads PKCS11_SUPERVISOR_CONFIG, as the container entry runs the daemon with; --config still wins', async () => {
-    const run = (args: string[], env: NodeJS.ProcessEnv) =>
-      new Promise<{ code: number; out: string; err: string }>((resolve) => {
-        // Run where there is no config/default.json: only the variable can name the config.
-        execFile(process.execPath, [join(process.cwd(), 'dist/src/cli.js'), ...args], { env: { ...process.env, ...env }, cwd: td.dir, encoding: 'utf8' }, (e, out, err) => resolve({ code: e ? Number(e.code) : 0, out, err }));
-      });
+    // Run where there is no config/default.json: only the variable can name the config.
+    const run = (args: string[], env: NodeJS.ProcessEnv) => cli(args, env, { cwd: td.dir });
     const viaEnv = await run(['status'], { PKCS11_SUPERVISOR_CONFIG: configFile });
     expect([viaEnv.code, viaEnv.err]).toEqual([0, '']);
     expect(JSON.parse(viaEnv.out).slots.s.state).toBe('logged_in');

@@ -8,9 +8,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { verify as nodeVerify } from 'node:crypto';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { startSupervisor } from '../dist/src/index.js';
+import { logLines } from './support/log-lines.js';
 import { configFor, createToken, tokenDir, type TokenDir } from './support/softhsm.js';
 
 let td: TokenDir;
@@ -58,9 +57,8 @@ describe('embedded, the library is quiet', () => {
 
 describe('a failed call', () => {
   it('logs its worker, key ref, code, ckr, message and duration', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const sink = new Writable({ write: (chunk, _e, done) => (lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>), done()) });
-    const sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'logs' }, pin: { env: 'LOGS_PIN' } } }), logger: pino({ level: 'warn' }, sink) });
+    const { logger, lines } = logLines('warn');
+    const sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'logs' }, pin: { env: 'LOGS_PIN' } } }), logger });
     try {
       await expect(sup.sign({ slot: 's', key: { label: 'absent' }, mechanism: 'ECDSA-SHA256', data: Buffer.from('x') })).rejects.toMatchObject({ code: 'KEY_NOT_FOUND' });
     } finally {
@@ -74,9 +72,8 @@ describe('a failed call', () => {
 
 describe("an application's event listener that throws", () => {
   it('is logged; every call still gets its own answer, the slot its state changes, and off() and once() work', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const sink = new Writable({ write: (chunk, _e, done) => (lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>), done()) });
-    const sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'logs' }, pin: { env: 'LOGS_PIN' } } }), logger: pino({ level: 'warn' }, sink) });
+    const { logger, lines } = logLines('warn');
+    const sup = await startSupervisor({ config: configFor(td, { s: { token: { label: 'logs' }, pin: { env: 'LOGS_PIN' } } }), logger });
     const seen: string[] = [];
     const broken = (e: { op?: string }) => {
       seen.push(`broken ${e.op ?? ''}`);

@@ -6,18 +6,15 @@ import { describe, expect, it, vi } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { ExpiryWatch, tlsExpiry, warnOfExpiry } from '../dist/src/service/tls-expiry.js';
 import { derLength } from '../dist/src/model/der.js';
+import { logLines } from './support/log-lines.js';
+import { opensslDate } from './support/openssl.js';
 import { issue, makeCa, makeCrl, pkiDir } from './support/pki.js';
 
 const root = pkiDir();
-const ossl = (args: string[]) => execFileSync('openssl', args, { encoding: 'utf8' }).trim();
-/** OpenSSL's own reading of a date field, e.g. `nextUpdate=Jan 15 12:34:56 2027 GMT`. */
-const osslDate = (args: string[]) => new Date(ossl(args).replace(/^\w+=/, ''));
-const nextUpdate = (file: string) => osslDate(['crl', '-in', file, '-noout', '-nextupdate']);
-const notAfter = (file: string) => osslDate(['x509', '-in', file, '-noout', '-enddate']);
+const nextUpdate = (file: string) => opensslDate('nextUpdate', file);
+const notAfter = (file: string) => opensslDate('notAfter', file);
 const pemOfDer = (label: string, der: Buffer) => `-----BEGIN ${label}-----\n${der.toString('base64').replace(/.{64}/g, '$&\n')}\n-----END ${label}-----\n`;
 
 describe("the CRLs' nextUpdate", () => {
@@ -76,12 +73,11 @@ describe("the certificates' notAfter", () => {
 
 describe('the warning', () => {
   it('names each file that has stopped working, or stops within its margin (7 days for certificates, 1 for CRLs), and no other', () => {
-    const lines: { file: string; expires: string; msg: string }[] = [];
-    const sink = new Writable({ write: (chunk, _e, done) => (lines.push(JSON.parse(chunk.toString()) as (typeof lines)[0]), done()) });
+    const { logger, lines } = logLines<{ file: string; expires: string; msg: string }>('warn');
     const now = Date.parse('2027-01-10T00:00:00Z');
     const day = 86_400_000;
-    warnOfExpiry({ cert: new Date(now + 6 * day), clientCa: new Date(now + 8 * day), crl: new Date(now - 1000) }, pino({ level: 'warn' }, sink), now);
-    warnOfExpiry({ cert: new Date(now + 30 * day), clientCa: null, crl: new Date(now + 2 * day) }, pino({ level: 'warn' }, sink), now);
+    warnOfExpiry({ cert: new Date(now + 6 * day), clientCa: new Date(now + 8 * day), crl: new Date(now - 1000) }, logger, now);
+    warnOfExpiry({ cert: new Date(now + 30 * day), clientCa: null, crl: new Date(now + 2 * day) }, logger, now);
     expect(lines.map((l) => [l.file, l.expires])).toEqual([
       ['api.tls.cert', '2027-01-16T00:00:00.000Z'],
       ['api.tls.crl', '2027-01-09T23:59:59.000Z'],
@@ -91,12 +87,11 @@ describe('the warning', () => {
   });
 
   it('comes again every few hours while the files stay as they are: a renewal that failed changes nothing on disk', () => {
-    const lines: { file: string; msg: string }[] = [];
-    const sink = new Writable({ write: (chunk, _e, done) => (lines.push(JSON.parse(chunk.toString()) as (typeof lines)[0]), done()) });
+    const { logger, lines } = logLines<{ file: string; msg: string }>('warn');
     vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'Date'] });
     try {
       const day = 86_400_000;
-      const watch = new ExpiryWatch(pino({ level: 'warn' }, sink), 6 * 3_600_000);
+      const watch = new ExpiryWatch(logger, 6 * 3_600_000);
       watch.loaded({ cert: new Date(Date.now() + 8 * day + 3_600_000), clientCa: null, crl: null });
       expect(lines).toEqual([]);
       vi.advanceTimersByTime(day); // 7 days and an hour left: no word yet

@@ -29,7 +29,7 @@ export function tlsExpiry(options: SecureContextOptions): TlsExpiry {
 
 const DAY_MS = 86_400_000;
 /** Warned about from this long before: a certificate renews weeks ahead (cert-manager: a third of its life), a CRL is often reissued daily. */
-export const WARN_BEFORE_MS = { cert: 7 * DAY_MS, clientCa: 7 * DAY_MS, crl: DAY_MS } as const;
+const WARN_BEFORE_MS = { cert: 7 * DAY_MS, clientCa: 7 * DAY_MS, crl: DAY_MS } as const;
 /** What each file is, and who is refused once it has expired. */
 const WHAT = {
   cert: ['the validity of the server certificate (or of its chain)', 'clients refuse to connect until it is replaced'],
@@ -94,7 +94,7 @@ function certificateNotAfter(der: Buffer): Date | null {
 }
 
 /** nextUpdate of a DER CertificateList (RFC 5280 section 5.1): the Time after thisUpdate in tbsCertList, if there is one. */
-export function crlNextUpdate(der: Uint8Array): Date | null {
+function crlNextUpdate(der: Uint8Array): Date | null {
   const list = readDerElement(der, 0);
   const tbs = list?.tag === 0x30 ? readDerElement(der, list.start, list.end) : null;
   if (!tbs || tbs.tag !== 0x30) return null;

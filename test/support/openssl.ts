@@ -71,3 +71,9 @@ function spkiFromListing(listing: string, id: string): Buffer {
   const bare = der[1]! < 0x80 ? der.subarray(2) : der.subarray(2 + (der[1]! & 0x7f));
   return Buffer.concat([Buffer.from(prefix, 'hex'), bare]);
 }
+
+/** A certificate's notAfter (`openssl x509 -enddate`) or a CRL's nextUpdate (`openssl crl -nextupdate`), as OpenSSL reads the file. */
+export function opensslDate(kind: 'notAfter' | 'nextUpdate', file: string): Date {
+  const args = kind === 'notAfter' ? ['x509', '-in', file, '-noout', '-enddate'] : ['crl', '-in', file, '-noout', '-nextupdate'];
+  return new Date(execFileSync('openssl', args, { encoding: 'utf8' }).trim().replace(/^\w+=/, ''));
+}
